@@ -1,0 +1,105 @@
+// Hugging Face checkpoints: one safetensors file, or a model directory holding `model.safetensors`
+// or shards `model-0000i-of-0000n.safetensors` listed by `model.safetensors.index.json`, beside
+// `config.json`, tokenizer files and the like.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "qtool/io/safetensors.hpp"
+
+namespace qtool {
+
+/// A tensor of a checkpoint: which file it is in and where.
+struct CheckpointTensor {
+  const SafetensorsFile* file;
+  const TensorInfo* info;
+  std::span<const std::byte> data() const { return file->Data(*info); }
+};
+
+/// Read-only view of a checkpoint. Every safetensors file is memory-mapped and validated on open;
+/// an index that names a missing file or a tensor absent from its shard is refused.
+class Checkpoint {
+ public:
+  /// Opens a .safetensors file or a model directory. Throws IoError or FormatError.
+  static Checkpoint Open(const std::filesystem::path& path);
+
+  /// The directory holding the checkpoint (the file's directory for a single file).
+  const std::filesystem::path& dir() const { return dir_; }
+  /// `config.json`, when the checkpoint has one.
+  const std::optional<nlohmann::json>& config() const { return config_; }
+  /// All tensors, ordered by name.
+  const std::vector<CheckpointTensor>& tensors() const { return tensors_; }
+  const CheckpointTensor* Find(std::string_view name) const;
+  const CheckpointTensor& Get(std::string_view name) const;  // throws FormatError if absent
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+  /// The safetensors metadata of the first file (quantised checkpoints record their spec there).
+  const std::map<std::string, std::string>& metadata() const { return files_.front()->metadata(); }
+  /// Files of the model directory that are not weights (config, tokenizer, ...), by file name.
+  const std::vector<std::filesystem::path>& other_files() const { return other_files_; }
+  uint64_t total_bytes() const;
+
+ private:
+  std::filesystem::path dir_;
+  std::optional<nlohmann::json> config_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::vector<CheckpointTensor> tensors_;
+  std::vector<std::filesystem::path> other_files_;
+};
+
+struct CheckpointWriterOptions {
+  /// Largest shard in bytes of tensor data; 0 writes one `model.safetensors`. A tensor larger than
+  /// the limit gets a shard of its own.
+  uint64_t max_shard_bytes = 0;
+  /// Stored as the `__metadata__` of every shard.
+  std::map<std::string, std::string> metadata;
+  /// Replace an existing output directory (only once the new one is complete).
+  bool overwrite = false;
+};
+
+/// Writes a model directory atomically: everything goes into a temporary sibling directory, which
+/// replaces `dir` in Commit(). Tensors are announced up front (their order is the file order) and
+/// their bytes streamed through Write(), so memory use does not depend on the model's size.
+class CheckpointWriter {
+ public:
+  CheckpointWriter(const std::filesystem::path& dir, std::vector<TensorSpec> tensors,
+                   CheckpointWriterOptions options);
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+  ~CheckpointWriter();
+
+  /// Appends bytes of the current tensor; see SafetensorsWriter::Write.
+  void Write(std::span<const std::byte> bytes);
+  /// Copies a file into the output directory under `name`.
+  void CopyFile(const std::filesystem::path& src, const std::string& name);
+  /// Writes a text file into the output directory.
+  void WriteTextFile(const std::string& name, std::string_view text);
+  /// Completes the last shard, writes the index when sharded, and moves the directory into place.
+  void Commit();
+
+  /// Throws OutputExistsError if `dir` exists and `overwrite` is false, IoError if its parent
+  /// directory is missing or not writable. Call before any long work.
+  static void CheckOutputPath(const std::filesystem::path& dir, bool overwrite);
+
+ private:
+  void OpenShard(size_t shard);
+
+  std::filesystem::path dir_;
+  std::filesystem::path tmp_dir_;
+  std::vector<TensorSpec> tensors_;
+  CheckpointWriterOptions options_;
+  std::vector<size_t> shard_of_;     // shard index of each tensor
+  std::vector<size_t> shard_first_;  // first tensor of each shard, plus one past the end
+  size_t shard_ = 0;
+  std::unique_ptr<SafetensorsWriter> writer_;
+  bool committed_ = false;
+};
+
+}  // namespace qtool

@@ -1,0 +1,97 @@
+// Quantised checkpoints: writing them from a float checkpoint, reading weights back, and
+// dequantising a whole checkpoint. The on-disk format is described in docs/FORMAT.md.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "qtool/io/checkpoint.hpp"
+#include "qtool/quant/metrics.hpp"
+
+namespace qtool {
+
+/// Metadata key under which a quantised checkpoint records its format and every quantised tensor.
+inline constexpr const char* kQtoolMetadataKey = "qtool.quantization";
+inline constexpr int kQtoolFormatVersion = 1;
+
+/// Which tensors are quantised: by default every 2-D floating point weight inside the decoder
+/// blocks (names matching kDefaultInclude). `include` rules add tensors, `exclude` rules remove
+/// them (exclusion wins). Rules are ECMAScript regular expressions searched in the tensor name.
+inline constexpr const char* kDefaultInclude = R"(\.layers\.\d+\..*\.weight$)";
+
+struct QuantizeOptions {
+  nlohmann::json codec = {{"codec", "int"},
+                          {"bits", 4},
+                          {"symmetric", true},
+                          {"granularity", "group"},
+                          {"group_size", 128}};
+  std::vector<std::string> include;
+  std::vector<std::string> exclude;
+  int threads = 0;               // 0: every hardware thread
+  uint64_t max_shard_bytes = 0;  // 0: one model.safetensors
+  bool overwrite = false;
+};
+
+struct TensorReport {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string dtype;       // input dtype
+  bool quantized = false;  // false: copied unchanged
+  double bits_per_weight = 0;
+  uint64_t bytes_in = 0, bytes_out = 0;
+  double seconds = 0;
+  ErrorStats stats;
+};
+
+struct QuantizeReport {
+  std::vector<TensorReport> tensors;
+  nlohmann::json codec;
+  uint64_t bytes_in = 0, bytes_out = 0;
+  int64_t params_total = 0, params_quantized = 0;
+  uint64_t quantized_bytes_out = 0;  // stored bytes of the quantised tensors (scales included)
+  double seconds = 0;
+  int threads = 1;
+
+  /// Bits per quantised weight, scales and zero-points included.
+  double bits_per_weight() const;
+  nlohmann::json ToJson() const;
+};
+
+/// Called after each tensor: (tensors done, tensors in all, name of the tensor just done).
+using ProgressFn = std::function<void(size_t, size_t, const std::string&)>;
+
+/// Returns true when `name` (with its shape and dtype) is quantised under `options`' rules.
+bool SelectedForQuantization(const TensorSpec& t, const QuantizeOptions& options);
+
+/// Quantises the selected tensors of `in` and writes a quantised checkpoint directory to `out`
+/// (tensors not selected and the model directory's other files are copied; config.json gains a
+/// "quantization_config"). Output is written under a temporary name and appears complete or not at
+/// all. Throws NumericError for a NaN/Inf weight, ShapeError for a selected tensor that is not a
+/// 2-D float matrix, OptionError for a bad codec.
+QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const std::filesystem::path& out,
+                                  const QuantizeOptions& options, const ProgressFn& progress = {});
+
+/// The quantisation record of a checkpoint written by qtool (nullopt for a plain checkpoint).
+std::optional<nlohmann::json> QuantizationRecord(const Checkpoint& ck);
+
+/// Names of the weights a checkpoint holds, as the original model named them (quantised weights
+/// under their original names, their stored parts hidden).
+std::vector<std::string> LogicalTensorNames(const Checkpoint& ck);
+
+/// Shape of a logical weight (quantised or not).
+std::vector<int64_t> LogicalShape(const Checkpoint& ck, const std::string& name);
+
+/// Reads weight `name` as f32, decoding it when it is stored quantised. Throws FormatError when
+/// absent.
+std::vector<float> ReadTensorF32(const Checkpoint& ck, const std::string& name, int threads = 1);
+
+/// Writes a plain float checkpoint with every quantised weight decoded to its original dtype.
+void DequantizeCheckpoint(const Checkpoint& in, const std::filesystem::path& out, bool overwrite,
+                          int threads = 0, const ProgressFn& progress = {});
+
+}  // namespace qtool

@@ -1,0 +1,123 @@
+// safetensors reader and streaming writer.
+//
+// File layout (https://github.com/huggingface/safetensors): an 8-byte little-endian header length
+// N, N bytes of UTF-8 JSON, then the data section. The JSON maps each tensor name to
+// {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]} with offsets relative to the data
+// section, and may hold "__metadata__": {string: string}. Tensors are stored row-major,
+// little-endian, and must cover the data section without holes or overlaps.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "qtool/core/dtype.hpp"
+#include "qtool/core/mapped_file.hpp"
+
+namespace qtool {
+
+/// Largest header the reader accepts (the reference implementation's limit).
+inline constexpr uint64_t kMaxSafetensorsHeader = 100'000'000;
+
+/// Name, type and shape of a tensor, as written in a header.
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+
+  int64_t numel() const;
+  uint64_t nbytes() const;
+};
+
+/// A tensor of a parsed file: its spec and where its bytes lie in the data section.
+struct TensorInfo : TensorSpec {
+  uint64_t begin = 0;  // offset of the first byte, relative to the data section
+  uint64_t end = 0;    // one past the last byte
+};
+
+/// A parsed and fully validated header.
+struct SafetensorsHeader {
+  std::vector<TensorInfo> tensors;  // sorted by begin offset
+  std::map<std::string, std::string> metadata;
+  uint64_t data_offset = 0;  // 8 + header length: where the data section starts in the file
+};
+
+/// Parses and validates a whole safetensors image held in memory; `label` names it in errors.
+/// Checks: header length against the file size and kMaxSafetensorsHeader, well-formed JSON object,
+/// unique names, known dtypes, shape x item size == byte span (without overflow), offsets inside
+/// the data section, no overlaps and no holes. Throws FormatError naming the file and tensor.
+SafetensorsHeader ParseSafetensors(std::span<const std::byte> file, std::string_view label);
+
+/// A memory-mapped safetensors file. Tensor data is read straight from the map.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::filesystem::path& path);
+
+  const std::filesystem::path& path() const { return map_.path(); }
+  const std::vector<TensorInfo>& tensors() const { return header_.tensors; }
+  const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
+
+  /// The tensor named `name`, or nullptr.
+  const TensorInfo* Find(std::string_view name) const;
+  /// The bytes of `t`, which must belong to this file.
+  std::span<const std::byte> Data(const TensorInfo& t) const {
+    return map_.bytes().subspan(header_.data_offset + t.begin, t.end - t.begin);
+  }
+  void Prefetch(const TensorInfo& t) const {
+    map_.Prefetch(header_.data_offset + t.begin, t.nbytes());
+  }
+  void Release(const TensorInfo& t) const {
+    map_.Release(header_.data_offset + t.begin, t.nbytes());
+  }
+
+ private:
+  MappedFile map_;
+  SafetensorsHeader header_;
+};
+
+/// Writes a file whose header lists `tensors` (in the given order); tensor bytes are then
+/// streamed in the same order through Write(). The header is padded with spaces so the data section
+/// starts 8-byte aligned. Output goes to a temporary sibling of `path` and is renamed onto `path`
+/// by Commit(); a writer destroyed before Commit() removes its temporary file.
+///
+///   SafetensorsWriter w("out.safetensors", {{"w", DType::kF32, {2, 2}}}, {});
+///   w.Write(std::as_bytes(std::span(values)));
+///   w.Commit();
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter(const std::filesystem::path& path, std::vector<TensorSpec> tensors,
+                    const std::map<std::string, std::string>& metadata);
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+  ~SafetensorsWriter();
+
+  /// Appends bytes to the tensor being written, moving on to the next tensor when it is complete.
+  /// Writing more bytes than the header announced throws.
+  void Write(std::span<const std::byte> bytes);
+  /// Bytes still expected in total.
+  uint64_t remaining() const { return total_ - written_; }
+  /// Flushes, checks that every announced byte was written, and renames into place.
+  void Commit();
+
+  /// The header bytes (length prefix, JSON, padding) the writer emits for these tensors.
+  static std::string EncodeHeader(const std::vector<TensorSpec>& tensors,
+                                  const std::map<std::string, std::string>& metadata);
+
+ private:
+  void Flush();
+
+  std::filesystem::path path_;
+  std::filesystem::path tmp_path_;
+  int fd_ = -1;
+  uint64_t total_ = 0;
+  uint64_t written_ = 0;
+  std::vector<std::byte> buffer_;
+  bool committed_ = false;
+};
+
+}  // namespace qtool

@@ -1,0 +1,9 @@
+// qtool: quantisation of large language models. Umbrella header.
+#pragma once
+
+#include "qtool/core/dtype.hpp"
+#include "qtool/core/error.hpp"
+#include "qtool/core/half.hpp"
+#include "qtool/core/mapped_file.hpp"
+#include "qtool/io/checkpoint.hpp"
+#include "qtool/io/safetensors.hpp"

@@ -1,0 +1,83 @@
+// Integer quantisation specs and the affine (uniform) grid.
+//
+// Conventions (all integer codecs):
+// - Weights are matrices [rows, cols] with rows = output channels, cols = input elements.
+// - Granularity: per-tensor (one scale), per-channel (one scale per row), or per-group of
+//   `group_size` consecutive input elements within a row; a row whose length is not a multiple
+//   of the group size ends in a shorter group.
+// - Symmetric, b bits: scale = max|x| / (2^(b-1) - 1), q = clamp(rne(x / scale), -2^(b-1),
+// 2^(b-1)-1),
+//   x^ = q * scale.
+// - Asymmetric, b bits: the range is widened to include 0 (lo = min(min x, 0), hi = max(max x, 0)),
+//   scale = (hi - lo) / (2^b - 1), zero = clamp(rne(-lo / scale), 0, 2^b - 1),
+//   q = clamp(rne(x / scale) + zero, 0, 2^b - 1), x^ = (q - zero) * scale.
+// - rne is round half to even. A group whose range is 0 (all zeros) gets scale 1, never 0 or NaN.
+// - Stored codes are unsigned, u in [0, 2^b): asymmetric u = q; symmetric u = q + 2^(b-1)
+//   (offset binary), so x^ = (u - z) * scale with z = 2^(b-1) for symmetric specs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace qtool {
+
+enum class Granularity { kTensor, kChannel, kGroup };
+
+struct QuantSpec {
+  int bits = 4;
+  bool symmetric = true;
+  Granularity granularity = Granularity::kGroup;
+  int64_t group_size = 128;  // used when granularity == kGroup
+
+  /// Throws OptionError for bits outside 2..8 or a group size below 1.
+  void Validate() const;
+  /// Elements per group along a row of `cols` elements (cols itself for per-channel/per-tensor).
+  int64_t GroupLen(int64_t cols) const {
+    return granularity == Granularity::kGroup && group_size < cols ? group_size : cols;
+  }
+  /// Groups per row of `cols` elements.
+  int64_t GroupsPerRow(int64_t cols) const {
+    const int64_t g = GroupLen(cols);
+    return g == 0 ? 0 : (cols + g - 1) / g;
+  }
+  int32_t qmin() const { return symmetric ? -(1 << (bits - 1)) : 0; }
+  int32_t qmax() const { return symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1; }
+  /// Offset from the signed code to the stored unsigned code (2^(b-1) symmetric, 0 asymmetric).
+  int32_t code_offset() const { return symmetric ? 1 << (bits - 1) : 0; }
+  /// "int4 sym g128", "int8 asym per-channel", ...
+  std::string ToString() const;
+};
+
+/// Scale and zero-point of one group. `zero` is in stored-code units: x^ = (u - zero) * scale.
+struct GroupParams {
+  float scale = 1.0f;
+  int32_t zero = 0;
+};
+
+/// Parameters for a group whose chosen range is [lo, hi] (lo <= 0 <= hi is enforced by widening).
+/// Symmetric specs use max(|lo|, |hi|). Observers choose the range; min-max uses the data's range.
+GroupParams ParamsFromRange(float lo, float hi, const QuantSpec& spec);
+
+/// Round half to even of a value already clamped to a small integer range (|v| < 2^22).
+/// Adding and subtracting 1.5 * 2^23 makes the FPU round at the units bit, in the current (default,
+/// to-nearest-even) rounding mode; this vectorises on every x86-64 CPU, unlike nearbyint.
+inline float RoundHalfEvenSmall(float v) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  return (v + kMagic) - kMagic;
+}
+
+/// Stored code of `x` under `p`: u = clamp(rne(x / scale) + zero, 0, umax). The zero-point is added
+/// after rounding (adding it before could round x / scale + zero differently than x / scale).
+/// Clamping before rounding is equivalent because the bounds are integers.
+inline uint8_t QuantizeValue(float x, GroupParams p, int32_t umax) {
+  const float lo = static_cast<float>(-p.zero), hi = static_cast<float>(umax - p.zero);
+  float v = x / p.scale;
+  v = v < lo ? lo : (v > hi ? hi : v);
+  return static_cast<uint8_t>(static_cast<int32_t>(RoundHalfEvenSmall(v)) + p.zero);
+}
+
+inline float DequantizeValue(uint8_t u, GroupParams p) {
+  return static_cast<float>(static_cast<int32_t>(u) - p.zero) * p.scale;
+}
+
+}  // namespace qtool

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages qtool builds against. Idempotent: does nothing when all are present.
+set -euo pipefail
+pkgs=(cmake ninja-build g++ clang-format libeigen3-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+      libgtest-dev libgmock-dev googletest libbenchmark-dev libsentencepiece-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "setup: installing ${missing[*]}" >&2
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,91 @@
+#include "qtool/core/convert.hpp"
+
+#include <cmath>
+#include <cstring>
+
+#include "qtool/core/error.hpp"
+#include "qtool/core/half.hpp"
+
+namespace qtool {
+namespace {
+
+template <typename T>
+T LoadUnaligned(const std::byte* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+// Scans for the first non-finite value in blocks, so the common all-finite case stays a cheap
+// vectorised reduction rather than a branch per element.
+int64_t FirstNonFinite(const float* x, int64_t n) {
+  constexpr int64_t kBlock = 1024;
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    uint32_t any = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      uint32_t u;
+      std::memcpy(&u, x + i, 4);
+      any |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+    }
+    if (any) {
+      for (int64_t i = i0; i < i1; ++i) {
+        if (!std::isfinite(x[i])) return i;
+      }
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+int64_t ConvertToF32(const std::byte* src, DType type, int64_t n, float* dst) {
+  switch (type) {
+    case DType::kF32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      break;
+    case DType::kBF16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToF32(LoadUnaligned<uint16_t>(src + 2 * i));
+      break;
+    case DType::kF16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(LoadUnaligned<uint16_t>(src + 2 * i));
+      break;
+    case DType::kF64:
+      for (int64_t i = 0; i < n; ++i)
+        dst[i] = static_cast<float>(LoadUnaligned<double>(src + 8 * i));
+      break;
+    default:
+      throw ShapeError(fmt::format("cannot read {} as floating point", DTypeName(type)));
+  }
+  return FirstNonFinite(dst, n);
+}
+
+void ConvertFromF32(const float* src, DType type, int64_t n, std::byte* dst) {
+  switch (type) {
+    case DType::kF32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      return;
+    case DType::kBF16:
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t h = F32ToBf16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    case DType::kF16:
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t h = F32ToF16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    case DType::kF64:
+      for (int64_t i = 0; i < n; ++i) {
+        const double d = src[i];
+        std::memcpy(dst + 8 * i, &d, 8);
+      }
+      return;
+    default:
+      throw ShapeError(fmt::format("cannot write {} from floating point", DTypeName(type)));
+  }
+}
+
+}  // namespace qtool

@@ -1,0 +1,82 @@
+#include "qtool/core/mapped_file.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "qtool/core/error.hpp"
+
+namespace qtool {
+namespace {
+
+// madvise needs a page-aligned start: widen [offset, offset + len) to whole pages inside the map.
+void Advise(const std::byte* base, size_t size, size_t offset, size_t len, int advice) {
+  if (base == nullptr || len == 0 || offset >= size) return;
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t end = std::min(size, offset + len);
+  const size_t start = offset / page * page;
+  ::madvise(const_cast<std::byte*>(base) + start, end - start, advice);
+}
+
+}  // namespace
+
+MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  QTOOL_CHECK(fd >= 0, IoError, "{}: cannot open: {}", path.string(), std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    const int err = errno;
+    ::close(fd);
+    throw IoError(fmt::format("{}: not a regular file{}", path.string(),
+                              err ? std::string(": ") + std::strerror(err) : ""));
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    const int err = errno;
+    ::close(fd);
+    QTOOL_CHECK(p != MAP_FAILED, IoError, "{}: cannot map {} bytes: {}", path.string(), size_,
+                std::strerror(err));
+    data_ = static_cast<const std::byte*>(p);
+  } else {
+    ::close(fd);
+  }
+}
+
+MappedFile::MappedFile(MappedFile&& other) noexcept
+    : path_(std::move(other.path_)),
+      data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)) {}
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    path_ = std::move(other.path_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+MappedFile::~MappedFile() { Reset(); }
+
+void MappedFile::Reset() noexcept {
+  if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);
+  data_ = nullptr;
+  size_ = 0;
+}
+
+void MappedFile::Prefetch(size_t offset, size_t len) const {
+  Advise(data_, size_, offset, len, MADV_WILLNEED);
+}
+
+void MappedFile::Release(size_t offset, size_t len) const {
+  Advise(data_, size_, offset, len, MADV_DONTNEED);
+}
+
+}  // namespace qtool

@@ -1,0 +1,409 @@
+#include "qtool/io/quantized.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <regex>
+
+#include "qtool/core/convert.hpp"
+#include "qtool/core/error.hpp"
+#include "qtool/core/parallel.hpp"
+#include "qtool/quant/codec.hpp"
+
+namespace qtool {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// Rows per work item: about 64K elements, so a chunk's f32 copy and its decoded copy stay in L2.
+int64_t ChunkRows(const WeightCodec& codec) {
+  const int64_t block = codec.row_block();
+  const int64_t rows =
+      std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, codec.cols()));
+  return (rows + block - 1) / block * block;
+}
+
+std::vector<std::regex> CompileRules(const std::vector<std::string>& rules, const char* option) {
+  std::vector<std::regex> out;
+  for (const std::string& r : rules) {
+    try {
+      out.emplace_back(r, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      throw OptionError(
+          fmt::format("{} rule \"{}\" is not a valid regular expression: {}", option, r, e.what()));
+    }
+  }
+  return out;
+}
+
+bool AnyMatch(const std::vector<std::regex>& rules, const std::string& name) {
+  return std::any_of(rules.begin(), rules.end(),
+                     [&](const std::regex& r) { return std::regex_search(name, r); });
+}
+
+struct Rules {
+  std::vector<std::regex> include, exclude;
+  bool explicit_include;
+  explicit Rules(const QuantizeOptions& o)
+      : include(CompileRules(o.include, "--include")),
+        exclude(CompileRules(o.exclude, "--exclude")),
+        explicit_include(!o.include.empty()) {
+    include.emplace_back(kDefaultInclude, std::regex::ECMAScript);
+  }
+  // 0: keep, 1: quantise, 2: named by an --include rule but not a 2-D float matrix.
+  int Decide(const TensorSpec& t) const {
+    if (AnyMatch(exclude, t.name) || !AnyMatch(include, t.name)) return 0;
+    const bool matrix = t.shape.size() == 2 && IsFloatWeightType(t.dtype);
+    if (matrix) return 1;
+    const bool by_user =
+        explicit_include &&
+        AnyMatch(std::vector<std::regex>(include.begin(), include.end() - 1), t.name);
+    return by_user ? 2 : 0;
+  }
+};
+
+// Decodes a quantised weight's rows [r0, r0 + n) into `out`.
+struct StoredWeight {
+  std::unique_ptr<WeightCodec> codec;
+  std::vector<const std::byte*> parts;
+  DType dtype;
+  std::vector<int64_t> shape;
+};
+
+StoredWeight OpenStored(const Checkpoint& ck, const std::string& name, const json& rec) {
+  StoredWeight s;
+  try {
+    s.shape = rec.at("shape").get<std::vector<int64_t>>();
+    const auto dt = ParseDType(rec.at("dtype").get<std::string>());
+    QTOOL_CHECK(dt && IsFloatWeightType(*dt), FormatError, "bad dtype");
+    s.dtype = *dt;
+  } catch (const std::exception& e) {
+    throw FormatError(fmt::format("{}: quantisation record of \"{}\" is invalid: {}",
+                                  ck.dir().string(), name, e.what()));
+  }
+  QTOOL_CHECK(s.shape.size() == 2 && s.shape[0] >= 0 && s.shape[1] >= 0, FormatError,
+              "{}: quantised tensor \"{}\" has shape {}, not a matrix", ck.dir().string(), name,
+              json(s.shape).dump());
+  s.codec = MakeCodec(rec, s.shape[0], s.shape[1]);
+  for (const TensorSpec& part : s.codec->Layout(name)) {
+    const CheckpointTensor& t = ck.Get(part.name);
+    QTOOL_CHECK(t.info->dtype == part.dtype && t.info->shape == part.shape, FormatError,
+                "{}: \"{}\" is {} {} but its quantisation record needs {} {}",
+                t.file->path().string(), part.name, DTypeName(t.info->dtype),
+                json(t.info->shape).dump(), DTypeName(part.dtype), json(part.shape).dump());
+    s.parts.push_back(t.data().data());
+  }
+  return s;
+}
+
+json TensorsRecord(const Checkpoint& ck) {
+  const auto rec = QuantizationRecord(ck);
+  if (!rec) return json::object();
+  const auto it = rec->find("tensors");
+  QTOOL_CHECK(it != rec->end() && it->is_object(), FormatError,
+              "{}: quantisation record has no \"tensors\" object", ck.dir().string());
+  return *it;
+}
+
+void DecodeInto(const StoredWeight& s, int threads, float* out) {
+  const int64_t cols = s.codec->cols();
+  const int64_t block = s.codec->row_block();
+  const int64_t chunk =
+      std::max<int64_t>(block, (int64_t{1} << 16) / std::max<int64_t>(1, cols) / block * block);
+  ParallelFor(s.codec->rows(), chunk, threads, [&](int64_t r0, int64_t r1, int) {
+    s.codec->DecodeRows(s.parts.data(), r0, r1 - r0, out + r0 * cols);
+  });
+}
+
+}  // namespace
+
+double QuantizeReport::bits_per_weight() const {
+  return params_quantized ? 8.0 * static_cast<double>(quantized_bytes_out) /
+                                static_cast<double>(params_quantized)
+                          : 0.0;
+}
+
+json QuantizeReport::ToJson() const {
+  json t = json::array();
+  for (const TensorReport& r : tensors) {
+    json e = {{"name", r.name},           {"shape", r.shape},       {"dtype", r.dtype},
+              {"quantized", r.quantized}, {"bytes_in", r.bytes_in}, {"bytes_out", r.bytes_out},
+              {"seconds", r.seconds}};
+    if (r.quantized) {
+      e["bits_per_weight"] = r.bits_per_weight;
+      const double sqnr = r.stats.sqnr_db();
+      e["metrics"] = {{"mse", r.stats.mse()},
+                      {"rmse", r.stats.rmse()},
+                      {"max_abs_error", r.stats.max_abs_err},
+                      {"sqnr_db", std::isfinite(sqnr) ? json(sqnr) : json(nullptr)},
+                      {"cosine", r.stats.cosine()},
+                      {"rel_frobenius", r.stats.rel_frobenius()}};
+    }
+    t.push_back(std::move(e));
+  }
+  return {{"codec", codec},
+          {"tensors", std::move(t)},
+          {"summary",
+           {{"bytes_in", bytes_in},
+            {"bytes_out", bytes_out},
+            {"params_total", params_total},
+            {"params_quantized", params_quantized},
+            {"bits_per_weight", bits_per_weight()},
+            {"compression_ratio",
+             bytes_out ? static_cast<double>(bytes_in) / static_cast<double>(bytes_out) : 0.0},
+            {"seconds", seconds},
+            {"input_gb_per_s", seconds > 0 ? static_cast<double>(bytes_in) / seconds / 1e9 : 0.0},
+            {"threads", threads}}}};
+}
+
+bool SelectedForQuantization(const TensorSpec& t, const QuantizeOptions& options) {
+  return Rules(options).Decide(t) == 1;
+}
+
+QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
+                                  const QuantizeOptions& options, const ProgressFn& progress) {
+  const auto start = std::chrono::steady_clock::now();
+  const Rules rules(options);
+  const int threads = ResolveThreads(options.threads);
+  QTOOL_CHECK(!QuantizationRecord(in).has_value(), OptionError,
+              "{}: already quantised by qtool; dequantize it first", in.dir().string());
+  std::error_code ec;
+  QTOOL_CHECK(!fs::exists(out) || !fs::equivalent(out, in.dir(), ec), OptionError,
+              "{}: output is the input checkpoint's directory", out.string());
+  CheckpointWriter::CheckOutputPath(out, options.overwrite);
+
+  // Plan: a codec per selected tensor, and the output's tensor list in file order.
+  std::vector<std::unique_ptr<WeightCodec>> codecs(in.tensors().size());
+  std::vector<TensorSpec> out_specs;
+  json tensors_record = json::object();
+  for (size_t i = 0; i < in.tensors().size(); ++i) {
+    const TensorInfo& t = *in.tensors()[i].info;
+    const int decision = rules.Decide(t);
+    QTOOL_CHECK(decision != 2, ShapeError,
+                "{}: tensor \"{}\" ({} {}) is named by --include but is not a 2-D float matrix",
+                in.tensors()[i].file->path().string(), t.name, DTypeName(t.dtype),
+                json(t.shape).dump());
+    if (decision == 0) {
+      out_specs.push_back(t);
+      continue;
+    }
+    codecs[i] = MakeCodec(options.codec, t.shape[0], t.shape[1]);
+    for (TensorSpec& part : codecs[i]->Layout(t.name)) out_specs.push_back(std::move(part));
+    json rec = codecs[i]->Record();
+    rec["shape"] = t.shape;
+    rec["dtype"] = std::string(DTypeName(t.dtype));
+    tensors_record[t.name] = std::move(rec);
+  }
+  const json codec_record = MakeCodec(options.codec, 1, 1)->Record();
+  CheckpointWriterOptions wopts;
+  wopts.max_shard_bytes = options.max_shard_bytes;
+  wopts.overwrite = options.overwrite;
+  wopts.metadata = {{"format", "pt"},
+                    {kQtoolMetadataKey, json{{"format_version", kQtoolFormatVersion},
+                                             {"codec", codec_record},
+                                             {"tensors", tensors_record}}
+                                            .dump()}};
+  CheckpointWriter writer(out, out_specs, wopts);
+
+  QuantizeReport report;
+  report.codec = codec_record;
+  report.threads = threads;
+  for (size_t i = 0; i < in.tensors().size(); ++i) {
+    const CheckpointTensor& src = in.tensors()[i];
+    const TensorInfo& t = *src.info;
+    const auto t0 = std::chrono::steady_clock::now();
+    TensorReport tr;
+    tr.name = t.name;
+    tr.shape = t.shape;
+    tr.dtype = std::string(DTypeName(t.dtype));
+    tr.bytes_in = t.nbytes();
+    src.file->Prefetch(t);
+    if (!codecs[i]) {
+      writer.Write(src.data());
+      tr.bytes_out = t.nbytes();
+    } else {
+      WeightCodec& codec = *codecs[i];
+      const int64_t cols = codec.cols();
+      const size_t esize = static_cast<size_t>(BitsOf(t.dtype) / 8);
+      const std::byte* base = src.data().data();
+      auto convert = [&](int64_t r0, int64_t r1, float* dst) {
+        const int64_t bad = ConvertToF32(base + static_cast<size_t>(r0 * cols) * esize, t.dtype,
+                                         (r1 - r0) * cols, dst);
+        if (bad >= 0) {
+          const int64_t idx = r0 * cols + bad;
+          throw NumericError(
+              fmt::format("{}: tensor \"{}\" has a non-finite value ({}) at [{}, {}]",
+                          src.file->path().string(), t.name, dst[bad], idx / cols, idx % cols));
+        }
+      };
+      const int64_t chunk = ChunkRows(codec);
+      if (codec.needs_observe()) {
+        std::vector<float> buf(static_cast<size_t>(chunk * cols));
+        for (int64_t r0 = 0; r0 < codec.rows(); r0 += chunk) {
+          const int64_t r1 = std::min(codec.rows(), r0 + chunk);
+          convert(r0, r1, buf.data());
+          codec.Observe(buf.data(), r0, r1 - r0);
+        }
+      }
+      const std::vector<TensorSpec> layout = codec.Layout(t.name);
+      std::vector<std::vector<std::byte>> parts;
+      std::vector<std::byte*> part_ptrs;
+      for (const TensorSpec& p : layout) {
+        parts.emplace_back(p.nbytes());
+        part_ptrs.push_back(parts.back().data());
+      }
+      std::vector<ErrorStats> stats(static_cast<size_t>(threads));
+      std::vector<std::vector<float>> scratch(static_cast<size_t>(threads));
+      ParallelFor(codec.rows(), chunk, threads, [&](int64_t r0, int64_t r1, int worker) {
+        auto& buf = scratch[static_cast<size_t>(worker)];
+        buf.resize(static_cast<size_t>(2 * chunk * cols));
+        float* w = buf.data();
+        float* deq = buf.data() + chunk * cols;
+        convert(r0, r1, w);
+        codec.EncodeRows(w, r0, r1 - r0, part_ptrs.data(), deq);
+        stats[static_cast<size_t>(worker)].Add(w, deq, (r1 - r0) * cols);
+      });
+      for (const ErrorStats& s : stats) tr.stats += s;
+      for (const auto& p : parts) {
+        writer.Write(p);
+        tr.bytes_out += p.size();
+      }
+      tr.quantized = true;
+      tr.bits_per_weight = codec.BitsPerWeight();
+      report.params_quantized += t.numel();
+      report.quantized_bytes_out += tr.bytes_out;
+    }
+    src.file->Release(t);
+    report.params_total += t.numel();
+    report.bytes_in += tr.bytes_in;
+    report.bytes_out += tr.bytes_out;
+    tr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    report.tensors.push_back(std::move(tr));
+    if (progress) progress(i + 1, in.tensors().size(), t.name);
+  }
+
+  for (const fs::path& f : in.other_files()) {
+    if (f.filename() == "config.json") continue;
+    writer.CopyFile(f, f.filename().string());
+  }
+  if (in.config()) {
+    json config = *in.config();
+    json qc = codec_record;
+    qc["quant_method"] = "qtool";
+    qc["format_version"] = kQtoolFormatVersion;
+    config["quantization_config"] = qc;
+    writer.WriteTextFile("config.json", config.dump(2) + "\n");
+  }
+  writer.Commit();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+std::optional<json> QuantizationRecord(const Checkpoint& ck) {
+  const auto& md = ck.metadata();
+  const auto it = md.find(kQtoolMetadataKey);
+  if (it == md.end()) return std::nullopt;
+  json rec;
+  try {
+    rec = json::parse(it->second);
+  } catch (const json::exception& e) {
+    throw FormatError(fmt::format("{}: metadata \"{}\" is not valid JSON: {}", ck.dir().string(),
+                                  kQtoolMetadataKey, e.what()));
+  }
+  QTOOL_CHECK(rec.is_object() && rec.value("format_version", 0) == kQtoolFormatVersion, FormatError,
+              "{}: unsupported qtool format version (this build reads version {})",
+              ck.dir().string(), kQtoolFormatVersion);
+  return rec;
+}
+
+std::vector<std::string> LogicalTensorNames(const Checkpoint& ck) {
+  const json tensors = TensorsRecord(ck);
+  std::map<std::string, bool> names;
+  std::map<std::string, bool> hidden;
+  for (const auto& [name, rec] : tensors.items()) {
+    names[name] = true;
+    const auto codec = MakeCodec(rec, 1, 1);
+    for (const TensorSpec& part : codec->Layout(name)) hidden[part.name] = true;
+  }
+  for (const CheckpointTensor& t : ck.tensors()) {
+    if (!hidden.contains(t.info->name)) names[t.info->name] = true;
+  }
+  std::vector<std::string> out;
+  for (const auto& [n, b] : names) out.push_back(n);
+  return out;
+}
+
+std::vector<int64_t> LogicalShape(const Checkpoint& ck, const std::string& name) {
+  const json tensors = TensorsRecord(ck);
+  if (tensors.contains(name)) return OpenStored(ck, name, tensors[name]).shape;
+  return ck.Get(name).info->shape;
+}
+
+std::vector<float> ReadTensorF32(const Checkpoint& ck, const std::string& name, int threads) {
+  const json tensors = TensorsRecord(ck);
+  if (tensors.contains(name)) {
+    const StoredWeight s = OpenStored(ck, name, tensors[name]);
+    std::vector<float> out(static_cast<size_t>(s.shape[0] * s.shape[1]));
+    DecodeInto(s, ResolveThreads(threads), out.data());
+    return out;
+  }
+  const CheckpointTensor& t = ck.Get(name);
+  std::vector<float> out(static_cast<size_t>(t.info->numel()));
+  ConvertToF32(t.data().data(), t.info->dtype, t.info->numel(), out.data());
+  return out;
+}
+
+void DequantizeCheckpoint(const Checkpoint& in, const fs::path& out, bool overwrite, int threads,
+                          const ProgressFn& progress) {
+  threads = ResolveThreads(threads);
+  const json tensors = TensorsRecord(in);
+  QTOOL_CHECK(!tensors.empty(), OptionError, "{}: not a checkpoint quantised by qtool",
+              in.dir().string());
+  std::error_code ec;
+  QTOOL_CHECK(!fs::exists(out) || !fs::equivalent(out, in.dir(), ec), OptionError,
+              "{}: output is the input checkpoint's directory", out.string());
+  CheckpointWriter::CheckOutputPath(out, overwrite);
+  const std::vector<std::string> names = LogicalTensorNames(in);
+  std::vector<TensorSpec> specs;
+  std::map<std::string, StoredWeight> stored;
+  for (const std::string& n : names) {
+    if (tensors.contains(n)) {
+      StoredWeight s = OpenStored(in, n, tensors[n]);
+      specs.push_back({n, s.dtype, s.shape});
+      stored.emplace(n, std::move(s));
+    } else {
+      specs.push_back(*in.Get(n).info);
+    }
+  }
+  CheckpointWriterOptions wopts;
+  wopts.overwrite = overwrite;
+  wopts.metadata = {{"format", "pt"}};
+  CheckpointWriter writer(out, specs, wopts);
+  for (size_t i = 0; i < names.size(); ++i) {
+    const auto it = stored.find(names[i]);
+    if (it == stored.end()) {
+      writer.Write(in.Get(names[i]).data());
+    } else {
+      const StoredWeight& s = it->second;
+      std::vector<float> values(static_cast<size_t>(s.shape[0] * s.shape[1]));
+      DecodeInto(s, threads, values.data());
+      std::vector<std::byte> bytes(specs[i].nbytes());
+      ConvertFromF32(values.data(), s.dtype, static_cast<int64_t>(values.size()), bytes.data());
+      writer.Write(bytes);
+    }
+    if (progress) progress(i + 1, names.size(), names[i]);
+  }
+  for (const fs::path& f : in.other_files()) {
+    if (f.filename() == "config.json") continue;
+    writer.CopyFile(f, f.filename().string());
+  }
+  if (in.config()) {
+    json config = *in.config();
+    config.erase("quantization_config");
+    writer.WriteTextFile("config.json", config.dump(2) + "\n");
+  }
+  writer.Commit();
+}
+
+}  // namespace qtool

@@ -1,0 +1,287 @@
+#include "qtool/io/safetensors.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "qtool/core/error.hpp"
+#include "qtool/io/temp_path.hpp"
+
+namespace qtool {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr size_t kWriteBuffer = 8u << 20;
+
+uint64_t ReadLe64(const std::byte* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+// Parses the header JSON, rejecting duplicate keys at any level (the format has one entry per
+// name).
+json ParseHeaderJson(std::string_view text, std::string_view label) {
+  std::vector<std::set<std::string>> keys;
+  std::string duplicate;
+  json::parser_callback_t cb = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      keys.resize(static_cast<size_t>(depth) + 1);
+      keys[static_cast<size_t>(depth)].clear();
+    } else if (event == json::parse_event_t::key) {
+      auto& seen = keys[static_cast<size_t>(depth) - 1];
+      if (!seen.insert(parsed.get<std::string>()).second && duplicate.empty()) {
+        duplicate = parsed.get<std::string>();
+      }
+    }
+    return true;
+  };
+  json j;
+  try {
+    j = json::parse(text.begin(), text.end(), cb);
+  } catch (const json::exception& e) {
+    throw FormatError(fmt::format("{}: header is not valid JSON: {}", label, e.what()));
+  }
+  QTOOL_CHECK(duplicate.empty(), FormatError, "{}: header names \"{}\" twice", label, duplicate);
+  QTOOL_CHECK(j.is_object(), FormatError, "{}: header is not a JSON object", label);
+  return j;
+}
+
+TensorInfo ParseEntry(const std::string& name, const json& e, uint64_t data_size,
+                      std::string_view label) {
+  QTOOL_CHECK(e.is_object(), FormatError, "{}: tensor \"{}\": entry is not an object", label, name);
+  for (const auto& [key, value] : e.items()) {
+    QTOOL_CHECK(key == "dtype" || key == "shape" || key == "data_offsets", FormatError,
+                "{}: tensor \"{}\": unknown field \"{}\"", label, name, key);
+  }
+  TensorInfo t;
+  t.name = name;
+  const auto dt = e.find("dtype");
+  QTOOL_CHECK(dt != e.end() && dt->is_string(), FormatError,
+              "{}: tensor \"{}\": missing or non-string dtype", label, name);
+  const auto parsed = ParseDType(dt->get<std::string>());
+  QTOOL_CHECK(parsed.has_value(), FormatError, "{}: tensor \"{}\": unknown dtype \"{}\"", label,
+              name, dt->get<std::string>());
+  t.dtype = *parsed;
+
+  const auto sh = e.find("shape");
+  QTOOL_CHECK(sh != e.end() && sh->is_array(), FormatError,
+              "{}: tensor \"{}\": missing or non-array shape", label, name);
+  uint64_t numel = 1;
+  for (const auto& d : *sh) {
+    QTOOL_CHECK(d.is_number_unsigned(), FormatError,
+                "{}: tensor \"{}\": shape entry {} is not a non-negative integer", label, name,
+                d.dump());
+    const uint64_t dim = d.get<uint64_t>();
+    QTOOL_CHECK(
+        dim <= static_cast<uint64_t>(INT64_MAX) && !__builtin_mul_overflow(numel, dim, &numel),
+        FormatError, "{}: tensor \"{}\": shape {} overflows", label, name, sh->dump());
+    t.shape.push_back(static_cast<int64_t>(dim));
+  }
+  uint64_t bits = 0;
+  QTOOL_CHECK(!__builtin_mul_overflow(numel, static_cast<uint64_t>(BitsOf(t.dtype)), &bits) &&
+                  numel <= static_cast<uint64_t>(INT64_MAX),
+              FormatError, "{}: tensor \"{}\": shape {} overflows", label, name, sh->dump());
+  QTOOL_CHECK(bits % 8 == 0, FormatError,
+              "{}: tensor \"{}\": {} elements of {} do not fill whole bytes", label, name, numel,
+              DTypeName(t.dtype));
+
+  const auto off = e.find("data_offsets");
+  QTOOL_CHECK(off != e.end() && off->is_array() && off->size() == 2 &&
+                  (*off)[0].is_number_unsigned() && (*off)[1].is_number_unsigned(),
+              FormatError, "{}: tensor \"{}\": data_offsets must be two non-negative integers",
+              label, name);
+  t.begin = (*off)[0].get<uint64_t>();
+  t.end = (*off)[1].get<uint64_t>();
+  QTOOL_CHECK(t.begin <= t.end, FormatError,
+              "{}: tensor \"{}\": data_offsets [{}, {}] are reversed", label, name, t.begin, t.end);
+  QTOOL_CHECK(t.end <= data_size, FormatError,
+              "{}: tensor \"{}\": data_offsets [{}, {}] run past the data section ({} bytes)",
+              label, name, t.begin, t.end, data_size);
+  QTOOL_CHECK(t.end - t.begin == bits / 8, FormatError,
+              "{}: tensor \"{}\": shape {} of {} needs {} bytes but data_offsets span {}", label,
+              name, sh->dump(), DTypeName(t.dtype), bits / 8, t.end - t.begin);
+  return t;
+}
+
+}  // namespace
+
+int64_t TensorSpec::numel() const {
+  int64_t n = 1;
+  for (const int64_t d : shape) n *= d;
+  return n;
+}
+
+uint64_t TensorSpec::nbytes() const {
+  return static_cast<uint64_t>(numel()) * static_cast<uint64_t>(BitsOf(dtype)) / 8;
+}
+
+SafetensorsHeader ParseSafetensors(std::span<const std::byte> file, std::string_view label) {
+  QTOOL_CHECK(file.size() >= 8, FormatError,
+              "{}: truncated: {} bytes, fewer than the 8-byte header length", label, file.size());
+  const uint64_t n = ReadLe64(file.data());
+  QTOOL_CHECK(n <= kMaxSafetensorsHeader, FormatError,
+              "{}: header length {} exceeds the limit of {} bytes", label, n,
+              kMaxSafetensorsHeader);
+  QTOOL_CHECK(n <= file.size() - 8, FormatError,
+              "{}: truncated: header length {} runs past the end of the file ({} bytes)", label, n,
+              file.size());
+  QTOOL_CHECK(n >= 2 && static_cast<char>(file[8]) == '{', FormatError,
+              "{}: header does not start with '{{'", label);
+
+  SafetensorsHeader h;
+  h.data_offset = 8 + n;
+  const uint64_t data_size = file.size() - h.data_offset;
+  const std::string_view text(reinterpret_cast<const char*>(file.data() + 8), n);
+  const json j = ParseHeaderJson(text, label);
+
+  for (const auto& [name, entry] : j.items()) {
+    if (name == "__metadata__") {
+      QTOOL_CHECK(entry.is_object(), FormatError, "{}: __metadata__ is not an object", label);
+      for (const auto& [k, v] : entry.items()) {
+        QTOOL_CHECK(v.is_string(), FormatError, "{}: __metadata__ value of \"{}\" is not a string",
+                    label, k);
+        h.metadata.emplace(k, v.get<std::string>());
+      }
+      continue;
+    }
+    h.tensors.push_back(ParseEntry(name, entry, data_size, label));
+  }
+
+  std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t cursor = 0;
+  const TensorInfo* prev = nullptr;
+  for (const TensorInfo& t : h.tensors) {
+    if (t.begin < cursor) {
+      throw FormatError(fmt::format("{}: tensors \"{}\" [{}, {}] and \"{}\" [{}, {}] overlap",
+                                    label, prev->name, prev->begin, prev->end, t.name, t.begin,
+                                    t.end));
+    }
+    QTOOL_CHECK(t.begin == cursor, FormatError,
+                "{}: bytes [{}, {}) of the data section belong to no tensor (before \"{}\")", label,
+                cursor, t.begin, t.name);
+    cursor = t.end;
+    prev = &t;
+  }
+  QTOOL_CHECK(cursor == data_size, FormatError,
+              "{}: data section has {} bytes but its tensors cover {} (truncated or trailing data)",
+              label, data_size, cursor);
+  return h;
+}
+
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
+    : map_(path), header_(ParseSafetensors(map_.bytes(), path.string())) {}
+
+const TensorInfo* SafetensorsFile::Find(std::string_view name) const {
+  for (const TensorInfo& t : header_.tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+std::string SafetensorsWriter::EncodeHeader(const std::vector<TensorSpec>& tensors,
+                                            const std::map<std::string, std::string>& metadata) {
+  // Keys are written in the given order (ordered_json), so the same input gives the same bytes.
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  if (!metadata.empty()) {
+    auto& m = j["__metadata__"];
+    for (const auto& [k, v] : metadata) m[k] = v;
+  }
+  uint64_t offset = 0;
+  for (const TensorSpec& t : tensors) {
+    QTOOL_CHECK(t.name != "__metadata__" && !j.contains(t.name), FormatError,
+                "cannot write tensor name \"{}\" twice or as a reserved name", t.name);
+    const uint64_t bytes = t.nbytes();
+    j[t.name] = {{"dtype", std::string(DTypeName(t.dtype))},
+                 {"shape", t.shape},
+                 {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = j.dump();
+  text.resize((text.size() + 7) / 8 * 8, ' ');
+  std::string out(8, '\0');
+  const uint64_t n = text.size();
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + text;
+}
+
+SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
+                                     std::vector<TensorSpec> tensors,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(path), tmp_path_(TempSiblingPath(path)) {
+  for (const TensorSpec& t : tensors) {
+    QTOOL_CHECK(BitsOf(t.dtype) * t.numel() % 8 == 0, ShapeError,
+                "tensor \"{}\": {} elements of {} do not fill whole bytes", t.name, t.numel(),
+                DTypeName(t.dtype));
+    total_ += t.nbytes();
+  }
+  const std::string header = EncodeHeader(tensors, metadata);
+  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  QTOOL_CHECK(fd_ >= 0, IoError, "{}: cannot create: {}", tmp_path_.string(), std::strerror(errno));
+  buffer_.reserve(kWriteBuffer);
+  const auto* h = reinterpret_cast<const std::byte*>(header.data());
+  buffer_.insert(buffer_.end(), h, h + header.size());
+}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) {
+    std::error_code ec;
+    std::filesystem::remove(tmp_path_, ec);
+  }
+}
+
+void SafetensorsWriter::Write(std::span<const std::byte> bytes) {
+  QTOOL_CHECK(bytes.size() <= total_ - written_, ShapeError,
+              "{}: {} more bytes written than the header announced", path_.string(),
+              bytes.size() - (total_ - written_));
+  written_ += bytes.size();
+  if (buffer_.size() + bytes.size() > kWriteBuffer) Flush();
+  if (bytes.size() >= kWriteBuffer) {
+    size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t r = ::write(fd_, bytes.data() + done, bytes.size() - done);
+      if (r < 0 && errno == EINTR) continue;
+      QTOOL_CHECK(r > 0, IoError, "{}: write failed: {}", tmp_path_.string(), std::strerror(errno));
+      done += static_cast<size_t>(r);
+    }
+    return;
+  }
+  buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
+}
+
+void SafetensorsWriter::Flush() {
+  size_t done = 0;
+  while (done < buffer_.size()) {
+    const ssize_t r = ::write(fd_, buffer_.data() + done, buffer_.size() - done);
+    if (r < 0 && errno == EINTR) continue;
+    QTOOL_CHECK(r > 0, IoError, "{}: write failed: {}", tmp_path_.string(), std::strerror(errno));
+    done += static_cast<size_t>(r);
+  }
+  buffer_.clear();
+}
+
+void SafetensorsWriter::Commit() {
+  QTOOL_CHECK(written_ == total_, ShapeError, "{}: {} of {} tensor bytes were written",
+              path_.string(), written_, total_);
+  Flush();
+  const int fd = fd_;
+  fd_ = -1;
+  QTOOL_CHECK(::close(fd) == 0, IoError, "{}: close failed: {}", tmp_path_.string(),
+              std::strerror(errno));
+  std::error_code ec;
+  std::filesystem::rename(tmp_path_, path_, ec);
+  QTOOL_CHECK(!ec, IoError, "{}: cannot rename into place: {}", path_.string(), ec.message());
+  committed_ = true;
+}
+
+}  // namespace qtool

@@ -1,0 +1,171 @@
+#include "qtool/quant/int_codec.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "qtool/core/error.hpp"
+#include "qtool/quant/pack.hpp"
+
+namespace qtool {
+namespace {
+
+const char* GranularityName(Granularity g) {
+  switch (g) {
+    case Granularity::kTensor:
+      return "tensor";
+    case Granularity::kChannel:
+      return "channel";
+    case Granularity::kGroup:
+      return "group";
+  }
+  return "?";
+}
+
+}  // namespace
+
+void MinMaxRange(const float* x, int64_t n, float* lo, float* hi) {
+  float a = 0.0f, b = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    a = std::min(a, x[i]);
+    b = std::max(b, x[i]);
+  }
+  *lo = a;
+  *hi = b;
+}
+
+void QuantizeRowRef(const float* x, int64_t cols, const QuantSpec& spec, uint8_t* codes,
+                    GroupParams* params, float* dequant) {
+  const int64_t glen = spec.GroupLen(cols);
+  const int32_t umax = (1 << spec.bits) - 1;
+  for (int64_t g0 = 0, gi = 0; g0 < cols; g0 += glen, ++gi) {
+    const int64_t n = std::min(glen, cols - g0);
+    float lo, hi;
+    MinMaxRange(x + g0, n, &lo, &hi);
+    const GroupParams p = ParamsFromRange(lo, hi, spec);
+    params[gi] = p;
+    for (int64_t i = g0; i < g0 + n; ++i) {
+      codes[i] = QuantizeValue(x[i], p, umax);
+      dequant[i] = DequantizeValue(codes[i], p);
+    }
+  }
+}
+
+IntCodec::IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols)
+    : WeightCodec(rows, cols), spec_(spec) {
+  spec_.Validate();
+}
+
+QuantSpec IntCodec::SpecFromRecord(const nlohmann::json& r) {
+  QuantSpec s;
+  try {
+    s.bits = r.at("bits").get<int>();
+    s.symmetric = r.value("symmetric", true);
+    const std::string g = r.value("granularity", std::string("group"));
+    if (g == "tensor") {
+      s.granularity = Granularity::kTensor;
+    } else if (g == "channel") {
+      s.granularity = Granularity::kChannel;
+    } else if (g == "group") {
+      s.granularity = Granularity::kGroup;
+      s.group_size = r.at("group_size").get<int64_t>();
+    } else {
+      throw OptionError(fmt::format("unknown granularity \"{}\"", g));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw OptionError(fmt::format("invalid int codec record {}: {}", r.dump(), e.what()));
+  }
+  s.Validate();
+  return s;
+}
+
+nlohmann::json IntCodec::Record() const {
+  nlohmann::json r = {{"codec", "int"},
+                      {"bits", spec_.bits},
+                      {"symmetric", spec_.symmetric},
+                      {"granularity", GranularityName(spec_.granularity)}};
+  if (spec_.granularity == Granularity::kGroup) r["group_size"] = spec_.group_size;
+  return r;
+}
+
+std::vector<TensorSpec> IntCodec::Layout(const std::string& name) const {
+  const bool tensor = spec_.granularity == Granularity::kTensor;
+  const int64_t prow = tensor ? 1 : rows();
+  const int64_t pcol = tensor ? 1 : spec_.GroupsPerRow(cols());
+  std::vector<TensorSpec> out = {
+      {name + ".qweight", DType::kU8, {rows(), PackedBytes(cols(), spec_.bits)}},
+      {name + ".scales", DType::kF32, {prow, pcol}}};
+  if (!spec_.symmetric) out.push_back({name + ".zeros", DType::kU8, {prow, pcol}});
+  return out;
+}
+
+void IntCodec::Observe(const float* w, int64_t r0, int64_t nrows) {
+  float lo, hi;
+  MinMaxRange(w, nrows * cols(), &lo, &hi);
+  if (r0 == 0) tensor_lo_ = tensor_hi_ = 0.0f;
+  tensor_lo_ = std::min(tensor_lo_, lo);
+  tensor_hi_ = std::max(tensor_hi_, hi);
+}
+
+void IntCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
+                          float* dequant) const {
+  const int64_t cols = this->cols();
+  const int64_t glen = spec_.GroupLen(cols);
+  const int64_t ngroups = spec_.GroupsPerRow(cols);
+  const int64_t row_bytes = PackedBytes(cols, spec_.bits);
+  const int32_t umax = (1 << spec_.bits) - 1;
+  const bool tensor = spec_.granularity == Granularity::kTensor;
+  const GroupParams tensor_params = ParamsFromRange(tensor_lo_, tensor_hi_, spec_);
+  auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
+  std::byte* scales = out[1];
+  auto* zeros = spec_.symmetric ? nullptr : reinterpret_cast<uint8_t*>(out[2]);
+  std::vector<uint8_t> codes(static_cast<size_t>(cols));
+  for (int64_t r = r0; r < r0 + nrows; ++r) {
+    const float* x = w + (r - r0) * cols;
+    float* y = dequant + (r - r0) * cols;
+    for (int64_t gi = 0; gi < ngroups; ++gi) {
+      const int64_t g0 = gi * glen, n = std::min(glen, cols - g0);
+      GroupParams p = tensor_params;
+      if (!tensor) {
+        float lo, hi;
+        MinMaxRange(x + g0, n, &lo, &hi);
+        p = ParamsFromRange(lo, hi, spec_);
+        std::memcpy(scales + (r * ngroups + gi) * 4, &p.scale, 4);
+        if (zeros) zeros[r * ngroups + gi] = static_cast<uint8_t>(p.zero);
+      }
+      uint8_t* c = codes.data() + g0;
+      for (int64_t i = 0; i < n; ++i) c[i] = QuantizeValue(x[g0 + i], p, umax);
+      for (int64_t i = 0; i < n; ++i) y[g0 + i] = DequantizeValue(c[i], p);
+    }
+    PackCodes(codes.data(), cols, spec_.bits, qweight + r * row_bytes);
+  }
+  if (tensor && r0 == 0) {
+    std::memcpy(scales, &tensor_params.scale, 4);
+    if (zeros) zeros[0] = static_cast<uint8_t>(tensor_params.zero);
+  }
+}
+
+void IntCodec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const {
+  const int64_t cols = this->cols();
+  const int64_t glen = spec_.GroupLen(cols);
+  const int64_t ngroups = spec_.GroupsPerRow(cols);
+  const int64_t row_bytes = PackedBytes(cols, spec_.bits);
+  const bool tensor = spec_.granularity == Granularity::kTensor;
+  const auto* qweight = reinterpret_cast<const uint8_t*>(in[0]);
+  const auto* zeros = spec_.symmetric ? nullptr : reinterpret_cast<const uint8_t*>(in[2]);
+  std::vector<uint8_t> codes(static_cast<size_t>(cols));
+  for (int64_t r = r0; r < r0 + nrows; ++r) {
+    UnpackCodes(qweight + r * row_bytes, cols, spec_.bits, codes.data());
+    float* y = out + (r - r0) * cols;
+    for (int64_t gi = 0; gi < ngroups; ++gi) {
+      const int64_t idx = tensor ? 0 : r * ngroups + gi;
+      GroupParams p;
+      std::memcpy(&p.scale, in[1] + idx * 4, 4);
+      p.zero = zeros ? zeros[idx] : spec_.code_offset();
+      const int64_t g0 = gi * glen, n = std::min(glen, cols - g0);
+      for (int64_t i = g0; i < g0 + n; ++i) y[i] = DequantizeValue(codes[i], p);
+    }
+  }
+}
+
+}  // namespace qtool

@@ -1,0 +1,31 @@
+// qtool dequantize Q -o OUT: a plain float checkpoint any tool can load.
+#include "commands.hpp"
+#include "qtool/io/quantized.hpp"
+#include "terminal.hpp"
+
+namespace qtool::cli {
+
+void RegisterDequantize(CLI::App& app) {
+  struct Args {
+    std::string input, output;
+    int threads = 0;
+    bool force = false;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand(
+      "dequantize", "Decode a qtool-quantised checkpoint to plain floats in the original dtype");
+  cmd->add_option("input", a->input, "Quantised checkpoint (file or directory)")->required();
+  cmd->add_option("-o,--output", a->output, "Output model directory")->required();
+  cmd->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
+  cmd->add_flag("--force", a->force, "Replace the output directory if it exists");
+  cmd->callback([a]() {
+    const Checkpoint in = Checkpoint::Open(a->input);
+    Progress progress("dequantize");
+    DequantizeCheckpoint(in, a->output, a->force, a->threads,
+                         [&](size_t done, size_t total, const std::string& name) {
+                           progress.Update(done, total, name);
+                         });
+  });
+}
+
+}  // namespace qtool::cli

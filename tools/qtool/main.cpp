@@ -1,0 +1,34 @@
+// qtool: quantise LLM checkpoints, inspect them, and measure what quantisation cost.
+//
+// Exit codes: 0 success, 2 command line error, and one code per qtool::Error class (see
+// qtool/core/error.hpp), 1 for anything unexpected. Errors print one line on stderr.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include "commands.hpp"
+#include "qtool/core/error.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"qtool: quantise large language models and measure the quality lost"};
+  app.set_version_flag("--version", "qtool " QTOOL_VERSION);
+  app.require_subcommand(1);
+  qtool::cli::RegisterQuantize(app);
+  qtool::cli::RegisterDequantize(app);
+  qtool::cli::RegisterInspect(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : static_cast<int>(qtool::ExitCode::kUsage);
+  } catch (const qtool::Error& e) {
+    std::fprintf(stderr, "qtool: %s: %s\n", e.kind(), e.what());
+    return static_cast<int>(e.exit_code());
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "qtool: out of memory\n");
+    return static_cast<int>(qtool::ExitCode::kInternal);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qtool: internal error: %s\n", e.what());
+    return static_cast<int>(qtool::ExitCode::kInternal);
+  }
+  return 0;
+}
