@@ -110,11 +110,14 @@ std::vector<TensorSpec> IntCodec::Layout(const std::string& name) const {
 
 void IntCodec::Observe(const float* w, int64_t r0, int64_t nrows) {
   if (observer_.kind != ObserverKind::kMinMax) {
-    if (r0 == 0) tensor_observer_.emplace(observer_, spec_, ActGranularity::kTensor, cols());
-    tensor_observer_->Update(w, nrows);
-    const Range range = tensor_observer_->Ranges()[0];
+    if (r0 == 0) tensor_values_.clear();
+    tensor_values_.insert(tensor_values_.end(), w, w + nrows * cols());
+    if (r0 + nrows < rows()) return;
+    const Range range = ChooseRange(tensor_values_.data(),
+                                    static_cast<int64_t>(tensor_values_.size()), observer_, spec_);
     tensor_lo_ = range.lo;
     tensor_hi_ = range.hi;
+    tensor_values_ = {};
     return;
   }
   float lo, hi;
