@@ -104,8 +104,11 @@ void MxCodec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, 
   for (int64_t r = r0; r < r0 + nrows; ++r) {
     UnpackCodes(qweight + r * row_bytes, cols, element_bits(), codes.data());
     float* y = out + (r - r0) * cols;
-    for (int64_t c = 0; c < cols; ++c) {
-      y[c] = ElementValue(codes[static_cast<size_t>(c)]) * DecodeE8M0(scales[r * nb + c / block_]);
+    for (int64_t b = 0; b < nb; ++b) {
+      const float scale = DecodeE8M0(scales[r * nb + b]);
+      for (int64_t c = b * block_; c < std::min(cols, (b + 1) * block_); ++c) {
+        y[c] = ElementValue(codes[static_cast<size_t>(c)]) * scale;
+      }
     }
   }
 }

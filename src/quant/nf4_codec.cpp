@@ -190,19 +190,27 @@ void Nf4Codec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* 
   const int64_t cols = this->cols(), n = rows() * cols, row_bytes = (cols + 1) / 2;
   const int64_t last_whole = n / block_;  // blocks below this index are whole
   const auto& values = Nf4Values();
+  const auto& midpoints = Nf4Midpoints();
   auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
   for (int64_t r = r0; r < r0 + nrows; ++r) {
     uint8_t* q = qweight + r * row_bytes;
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t i = r * cols + c, b = i / block_;
-      const float x = w[(r - r0) * cols + c];
-      const uint8_t code = Bucketize(
-          Nf4Midpoints(), ScaleToUnit(x, absmax_[static_cast<size_t>(b)], b < last_whole));
-      dequant[(r - r0) * cols + c] = values[code] * dq_absmax_[static_cast<size_t>(b)];
-      if (c % 2 == 0) {
-        q[c / 2] = static_cast<uint8_t>(code << 4);
-      } else {
-        q[c / 2] = static_cast<uint8_t>(q[c / 2] | code);
+    const float* x = w + (r - r0) * cols;
+    float* y = dequant + (r - r0) * cols;
+    // The row in runs of one block each.
+    for (int64_t c = 0; c < cols;) {
+      const int64_t b = (r * cols + c) / block_;
+      const int64_t end = std::min(cols, (b + 1) * block_ - r * cols);
+      const float absmax = absmax_[static_cast<size_t>(b)];
+      const float decoded_absmax = dq_absmax_[static_cast<size_t>(b)];
+      const bool whole = b < last_whole;
+      for (; c < end; ++c) {
+        const uint8_t code = Bucketize(midpoints, ScaleToUnit(x[c], absmax, whole));
+        y[c] = values[code] * decoded_absmax;
+        if (c % 2 == 0) {
+          q[c / 2] = static_cast<uint8_t>(code << 4);
+        } else {
+          q[c / 2] = static_cast<uint8_t>(q[c / 2] | code);
+        }
       }
     }
   }
@@ -224,18 +232,17 @@ void Nf4Codec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows,
   const int64_t cols = this->cols(), row_bytes = (cols + 1) / 2;
   const auto& values = Nf4Values();
   const auto* qweight = reinterpret_cast<const uint8_t*>(in[0]);
-  int64_t cached_block = -1;
-  float absmax = 0;
   for (int64_t r = r0; r < r0 + nrows; ++r) {
     const uint8_t* q = qweight + r * row_bytes;
-    for (int64_t c = 0; c < cols; ++c) {
+    float* y = out + (r - r0) * cols;
+    for (int64_t c = 0; c < cols;) {
       const int64_t b = (r * cols + c) / block_;
-      if (b != cached_block) {
-        absmax = StoredAbsmax(in, b);
-        cached_block = b;
+      const int64_t end = std::min(cols, (b + 1) * block_ - r * cols);
+      const float absmax = StoredAbsmax(in, b);
+      for (; c < end; ++c) {
+        const int code = c % 2 == 0 ? q[c / 2] >> 4 : q[c / 2] & 0xf;
+        y[c] = values[static_cast<size_t>(code)] * absmax;
       }
-      const int code = c % 2 == 0 ? q[c / 2] >> 4 : q[c / 2] & 0xf;
-      out[(r - r0) * cols + c] = values[static_cast<size_t>(code)] * absmax;
     }
   }
 }

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -88,41 +89,44 @@ inline float DecodeMinifloat(uint32_t code, const MinifloatFormat& f) {
   return neg ? -v : v;
 }
 
+/// Code of the largest finite magnitude (sign bit clear).
+constexpr uint32_t MaxFiniteCode(const MinifloatFormat& f) {
+  const uint32_t top = (1u << f.exp_bits) - 1, mant = (1u << f.man_bits) - 1;
+  if (f.has_inf) return ((top - 1) << f.man_bits) | mant;
+  return (top << f.man_bits) | (f.has_nan ? mant - 1 : mant);
+}
+
 /// Code of `x` in format `f`: round to nearest even, overflow as described at the top of the file.
+/// Works on the f32 bit fields, like F32ToF16 (half.hpp), in the default rounding mode.
 inline uint32_t EncodeMinifloat(float x, const MinifloatFormat& f, bool saturate = true) {
-  const uint32_t sign = std::signbit(x) ? f.sign_bit() : 0u;
-  const uint32_t top = (1u << f.exp_bits) - 1;
-  if (std::isnan(x)) {
-    if (!f.has_nan) return 0;
-    return sign | (f.has_inf ? (top << f.man_bits) | (1u << (f.man_bits - 1))
-                             : (top << f.man_bits) | ((1u << f.man_bits) - 1));
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  const uint32_t sign = (bits >> 31) ? f.sign_bit() : 0u;
+  const uint32_t a = bits & 0x7fffffffu;
+  const uint32_t top = (1u << f.exp_bits) - 1, mant = (1u << f.man_bits) - 1;
+  const uint32_t nan_code =
+      f.has_inf ? (top << f.man_bits) | (1u << (f.man_bits - 1)) : (top << f.man_bits) | mant;
+  if (a > 0x7f800000u) return f.has_nan ? sign | nan_code : 0u;
+  uint32_t r;
+  const int emin = 1 - f.bias;
+  if (a < static_cast<uint32_t>(emin + 127) << 23) {
+    // Below the smallest normal: count quanta of 2^(emin - M). Adding 2^(emin - M + 23) puts
+    // that quantum at the last f32 mantissa bit, so the FPU's add rounds to nearest even there;
+    // the count 2^M (rounded up to the smallest normal) is also the right code.
+    const uint32_t magic_bits = static_cast<uint32_t>(emin - f.man_bits + 23 + 127) << 23;
+    const float v = std::bit_cast<float>(a) + std::bit_cast<float>(magic_bits);
+    r = std::bit_cast<uint32_t>(v) - magic_bits;
+  } else {
+    // Normal: round the 23 - M dropped mantissa bits to even, then rebias the exponent. A carry
+    // out of the mantissa moves up one binade, which is the right code.
+    const int shift = 23 - f.man_bits;
+    const uint32_t rounded = a + ((1u << (shift - 1)) - 1) + ((a >> shift) & 1u);
+    r = (rounded >> shift) - (static_cast<uint32_t>(127 - f.bias) << f.man_bits);
+    if (a >= 0x7f800000u) r = ~0u;  // Inf
   }
-  const float a = std::fabs(x);
-  const float max = f.max();
-  const bool overflow_to_special = !saturate && (f.has_inf || f.has_nan);
-  auto overflow = [&]() -> uint32_t {
-    if (!overflow_to_special) return sign | EncodeMinifloat(max, f);
-    return sign | (f.has_inf ? top << f.man_bits : (top << f.man_bits) | ((1u << f.man_bits) - 1));
-  };
-  if (std::isinf(a)) return overflow();
-  // Quantum of a's binade (the subnormal quantum below the normal range); scaling by a power of
-  // two is exact, so r is the exact RNE of a in units of the quantum (r <= 2^(M+1)).
-  int e;
-  std::frexp(a, &e);  // a = frac * 2^e, frac in [0.5, 1)
-  const int qexp = std::max(e - 1, f.emin()) - f.man_bits;
-  const float r = RoundHalfEvenSmall(std::ldexp(a, -qexp));
-  const float v = std::ldexp(r, qexp);
-  if (v > max) return overflow();
-  if (r == 0.0f) return sign;
-  // Re-derive the fields from the rounded value (it may have moved up one binade).
-  int ve;
-  std::frexp(v, &ve);
-  const int unbiased = ve - 1;
-  if (unbiased < f.emin()) return sign | static_cast<uint32_t>(r);  // subnormal: m = r
-  const uint32_t exp_field = static_cast<uint32_t>(unbiased + f.bias);
-  const uint32_t man =
-      static_cast<uint32_t>(std::ldexp(v, f.man_bits - unbiased)) - (1u << f.man_bits);
-  return sign | (exp_field << f.man_bits) | man;
+  const uint32_t max_code = MaxFiniteCode(f);
+  if (r <= max_code) return sign | r;
+  if (saturate || !(f.has_inf || f.has_nan)) return sign | max_code;
+  return sign | (f.has_inf ? top << f.man_bits : nan_code);
 }
 
 /// Table of the values of every code of `f` (num_codes() entries).
