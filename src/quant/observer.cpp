@@ -126,9 +126,13 @@ Range ChooseRange(const float* x, int64_t n, const ObserverSpec& spec, const Qua
     case ObserverKind::kMse:
       return MseRange(x, n, grid, spec.norm, importance);
     case ObserverKind::kKl: {
-      Histogram h;
+      // 2048 bins, fewer for a group of fewer values: a histogram much wider than its sample
+      // count is mostly empty bins, and KL then favours tiny thresholds (a 64-weight group lost
+      // 17 dB to min-max with 2048 bins; with 64 bins it is within 0.3 dB).
+      const int levels = 1 << (grid.bits - 1);
+      Histogram h(static_cast<int>(std::clamp<int64_t>(n, 4 * levels, kHistogramBins)));
       h.Add(x, n);
-      return ClipRange(MinMax(x, n), h.KlThreshold(1 << (grid.bits - 1)));
+      return ClipRange(MinMax(x, n), h.KlThreshold(levels));
     }
   }
   return MinMax(x, n);
@@ -197,41 +201,43 @@ float Histogram::MseThreshold(int levels, double norm) const {
 float Histogram::KlThreshold(int levels) const {
   const int nb = bins();
   if (range_ == 0.0f || levels >= nb) return range_;
-  std::vector<double> suffix(static_cast<size_t>(nb) + 1, 0.0);  // suffix[i] = sum hist[i:]
-  for (int i = nb - 1; i >= 0; --i) suffix[i] = suffix[i + 1] + counts_[static_cast<size_t>(i)];
+  // Prefix sums make each candidate O(levels): with P_b = h_b (the tail folded into the last bin)
+  // and Q_b = mass_j / nonzero_j on the non-empty bins of chunk j,
+  //   sum_b P_b log(P_b / Q_b) = sum_b h_b log h_b - sum_j mass_j log(mass_j / nonzero_j)
+  // plus a correction for the last bin, which gains the tail.
+  std::vector<double> mass(static_cast<size_t>(nb) + 1, 0.0), plogp(mass), nonzero(mass);
+  for (int b = 0; b < nb; ++b) {
+    const double h = counts_[static_cast<size_t>(b)];
+    mass[b + 1] = mass[b] + h;
+    plogp[b + 1] = plogp[b] + (h > 0 ? h * std::log(h) : 0.0);
+    nonzero[b + 1] = nonzero[b] + (h > 0 ? 1.0 : 0.0);
+  }
+  const double total = mass[static_cast<size_t>(nb)];
+  constexpr double kEmptyQ = 1e-4;  // smoothing where P > 0 but Q = 0 (only the last bin)
   double best_kl = std::numeric_limits<double>::infinity();
   int best = nb;
-  std::vector<double> q(static_cast<size_t>(nb));
   for (int i = levels; i <= nb; ++i) {
-    // Q: hist[0:i] merged into `levels` chunks, each chunk's mass spread over its non-empty bins.
+    double sum = plogp[static_cast<size_t>(i)];
+    double last_q = 0;
     for (int j = 0; j < levels; ++j) {
-      const int b0 = static_cast<int>(static_cast<int64_t>(j) * i / levels);
-      const int b1 = static_cast<int>(static_cast<int64_t>(j + 1) * i / levels);
-      double mass = 0;
-      int nonzero = 0;
-      for (int b = b0; b < b1; ++b) {
-        mass += counts_[static_cast<size_t>(b)];
-        nonzero += counts_[static_cast<size_t>(b)] > 0;
-      }
-      for (int b = b0; b < b1; ++b) {
-        q[static_cast<size_t>(b)] = counts_[static_cast<size_t>(b)] > 0 ? mass / nonzero : 0.0;
+      const auto b0 = static_cast<size_t>(static_cast<int64_t>(j) * i / levels);
+      const auto b1 = static_cast<size_t>(static_cast<int64_t>(j + 1) * i / levels);
+      const double m = mass[b1] - mass[b0], nz = nonzero[b1] - nonzero[b0];
+      if (nz > 0) {
+        sum -= m * std::log(m / nz);
+        if (j == levels - 1) last_q = m / nz;
       }
     }
-    // P: hist[0:i] with the clipped tail folded into its last bin. Both are normalised by the
-    // same total, so KL = sum p log(p / q) / total + log(total_q / total_p) with equal totals.
-    const double total = suffix[0];
-    double kl = 0;
-    for (int b = 0; b < i; ++b) {
-      double p = counts_[static_cast<size_t>(b)];
-      if (b == i - 1) p += suffix[static_cast<size_t>(i)];
-      if (p == 0) continue;
-      // A bin with P > 0 but Q = 0 (only the last bin, which gains the tail) is smoothed.
-      const double qb = std::max(q[static_cast<size_t>(b)], 1e-4);
-      kl += p / total * std::log(p / qb);
+    const double h = counts_[static_cast<size_t>(i) - 1],
+                 tail = total - mass[static_cast<size_t>(i)];
+    if (tail > 0) {
+      // Replace the last bin's h log(h / q) by (h + tail) log((h + tail) / q).
+      const double q = h > 0 ? last_q : kEmptyQ;
+      if (h > 0) sum -= h * std::log(h / q);
+      sum += (h + tail) * std::log((h + tail) / q);
     }
-    // Q lacks the tail's mass: renormalise it to the total of P.
-    const double q_total = total - suffix[static_cast<size_t>(i)];
-    if (q_total > 0) kl += std::log(q_total / total);
+    // Q lacks the tail's mass: renormalising it to the total of P adds log(q_total / total).
+    const double kl = sum / total + (total > tail ? std::log((total - tail) / total) : 0.0);
     if (kl < best_kl) {
       best_kl = kl;
       best = i;

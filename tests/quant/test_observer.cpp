@@ -127,6 +127,58 @@ TEST(Observer, ImportanceWeightsSteerTheMseRange) {
   EXPECT_GT(b.hi, 20.0f);
 }
 
+// TensorRT's entropy calibration written out directly, O(bins) per candidate threshold.
+float DirectKlThreshold(const Histogram& h, int levels) {
+  const auto& c = h.counts();
+  const int nb = h.bins();
+  double total = 0;
+  for (double v : c) total += v;
+  double best_kl = 1e300;
+  int best = nb;
+  for (int i = levels; i <= nb; ++i) {
+    std::vector<double> p(c.begin(), c.begin() + i), q(static_cast<size_t>(i), 0.0);
+    for (int b = i; b < nb; ++b) p[static_cast<size_t>(i) - 1] += c[static_cast<size_t>(b)];
+    for (int j = 0; j < levels; ++j) {
+      const int b0 = j * i / levels, b1 = (j + 1) * i / levels;
+      double m = 0, nz = 0;
+      for (int b = b0; b < b1; ++b) {
+        m += c[static_cast<size_t>(b)];
+        nz += c[static_cast<size_t>(b)] > 0;
+      }
+      for (int b = b0; b < b1; ++b)
+        q[static_cast<size_t>(b)] = c[static_cast<size_t>(b)] > 0 ? m / nz : 0;
+    }
+    double qt = 0;
+    for (double v : q) qt += v;
+    double kl = 0;
+    for (int b = 0; b < i; ++b) {
+      const double pb = p[static_cast<size_t>(b)] / total;
+      const double qb = std::max(q[static_cast<size_t>(b)], 1e-4) / qt;
+      if (pb > 0) kl += pb * std::log(pb / qb);
+    }
+    if (kl < best_kl - 1e-12) {
+      best_kl = kl;
+      best = i;
+    }
+  }
+  return static_cast<float>(best * h.bin_width());
+}
+
+TEST(Histogram, KlThresholdMatchesTheDirectComputation) {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 4; ++trial) {
+    std::student_t_distribution<float> heavy(2.0f + trial);
+    std::vector<float> x(20000);
+    for (float& v : x) v = heavy(rng);
+    Histogram h(256);  // a small histogram keeps the direct computation quick
+    h.Add(x.data(), static_cast<int64_t>(x.size()));
+    for (int levels : {4, 8, 16}) {
+      EXPECT_EQ(h.KlThreshold(levels), DirectKlThreshold(h, levels))
+          << "trial " << trial << ", " << levels << " levels";
+    }
+  }
+}
+
 TEST(Histogram, GrowsByDoublingAndKeepsCounts) {
   Histogram h(8);
   const float a[] = {0.1f, 0.2f, 0.9f};

@@ -11,7 +11,8 @@
 //                 hist[0:i] with the clipped tail added to its last bin, Q is hist[0:i] merged into
 //                 L levels and spread back evenly over the non-empty bins of each level; the
 //                 threshold minimising KL(P || Q) is chosen (Migacz, "8-bit Inference with
-//                 TensorRT", GTC 2017).
+//                 TensorRT", GTC 2017). For weights the histogram has min(2048, max(n, 4 L))
+//                 bins, n being the number of values in the group.
 //
 // The same observers serve weights (a whole group/channel/tensor at once: ChooseRange) and
 // activations seen in batches (ActivationObserver: per-tensor, per-channel or per-token), where the
