@@ -3,18 +3,19 @@
 //
 // Quantisation, over the row-major flattened tensor (blocks cross row boundaries):
 //   absmax_b = max |x| over block b of `block` elements (64 by default; the last may be shorter)
-//   code_i   = the index of the NF4 value nearest to x_i * (1 / absmax_b) (clamped to [-1, 1]; the
-//              reciprocal is taken first, in f32, as bitsandbytes does; on an exact tie the lower
-//              index wins, as argmin does); an all-zero block stores code 7 (the value 0).
+//   code_i   = the number of f32 midpoints between consecutive NF4 values lying below
+//              v = clamp(x_i * (1 / absmax_b), -1, 1) (x_i / absmax_b in a shorter last block, as
+//              bitsandbytes computes it): the nearest value, a value exactly on a midpoint taking
+//              the lower code; an all-zero block stores code 7 (the value 0).
 // Double quantisation (bitsandbytes compress_statistics) then stores the absmax values as
 //   offset     = mean(absmax)                                  (f32)
 //   a_j        = absmax_j - offset
 //   absmax2_c  = max |a_j| over chunk c of 256 absmax values
-//   qabsmax_j  = index of the value of the signed dynamic 8-bit map (DynamicMap8) nearest to
-//                a_j * (1 / absmax2_c), clamped to [-1, 1]
+//   qabsmax_j  = code of a_j * (1 / absmax2_c), clamped to [-1, 1], in the signed dynamic 8-bit
+//                map (DynamicMap8), by the same midpoint rule
 // and decoding uses absmax'_j = DynamicMap8()[qabsmax_j] * absmax2_c + offset. The codes are
 // always computed from the exact absmax (double quantisation affects only the stored scales).
-// x^_i = NF4[code_i] * absmax_b.
+// x^_i = NF4[code_i] * absmax_b (absmax'_b with double quantisation).
 //
 // Stored tensors for weight NAME [rows, cols], N = ceil(rows * cols / block):
 //   NAME.qweight         U8  [rows, ceil(cols / 2)]  two codes per byte, the even column in the
