@@ -120,6 +120,7 @@ nlohmann::json CodecRecord(const QuantizeArgs& a) {
   QTOOL_CHECK(is_int || a.observer == "minmax", OptionError,
               "--observer applies to the integer formats, not to \"{}\"", f);
   QTOOL_CHECK(f == "nf4" || !a.double_quant, OptionError, "--double-quant applies to nf4 only");
+  QTOOL_CHECK(is_int || !a.asym, OptionError, "--asym applies to the integer formats only");
   QTOOL_CHECK(is_fp || !a.no_saturate, OptionError, "--no-saturate applies to fp8/fp4 only");
   QTOOL_CHECK(!is_int || a.block.empty(), OptionError,
               "--block applies to nf4, fp4, fp8 and the MX formats; use --group for int");
