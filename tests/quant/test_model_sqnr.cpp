@@ -228,7 +228,7 @@ TEST(ModelSqnr, CliFormatsAndOptions) {
   for (const auto& bad :
        std::vector<std::vector<std::string>>{{"--format", "nf4", "--observer", "mse"},
                                              {"--format", "int4", "--double-quant"},
-           {"--format", "mxfp4", "--asym"},
+                                             {"--format", "mxfp4", "--asym"},
                                              {"--format", "int4", "--block", "64"},
                                              {"--format", "nf4", "--block", "16"},
                                              {"--format", "fp8-e4m3", "--block", "0x4"},
