@@ -1,0 +1,211 @@
+// Advanced SIMD (NEON) kernels for AArch64. The integer dot products use SDOT (Armv8.2 dot
+// product extension), compiled for it with a function attribute and installed only when the CPU
+// reports it (HWCAP_ASIMDDP); conversions of 16-bit floats use the reference.
+#if defined(__aarch64__)
+#include <arm_neon.h>
+
+#include <algorithm>
+
+#include "../common_inl.hpp"
+#include "qtool/kernels.hpp"
+
+namespace qtool::kernels::detail {
+namespace {
+
+// Runs body(in, out) over n elements in blocks of B; the last partial block goes through
+// zero-padded copies.
+template <int B, typename In, typename Out, typename Body>
+void Blocks(const In* in, int64_t n, Out* out, Body body) {
+  int64_t i = 0;
+  for (; i + B <= n; i += B) body(in + i, out + i);
+  if (i < n) {
+    In tin[B] = {};
+    Out tout[B];
+    std::memcpy(tin, in + i, static_cast<size_t>(n - i) * sizeof(In));
+    body(tin, tout);
+    std::memcpy(out + i, tout, static_cast<size_t>(n - i) * sizeof(Out));
+  }
+}
+
+void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
+  Blocks<8>(in, n, out, [](const uint16_t* s, float* d) {
+    const uint16x8_t h = vld1q_u16(s);
+    vst1q_f32(d, vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16)));
+    vst1q_f32(d + 4, vreinterpretq_f32_u32(vshll_high_n_u16(h, 16)));
+  });
+}
+
+// Compare-and-select keeps the reference's exact std::min(acc, x) / std::max(acc, x) semantics
+// (FMIN/FMAX would order -0 below +0 and propagate NaN).
+void MinMax(const float* x, int64_t n, float* lo, float* hi) {
+  float32x4_t a = vdupq_n_f32(0.0f), b = a;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float32x4_t v = vld1q_f32(x + i);
+    a = vbslq_f32(vcltq_f32(v, a), v, a);
+    b = vbslq_f32(vcgtq_f32(v, b), v, b);
+  }
+  float l = 0.0f, h = 0.0f;
+  for (int j = 0; j < 4; ++j) {
+    l = a[j] < l ? a[j] : l;
+    h = b[j] > h ? b[j] : h;
+  }
+  for (; i < n; ++i) {
+    l = x[i] < l ? x[i] : l;
+    h = x[i] > h ? x[i] : h;
+  }
+  *lo = l;
+  *hi = h;
+}
+
+// QuantizeValue on 4 lanes: true division, clamp before rounding, round by +-1.5 * 2^23.
+struct CodeQuantizer {
+  float32x4_t scale, lo, hi, magic;
+  int32x4_t zero;
+  CodeQuantizer(GroupParams p, int32_t umax)
+      : scale(vdupq_n_f32(p.scale)),
+        lo(vdupq_n_f32(static_cast<float>(-p.zero))),
+        hi(vdupq_n_f32(static_cast<float>(umax - p.zero))),
+        magic(vdupq_n_f32(12582912.0f)),
+        zero(vdupq_n_s32(p.zero)) {}
+  int32x4_t operator()(const float* x) const {
+    float32x4_t v = vminq_f32(vmaxq_f32(vdivq_f32(vld1q_f32(x), scale), lo), hi);
+    v = vsubq_f32(vaddq_f32(v, magic), magic);
+    return vaddq_s32(vcvtq_s32_f32(v), zero);
+  }
+};
+
+// 16 int32 lanes in [-128, 255] -> 16 bytes (two's complement truncation).
+uint8x16_t Narrow(int32x4_t a, int32x4_t b, int32x4_t c, int32x4_t d) {
+  const int16x8_t ab = vcombine_s16(vmovn_s32(a), vmovn_s32(b));
+  const int16x8_t cd = vcombine_s16(vmovn_s32(c), vmovn_s32(d));
+  return vreinterpretq_u8_s8(vcombine_s8(vmovn_s16(ab), vmovn_s16(cd)));
+}
+
+void QuantizeCodes(const float* x, int64_t n, GroupParams p, int32_t umax, uint8_t* c) {
+  const CodeQuantizer quant(p, umax);
+  Blocks<16>(x, n, c, [&quant](const float* s, uint8_t* d) {
+    vst1q_u8(d, Narrow(quant(s), quant(s + 4), quant(s + 8), quant(s + 12)));
+  });
+}
+
+void DequantizeCodes(const uint8_t* c, int64_t n, GroupParams p, float* out) {
+  const float32x4_t scale = vdupq_n_f32(p.scale);
+  const int32x4_t zero = vdupq_n_s32(p.zero);
+  Blocks<8>(c, n, out, [&](const uint8_t* s, float* d) {
+    const uint16x8_t u = vmovl_u8(vld1_u8(s));
+    const int32x4_t lo = vsubq_s32(vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(u))), zero);
+    const int32x4_t hi = vsubq_s32(vreinterpretq_s32_u32(vmovl_high_u16(u)), zero);
+    vst1q_f32(d, vmulq_f32(vcvtq_f32_s32(lo), scale));
+    vst1q_f32(d + 4, vmulq_f32(vcvtq_f32_s32(hi), scale));
+  });
+}
+
+void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float* s) {
+  const QuantSpec spec{8, true, Granularity::kChannel, 0};
+  for (int64_t t = 0; t < m; ++t) {
+    const float* xt = x + t * k;
+    float a = 0.0f;
+    for (int64_t i = 0; i < k; ++i) {
+      const float v = xt[i] < 0 ? -xt[i] : xt[i];
+      a = v > a ? v : a;
+    }
+    const GroupParams p = ParamsFromRange(-a, a, spec);
+    s[t] = p.scale;
+    const CodeQuantizer quant(p, 255);
+    const int32x4_t offset = vdupq_n_s32(128), floor = vdupq_n_s32(-127);
+    auto code = [&](const float* v) { return vmaxq_s32(vsubq_s32(quant(v), offset), floor); };
+    Blocks<16>(xt, k, reinterpret_cast<uint8_t*>(q + t * k), [&](const float* v, uint8_t* d) {
+      vst1q_u8(d, Narrow(code(v), code(v + 4), code(v + 8), code(v + 12)));
+    });
+  }
+}
+
+int32_t SumQ(const int8_t* q, int64_t k) {
+  int32_t s = 0;
+  for (int64_t i = 0; i < k; ++i) s += q[i];
+  return s;
+}
+
+// sum (u - z) q = sum (u - 128) q + (128 - z) sum q, with u - 128 = u ^ 0x80 as a signed byte.
+__attribute__((target("arch=armv8.2-a+dotprod"))) void GemmW8A8(const Int8Acts& a,
+                                                                const QuantWeights& w, int64_t n0,
+                                                                int64_t n1, float* y) {
+  const int64_t k = w.cols, whole = k / 16 * 16;
+  for (int64_t t = 0; t < a.m; ++t) {
+    const int8_t* q = a.q + t * k;
+    const int32_t sq = SumQ(q, k);
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* row = w.codes + n * k;
+      int32x4_t acc = vdupq_n_s32(0);
+      for (int64_t i = 0; i < whole; i += 16) {
+        const int8x16_t s = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(row + i), vdupq_n_u8(0x80)));
+        acc = vdotq_s32(acc, s, vld1q_s8(q + i));
+      }
+      int32_t dot = vaddvq_s32(acc) + (128 - ZeroOf(w, n, 0)) * sq;
+      for (int64_t i = whole; i < k; ++i) dot += (row[i] - 128) * q[i];
+      y[t * w.rows + n] = static_cast<float>(dot) * a.scales[t] * w.scales[n];
+    }
+  }
+}
+
+// 32 codes (16 bytes) per step: low nibbles against the 16 even activations, high nibbles
+// against the 16 odd ones (see PermuteForNibbles); codes 0..15 are valid signed bytes for SDOT.
+__attribute__((target("arch=armv8.2-a+dotprod"))) void GemmW4A8(const Int8Acts& a,
+                                                                const QuantWeights& w, int64_t n0,
+                                                                int64_t n1, float* y) {
+  const int64_t k = w.cols, ng = w.groups_per_row(), rb = w.row_bytes();
+  Scratch perm(k), sums(ng * 4);
+  const uint8x16_t nib = vdupq_n_u8(0x0f);
+  for (int64_t t = 0; t < a.m; ++t) {
+    PermuteForNibbles(a.q + t * k, k, w.group, 32, perm.as<int8_t>());
+    GroupSums(a.q + t * k, k, w.group, sums.as<int32_t>());
+    const int8_t* act = perm.as<int8_t>();
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* row = w.codes + n * rb;
+      float32x4_t acc = vdupq_n_f32(0.0f);
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t g0 = g * w.group, end = g0 + std::min(w.group, k - g0);
+        // Lane 0 starts at -z * sum(q), so the lanes add up to the exact group dot product.
+        int32x4_t dot = vsetq_lane_s32(-ZeroOf(w, n, g) * sums.as<int32_t>()[g], vdupq_n_s32(0), 0);
+        for (int64_t off = g0; off < end; off += 32) {
+          const uint8x16_t b = vld1q_u8(row + off / 2);
+          dot = vdotq_s32(dot, vreinterpretq_s8_u8(vandq_u8(b, nib)), vld1q_s8(act + off));
+          dot = vdotq_s32(dot, vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), vld1q_s8(act + off + 16));
+        }
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(dot), w.scales[n * ng + g]);
+      }
+      y[t * w.rows + n] = vaddvq_f32(acc) * a.scales[t];
+    }
+  }
+}
+
+}  // namespace
+
+const KernelTable* NeonTable(bool dotprod) {
+  static const KernelTable base = [] {
+    KernelTable t;
+    t.bf16_to_f32 = Bf16ToF32;
+    t.min_max = MinMax;
+    t.quantize_codes = QuantizeCodes;
+    t.dequantize_codes = DequantizeCodes;
+    t.quantize_activations = QuantizeActivations;
+    return t;
+  }();
+  static const KernelTable with_dot = [] {
+    KernelTable t = base;
+    t.gemm_w8a8 = GemmW8A8;
+    t.gemm_w4a8 = GemmW4A8;
+    return t;
+  }();
+  return dotprod ? &with_dot : &base;
+}
+
+}  // namespace qtool::kernels::detail
+
+#else
+#include "../table.hpp"
+const qtool::kernels::detail::KernelTable* qtool::kernels::detail::NeonTable(bool) {
+  return nullptr;
+}
+#endif
