@@ -311,9 +311,9 @@ void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float*
 
 namespace {
 
-// Output columns per task: a multiple of every kernel's column block (32), large enough that a
-// task's weight rows amortise its set-up (packing or activation reordering).
-constexpr int64_t kColsPerTask = 256;
+// Output columns per task: a multiple of every kernel's column block (48 for the AVX-512 GEMM),
+// large enough that a task's weight rows amortise its set-up (packing or activation reordering).
+constexpr int64_t kColsPerTask = 384;
 
 template <typename Fn>
 void OverColumns(int64_t n, int threads, Fn&& fn) {

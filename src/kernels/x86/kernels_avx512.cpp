@@ -220,26 +220,30 @@ void W8A8Rows(const int8_t* q, float sa, const QuantWeights& w, int64_t n0, int6
 }
 
 // GEMM: weights are packed into panels of 16 rows x 4 bytes per 64-byte vector so that one
-// VPDPBUSD with a broadcast of 4 activation bytes advances 16 outputs by 4 products each.
-// The micro-kernel keeps MR tokens x 32 outputs in 2*MR accumulators.
-constexpr int kPanel = 16;
+// VPDPBUSD with a broadcast of 4 activation bytes advances 16 outputs by 4 products each. The
+// micro-kernel keeps 8 tokens x 48 outputs in 24 named accumulators (GCC spills arrays of vector
+// accumulators); token counts are padded to 8 with zero rows. Both operands are interleaved so
+// that each step reads one contiguous 192-byte run of weights and 32 bytes of activations:
+//   weights [k4 / 4][3 panels][16 rows][4 bytes], activations [m / 8][k4 / 4][8 tokens][4 bytes].
+constexpr int kPanel = 16, kPanels = 3, kMr = 8;
 
+// Panel j (rows nb .. nb + 15) of the interleaved weight block.
 void PackPanel(const QuantWeights& w, int64_t nb, int64_t n1, int64_t k4, uint8_t* panel) {
   const int64_t k = w.cols;
-  const int64_t rows = std::min<int64_t>(kPanel, n1 - nb);
+  const int64_t rows = std::clamp<int64_t>(n1 - nb, 0, kPanel);
   const __mmask16 valid = Mask16(rows);
   const __m512i index =
       _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                          _mm512_set1_epi32(static_cast<int>(k)));
-  const uint8_t* base = w.codes + nb * k;
+  const uint8_t* base = w.codes + std::min(nb, n1) * k;
   const int64_t full = k / 4;
   for (int64_t kk = 0; kk < full; ++kk) {
     const __m512i v =
         _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, index, base + 4 * kk, 1);
-    _mm512_store_si512(panel + kk * 64, v);
+    _mm512_store_si512(panel + kk * 64 * kPanels, v);
   }
   for (int64_t kk = full; kk < k4 / 4; ++kk) {  // the last, partial group of 4
-    uint8_t* dst = panel + kk * 64;
+    uint8_t* dst = panel + kk * 64 * kPanels;
     std::memset(dst, 0, 64);
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t j = 0; 4 * kk + j < k; ++j) dst[r * 4 + j] = base[r * k + 4 * kk + j];
@@ -247,78 +251,97 @@ void PackPanel(const QuantWeights& w, int64_t nb, int64_t n1, int64_t k4, uint8_
   }
 }
 
-struct W8A8Block {
-  const uint8_t* panels;  // two panels, each k4 * 16 bytes
-  const int8_t* a;        // activations padded to k4 per token
-  const int32_t* sums;    // per token
-  int64_t k4;
-};
+inline __m512i Broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
 
-template <int MR>
-void W8A8Micro(const W8A8Block& b, const Int8Acts& acts, const QuantWeights& w, int64_t t0,
-               int64_t nb, int64_t n1, float* y) {
-  __m512i acc[MR][2];
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
-  const uint8_t* p0 = b.panels;
-  const uint8_t* p1 = b.panels + b.k4 * kPanel;
-  const int8_t* a = b.a + t0 * b.k4;
-  for (int64_t kk = 0; kk < b.k4 / 4; ++kk) {
-    const __m512i w0 = _mm512_load_si512(p0 + kk * 64), w1 = _mm512_load_si512(p1 + kk * 64);
-    for (int r = 0; r < MR; ++r) {
-      int32_t a4;
-      std::memcpy(&a4, a + r * b.k4 + kk * 4, 4);
-      const __m512i av = _mm512_set1_epi32(a4);
-      acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w0, av);
-      acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], w1, av);
-    }
+// acc[r][j] = sum_k panel_j[k] * a_r[k] over the padded length k4, for 8 tokens and 3 panels.
+void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, __m512i (*acc)[kPanels]) {
+#define QTOOL_ROW(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0;
+  QTOOL_ROW(0)
+  QTOOL_ROW(1) QTOOL_ROW(2) QTOOL_ROW(3) QTOOL_ROW(4) QTOOL_ROW(5) QTOOL_ROW(6) QTOOL_ROW(7)
+#undef QTOOL_ROW
+      for (int64_t kk = 0; kk < k4 / 4; ++kk) {
+    const uint8_t* p = panels + kk * 64 * kPanels;
+    const __m512i w0 = _mm512_load_si512(p), w1 = _mm512_load_si512(p + 64),
+                  w2 = _mm512_load_si512(p + 128);
+#define QTOOL_STEP(r)                                   \
+  {                                                     \
+    const __m512i av = Broadcast4(a + kk * 32 + r * 4); \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, w0, av);     \
+    c##r##1 = _mm512_dpbusd_epi32(c##r##1, w1, av);     \
+    c##r##2 = _mm512_dpbusd_epi32(c##r##2, w2, av);     \
   }
-  for (int j = 0; j < 2; ++j) {
+    QTOOL_STEP(0)
+    QTOOL_STEP(1) QTOOL_STEP(2) QTOOL_STEP(3) QTOOL_STEP(4) QTOOL_STEP(5) QTOOL_STEP(6)
+        QTOOL_STEP(7)
+#undef QTOOL_STEP
+  }
+#define QTOOL_OUT(r) acc[r][0] = c##r##0, acc[r][1] = c##r##1, acc[r][2] = c##r##2;
+  QTOOL_OUT(0)
+  QTOOL_OUT(1) QTOOL_OUT(2) QTOOL_OUT(3) QTOOL_OUT(4) QTOOL_OUT(5) QTOOL_OUT(6) QTOOL_OUT(7)
+#undef QTOOL_OUT
+}
+
+// y = float(acc - zero * sum(q)) * a_scale * w_scale, the reference's order of products.
+void W8A8Store(__m512i (*acc)[kPanels], const Int8Acts& a, const int32_t* sums,
+               const QuantWeights& w, int64_t t0, int64_t nb, int64_t n1, float* y) {
+  const int64_t rows = std::min<int64_t>(kMr, a.m - t0);
+  for (int j = 0; j < kPanels; ++j) {
     const int64_t c0 = nb + j * kPanel;
     if (c0 >= n1) break;
     const __mmask16 m = n1 - c0 >= 16 ? 0xffff : Mask16(n1 - c0);
     const __m512i zero = w.zeros ? _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, w.zeros + c0))
                                  : _mm512_set1_epi32(128);
     const __m512 sw = _mm512_maskz_loadu_ps(m, w.scales + c0);
-    for (int r = 0; r < MR; ++r) {
+    for (int64_t r = 0; r < rows; ++r) {
       const int64_t t = t0 + r;
       const __m512i dot =
-          _mm512_sub_epi32(acc[r][j], _mm512_mullo_epi32(zero, _mm512_set1_epi32(b.sums[t])));
+          _mm512_sub_epi32(acc[r][j], _mm512_mullo_epi32(zero, _mm512_set1_epi32(sums[t])));
       const __m512 v =
-          _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(acts.scales[t])), sw);
+          _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a.scales[t])), sw);
       _mm512_mask_storeu_ps(y + t * w.rows + c0, m, v);
     }
   }
 }
 
-template <int... MR>
-void W8A8MicroAny(int mr, const W8A8Block& b, const Int8Acts& acts, const QuantWeights& w,
-                  int64_t t0, int64_t nb, int64_t n1, float* y, std::integer_sequence<int, MR...>) {
-  ((mr == MR + 1 ? W8A8Micro<MR + 1>(b, acts, w, t0, nb, n1, y) : void()), ...);
-}
-
-constexpr int kMr = 8;
-
 void GemmW8A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y) {
   const int64_t k = w.cols;
   if (a.m < 4) {
-    for (int64_t t = 0; t < a.m; ++t) W8A8Rows(a.q + t * k, a.scales[t], w, n0, n1, y + t * w.rows);
+    for (int64_t t = 0; t < a.m; ++t) {
+      W8A8Rows(a.q + t * k, a.scales[t], w, n0, n1, y + t * w.rows);
+    }
     return;
   }
-  const int64_t k4 = (k + 3) / 4 * 4;
-  Scratch panels(2 * k4 * kPanel), acts(a.m * k4), sums(a.m * 4);
+  // All weight blocks of [n0, n1) are packed first (the caller's tasks are a few hundred rows, so
+  // they stay in L2); each 8-token activation block is then read once from memory and stays in L1
+  // while it meets every weight block.
+  const int64_t k4 = (k + 3) / 4 * 4, m8 = (a.m + kMr - 1) / kMr * kMr;
+  const int64_t block_cols = kPanels * kPanel, block_bytes = block_cols * k4;
+  const int64_t nblocks = (n1 - n0 + block_cols - 1) / block_cols;
+  Scratch panels(nblocks * block_bytes), acts(m8 * k4), sums(a.m * 4);
   auto* ap = acts.as<int8_t>();
+  std::memset(ap, 0, static_cast<size_t>(m8 * k4));
   for (int64_t t = 0; t < a.m; ++t) {
-    std::memcpy(ap + t * k4, a.q + t * k, static_cast<size_t>(k));
-    std::memset(ap + t * k4 + k, 0, static_cast<size_t>(k4 - k));
-    sums.as<int32_t>()[t] = SumQ(a.q + t * k, k);
+    int8_t* block = ap + t / kMr * kMr * k4 + t % kMr * 4;
+    const int8_t* q = a.q + t * k;
+    for (int64_t kk = 0; kk < k / 4; ++kk) std::memcpy(block + kk * 32, q + kk * 4, 4);
+    for (int64_t i = k / 4 * 4; i < k; ++i) block[i / 4 * 32 + i % 4] = q[i];
+    sums.as<int32_t>()[t] = SumQ(q, k);
   }
-  const W8A8Block b{panels.as<uint8_t>(), ap, sums.as<int32_t>(), k4};
-  for (int64_t nb = n0; nb < n1; nb += 2 * kPanel) {
-    PackPanel(w, nb, n1, k4, panels.as<uint8_t>());
-    PackPanel(w, std::min(nb + kPanel, n1), n1, k4, panels.as<uint8_t>() + k4 * kPanel);
-    for (int64_t t = 0; t < a.m; t += kMr) {
-      const int mr = static_cast<int>(std::min<int64_t>(kMr, a.m - t));
-      W8A8MicroAny(mr, b, a, w, t, nb, n1, y, std::make_integer_sequence<int, kMr>());
+  for (int64_t b = 0; b < nblocks; ++b) {
+    for (int j = 0; j < kPanels; ++j) {
+      PackPanel(w, n0 + b * block_cols + j * kPanel, n1, k4,
+                panels.as<uint8_t>() + b * block_bytes + j * 64);
+    }
+  }
+  __m512i acc[kMr][kPanels];
+  for (int64_t t = 0; t < a.m; t += kMr) {
+    for (int64_t b = 0; b < nblocks; ++b) {
+      W8A8Micro(panels.as<uint8_t>() + b * block_bytes, ap + t * k4, k4, acc);
+      W8A8Store(acc, a, sums.as<int32_t>(), w, t, n0 + b * block_cols, n1, y);
     }
   }
 }
