@@ -28,6 +28,33 @@ class Scratch {
   void* p_;
 };
 
+/// Runs body(in, out) over n elements in blocks of B; the last partial block goes through
+// zero-padded copies so that the body only ever sees whole blocks.
+template <int B, typename In, typename Out, typename Body>
+void Blocks(const In* in, int64_t n, Out* out, Body body) {
+  int64_t i = 0;
+  for (; i + B <= n; i += B) body(in + i, out + i);
+  if (i < n) {
+    alignas(32) In tin[B] = {};
+    alignas(32) Out tout[B];
+    std::memcpy(tin, in + i, static_cast<size_t>(n - i) * sizeof(In));
+    body(tin, tout);
+    std::memcpy(out + i, tout, static_cast<size_t>(n - i) * sizeof(Out));
+  }
+}
+
+/// Runs body(in) over n elements in blocks of B, the last one zero-padded.
+template <int B, typename In, typename Body>
+void BlocksIn(const In* in, int64_t n, Body body) {
+  int64_t i = 0;
+  for (; i + B <= n; i += B) body(in + i);
+  if (i < n) {
+    alignas(32) In tin[B] = {};
+    std::memcpy(tin, in + i, static_cast<size_t>(n - i) * sizeof(In));
+    body(tin);
+  }
+}
+
 /// Codes in the next chunk of a group with `left` codes left (a multiple of 32): the largest of
 /// max_codes, max_codes / 2, ..., 32 that fits.
 inline int64_t ChunkCodes(int64_t left, int64_t max_codes) {

@@ -271,6 +271,19 @@ struct TestWeights {
     const int32_t z = view.zeros ? view.zeros[n * ng + g] : 1 << (view.bits - 1);
     return static_cast<float>(u - z) * view.scales[n * ng + g];
   }
+  // sum_k |w[n,k] * act(t, k)| for every token t < m and row n: the scale of the tolerance.
+  template <typename Act>
+  std::vector<double> L1Products(int64_t m, Act act) const {
+    std::vector<double> l1(m * view.rows);
+    for (int64_t t = 0; t < m; ++t) {
+      for (int64_t n = 0; n < view.rows; ++n) {
+        for (int64_t i = 0; i < view.cols; ++i) {
+          l1[t * view.rows + n] += std::fabs(static_cast<double>(Weight(n, i)) * act(t, i));
+        }
+      }
+    }
+    return l1;
+  }
 };
 
 // |got - want| <= 1e-5 * sum_k |w_k a_k| for every output.
@@ -325,14 +338,8 @@ TEST_P(KernelTest, GemmW4A8WithinTolerance) {
             GemmW4A8(qa.data(), sa.data(), m, w.view, y.data(), 2);
             return y;
           };
-          std::vector<double> l1(m * n);
-          for (int64_t t = 0; t < m; ++t) {
-            for (int64_t j = 0; j < n; ++j) {
-              for (int64_t i = 0; i < k; ++i) {
-                l1[t * n + j] += std::fabs(w.Weight(j, i) * q[t * k + i] * sa[t]);
-              }
-            }
-          }
+          const auto l1 =
+              w.L1Products(m, [&](int64_t t, int64_t i) { return q[t * k + i] * sa[t]; });
           SCOPED_TRACE("k " + std::to_string(k) + " group " + std::to_string(group));
           ExpectClose(run(), Reference(run), l1);
         }
@@ -356,14 +363,8 @@ TEST_P(KernelTest, GemmW4A16WithinTolerance) {
           GemmW4A16(aa.data(), m, w.view, y.data(), 2);
           return y;
         };
-        std::vector<double> l1(m * n);
-        for (int64_t t = 0; t < m; ++t) {
-          for (int64_t j = 0; j < n; ++j) {
-            for (int64_t i = 0; i < k; ++i) {
-              l1[t * n + j] += std::fabs(w.Weight(j, i) * qtool::Bf16ToF32(a[t * k + i]));
-            }
-          }
-        }
+        const auto l1 =
+            w.L1Products(m, [&](int64_t t, int64_t i) { return qtool::Bf16ToF32(a[t * k + i]); });
         SCOPED_TRACE("k " + std::to_string(k) + " group " + std::to_string(group));
         ExpectClose(run(), Reference(run), l1);
       }

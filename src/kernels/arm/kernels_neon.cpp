@@ -12,21 +12,6 @@
 namespace qtool::kernels::detail {
 namespace {
 
-// Runs body(in, out) over n elements in blocks of B; the last partial block goes through
-// zero-padded copies.
-template <int B, typename In, typename Out, typename Body>
-void Blocks(const In* in, int64_t n, Out* out, Body body) {
-  int64_t i = 0;
-  for (; i + B <= n; i += B) body(in + i, out + i);
-  if (i < n) {
-    In tin[B] = {};
-    Out tout[B];
-    std::memcpy(tin, in + i, static_cast<size_t>(n - i) * sizeof(In));
-    body(tin, tout);
-    std::memcpy(out + i, tout, static_cast<size_t>(n - i) * sizeof(Out));
-  }
-}
-
 void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
   Blocks<8>(in, n, out, [](const uint16_t* s, float* d) {
     const uint16x8_t h = vld1q_u16(s);
@@ -180,25 +165,25 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) void GemmW4A8(const Int8Acts& 
   }
 }
 
+constexpr KernelTable kBase{.bf16_to_f32 = Bf16ToF32,
+                            .min_max = MinMax,
+                            .quantize_codes = QuantizeCodes,
+                            .dequantize_codes = DequantizeCodes,
+                            .quantize_activations = QuantizeActivations};
+
+constexpr KernelTable WithDotProduct(KernelTable t) {
+  t.gemm_w8a8 = GemmW8A8;
+  t.gemm_w4a8 = GemmW4A8;
+  return t;
+}
+
 }  // namespace
 
+// Without SDOT the integer GEMMs run on the reference; the other operations without NEON code
+// here (16-bit float conversion, packing, W4A16, NF4) always do.
 const KernelTable* NeonTable(bool dotprod) {
-  static const KernelTable base = [] {
-    KernelTable t;
-    t.bf16_to_f32 = Bf16ToF32;
-    t.min_max = MinMax;
-    t.quantize_codes = QuantizeCodes;
-    t.dequantize_codes = DequantizeCodes;
-    t.quantize_activations = QuantizeActivations;
-    return t;
-  }();
-  static const KernelTable with_dot = [] {
-    KernelTable t = base;
-    t.gemm_w8a8 = GemmW8A8;
-    t.gemm_w4a8 = GemmW4A8;
-    return t;
-  }();
-  return dotprod ? &with_dot : &base;
+  static constexpr KernelTable kDot = WithDotProduct(kBase);
+  return dotprod ? &kDot : &kBase;
 }
 
 }  // namespace qtool::kernels::detail

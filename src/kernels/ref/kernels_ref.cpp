@@ -133,25 +133,11 @@ void RefGemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, flo
 }  // namespace
 
 const KernelTable* ScalarTable() {
-  static const KernelTable table = [] {
-    KernelTable t;
-    t.bf16_to_f32 = RefBf16ToF32;
-    t.f16_to_f32 = RefF16ToF32;
-    t.f32_to_bf16 = RefF32ToBf16;
-    t.f32_to_f16 = RefF32ToF16;
-    t.min_max = MinMaxRange;
-    t.quantize_codes = RefQuantizeCodes;
-    t.dequantize_codes = RefDequantizeCodes;
-    t.pack_codes = RefPackCodes;
-    t.unpack_codes = RefUnpackCodes;
-    t.quantize_activations = RefQuantizeActivations;
-    t.gemm_w8a8 = RefGemmW8A8;
-    t.gemm_w4a8 = RefGemmW4A8;
-    t.gemm_w4a16 = RefGemmW4A16;
-    t.gemv_nf4 = RefGemvNf4;
-    return t;
-  }();
-  return &table;
+  static constexpr KernelTable kTable{
+      RefBf16ToF32,     RefF16ToF32,        RefF32ToBf16, RefF32ToF16,    MinMaxRange,
+      RefQuantizeCodes, RefDequantizeCodes, RefPackCodes, RefUnpackCodes, RefQuantizeActivations,
+      RefGemmW8A8,      RefGemmW4A8,        RefGemmW4A16, RefGemvNf4};
+  return &kTable;
 }
 
 }  // namespace qtool::kernels::detail

@@ -12,33 +12,6 @@
 namespace qtool::kernels::detail {
 namespace {
 
-// Runs body(in, out) over n elements in blocks of B; the last partial block goes through
-// zero-padded copies so that the body only ever sees whole blocks.
-template <int B, typename In, typename Out, typename Body>
-void Blocks(const In* in, int64_t n, Out* out, Body body) {
-  int64_t i = 0;
-  for (; i + B <= n; i += B) body(in + i, out + i);
-  if (i < n) {
-    alignas(32) In tin[B] = {};
-    alignas(32) Out tout[B];
-    std::memcpy(tin, in + i, static_cast<size_t>(n - i) * sizeof(In));
-    body(tin, tout);
-    std::memcpy(out + i, tout, static_cast<size_t>(n - i) * sizeof(Out));
-  }
-}
-
-// Runs body(in) over n elements in blocks of B, the last one zero-padded.
-template <int B, typename In, typename Body>
-void BlocksIn(const In* in, int64_t n, Body body) {
-  int64_t i = 0;
-  for (; i + B <= n; i += B) body(in + i);
-  if (i < n) {
-    alignas(32) In tin[B] = {};
-    std::memcpy(tin, in + i, static_cast<size_t>(n - i) * sizeof(In));
-    body(tin);
-  }
-}
-
 // ---- Conversions ----
 
 void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
@@ -384,23 +357,12 @@ void GemmW4A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, 
 }  // namespace
 
 const KernelTable* Avx2Table() {
-  static const KernelTable table = [] {
-    KernelTable t;
-    t.bf16_to_f32 = Bf16ToF32;
-    t.f16_to_f32 = F16ToF32;
-    t.f32_to_bf16 = F32ToBf16;
-    t.f32_to_f16 = F32ToF16;
-    t.min_max = MinMax;
-    t.quantize_codes = QuantizeCodes;
-    t.dequantize_codes = DequantizeCodes;
-    t.pack_codes = PackCodes;
-    t.unpack_codes = UnpackCodes;
-    t.quantize_activations = QuantizeActivations;
-    t.gemm_w8a8 = GemmW8A8;
-    t.gemm_w4a8 = GemmW4A8;
-    return t;
-  }();
-  return &table;
+  // W4A16 and NF4 have no AVX2 code yet: they run on the reference.
+  static constexpr KernelTable kTable{
+      Bf16ToF32,     F16ToF32,        F32ToBf16, F32ToF16,    MinMax,
+      QuantizeCodes, DequantizeCodes, PackCodes, UnpackCodes, QuantizeActivations,
+      GemmW8A8,      GemmW4A8};
+  return &kTable;
 }
 
 }  // namespace qtool::kernels::detail

@@ -261,7 +261,8 @@ inline __m512i Broadcast4(const int8_t* p) {
 void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, __m512i (*acc)[kPanels]) {
 #define QTOOL_ROW(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0;
   QTOOL_ROW(0)
-  QTOOL_ROW(1) QTOOL_ROW(2) QTOOL_ROW(3) QTOOL_ROW(4) QTOOL_ROW(5) QTOOL_ROW(6) QTOOL_ROW(7)
+  QTOOL_ROW(1)
+  QTOOL_ROW(2) QTOOL_ROW(3) QTOOL_ROW(4) QTOOL_ROW(5) QTOOL_ROW(6) QTOOL_ROW(7)
 #undef QTOOL_ROW
       for (int64_t kk = 0; kk < k4 / 4; ++kk) {
     const uint8_t* p = panels + kk * 64 * kPanels;
@@ -275,8 +276,8 @@ void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, __m512i (*acc
     c##r##2 = _mm512_dpbusd_epi32(c##r##2, w2, av);     \
   }
     QTOOL_STEP(0)
-    QTOOL_STEP(1) QTOOL_STEP(2) QTOOL_STEP(3) QTOOL_STEP(4) QTOOL_STEP(5) QTOOL_STEP(6)
-        QTOOL_STEP(7)
+    QTOOL_STEP(1)
+    QTOOL_STEP(2) QTOOL_STEP(3) QTOOL_STEP(4) QTOOL_STEP(5) QTOOL_STEP(6) QTOOL_STEP(7)
 #undef QTOOL_STEP
   }
 #define QTOOL_OUT(r) acc[r][0] = c##r##0, acc[r][1] = c##r##1, acc[r][2] = c##r##2;
@@ -493,25 +494,11 @@ void GemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float*
 }  // namespace
 
 const KernelTable* Avx512Table() {
-  static const KernelTable table = [] {
-    KernelTable t;
-    t.bf16_to_f32 = Bf16ToF32;
-    t.f16_to_f32 = F16ToF32;
-    t.f32_to_bf16 = F32ToBf16;
-    t.f32_to_f16 = F32ToF16;
-    t.min_max = MinMax;
-    t.quantize_codes = QuantizeCodes;
-    t.dequantize_codes = DequantizeCodes;
-    t.pack_codes = PackCodes;
-    t.unpack_codes = UnpackCodes;
-    t.quantize_activations = QuantizeActivations;
-    t.gemm_w8a8 = GemmW8A8;
-    t.gemm_w4a8 = GemmW4A8;
-    t.gemm_w4a16 = GemmW4A16;
-    t.gemv_nf4 = GemvNf4;
-    return t;
-  }();
-  return &table;
+  static constexpr KernelTable kTable{
+      Bf16ToF32,     F16ToF32,        F32ToBf16, F32ToF16,    MinMax,
+      QuantizeCodes, DequantizeCodes, PackCodes, UnpackCodes, QuantizeActivations,
+      GemmW8A8,      GemmW4A8,        GemmW4A16, GemvNf4};
+  return &kTable;
 }
 
 }  // namespace qtool::kernels::detail
