@@ -16,7 +16,7 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   $sudo apt-get update -qq
 fi
 pkgs=(g++-aarch64-linux-gnu qemu-user-static libfmt-dev:arm64 libgtest-dev:arm64 libeigen3-dev
-      nlohmann-json3-dev cmake ninja-build)
+      nlohmann-json3-dev libcli11-dev cmake ninja-build)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,7 +30,8 @@ fi
 
 cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/aarch64-linux-gnu.cmake" \
-  -DCMAKE_BUILD_TYPE=Release -DQTOOL_BUILD_TOOLS=OFF -DQTOOL_BUILD_BENCH=OFF -DQTOOL_INSTALL=OFF
+  -DCMAKE_BUILD_TYPE=Release -DQTOOL_BUILD_TOOLS=ON -DQTOOL_BUILD_BENCH=OFF -DQTOOL_INSTALL=OFF
+# The CLI is built too (the test helpers expect it), though only the kernel tests run here.
 cmake --build "$build" -j"$jobs" --target qtool_tests
 
 tests="$build/tests/qtool_tests"
