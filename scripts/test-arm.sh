@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Cross-compiles the library and its kernel tests for AArch64 and runs them under qemu-aarch64:
-# once on a CPU with the dot product extension (the NEON SDOT paths) and once on a Cortex-A72
-# without it (NEON without SDOT, the integer GEMMs falling back to the reference).
+# Cross-compiles the library, the CLI and the tests for AArch64 and runs the kernel tests under
+# qemu-aarch64: once on a CPU with the dot product extension (the NEON SDOT paths, qemu's "max")
+# and once on a Cortex-A72 without it (the integer GEMMs then fall back to the reference).
 # Idempotent: installs only missing Debian packages, reuses the build directory.
 #   scripts/test-arm.sh [extra gtest args]     (build dir: $QTOOL_ARM_BUILD or build-arm64)
 set -euo pipefail
@@ -34,9 +34,12 @@ cmake -S "$root" -B "$build" -G Ninja \
 # The CLI is built too (the test helpers expect it), though only the kernel tests run here.
 cmake --build "$build" -j"$jobs" --target qtool_tests
 
-tests="$build/tests/qtool_tests"
+# The kernel tests (every operation on scalar and NEON against the reference) and the half tests;
+# the CLI tests need the models and a native qtool, so they run on the host only.
 filter="--gtest_filter=Isa/KernelTest.*:KernelDispatch.*:Half.*"
-echo "test-arm: NEON with the dot product extension (qemu -cpu max)"
-qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu max "$tests" "$filter" "$@"
-echo "test-arm: NEON without the dot product extension (qemu -cpu cortex-a72)"
-qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu cortex-a72 "$tests" "$filter" "$@"
+for cpu in max cortex-a72; do
+  echo "test-arm: qemu -cpu $cpu"
+  run=(qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu "$cpu")
+  "${run[@]}" "$build/qtool" --version
+  "${run[@]}" "$build/tests/qtool_tests" "$filter" "$@"
+done
