@@ -11,12 +11,28 @@
 namespace qtool::kernels::detail {
 namespace {
 
-/// A 64-byte aligned scratch buffer of n bytes, freed on scope exit.
+/// A 64-byte aligned scratch buffer of at least n bytes for the calling thread, in one of four
+/// slots (a kernel uses each slot once at a time). Buffers are kept and grown, never shrunk, so
+/// repeated calls neither allocate nor page-fault; contents are unspecified on entry.
+struct ScratchSlot {
+  void* p = nullptr;
+  size_t size = 0;
+  ~ScratchSlot() { std::free(p); }
+};
+thread_local ScratchSlot scratch_slots[4];
+
 class Scratch {
  public:
-  explicit Scratch(int64_t n)
-      : p_(std::aligned_alloc(64, static_cast<size_t>((n + 63) / 64 * 64 + 64))) {}
-  ~Scratch() { std::free(p_); }
+  Scratch(int slot, int64_t n) {
+    ScratchSlot& s = scratch_slots[slot];
+    const size_t bytes = static_cast<size_t>((n + 63) / 64 * 64 + 64);
+    if (s.size < bytes) {
+      std::free(s.p);
+      s.p = std::aligned_alloc(64, bytes);
+      s.size = bytes;
+    }
+    p_ = s.p;
+  }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   template <typename T>

@@ -140,7 +140,7 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) void GemmW4A8(const Int8Acts& 
                                                                 const QuantWeights& w, int64_t n0,
                                                                 int64_t n1, float* y) {
   const int64_t k = w.cols, ng = w.groups_per_row(), rb = w.row_bytes();
-  Scratch perm(k), sums(ng * 4);
+  Scratch perm(0, k), sums(1, ng * 4);
   const uint8x16_t nib = vdupq_n_u8(0x0f);
   for (int64_t t = 0; t < a.m; ++t) {
     PermuteForNibbles(a.q + t * k, k, w.group, 32, perm.as<int8_t>());

@@ -312,7 +312,7 @@ constexpr int64_t kW4A8MaxCodes = 64;
 
 void GemmW4A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y) {
   const int64_t k = w.cols, ng = w.groups_per_row(), rb = w.row_bytes();
-  Scratch perm(a.m * k), sums(a.m * ng * 4);
+  Scratch perm(0, a.m * k), sums(1, a.m * ng * 4);
   for (int64_t t = 0; t < a.m; ++t) {
     PermuteForNibbles(a.q + t * k, k, w.group, kW4A8MaxCodes, perm.as<int8_t>() + t * k);
     GroupSums(a.q + t * k, k, w.group, sums.as<int32_t>() + t * ng);
@@ -384,7 +384,7 @@ inline float LaneSum(__m256 v) {
 void GemmW4A16(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, int64_t n1,
                float* y) {
   const int64_t k = w.cols, ng = w.groups_per_row(), rb = w.row_bytes();
-  Scratch f32(k * 4), perm(m * k * 4);
+  Scratch f32(0, k * 4), perm(1, m * k * 4);
   for (int64_t t = 0; t < m; ++t) {
     Bf16ToF32(a + t * k, k, f32.as<float>());
     PermuteForNibbles(f32.as<float>(), k, w.group, 32, perm.as<float>() + t * k);
@@ -409,7 +409,7 @@ void GemmW4A16(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, 
 // The 16-entry table is two 8-lane permutes; bit 3 of the code (moved to the sign bit) picks one.
 void GemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y) {
   const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, rb = (k + 1) / 2;
-  Scratch perm(k * 4);
+  Scratch perm(0, k * 4);
   PermuteForNibbles(x, k, w.group, 32, perm.as<float>());
   const __m256 lo = _mm256_loadu_ps(kNf4Values), hi = _mm256_loadu_ps(kNf4Values + 8);
   auto lut = [lo, hi](__m256i u) {

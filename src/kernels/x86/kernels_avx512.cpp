@@ -262,7 +262,8 @@ void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, __m512i (*acc
 #define QTOOL_ROW(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0;
   QTOOL_ROW(0)
   QTOOL_ROW(1)
-  QTOOL_ROW(2) QTOOL_ROW(3) QTOOL_ROW(4) QTOOL_ROW(5) QTOOL_ROW(6) QTOOL_ROW(7)
+  QTOOL_ROW(2)
+  QTOOL_ROW(3) QTOOL_ROW(4) QTOOL_ROW(5) QTOOL_ROW(6) QTOOL_ROW(7)
 #undef QTOOL_ROW
       for (int64_t kk = 0; kk < k4 / 4; ++kk) {
     const uint8_t* p = panels + kk * 64 * kPanels;
@@ -322,9 +323,15 @@ void GemmW8A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, 
   const int64_t k4 = (k + 3) / 4 * 4, m8 = (a.m + kMr - 1) / kMr * kMr;
   const int64_t block_cols = kPanels * kPanel, block_bytes = block_cols * k4;
   const int64_t nblocks = (n1 - n0 + block_cols - 1) / block_cols;
-  Scratch panels(nblocks * block_bytes), acts(m8 * k4), sums(a.m * 4);
+  Scratch panels(0, nblocks * block_bytes), acts(1, m8 * k4), sums(2, a.m * 4);
   auto* ap = acts.as<int8_t>();
-  std::memset(ap, 0, static_cast<size_t>(m8 * k4));
+  // Zero what the copies below leave unwritten: the tail bytes of each group of 4 when k is not a
+  // multiple of 4, and the padding tokens of the last block.
+  if (k % 4) {
+    std::memset(ap, 0, static_cast<size_t>(m8 * k4));
+  } else if (a.m % kMr) {
+    std::memset(ap + (m8 - kMr) * k4, 0, static_cast<size_t>(kMr * k4));
+  }
   for (int64_t t = 0; t < a.m; ++t) {
     int8_t* block = ap + t / kMr * kMr * k4 + t % kMr * 4;
     const int8_t* q = a.q + t * k;
@@ -397,7 +404,7 @@ void W4A8Tokens(const int8_t* const* acts, const int32_t* const* sums, const flo
 
 void GemmW4A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y) {
   const int64_t k = w.cols, ng = w.groups_per_row();
-  Scratch perm(a.m * k), sums(a.m * ng * 4);
+  Scratch perm(0, a.m * k), sums(1, a.m * ng * 4);
   for (int64_t t = 0; t < a.m; ++t) {
     PermuteForNibbles(a.q + t * k, k, w.group, kW4A8MaxCodes, perm.as<int8_t>() + t * k);
     GroupSums(a.q + t * k, k, w.group, sums.as<int32_t>() + t * ng);
@@ -451,7 +458,7 @@ inline __m512 NibbleDot(const uint8_t* row, const float* x, int64_t g0, int64_t 
 void GemmW4A16(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, int64_t n1,
                float* y) {
   const int64_t k = w.cols, ng = w.groups_per_row(), rb = w.row_bytes();
-  Scratch f32(k * 4), perm(m * k * 4);
+  Scratch f32(0, k * 4), perm(1, m * k * 4);
   for (int64_t t = 0; t < m; ++t) {
     Bf16ToF32(a + t * k, k, f32.as<float>());
     PermuteForNibbles(f32.as<float>(), k, w.group, 32, perm.as<float>() + t * k);
@@ -475,7 +482,7 @@ void GemmW4A16(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, 
 
 void GemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y) {
   const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, rb = (k + 1) / 2;
-  Scratch perm(k * 4);
+  Scratch perm(0, k * 4);
   PermuteForNibbles(x, k, w.group, 32, perm.as<float>());
   const __m512 table = _mm512_loadu_ps(kNf4Values);
   for (int64_t n = n0; n < n1; ++n) {
