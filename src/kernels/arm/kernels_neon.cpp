@@ -1,6 +1,6 @@
 // Advanced SIMD (NEON) kernels for AArch64. The integer dot products use SDOT (Armv8.2 dot
 // product extension), compiled for it with a function attribute and installed only when the CPU
-// reports it (HWCAP_ASIMDDP); conversions of 16-bit floats use the reference.
+// reports it (HWCAP_ASIMDDP); fp16 conversion uses the reference.
 #if defined(__aarch64__)
 #include <arm_neon.h>
 
@@ -18,6 +18,48 @@ void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
     vst1q_f32(d, vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16)));
     vst1q_f32(d + 4, vreinterpretq_f32_u32(vshll_high_n_u16(h, 16)));
   });
+}
+
+// Round to nearest even on the bits; NaN keeps its sign and becomes quiet, as the reference.
+void F32ToBf16(const float* in, int64_t n, uint16_t* out) {
+  Blocks<4>(in, n, out, [](const float* s, uint16_t* d) {
+    const uint32x4_t u = vreinterpretq_u32_f32(vld1q_f32(s));
+    const uint32x4_t nan =
+        vcgtq_u32(vandq_u32(u, vdupq_n_u32(0x7fffffff)), vdupq_n_u32(0x7f800000));
+    const uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    const uint32x4_t r = vshrq_n_u32(vaddq_u32(u, vaddq_u32(vdupq_n_u32(0x7fff), lsb)), 16);
+    const uint32x4_t q = vorrq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(0x40));
+    vst1_u16(d, vmovn_u32(vbslq_u32(nan, q, r)));
+  });
+}
+
+// 32 codes <-> 16 bytes: LD2/ST2 split and merge the even and odd codes.
+void PackCodes(const uint8_t* c, int64_t n, int bits, uint8_t* out) {
+  if (bits != 4 && bits != 8) return ScalarTable()->pack_codes(c, n, bits, out);
+  if (bits == 8) {
+    std::memcpy(out, c, static_cast<size_t>(n));
+    return;
+  }
+  const int64_t whole = n / 32 * 32;
+  for (int64_t i = 0; i < whole; i += 32) {
+    const uint8x16x2_t v = vld2q_u8(c + i);
+    vst1q_u8(out + i / 2, vorrq_u8(v.val[0], vshlq_n_u8(v.val[1], 4)));
+  }
+  if (whole < n) ScalarTable()->pack_codes(c + whole, n - whole, 4, out + whole / 2);
+}
+
+void UnpackCodes(const uint8_t* in, int64_t n, int bits, uint8_t* c) {
+  if (bits != 4 && bits != 8) return ScalarTable()->unpack_codes(in, n, bits, c);
+  if (bits == 8) {
+    std::memcpy(c, in, static_cast<size_t>(n));
+    return;
+  }
+  const int64_t whole = n / 32 * 32;
+  for (int64_t i = 0; i < whole; i += 32) {
+    const uint8x16_t b = vld1q_u8(in + i / 2);
+    vst2q_u8(c + i, (uint8x16x2_t{{vandq_u8(b, vdupq_n_u8(0x0f)), vshrq_n_u8(b, 4)}}));
+  }
+  if (whole < n) ScalarTable()->unpack_codes(in + whole / 2, n - whole, 4, c + whole);
 }
 
 // Compare-and-select keeps the reference's exact std::min(acc, x) / std::max(acc, x) semantics
@@ -165,11 +207,85 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) void GemmW4A8(const Int8Acts& 
   }
 }
 
+// ---- W4A16 and NF4: 32 codes (16 bytes) per step against permuted f32 activations ----
+
+// sum_j lut(u_j) * x_j over the codes of [g0, g0 + len) into 4 lanes; `lut` maps 4 codes (uint32
+// lanes) to weights.
+template <typename Lut>
+inline float32x4_t NibbleDot(const uint8_t* row, const float* x, int64_t g0, int64_t len, Lut lut) {
+  float32x4_t dot = vdupq_n_f32(0.0f);
+  for (int64_t off = g0; off < g0 + len; off += 32) {
+    const uint8x16_t b = vld1q_u8(row + off / 2);
+    const uint8x16_t halves[2] = {vandq_u8(b, vdupq_n_u8(0x0f)), vshrq_n_u8(b, 4)};
+    for (int h = 0; h < 2; ++h) {
+      const uint16x8_t lo = vmovl_u8(vget_low_u8(halves[h])), hi = vmovl_high_u8(halves[h]);
+      const uint32x4_t u[4] = {vmovl_u16(vget_low_u16(lo)), vmovl_high_u16(lo),
+                               vmovl_u16(vget_low_u16(hi)), vmovl_high_u16(hi)};
+      for (int j = 0; j < 4; ++j)
+        dot = vfmaq_f32(dot, lut(u[j]), vld1q_f32(x + off + 16 * h + 4 * j));
+    }
+  }
+  return dot;
+}
+
+void GemmW4A16(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, int64_t n1,
+               float* y) {
+  const int64_t k = w.cols, ng = w.groups_per_row(), rb = w.row_bytes();
+  Scratch f32(0, k * 4), perm(1, m * k * 4);
+  for (int64_t t = 0; t < m; ++t) {
+    Bf16ToF32(a + t * k, k, f32.as<float>());
+    PermuteForNibbles(f32.as<float>(), k, w.group, 32, perm.as<float>() + t * k);
+  }
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.codes + n * rb;
+    for (int64_t t = 0; t < m; ++t) {
+      float32x4_t acc = vdupq_n_f32(0.0f);
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t g0 = g * w.group;
+        const int32x4_t z = vdupq_n_s32(ZeroOf(w, n, g));
+        const float32x4_t dot = NibbleDot(
+            row, perm.as<float>() + t * k, g0, std::min(w.group, k - g0),
+            [z](uint32x4_t u) { return vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(u), z)); });
+        acc = vmlaq_n_f32(acc, dot, w.scales[n * ng + g]);
+      }
+      y[t * w.rows + n] = vaddvq_f32(acc);
+    }
+  }
+}
+
+// The 16 values (64 bytes) are a 4-register TBL table: code u selects bytes 4u .. 4u + 3.
+void GemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y) {
+  const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, rb = (k + 1) / 2;
+  Scratch perm(0, k * 4);
+  PermuteForNibbles(x, k, w.group, 32, perm.as<float>());
+  uint8x16x4_t table;
+  std::memcpy(&table, kNf4Values, sizeof(table));
+  auto lut = [&table](uint32x4_t u) {
+    const uint32x4_t idx = vaddq_u32(vmulq_n_u32(u, 0x04040404u), vdupq_n_u32(0x03020100u));
+    return vreinterpretq_f32_u8(vqtbl4q_u8(table, vreinterpretq_u8_u32(idx)));
+  };
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.codes + n * rb;
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t g0 = g * w.group;
+      acc = vmlaq_n_f32(acc, NibbleDot(row, perm.as<float>(), g0, std::min(w.group, k - g0), lut),
+                        w.scales[n * ng + g]);
+    }
+    y[n] = vaddvq_f32(acc);
+  }
+}
+
 constexpr KernelTable kBase{.bf16_to_f32 = Bf16ToF32,
+                            .f32_to_bf16 = F32ToBf16,
                             .min_max = MinMax,
                             .quantize_codes = QuantizeCodes,
                             .dequantize_codes = DequantizeCodes,
-                            .quantize_activations = QuantizeActivations};
+                            .pack_codes = PackCodes,
+                            .unpack_codes = UnpackCodes,
+                            .quantize_activations = QuantizeActivations,
+                            .gemm_w4a16 = GemmW4A16,
+                            .gemv_nf4 = GemvNf4};
 
 constexpr KernelTable WithDotProduct(KernelTable t) {
   t.gemm_w8a8 = GemmW8A8;
@@ -179,8 +295,7 @@ constexpr KernelTable WithDotProduct(KernelTable t) {
 
 }  // namespace
 
-// Without SDOT the integer GEMMs run on the reference; the other operations without NEON code
-// here (16-bit float conversion, packing, W4A16, NF4) always do.
+// Without SDOT the integer GEMMs run on the reference; fp16 conversion always does.
 const KernelTable* NeonTable(bool dotprod) {
   static constexpr KernelTable kDot = WithDotProduct(kBase);
   return dotprod ? &kDot : &kBase;
