@@ -259,31 +259,46 @@ inline __m512i Broadcast4(const int8_t* p) {
 
 // acc[r][j] = sum_k panel_j[k] * a_r[k] over the padded length k4, for 8 tokens and 3 panels.
 void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, __m512i (*acc)[kPanels]) {
-#define QTOOL_ROW(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0;
-  QTOOL_ROW(0)
-  QTOOL_ROW(1)
-  QTOOL_ROW(2)
-  QTOOL_ROW(3) QTOOL_ROW(4) QTOOL_ROW(5) QTOOL_ROW(6) QTOOL_ROW(7)
+#define QTOOL_ROW(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0
+  QTOOL_ROW(0);
+  QTOOL_ROW(1);
+  QTOOL_ROW(2);
+  QTOOL_ROW(3);
+  QTOOL_ROW(4);
+  QTOOL_ROW(5);
+  QTOOL_ROW(6);
+  QTOOL_ROW(7);
 #undef QTOOL_ROW
-      for (int64_t kk = 0; kk < k4 / 4; ++kk) {
+  for (int64_t kk = 0; kk < k4 / 4; ++kk) {
     const uint8_t* p = panels + kk * 64 * kPanels;
     const __m512i w0 = _mm512_load_si512(p), w1 = _mm512_load_si512(p + 64),
                   w2 = _mm512_load_si512(p + 128);
 #define QTOOL_STEP(r)                                   \
-  {                                                     \
+  do {                                                  \
     const __m512i av = Broadcast4(a + kk * 32 + r * 4); \
     c##r##0 = _mm512_dpbusd_epi32(c##r##0, w0, av);     \
     c##r##1 = _mm512_dpbusd_epi32(c##r##1, w1, av);     \
     c##r##2 = _mm512_dpbusd_epi32(c##r##2, w2, av);     \
-  }
-    QTOOL_STEP(0)
-    QTOOL_STEP(1)
-    QTOOL_STEP(2) QTOOL_STEP(3) QTOOL_STEP(4) QTOOL_STEP(5) QTOOL_STEP(6) QTOOL_STEP(7)
+  } while (0)
+    QTOOL_STEP(0);
+    QTOOL_STEP(1);
+    QTOOL_STEP(2);
+    QTOOL_STEP(3);
+    QTOOL_STEP(4);
+    QTOOL_STEP(5);
+    QTOOL_STEP(6);
+    QTOOL_STEP(7);
 #undef QTOOL_STEP
   }
-#define QTOOL_OUT(r) acc[r][0] = c##r##0, acc[r][1] = c##r##1, acc[r][2] = c##r##2;
-  QTOOL_OUT(0)
-  QTOOL_OUT(1) QTOOL_OUT(2) QTOOL_OUT(3) QTOOL_OUT(4) QTOOL_OUT(5) QTOOL_OUT(6) QTOOL_OUT(7)
+#define QTOOL_OUT(r) acc[r][0] = c##r##0, acc[r][1] = c##r##1, acc[r][2] = c##r##2
+  QTOOL_OUT(0);
+  QTOOL_OUT(1);
+  QTOOL_OUT(2);
+  QTOOL_OUT(3);
+  QTOOL_OUT(4);
+  QTOOL_OUT(5);
+  QTOOL_OUT(6);
+  QTOOL_OUT(7);
 #undef QTOOL_OUT
 }
 
