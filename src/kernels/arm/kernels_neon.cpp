@@ -1,6 +1,6 @@
 // Advanced SIMD (NEON) kernels for AArch64. The integer dot products use SDOT (Armv8.2 dot
 // product extension), compiled for it with a function attribute and installed only when the CPU
-// reports it (HWCAP_ASIMDDP); fp16 conversion uses the reference.
+// reports it (HWCAP_ASIMDDP).
 #if defined(__aarch64__)
 #include <arm_neon.h>
 
@@ -17,6 +17,28 @@ void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
     const uint16x8_t h = vld1q_u16(s);
     vst1q_f32(d, vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16)));
     vst1q_f32(d + 4, vreinterpretq_f32_u32(vshll_high_n_u16(h, 16)));
+  });
+}
+
+// FCVT quietens signalling NaNs; the reference keeps NaN payloads, so NaN lanes are rebuilt from
+// their bits.
+void F16ToF32(const uint16_t* in, int64_t n, float* out) {
+  Blocks<4>(in, n, out, [](const uint16_t* s, float* d) {
+    const uint16x4_t h = vld1_u16(s);
+    const uint32x4_t h32 = vmovl_u16(h);
+    const uint32x4_t abs = vandq_u32(h32, vdupq_n_u32(0x7fff));
+    const uint32x4_t nan = vcgtq_u32(abs, vdupq_n_u32(0x7c00));
+    const uint32x4_t bits =
+        vorrq_u32(vorrq_u32(vshlq_n_u32(vbicq_u32(h32, abs), 16), vdupq_n_u32(0x7f800000)),
+                  vshlq_n_u32(vandq_u32(h32, vdupq_n_u32(0x3ff)), 13));
+    const float32x4_t f = vcvt_f32_f16(vreinterpret_f16_u16(h));
+    vst1q_f32(d, vbslq_f32(nan, vreinterpretq_f32_u32(bits), f));
+  });
+}
+
+void F32ToF16(const float* in, int64_t n, uint16_t* out) {
+  Blocks<4>(in, n, out, [](const float* s, uint16_t* d) {
+    vst1_u16(d, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(s))));
   });
 }
 
@@ -277,7 +299,9 @@ void GemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float*
 }
 
 constexpr KernelTable kBase{.bf16_to_f32 = Bf16ToF32,
+                            .f16_to_f32 = F16ToF32,
                             .f32_to_bf16 = F32ToBf16,
+                            .f32_to_f16 = F32ToF16,
                             .min_max = MinMax,
                             .quantize_codes = QuantizeCodes,
                             .dequantize_codes = DequantizeCodes,
@@ -295,7 +319,7 @@ constexpr KernelTable WithDotProduct(KernelTable t) {
 
 }  // namespace
 
-// Without SDOT the integer GEMMs run on the reference; fp16 conversion always does.
+// Without SDOT the integer GEMMs run on the reference.
 const KernelTable* NeonTable(bool dotprod) {
   static constexpr KernelTable kDot = WithDotProduct(kBase);
   return dotprod ? &kDot : &kBase;
