@@ -84,7 +84,8 @@ BENCHMARK(KernelQuantizeInt8Channel)->Arg(1)->Unit(benchmark::kMillisecond);
 void KernelQuantizeInt4G128(benchmark::State& state) {
   QuantizeBig(state, {4, true, Granularity::kGroup, 128});
 }
-BENCHMARK(KernelQuantizeInt4G128)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond);
+BENCHMARK(KernelQuantizeInt4G128)->Arg(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(KernelQuantizeInt4G128)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 void KernelDequantizeInt4G128(benchmark::State& state) {
   const QuantSpec spec{4, true, Granularity::kGroup, 128};
@@ -171,7 +172,11 @@ void KernelGemvW4A8G128(benchmark::State& state) { IntGemm(state, 4, 128); }
 BENCHMARK(KernelGemvW4A8G128)
     ->Args({4096, 4096, 1, 1})
     ->Args({11008, 4096, 1, 1})
+    ->Unit(benchmark::kMicrosecond);
+// Several threads: rates from wall time (CPU time would add up the threads).
+BENCHMARK(KernelGemvW4A8G128)
     ->Args({11008, 4096, 1, 2})
+    ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
 void KernelGemmW8A8(benchmark::State& state) { IntGemm(state, 8, 0); }

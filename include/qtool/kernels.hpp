@@ -9,6 +9,13 @@
 //
 // Kernels never validate user input: callers check shapes and finiteness (QTOOL_DASSERT states the
 // invariants in Debug builds). Results for NaN or Inf inputs are unspecified unless stated.
+//
+// Example: one token through a 4-bit group-wise layer, weights as the integer codec stores them.
+//   std::vector<int8_t> q(k);
+//   float scale;
+//   kernels::QuantizeActivations(x, 1, k, q.data(), &scale);
+//   const kernels::QuantWeights w{qweight, scales, nullptr, n, k, 128, 4};  // int4 sym g128
+//   kernels::GemmW4A8(q.data(), &scale, 1, w, y, /*threads=*/4);          // y[n]
 #pragma once
 
 #include <cstdint>
