@@ -2,6 +2,7 @@
 // namespace), so each unit gets its own copy compiled with its own flags.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -111,6 +112,53 @@ inline void GroupSums(const int8_t* q, int64_t cols, int64_t group, int32_t* sum
 
 inline int32_t ZeroOf(const QuantWeights& w, int64_t n, int64_t g) {
   return w.zeros ? w.zeros[n * w.groups_per_row() + g] : 1 << (w.bits - 1);
+}
+
+/// The f32-accumulating 4-bit kernels over rows [n0, n1), shared by every ISA; `Ops` supplies the
+/// vector parts: Vec, Zero(), MulAdd(acc, dot, s) = acc + dot * s, Sum(v), Bf16ToF32(in, n, out),
+/// NibbleDot(row, x, g0, len, lut) = lanes of sum_j lut(u_j) * x_j over 32 codes per step (x
+/// permuted by PermuteForNibbles with 32-code chunks), ZeroLut(z): u -> u - z, Nf4Lut(): u -> NF4.
+template <typename Ops>
+void GemmW4A16With(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, int64_t n1,
+                   float* y) {
+  const int64_t k = w.cols, ng = w.groups_per_row(), rb = w.row_bytes();
+  Scratch f32(0, k * 4), perm(1, m * k * 4);
+  for (int64_t t = 0; t < m; ++t) {
+    Ops::Bf16ToF32(a + t * k, k, f32.as<float>());
+    PermuteForNibbles(f32.as<float>(), k, w.group, 32, perm.as<float>() + t * k);
+  }
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.codes + n * rb;
+    for (int64_t t = 0; t < m; ++t) {
+      auto acc = Ops::Zero();
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t g0 = g * w.group;
+        const auto dot = Ops::NibbleDot(row, perm.as<float>() + t * k, g0,
+                                        std::min(w.group, k - g0), Ops::ZeroLut(ZeroOf(w, n, g)));
+        acc = Ops::MulAdd(acc, dot, w.scales[n * ng + g]);
+      }
+      y[t * w.rows + n] = Ops::Sum(acc);
+    }
+  }
+}
+
+template <typename Ops>
+void GemvNf4With(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y) {
+  const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, rb = (k + 1) / 2;
+  Scratch perm(0, k * 4);
+  PermuteForNibbles(x, k, w.group, 32, perm.as<float>());
+  const auto lut = Ops::Nf4Lut();
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.codes + n * rb;
+    auto acc = Ops::Zero();
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t g0 = g * w.group;
+      acc = Ops::MulAdd(acc,
+                        Ops::NibbleDot(row, perm.as<float>(), g0, std::min(w.group, k - g0), lut),
+                        w.scales[n * ng + g]);
+    }
+    y[n] = Ops::Sum(acc);
+  }
 }
 
 }  // namespace

@@ -231,72 +231,46 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) void GemmW4A8(const Int8Acts& 
 
 // ---- W4A16 and NF4: 32 codes (16 bytes) per step against permuted f32 activations ----
 
-// sum_j lut(u_j) * x_j over the codes of [g0, g0 + len) into 4 lanes; `lut` maps 4 codes (uint32
-// lanes) to weights.
-template <typename Lut>
-inline float32x4_t NibbleDot(const uint8_t* row, const float* x, int64_t g0, int64_t len, Lut lut) {
-  float32x4_t dot = vdupq_n_f32(0.0f);
-  for (int64_t off = g0; off < g0 + len; off += 32) {
-    const uint8x16_t b = vld1q_u8(row + off / 2);
-    const uint8x16_t halves[2] = {vandq_u8(b, vdupq_n_u8(0x0f)), vshrq_n_u8(b, 4)};
-    for (int h = 0; h < 2; ++h) {
-      const uint16x8_t lo = vmovl_u8(vget_low_u8(halves[h])), hi = vmovl_high_u8(halves[h]);
-      const uint32x4_t u[4] = {vmovl_u16(vget_low_u16(lo)), vmovl_high_u16(lo),
-                               vmovl_u16(vget_low_u16(hi)), vmovl_high_u16(hi)};
-      for (int j = 0; j < 4; ++j)
-        dot = vfmaq_f32(dot, lut(u[j]), vld1q_f32(x + off + 16 * h + 4 * j));
-    }
+struct NeonOps {
+  using Vec = float32x4_t;
+  static Vec Zero() { return vdupq_n_f32(0.0f); }
+  static Vec MulAdd(Vec acc, Vec dot, float s) { return vmlaq_n_f32(acc, dot, s); }
+  static float Sum(Vec v) { return vaddvq_f32(v); }
+  static void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
+    detail::Bf16ToF32(in, n, out);
   }
-  return dot;
-}
-
-void GemmW4A16(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, int64_t n1,
-               float* y) {
-  const int64_t k = w.cols, ng = w.groups_per_row(), rb = w.row_bytes();
-  Scratch f32(0, k * 4), perm(1, m * k * 4);
-  for (int64_t t = 0; t < m; ++t) {
-    Bf16ToF32(a + t * k, k, f32.as<float>());
-    PermuteForNibbles(f32.as<float>(), k, w.group, 32, perm.as<float>() + t * k);
-  }
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w.codes + n * rb;
-    for (int64_t t = 0; t < m; ++t) {
-      float32x4_t acc = vdupq_n_f32(0.0f);
-      for (int64_t g = 0; g < ng; ++g) {
-        const int64_t g0 = g * w.group;
-        const int32x4_t z = vdupq_n_s32(ZeroOf(w, n, g));
-        const float32x4_t dot = NibbleDot(
-            row, perm.as<float>() + t * k, g0, std::min(w.group, k - g0),
-            [z](uint32x4_t u) { return vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(u), z)); });
-        acc = vmlaq_n_f32(acc, dot, w.scales[n * ng + g]);
+  template <typename Lut>
+  static Vec NibbleDot(const uint8_t* row, const float* x, int64_t g0, int64_t len, Lut lut) {
+    Vec dot = Zero();
+    for (int64_t off = g0; off < g0 + len; off += 32) {
+      const uint8x16_t b = vld1q_u8(row + off / 2);
+      const uint8x16_t halves[2] = {vandq_u8(b, vdupq_n_u8(0x0f)), vshrq_n_u8(b, 4)};
+      for (int h = 0; h < 2; ++h) {
+        const uint16x8_t lo = vmovl_u8(vget_low_u8(halves[h])), hi = vmovl_high_u8(halves[h]);
+        const uint32x4_t u[4] = {vmovl_u16(vget_low_u16(lo)), vmovl_high_u16(lo),
+                                 vmovl_u16(vget_low_u16(hi)), vmovl_high_u16(hi)};
+        for (int j = 0; j < 4; ++j) {
+          dot = vfmaq_f32(dot, lut(u[j]), vld1q_f32(x + off + 16 * h + 4 * j));
+        }
       }
-      y[t * w.rows + n] = vaddvq_f32(acc);
     }
+    return dot;
   }
-}
-
-// The 16 values (64 bytes) are a 4-register TBL table: code u selects bytes 4u .. 4u + 3.
-void GemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y) {
-  const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, rb = (k + 1) / 2;
-  Scratch perm(0, k * 4);
-  PermuteForNibbles(x, k, w.group, 32, perm.as<float>());
-  uint8x16x4_t table;
-  std::memcpy(&table, kNf4Values, sizeof(table));
-  auto lut = [&table](uint32x4_t u) {
-    const uint32x4_t idx = vaddq_u32(vmulq_n_u32(u, 0x04040404u), vdupq_n_u32(0x03020100u));
-    return vreinterpretq_f32_u8(vqtbl4q_u8(table, vreinterpretq_u8_u32(idx)));
-  };
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w.codes + n * rb;
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t g0 = g * w.group;
-      acc = vmlaq_n_f32(acc, NibbleDot(row, perm.as<float>(), g0, std::min(w.group, k - g0), lut),
-                        w.scales[n * ng + g]);
-    }
-    y[n] = vaddvq_f32(acc);
+  static auto ZeroLut(int32_t z) {
+    return [zv = vdupq_n_s32(z)](uint32x4_t u) {
+      return vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(u), zv));
+    };
   }
-}
+  // The 16 values (64 bytes) are a 4-register TBL table: code u selects bytes 4u .. 4u + 3.
+  static auto Nf4Lut() {
+    uint8x16x4_t table;
+    std::memcpy(&table, kNf4Values, sizeof(table));
+    return [table](uint32x4_t u) {
+      const uint32x4_t idx = vaddq_u32(vmulq_n_u32(u, 0x04040404u), vdupq_n_u32(0x03020100u));
+      return vreinterpretq_f32_u8(vqtbl4q_u8(table, vreinterpretq_u8_u32(idx)));
+    };
+  }
+};
 
 constexpr KernelTable kBase{.bf16_to_f32 = Bf16ToF32,
                             .f16_to_f32 = F16ToF32,
@@ -308,8 +282,8 @@ constexpr KernelTable kBase{.bf16_to_f32 = Bf16ToF32,
                             .pack_codes = PackCodes,
                             .unpack_codes = UnpackCodes,
                             .quantize_activations = QuantizeActivations,
-                            .gemm_w4a16 = GemmW4A16,
-                            .gemv_nf4 = GemvNf4};
+                            .gemm_w4a16 = GemmW4A16With<NeonOps>,
+                            .gemv_nf4 = GemvNf4With<NeonOps>};
 
 constexpr KernelTable WithDotProduct(KernelTable t) {
   t.gemm_w8a8 = GemmW8A8;

@@ -356,85 +356,67 @@ void GemmW4A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, 
 
 // ---- W4A16 and NF4: 32 codes (16 bytes) per step against permuted f32 activations ----
 
-// sum_j lut(u_j) * x_j over the codes of [g0, g0 + len) into 8 lanes; `lut` maps 8 codes (int32
-// lanes) to weights.
-template <typename Lut>
-inline __m256 NibbleDot(const uint8_t* row, const float* x, int64_t g0, int64_t len, Lut lut) {
-  __m256 dot = _mm256_setzero_ps();
-  const __m128i nib = _mm_set1_epi8(0x0f);
-  for (int64_t off = g0; off < g0 + len; off += 32) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + off / 2));
-    const __m128i halves[2] = {_mm_and_si128(b, nib), _mm_and_si128(_mm_srli_epi16(b, 4), nib)};
-    for (int h = 0; h < 2; ++h) {
-      const __m256i u0 = _mm256_cvtepu8_epi32(halves[h]);
-      const __m256i u1 = _mm256_cvtepu8_epi32(_mm_srli_si128(halves[h], 8));
-      dot = _mm256_fmadd_ps(lut(u0), _mm256_loadu_ps(x + off + 16 * h), dot);
-      dot = _mm256_fmadd_ps(lut(u1), _mm256_loadu_ps(x + off + 16 * h + 8), dot);
-    }
+struct Avx2Ops {
+  using Vec = __m256;
+  static Vec Zero() { return _mm256_setzero_ps(); }
+  static Vec MulAdd(Vec acc, Vec dot, float s) {
+    return _mm256_fmadd_ps(dot, _mm256_set1_ps(s), acc);
   }
-  return dot;
-}
-
-inline float LaneSum(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
-}
-
-void GemmW4A16(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, int64_t n1,
-               float* y) {
-  const int64_t k = w.cols, ng = w.groups_per_row(), rb = w.row_bytes();
-  Scratch f32(0, k * 4), perm(1, m * k * 4);
-  for (int64_t t = 0; t < m; ++t) {
-    Bf16ToF32(a + t * k, k, f32.as<float>());
-    PermuteForNibbles(f32.as<float>(), k, w.group, 32, perm.as<float>() + t * k);
+  static float Sum(Vec v) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
   }
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w.codes + n * rb;
-    for (int64_t t = 0; t < m; ++t) {
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t g = 0; g < ng; ++g) {
-        const int64_t g0 = g * w.group;
-        const __m256i z = _mm256_set1_epi32(ZeroOf(w, n, g));
-        const __m256 dot =
-            NibbleDot(row, perm.as<float>() + t * k, g0, std::min(w.group, k - g0),
-                      [z](__m256i u) { return _mm256_cvtepi32_ps(_mm256_sub_epi32(u, z)); });
-        acc = _mm256_fmadd_ps(dot, _mm256_set1_ps(w.scales[n * ng + g]), acc);
+  static void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
+    detail::Bf16ToF32(in, n, out);
+  }
+  template <typename Lut>
+  static Vec NibbleDot(const uint8_t* row, const float* x, int64_t g0, int64_t len, Lut lut) {
+    Vec dot = Zero();
+    const __m128i nib = _mm_set1_epi8(0x0f);
+    for (int64_t off = g0; off < g0 + len; off += 32) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + off / 2));
+      const __m128i halves[2] = {_mm_and_si128(b, nib), _mm_and_si128(_mm_srli_epi16(b, 4), nib)};
+      for (int h = 0; h < 2; ++h) {
+        const __m256i u0 = _mm256_cvtepu8_epi32(halves[h]);
+        const __m256i u1 = _mm256_cvtepu8_epi32(_mm_srli_si128(halves[h], 8));
+        dot = _mm256_fmadd_ps(lut(u0), _mm256_loadu_ps(x + off + 16 * h), dot);
+        dot = _mm256_fmadd_ps(lut(u1), _mm256_loadu_ps(x + off + 16 * h + 8), dot);
       }
-      y[t * w.rows + n] = LaneSum(acc);
     }
+    return dot;
   }
-}
-
-// The 16-entry table is two 8-lane permutes; bit 3 of the code (moved to the sign bit) picks one.
-void GemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y) {
-  const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, rb = (k + 1) / 2;
-  Scratch perm(0, k * 4);
-  PermuteForNibbles(x, k, w.group, 32, perm.as<float>());
-  const __m256 lo = _mm256_loadu_ps(kNf4Values), hi = _mm256_loadu_ps(kNf4Values + 8);
-  auto lut = [lo, hi](__m256i u) {
-    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, u), _mm256_permutevar8x32_ps(hi, u),
-                            _mm256_castsi256_ps(_mm256_slli_epi32(u, 28)));
-  };
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w.codes + n * rb;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t g0 = g * w.group;
-      const __m256 dot = NibbleDot(row, perm.as<float>(), g0, std::min(w.group, k - g0), lut);
-      acc = _mm256_fmadd_ps(dot, _mm256_set1_ps(w.scales[n * ng + g]), acc);
-    }
-    y[n] = LaneSum(acc);
+  static auto ZeroLut(int32_t z) {
+    return [zv = _mm256_set1_epi32(z)](__m256i u) {
+      return _mm256_cvtepi32_ps(_mm256_sub_epi32(u, zv));
+    };
   }
-}
+  // Two 8-lane permutes; bit 3 of the code, moved to the sign bit, picks one.
+  static auto Nf4Lut() {
+    return [lo = _mm256_loadu_ps(kNf4Values), hi = _mm256_loadu_ps(kNf4Values + 8)](__m256i u) {
+      return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, u), _mm256_permutevar8x32_ps(hi, u),
+                              _mm256_castsi256_ps(_mm256_slli_epi32(u, 28)));
+    };
+  }
+};
 
 }  // namespace
 
 const KernelTable* Avx2Table() {
-  static constexpr KernelTable kTable{
-      Bf16ToF32,     F16ToF32,        F32ToBf16, F32ToF16,    MinMax,
-      QuantizeCodes, DequantizeCodes, PackCodes, UnpackCodes, QuantizeActivations,
-      GemmW8A8,      GemmW4A8,        GemmW4A16, GemvNf4};
+  static constexpr KernelTable kTable{Bf16ToF32,
+                                      F16ToF32,
+                                      F32ToBf16,
+                                      F32ToF16,
+                                      MinMax,
+                                      QuantizeCodes,
+                                      DequantizeCodes,
+                                      PackCodes,
+                                      UnpackCodes,
+                                      QuantizeActivations,
+                                      GemmW8A8,
+                                      GemmW4A8,
+                                      GemmW4A16With<Avx2Ops>,
+                                      GemvNf4With<Avx2Ops>};
   return &kTable;
 }
 

@@ -454,72 +454,58 @@ void GemmW4A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, 
 
 // ---- W4A16 and NF4: 32 codes (16 bytes) per step against permuted f32 activations ----
 
-// Accumulates sum_j f(u_j) * x_j over the codes of [g0, g0 + len) into the 16 lanes of `dot`,
-// where `lut` maps the 16-lane vector of codes to weights.
-template <typename Lut>
-inline __m512 NibbleDot(const uint8_t* row, const float* x, int64_t g0, int64_t len, Lut lut) {
-  __m512 dot = _mm512_setzero_ps();
-  const __m128i nib = _mm_set1_epi8(0x0f);
-  for (int64_t off = g0; off < g0 + len; off += 32) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + off / 2));
-    const __m512i lo = _mm512_cvtepu8_epi32(_mm_and_si128(b, nib));
-    const __m512i hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), nib));
-    dot = _mm512_fmadd_ps(lut(lo), _mm512_loadu_ps(x + off), dot);
-    dot = _mm512_fmadd_ps(lut(hi), _mm512_loadu_ps(x + off + 16), dot);
+struct Avx512Ops {
+  using Vec = __m512;
+  static Vec Zero() { return _mm512_setzero_ps(); }
+  static Vec MulAdd(Vec acc, Vec dot, float s) {
+    return _mm512_fmadd_ps(dot, _mm512_set1_ps(s), acc);
   }
-  return dot;
-}
-
-void GemmW4A16(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, int64_t n1,
-               float* y) {
-  const int64_t k = w.cols, ng = w.groups_per_row(), rb = w.row_bytes();
-  Scratch f32(0, k * 4), perm(1, m * k * 4);
-  for (int64_t t = 0; t < m; ++t) {
-    Bf16ToF32(a + t * k, k, f32.as<float>());
-    PermuteForNibbles(f32.as<float>(), k, w.group, 32, perm.as<float>() + t * k);
+  static float Sum(Vec v) { return _mm512_reduce_add_ps(v); }
+  static void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
+    detail::Bf16ToF32(in, n, out);
   }
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w.codes + n * rb;
-    for (int64_t t = 0; t < m; ++t) {
-      __m512 acc = _mm512_setzero_ps();
-      for (int64_t g = 0; g < ng; ++g) {
-        const int64_t g0 = g * w.group;
-        const __m512i z = _mm512_set1_epi32(ZeroOf(w, n, g));
-        const __m512 dot =
-            NibbleDot(row, perm.as<float>() + t * k, g0, std::min(w.group, k - g0),
-                      [z](__m512i u) { return _mm512_cvtepi32_ps(_mm512_sub_epi32(u, z)); });
-        acc = _mm512_fmadd_ps(dot, _mm512_set1_ps(w.scales[n * ng + g]), acc);
-      }
-      y[t * w.rows + n] = _mm512_reduce_add_ps(acc);
+  template <typename Lut>
+  static Vec NibbleDot(const uint8_t* row, const float* x, int64_t g0, int64_t len, Lut lut) {
+    Vec dot = Zero();
+    const __m128i nib = _mm_set1_epi8(0x0f);
+    for (int64_t off = g0; off < g0 + len; off += 32) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + off / 2));
+      const __m512i lo = _mm512_cvtepu8_epi32(_mm_and_si128(b, nib));
+      const __m512i hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), nib));
+      dot = _mm512_fmadd_ps(lut(lo), _mm512_loadu_ps(x + off), dot);
+      dot = _mm512_fmadd_ps(lut(hi), _mm512_loadu_ps(x + off + 16), dot);
     }
+    return dot;
   }
-}
-
-void GemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y) {
-  const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, rb = (k + 1) / 2;
-  Scratch perm(0, k * 4);
-  PermuteForNibbles(x, k, w.group, 32, perm.as<float>());
-  const __m512 table = _mm512_loadu_ps(kNf4Values);
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w.codes + n * rb;
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t g0 = g * w.group;
-      const __m512 dot = NibbleDot(row, perm.as<float>(), g0, std::min(w.group, k - g0),
-                                   [table](__m512i u) { return _mm512_permutexvar_ps(u, table); });
-      acc = _mm512_fmadd_ps(dot, _mm512_set1_ps(w.scales[n * ng + g]), acc);
-    }
-    y[n] = _mm512_reduce_add_ps(acc);
+  static auto ZeroLut(int32_t z) {
+    return [zv = _mm512_set1_epi32(z)](__m512i u) {
+      return _mm512_cvtepi32_ps(_mm512_sub_epi32(u, zv));
+    };
   }
-}
+  static auto Nf4Lut() {
+    return [table = _mm512_loadu_ps(kNf4Values)](__m512i u) {
+      return _mm512_permutexvar_ps(u, table);
+    };
+  }
+};
 
 }  // namespace
 
 const KernelTable* Avx512Table() {
-  static constexpr KernelTable kTable{
-      Bf16ToF32,     F16ToF32,        F32ToBf16, F32ToF16,    MinMax,
-      QuantizeCodes, DequantizeCodes, PackCodes, UnpackCodes, QuantizeActivations,
-      GemmW8A8,      GemmW4A8,        GemmW4A16, GemvNf4};
+  static constexpr KernelTable kTable{Bf16ToF32,
+                                      F16ToF32,
+                                      F32ToBf16,
+                                      F32ToF16,
+                                      MinMax,
+                                      QuantizeCodes,
+                                      DequantizeCodes,
+                                      PackCodes,
+                                      UnpackCodes,
+                                      QuantizeActivations,
+                                      GemmW8A8,
+                                      GemmW4A8,
+                                      GemmW4A16With<Avx512Ops>,
+                                      GemvNf4With<Avx512Ops>};
   return &kTable;
 }
 
