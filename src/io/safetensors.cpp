@@ -102,7 +102,8 @@ TensorInfo ParseEntry(const std::string& name, const json& e, uint64_t data_size
   QTOOL_CHECK(t.begin <= t.end, FormatError,
               "{}: tensor \"{}\": data_offsets [{}, {}] are reversed", label, name, t.begin, t.end);
   QTOOL_CHECK(t.end <= data_size, FormatError,
-              "{}: tensor \"{}\": data_offsets [{}, {}] run past the data section ({} bytes)",
+              "{}: tensor \"{}\": data_offsets [{}, {}] run past the data section ({} bytes): "
+              "the file is truncated or its offsets are wrong",
               label, name, t.begin, t.end, data_size);
   QTOOL_CHECK(t.end - t.begin == bits / 8, FormatError,
               "{}: tensor \"{}\": shape {} of {} needs {} bytes but data_offsets span {}", label,
