@@ -107,11 +107,11 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     const DType dt = dtype == "bf16" ? DType::kBF16 : dtype == "f16" ? DType::kF16 : DType::kF32;
-    QTOOL_CHECK(dtype == "bf16" || dtype == "f16" || dtype == "f32", OptionError,
+    QTOOL_CHECK(dtype == "bf16" || dtype == "f16" || dtype == "f32", qtool::OptionError,
                 "--dtype must be bf16, f16 or f32");
     QTOOL_CHECK(
         s.heads > 0 && s.hidden % s.heads == 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0,
-        OptionError, "heads must divide hidden and be a multiple of kv heads");
+        qtool::OptionError, "heads must divide hidden and be a multiple of kv heads");
     const auto tensors = Tensors(s, dt);
     qtool::CheckpointWriterOptions o;
     o.max_shard_bytes = max_shard;
