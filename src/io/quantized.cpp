@@ -110,6 +110,22 @@ json TensorsRecord(const Checkpoint& ck) {
   return *it;
 }
 
+// Copies the model directory's other files (tokenizer, ...) and writes its config.json with
+// `quantization_config` set to `qc`, or removed when `qc` is null.
+void CopyModelFiles(const Checkpoint& in, const json& qc, CheckpointWriter& writer) {
+  for (const fs::path& f : in.other_files()) {
+    if (f.filename() != "config.json") writer.CopyFile(f, f.filename().string());
+  }
+  if (!in.config()) return;
+  json config = *in.config();
+  if (qc.is_null()) {
+    config.erase("quantization_config");
+  } else {
+    config["quantization_config"] = qc;
+  }
+  writer.WriteTextFile("config.json", config.dump(2) + "\n");
+}
+
 void DecodeInto(const StoredWeight& s, int threads, float* out) {
   const int64_t cols = s.codec->cols();
   const int64_t block = s.codec->row_block();
@@ -185,11 +201,14 @@ json QuantizeReport::ToJson() const {
     }
     t.push_back(std::move(e));
   }
+  uint64_t largest = 0;
+  for (const TensorReport& r : tensors) largest = std::max(largest, r.bytes_in);
   return {{"codec", codec},
           {"tensors", std::move(t)},
           {"summary",
            {{"bytes_in", bytes_in},
             {"bytes_out", bytes_out},
+            {"largest_tensor_bytes", largest},
             {"params_total", params_total},
             {"params_quantized", params_quantized},
             {"bits_per_weight", bits_per_weight()},
@@ -296,18 +315,10 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
   }
 
   background.Finish();
-  for (const fs::path& f : in.other_files()) {
-    if (f.filename() == "config.json") continue;
-    writer.CopyFile(f, f.filename().string());
-  }
-  if (in.config()) {
-    json config = *in.config();
-    json qc = codec_record;
-    qc["quant_method"] = "qtool";
-    qc["format_version"] = kQtoolFormatVersion;
-    config["quantization_config"] = qc;
-    writer.WriteTextFile("config.json", config.dump(2) + "\n");
-  }
+  json qc = codec_record;
+  qc["quant_method"] = "qtool";
+  qc["format_version"] = kQtoolFormatVersion;
+  CopyModelFiles(in, qc, writer);
   writer.Commit();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
@@ -409,15 +420,7 @@ void DequantizeCheckpoint(const Checkpoint& in, const fs::path& out, bool overwr
     if (progress) progress(i + 1, names.size(), names[i]);
   }
   background.Finish();
-  for (const fs::path& f : in.other_files()) {
-    if (f.filename() == "config.json") continue;
-    writer.CopyFile(f, f.filename().string());
-  }
-  if (in.config()) {
-    json config = *in.config();
-    config.erase("quantization_config");
-    writer.WriteTextFile("config.json", config.dump(2) + "\n");
-  }
+  CopyModelFiles(in, nullptr, writer);
   writer.Commit();
 }
 
