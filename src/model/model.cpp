@@ -6,6 +6,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/io/quantized.hpp"
+#include "qtool/model/capture.hpp"
 
 namespace qtool {
 namespace {
@@ -58,7 +59,14 @@ Model::Impl::Impl(const std::filesystem::path& path, const ModelOptions& options
 std::shared_ptr<const runtime::BlockWeights> Model::Impl::Block(int64_t i) const {
   auto& slot = cache[static_cast<size_t>(i)];
   if (slot) return slot;
+  // Reading block i from the map: its pages are dropped from the resident set once decoded, and
+  // block i + 1's are requested ahead, so a streamed pass keeps about one block resident.
   auto b = std::make_shared<const runtime::BlockWeights>(runtime::LoadBlock(ck, cfg, i, threads));
+  const std::string mine = BlockTensorName(i, ""), next = BlockTensorName(i + 1, "");
+  for (const CheckpointTensor& t : ck.tensors()) {
+    if (t.info->name.starts_with(mine)) t.file->Release(*t.info);
+    if (i + 1 < cfg.num_layers && t.info->name.starts_with(next)) t.file->Prefetch(*t.info);
+  }
   if (cached_bytes + b->bytes() <= cache_budget) {
     cached_bytes += b->bytes();
     slot = b;
