@@ -107,14 +107,16 @@ void GemmW4A8(const int8_t* q, const float* a_scales, int64_t m, const QuantWeig
 /// y[t, n] = sum_g scale[n,g] * sum_{k in g} (u - zero) * a[t,k].
 void GemmW4A16(const uint16_t* a_bf16, int64_t m, const QuantWeights& w, float* y, int threads = 1);
 
-/// NF4 weights: 4-bit indices into the 16 NormalFloat values of QLoRA (Dettmers et al. 2023),
-/// packed as INT4 codes are, with one f32 absmax scale per group: w = kNf4Values[u] * scale.
+/// NF4 weights: 4-bit indices into the 16 NormalFloat values of QLoRA (qtool::Nf4Values()),
+/// packed as the NF4 codec stores them (two codes per byte, the even column in the high nibble),
+/// with one f32 absmax scale per group of a row: w = Nf4Values()[u] * scale. The codec's
+/// NAME.qweight and (decoded) NAME.absmax are this layout when cols is a multiple of its block.
 struct Nf4Weights {
   const uint8_t* codes = nullptr;
   const float* scales = nullptr;  // [rows, groups per row]
   int64_t rows = 0, cols = 0, group = 64;
 };
-/// y[n] = sum_g scale[n,g] * sum_{k in g} kNf4Values[u[n,k]] * x[k] (f32 accumulation).
+/// y[n] = sum_g scale[n,g] * sum_{k in g} Nf4Values()[u[n,k]] * x[k] (f32 accumulation).
 void GemvNf4(const float* x, const Nf4Weights& w, float* y, int threads = 1);
 
 }  // namespace qtool::kernels

@@ -81,11 +81,15 @@ inline int64_t ChunkCodes(int64_t left, int64_t max_codes) {
 }
 
 /// Reorders one token's activations to match INT4 weights unpacked a chunk at a time: a chunk of
-/// c codes is c/2 packed bytes whose low nibbles are the even codes and high nibbles the odd
-/// codes, so the chunk's activations are stored evens first, then odds. Chunks are taken per group
-/// by ChunkCodes; group lengths (and cols) are multiples of 32.
+/// c codes is c/2 packed bytes; with the integer codec's packing their low nibbles are the even
+/// codes and high nibbles the odd codes, so the chunk's activations are stored evens first, then
+/// odds (odds first for the NF4 codec's packing, `high_first`, which puts the even code in the
+/// high nibble). Chunks are taken per group by ChunkCodes; group lengths and cols are multiples
+/// of 32.
 template <typename T>
-void PermuteForNibbles(const T* in, int64_t cols, int64_t group, int64_t max_codes, T* out) {
+void PermuteForNibbles(const T* in, int64_t cols, int64_t group, int64_t max_codes, T* out,
+                       bool high_first = false) {
+  const int lo = high_first ? 1 : 0;
   for (int64_t g0 = 0; g0 < cols; g0 += group) {
     const int64_t n = group < cols - g0 ? group : cols - g0;
     for (int64_t off = 0; off < n;) {
@@ -93,8 +97,8 @@ void PermuteForNibbles(const T* in, int64_t cols, int64_t group, int64_t max_cod
       const T* src = in + g0 + off;
       T* dst = out + g0 + off;
       for (int64_t j = 0; j < c / 2; ++j) {
-        dst[j] = src[2 * j];
-        dst[c / 2 + j] = src[2 * j + 1];
+        dst[j] = src[2 * j + lo];
+        dst[c / 2 + j] = src[2 * j + 1 - lo];
       }
       off += c;
     }
@@ -117,7 +121,8 @@ inline int32_t ZeroOf(const QuantWeights& w, int64_t n, int64_t g) {
 /// The f32-accumulating 4-bit kernels over rows [n0, n1), shared by every ISA; `Ops` supplies the
 /// vector parts: Vec, Zero(), MulAdd(acc, dot, s) = acc + dot * s, Sum(v), Bf16ToF32(in, n, out),
 /// NibbleDot(row, x, g0, len, lut) = lanes of sum_j lut(u_j) * x_j over 32 codes per step (x
-/// permuted by PermuteForNibbles with 32-code chunks), ZeroLut(z): u -> u - z, Nf4Lut(): u -> NF4.
+/// permuted by PermuteForNibbles with 32-code chunks), ZeroLut(z): u -> u - z, Nf4Lut(values):
+/// u -> values[u].
 template <typename Ops>
 void GemmW4A16With(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, int64_t n1,
                    float* y) {
@@ -146,8 +151,8 @@ template <typename Ops>
 void GemvNf4With(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y) {
   const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, rb = (k + 1) / 2;
   Scratch perm(0, k * 4);
-  PermuteForNibbles(x, k, w.group, 32, perm.as<float>());
-  const auto lut = Ops::Nf4Lut();
+  PermuteForNibbles(x, k, w.group, 32, perm.as<float>(), /*high_first=*/true);
+  const auto lut = Ops::Nf4Lut(Nf4Table());
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.codes + n * rb;
     auto acc = Ops::Zero();

@@ -15,6 +15,7 @@
 #include "qtool/core/half.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/quant/int_codec.hpp"
+#include "qtool/quant/nf4_codec.hpp"
 #include "qtool/quant/pack.hpp"
 
 namespace qtool::kernels {
@@ -373,10 +374,7 @@ TEST_P(KernelTest, GemmW4A16WithinTolerance) {
 }
 
 TEST_P(KernelTest, GemvNf4WithinTolerance) {
-  static constexpr float kNf4[16] = {-1.0f,        -0.6961928f,  -0.52507305f, -0.3949175f,
-                                     -0.28444138f, -0.18477343f, -0.09105004f, 0.0f,
-                                     0.0795803f,   0.1609302f,   0.2461123f,   0.33791524f,
-                                     0.44070983f,  0.562617f,    0.72295684f,  1.0f};
+  const auto& nf4 = Nf4Values();
   for (const int64_t k : kFourBitCols) {
     for (const int64_t group : {int64_t{32}, int64_t{64}, k}) {
       const int64_t n = 23;
@@ -395,8 +393,9 @@ TEST_P(KernelTest, GemvNf4WithinTolerance) {
       for (int64_t j = 0; j < n; ++j) {
         double exact = 0;
         for (int64_t i = 0; i < k; ++i) {
-          const int u = (tw.codes[j * ((k + 1) / 2) + i / 2] >> ((i & 1) * 4)) & 0xf;
-          const double wv = static_cast<double>(kNf4[u]) * tw.scales[j * ng + i / group];
+          // The NF4 codec's packing: the even column in the high nibble.
+          const int u = (tw.codes[j * ((k + 1) / 2) + i / 2] >> ((~i & 1) * 4)) & 0xf;
+          const double wv = static_cast<double>(nf4[u]) * tw.scales[j * ng + i / group];
           l1[j] += std::fabs(wv * x[i]);
           exact += wv * x[i];
         }
@@ -405,6 +404,36 @@ TEST_P(KernelTest, GemvNf4WithinTolerance) {
       SCOPED_TRACE("k " + std::to_string(k) + " group " + std::to_string(group));
       ExpectClose(run(), want, l1);
     }
+  }
+}
+
+// The GEMV reads the NF4 codec's own tensors: qweight as packed, absmax as block scales.
+TEST_P(KernelTest, GemvNf4ReadsTheNf4CodecLayout) {
+  const int64_t rows = 37, cols = 256, block = 64;
+  const auto w = RandomFloats(rows * cols, 11, 0.02f);
+  Nf4Codec codec(block, /*double_quant=*/false, rows, cols);
+  codec.Observe(w.data(), 0, rows);
+  const auto layout = codec.Layout("w");
+  std::vector<std::vector<std::byte>> parts;
+  std::vector<std::byte*> ptrs;
+  for (const auto& t : layout) parts.emplace_back(t.nbytes());
+  for (auto& p : parts) ptrs.push_back(p.data());
+  std::vector<float> decoded(rows * cols);
+  codec.EncodeRows(w.data(), 0, rows, ptrs.data(), decoded.data());
+  ASSERT_EQ(layout[1].dtype, DType::kF32);
+
+  const auto x = RandomFloats(cols, 12);
+  const Nf4Weights nf{reinterpret_cast<const uint8_t*>(parts[0].data()),
+                      reinterpret_cast<const float*>(parts[1].data()), rows, cols, block};
+  std::vector<float> y(rows);
+  GemvNf4(x.data(), nf, y.data(), 2);
+  for (int64_t n = 0; n < rows; ++n) {
+    double want = 0, l1 = 0;
+    for (int64_t i = 0; i < cols; ++i) {
+      want += static_cast<double>(decoded[n * cols + i]) * x[i];
+      l1 += std::fabs(static_cast<double>(decoded[n * cols + i]) * x[i]);
+    }
+    EXPECT_NEAR(y[n], want, 1e-5 * l1) << "row " << n;
   }
 }
 

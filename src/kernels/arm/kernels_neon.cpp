@@ -262,9 +262,9 @@ struct NeonOps {
     };
   }
   // The 16 values (64 bytes) are a 4-register TBL table: code u selects bytes 4u .. 4u + 3.
-  static auto Nf4Lut() {
+  static auto Nf4Lut(const float* values) {
     uint8x16x4_t table;
-    std::memcpy(&table, kNf4Values, sizeof(table));
+    std::memcpy(&table, values, sizeof(table));
     return [table](uint32x4_t u) {
       const uint32x4_t idx = vaddq_u32(vmulq_n_u32(u, 0x04040404u), vdupq_n_u32(0x03020100u));
       return vreinterpretq_f32_u8(vqtbl4q_u8(table, vreinterpretq_u8_u32(idx)));

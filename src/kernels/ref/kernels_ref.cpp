@@ -8,6 +8,7 @@
 #include "../table.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/quant/int_codec.hpp"
+#include "qtool/quant/nf4_codec.hpp"
 #include "qtool/quant/pack.hpp"
 
 namespace qtool::kernels::detail {
@@ -116,13 +117,14 @@ void RefGemmW4A16(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n
 
 void RefGemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y) {
   const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, row_bytes = (k + 1) / 2;
+  const float* values = Nf4Table();
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.codes + n * row_bytes;
     float acc = 0.0f;
     for (int64_t g = 0; g < ng; ++g) {
       float dot = 0.0f;
       for (int64_t i = g * w.group; i < std::min(k, (g + 1) * w.group); ++i) {
-        dot += kNf4Values[(row[i / 2] >> ((i & 1) * 4)) & 0xf] * x[i];
+        dot += values[(row[i / 2] >> ((~i & 1) * 4)) & 0xf] * x[i];  // even k: high nibble
       }
       acc += w.scales[n * ng + g] * dot;
     }
@@ -131,6 +133,8 @@ void RefGemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, flo
 }
 
 }  // namespace
+
+const float* Nf4Table() { return Nf4Values().data(); }
 
 const KernelTable* ScalarTable() {
   static constexpr KernelTable kTable{

@@ -392,8 +392,8 @@ struct Avx2Ops {
     };
   }
   // Two 8-lane permutes; bit 3 of the code, moved to the sign bit, picks one.
-  static auto Nf4Lut() {
-    return [lo = _mm256_loadu_ps(kNf4Values), hi = _mm256_loadu_ps(kNf4Values + 8)](__m256i u) {
+  static auto Nf4Lut(const float* values) {
+    return [lo = _mm256_loadu_ps(values), hi = _mm256_loadu_ps(values + 8)](__m256i u) {
       return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, u), _mm256_permutevar8x32_ps(hi, u),
                               _mm256_castsi256_ps(_mm256_slli_epi32(u, 28)));
     };

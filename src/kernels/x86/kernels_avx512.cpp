@@ -482,10 +482,8 @@ struct Avx512Ops {
       return _mm512_cvtepi32_ps(_mm512_sub_epi32(u, zv));
     };
   }
-  static auto Nf4Lut() {
-    return [table = _mm512_loadu_ps(kNf4Values)](__m512i u) {
-      return _mm512_permutexvar_ps(u, table);
-    };
+  static auto Nf4Lut(const float* values) {
+    return [table = _mm512_loadu_ps(values)](__m512i u) { return _mm512_permutexvar_ps(u, table); };
   }
 };
 
