@@ -1,0 +1,71 @@
+// GPTQ on one 4096 x 4096 layer with its Hessian given (INT4 g128), per phase GFLOP/s, and the
+// Hessian accumulation of 2048 input rows. Baseline: round-to-nearest on the same weights.
+#include <benchmark/benchmark.h>
+
+#include <random>
+
+#include "qtool/solvers/gptq.hpp"
+#include "qtool/solvers/hessian.hpp"
+
+namespace qtool::solvers {
+namespace {
+
+constexpr int kThreads = 2;
+
+RowMatrixXf Gaussian(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist;
+  RowMatrixXf m(rows, cols);
+  for (int64_t i = 0; i < m.size(); ++i) m.data()[i] = dist(rng);
+  return m;
+}
+
+void BM_HessianAccumulate(benchmark::State& state) {
+  const int64_t n = state.range(0), cols = state.range(1);
+  const RowMatrixXf x = Gaussian(n, cols, 1);
+  for (auto _ : state) {
+    HessianAccumulator acc(cols, kThreads);
+    acc.Add(x);
+    benchmark::DoNotOptimize(acc.Hessian().data());
+  }
+  const double flop = static_cast<double>(cols) * cols * n;  // lower triangle only
+  state.counters["GFLOP/s"] = benchmark::Counter(flop * 1e-9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_HessianAccumulate)->Args({2048, 4096})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_Gptq(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const RowMatrixXf w = Gaussian(n, n, 2) * 0.02f;
+  const RowMatrixXf x = Gaussian(2048, n, 3);
+  HessianAccumulator acc(n, kThreads);
+  acc.Add(x);
+  const RowMatrixXf h = acc.Hessian();
+  const IntGrid grid(4, true);
+  GptqOptions opt;
+  opt.group_size = 128;
+  opt.threads = kThreads;
+  GptqStats st;
+  for (auto _ : state) {
+    GptqResult r = Gptq(w, h, grid, opt);
+    st = r.stats;
+    benchmark::DoNotOptimize(r.q.dequant.data());
+  }
+  state.counters["chol_s"] = st.seconds_cholesky;
+  state.counters["chol_GFLOP/s"] = st.flop_cholesky / st.seconds_cholesky * 1e-9;
+  state.counters["inv_s"] = st.seconds_inverse;
+  state.counters["inv_GFLOP/s"] = st.flop_inverse / st.seconds_inverse * 1e-9;
+  state.counters["sweep_s"] = st.seconds_sweep;
+  state.counters["sweep_GFLOP/s"] = st.flop_sweep / st.seconds_sweep * 1e-9;
+}
+BENCHMARK(BM_Gptq)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+
+void BM_Rtn(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const RowMatrixXf w = Gaussian(n, n, 2) * 0.02f;
+  const IntGrid grid(4, true);
+  for (auto _ : state) benchmark::DoNotOptimize(QuantizeRtn(w, grid, 128).dequant.data());
+}
+BENCHMARK(BM_Rtn)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+}  // namespace qtool::solvers
