@@ -9,5 +9,7 @@ namespace qtool::cli {
 void RegisterQuantize(CLI::App& app);
 void RegisterDequantize(CLI::App& app);
 void RegisterInspect(CLI::App& app);
+void RegisterEval(CLI::App& app);
+void RegisterGenerate(CLI::App& app);
 
 }  // namespace qtool::cli

@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   qtool::cli::RegisterQuantize(app);
   qtool::cli::RegisterDequantize(app);
   qtool::cli::RegisterInspect(app);
+  qtool::cli::RegisterEval(app);
+  qtool::cli::RegisterGenerate(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
