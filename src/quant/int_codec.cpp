@@ -51,8 +51,8 @@ void QuantizeRowRef(const float* x, int64_t cols, const QuantSpec& spec, uint8_t
   }
 }
 
-IntCodec::IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols)
-    : WeightCodec(rows, cols), spec_(spec) {
+IntCodec::IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols, const ObserverSpec& observer)
+    : WeightCodec(rows, cols), spec_(spec), observer_(observer) {
   spec_.Validate();
 }
 
@@ -79,12 +79,21 @@ QuantSpec IntCodec::SpecFromRecord(const nlohmann::json& r) {
   return s;
 }
 
+ObserverSpec IntCodec::ObserverFromRecord(const nlohmann::json& r) {
+  const auto it = r.find("observer");
+  if (it == r.end()) return {};
+  QTOOL_CHECK(it->is_string(), OptionError, "codec record {}: \"observer\" must be a string",
+              r.dump());
+  return ObserverSpec::Parse(it->get<std::string>());
+}
+
 nlohmann::json IntCodec::Record() const {
   nlohmann::json r = {{"codec", "int"},
                       {"bits", spec_.bits},
                       {"symmetric", spec_.symmetric},
                       {"granularity", GranularityName(spec_.granularity)}};
   if (spec_.granularity == Granularity::kGroup) r["group_size"] = spec_.group_size;
+  if (observer_.kind != ObserverKind::kMinMax) r["observer"] = observer_.ToString();
   return r;
 }
 
@@ -100,6 +109,14 @@ std::vector<TensorSpec> IntCodec::Layout(const std::string& name) const {
 }
 
 void IntCodec::Observe(const float* w, int64_t r0, int64_t nrows) {
+  if (observer_.kind != ObserverKind::kMinMax) {
+    if (r0 == 0) tensor_observer_.emplace(observer_, spec_, ActGranularity::kTensor, cols());
+    tensor_observer_->Update(w, nrows);
+    const Range range = tensor_observer_->Ranges()[0];
+    tensor_lo_ = range.lo;
+    tensor_hi_ = range.hi;
+    return;
+  }
   float lo, hi;
   MinMaxRange(w, nrows * cols(), &lo, &hi);
   if (r0 == 0) tensor_lo_ = tensor_hi_ = 0.0f;
@@ -127,9 +144,8 @@ void IntCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* 
       const int64_t g0 = gi * glen, n = std::min(glen, cols - g0);
       GroupParams p = tensor_params;
       if (!tensor) {
-        float lo, hi;
-        MinMaxRange(x + g0, n, &lo, &hi);
-        p = ParamsFromRange(lo, hi, spec_);
+        const Range range = ChooseRange(x + g0, n, observer_, spec_);
+        p = ParamsFromRange(range.lo, range.hi, spec_);
         std::memcpy(scales + (r * ngroups + gi) * 4, &p.scale, 4);
         if (zeros) zeros[r * ngroups + gi] = static_cast<uint8_t>(p.zero);
       }
