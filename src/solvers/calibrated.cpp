@@ -385,7 +385,8 @@ class RowSampler final : public ActivationConsumer {
 // reference, whose attention scores are sensitive to clipping).
 BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   const int64_t b = run.block();
-  const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric);
+  // The codec rounds AWQ's output, so the search rounds as the codec does.
+  const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
   const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
   const auto& groups = InputGroups();
   const int64_t total_rows = run.num_samples() * run.seq_len();

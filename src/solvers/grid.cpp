@@ -20,7 +20,8 @@ constexpr double kMseNorm = 2.4;
 
 }  // namespace
 
-IntGrid::IntGrid(int bits, bool symmetric) : bits_(bits), symmetric_(symmetric) {
+IntGrid::IntGrid(int bits, bool symmetric, bool codec_range)
+    : bits_(bits), symmetric_(symmetric), codec_range_(codec_range) {
   QTOOL_CHECK(bits >= 2 && bits <= 8, OptionError, "bits must be in 2..8, got {}", bits);
 }
 
@@ -32,6 +33,15 @@ GridParams IntGrid::FromRange(float lo, float hi) const {
   QuantSpec spec;
   spec.bits = bits_;
   spec.symmetric = symmetric_;
+  if (symmetric_ && !codec_range_) {
+    // All 2^b levels: [-amax, amax] spans 2^b - 1 steps, so the top level (2^(b-1) - 1) * scale
+    // falls just short of amax and the bottom one reaches -amax * 2^b / (2^b - 1), as the GPTQ
+    // reference's symmetric quantiser has it (the codec's RTN uses amax / (2^(b-1) - 1) instead).
+    const float amax = std::max(std::abs(lo), std::abs(hi));
+    const float scale = 2.0f * amax / static_cast<float>((1 << bits_) - 1);
+    return {scale > 0 && std::isfinite(scale) ? scale : 1.0f,
+            static_cast<float>(spec.code_offset())};
+  }
   const GroupParams p = ParamsFromRange(lo, hi, spec);
   return {p.scale, static_cast<float>(p.zero)};
 }

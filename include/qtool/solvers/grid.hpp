@@ -2,8 +2,9 @@
 //
 // A grid has 2^bits levels and per-group parameters GridParams. Two kinds:
 // - IntGrid: the uniform affine grid of quant/spec.hpp, x^ = (u - zero) * scale with an integer
-//   zero (symmetric: zero = 2^(b-1), scale = max|x| / (2^(b-1) - 1); asymmetric: min-max range
-//   widened to include 0). Codes and parameters are exactly those the "int" codec stores.
+//   zero. Symmetric: zero = 2^(b-1), scale = 2 max|x| / (2^b - 1) (every one of the 2^b levels
+//   in use, as in the GPTQ reference); asymmetric: the min-max range widened to include 0, as the
+//   codec. Codes and parameters are stored as they are by the "int" codec.
 // - TableGrid: a non-uniform grid of 2^bits values v[u] (NF4 of QLoRA, FP4 E2M1), x^ = v[u] * scale
 //   with scale = max|x| / max|v| (absmax); a value maps to the nearest level.
 // Solvers (GPTQ, RTN) work column by column over all output rows at once: Quantize() takes one
@@ -43,8 +44,9 @@ class Grid {
 
 class IntGrid final : public Grid {
  public:
-  /// Throws OptionError for bits outside 2..8.
-  IntGrid(int bits, bool symmetric);
+  /// Throws OptionError for bits outside 2..8. With `codec_range`, symmetric groups take the int
+  /// codec's own scale max|x| / (2^(b-1) - 1) (for solvers whose float output the codec rounds).
+  IntGrid(int bits, bool symmetric, bool codec_range = false);
   int bits() const override { return bits_; }
   bool symmetric() const { return symmetric_; }
   std::string Name() const override;
@@ -58,6 +60,7 @@ class IntGrid final : public Grid {
  private:
   int bits_;
   bool symmetric_;
+  bool codec_range_;
 };
 
 class TableGrid final : public Grid {
