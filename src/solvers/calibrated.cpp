@@ -5,6 +5,7 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <regex>
 #include <sstream>
 
@@ -282,12 +283,13 @@ BlockSolution GptqBlock(const Context& ctx, CalibrationRunner& run, WeightOverri
   for (const auto& group : InputGroups()) {
     HessianConsumer h(run.in_features(group[0]), ctx.threads);
     run.Run({{group[0], {&h}}}, *overrides);
-    const RowMatrixXf hessian = h.Hessian();
+    std::optional<GptqHessian> hessian;  // factored once for the layers sharing the input
     for (const std::string& name : group) {
       const std::string full = WeightName(b, name);
       if (!ctx.Selected(full)) continue;
       const auto t0 = std::chrono::steady_clock::now();
-      GptqResult r = Gptq(run.Weight(name), hessian, grid, opt);
+      if (!hessian) hessian = PrepareGptq(h.Hessian(), opt);
+      GptqResult r = Gptq(run.Weight(name), *hessian, grid, opt);
       ctx.Report({b, name, r.stats.loss, Since(t0),
                   r.stats.damp_retries ? fmt::format("damp {:g}", r.stats.damp) : ""});
       (*overrides)[name] = r.q.dequant;

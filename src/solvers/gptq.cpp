@@ -20,64 +20,39 @@ double Since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const Eigen::Ref<const RowMatrixXf>& h,
-                const Grid& grid, const GptqOptions& options) {
-  const int64_t rows = w.rows(), cols = w.cols();
-  QTOOL_CHECK(h.rows() == cols && h.cols() == cols, ShapeError,
-              "GPTQ of a [{}, {}] weight needs a [{}, {}] Hessian, got [{}, {}]", rows, cols, cols,
-              cols, h.rows(), h.cols());
+GptqHessian PrepareGptq(const Eigen::Ref<const RowMatrixXf>& h, const GptqOptions& options) {
+  const int64_t cols = h.rows();
+  QTOOL_CHECK(h.cols() == cols, ShapeError, "GPTQ needs a square Hessian, got [{}, {}]", h.rows(),
+              h.cols());
   QTOOL_CHECK(options.block_size >= 1, OptionError, "GPTQ block size must be at least 1");
   QTOOL_CHECK(options.damp >= 0, OptionError, "dampening must not be negative, got {}",
               options.damp);
   const int threads = ResolveThreads(options.threads);
-  const bool grouped = options.group_size > 0 && options.group_size < cols;
-  const int64_t g = grouped ? options.group_size : std::max<int64_t>(cols, 1);
-  const bool static_params = options.static_groups || !grouped;
-
-  GptqResult result;
-  GptqStats& st = result.stats;
-  QuantizedMatrix& q = result.q;
-  q.groups = (cols + g - 1) / g;
-  q.params.resize(static_cast<size_t>(rows * q.groups));
-  q.g_idx.resize(static_cast<size_t>(cols));
-
-  // Working copy of W transposed: row j of wt is column j of W, contiguous over the output rows.
-  RowMatrixXf wt = w.transpose();
+  GptqHessian out;
+  GptqStats& st = out.stats;
   RowMatrixXf hd = h;
   for (int64_t i = 0; i < cols; ++i) {
     if (hd(i, i) == 0.0f) {
       hd(i, i) = 1.0f;
-      wt.row(i).setZero();
-      ++st.dead_inputs;
+      out.dead.push_back(i);
     }
   }
-  if (static_params) {
-    std::vector<GridParams> p(static_cast<size_t>(rows));
-    for (int64_t gi = 0; gi < q.groups; ++gi) {
-      FitGroups(grid, &wt(gi * g, 0), rows, std::min(g, cols - gi * g), rows, options.mse,
-                p.data());
-      for (int64_t r = 0; r < rows; ++r) q.params[static_cast<size_t>(r * q.groups + gi)] = p[r];
-    }
-  }
-  std::vector<int64_t> perm(static_cast<size_t>(cols));
-  std::iota(perm.begin(), perm.end(), int64_t{0});
+  st.dead_inputs = static_cast<int64_t>(out.dead.size());
+  out.perm.resize(static_cast<size_t>(cols));
+  std::iota(out.perm.begin(), out.perm.end(), int64_t{0});
   if (options.act_order) {
-    std::stable_sort(perm.begin(), perm.end(),
+    std::stable_sort(out.perm.begin(), out.perm.end(),
                      [&](int64_t a, int64_t b) { return hd(a, a) > hd(b, b); });
-    RowMatrixXf tmp(cols, rows);
-    for (int64_t j = 0; j < cols; ++j) tmp.row(j) = wt.row(perm[j]);
-    wt.swap(tmp);
     RowMatrixXf hp(cols, cols);
     for (int64_t i = 0; i < cols; ++i) {
-      for (int64_t j = 0; j < cols; ++j) hp(i, j) = hd(perm[i], perm[j]);
+      for (int64_t j = 0; j < cols; ++j) hp(i, j) = hd(out.perm[i], out.perm[j]);
     }
     hd.swap(hp);
   }
-
   // U: the upper Cholesky factor of (H + lambda I)^-1, via P (H + lambda I) P = L L^T and
   // U = P L^-1 P (P reverses the indices).
   const double mean_diag = cols > 0 ? static_cast<double>(hd.diagonal().mean()) : 0.0;
-  RowMatrixXf u;
+  RowMatrixXf& u = out.u;
   for (double damp = options.damp;; damp *= 10) {
     u = hd.reverse();
     u.diagonal().array() += static_cast<float>(damp * mean_diag);
@@ -95,11 +70,55 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const Eigen::Ref<const R
   hd.resize(0, 0);
   const double n3 = static_cast<double>(cols) * cols * cols;
   st.flop_cholesky = n3 / 3 * (st.damp_retries + 1);
-  {
-    const auto t0 = std::chrono::steady_clock::now();
-    u = InvertLower(u, threads).reverse();
-    st.seconds_inverse = Since(t0);
-    st.flop_inverse = n3 / 3;
+  const auto t0 = std::chrono::steady_clock::now();
+  u = InvertLower(u, threads).reverse();
+  st.seconds_inverse = Since(t0);
+  st.flop_inverse = n3 / 3;
+  return out;
+}
+
+GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const Eigen::Ref<const RowMatrixXf>& h,
+                const Grid& grid, const GptqOptions& options) {
+  return Gptq(w, PrepareGptq(h, options), grid, options);
+}
+
+GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessian,
+                const Grid& grid, const GptqOptions& options) {
+  const int64_t rows = w.rows(), cols = w.cols();
+  QTOOL_CHECK(hessian.u.rows() == cols, ShapeError,
+              "GPTQ of a [{}, {}] weight needs a [{}, {}] Hessian, got [{}, {}]", rows, cols, cols,
+              cols, hessian.u.rows(), hessian.u.cols());
+  const int threads = ResolveThreads(options.threads);
+  const bool grouped = options.group_size > 0 && options.group_size < cols;
+  const int64_t g = grouped ? options.group_size : std::max<int64_t>(cols, 1);
+  const bool static_params = options.static_groups || !grouped;
+  const RowMatrixXf& u = hessian.u;
+  const std::vector<int64_t>& perm = hessian.perm;
+
+  GptqResult result;
+  result.stats = hessian.stats;
+  GptqStats& st = result.stats;
+  QuantizedMatrix& q = result.q;
+  q.groups = (cols + g - 1) / g;
+  q.params.resize(static_cast<size_t>(rows * q.groups));
+  q.g_idx.resize(static_cast<size_t>(cols));
+
+  // Working copy of W transposed (row j of wt is column j of W, contiguous over the output rows),
+  // dead inputs zeroed; static group parameters come from it before reordering.
+  RowMatrixXf wt = w.transpose();
+  for (int64_t c : hessian.dead) wt.row(c).setZero();
+  if (static_params) {
+    std::vector<GridParams> p(static_cast<size_t>(rows));
+    for (int64_t gi = 0; gi < q.groups; ++gi) {
+      FitGroups(grid, &wt(gi * g, 0), rows, std::min(g, cols - gi * g), rows, options.mse,
+                p.data());
+      for (int64_t r = 0; r < rows; ++r) q.params[static_cast<size_t>(r * q.groups + gi)] = p[r];
+    }
+  }
+  if (options.act_order) {
+    RowMatrixXf tmp(cols, rows);
+    for (int64_t j = 0; j < cols; ++j) tmp.row(j) = wt.row(perm[j]);
+    wt.swap(tmp);
   }
 
   // The column sweep.

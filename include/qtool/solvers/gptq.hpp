@@ -53,9 +53,25 @@ struct GptqResult {
 
 inline constexpr int kMaxDampRetries = 6;
 
-/// Quantises w [rows, cols] given h [cols, cols] (the Hessian 2/n X^T X). Throws ShapeError on
-/// mismatched shapes, OptionError on bad options, NumericError when h stays indefinite after every
+/// What GPTQ needs of a Hessian, computed once for every layer that shares the input (q/k/v,
+/// gate/up): the column order, the dead inputs and U.
+struct GptqHessian {
+  RowMatrixXf u;              // upper Cholesky factor of (H + lambda I)^-1, in processing order
+  std::vector<int64_t> perm;  // processing position -> column
+  std::vector<int64_t> dead;  // columns with H_ii = 0
+  GptqStats stats;            // damp, retries, dead inputs, Cholesky and inverse timings
+};
+
+/// Dead inputs, act-order, dampening (with retries) and U of h [cols, cols] (the Hessian
+/// 2/n X^T X). Throws OptionError on bad options, NumericError when h stays indefinite after every
 /// dampening retry.
+GptqHessian PrepareGptq(const Eigen::Ref<const RowMatrixXf>& h, const GptqOptions& options);
+
+/// Quantises w [rows, cols] with a prepared Hessian. Throws ShapeError on mismatched shapes.
+GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessian,
+                const Grid& grid, const GptqOptions& options);
+
+/// PrepareGptq and Gptq in one call.
 GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const Eigen::Ref<const RowMatrixXf>& h,
                 const Grid& grid, const GptqOptions& options);
 
