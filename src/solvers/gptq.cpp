@@ -122,56 +122,72 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
   }
 
   // The column sweep.
+  // The column sweep. Output rows are independent (each only needs U and its own weights), so
+  // each thread sweeps its own range of rows with single-threaded GEMMs.
   const auto t_sweep = std::chrono::steady_clock::now();
   const int64_t bs = options.block_size;
   std::vector<uint8_t> codes_t(static_cast<size_t>(rows * cols));
-  RowMatrixXf err(std::min(bs, std::max<int64_t>(cols, 1)), rows);
-  std::vector<GridParams> cur(static_cast<size_t>(rows));
-  std::vector<float> deq(static_cast<size_t>(rows));
-  int64_t cur_group = -1;
-  double loss = 0;
-  for (int64_t i1 = 0; i1 < cols; i1 += bs) {
-    const int64_t i2 = std::min(cols, i1 + bs);
-    for (int64_t s0 = i1; s0 < i2; s0 += kSubBlock) {
-      const int64_t s1 = std::min(i2, s0 + kSubBlock);
-      for (int64_t j = s0; j < s1; ++j) {
-        const int64_t group = static_params ? perm[j] / g : j / g;
-        if (!static_params && j % g == 0) {
-          FitGroups(grid, &wt(j, 0), rows, std::min(g, cols - j), rows, options.mse, cur.data());
-          for (int64_t r = 0; r < rows; ++r) {
-            q.params[static_cast<size_t>(r * q.groups + group)] = cur[r];
-          }
-        } else if (static_params && group != cur_group) {
-          for (int64_t r = 0; r < rows; ++r) {
-            cur[r] = q.params[static_cast<size_t>(r * q.groups + group)];
-          }
-        }
-        cur_group = group;
-        q.g_idx[static_cast<size_t>(perm[j])] = static_cast<int32_t>(group);
-        float* wj = &wt(j, 0);
-        grid.Quantize(wj, rows, cur.data(), &codes_t[static_cast<size_t>(j * rows)], deq.data());
-        const float d = u(j, j);
-        float* ej = &err(j - i1, 0);
-        double col_loss = 0;
-        for (int64_t r = 0; r < rows; ++r) {
-          const float e = (wj[r] - deq[r]) / d;
-          col_loss += static_cast<double>(e) * e;
-          ej[r] = e;
-          wj[r] = deq[r];
-        }
-        loss += col_loss / 2;
-        for (int64_t jj = j + 1; jj < s1; ++jj) {
-          wt.row(jj).noalias() -= u(j, jj) * err.row(j - i1);
-        }
-      }
-      // The rest of the block: wt[s1:i2] -= U[s0:s1, s1:i2]^T E[s0:s1].
-      Gemm(i2 - s1, rows, s1 - s0, -1.0f, {&u(s0, s1), 1, cols}, {&err(s0 - i1, 0), rows, 1},
-           &wt(s1, 0), rows, threads);
-    }
-    // The columns after the block: wt[i2:] -= U[i1:i2, i2:]^T E.
-    Gemm(cols - i2, rows, i2 - i1, -1.0f, {&u(i1, i2), 1, cols}, {err.data(), rows, 1}, &wt(i2, 0),
-         rows, threads);
+  for (int64_t j = 0; j < cols; ++j) {
+    const int64_t group = static_params ? perm[j] / g : j / g;
+    q.g_idx[static_cast<size_t>(perm[j])] = static_cast<int32_t>(group);
   }
+  std::vector<double> losses(static_cast<size_t>(threads), 0.0);
+  const int64_t row_chunk = std::max<int64_t>(32, (rows + threads - 1) / threads);
+  ParallelFor(rows, row_chunk, threads, [&](int64_t r0, int64_t r1, int worker) {
+    const int64_t nr = r1 - r0;
+    RowMatrixXf err(std::min(bs, std::max<int64_t>(cols, 1)), nr);
+    std::vector<GridParams> cur(static_cast<size_t>(nr));
+    std::vector<float> deq(static_cast<size_t>(nr));
+    int64_t cur_group = -1;
+    double loss = 0;
+    for (int64_t i1 = 0; i1 < cols; i1 += bs) {
+      const int64_t i2 = std::min(cols, i1 + bs);
+      for (int64_t s0 = i1; s0 < i2; s0 += kSubBlock) {
+        const int64_t s1 = std::min(i2, s0 + kSubBlock);
+        for (int64_t j = s0; j < s1; ++j) {
+          const int64_t group = q.g_idx[static_cast<size_t>(perm[j])];
+          if (!static_params && j % g == 0) {
+            FitGroups(grid, &wt(j, r0), rows, std::min(g, cols - j), nr, options.mse, cur.data());
+            for (int64_t r = 0; r < nr; ++r) {
+              q.params[static_cast<size_t>((r0 + r) * q.groups + group)] = cur[r];
+            }
+          } else if (static_params && group != cur_group) {
+            for (int64_t r = 0; r < nr; ++r) {
+              cur[r] = q.params[static_cast<size_t>((r0 + r) * q.groups + group)];
+            }
+          }
+          cur_group = group;
+          float* wj = &wt(j, r0);
+          grid.Quantize(wj, nr, cur.data(), &codes_t[static_cast<size_t>(j * rows + r0)],
+                        deq.data());
+          const float d = u(j, j);
+          float* ej = &err(j - i1, 0);
+          double col_loss = 0;
+          for (int64_t r = 0; r < nr; ++r) {
+            const float e = (wj[r] - deq[r]) / d;
+            col_loss += static_cast<double>(e) * e;
+            ej[r] = e;
+            wj[r] = deq[r];
+          }
+          loss += col_loss / 2;
+          for (int64_t jj = j + 1; jj < s1; ++jj) {
+            const float c = u(j, jj);
+            float* wjj = &wt(jj, r0);
+            for (int64_t r = 0; r < nr; ++r) wjj[r] -= c * ej[r];
+          }
+        }
+        // The rest of the block: wt[s1:i2] -= U[s0:s1, s1:i2]^T E[s0:s1].
+        Gemm(i2 - s1, nr, s1 - s0, -1.0f, {&u(s0, s1), 1, cols}, {&err(s0 - i1, 0), nr, 1},
+             &wt(s1, r0), rows, 1);
+      }
+      // The columns after the block: wt[i2:] -= U[i1:i2, i2:]^T E.
+      Gemm(cols - i2, nr, i2 - i1, -1.0f, {&u(i1, i2), 1, cols}, {err.data(), nr, 1}, &wt(i2, r0),
+           rows, 1);
+    }
+    losses[static_cast<size_t>(worker)] += loss;
+  });
+  double loss = 0;
+  for (double l : losses) loss += l;
   st.loss = loss;
   st.seconds_sweep = Since(t_sweep);
   // Lazy updates (2 rows (cols - i2) block per block, about rows cols^2) and the in-block ones.
