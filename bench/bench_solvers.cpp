@@ -15,17 +15,9 @@ namespace {
 
 constexpr int kThreads = 2;
 
-RowMatrixXf Gaussian(int64_t rows, int64_t cols, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist;
-  RowMatrixXf m(rows, cols);
-  for (int64_t i = 0; i < m.size(); ++i) m.data()[i] = dist(rng);
-  return m;
-}
-
 void BM_HessianAccumulate(benchmark::State& state) {
   const int64_t n = state.range(0), cols = state.range(1);
-  const RowMatrixXf x = Gaussian(n, cols, 1);
+  const RowMatrixXf x = synthetic::HeavyTailedInputs(n, cols, 1);
   for (auto _ : state) {
     HessianAccumulator acc(cols, kThreads);
     acc.Add(x);
@@ -79,7 +71,7 @@ BENCHMARK(BM_Gptq)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime()->Ite
 
 void BM_Rtn(benchmark::State& state) {
   const int64_t n = state.range(0);
-  const RowMatrixXf w = Gaussian(n, n, 2) * 0.02f;
+  const RowMatrixXf w = synthetic::GaussianWeights(n, n, 2);
   const IntGrid grid(4, true);
   for (auto _ : state) benchmark::DoNotOptimize(QuantizeRtn(w, grid, 128).dequant.data());
 }
