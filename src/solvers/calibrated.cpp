@@ -91,6 +91,9 @@ class StreamingWriter {
     }
   }
 
+  /// `quantization_config` entries added to config.json beside the codec's.
+  void AddConfig(const std::string& key, json value) { extra_config_[key] = std::move(value); }
+
   QuantizeReport Finish(std::chrono::steady_clock::time_point start) {
     WriteThrough(INT64_MAX, {});
     for (const fs::path& f : in_.other_files()) {
@@ -102,6 +105,7 @@ class StreamingWriter {
       json qc = codec_record_;
       qc["quant_method"] = "qtool";
       qc["format_version"] = kQtoolFormatVersion;
+      qc.update(extra_config_);
       config["quantization_config"] = qc;
       writer_->WriteTextFile("config.json", config.dump(2) + "\n");
     }
@@ -223,6 +227,7 @@ class StreamingWriter {
   std::vector<Entry> order_;
   size_t next_ = 0;
   json codec_record_;
+  json extra_config_ = json::object();
   std::unique_ptr<CheckpointWriter> writer_;
   QuantizeReport report_;
 };
@@ -547,6 +552,10 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
   if (!NeedsCalibration(method.method)) {
     for (int64_t b = 0; b < blocks; ++b) writer.WriteThrough(b, HqqBlock(ctx, b), progress);
     return writer.Finish(start);
+  }
+  if (method.method == Method::kSmoothQuant) {
+    // W8A8: the activations are meant to be quantised per token at run time.
+    writer.AddConfig("activations", {{"bits", 8}, {"granularity", "token"}, {"dynamic", true}});
   }
   CalibrationRunner run(model, CalibrationSamples(model_dir, model, method));
   while (!run.done()) {
