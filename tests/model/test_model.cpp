@@ -98,6 +98,24 @@ TEST(ModelReference, GreedyTextMatchesTransformers) {
   }
 }
 
+TEST(ModelReference, CachedDecodingEqualsFullRecomputation) {
+  QTOOL_REQUIRE_SHARED();
+  for (const fs::path& dir : SharedModels()) {
+    SCOPED_TRACE(dir.string());
+    const Model model(dir);
+    const std::vector<int32_t> prompt = {1, 3, 17, 40, 12};
+    std::vector<int32_t> seq = prompt, naive;
+    for (int i = 0; i < 24; ++i) {
+      const RowMatrixXf logits = model.Logits(seq);
+      Eigen::Index next = 0;
+      logits.row(logits.rows() - 1).maxCoeff(&next);
+      naive.push_back(static_cast<int32_t>(next));
+      seq.push_back(static_cast<int32_t>(next));
+    }
+    EXPECT_EQ(GenerateGreedy(model, prompt, 24), naive);
+  }
+}
+
 TEST(ModelReference, StreamedWeightsGiveTheSameLogits) {
   QTOOL_REQUIRE_SHARED();
   const fs::path dir = SharedModels().front();
