@@ -182,6 +182,17 @@ TEST(EvalCli, GenerateAndErrors) {
   const testing::CliResult no_input = RunCli({"eval", dir.string()});
   EXPECT_EQ(no_input.exit_code, 3) << no_input.err;
   testing::ScratchDir tmp;
+  // Token ids of the eval text in a file give the same perplexity as the text itself.
+  std::string ids;
+  for (const int32_t t :
+       EncodeTextFile(LoadModelTokenizer(dir), *SharedDir() / "data" / "stories-eval.txt")) {
+    ids += std::to_string(t) + "\n";
+  }
+  testing::WriteFile(tmp / "eval-ids.txt", ids);
+  const testing::CliResult by_ids =
+      RunCli({"eval", dir.string(), "--tokens", (tmp / "eval-ids.txt").string(), "--json", "-"});
+  ASSERT_EQ(by_ids.exit_code, 0) << by_ids.err;
+  EXPECT_EQ(nlohmann::json::parse(by_ids.out).at("ppl"), RunEval({dir.string()}).at("ppl"));
   testing::WriteFile(tmp / "ids.txt", "1\n2\n999999\n");
   const testing::CliResult bad_id =
       RunCli({"eval", dir.string(), "--tokens", (tmp / "ids.txt").string()});
