@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
+#include <tuple>
 
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
@@ -95,13 +97,18 @@ BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, 
   b.input_norm = ToVector(ReadShaped(ck, name("input_layernorm.weight"), {h}, threads));
   b.post_attention_norm =
       ToVector(ReadShaped(ck, name("post_attention_layernorm.weight"), {h}, threads));
-  b.q = LoadLinear(ck, name("self_attn.q_proj"), q, h, threads);
-  b.k = LoadLinear(ck, name("self_attn.k_proj"), kv, h, threads);
-  b.v = LoadLinear(ck, name("self_attn.v_proj"), kv, h, threads);
-  b.o = LoadLinear(ck, name("self_attn.o_proj"), h, q, threads);
-  b.gate = LoadLinear(ck, name("mlp.gate_proj"), f, h, threads);
-  b.up = LoadLinear(ck, name("mlp.up_proj"), f, h, threads);
-  b.down = LoadLinear(ck, name("mlp.down_proj"), h, f, threads);
+  // The seven layers are decoded and packed in parallel, largest first.
+  const std::tuple<Linear*, const char*, int64_t, int64_t> layers[] = {
+      {&b.gate, "mlp.gate_proj", f, h}, {&b.up, "mlp.up_proj", f, h},
+      {&b.down, "mlp.down_proj", h, f}, {&b.q, "self_attn.q_proj", q, h},
+      {&b.o, "self_attn.o_proj", h, q}, {&b.k, "self_attn.k_proj", kv, h},
+      {&b.v, "self_attn.v_proj", kv, h}};
+  ParallelFor(std::size(layers), 1, threads, [&](int64_t l0, int64_t l1, int) {
+    for (int64_t l = l0; l < l1; ++l) {
+      const auto& [layer, short_name, out, in] = layers[l];
+      *layer = LoadLinear(ck, name(short_name), out, in, 1);
+    }
+  });
   return b;
 }
 
