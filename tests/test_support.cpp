@@ -71,6 +71,13 @@ CliResult RunCli(const std::vector<std::string>& args) {
 #endif
 }
 
+std::string SafetensorsImage(const std::string& header, const std::string& data) {
+  std::string out(8, '\0');
+  const uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>(n >> (8 * i));
+  return out + header + data;
+}
+
 void WriteFile(const fs::path& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));

@@ -6,7 +6,11 @@
 #include <map>
 
 #include "qtool/core/error.hpp"
+#include "qtool/quant/fp_codec.hpp"
 #include "qtool/quant/int_codec.hpp"
+#include "qtool/quant/mx_codec.hpp"
+#include "qtool/quant/nf4_codec.hpp"
+#include "qtool/quant/ternary_codec.hpp"
 
 namespace qtool {
 namespace {
@@ -14,13 +18,21 @@ namespace {
 using Factory =
     std::function<std::unique_ptr<WeightCodec>(const nlohmann::json&, int64_t, int64_t)>;
 
-// Every codec, by the name its records carry.
+// Every codec, by the name its records carry (docs/CODECS.md describes each).
 const std::map<std::string, Factory>& Registry() {
   static const std::map<std::string, Factory> registry = {
       {"int",
-       [](const nlohmann::json& r, int64_t rows, int64_t cols) {
-         return std::make_unique<IntCodec>(IntCodec::SpecFromRecord(r), rows, cols);
+       [](const nlohmann::json& r, int64_t rows, int64_t cols) -> std::unique_ptr<WeightCodec> {
+         return std::make_unique<IntCodec>(IntCodec::SpecFromRecord(r), rows, cols,
+                                           IntCodec::ObserverFromRecord(r));
        }},
+      {"fp",
+       [](const nlohmann::json& r, int64_t rows, int64_t cols) -> std::unique_ptr<WeightCodec> {
+         return std::make_unique<FpCodec>(FpSpec::FromRecord(r), rows, cols);
+       }},
+      {"mx", &MxCodec::FromRecord},
+      {"nf4", &Nf4Codec::FromRecord},
+      {"ternary", &TernaryCodec::FromRecord},
   };
   return registry;
 }

@@ -1,13 +1,17 @@
-// qtool quantize IN -o OUT [--bits B] [--group G] [--asym] ...
+// qtool quantize IN -o OUT [--format F] [--bits B] [--group G] [--asym] [--block B]
+//                [--double-quant] [--observer O] ...
 #include <fmt/format.h>
 
 #include <cmath>
+#include <map>
 #include <regex>
 
 #include "commands.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/quantized.hpp"
 #include "qtool/quant/codec.hpp"
+#include "qtool/quant/mx_codec.hpp"
+#include "qtool/quant/observer.hpp"
 #include "qtool/quant/spec.hpp"
 #include "terminal.hpp"
 
@@ -16,9 +20,11 @@ namespace {
 
 struct QuantizeArgs {
   std::string input, output, json, format = "int", granularity = "group", max_shard;
+  std::string block, observer = "minmax";
   int bits = 4;
   int64_t group = 128;
-  bool asym = false, force = false, quiet = false;
+  bool asym = false, force = false, quiet = false, double_quant = false, no_saturate = false;
+  bool granularity_given = false;
   int threads = 0;
   std::vector<std::string> include, exclude;
 };
@@ -38,22 +44,108 @@ uint64_t ParseSize(const std::string& s) {
   return static_cast<uint64_t>(v);
 }
 
-nlohmann::json CodecRecord(const QuantizeArgs& a) {
-  int bits = a.bits;
-  std::smatch m;
-  static const std::regex int_re(R"(^int([0-9]+)$)");
-  if (std::regex_match(a.format, m, int_re)) {
-    bits = std::stoi(m[1].str());
-  } else {
-    QTOOL_CHECK(a.format == "int", OptionError, "unknown --format \"{}\"", a.format);
-  }
-  nlohmann::json r = {
-      {"codec", "int"}, {"bits", bits}, {"symmetric", !a.asym}, {"granularity", a.granularity}};
-  if (a.granularity == "group") r["group_size"] = a.group;
+constexpr const char* kFormatHelp =
+    "Number format: int (with --bits), int2..int8, ternary, nf4, fp4, fp8-e4m3, fp8-e5m2, mxfp4, "
+    "mxfp6-e2m3, mxfp6-e3m2, mxfp8-e4m3, mxfp8-e5m2, mxint8 (docs/CODECS.md)";
+
+// MX format names and their element formats.
+const std::map<std::string, std::string>& MxFormats() {
+  static const std::map<std::string, std::string> m = {
+      {"mxfp4", "e2m1"},      {"mxfp6-e2m3", "e2m3"}, {"mxfp6-e3m2", "e3m2"},
+      {"mxfp8-e4m3", "e4m3"}, {"mxfp8-e5m2", "e5m2"}, {"mxint8", "int8"}};
+  return m;
+}
+
+// Scaled small-float formats and their element formats.
+const std::map<std::string, std::string>& FpFormats() {
+  static const std::map<std::string, std::string> m = {
+      {"fp4", "e2m1"}, {"fp8-e4m3", "e4m3"}, {"fp8-e5m2", "e5m2"}};
+  return m;
+}
+
+int64_t ParsePositive(const std::string& s, const char* what) {
+  static const std::regex re(R"(^[0-9]{1,9}$)");
+  QTOOL_CHECK(std::regex_match(s, re) && std::stoll(s) >= 1, OptionError,
+              "{} \"{}\" is not a positive integer", what, s);
+  return std::stoll(s);
+}
+
+// --block for the scaled float formats: "C" (1 x C groups along a row) or "RxC" (2-D blocks).
+std::pair<int64_t, int64_t> ParseBlock2d(const std::string& s) {
+  const size_t x = s.find_first_of("xX");
+  if (x == std::string::npos) return {1, ParsePositive(s, "--block")};
+  return {ParsePositive(s.substr(0, x), "--block rows"), ParsePositive(s.substr(x + 1), "--block")};
+}
+
+nlohmann::json IntRecord(const QuantizeArgs& a, int bits) {
   QTOOL_CHECK(a.granularity == "group" || a.granularity == "channel" || a.granularity == "tensor",
               OptionError, "--granularity must be group, channel or tensor, got \"{}\"",
               a.granularity);
+  nlohmann::json r = {
+      {"codec", "int"}, {"bits", bits}, {"symmetric", !a.asym}, {"granularity", a.granularity}};
+  if (a.granularity == "group") r["group_size"] = a.group;
+  const ObserverSpec observer = ObserverSpec::Parse(a.observer);
+  if (observer.kind != ObserverKind::kMinMax) r["observer"] = observer.ToString();
   return r;
+}
+
+nlohmann::json FpRecord(const QuantizeArgs& a, const std::string& element) {
+  nlohmann::json r = {{"codec", "fp"}, {"format", element}, {"saturate", !a.no_saturate}};
+  if (!a.block.empty()) {
+    const auto [br, bc] = ParseBlock2d(a.block);
+    r["scale"] = "block";
+    r["block"] = {br, bc};
+  } else if (a.granularity_given && a.granularity == "group") {
+    r["scale"] = "block";
+    r["block"] = {1, a.group};
+  } else if (a.granularity_given) {
+    QTOOL_CHECK(a.granularity == "channel" || a.granularity == "tensor", OptionError,
+                "--granularity must be group, channel or tensor, got \"{}\"", a.granularity);
+    r["scale"] = a.granularity;
+  } else if (element == "e2m1") {
+    r["scale"] = "block";  // FP4 needs fine scales: 1 x 32 by default
+    r["block"] = {1, 32};
+  } else {
+    r["scale"] = "channel";
+  }
+  return r;
+}
+
+nlohmann::json CodecRecord(const QuantizeArgs& a) {
+  const std::string& f = a.format;
+  std::smatch m;
+  static const std::regex int_re(R"(^int([0-9]+)$)");
+  const bool is_int = f == "int" || std::regex_match(f, m, int_re);
+  const bool is_fp = FpFormats().contains(f);
+  QTOOL_CHECK(is_int || a.observer == "minmax", OptionError,
+              "--observer applies to the integer formats, not to \"{}\"", f);
+  QTOOL_CHECK(f == "nf4" || !a.double_quant, OptionError, "--double-quant applies to nf4 only");
+  QTOOL_CHECK(is_fp || !a.no_saturate, OptionError, "--no-saturate applies to fp8/fp4 only");
+  QTOOL_CHECK(!is_int || a.block.empty(), OptionError,
+              "--block applies to nf4, fp4, fp8 and the MX formats; use --group for int");
+  if (is_int) return IntRecord(a, f == "int" ? a.bits : std::stoi(m[1].str()));
+  if (is_fp) return FpRecord(a, FpFormats().at(f));
+  if (f == "nf4") {
+    return {{"codec", "nf4"},
+            {"block", a.block.empty() ? int64_t{64} : ParsePositive(a.block, "--block")},
+            {"double_quant", a.double_quant}};
+  }
+  if (const auto it = MxFormats().find(f); it != MxFormats().end()) {
+    return {{"codec", "mx"},
+            {"element", it->second},
+            {"block", a.block.empty() ? kMxBlock : ParsePositive(a.block, "--block")}};
+  }
+  if (f == "ternary") {
+    QTOOL_CHECK(a.block.empty(), OptionError, "--block does not apply to ternary");
+    QuantizeArgs t = a;
+    if (!a.granularity_given) t.granularity = "tensor";  // BitNet b1.58: one absmean per tensor
+    nlohmann::json r = IntRecord(t, 2);
+    r.erase("bits");
+    r.erase("symmetric");
+    r["codec"] = "ternary";
+    return r;
+  }
+  throw OptionError(fmt::format("unknown --format \"{}\"", f));
 }
 
 void PrintReport(const QuantizeReport& r) {
@@ -93,13 +185,24 @@ void RegisterQuantize(CLI::App& app) {
   cmd->add_option("input", a->input, "Checkpoint: a .safetensors file or a model directory")
       ->required();
   cmd->add_option("-o,--output", a->output, "Output model directory")->required();
-  cmd->add_option("--format", a->format, "Number format: int (with --bits) or int2..int8")
-      ->capture_default_str();
+  cmd->add_option("--format", a->format, kFormatHelp)->capture_default_str();
   cmd->add_option("--bits", a->bits, "Bits per weight for --format int (2..8)")
       ->capture_default_str();
   cmd->add_option("--group", a->group, "Group size along the input dimension")
       ->capture_default_str();
-  cmd->add_option("--granularity", a->granularity, "group, channel (per output row) or tensor")
+  CLI::Option* gran =
+      cmd->add_option("--granularity", a->granularity, "group, channel (per output row) or tensor")
+          ->capture_default_str();
+  cmd->add_option("--block", a->block,
+                  "Block size: nf4 absmax block (default 64); MX block (default 32); fp8/fp4 scale "
+                  "block as COLS (1 x COLS) or ROWSxCOLS, e.g. 128x128");
+  cmd->add_flag("--double-quant", a->double_quant,
+                "nf4: quantise the absmax values to 8 bits (bitsandbytes double quantisation)");
+  cmd->add_flag("--no-saturate", a->no_saturate,
+                "fp8: overflow to Inf (E5M2) or NaN (E4M3) instead of saturating to the max");
+  cmd->add_option("--observer", a->observer,
+                  "Range choice for the integer formats: minmax, percentile:P, mse, mse:P (Lp "
+                  "norm) or kl")
       ->capture_default_str();
   cmd->add_flag("--asym", a->asym, "Asymmetric (scale and zero-point) instead of symmetric");
   cmd->add_option("--include", a->include,
@@ -112,7 +215,8 @@ void RegisterQuantize(CLI::App& app) {
   cmd->add_option("--json", a->json, "Also write the report as JSON to this file (- for stdout)");
   cmd->add_flag("--force", a->force, "Replace the output directory if it exists");
   cmd->add_flag("-q,--quiet", a->quiet, "Print no report");
-  cmd->callback([a]() {
+  cmd->callback([a, gran]() {
+    a->granularity_given = gran->count() > 0;
     QTOOL_CHECK(a->group >= 1, OptionError, "--group must be at least 1, got {}", a->group);
     QTOOL_CHECK(a->threads >= 0, OptionError, "--threads must not be negative");
     QuantizeOptions opts;

@@ -5,10 +5,15 @@
 //   NAME.scales   F32 [rows, G]                       (per-tensor: [1, 1])
 //   NAME.zeros    U8  [rows, G]                       asymmetric only (per-tensor: [1, 1])
 // Record: {"codec": "int", "bits": b, "symmetric": bool, "granularity": "tensor"|"channel"|"group",
-//          "group_size": g}.
+//          "group_size": g, "observer": "minmax"|"percentile:P"|"mse[:p]"|"kl" (observer.hpp;
+//          absent means minmax)}. Every range comes from ChooseRange on the values it covers (a
+//          per-tensor range other than min-max keeps an f32 copy of the tensor during Observe).
 #pragma once
 
+#include <vector>
+
 #include "qtool/quant/codec.hpp"
+#include "qtool/quant/observer.hpp"
 #include "qtool/quant/spec.hpp"
 
 namespace qtool {
@@ -23,7 +28,7 @@ void MinMaxRange(const float* x, int64_t n, float* lo, float* hi);
 
 class IntCodec final : public WeightCodec {
  public:
-  IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols);
+  IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols, const ObserverSpec& observer = {});
 
   nlohmann::json Record() const override;
   std::vector<TensorSpec> Layout(const std::string& name) const override;
@@ -35,10 +40,13 @@ class IntCodec final : public WeightCodec {
 
   const QuantSpec& spec() const { return spec_; }
   static QuantSpec SpecFromRecord(const nlohmann::json& record);
+  static ObserverSpec ObserverFromRecord(const nlohmann::json& record);
 
  private:
   QuantSpec spec_;
+  ObserverSpec observer_;
   float tensor_lo_ = 0, tensor_hi_ = 0;  // per-tensor range seen by Observe
+  std::vector<float> tensor_values_;     // per-tensor, observers other than minmax
 };
 
 }  // namespace qtool

@@ -1,0 +1,64 @@
+#include "qtool/quant/activation.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace qtool {
+namespace {
+
+float TokenScale(const float* x, int64_t channels, float qmax) {
+  float amax = 0;
+  for (int64_t c = 0; c < channels; ++c) amax = std::max(amax, std::fabs(x[c]));
+  const float s = amax / qmax;
+  return s > 0.0f && std::isfinite(s) ? s : 1.0f;
+}
+
+constexpr float kInt8Max = 127.0f;
+
+}  // namespace
+
+void QuantizePerTokenInt8(const float* x, int64_t tokens, int64_t channels, int8_t* q,
+                          float* scales) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* row = x + t * channels;
+    const float s = TokenScale(row, channels, kInt8Max);
+    scales[t] = s;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float v = std::clamp(row[c] / s, -kInt8Max, kInt8Max);
+      q[t * channels + c] = static_cast<int8_t>(RoundHalfEvenSmall(v));
+    }
+  }
+}
+
+void DequantizePerTokenInt8(const int8_t* q, const float* scales, int64_t tokens, int64_t channels,
+                            float* out) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t c = 0; c < channels; ++c) {
+      out[t * channels + c] = static_cast<float>(q[t * channels + c]) * scales[t];
+    }
+  }
+}
+
+void QuantizePerTokenFp8(const float* x, int64_t tokens, int64_t channels,
+                         const MinifloatFormat& format, uint8_t* codes, float* scales) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* row = x + t * channels;
+    const float s = TokenScale(row, channels, format.max());
+    scales[t] = s;
+    for (int64_t c = 0; c < channels; ++c) {
+      codes[t * channels + c] = static_cast<uint8_t>(EncodeMinifloat(row[c] / s, format, true));
+    }
+  }
+}
+
+void DequantizePerTokenFp8(const uint8_t* codes, const float* scales, int64_t tokens,
+                           int64_t channels, const MinifloatFormat& format, float* out) {
+  const MinifloatTable table(format);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t c = 0; c < channels; ++c) {
+      out[t * channels + c] = table.value[codes[t * channels + c]] * scales[t];
+    }
+  }
+}
+
+}  // namespace qtool

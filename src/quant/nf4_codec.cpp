@@ -1,0 +1,243 @@
+#include "qtool/quant/nf4_codec.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "qtool/core/error.hpp"
+
+namespace qtool {
+namespace {
+
+// Smallest absmax used as a divisor: an all-zero block scales by 1e38 and stores code 7 (0.0).
+constexpr float kMinAbsmax = 1e-38f;
+
+// Midpoints between consecutive ascending table values, computed in f32 as bitsandbytes does;
+// the code of v is the number of midpoints strictly below it (torch.bucketize, right=False), so a
+// value exactly on a midpoint takes the lower index.
+template <size_t N>
+std::array<float, N - 1> Midpoints(const std::array<float, N>& t) {
+  std::array<float, N - 1> m{};
+  for (size_t i = 0; i + 1 < N; ++i) m[i] = (t[i] + t[i + 1]) / 2.0f;
+  return m;
+}
+
+template <size_t M>
+uint8_t Bucketize(const std::array<float, M>& midpoints, float v) {
+  return static_cast<uint8_t>(std::lower_bound(midpoints.begin(), midpoints.end(), v) -
+                              midpoints.begin());
+}
+
+const std::array<float, 15>& Nf4Midpoints() {
+  static const std::array<float, 15> m = Midpoints(Nf4Values());
+  return m;
+}
+
+const std::array<float, 255>& DynamicMidpoints() {
+  static const std::array<float, 255> m = Midpoints(DynamicMap8());
+  return m;
+}
+
+// Scaled value of x in a block: x * (1 / absmax) for a whole block, x / absmax for the shorter
+// last block (bitsandbytes computes the two cases so), clamped to [-1, 1].
+inline float ScaleToUnit(float x, float absmax, bool whole_block) {
+  const float a = std::max(absmax, kMinAbsmax);
+  const float v = whole_block ? x * (1.0f / a) : x / a;
+  return std::clamp(v, -1.0f, 1.0f);
+}
+
+}  // namespace
+
+const std::array<float, 16>& Nf4Values() {
+  // QLoRA appendix E / bitsandbytes: quantiles of N(0, 1) normalised to [-1, 1], with an exact 0.
+  static const std::array<float, 16> v = {-1.0f,
+                                          -0.6961928009986877f,
+                                          -0.5250730514526367f,
+                                          -0.39491748809814453f,
+                                          -0.28444138169288635f,
+                                          -0.18477343022823334f,
+                                          -0.09105003625154495f,
+                                          0.0f,
+                                          0.07958029955625534f,
+                                          0.16093020141124725f,
+                                          0.24611230194568634f,
+                                          0.33791524171829224f,
+                                          0.44070982933044434f,
+                                          0.5626170039176941f,
+                                          0.7229568362236023f,
+                                          1.0f};
+  return v;
+}
+
+const std::array<float, 256>& DynamicMap8() {
+  // bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8) (Dettmers,
+  // "8-Bit Approximations for Parallelism in Deep Learning", arXiv:1511.04561): for i = 0..6 the
+  // 2^i midpoints of linspace(0.1, 1, 2^i + 1) times +-10^(i-6), plus 0 and 1, sorted. Arithmetic
+  // is f32 as in torch: linspace(start, end, n) gives start + step * k for k < n / 2 and
+  // end - step * (n - 1 - k) above, with step = (end - start) / (n - 1) in f32.
+  static const std::array<float, 256> map = [] {
+    constexpr double kPow10[7] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+    std::vector<float> data;
+    for (int i = 0; i < 7; ++i) {
+      const int n = (1 << i) + 1;
+      const float start = 0.1f, end = 1.0f;
+      const float step = (end - start) / static_cast<float>(n - 1);
+      std::vector<float> b(static_cast<size_t>(n));
+      for (int k = 0; k < n; ++k) {
+        // Evaluated in double (the product is exact) and rounded once, as torch's vectorised
+        // kernel does with a fused multiply-add.
+        const double sd = step, kd = k < n / 2 ? k : n - 1 - k;
+        b[static_cast<size_t>(k)] = static_cast<float>(k < n / 2 ? start + sd * kd : end - sd * kd);
+      }
+      const auto p = static_cast<float>(kPow10[i]);
+      for (int k = 0; k + 1 < n; ++k) {
+        const float mean = (b[static_cast<size_t>(k)] + b[static_cast<size_t>(k) + 1]) / 2.0f;
+        data.push_back(p * mean);
+        data.push_back(-p * mean);
+      }
+    }
+    data.push_back(0.0f);
+    data.push_back(1.0f);
+    std::sort(data.begin(), data.end());
+    std::array<float, 256> out{};
+    std::copy(data.begin(), data.end(), out.begin());
+    return out;
+  }();
+  return map;
+}
+
+Nf4Codec::Nf4Codec(int64_t block, bool double_quant, int64_t rows, int64_t cols)
+    : WeightCodec(rows, cols), block_(block), double_quant_(double_quant) {
+  QTOOL_CHECK(block >= 32 && block <= 4096, OptionError, "NF4 block must be in 32..4096, got {}",
+              block);
+}
+
+std::unique_ptr<WeightCodec> Nf4Codec::FromRecord(const nlohmann::json& r, int64_t rows,
+                                                  int64_t cols) {
+  try {
+    return std::make_unique<Nf4Codec>(r.value("block", int64_t{64}), r.value("double_quant", false),
+                                      rows, cols);
+  } catch (const nlohmann::json::exception& e) {
+    throw OptionError(fmt::format("invalid nf4 codec record {}: {}", r.dump(), e.what()));
+  }
+}
+
+nlohmann::json Nf4Codec::Record() const {
+  return {{"codec", "nf4"}, {"block", block_}, {"double_quant", double_quant_}};
+}
+
+int64_t Nf4Codec::num_blocks() const { return (rows() * cols() + block_ - 1) / block_; }
+
+std::vector<TensorSpec> Nf4Codec::Layout(const std::string& name) const {
+  const int64_t nb = num_blocks();
+  std::vector<TensorSpec> out = {{name + ".qweight", DType::kU8, {rows(), (cols() + 1) / 2}}};
+  if (!double_quant_) {
+    out.push_back({name + ".absmax", DType::kF32, {nb}});
+  } else {
+    out.push_back({name + ".absmax", DType::kU8, {nb}});
+    out.push_back({name + ".absmax_scale",
+                   DType::kF32,
+                   {(nb + kNf4DoubleQuantBlock - 1) / kNf4DoubleQuantBlock}});
+    out.push_back({name + ".absmax_offset", DType::kF32, {1}});
+  }
+  return out;
+}
+
+void Nf4Codec::Observe(const float* w, int64_t r0, int64_t nrows) {
+  if (r0 == 0) absmax_.assign(static_cast<size_t>(num_blocks()), 0.0f);
+  const int64_t i0 = r0 * cols();
+  for (int64_t i = 0; i < nrows * cols(); ++i) {
+    float& a = absmax_[static_cast<size_t>((i0 + i) / block_)];
+    a = std::max(a, std::fabs(w[i]));
+  }
+  if (r0 + nrows < rows()) return;
+  // All blocks seen: the scales as decoding will see them.
+  dq_absmax_ = absmax_;
+  if (!double_quant_) return;
+  const size_t nb = absmax_.size();
+  double sum = 0;
+  for (float a : absmax_) sum += a;
+  offset_ = nb ? static_cast<float>(sum / static_cast<double>(nb)) : 0.0f;
+  const auto& map = DynamicMap8();
+  qabsmax_.resize(nb);
+  absmax2_.assign((nb + kNf4DoubleQuantBlock - 1) / kNf4DoubleQuantBlock, 0.0f);
+  for (size_t c = 0; c < absmax2_.size(); ++c) {
+    const size_t j0 = c * kNf4DoubleQuantBlock, j1 = std::min(nb, j0 + kNf4DoubleQuantBlock);
+    float m = 0;
+    for (size_t j = j0; j < j1; ++j) m = std::max(m, std::fabs(absmax_[j] - offset_));
+    absmax2_[c] = m;
+    const bool whole = j1 - j0 == static_cast<size_t>(kNf4DoubleQuantBlock);
+    for (size_t j = j0; j < j1; ++j) {
+      qabsmax_[j] = Bucketize(DynamicMidpoints(), ScaleToUnit(absmax_[j] - offset_, m, whole));
+      dq_absmax_[j] = map[qabsmax_[j]] * m + offset_;
+    }
+  }
+}
+
+void Nf4Codec::WriteScales(std::byte* const* out) const {
+  if (!double_quant_) {
+    std::memcpy(out[1], absmax_.data(), absmax_.size() * 4);
+    return;
+  }
+  std::memcpy(out[1], qabsmax_.data(), qabsmax_.size());
+  std::memcpy(out[2], absmax2_.data(), absmax2_.size() * 4);
+  std::memcpy(out[3], &offset_, 4);
+}
+
+void Nf4Codec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
+                          float* dequant) const {
+  if (r0 == 0) WriteScales(out);  // every scale is known from Observe
+  const int64_t cols = this->cols(), n = rows() * cols, row_bytes = (cols + 1) / 2;
+  const int64_t last_whole = n / block_;  // blocks below this index are whole
+  const auto& values = Nf4Values();
+  auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
+  for (int64_t r = r0; r < r0 + nrows; ++r) {
+    uint8_t* q = qweight + r * row_bytes;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t i = r * cols + c, b = i / block_;
+      const float x = w[(r - r0) * cols + c];
+      const uint8_t code = Bucketize(
+          Nf4Midpoints(), ScaleToUnit(x, absmax_[static_cast<size_t>(b)], b < last_whole));
+      dequant[(r - r0) * cols + c] = values[code] * dq_absmax_[static_cast<size_t>(b)];
+      if (c % 2 == 0) {
+        q[c / 2] = static_cast<uint8_t>(code << 4);
+      } else {
+        q[c / 2] = static_cast<uint8_t>(q[c / 2] | code);
+      }
+    }
+  }
+}
+
+float Nf4Codec::StoredAbsmax(const std::byte* const* in, int64_t b) const {
+  if (!double_quant_) {
+    float a;
+    std::memcpy(&a, in[1] + b * 4, 4);
+    return a;
+  }
+  float scale, offset;
+  std::memcpy(&scale, in[2] + b / kNf4DoubleQuantBlock * 4, 4);
+  std::memcpy(&offset, in[3], 4);
+  return DynamicMap8()[static_cast<uint8_t>(in[1][b])] * scale + offset;
+}
+
+void Nf4Codec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const {
+  const int64_t cols = this->cols(), row_bytes = (cols + 1) / 2;
+  const auto& values = Nf4Values();
+  const auto* qweight = reinterpret_cast<const uint8_t*>(in[0]);
+  int64_t cached_block = -1;
+  float absmax = 0;
+  for (int64_t r = r0; r < r0 + nrows; ++r) {
+    const uint8_t* q = qweight + r * row_bytes;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t b = (r * cols + c) / block_;
+      if (b != cached_block) {
+        absmax = StoredAbsmax(in, b);
+        cached_block = b;
+      }
+      const int code = c % 2 == 0 ? q[c / 2] >> 4 : q[c / 2] & 0xf;
+      out[(r - r0) * cols + c] = values[static_cast<size_t>(code)] * absmax;
+    }
+  }
+}
+
+}  // namespace qtool
