@@ -50,6 +50,7 @@ CliResult RunCli(const std::vector<std::string>& args) {
 #else
   ScratchDir tmp;
   const fs::path out = tmp / "stdout", err = tmp / "stderr";
+  std::fflush(nullptr);  // or the child would print the parent's buffered output again
   const pid_t pid = ::fork();
   if (pid == 0) {
     std::vector<char*> argv;

@@ -86,7 +86,6 @@ TEST(Capture, HessiansAndStatisticsEqualDirectComputation) {
   const double hq = RelMaxDiff(h_q.Hessian(), DirectHessian(rec_q.rows));
   const double hd = RelMaxDiff(h_down.Hessian(), DirectHessian(rec_down.rows));
   std::printf("Hessian relative max diff: q_proj %.3g, down_proj %.3g\n", hq, hd);
-  std::fflush(stdout);
   EXPECT_LE(hq, 1e-6);
   EXPECT_LE(hd, 1e-6);
   EXPECT_LE(RelMaxDiff(h_q.Hessian(), DirectHessian(x0)), 1e-4);

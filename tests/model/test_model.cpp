@@ -55,7 +55,6 @@ TEST(ModelReference, LogitsMatchTransformers) {
             .cwiseAbs()
             .maxCoeff();
     std::printf("%s: max |logit diff| %.3g\n", RefKey(dir).c_str(), max_diff);
-    std::fflush(stdout);
     EXPECT_LE(max_diff, 1e-4);
   }
 }
