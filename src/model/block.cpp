@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
+#include <tuple>
 
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
@@ -95,13 +97,18 @@ BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, 
   b.input_norm = ToVector(ReadShaped(ck, name("input_layernorm.weight"), {h}, threads));
   b.post_attention_norm =
       ToVector(ReadShaped(ck, name("post_attention_layernorm.weight"), {h}, threads));
-  b.q = LoadLinear(ck, name("self_attn.q_proj"), q, h, threads);
-  b.k = LoadLinear(ck, name("self_attn.k_proj"), kv, h, threads);
-  b.v = LoadLinear(ck, name("self_attn.v_proj"), kv, h, threads);
-  b.o = LoadLinear(ck, name("self_attn.o_proj"), h, q, threads);
-  b.gate = LoadLinear(ck, name("mlp.gate_proj"), f, h, threads);
-  b.up = LoadLinear(ck, name("mlp.up_proj"), f, h, threads);
-  b.down = LoadLinear(ck, name("mlp.down_proj"), h, f, threads);
+  // The seven layers are decoded and packed in parallel, largest first.
+  const std::tuple<Linear*, const char*, int64_t, int64_t> layers[] = {
+      {&b.gate, "mlp.gate_proj", f, h}, {&b.up, "mlp.up_proj", f, h},
+      {&b.down, "mlp.down_proj", h, f}, {&b.q, "self_attn.q_proj", q, h},
+      {&b.o, "self_attn.o_proj", h, q}, {&b.k, "self_attn.k_proj", kv, h},
+      {&b.v, "self_attn.v_proj", kv, h}};
+  ParallelFor(std::size(layers), 1, threads, [&](int64_t l0, int64_t l1, int) {
+    for (int64_t l = l0; l < l1; ++l) {
+      const auto& [layer, short_name, out, in] = layers[l];
+      *layer = LoadLinear(ck, name(short_name), out, in, 1);
+    }
+  });
   return b;
 }
 
@@ -154,12 +161,13 @@ void RmsNorm(const RowMatrixXf& x, const Eigen::VectorXf& w, double eps, RowMatr
 namespace {
 
 // Rotate-half rotary embedding of every head of x [tokens, heads * d], in place.
+// Each sequence's first token is at position `past`.
 void ApplyRope(RowMatrixXf& x, int64_t heads, int64_t d, const RopeTable& rope,
-               const std::vector<int64_t>& lengths) {
+               const std::vector<int64_t>& lengths, int64_t past) {
   const int64_t half = d / 2;
   int64_t row = 0;
   for (const int64_t len : lengths) {
-    for (int64_t p = 0; p < len; ++p, ++row) {
+    for (int64_t p = past; p < past + len; ++p, ++row) {
       const float* c = &rope.cos(p, 0);
       const float* s = &rope.sin(p, 0);
       for (int64_t h = 0; h < heads; ++h) {
@@ -176,16 +184,20 @@ void ApplyRope(RowMatrixXf& x, int64_t heads, int64_t d, const RopeTable& rope,
 
 // Causal (optionally sliding-window) attention of every sequence and head:
 // out = softmax(q k^T / sqrt(d) + mask) v, heads sharing a key/value head in groups (GQA).
+// Each sequence has `past` earlier positions whose keys and values precede its own in k and v:
+// q holds `len` rows per sequence, k and v `past + len`.
 void Attention(const RowMatrixXf& q, const RowMatrixXf& k, const RowMatrixXf& v,
-               const LlamaConfig& cfg, const std::vector<int64_t>& lengths, RowMatrixXf& out,
-               int threads) {
+               const LlamaConfig& cfg, const std::vector<int64_t>& lengths, int64_t past,
+               RowMatrixXf& out, int threads) {
   const int64_t d = cfg.head_dim, group = cfg.num_heads / cfg.num_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  std::vector<int64_t> starts;
-  int64_t row = 0;
+  std::vector<int64_t> starts, key_starts;
+  int64_t row = 0, key_row = 0;
   for (const int64_t len : lengths) {
     starts.push_back(row);
+    key_starts.push_back(key_row);
     row += len;
+    key_row += past + len;
   }
   out.resize(q.rows(), cfg.num_heads * d);
   const int64_t items = static_cast<int64_t>(lengths.size()) * cfg.num_kv_heads;
@@ -194,26 +206,28 @@ void Attention(const RowMatrixXf& q, const RowMatrixXf& k, const RowMatrixXf& v,
     for (int64_t item = i0; item < i1; ++item) {
       const size_t seq = static_cast<size_t>(item / cfg.num_kv_heads);
       const int64_t kvh = item % cfg.num_kv_heads, r0 = starts[seq], len = lengths[seq];
-      const gemm::PackedMatrix kp = gemm::Pack(&k(r0, kvh * d), len, d, k.cols());
-      vt = v.block(r0, kvh * d, len, d).transpose();
-      const gemm::PackedMatrix vp = gemm::Pack(vt.data(), d, len);
-      scores.resize(len, len);
+      const int64_t k0 = key_starts[seq], keys = past + len;
+      const gemm::PackedMatrix kp = gemm::Pack(&k(k0, kvh * d), keys, d, k.cols());
+      vt = v.block(k0, kvh * d, keys, d).transpose();
+      const gemm::PackedMatrix vp = gemm::Pack(vt.data(), d, keys);
+      scores.resize(len, keys);
       for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
-        gemm::MatMul(&q(r0, h * d), q.cols(), len, kp, scores.data(), len, 1);
+        gemm::MatMul(&q(r0, h * d), q.cols(), len, kp, scores.data(), keys, 1);
         for (int64_t i = 0; i < len; ++i) {
+          const int64_t last = past + i;  // the query's own position
           const int64_t first =
-              cfg.sliding_window > 0 ? std::max<int64_t>(0, i - cfg.sliding_window + 1) : 0;
+              cfg.sliding_window > 0 ? std::max<int64_t>(0, last - cfg.sliding_window + 1) : 0;
           float* s = &scores(i, 0);
           float mx = -std::numeric_limits<float>::infinity();
-          for (int64_t j = first; j <= i; ++j) mx = std::max(mx, s[j] * scale);
+          for (int64_t j = first; j <= last; ++j) mx = std::max(mx, s[j] * scale);
           float sum = 0;
-          for (int64_t j = first; j <= i; ++j) sum += (s[j] = std::exp(s[j] * scale - mx));
+          for (int64_t j = first; j <= last; ++j) sum += (s[j] = std::exp(s[j] * scale - mx));
           const float inv = 1.0f / sum;
           std::fill(s, s + first, 0.0f);
-          for (int64_t j = first; j <= i; ++j) s[j] *= inv;
-          std::fill(s + i + 1, s + len, 0.0f);
+          for (int64_t j = first; j <= last; ++j) s[j] *= inv;
+          std::fill(s + last + 1, s + keys, 0.0f);
         }
-        gemm::MatMul(scores.data(), len, len, vp, &out(r0, h * d), out.cols(), 1);
+        gemm::MatMul(scores.data(), keys, len, vp, &out(r0, h * d), out.cols(), 1);
       }
     }
   });
@@ -223,7 +237,7 @@ void Attention(const RowMatrixXf& q, const RowMatrixXf& k, const RowMatrixXf& v,
 
 void RunBlock(const BlockWeights& w, const LlamaConfig& cfg, const RopeTable& rope,
               const std::vector<int64_t>& lengths, RowMatrixXf& x, int threads,
-              const LinearInputFn& observe) {
+              const LinearInputFn& observe, KvCache* kv) {
   auto see = [&](const char* name, const RowMatrixXf& in) {
     if (observe) observe(name, in);
   };
@@ -235,9 +249,22 @@ void RunBlock(const BlockWeights& w, const LlamaConfig& cfg, const RopeTable& ro
   w.q.Apply(h, q, threads);
   w.k.Apply(h, k, threads);
   w.v.Apply(h, v, threads);
-  ApplyRope(q, cfg.num_heads, cfg.head_dim, rope, lengths);
-  ApplyRope(k, cfg.num_kv_heads, cfg.head_dim, rope, lengths);
-  Attention(q, k, v, cfg, lengths, attn, threads);
+  if (kv == nullptr) {
+    ApplyRope(q, cfg.num_heads, cfg.head_dim, rope, lengths, 0);
+    ApplyRope(k, cfg.num_kv_heads, cfg.head_dim, rope, lengths, 0);
+    Attention(q, k, v, cfg, lengths, 0, attn, threads);
+  } else {
+    QTOOL_DASSERT(lengths.size() == 1 && kv->len + lengths[0] <= kv->k.rows());
+    const int64_t past = kv->len, len = lengths[0];
+    ApplyRope(q, cfg.num_heads, cfg.head_dim, rope, lengths, past);
+    ApplyRope(k, cfg.num_kv_heads, cfg.head_dim, rope, lengths, past);
+    kv->k.middleRows(past, len) = k;
+    kv->v.middleRows(past, len) = v;
+    kv->len += len;
+    // Attention reads the cache's first past + len rows (Eigen blocks of a row-major matrix keep
+    // its row stride, so the kernels read them in place).
+    Attention(q, kv->k, kv->v, cfg, lengths, past, attn, threads);
+  }
   see("self_attn.o_proj", attn);
   w.o.Apply(attn, y, threads);
   x += y;

@@ -53,10 +53,18 @@ using LinearInputFn = std::function<void(const std::string&, const RowMatrixXf&)
 /// RMSNorm: y = w * x / sqrt(mean(x^2) + eps), row by row.
 void RmsNorm(const RowMatrixXf& x, const Eigen::VectorXf& w, double eps, RowMatrixXf& y);
 
+/// Keys and values of the positions a block has seen, for incremental decoding of one sequence.
+struct KvCache {
+  RowMatrixXf k, v;  // [capacity, kv_heads * head_dim], rows [0, len) filled
+  int64_t len = 0;
+  KvCache(int64_t capacity, int64_t width) : k(capacity, width), v(capacity, width) {}
+};
+
 /// Runs one decoder block in place on x [tokens, hidden], which holds sequences of `lengths`
-/// tokens back to back, each starting at position 0.
+/// tokens back to back, each starting at position 0. With `kv`, x holds one sequence that continues
+/// the kv->len positions already cached; its keys and values are appended to the cache.
 void RunBlock(const BlockWeights& w, const LlamaConfig& cfg, const RopeTable& rope,
               const std::vector<int64_t>& lengths, RowMatrixXf& x, int threads,
-              const LinearInputFn& observe = {});
+              const LinearInputFn& observe = {}, KvCache* kv = nullptr);
 
 }  // namespace qtool::runtime

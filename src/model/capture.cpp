@@ -30,13 +30,18 @@ void HessianAccumulator::Consume(const Eigen::Ref<const RowMatrixXf>& x) {
   QTOOL_CHECK(x.cols() == sum_.cols(), ShapeError,
               "Hessian of {} input features given rows of {} features", sum_.cols(), x.cols());
   if (x.rows() == 0) return;
-  // x^T x as (x^T)(x^T)^T: the rows of x^T are packed as the kernels' B operand; the chunk's
-  // float sum is added to the double total.
-  const RowMatrixXf xt = x.transpose();
-  const gemm::PackedMatrix packed = gemm::Pack(xt.data(), xt.rows(), xt.cols());
-  RowMatrixXf chunk(xt.rows(), xt.rows());
-  gemm::MatMul(xt.data(), xt.cols(), xt.rows(), packed, chunk.data(), chunk.cols(), threads_);
-  sum_ += chunk.cast<double>();
+  // x^T x as (x^T)(x^T)^T: the rows of x^T are packed as the kernels' B operand. Float sums over
+  // at most kRunRows rows are added to the double total, which keeps the relative error near
+  // 1e-7 whatever the number of rows.
+  constexpr int64_t kRunRows = 256;
+  RowMatrixXf xt, run(x.cols(), x.cols());
+  for (int64_t r0 = 0; r0 < x.rows(); r0 += kRunRows) {
+    const int64_t n = std::min(kRunRows, x.rows() - r0);
+    xt = x.middleRows(r0, n).transpose();
+    const gemm::PackedMatrix packed = gemm::Pack(xt.data(), xt.rows(), n);
+    gemm::MatMul(xt.data(), n, xt.rows(), packed, run.data(), run.cols(), threads_);
+    sum_ += run.cast<double>();
+  }
   rows_ += x.rows();
 }
 

@@ -6,6 +6,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/io/quantized.hpp"
+#include "qtool/model/capture.hpp"
 
 namespace qtool {
 namespace {
@@ -58,7 +59,14 @@ Model::Impl::Impl(const std::filesystem::path& path, const ModelOptions& options
 std::shared_ptr<const runtime::BlockWeights> Model::Impl::Block(int64_t i) const {
   auto& slot = cache[static_cast<size_t>(i)];
   if (slot) return slot;
+  // Reading block i from the map: its pages are dropped from the resident set once decoded, and
+  // block i + 1's are requested ahead, so a streamed pass keeps about one block resident.
   auto b = std::make_shared<const runtime::BlockWeights>(runtime::LoadBlock(ck, cfg, i, threads));
+  const std::string mine = BlockTensorName(i, ""), next = BlockTensorName(i + 1, "");
+  for (const CheckpointTensor& t : ck.tensors()) {
+    if (t.info->name.starts_with(mine)) t.file->Release(*t.info);
+    if (i + 1 < cfg.num_layers && t.info->name.starts_with(next)) t.file->Prefetch(*t.info);
+  }
   if (cached_bytes + b->bytes() <= cache_budget) {
     cached_bytes += b->bytes();
     slot = b;
@@ -125,17 +133,30 @@ RowMatrixXf Model::Logits(const std::vector<int32_t>& tokens) const {
 
 std::vector<int32_t> GenerateGreedy(const Model& model, const std::vector<int32_t>& prompt,
                                     int64_t n, int32_t eos) {
-  // Every step runs the whole sequence again (no key/value cache): fine for a quick look.
-  std::vector<int32_t> seq = prompt, out;
-  const int64_t ctx = model.config().max_position_embeddings;
-  for (int64_t i = 0; i < n && static_cast<int64_t>(seq.size()) < ctx; ++i) {
+  // The prompt runs once; each new token then runs alone against the cached keys and values.
+  const Model::Impl& m = *model.impl_;
+  const int64_t ctx = m.cfg.max_position_embeddings;
+  QTOOL_CHECK(!prompt.empty(), OptionError, "generation needs a prompt of at least one token");
+  std::vector<runtime::KvCache> kv(static_cast<size_t>(m.cfg.num_layers),
+                                   runtime::KvCache(ctx, m.cfg.num_kv_heads * m.cfg.head_dim));
+  std::vector<int32_t> step = prompt, out;
+  int64_t len = 0;
+  while (static_cast<int64_t>(out.size()) < n && len + static_cast<int64_t>(step.size()) <= ctx) {
+    RowMatrixXf x = m.Embed({step});
+    const std::vector<int64_t> lengths = {static_cast<int64_t>(step.size())};
+    for (int64_t i = 0; i < m.cfg.num_layers; ++i) {
+      runtime::RunBlock(*m.Block(i), m.cfg, m.rope, lengths, x, m.threads, {},
+                        &kv[static_cast<size_t>(i)]);
+    }
+    len += lengths[0];
+    RowMatrixXf h, logits;
+    runtime::RmsNorm(x.bottomRows(1), m.final_norm, m.cfg.rms_norm_eps, h);
+    m.head.Apply(h, logits, m.threads);
     Eigen::Index next = 0;
-    model.Forward({seq}, [&](size_t, const RowMatrixXf& logits) {
-      logits.row(logits.rows() - 1).maxCoeff(&next);
-    });
-    seq.push_back(static_cast<int32_t>(next));
+    logits.row(0).maxCoeff(&next);
     out.push_back(static_cast<int32_t>(next));
     if (next == eos) break;
+    step = {static_cast<int32_t>(next)};
   }
   return out;
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "qtool/core/error.hpp"
 #include "qtool/quant/pack.hpp"
@@ -74,7 +75,12 @@ void MxCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* c
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t c0 = b * block_, c1 = std::min(cols, c0 + block_);
       float amax = 0;
-      for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x[c]));
+      bool nan = false;
+      for (int64_t c = c0; c < c1; ++c) {
+        amax = std::max(amax, std::fabs(x[c]));
+        nan |= std::isnan(x[c]);
+      }
+      if (nan) amax = std::numeric_limits<float>::quiet_NaN();
       const uint8_t e = E8M0ScaleForBlock(amax, emax_elem());
       scales[r * nb + b] = e;
       const float scale = DecodeE8M0(e);

@@ -74,7 +74,7 @@ const std::array<float, 256>& DynamicMap8() {
   // "8-Bit Approximations for Parallelism in Deep Learning", arXiv:1511.04561): for i = 0..6 the
   // 2^i midpoints of linspace(0.1, 1, 2^i + 1) times +-10^(i-6), plus 0 and 1, sorted. Arithmetic
   // is f32 as in torch: linspace(start, end, n) gives start + step * k for k < n / 2 and
-  // end - step * (n - 1 - k) above, with step = (end - start) / (n - 1).
+  // end - step * (n - 1 - k) above, with step = (end - start) / (n - 1) in f32.
   static const std::array<float, 256> map = [] {
     constexpr double kPow10[7] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
     std::vector<float> data;
@@ -84,8 +84,10 @@ const std::array<float, 256>& DynamicMap8() {
       const float step = (end - start) / static_cast<float>(n - 1);
       std::vector<float> b(static_cast<size_t>(n));
       for (int k = 0; k < n; ++k) {
-        b[static_cast<size_t>(k)] = k < n / 2 ? start + step * static_cast<float>(k)
-                                              : end - step * static_cast<float>(n - 1 - k);
+        // Evaluated in double (the product is exact) and rounded once, as torch's vectorised
+        // kernel does with a fused multiply-add.
+        const double sd = step, kd = k < n / 2 ? k : n - 1 - k;
+        b[static_cast<size_t>(k)] = static_cast<float>(k < n / 2 ? start + sd * kd : end - sd * kd);
       }
       const auto p = static_cast<float>(kPow10[i]);
       for (int k = 0; k + 1 < n; ++k) {

@@ -11,7 +11,7 @@
 namespace qtool {
 namespace {
 
-constexpr int kMseShrinkSteps = 80;  // alpha = 1 - i / 100 for i in [0, 80]
+constexpr int kMseShrinkSteps = 99;  // alpha = 1 - i / 100 for i in [0, 99]
 
 double ParseNumber(std::string_view text, std::string_view option) {
   double v = 0;

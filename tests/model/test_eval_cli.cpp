@@ -121,7 +121,6 @@ TEST(EvalCli, RtnPerplexitiesMatchReference) {
       const double want = ref.at(key).at(std::string("ppl_eval_rtn_") + c.key).get<double>();
       std::printf("%s rtn %s: qtool quantize + eval ppl %.6f, reference %.6f\n", key.c_str(), c.key,
                   cli, want);
-      std::fflush(stdout);
       if (GroupsDivideRows(dir, c.group)) {
         EXPECT_NEAR(cli / want, 1.0, 1e-3);
         continue;
@@ -135,7 +134,6 @@ TEST(EvalCli, RtnPerplexitiesMatchReference) {
       const double flat_ppl = Evaluate(flat, ids, {}).ppl, rows_ppl = Evaluate(rows, ids, {}).ppl;
       std::printf("  row length not a multiple of %lld: flattened groups %.6f, row groups %.6f\n",
                   static_cast<long long>(c.group), flat_ppl, rows_ppl);
-      std::fflush(stdout);
       EXPECT_NEAR(flat_ppl / want, 1.0, 1e-3);
       EXPECT_NEAR(cli / rows_ppl, 1.0, 1e-4);
       fs::remove_all(tmp / "flat");
@@ -163,7 +161,6 @@ TEST(EvalCli, KlIsZeroAgainstItselfAndRisesAsBitsFall) {
       std::printf("%s %s: KL mean %.3g median %.3g p99 %.3g top-1 %.4f dPPL %+.4f\n",
                   dir.string().c_str(), key, kl, r.value("kl_median", 0.0), r.value("kl_p99", 0.0),
                   r.value("top1_agreement", 0.0), r.value("delta_ppl", 0.0));
-      std::fflush(stdout);
       EXPECT_GT(kl, previous) << key;
       EXPECT_NEAR(r.value("base_ppl", 0.0), self.value("ppl", -1.0), 1e-9);
       previous = kl;
@@ -182,6 +179,17 @@ TEST(EvalCli, GenerateAndErrors) {
   const testing::CliResult no_input = RunCli({"eval", dir.string()});
   EXPECT_EQ(no_input.exit_code, 3) << no_input.err;
   testing::ScratchDir tmp;
+  // Token ids of the eval text in a file give the same perplexity as the text itself.
+  std::string ids;
+  for (const int32_t t :
+       EncodeTextFile(LoadModelTokenizer(dir), *SharedDir() / "data" / "stories-eval.txt")) {
+    ids += std::to_string(t) + "\n";
+  }
+  testing::WriteFile(tmp / "eval-ids.txt", ids);
+  const testing::CliResult by_ids =
+      RunCli({"eval", dir.string(), "--tokens", (tmp / "eval-ids.txt").string(), "--json", "-"});
+  ASSERT_EQ(by_ids.exit_code, 0) << by_ids.err;
+  EXPECT_EQ(nlohmann::json::parse(by_ids.out).at("ppl"), RunEval({dir.string()}).at("ppl"));
   testing::WriteFile(tmp / "ids.txt", "1\n2\n999999\n");
   const testing::CliResult bad_id =
       RunCli({"eval", dir.string(), "--tokens", (tmp / "ids.txt").string()});

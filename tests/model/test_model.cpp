@@ -55,7 +55,6 @@ TEST(ModelReference, LogitsMatchTransformers) {
             .cwiseAbs()
             .maxCoeff();
     std::printf("%s: max |logit diff| %.3g\n", RefKey(dir).c_str(), max_diff);
-    std::fflush(stdout);
     EXPECT_LE(max_diff, 1e-4);
   }
 }
@@ -95,6 +94,24 @@ TEST(ModelReference, GreedyTextMatchesTransformers) {
     const Model model(dir);
     const std::vector<int32_t> out = GenerateGreedy(model, {model.config().bos_token_id}, 80);
     EXPECT_EQ(LoadModelTokenizer(dir).Decode(out), Reference(dir).at("greedy").get<std::string>());
+  }
+}
+
+TEST(ModelReference, CachedDecodingEqualsFullRecomputation) {
+  QTOOL_REQUIRE_SHARED();
+  for (const fs::path& dir : SharedModels()) {
+    SCOPED_TRACE(dir.string());
+    const Model model(dir);
+    const std::vector<int32_t> prompt = {1, 3, 17, 40, 12};
+    std::vector<int32_t> seq = prompt, naive;
+    for (int i = 0; i < 24; ++i) {
+      const RowMatrixXf logits = model.Logits(seq);
+      Eigen::Index next = 0;
+      logits.row(logits.rows() - 1).maxCoeff(&next);
+      naive.push_back(static_cast<int32_t>(next));
+      seq.push_back(static_cast<int32_t>(next));
+    }
+    EXPECT_EQ(GenerateGreedy(model, prompt, 24), naive);
   }
 }
 

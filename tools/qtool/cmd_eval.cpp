@@ -13,7 +13,7 @@ namespace {
 
 struct EvalArgs {
   std::string model, ref, text, tokens, tokenizer, json;
-  int64_t ctx = 0, batch_tokens = 4096;
+  int64_t ctx = 0, batch_tokens = 4096, weight_cache_mb = -1;
   int threads = 0;
 };
 
@@ -50,13 +50,20 @@ void RegisterEval(CLI::App& app) {
   cmd->add_option("--batch-tokens", a->batch_tokens, "Tokens run together per pass")
       ->capture_default_str();
   cmd->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
+  cmd->add_option("--weight-cache-mb", a->weight_cache_mb,
+                  "Decoded block weights kept in memory, in MB (-1: half of RAM; 0: stream every "
+                  "block from the file on every pass, for models larger than RAM)")
+      ->capture_default_str();
   cmd->add_option("--json", a->json, "Also write the report as JSON to this file (- for stdout)");
   cmd->callback([a]() {
     QTOOL_CHECK(!a->text.empty() || !a->tokens.empty(), OptionError,
                 "give the evaluation input with --text FILE or --tokens FILE");
     QTOOL_CHECK(a->threads >= 0, OptionError, "--threads must not be negative");
     QTOOL_CHECK(a->batch_tokens >= 1, OptionError, "--batch-tokens must be at least 1");
-    const ModelOptions mopts{.threads = a->threads};
+    QTOOL_CHECK(a->weight_cache_mb >= -1, OptionError, "--weight-cache-mb must be -1 or more");
+    const ModelOptions mopts{
+        .threads = a->threads,
+        .weight_cache_bytes = a->weight_cache_mb < 0 ? -1 : a->weight_cache_mb * 1000 * 1000};
     const Model model(a->model, mopts);
     const std::vector<int32_t> ids =
         a->tokens.empty()

@@ -100,12 +100,15 @@ class Model {
 
  private:
   friend class CalibrationRunner;
+  friend std::vector<int32_t> GenerateGreedy(const Model&, const std::vector<int32_t>&, int64_t,
+                                             int32_t);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 
 /// Greedy decoding: appends up to `n` argmax tokens to `prompt` (stopping after `eos` when it is
-/// not negative) and returns the new tokens.
+/// not negative, or at the model's context) and returns the new tokens. Keys and values are
+/// cached, so each new token costs one token's forward pass.
 std::vector<int32_t> GenerateGreedy(const Model& model, const std::vector<int32_t>& prompt,
                                     int64_t n, int32_t eos = -1);
 

@@ -6,11 +6,11 @@
 //   NAME.zeros    U8  [rows, G]                       asymmetric only (per-tensor: [1, 1])
 // Record: {"codec": "int", "bits": b, "symmetric": bool, "granularity": "tensor"|"channel"|"group",
 //          "group_size": g, "observer": "minmax"|"percentile:P"|"mse[:p]"|"kl" (observer.hpp;
-//          absent means minmax)}. Per-group and per-channel ranges come from ChooseRange on the
-//          group's values; a per-tensor range from the streamed statistics of Observe.
+//          absent means minmax)}. Every range comes from ChooseRange on the values it covers (a
+//          per-tensor range other than min-max keeps an f32 copy of the tensor during Observe).
 #pragma once
 
-#include <optional>
+#include <vector>
 
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/observer.hpp"
@@ -45,8 +45,8 @@ class IntCodec final : public WeightCodec {
  private:
   QuantSpec spec_;
   ObserverSpec observer_;
-  float tensor_lo_ = 0, tensor_hi_ = 0;                // per-tensor range seen by Observe
-  std::optional<ActivationObserver> tensor_observer_;  // per-tensor, observers other than minmax
+  float tensor_lo_ = 0, tensor_hi_ = 0;  // per-tensor range seen by Observe
+  std::vector<float> tensor_values_;     // per-tensor, observers other than minmax
 };
 
 }  // namespace qtool

@@ -3,7 +3,7 @@
 //   minmax        lo = min x, hi = max x (widened to include 0).
 //   percentile:P  the P-th percentile of |x| (exact selection on weights, histogram on streams);
 //                 lo, hi are the min-max range clipped to [-t, t].
-//   mse[:p]       the range alpha * [min, max] with alpha in {1, 0.99, ..., 0.20} that minimises
+//   mse[:p]       the range alpha * [min, max] with alpha in {1, 0.99, ..., 0.01} that minimises
 //                 sum_i w_i |x_i - Q(x_i)|^p on the actual integer grid (p = 2 by default; w_i are
 //                 optional importance weights such as mean activation^2, as llama.cpp's imatrix).
 //   kl            TensorRT entropy calibration: a 2048-bin histogram of |x|; for every threshold
