@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages qtool builds against. Idempotent: does nothing when all are present.
 set -euo pipefail
-pkgs=(cmake ninja-build g++ clang-format libeigen3-dev libfmt-dev libcli11-dev nlohmann-json3-dev
-      libgtest-dev libgmock-dev googletest libbenchmark-dev libsentencepiece-dev)
+pkgs=(cmake ninja-build g++ clang clang-format libclang-rt-14-dev libeigen3-dev libfmt-dev libcli11-dev
+      nlohmann-json3-dev libgtest-dev libgmock-dev googletest libbenchmark-dev libsentencepiece-dev pkg-config time)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

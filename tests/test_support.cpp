@@ -50,6 +50,7 @@ CliResult RunCli(const std::vector<std::string>& args) {
 #else
   ScratchDir tmp;
   const fs::path out = tmp / "stdout", err = tmp / "stderr";
+  std::fflush(nullptr);  // or the child would print the parent's buffered output again
   const pid_t pid = ::fork();
   if (pid == 0) {
     std::vector<char*> argv;
@@ -69,6 +70,13 @@ CliResult RunCli(const std::vector<std::string>& args) {
   const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return {code, ReadFile(out), ReadFile(err)};
 #endif
+}
+
+std::string SafetensorsImage(const std::string& header, const std::string& data) {
+  std::string out(8, '\0');
+  const uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>(n >> (8 * i));
+  return out + header + data;
 }
 
 void WriteFile(const fs::path& path, const std::string& bytes) {

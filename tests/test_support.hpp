@@ -48,6 +48,9 @@ struct CliResult {
 /// Runs the built qtool binary with `args` (each passed as one argument), capturing its output.
 CliResult RunCli(const std::vector<std::string>& args);
 
+/// A safetensors file image: the 8-byte little-endian header length, the header text, the data.
+std::string SafetensorsImage(const std::string& header, const std::string& data);
+
 /// Writes raw bytes to a file.
 void WriteFile(const std::filesystem::path& path, const std::string& bytes);
 /// Reads a whole file.

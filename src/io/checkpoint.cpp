@@ -263,4 +263,76 @@ void CheckpointWriter::Commit() {
   committed_ = true;
 }
 
+BackgroundWriter::BackgroundWriter(CheckpointWriter& writer, uint64_t max_queued_bytes)
+    : writer_(writer), max_queued_(max_queued_bytes), thread_([this] { Run(); }) {}
+
+BackgroundWriter::~BackgroundWriter() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void BackgroundWriter::RethrowIfFailed() {
+  if (error_) std::rethrow_exception(error_);
+}
+
+void BackgroundWriter::Push(Job job) {
+  std::unique_lock<std::mutex> lock(mu_);
+  // A job larger than the bound still goes through once the queue is empty.
+  cv_.wait(lock,
+           [&] { return error_ || queued_ == 0 || queued_ + job.bytes.size() <= max_queued_; });
+  RethrowIfFailed();
+  queued_ += job.bytes.size();
+  jobs_.push_back(std::move(job));
+  cv_.notify_all();
+}
+
+void BackgroundWriter::Enqueue(std::vector<std::byte> owned) {
+  Job job;
+  job.owned = std::move(owned);
+  job.bytes = job.owned;
+  Push(std::move(job));
+}
+
+void BackgroundWriter::Enqueue(std::span<const std::byte> borrowed, std::function<void()> done) {
+  Push(Job{{}, borrowed, std::move(done)});
+}
+
+void BackgroundWriter::Finish() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return error_ || (jobs_.empty() && !busy_); });
+  RethrowIfFailed();
+}
+
+void BackgroundWriter::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+    if (stop_) return;
+    Job job = std::move(jobs_.front());
+    jobs_.pop_front();
+    busy_ = true;
+    lock.unlock();
+    try {
+      if (!error_) {
+        writer_.Write(job.bytes);
+        if (job.done) job.done();
+      }
+    } catch (...) {
+      lock.lock();
+      error_ = std::current_exception();
+      lock.unlock();
+    }
+    const size_t n = job.bytes.size();
+    job = Job{};  // free the buffer before taking the lock
+    lock.lock();
+    busy_ = false;
+    queued_ -= n;
+    cv_.notify_all();
+  }
+}
+
 }  // namespace qtool

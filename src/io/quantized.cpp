@@ -16,6 +16,10 @@ using json = nlohmann::json;
 
 namespace {
 
+// Output waiting to be written: enough to overlap a tensor's writing with the next one's
+// quantisation, small enough to keep memory bounded.
+constexpr uint64_t kMaxQueuedBytes = 256ull << 20;
+
 // Rows per work item: about 64K elements, so a chunk's f32 copy and its decoded copy stay in L2.
 int64_t ChunkRows(const WeightCodec& codec) {
   const int64_t block = codec.row_block();
@@ -106,6 +110,22 @@ json TensorsRecord(const Checkpoint& ck) {
   return *it;
 }
 
+// Copies the model directory's other files (tokenizer, ...) and writes its config.json with
+// `quantization_config` set to `qc`, or removed when `qc` is null.
+void CopyModelFiles(const Checkpoint& in, const json& qc, CheckpointWriter& writer) {
+  for (const fs::path& f : in.other_files()) {
+    if (f.filename() != "config.json") writer.CopyFile(f, f.filename().string());
+  }
+  if (!in.config()) return;
+  json config = *in.config();
+  if (qc.is_null()) {
+    config.erase("quantization_config");
+  } else {
+    config["quantization_config"] = qc;
+  }
+  writer.WriteTextFile("config.json", config.dump(2) + "\n");
+}
+
 void DecodeInto(const StoredWeight& s, int threads, float* out) {
   const int64_t cols = s.codec->cols();
   const int64_t block = s.codec->row_block();
@@ -117,6 +137,45 @@ void DecodeInto(const StoredWeight& s, int threads, float* out) {
 }
 
 }  // namespace
+
+ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec,
+                          std::byte* const* parts, int threads, const std::string& label) {
+  const int64_t cols = codec.cols();
+  const size_t esize = static_cast<size_t>(BitsOf(dtype) / 8);
+  auto convert = [&](int64_t r0, int64_t r1, float* dst) {
+    const int64_t bad =
+        ConvertToF32(data + static_cast<size_t>(r0 * cols) * esize, dtype, (r1 - r0) * cols, dst);
+    if (bad >= 0) {
+      const int64_t idx = r0 * cols + bad;
+      throw NumericError(fmt::format("{} has a non-finite value ({}) at [{}, {}]", label, dst[bad],
+                                     idx / cols, idx % cols));
+    }
+  };
+  const int64_t chunk = ChunkRows(codec);
+  if (codec.needs_observe()) {
+    std::vector<float> buf(static_cast<size_t>(chunk * cols));
+    for (int64_t r0 = 0; r0 < codec.rows(); r0 += chunk) {
+      const int64_t r1 = std::min(codec.rows(), r0 + chunk);
+      convert(r0, r1, buf.data());
+      codec.Observe(buf.data(), r0, r1 - r0);
+    }
+  }
+  threads = ResolveThreads(threads);
+  std::vector<ErrorStats> stats(static_cast<size_t>(threads));
+  std::vector<std::vector<float>> scratch(static_cast<size_t>(threads));
+  ParallelFor(codec.rows(), chunk, threads, [&](int64_t r0, int64_t r1, int worker) {
+    auto& buf = scratch[static_cast<size_t>(worker)];
+    buf.resize(static_cast<size_t>(2 * chunk * cols));
+    float* w = buf.data();
+    float* deq = buf.data() + chunk * cols;
+    convert(r0, r1, w);
+    codec.EncodeRows(w, r0, r1 - r0, parts, deq);
+    stats[static_cast<size_t>(worker)].Add(w, deq, (r1 - r0) * cols);
+  });
+  ErrorStats total;
+  for (const ErrorStats& s : stats) total += s;
+  return total;
+}
 
 double QuantizeReport::bits_per_weight() const {
   return params_quantized ? 8.0 * static_cast<double>(quantized_bytes_out) /
@@ -142,11 +201,14 @@ json QuantizeReport::ToJson() const {
     }
     t.push_back(std::move(e));
   }
+  uint64_t largest = 0;
+  for (const TensorReport& r : tensors) largest = std::max(largest, r.bytes_in);
   return {{"codec", codec},
           {"tensors", std::move(t)},
           {"summary",
            {{"bytes_in", bytes_in},
             {"bytes_out", bytes_out},
+            {"largest_tensor_bytes", largest},
             {"params_total", params_total},
             {"params_quantized", params_quantized},
             {"bits_per_weight", bits_per_weight()},
@@ -205,6 +267,7 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
                                              {"tensors", tensors_record}}
                                             .dump()}};
   CheckpointWriter writer(out, out_specs, wopts);
+  BackgroundWriter background(writer, kMaxQueuedBytes);
 
   QuantizeReport report;
   report.codec = codec_record;
@@ -220,61 +283,29 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
     tr.bytes_in = t.nbytes();
     src.file->Prefetch(t);
     if (!codecs[i]) {
-      writer.Write(src.data());
+      background.Enqueue(src.data(), [&src] { src.file->Release(*src.info); });
       tr.bytes_out = t.nbytes();
     } else {
       WeightCodec& codec = *codecs[i];
-      const int64_t cols = codec.cols();
-      const size_t esize = static_cast<size_t>(BitsOf(t.dtype) / 8);
-      const std::byte* base = src.data().data();
-      auto convert = [&](int64_t r0, int64_t r1, float* dst) {
-        const int64_t bad = ConvertToF32(base + static_cast<size_t>(r0 * cols) * esize, t.dtype,
-                                         (r1 - r0) * cols, dst);
-        if (bad >= 0) {
-          const int64_t idx = r0 * cols + bad;
-          throw NumericError(
-              fmt::format("{}: tensor \"{}\" has a non-finite value ({}) at [{}, {}]",
-                          src.file->path().string(), t.name, dst[bad], idx / cols, idx % cols));
-        }
-      };
-      const int64_t chunk = ChunkRows(codec);
-      if (codec.needs_observe()) {
-        std::vector<float> buf(static_cast<size_t>(chunk * cols));
-        for (int64_t r0 = 0; r0 < codec.rows(); r0 += chunk) {
-          const int64_t r1 = std::min(codec.rows(), r0 + chunk);
-          convert(r0, r1, buf.data());
-          codec.Observe(buf.data(), r0, r1 - r0);
-        }
-      }
-      const std::vector<TensorSpec> layout = codec.Layout(t.name);
       std::vector<std::vector<std::byte>> parts;
       std::vector<std::byte*> part_ptrs;
-      for (const TensorSpec& p : layout) {
+      for (const TensorSpec& p : codec.Layout(t.name)) {
         parts.emplace_back(p.nbytes());
         part_ptrs.push_back(parts.back().data());
       }
-      std::vector<ErrorStats> stats(static_cast<size_t>(threads));
-      std::vector<std::vector<float>> scratch(static_cast<size_t>(threads));
-      ParallelFor(codec.rows(), chunk, threads, [&](int64_t r0, int64_t r1, int worker) {
-        auto& buf = scratch[static_cast<size_t>(worker)];
-        buf.resize(static_cast<size_t>(2 * chunk * cols));
-        float* w = buf.data();
-        float* deq = buf.data() + chunk * cols;
-        convert(r0, r1, w);
-        codec.EncodeRows(w, r0, r1 - r0, part_ptrs.data(), deq);
-        stats[static_cast<size_t>(worker)].Add(w, deq, (r1 - r0) * cols);
-      });
-      for (const ErrorStats& s : stats) tr.stats += s;
-      for (const auto& p : parts) {
-        writer.Write(p);
+      tr.stats =
+          QuantizeMatrix(src.data().data(), t.dtype, codec, part_ptrs.data(), threads,
+                         fmt::format("{}: tensor \"{}\"", src.file->path().string(), t.name));
+      for (auto& p : parts) {
         tr.bytes_out += p.size();
+        background.Enqueue(std::move(p));
       }
+      src.file->Release(t);
       tr.quantized = true;
       tr.bits_per_weight = codec.BitsPerWeight();
       report.params_quantized += t.numel();
       report.quantized_bytes_out += tr.bytes_out;
     }
-    src.file->Release(t);
     report.params_total += t.numel();
     report.bytes_in += tr.bytes_in;
     report.bytes_out += tr.bytes_out;
@@ -283,18 +314,11 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
     if (progress) progress(i + 1, in.tensors().size(), t.name);
   }
 
-  for (const fs::path& f : in.other_files()) {
-    if (f.filename() == "config.json") continue;
-    writer.CopyFile(f, f.filename().string());
-  }
-  if (in.config()) {
-    json config = *in.config();
-    json qc = codec_record;
-    qc["quant_method"] = "qtool";
-    qc["format_version"] = kQtoolFormatVersion;
-    config["quantization_config"] = qc;
-    writer.WriteTextFile("config.json", config.dump(2) + "\n");
-  }
+  background.Finish();
+  json qc = codec_record;
+  qc["quant_method"] = "qtool";
+  qc["format_version"] = kQtoolFormatVersion;
+  CopyModelFiles(in, qc, writer);
   writer.Commit();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
@@ -380,29 +404,23 @@ void DequantizeCheckpoint(const Checkpoint& in, const fs::path& out, bool overwr
   wopts.overwrite = overwrite;
   wopts.metadata = {{"format", "pt"}};
   CheckpointWriter writer(out, specs, wopts);
+  BackgroundWriter background(writer, kMaxQueuedBytes);
   for (size_t i = 0; i < names.size(); ++i) {
     const auto it = stored.find(names[i]);
     if (it == stored.end()) {
-      writer.Write(in.Get(names[i]).data());
+      background.Enqueue(in.Get(names[i]).data(), {});
     } else {
       const StoredWeight& s = it->second;
       std::vector<float> values(static_cast<size_t>(s.shape[0] * s.shape[1]));
       DecodeInto(s, threads, values.data());
       std::vector<std::byte> bytes(specs[i].nbytes());
       ConvertFromF32(values.data(), s.dtype, static_cast<int64_t>(values.size()), bytes.data());
-      writer.Write(bytes);
+      background.Enqueue(std::move(bytes));
     }
     if (progress) progress(i + 1, names.size(), names[i]);
   }
-  for (const fs::path& f : in.other_files()) {
-    if (f.filename() == "config.json") continue;
-    writer.CopyFile(f, f.filename().string());
-  }
-  if (in.config()) {
-    json config = *in.config();
-    config.erase("quantization_config");
-    writer.WriteTextFile("config.json", config.dump(2) + "\n");
-  }
+  background.Finish();
+  CopyModelFiles(in, nullptr, writer);
   writer.Commit();
 }
 

@@ -19,6 +19,16 @@ using json = nlohmann::json;
 
 constexpr size_t kWriteBuffer = 8u << 20;
 
+void WriteAll(int fd, std::span<const std::byte> bytes, const std::filesystem::path& path) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t r = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (r < 0 && errno == EINTR) continue;
+    QTOOL_CHECK(r > 0, IoError, "{}: write failed: {}", path.string(), std::strerror(errno));
+    done += static_cast<size_t>(r);
+  }
+}
+
 uint64_t ReadLe64(const std::byte* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
@@ -102,7 +112,8 @@ TensorInfo ParseEntry(const std::string& name, const json& e, uint64_t data_size
   QTOOL_CHECK(t.begin <= t.end, FormatError,
               "{}: tensor \"{}\": data_offsets [{}, {}] are reversed", label, name, t.begin, t.end);
   QTOOL_CHECK(t.end <= data_size, FormatError,
-              "{}: tensor \"{}\": data_offsets [{}, {}] run past the data section ({} bytes)",
+              "{}: tensor \"{}\": data_offsets [{}, {}] run past the data section ({} bytes): "
+              "the file is truncated or its offsets are wrong",
               label, name, t.begin, t.end, data_size);
   QTOOL_CHECK(t.end - t.begin == bits / 8, FormatError,
               "{}: tensor \"{}\": shape {} of {} needs {} bytes but data_offsets span {}", label,
@@ -247,26 +258,14 @@ void SafetensorsWriter::Write(std::span<const std::byte> bytes) {
   written_ += bytes.size();
   if (buffer_.size() + bytes.size() > kWriteBuffer) Flush();
   if (bytes.size() >= kWriteBuffer) {
-    size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t r = ::write(fd_, bytes.data() + done, bytes.size() - done);
-      if (r < 0 && errno == EINTR) continue;
-      QTOOL_CHECK(r > 0, IoError, "{}: write failed: {}", tmp_path_.string(), std::strerror(errno));
-      done += static_cast<size_t>(r);
-    }
+    WriteAll(fd_, bytes, tmp_path_);
     return;
   }
   buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
 }
 
 void SafetensorsWriter::Flush() {
-  size_t done = 0;
-  while (done < buffer_.size()) {
-    const ssize_t r = ::write(fd_, buffer_.data() + done, buffer_.size() - done);
-    if (r < 0 && errno == EINTR) continue;
-    QTOOL_CHECK(r > 0, IoError, "{}: write failed: {}", tmp_path_.string(), std::strerror(errno));
-    done += static_cast<size_t>(r);
-  }
+  WriteAll(fd_, buffer_, tmp_path_);
   buffer_.clear();
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "qtool/core/error.hpp"
+#include "qtool/kernels.hpp"
 #include "qtool/quant/pack.hpp"
 
 namespace qtool {
@@ -133,7 +134,6 @@ void IntCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* 
   const int64_t glen = spec_.GroupLen(cols);
   const int64_t ngroups = spec_.GroupsPerRow(cols);
   const int64_t row_bytes = PackedBytes(cols, spec_.bits);
-  const int32_t umax = (1 << spec_.bits) - 1;
   const bool tensor = spec_.granularity == Granularity::kTensor;
   const GroupParams tensor_params = ParamsFromRange(tensor_lo_, tensor_hi_, spec_);
   auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
@@ -153,10 +153,10 @@ void IntCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* 
         if (zeros) zeros[r * ngroups + gi] = static_cast<uint8_t>(p.zero);
       }
       uint8_t* c = codes.data() + g0;
-      for (int64_t i = 0; i < n; ++i) c[i] = QuantizeValue(x[g0 + i], p, umax);
-      for (int64_t i = 0; i < n; ++i) y[g0 + i] = DequantizeValue(c[i], p);
+      kernels::QuantizeCodes(x + g0, n, p, spec_.bits, c);
+      kernels::DequantizeCodes(c, n, p, y + g0);
     }
-    PackCodes(codes.data(), cols, spec_.bits, qweight + r * row_bytes);
+    kernels::PackCodes(codes.data(), cols, spec_.bits, qweight + r * row_bytes);
   }
   if (tensor && r0 == 0) {
     std::memcpy(scales, &tensor_params.scale, 4);
@@ -174,7 +174,7 @@ void IntCodec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows,
   const auto* zeros = spec_.symmetric ? nullptr : reinterpret_cast<const uint8_t*>(in[2]);
   std::vector<uint8_t> codes(static_cast<size_t>(cols));
   for (int64_t r = r0; r < r0 + nrows; ++r) {
-    UnpackCodes(qweight + r * row_bytes, cols, spec_.bits, codes.data());
+    kernels::UnpackCodes(qweight + r * row_bytes, cols, spec_.bits, codes.data());
     float* y = out + (r - r0) * cols;
     for (int64_t gi = 0; gi < ngroups; ++gi) {
       const int64_t idx = tensor ? 0 : r * ngroups + gi;
@@ -182,7 +182,7 @@ void IntCodec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows,
       std::memcpy(&p.scale, in[1] + idx * 4, 4);
       p.zero = zeros ? zeros[idx] : spec_.code_offset();
       const int64_t g0 = gi * glen, n = std::min(glen, cols - g0);
-      for (int64_t i = g0; i < g0 + n; ++i) y[i] = DequantizeValue(codes[i], p);
+      kernels::DequantizeCodes(codes.data() + g0, n, p, y + g0);
     }
   }
 }

@@ -216,7 +216,8 @@ void RegisterQuantize(CLI::App& app) {
   cmd->add_option("--json", a->json, "Also write the report as JSON to this file (- for stdout)");
   cmd->add_flag("--force", a->force, "Replace the output directory if it exists");
   cmd->add_flag("-q,--quiet", a->quiet, "Print no report");
-  cmd->callback([a, gran]() {
+  const auto method = AddMethodOptions(cmd);
+  cmd->callback([a, gran, method]() {
     a->granularity_given = gran->count() > 0;
     QTOOL_CHECK(a->group >= 1, OptionError, "--group must be at least 1, got {}", a->group);
     QTOOL_CHECK(a->threads >= 0, OptionError, "--threads must not be negative");
@@ -228,6 +229,13 @@ void RegisterQuantize(CLI::App& app) {
     opts.overwrite = a->force;
     if (!a->max_shard.empty()) opts.max_shard_bytes = ParseSize(a->max_shard);
     MakeCodec(opts.codec, 1, 1);  // validate the options before opening anything
+    if (auto r = RunQuantizeMethod(*method, opts, a->input, a->output, a->quiet)) {
+      if (!a->quiet && a->json != "-") PrintReport(r->report);
+      nlohmann::json j = r->report.ToJson();
+      j["solver"] = std::move(r->solver);
+      if (!a->json.empty()) WriteJsonReport(a->json, j);
+      return;
+    }
     const Checkpoint in = Checkpoint::Open(a->input);
     Progress progress("quantize");
     const QuantizeReport report = QuantizeCheckpoint(

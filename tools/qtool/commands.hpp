@@ -3,11 +3,31 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "qtool/io/quantized.hpp"
 
 namespace qtool::cli {
 
 void RegisterQuantize(CLI::App& app);
 void RegisterDequantize(CLI::App& app);
 void RegisterInspect(CLI::App& app);
+void RegisterEval(CLI::App& app);
+void RegisterGenerate(CLI::App& app);
+
+/// `qtool quantize --method ...` (quantize_methods.cpp): the calibrated methods' options, added to
+/// the quantize command, and their run. RunQuantizeMethod returns nullopt for --method rtn.
+struct MethodArgs;
+struct MethodResult {
+  QuantizeReport report;
+  nlohmann::json solver;  // method and per-layer solver losses
+};
+std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd);
+std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptions opts,
+                                              const std::string& input, const std::string& output,
+                                              bool quiet);
 
 }  // namespace qtool::cli

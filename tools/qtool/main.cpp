@@ -4,18 +4,41 @@
 // qtool/core/error.hpp), 1 for anything unexpected. Errors print one line on stderr.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <string>
 
 #include "commands.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/kernels.hpp"
+
+namespace {
+
+// The version, the CPU features found, and which instruction set runs each kernel (QTOOL_ISA
+// forces one).
+std::string VersionText() {
+  namespace k = qtool::kernels;
+  std::string s = fmt::format("qtool {}\ncpu features: {}\nkernels: {}", QTOOL_VERSION,
+                              k::CpuFeatures(), k::IsaName(k::ActiveIsa()));
+  const char* forced = std::getenv("QTOOL_ISA");
+  if (forced && *forced) s += " (forced by QTOOL_ISA)";
+  for (const auto& [op, isa] : k::KernelPaths())
+    s += fmt::format("\n  {:<22} {}", op, k::IsaName(isa));
+  return s;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"qtool: quantise large language models and measure the quality lost"};
-  app.set_version_flag("--version", "qtool " QTOOL_VERSION);
+  app.set_version_flag("--version", VersionText,
+                       "Print the version, CPU features and kernel paths");
   app.require_subcommand(1);
   qtool::cli::RegisterQuantize(app);
   qtool::cli::RegisterDequantize(app);
   qtool::cli::RegisterInspect(app);
+  qtool::cli::RegisterEval(app);
+  qtool::cli::RegisterGenerate(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

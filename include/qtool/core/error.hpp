@@ -62,13 +62,14 @@ QTOOL_DEFINE_ERROR(OutputExistsError, kOutputExists, "output exists");
 
 }  // namespace qtool
 
-/// Throws `ErrorClass` with a fmt-formatted message when `cond` is false.
-/// Example: QTOOL_CHECK(bits >= 2 && bits <= 8, OptionError, "bits must be in 2..8, got {}", bits);
-#define QTOOL_CHECK(cond, ErrorClass, ...)                   \
-  do {                                                       \
-    if (!(cond)) [[unlikely]] {                              \
-      throw ::qtool::ErrorClass(::fmt::format(__VA_ARGS__)); \
-    }                                                        \
+/// Throws `ErrorClass` (named as at the call site) with a fmt-formatted message when `cond` is
+/// false. Example: QTOOL_CHECK(bits >= 2 && bits <= 8, OptionError, "bits must be in 2..8, got {}",
+/// bits);
+#define QTOOL_CHECK(cond, ErrorClass, ...)          \
+  do {                                              \
+    if (!(cond)) [[unlikely]] {                     \
+      throw ErrorClass(::fmt::format(__VA_ARGS__)); \
+    }                                               \
   } while (0)
 
 /// Internal invariant, checked in Debug and sanitizer builds; prints file:line and aborts.

@@ -3,14 +3,20 @@
 // `config.json`, tokenizer files and the like.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <exception>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "qtool/io/safetensors.hpp"
@@ -100,6 +106,46 @@ class CheckpointWriter {
   size_t shard_ = 0;
   std::unique_ptr<SafetensorsWriter> writer_;
   bool committed_ = false;
+};
+
+/// Feeds a CheckpointWriter from a background thread, so that writing one tensor overlaps computing
+/// the next. Bytes queued but not yet written are bounded: Enqueue blocks while more than
+/// `max_queued_bytes` wait. A write error is rethrown by the next Enqueue or by Finish.
+class BackgroundWriter {
+ public:
+  BackgroundWriter(CheckpointWriter& writer, uint64_t max_queued_bytes);
+  BackgroundWriter(const BackgroundWriter&) = delete;
+  BackgroundWriter& operator=(const BackgroundWriter&) = delete;
+  /// Stops the thread; anything still queued is dropped (the output is then never committed).
+  ~BackgroundWriter();
+
+  /// Queues a buffer the writer owns from now on.
+  void Enqueue(std::vector<std::byte> owned);
+  /// Queues bytes that stay valid until `done` runs, right after they are written.
+  void Enqueue(std::span<const std::byte> borrowed, std::function<void()> done);
+  /// Waits until every queued byte is written.
+  void Finish();
+
+ private:
+  struct Job {
+    std::vector<std::byte> owned;
+    std::span<const std::byte> bytes;
+    std::function<void()> done;
+  };
+  void Push(Job job);
+  void Run();
+  void RethrowIfFailed();
+
+  CheckpointWriter& writer_;
+  uint64_t max_queued_;
+  uint64_t queued_ = 0;
+  std::deque<Job> jobs_;
+  bool stop_ = false;
+  bool busy_ = false;
+  std::exception_ptr error_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread thread_;
 };
 
 }  // namespace qtool

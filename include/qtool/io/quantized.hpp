@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "qtool/io/checkpoint.hpp"
+#include "qtool/quant/codec.hpp"
 #include "qtool/quant/metrics.hpp"
 
 namespace qtool {
@@ -64,6 +65,14 @@ struct QuantizeReport {
 
 /// Called after each tensor: (tensors done, tensors in all, name of the tensor just done).
 using ProgressFn = std::function<void(size_t, size_t, const std::string&)>;
+
+/// Quantises one matrix stored as `dtype` at `data` (row-major, codec.rows() x codec.cols(),
+/// unaligned allowed) into the codec's stored tensors (`parts[k]` sized as Layout()[k]), in
+/// parallel over chunks of rows, and returns the error statistics of the decoded values. Runs the
+/// codec's Observe pass first when it needs one. `label` names the tensor in errors: a non-finite
+/// value throws NumericError with its position.
+ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec,
+                          std::byte* const* parts, int threads, const std::string& label);
 
 /// Returns true when `name` (with its shape and dtype) is quantised under `options`' rules.
 bool SelectedForQuantization(const TensorSpec& t, const QuantizeOptions& options);

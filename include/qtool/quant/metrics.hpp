@@ -17,26 +17,41 @@ struct ErrorStats {
   double max_abs_err = 0;
   int64_t n = 0;
 
-  /// Accumulates n pairs. Partial sums are kept in float over short runs and added in double,
-  /// which keeps the loop vectorisable while the total stays accurate for any tensor size.
+  /// Accumulates n pairs. Partial sums run in float over independent lanes (so the compiler can
+  /// vectorise the loop without reassociating) and are added in double every block, which keeps the
+  /// totals accurate for any tensor size.
   void Add(const float* x, const float* y, int64_t count) {
-    constexpr int64_t kRun = 256;
-    for (int64_t i0 = 0; i0 < count; i0 += kRun) {
-      const int64_t i1 = std::min(count, i0 + kRun);
-      float xx = 0, ee = 0, yy = 0, xy = 0, m = 0;
-      for (int64_t i = i0; i < i1; ++i) {
-        const float e = x[i] - y[i];
-        xx += x[i] * x[i];
-        ee += e * e;
-        yy += y[i] * y[i];
-        xy += x[i] * y[i];
-        m = std::max(m, std::fabs(e));
+    constexpr int kLanes = 16;
+    constexpr int64_t kBlock = 1024;
+    for (int64_t i0 = 0; i0 < count; i0 += kBlock) {
+      const int64_t i1 = std::min(count, i0 + kBlock);
+      float xx[kLanes] = {}, ee[kLanes] = {}, yy[kLanes] = {}, xy[kLanes] = {}, m[kLanes] = {};
+      int64_t i = i0;
+      for (; i + kLanes <= i1; i += kLanes) {
+        for (int l = 0; l < kLanes; ++l) {
+          const float a = x[i + l], b = y[i + l], e = a - b;
+          xx[l] += a * a;
+          ee[l] += e * e;
+          yy[l] += b * b;
+          xy[l] += a * b;
+          m[l] = std::max(m[l], std::fabs(e));
+        }
       }
-      sum_x2 += xx;
-      sum_e2 += ee;
-      sum_y2 += yy;
-      sum_xy += xy;
-      max_abs_err = std::max(max_abs_err, static_cast<double>(m));
+      for (int l = 0; i < i1; ++i, ++l) {
+        const float a = x[i], b = y[i], e = a - b;
+        xx[l] += a * a;
+        ee[l] += e * e;
+        yy[l] += b * b;
+        xy[l] += a * b;
+        m[l] = std::max(m[l], std::fabs(e));
+      }
+      for (int l = 0; l < kLanes; ++l) {
+        sum_x2 += xx[l];
+        sum_e2 += ee[l];
+        sum_y2 += yy[l];
+        sum_xy += xy[l];
+        max_abs_err = std::max(max_abs_err, static_cast<double>(m[l]));
+      }
     }
     n += count;
   }

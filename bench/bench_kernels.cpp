@@ -1,0 +1,258 @@
+// Kernel benchmarks with their baselines measured in the same run: a stream read and a memcpy of
+// the same bytes (the memory limit), and Eigen f32 GEMV/GEMM on the same shapes (what a user would
+// otherwise run). Throughput is reported as bytes/s of f32-equivalent data (4 bytes per weight or
+// element) and as op/s (2 ops per multiply-add). Single thread unless the name says otherwise.
+//
+// Short CI mode: qtool_bench --benchmark_filter=Kernel --benchmark_min_time=0.05
+//                --benchmark_out=kernels.json --benchmark_out_format=json
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "qtool/kernels.hpp"
+#include "qtool/quant/pack.hpp"
+
+namespace qtool::kernels {
+namespace {
+
+// 64 M elements: far out of every cache level.
+constexpr int64_t kBigRows = 16384, kBigCols = 4096, kBig = kBigRows * kBigCols;
+
+const std::vector<float>& BigInput() {
+  static const std::vector<float> v = [] {
+    std::vector<float> x(kBig);
+    std::mt19937 rng(1);
+    std::normal_distribution<float> d(0.0f, 0.02f);
+    for (auto& e : x) e = d(rng);
+    return x;
+  }();
+  return v;
+}
+
+void SetF32Bytes(benchmark::State& state, int64_t elements) {
+  state.SetBytesProcessed(state.iterations() * elements * 4);
+}
+
+void KernelBaselineStreamRead(benchmark::State& state) {
+  const auto& x = BigInput();
+  for (auto _ : state) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int64_t i = 0; i < kBig; i += 4) {
+      s0 += x[i];
+      s1 += x[i + 1];
+      s2 += x[i + 2];
+      s3 += x[i + 3];
+    }
+    benchmark::DoNotOptimize(s0 + s1 + s2 + s3);
+  }
+  SetF32Bytes(state, kBig);
+}
+BENCHMARK(KernelBaselineStreamRead)->Unit(benchmark::kMillisecond);
+
+void KernelBaselineMemcpy(benchmark::State& state) {
+  const auto& x = BigInput();
+  std::vector<float> y(kBig);
+  for (auto _ : state) {
+    std::memcpy(y.data(), x.data(), kBig * 4);
+    benchmark::ClobberMemory();
+  }
+  SetF32Bytes(state, kBig);
+}
+BENCHMARK(KernelBaselineMemcpy)->Unit(benchmark::kMillisecond);
+
+void QuantizeBig(benchmark::State& state, const QuantSpec& spec) {
+  const auto& x = BigInput();
+  const int64_t ng = spec.GroupsPerRow(kBigCols);
+  std::vector<uint8_t> codes(kBigRows * PackedBytes(kBigCols, spec.bits)), zeros(kBigRows * ng);
+  std::vector<float> scales(kBigRows * ng);
+  for (auto _ : state) {
+    QuantizeRows(x.data(), kBigRows, kBigCols, spec, codes.data(), scales.data(), zeros.data(),
+                 static_cast<int>(state.range(0)));
+    benchmark::ClobberMemory();
+  }
+  SetF32Bytes(state, kBig);
+}
+
+void KernelQuantizeInt8Channel(benchmark::State& state) {
+  QuantizeBig(state, {8, true, Granularity::kChannel, 0});
+}
+BENCHMARK(KernelQuantizeInt8Channel)->Arg(1)->Unit(benchmark::kMillisecond);
+
+void KernelQuantizeInt4G128(benchmark::State& state) {
+  QuantizeBig(state, {4, true, Granularity::kGroup, 128});
+}
+BENCHMARK(KernelQuantizeInt4G128)->Arg(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(KernelQuantizeInt4G128)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+void KernelDequantizeInt4G128(benchmark::State& state) {
+  const QuantSpec spec{4, true, Granularity::kGroup, 128};
+  const int64_t ng = spec.GroupsPerRow(kBigCols);
+  std::vector<uint8_t> codes(kBigRows * PackedBytes(kBigCols, 4));
+  std::vector<float> scales(kBigRows * ng), out(kBig);
+  QuantizeRows(BigInput().data(), kBigRows, kBigCols, spec, codes.data(), scales.data(), nullptr);
+  const QuantWeights w{codes.data(), scales.data(), nullptr, kBigRows, kBigCols, 128, 4};
+  for (auto _ : state) {
+    DequantizeRows(w, out.data(), static_cast<int>(state.range(0)));
+    benchmark::ClobberMemory();
+  }
+  SetF32Bytes(state, kBig);  // f32 written
+}
+BENCHMARK(KernelDequantizeInt4G128)->Arg(1)->Unit(benchmark::kMillisecond);
+
+void KernelBf16ToF32(benchmark::State& state) {
+  std::vector<uint16_t> h(kBig);
+  F32ToBf16(BigInput().data(), kBig, h.data());
+  std::vector<float> out(kBig);
+  for (auto _ : state) {
+    Bf16ToF32(h.data(), kBig, out.data());
+    benchmark::ClobberMemory();
+  }
+  SetF32Bytes(state, kBig);
+}
+BENCHMARK(KernelBf16ToF32)->Unit(benchmark::kMillisecond);
+
+// ---- GEMV / GEMM: args (rows N, cols K, tokens M, threads) ----
+
+struct IntWeights {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  QuantWeights view;
+  IntWeights(int64_t n, int64_t k, int bits, int64_t group) {
+    std::vector<float> w(n * k);
+    std::mt19937 rng(2);
+    std::normal_distribution<float> d(0.0f, 0.02f);
+    for (auto& e : w) e = d(rng);
+    const QuantSpec spec{bits, true, group == k ? Granularity::kChannel : Granularity::kGroup,
+                         group};
+    codes.resize(n * PackedBytes(k, bits));
+    scales.resize(n * spec.GroupsPerRow(k));
+    QuantizeRows(w.data(), n, k, spec, codes.data(), scales.data(), nullptr, 0);
+    view = {codes.data(), scales.data(), nullptr, n, k, group, bits};
+  }
+};
+
+std::vector<float> Activations(int64_t m, int64_t k) {
+  std::vector<float> x(m * k);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (auto& e : x) e = d(rng);
+  return x;
+}
+
+void SetGemmCounters(benchmark::State& state, int64_t m, int64_t n, int64_t k) {
+  SetF32Bytes(state, n * k);  // weights, f32-equivalent
+  state.counters["op/s"] = benchmark::Counter(static_cast<double>(2 * m * n * k),
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Activation quantisation is part of each timed call, as it would be at inference.
+void IntGemm(benchmark::State& state, int bits, int64_t group) {
+  const int64_t n = state.range(0), k = state.range(1), m = state.range(2);
+  const int threads = static_cast<int>(state.range(3));
+  const IntWeights w(n, k, bits, group == 0 ? k : group);
+  const auto x = Activations(m, k);
+  std::vector<int8_t> q(m * k);
+  std::vector<float> sa(m), y(m * n);
+  for (auto _ : state) {
+    QuantizeActivations(x.data(), m, k, q.data(), sa.data());
+    if (bits == 8) {
+      GemmW8A8(q.data(), sa.data(), m, w.view, y.data(), threads);
+    } else {
+      GemmW4A8(q.data(), sa.data(), m, w.view, y.data(), threads);
+    }
+    benchmark::ClobberMemory();
+  }
+  SetGemmCounters(state, m, n, k);
+}
+
+void KernelGemvW4A8G128(benchmark::State& state) { IntGemm(state, 4, 128); }
+BENCHMARK(KernelGemvW4A8G128)
+    ->Args({4096, 4096, 1, 1})
+    ->Args({11008, 4096, 1, 1})
+    ->Unit(benchmark::kMicrosecond);
+// Several threads: rates from wall time (CPU time would add up the threads).
+BENCHMARK(KernelGemvW4A8G128)
+    ->Args({11008, 4096, 1, 2})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+void KernelGemmW8A8(benchmark::State& state) { IntGemm(state, 8, 0); }
+BENCHMARK(KernelGemmW8A8)
+    ->Args({4096, 4096, 1, 1})
+    ->Args({2048, 2048, 2048, 1})
+    ->Unit(benchmark::kMillisecond);
+
+void KernelGemvW4A16G128(benchmark::State& state) {
+  const int64_t n = state.range(0), k = state.range(1);
+  const IntWeights w(n, k, 4, 128);
+  const auto x = Activations(1, k);
+  std::vector<uint16_t> a(k);
+  F32ToBf16(x.data(), k, a.data());
+  std::vector<float> y(n);
+  for (auto _ : state) {
+    GemmW4A16(a.data(), 1, w.view, y.data(), 1);
+    benchmark::ClobberMemory();
+  }
+  SetGemmCounters(state, 1, n, k);
+}
+BENCHMARK(KernelGemvW4A16G128)->Args({4096, 4096})->Unit(benchmark::kMicrosecond);
+
+void KernelGemvNf4G64(benchmark::State& state) {
+  const int64_t n = state.range(0), k = state.range(1);
+  const IntWeights w(n, k, 4, 64);  // random nibbles serve as NF4 indices
+  const Nf4Weights nf{w.codes.data(), w.scales.data(), n, k, 64};
+  const auto x = Activations(1, k);
+  std::vector<float> y(n);
+  for (auto _ : state) {
+    GemvNf4(x.data(), nf, y.data(), 1);
+    benchmark::ClobberMemory();
+  }
+  SetGemmCounters(state, 1, n, k);
+}
+BENCHMARK(KernelGemvNf4G64)->Args({4096, 4096})->Unit(benchmark::kMicrosecond);
+
+// ---- Eigen f32 baselines on the same shapes ----
+
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+RowMatrix RandomMatrix(int64_t r, int64_t c) {
+  RowMatrix a(r, c);
+  std::mt19937 rng(4);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (int64_t i = 0; i < a.size(); ++i) a.data()[i] = d(rng);
+  return a;
+}
+
+void KernelBaselineEigenGemvF32(benchmark::State& state) {
+  const int64_t n = state.range(0), k = state.range(1);
+  const RowMatrix w = RandomMatrix(n, k);
+  const Eigen::VectorXf x = RandomMatrix(k, 1);
+  Eigen::VectorXf y(n);
+  for (auto _ : state) {
+    y.noalias() = w * x;
+    benchmark::DoNotOptimize(y.data());
+  }
+  SetGemmCounters(state, 1, n, k);
+}
+BENCHMARK(KernelBaselineEigenGemvF32)
+    ->Args({4096, 4096})
+    ->Args({11008, 4096})
+    ->Unit(benchmark::kMicrosecond);
+
+void KernelBaselineEigenGemmF32(benchmark::State& state) {
+  const int64_t n = state.range(0), k = state.range(1), m = state.range(2);
+  const RowMatrix w = RandomMatrix(n, k), a = RandomMatrix(m, k);
+  RowMatrix y(m, n);
+  for (auto _ : state) {
+    y.noalias() = a * w.transpose();
+    benchmark::DoNotOptimize(y.data());
+  }
+  SetGemmCounters(state, m, n, k);
+}
+BENCHMARK(KernelBaselineEigenGemmF32)->Args({2048, 2048, 2048})->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace qtool::kernels

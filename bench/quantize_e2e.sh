@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of `qtool quantize` INT4-g128 on a synthetic Llama-shaped bf16 checkpoint
+# (about 1.5 GB: hidden 2048, intermediate 5632, 14 layers, vocab 32000), read from the page cache.
+# Reports input GB/s, wall time and peak RSS against the largest tensor.
+# Usage: bench/quantize_e2e.sh [WORK_DIR]   (default: build/e2e; needs about 2.2 GB free)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-build/e2e}
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build --target qtool_cli qtool_synth >/dev/null
+mkdir -p "$work"
+if [ ! -f "$work/synth/model.safetensors" ]; then
+  build/bench/qtool_synth -o "$work/synth" --force
+fi
+cat "$work/synth/model.safetensors" >/dev/null  # into the page cache
+for run in 1 2 3; do
+  /usr/bin/time -f '%e %M' -o "$work/time.txt" \
+    build/qtool quantize "$work/synth" -o "$work/q" --bits 4 --group 128 --force \
+    --json "$work/report.json" >"$work/report.txt"
+  read -r wall rss_kb <"$work/time.txt"
+  gbps=$(grep -o '"input_gb_per_s": [0-9.e+-]*' "$work/report.json" | awk '{print $2}')
+  largest=$(grep -o '"largest_tensor_bytes": [0-9]*' "$work/report.json" | awk '{print $2}')
+  echo "run $run: wall ${wall} s, quantize ${gbps} GB/s of input, peak RSS $((rss_kb / 1024)) MiB," \
+    "largest tensor $((largest / 1048576)) MiB (bound: 2x + 200 MiB = $((2 * largest / 1048576 + 200)) MiB)"
+done
+tail -n 4 "$work/report.txt"

@@ -1,0 +1,122 @@
+// Compute kernels: element conversion, integer quantisation, and the dot products used at inference
+// with quantised weights. Each operation has a portable reference (the definition of correct) and
+// vectorised paths for the instruction sets the CPU offers; the best supported path is chosen on
+// first use, or forced with the environment variable QTOOL_ISA=scalar|avx2|avx512|neon.
+//
+// Bit exactness: conversions, quantisation, packing and the integer GEMMs (W8A8) give the same bits
+// on every path. Kernels that accumulate in floating point (W4A8 across groups, W4A16, NF4) may
+// differ from the reference by summation order only: |y - y_ref| <= 1e-5 * sum |w_k * a_k|.
+//
+// Kernels never validate user input: callers check shapes and finiteness (QTOOL_DASSERT states the
+// invariants in Debug builds). Results for NaN or Inf inputs are unspecified unless stated.
+//
+// Example: one token through a 4-bit group-wise layer, weights as the integer codec stores them.
+//   std::vector<int8_t> q(k);
+//   float scale;
+//   kernels::QuantizeActivations(x, 1, k, q.data(), &scale);
+//   const kernels::QuantWeights w{qweight, scales, nullptr, n, k, 128, 4};  // int4 sym g128
+//   kernels::GemmW4A8(q.data(), &scale, 1, w, y, /*threads=*/4);          // y[n]
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "qtool/quant/spec.hpp"
+
+namespace qtool::kernels {
+
+/// Instruction set families with their own kernel paths. kAvx512 needs F, BW, DQ, VL, VNNI;
+/// kAvx2 needs AVX2, FMA and F16C; kNeon is Advanced SIMD (its integer dot products also need the
+/// dot product extension, and fall back to the reference without it).
+enum class Isa { kScalar, kAvx2, kAvx512, kNeon };
+
+const char* IsaName(Isa isa);
+/// "scalar", "avx2", "avx512" or "neon"; throws OptionError for anything else.
+Isa ParseIsa(std::string_view name);
+/// The families this CPU runs, the reference first.
+std::vector<Isa> SupportedIsas();
+/// CPU features found at start-up, space separated ("avx2 fma f16c avx512f ... avx512vnni").
+std::string CpuFeatures();
+
+/// The family in use: QTOOL_ISA when set (OptionError if the CPU lacks it), else the best one.
+Isa ActiveIsa();
+/// Uses `isa` from now on (OptionError if the CPU lacks it). Not safe while kernels run.
+void SelectIsa(Isa isa);
+/// For each operation, its name and the family whose code runs it under the active selection.
+std::vector<std::pair<std::string, Isa>> KernelPaths();
+
+// ---- Element conversion (exactly the functions of qtool/core/half.hpp, element by element). ----
+
+void Bf16ToF32(const uint16_t* in, int64_t n, float* out);
+void F16ToF32(const uint16_t* in, int64_t n, float* out);
+void F32ToBf16(const float* in, int64_t n, uint16_t* out);
+void F32ToF16(const float* in, int64_t n, uint16_t* out);
+
+// ---- Integer quantisation (the conventions of qtool/quant/spec.hpp and pack.hpp). ----
+
+/// Min-max range of n values widened to include 0 (qtool::MinMaxRange).
+void MinMax(const float* x, int64_t n, float* lo, float* hi);
+/// codes[i] = QuantizeValue(x[i], p, 2^bits - 1): one unpacked code per byte.
+void QuantizeCodes(const float* x, int64_t n, GroupParams p, int bits, uint8_t* codes);
+/// out[i] = DequantizeValue(codes[i], p).
+void DequantizeCodes(const uint8_t* codes, int64_t n, GroupParams p, float* out);
+/// PackCodes / UnpackCodes of pack.hpp (fast for 4 and 8 bits).
+void PackCodes(const uint8_t* codes, int64_t n, int bits, uint8_t* out);
+void UnpackCodes(const uint8_t* in, int64_t n, int bits, uint8_t* codes);
+
+/// Integer weights [rows, cols] as the integer codec stores them: `codes` holds each row packed in
+/// PackedBytes(cols, bits) bytes; `scales` and `zeros` are [rows, GroupsPerRow] (zeros == nullptr
+/// for symmetric specs, whose zero is 2^(bits-1)). Per-channel weights have group == cols.
+struct QuantWeights {
+  const uint8_t* codes = nullptr;
+  const float* scales = nullptr;
+  const uint8_t* zeros = nullptr;
+  int64_t rows = 0, cols = 0, group = 0;
+  int bits = 4;
+  int64_t groups_per_row() const { return (cols + group - 1) / group; }
+  int64_t row_bytes() const { return (cols * bits + 7) / 8; }
+};
+
+/// Quantises rows of x [rows, cols] with min-max ranges, per channel or per group of `spec`
+/// (not per tensor), into the codec layout: exactly IntCodec::EncodeRows without the decoded copy.
+/// `zeros` is written for asymmetric specs only.
+void QuantizeRows(const float* x, int64_t rows, int64_t cols, const QuantSpec& spec, uint8_t* codes,
+                  float* scales, uint8_t* zeros, int threads = 1);
+/// Decodes w (any bits, per channel or per group) into out [rows, cols].
+void DequantizeRows(const QuantWeights& w, float* out, int threads = 1);
+
+// ---- Inference kernels. y [m, rows of w] = a [m, cols] x w^T. ----
+
+/// Dynamic per-token INT8 quantisation of x [m, k]: scale[t] = max|x_t| / 127 (1 for an all-zero
+/// row), q = clamp(rne(x / scale), -127, 127), i.e. the int8 symmetric code minus 128.
+void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float* scales);
+
+/// W8A8: w.bits == 8, per channel (w.group == w.cols), symmetric or asymmetric. Integer exact:
+/// y[t, n] = float(sum_k (u[n,k] - zero[n]) * q[t,k]) * a_scales[t] * w.scales[n], the
+/// products taken left to right. k must stay below 2^16 (the int32 sum cannot overflow).
+void GemmW8A8(const int8_t* q, const float* a_scales, int64_t m, const QuantWeights& w, float* y,
+              int threads = 1);
+/// W4A8: w.bits == 4, group-wise with group and cols multiples of 32. Exact integer dot per group,
+/// scaled and summed in float: y[t, n] = a_scales[t] * sum_g scale[n,g] * dot_g.
+void GemmW4A8(const int8_t* q, const float* a_scales, int64_t m, const QuantWeights& w, float* y,
+              int threads = 1);
+/// W4A16: bf16 activations, w.bits == 4 group-wise (any group), f32 accumulation:
+/// y[t, n] = sum_g scale[n,g] * sum_{k in g} (u - zero) * a[t,k].
+void GemmW4A16(const uint16_t* a_bf16, int64_t m, const QuantWeights& w, float* y, int threads = 1);
+
+/// NF4 weights: 4-bit indices into the 16 NormalFloat values of QLoRA (qtool::Nf4Values()),
+/// packed as the NF4 codec stores them (two codes per byte, the even column in the high nibble),
+/// with one f32 absmax scale per group of a row: w = Nf4Values()[u] * scale. The codec's
+/// NAME.qweight and (decoded) NAME.absmax are this layout when cols is a multiple of its block.
+struct Nf4Weights {
+  const uint8_t* codes = nullptr;
+  const float* scales = nullptr;  // [rows, groups per row]
+  int64_t rows = 0, cols = 0, group = 64;
+};
+/// y[n] = sum_g scale[n,g] * sum_{k in g} Nf4Values()[u[n,k]] * x[k] (f32 accumulation).
+void GemvNf4(const float* x, const Nf4Weights& w, float* y, int threads = 1);
+
+}  // namespace qtool::kernels

@@ -1,0 +1,69 @@
+// Data-aware quantisation of a whole checkpoint, block by block: GPTQ, AWQ, SmoothQuant (W8) and
+// HQQ, written as a quantised checkpoint in the "int" codec's layout (readable by ReadTensorF32,
+// `qtool dequantize` and `qtool eval`).
+//
+// Calibration is sequential across blocks and, for GPTQ, within a block (q/k/v -> o -> gate/up ->
+// down, each group's inputs captured with the earlier groups already quantised; the next block's
+// inputs come from the quantised block). AWQ and SmoothQuant only rescale (the model's function is
+// unchanged before rounding), so their next block's inputs come from the full-precision block.
+//
+// Memory: the calibration activations, one block's weights and its solver state (a Hessian of
+// in_features^2 floats per group), and the checkpoint's memory map; the output is streamed.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "qtool/io/quantized.hpp"
+#include "qtool/model/capture.hpp"
+#include "qtool/solvers/gptq.hpp"
+#include "qtool/solvers/hqq.hpp"
+
+namespace qtool::solvers {
+
+enum class Method { kGptq, kAwq, kSmoothQuant, kHqq };
+
+/// "gptq", "awq", "smoothquant" or "hqq"; throws OptionError for anything else.
+Method ParseMethod(const std::string& name);
+const char* MethodName(Method m);
+/// True for the methods that need calibration text.
+inline bool NeedsCalibration(Method m) { return m != Method::kHqq; }
+
+struct CalibratedOptions {
+  Method method = Method::kGptq;
+  /// GPTQ's options; group_size and threads are taken from the codec record and QuantizeOptions.
+  GptqOptions gptq;
+  /// HQQ's options; bits, group_size and threads likewise.
+  HqqOptions hqq;
+  double alpha = 0.5;  // SmoothQuant migration strength
+  int awq_grid = 20;   // AWQ: alpha in {0, 1/grid, ..., (grid-1)/grid}
+  int awq_clip_grid = 20;
+  double awq_max_shrink = 0.5;
+  int64_t awq_clip_tokens = 512;  // calibration rows the clipping search uses
+  CalibrationOptions calib;
+  std::filesystem::path calib_text;  // tokenised with the model's tokenizer.model
+};
+
+/// One solved layer: its block, short name, solver loss (GPTQ: sum (w-q)^2/U_qq^2/2; AWQ: the
+/// block's output MSE at the chosen alpha; SmoothQuant: 0; HQQ: mean |W - W^|) and what was chosen.
+struct LayerReport {
+  int64_t block = 0;
+  std::string name;
+  double loss = 0;
+  double seconds = 0;
+  std::string detail;
+};
+using LayerFn = std::function<void(const LayerReport&)>;
+
+/// Quantises the checkpoint at `model_dir` into `out`. options.codec must be an "int" record with
+/// group or channel granularity (GPTQ with act-order stores its groups in column order: static
+/// groups are used). Throws OptionError for unsupported combinations and the runtime's errors for
+/// a model it cannot run.
+QuantizeReport QuantizeCalibrated(const std::filesystem::path& model_dir,
+                                  const std::filesystem::path& out, const QuantizeOptions& options,
+                                  const CalibratedOptions& method, const LayerFn& on_layer = {},
+                                  const ProgressFn& progress = {});
+
+}  // namespace qtool::solvers

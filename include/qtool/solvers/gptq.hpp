@@ -1,0 +1,78 @@
+// GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+// Pre-trained Transformers"): quantises a linear layer's weight W [rows, cols] column by column,
+// spreading each column's rounding error over the columns not yet quantised so as to minimise
+// ||X W^T - X W^^T||^2 for the layer's calibration inputs X, given H = 2/n X^T X.
+//
+// Algorithm (as in the reference implementation, IST-DASLab/gptq):
+// - dead inputs (H_ii = 0) get H_ii = 1 and their weights zeroed;
+// - dampening H += lambda I, lambda = damp * mean(diag H); when the Cholesky factorisation fails
+//   the dampening is retried at 10x (up to kMaxDampRetries times);
+// - U = upper Cholesky factor of H^-1 (one Cholesky and one triangular inverse, see linalg.hpp);
+// - columns in blocks of block_size: within a block each column q is rounded, its error
+//   e = (w_q - q(w_q)) / U_qq is applied to the block's later columns (w_j -= e U_qj); after the
+//   block, the rest of W is updated at once (W_rest -= E U_block,rest): a GEMM. Within a block the
+//   same lazy batching is applied again in sub-blocks of 16 columns;
+// - group parameters are fitted on the current (updated) weights at each group's first column, or
+//   up front on the original weights (static groups); act-order processes columns in order of
+//   decreasing H_ii, and g_idx records each column's group.
+// Loss: sum over rows and columns of (w - q)^2 / U_qq^2 / 2 (the reference's "error").
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+
+#include "qtool/solvers/grid.hpp"
+#include "qtool/solvers/linalg.hpp"
+
+namespace qtool::solvers {
+
+struct GptqOptions {
+  int64_t group_size = 128;  // <= 0 or >= cols: one group per row (parameters from all of W)
+  int64_t block_size = 128;
+  double damp = 0.01;          // relative dampening (percdamp)
+  bool act_order = false;      // columns by decreasing H_ii
+  bool static_groups = false;  // group parameters fitted up front on the original W
+  bool mse = false;            // MSE grid search of each group's range
+  int threads = 0;
+};
+
+struct GptqStats {
+  double loss = 0;          // sum (w - q)^2 / U_qq^2 / 2
+  double damp = 0;          // relative dampening finally used
+  int damp_retries = 0;     // Cholesky failures before it succeeded
+  int64_t dead_inputs = 0;  // columns with H_ii = 0
+  // Wall time and op count of each phase: Cholesky of H, triangular inverse, the column sweep.
+  double seconds_cholesky = 0, seconds_inverse = 0, seconds_sweep = 0;
+  double flop_cholesky = 0, flop_inverse = 0, flop_sweep = 0;
+};
+
+struct GptqResult {
+  QuantizedMatrix q;
+  GptqStats stats;
+};
+
+inline constexpr int kMaxDampRetries = 6;
+
+/// What GPTQ needs of a Hessian, computed once for every layer that shares the input (q/k/v,
+/// gate/up): the column order, the dead inputs and U.
+struct GptqHessian {
+  RowMatrixXf u;              // upper Cholesky factor of (H + lambda I)^-1, in processing order
+  std::vector<int64_t> perm;  // processing position -> column
+  std::vector<int64_t> dead;  // columns with H_ii = 0
+  GptqStats stats;            // damp, retries, dead inputs, Cholesky and inverse timings
+};
+
+/// Dead inputs, act-order, dampening (with retries) and U of h [cols, cols] (the Hessian
+/// 2/n X^T X). Throws OptionError on bad options, NumericError when h stays indefinite after every
+/// dampening retry.
+GptqHessian PrepareGptq(const Eigen::Ref<const RowMatrixXf>& h, const GptqOptions& options);
+
+/// Quantises w [rows, cols] with a prepared Hessian. Throws ShapeError on mismatched shapes.
+GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessian,
+                const Grid& grid, const GptqOptions& options);
+
+/// PrepareGptq and Gptq in one call.
+GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const Eigen::Ref<const RowMatrixXf>& h,
+                const Grid& grid, const GptqOptions& options);
+
+}  // namespace qtool::solvers

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Cross-compiles the library, the CLI and the tests for AArch64 and runs the kernel tests under
+# qemu-aarch64: once on a CPU with the dot product extension (the NEON SDOT paths, qemu's "max")
+# and once on a Cortex-A72 without it (the integer GEMMs then fall back to the reference).
+# Idempotent: installs only missing Debian packages, reuses the build directory.
+#   scripts/test-arm.sh [extra gtest args]     (build dir: $QTOOL_ARM_BUILD or build-arm64)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${QTOOL_ARM_BUILD:-$root/build-arm64}
+jobs=${QTOOL_JOBS:-2}
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  $sudo dpkg --add-architecture arm64
+  $sudo apt-get update -qq
+fi
+pkgs=(g++-aarch64-linux-gnu qemu-user-static libfmt-dev:arm64 libgtest-dev:arm64 libeigen3-dev
+      nlohmann-json3-dev libcli11-dev cmake ninja-build)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test-arm: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+cmake -S "$root" -B "$build" -G Ninja \
+  -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/aarch64-linux-gnu.cmake" \
+  -DCMAKE_BUILD_TYPE=Release -DQTOOL_BUILD_TOOLS=ON -DQTOOL_BUILD_BENCH=OFF -DQTOOL_INSTALL=OFF
+# The CLI is built too (the test helpers expect it), though only the kernel tests run here.
+cmake --build "$build" -j"$jobs" --target qtool_tests
+
+# The kernel tests (every operation on scalar and NEON against the reference) and the half tests;
+# the CLI tests need the models and a native qtool, so they run on the host only.
+filter="--gtest_filter=Isa/KernelTest.*:KernelDispatch.*:Half.*"
+for cpu in max cortex-a72; do
+  echo "test-arm: qemu -cpu $cpu"
+  run=(qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu "$cpu")
+  "${run[@]}" "$build/qtool" --version
+  "${run[@]}" "$build/tests/qtool_tests" "$filter" "$@"
+done

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs every test: the unit and end-to-end tests (Release), the library
+# example against the installed package and through add_subdirectory, the tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer, a short libFuzzer run of the parsers, the Arm
+# (NEON) kernel tests under qemu when scripts/test-arm.sh is present, and the benchmarks in a
+# short mode (JSON in build/bench.json).
+# QTOOL_TEST_STAGES selects stages (default: "unit install asan fuzz arm bench").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stages=" ${QTOOL_TEST_STAGES:-unit install asan fuzz arm bench} "
+jobs=$(nproc)
+has() { [[ "$stages" == *" $1 "* ]]; }
+step() { printf '\n==== %s\n' "$*"; }
+
+bash scripts/setup.sh
+
+if has unit; then
+  step "Release build and tests"
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build build -j "$jobs"
+  ctest --test-dir build --output-on-failure -j "$jobs"
+fi
+
+if has install; then
+  step "Library example against the installed package and through add_subdirectory"
+  rm -rf build/install build/example-installed build/example-subdir
+  cmake --install build --prefix build/install >/dev/null
+  cmake -S examples -B build/example-installed -G Ninja -DCMAKE_PREFIX_PATH="$PWD/build/install" >/dev/null
+  cmake --build build/example-installed
+  build/example-installed/quantize_tensor examples/models/stories260K
+  cmake -S examples -B build/example-subdir -G Ninja -DQTOOL_SOURCE_DIR="$PWD" \
+    -DQTOOL_BUILD_TESTS=OFF -DQTOOL_BUILD_BENCH=OFF -DQTOOL_BUILD_TOOLS=OFF >/dev/null
+  cmake --build build/example-subdir
+  build/example-subdir/quantize_tensor examples/models/stories260K
+fi
+
+if has asan; then
+  step "Tests under AddressSanitizer and UndefinedBehaviorSanitizer"
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQTOOL_BUILD_BENCH=OFF \
+    -DQTOOL_SANITIZE=address,undefined -DCMAKE_CXX_FLAGS=-DQTOOL_ENABLE_DASSERT >/dev/null
+  cmake --build build-asan -j "$jobs"
+  ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j "$jobs"
+fi
+
+if has fuzz; then
+  step "libFuzzer run of the safetensors parser (${QTOOL_FUZZ_SECONDS:-60} s)"
+  cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
+    -DQTOOL_BUILD_FUZZERS=ON -DQTOOL_BUILD_BENCH=OFF -DQTOOL_BUILD_TOOLS=OFF -DQTOOL_WERROR=OFF \
+    -DQTOOL_SANITIZE=address,undefined >/dev/null
+  cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors
+  rm -rf build-fuzz/corpus && mkdir -p build-fuzz/corpus && cp tests/fuzz/corpus/* build-fuzz/corpus/
+  build-fuzz/tests/fuzz_safetensors -max_total_time="${QTOOL_FUZZ_SECONDS:-60}" -max_len=4096 \
+    -print_final_stats=1 build-fuzz/corpus 2>&1 | tail -n 12
+fi
+
+if has arm && [ -f scripts/test-arm.sh ]; then
+  step "Arm (NEON) kernels under qemu"
+  bash scripts/test-arm.sh
+fi
+
+if has bench; then
+  step "Benchmarks (short mode)"
+  build/bench/qtool_bench --benchmark_min_time=0.01 --benchmark_out=build/bench.json \
+    --benchmark_out_format=json
+fi

@@ -1,0 +1,147 @@
+// Reference kernels: the definition of every operation, written for clarity and compiled for the
+// baseline ISA. Integer quantisation calls the codec's own per-value functions (spec.hpp), so the
+// reference is the codec's definition itself; vectorised paths are tested against these.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "../table.hpp"
+#include "qtool/core/half.hpp"
+#include "qtool/quant/int_codec.hpp"
+#include "qtool/quant/nf4_codec.hpp"
+#include "qtool/quant/pack.hpp"
+
+namespace qtool::kernels::detail {
+namespace {
+
+void RefBf16ToF32(const uint16_t* in, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = qtool::Bf16ToF32(in[i]);
+}
+void RefF16ToF32(const uint16_t* in, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = qtool::F16ToF32(in[i]);
+}
+void RefF32ToBf16(const float* in, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = qtool::F32ToBf16(in[i]);
+}
+void RefF32ToF16(const float* in, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = qtool::F32ToF16(in[i]);
+}
+
+void RefQuantizeCodes(const float* x, int64_t n, GroupParams p, int32_t umax, uint8_t* c) {
+  for (int64_t i = 0; i < n; ++i) c[i] = QuantizeValue(x[i], p, umax);
+}
+void RefDequantizeCodes(const uint8_t* c, int64_t n, GroupParams p, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = DequantizeValue(c[i], p);
+}
+void RefPackCodes(const uint8_t* c, int64_t n, int bits, uint8_t* out) {
+  qtool::PackCodes(c, n, bits, out);
+}
+void RefUnpackCodes(const uint8_t* in, int64_t n, int bits, uint8_t* c) {
+  qtool::UnpackCodes(in, n, bits, c);
+}
+
+// scale = max|x| / 127 through the codec's own parameter rule (so an all-zero row gets scale 1);
+// the code is the int8 symmetric code minus 128, which never falls below -127 for this scale.
+void RefQuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float* s) {
+  const QuantSpec spec{8, true, Granularity::kChannel, 0};
+  for (int64_t t = 0; t < m; ++t) {
+    const float* xt = x + t * k;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(xt[i]));
+    const GroupParams p = ParamsFromRange(-amax, amax, spec);
+    s[t] = p.scale;
+    for (int64_t i = 0; i < k; ++i) {
+      q[t * k + i] = static_cast<int8_t>(std::max(QuantizeValue(xt[i], p, 255) - 128, -127));
+    }
+  }
+}
+
+int32_t WeightZero(const QuantWeights& w, int64_t n, int64_t g) {
+  return w.zeros ? w.zeros[n * w.groups_per_row() + g] : 1 << (w.bits - 1);
+}
+
+// Code k of row n of 4- or 8-bit weights.
+int32_t WeightCode(const QuantWeights& w, int64_t n, int64_t k) {
+  const uint8_t* row = w.codes + n * w.row_bytes();
+  return w.bits == 8 ? row[k] : (row[k / 2] >> ((k & 1) * 4)) & 0xf;
+}
+
+void RefGemmW8A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y) {
+  const int64_t k = w.cols;
+  for (int64_t t = 0; t < a.m; ++t) {
+    const int8_t* qt = a.q + t * k;
+    for (int64_t n = n0; n < n1; ++n) {
+      int32_t acc = 0;
+      for (int64_t i = 0; i < k; ++i) acc += (WeightCode(w, n, i) - WeightZero(w, n, 0)) * qt[i];
+      y[t * w.rows + n] = static_cast<float>(acc) * a.scales[t] * w.scales[n];
+    }
+  }
+}
+
+void RefGemmW4A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y) {
+  const int64_t k = w.cols, ng = w.groups_per_row();
+  for (int64_t t = 0; t < a.m; ++t) {
+    const int8_t* qt = a.q + t * k;
+    for (int64_t n = n0; n < n1; ++n) {
+      float acc = 0.0f;
+      for (int64_t g = 0; g < ng; ++g) {
+        int32_t dot = 0;
+        for (int64_t i = g * w.group; i < std::min(k, (g + 1) * w.group); ++i) {
+          dot += (WeightCode(w, n, i) - WeightZero(w, n, g)) * qt[i];
+        }
+        acc += w.scales[n * ng + g] * static_cast<float>(dot);
+      }
+      y[t * w.rows + n] = acc * a.scales[t];
+    }
+  }
+}
+
+void RefGemmW4A16(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, int64_t n1,
+                  float* y) {
+  const int64_t k = w.cols, ng = w.groups_per_row();
+  for (int64_t t = 0; t < m; ++t) {
+    for (int64_t n = n0; n < n1; ++n) {
+      float acc = 0.0f;
+      for (int64_t g = 0; g < ng; ++g) {
+        float dot = 0.0f;
+        for (int64_t i = g * w.group; i < std::min(k, (g + 1) * w.group); ++i) {
+          const int32_t c = WeightCode(w, n, i) - WeightZero(w, n, g);
+          dot += static_cast<float>(c) * qtool::Bf16ToF32(a[t * k + i]);
+        }
+        acc += w.scales[n * ng + g] * dot;
+      }
+      y[t * w.rows + n] = acc;
+    }
+  }
+}
+
+void RefGemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y) {
+  const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, row_bytes = (k + 1) / 2;
+  const float* values = Nf4Table();
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.codes + n * row_bytes;
+    float acc = 0.0f;
+    for (int64_t g = 0; g < ng; ++g) {
+      float dot = 0.0f;
+      for (int64_t i = g * w.group; i < std::min(k, (g + 1) * w.group); ++i) {
+        dot += values[(row[i / 2] >> ((~i & 1) * 4)) & 0xf] * x[i];  // even k: high nibble
+      }
+      acc += w.scales[n * ng + g] * dot;
+    }
+    y[n] = acc;
+  }
+}
+
+}  // namespace
+
+const float* Nf4Table() { return Nf4Values().data(); }
+
+const KernelTable* ScalarTable() {
+  static constexpr KernelTable kTable{
+      RefBf16ToF32,     RefF16ToF32,        RefF32ToBf16, RefF32ToF16,    MinMaxRange,
+      RefQuantizeCodes, RefDequantizeCodes, RefPackCodes, RefUnpackCodes, RefQuantizeActivations,
+      RefGemmW8A8,      RefGemmW4A8,        RefGemmW4A16, RefGemvNf4};
+  return &kTable;
+}
+
+}  // namespace qtool::kernels::detail

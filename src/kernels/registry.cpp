@@ -1,0 +1,357 @@
+// CPU feature detection, the choice of kernel path per operation, and the public entry points
+// (which split work over threads and call the chosen kernels).
+#include <array>
+#include <cstdlib>
+#include <mutex>
+#include <vector>
+
+#include "qtool/core/error.hpp"
+#include "qtool/core/parallel.hpp"
+#include "qtool/kernels.hpp"
+#include "qtool/quant/pack.hpp"
+#include "table.hpp"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#elif defined(__aarch64__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
+
+namespace qtool::kernels {
+namespace detail {
+namespace {
+
+struct CpuInfo {
+  std::vector<std::string> features;
+  bool avx2 = false, avx512 = false, neon = false, dotprod = false;
+};
+
+#if defined(__x86_64__) || defined(_M_X64)
+CpuInfo DetectCpu() {
+  CpuInfo info;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(1, 0, &a, &b, &c, &d)) return info;
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28),
+             f16c = c & (1u << 29);
+  // The OS must save the YMM (bits 1-2) and ZMM/opmask (bits 5-7) state for the registers to be
+  // usable; XGETBV reports which state components it enabled.
+  uint64_t xcr0 = 0;
+  if (osxsave) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    xcr0 = (static_cast<uint64_t>(hi) << 32) | lo;
+  }
+  const bool ymm_os = (xcr0 & 0x6) == 0x6, zmm_os = (xcr0 & 0xe6) == 0xe6;
+  unsigned b7 = 0, c7 = 0, a71 = 0;
+  if (__get_cpuid_count(7, 0, &a, &b7, &c7, &d)) {
+    __get_cpuid_count(7, 1, &a71, &b, &c, &d);
+  }
+  const std::pair<const char*, bool> flags[] = {
+      {"avx", avx && ymm_os},
+      {"avx2", (b7 & (1u << 5)) && ymm_os},
+      {"fma", fma && ymm_os},
+      {"f16c", f16c && ymm_os},
+      {"bmi2", (b7 & (1u << 8)) != 0},
+      {"avxvnni", (a71 & (1u << 4)) && ymm_os},
+      {"avx512f", (b7 & (1u << 16)) && zmm_os},
+      {"avx512dq", (b7 & (1u << 17)) && zmm_os},
+      {"avx512bw", (b7 & (1u << 30)) && zmm_os},
+      {"avx512vl", (b7 & (1u << 31)) && zmm_os},
+      {"avx512vnni", (c7 & (1u << 11)) && zmm_os},
+      {"avx512bf16", (a71 & (1u << 5)) && zmm_os},
+  };
+  auto has = [&](std::string_view name) {
+    for (const auto& [n, on] : flags) {
+      if (name == n) return on;
+    }
+    return false;
+  };
+  for (const auto& [name, on] : flags) {
+    if (on) info.features.emplace_back(name);
+  }
+  info.avx2 = has("avx2") && has("fma") && has("f16c") && has("bmi2");
+  info.avx512 = info.avx2 && has("avx512f") && has("avx512dq") && has("avx512bw") &&
+                has("avx512vl") && has("avx512vnni");
+  return info;
+}
+#elif defined(__aarch64__)
+CpuInfo DetectCpu() {
+  CpuInfo info;
+  const unsigned long hw = getauxval(AT_HWCAP);
+  info.neon = hw & HWCAP_ASIMD;
+  info.dotprod = hw & HWCAP_ASIMDDP;
+  if (info.neon) info.features.emplace_back("asimd");
+  if (info.dotprod) info.features.emplace_back("asimddp");
+  if (hw & HWCAP_FPHP) info.features.emplace_back("fphp");
+  return info;
+}
+#else
+CpuInfo DetectCpu() { return {}; }
+#endif
+
+const CpuInfo& Cpu() {
+  static const CpuInfo info = DetectCpu();
+  return info;
+}
+
+bool Supported(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return true;
+    case Isa::kAvx2:
+      return Cpu().avx2 && Avx2Table();
+    case Isa::kAvx512:
+      return Cpu().avx512 && Avx512Table();
+    case Isa::kNeon:
+      return Cpu().neon && NeonTable(false);
+  }
+  return false;
+}
+
+const KernelTable* TableOf(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return ScalarTable();
+    case Isa::kAvx2:
+      return Avx2Table();
+    case Isa::kAvx512:
+      return Avx512Table();
+    case Isa::kNeon:
+      return NeonTable(Cpu().dotprod);
+  }
+  return nullptr;
+}
+
+constexpr const char* kOpNames[] = {
+#define QTOOL_KERNEL_NAME(name, ret, args) #name,
+    QTOOL_KERNEL_LIST(QTOOL_KERNEL_NAME)
+#undef QTOOL_KERNEL_NAME
+};
+constexpr size_t kNumOps = std::size(kOpNames);
+
+// The resolved table: for each operation, the entry of the first family in the fallback chain of
+// the active family that has one.
+struct Dispatch {
+  Isa active = Isa::kScalar;
+  KernelTable table;
+  std::array<Isa, kNumOps> paths{};
+
+  void Select(Isa isa) {
+    QTOOL_CHECK(Supported(isa), OptionError,
+                "instruction set \"{}\" is not supported by this CPU or build (supported: {})",
+                IsaName(isa), fmt::join(SupportedNames(), ", "));
+    std::vector<Isa> chain = {isa};
+    if (isa == Isa::kAvx512) chain.push_back(Isa::kAvx2);
+    if (isa != Isa::kScalar) chain.push_back(Isa::kScalar);
+    active = isa;
+    size_t op = 0;
+#define QTOOL_KERNEL_RESOLVE(name, ret, args)         \
+  for (Isa c : chain) {                               \
+    if (const KernelTable* t = TableOf(c); t->name) { \
+      table.name = t->name;                           \
+      paths[op] = c;                                  \
+      break;                                          \
+    }                                                 \
+  }                                                   \
+  ++op;
+    QTOOL_KERNEL_LIST(QTOOL_KERNEL_RESOLVE)
+#undef QTOOL_KERNEL_RESOLVE
+  }
+
+  static std::vector<std::string> SupportedNames() {
+    std::vector<std::string> names;
+    for (Isa i : SupportedIsas()) names.emplace_back(IsaName(i));
+    return names;
+  }
+};
+
+Dispatch& State() {
+  static Dispatch d = [] {
+    Dispatch s;
+    const char* env = std::getenv("QTOOL_ISA");
+    s.Select(env && *env ? ParseIsa(env) : SupportedIsas().back());
+    return s;
+  }();
+  return d;
+}
+
+const KernelTable& K() { return State().table; }
+
+}  // namespace
+}  // namespace detail
+
+using detail::K;
+
+const char* IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return "scalar";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kNeon:
+      return "neon";
+  }
+  return "?";
+}
+
+Isa ParseIsa(std::string_view name) {
+  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+    if (name == IsaName(i)) return i;
+  }
+  throw OptionError(fmt::format(
+      "unknown instruction set \"{}\" (QTOOL_ISA takes scalar, avx2, avx512 or neon)", name));
+}
+
+std::vector<Isa> SupportedIsas() {
+  std::vector<Isa> out;
+  for (Isa i : {Isa::kScalar, Isa::kNeon, Isa::kAvx2, Isa::kAvx512}) {
+    if (detail::Supported(i)) out.push_back(i);
+  }
+  return out;
+}
+
+std::string CpuFeatures() { return fmt::format("{}", fmt::join(detail::Cpu().features, " ")); }
+
+Isa ActiveIsa() { return detail::State().active; }
+
+void SelectIsa(Isa isa) { detail::State().Select(isa); }
+
+std::vector<std::pair<std::string, Isa>> KernelPaths() {
+  std::vector<std::pair<std::string, Isa>> out;
+  for (size_t i = 0; i < detail::kNumOps; ++i) {
+    out.emplace_back(detail::kOpNames[i], detail::State().paths[i]);
+  }
+  return out;
+}
+
+void Bf16ToF32(const uint16_t* in, int64_t n, float* out) { K().bf16_to_f32(in, n, out); }
+void F16ToF32(const uint16_t* in, int64_t n, float* out) { K().f16_to_f32(in, n, out); }
+void F32ToBf16(const float* in, int64_t n, uint16_t* out) { K().f32_to_bf16(in, n, out); }
+void F32ToF16(const float* in, int64_t n, uint16_t* out) { K().f32_to_f16(in, n, out); }
+
+void MinMax(const float* x, int64_t n, float* lo, float* hi) { K().min_max(x, n, lo, hi); }
+
+void QuantizeCodes(const float* x, int64_t n, GroupParams p, int bits, uint8_t* codes) {
+  K().quantize_codes(x, n, p, (1 << bits) - 1, codes);
+}
+
+void DequantizeCodes(const uint8_t* codes, int64_t n, GroupParams p, float* out) {
+  K().dequantize_codes(codes, n, p, out);
+}
+
+void PackCodes(const uint8_t* codes, int64_t n, int bits, uint8_t* out) {
+  K().pack_codes(codes, n, bits, out);
+}
+
+void UnpackCodes(const uint8_t* in, int64_t n, int bits, uint8_t* codes) {
+  K().unpack_codes(in, n, bits, codes);
+}
+
+namespace {
+
+// Rows are independent; this many per task keeps the per-task overhead negligible.
+constexpr int64_t kRowsPerTask = 16;
+
+}  // namespace
+
+void QuantizeRows(const float* x, int64_t rows, int64_t cols, const QuantSpec& spec, uint8_t* codes,
+                  float* scales, uint8_t* zeros, int threads) {
+  QTOOL_DASSERT(spec.granularity != Granularity::kTensor);
+  const detail::KernelTable& k = K();
+  const int64_t glen = spec.GroupLen(cols), ng = spec.GroupsPerRow(cols);
+  const int64_t row_bytes = PackedBytes(cols, spec.bits);
+  const int32_t umax = (1 << spec.bits) - 1;
+  ParallelFor(rows, kRowsPerTask, threads, [&](int64_t r0, int64_t r1, int) {
+    std::vector<uint8_t> buf(spec.bits == 8 ? 0 : static_cast<size_t>(cols));
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * cols;
+      uint8_t* c = spec.bits == 8 ? codes + r * row_bytes : buf.data();
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t g0 = g * glen, n = std::min(glen, cols - g0);
+        float lo, hi;
+        k.min_max(xr + g0, n, &lo, &hi);
+        const GroupParams p = ParamsFromRange(lo, hi, spec);
+        scales[r * ng + g] = p.scale;
+        if (!spec.symmetric) zeros[r * ng + g] = static_cast<uint8_t>(p.zero);
+        k.quantize_codes(xr + g0, n, p, umax, c + g0);
+      }
+      if (spec.bits != 8) k.pack_codes(c, cols, spec.bits, codes + r * row_bytes);
+    }
+  });
+}
+
+void DequantizeRows(const QuantWeights& w, float* out, int threads) {
+  const detail::KernelTable& k = K();
+  const int64_t ng = w.groups_per_row(), row_bytes = w.row_bytes();
+  ParallelFor(w.rows, kRowsPerTask, threads, [&](int64_t r0, int64_t r1, int) {
+    std::vector<uint8_t> buf(w.bits == 8 ? 0 : static_cast<size_t>(w.cols));
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* c = w.codes + r * row_bytes;
+      if (w.bits != 8) {
+        k.unpack_codes(c, w.cols, w.bits, buf.data());
+        c = buf.data();
+      }
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t g0 = g * w.group, n = std::min(w.group, w.cols - g0);
+        GroupParams p;
+        p.scale = w.scales[r * ng + g];
+        p.zero = w.zeros ? w.zeros[r * ng + g] : 1 << (w.bits - 1);
+        k.dequantize_codes(c + g0, n, p, out + r * w.cols + g0);
+      }
+    }
+  });
+}
+
+void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float* scales) {
+  K().quantize_activations(x, m, k, q, scales);
+}
+
+namespace {
+
+// Output columns per task: a multiple of every kernel's column block (48 for the AVX-512 GEMM),
+// large enough that a task's weight rows amortise its set-up (packing or activation reordering).
+constexpr int64_t kColsPerTask = 384;
+
+template <typename Fn>
+void OverColumns(int64_t n, int threads, Fn&& fn) {
+  ParallelFor(n, kColsPerTask, threads, [&](int64_t n0, int64_t n1, int) { fn(n0, n1); });
+}
+
+}  // namespace
+
+void GemmW8A8(const int8_t* q, const float* a_scales, int64_t m, const QuantWeights& w, float* y,
+              int threads) {
+  QTOOL_DASSERT(w.bits == 8 && w.group == w.cols && w.cols < (1 << 16));
+  const detail::Int8Acts a{q, a_scales, m};
+  OverColumns(w.rows, threads, [&](int64_t n0, int64_t n1) { K().gemm_w8a8(a, w, n0, n1, y); });
+}
+
+// The vector 4-bit kernels step through a group 32 codes at a time; other shapes take the
+// reference path.
+const detail::KernelTable& FourBitTable(int64_t group, int64_t cols) {
+  return group % 32 == 0 && cols % 32 == 0 ? K() : *detail::ScalarTable();
+}
+
+void GemmW4A8(const int8_t* q, const float* a_scales, int64_t m, const QuantWeights& w, float* y,
+              int threads) {
+  QTOOL_DASSERT(w.bits == 4);
+  const detail::Int8Acts a{q, a_scales, m};
+  const auto fn = FourBitTable(w.group, w.cols).gemm_w4a8;
+  OverColumns(w.rows, threads, [&](int64_t n0, int64_t n1) { fn(a, w, n0, n1, y); });
+}
+
+void GemmW4A16(const uint16_t* a_bf16, int64_t m, const QuantWeights& w, float* y, int threads) {
+  QTOOL_DASSERT(w.bits == 4);
+  const auto fn = FourBitTable(w.group, w.cols).gemm_w4a16;
+  OverColumns(w.rows, threads, [&](int64_t n0, int64_t n1) { fn(a_bf16, m, w, n0, n1, y); });
+}
+
+void GemvNf4(const float* x, const Nf4Weights& w, float* y, int threads) {
+  const auto fn = FourBitTable(w.group, w.cols).gemv_nf4;
+  OverColumns(w.rows, threads, [&](int64_t n0, int64_t n1) { fn(x, w, n0, n1, y); });
+}
+
+}  // namespace qtool::kernels

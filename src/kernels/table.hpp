@@ -1,0 +1,55 @@
+// The kernel table: one entry per operation, filled by each instruction-set family's translation
+// unit. Headers included by those units stay light (no Eigen, no <thread>), so that no inline
+// function compiled for a wider ISA can be picked by the linker for code that runs everywhere.
+#pragma once
+
+#include <cstdint>
+
+#include "qtool/kernels.hpp"
+#include "qtool/quant/spec.hpp"
+
+namespace qtool::kernels::detail {
+
+/// The 16 NF4 values of the NF4 codec (qtool::Nf4Values()), ascending.
+const float* Nf4Table();
+
+/// Quantised activations of an integer GEMM: q [m, k] int8 with one scale per token.
+struct Int8Acts {
+  const int8_t* q;
+  const float* scales;
+  int64_t m;
+};
+
+// The GEMM entries compute output columns [n0, n1) of y [m, w.rows] (row stride w.rows).
+// A null entry means the family has no code for that operation: the next family down is used.
+#define QTOOL_KERNEL_LIST(X)                                                                       \
+  X(bf16_to_f32, void, (const uint16_t* in, int64_t n, float* out))                                \
+  X(f16_to_f32, void, (const uint16_t* in, int64_t n, float* out))                                 \
+  X(f32_to_bf16, void, (const float* in, int64_t n, uint16_t* out))                                \
+  X(f32_to_f16, void, (const float* in, int64_t n, uint16_t* out))                                 \
+  X(min_max, void, (const float* x, int64_t n, float* lo, float* hi))                              \
+  X(quantize_codes, void, (const float* x, int64_t n, GroupParams p, int32_t umax, uint8_t* c))    \
+  X(dequantize_codes, void, (const uint8_t* c, int64_t n, GroupParams p, float* out))              \
+  X(pack_codes, void, (const uint8_t* c, int64_t n, int bits, uint8_t* out))                       \
+  X(unpack_codes, void, (const uint8_t* in, int64_t n, int bits, uint8_t* c))                      \
+  X(quantize_activations, void, (const float* x, int64_t m, int64_t k, int8_t* q, float* s))       \
+  X(gemm_w8a8, void, (const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y)) \
+  X(gemm_w4a8, void, (const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y)) \
+  X(gemm_w4a16, void,                                                                              \
+    (const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, int64_t n1, float* y))       \
+  X(gemv_nf4, void, (const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y))
+
+struct KernelTable {
+#define QTOOL_KERNEL_FIELD(name, ret, args) ret(*name) args = nullptr;
+  QTOOL_KERNEL_LIST(QTOOL_KERNEL_FIELD)
+#undef QTOOL_KERNEL_FIELD
+};
+
+/// Each family's table; null where the family is not built for this architecture.
+const KernelTable* ScalarTable();
+const KernelTable* Avx2Table();
+const KernelTable* Avx512Table();
+/// `dotprod`: the CPU has the Armv8.2 dot product instructions (SDOT/UDOT).
+const KernelTable* NeonTable(bool dotprod);
+
+}  // namespace qtool::kernels::detail

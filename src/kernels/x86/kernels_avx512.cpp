@@ -1,0 +1,515 @@
+// AVX-512 kernels (F, BW, DQ, VL, VNNI). Integer dot products use VPDPBUSD, which multiplies
+// unsigned by signed bytes and adds groups of four into int32 lanes without saturation.
+#if defined(__x86_64__) || defined(_M_X64)
+// GCC 12 reports its own _mm512_undefined_* placeholders as uninitialized (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "../common_inl.hpp"
+#include "qtool/kernels.hpp"
+
+namespace qtool::kernels::detail {
+namespace {
+
+inline __mmask16 Mask16(int64_t r) { return static_cast<__mmask16>((1u << r) - 1); }
+inline __mmask32 Mask32(int64_t r) { return static_cast<__mmask32>((1ull << r) - 1); }
+inline __mmask64 Mask64(int64_t r) { return r >= 64 ? ~0ull : (1ull << r) - 1; }
+
+// ---- Conversions ----
+
+void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xffff : Mask16(n - i);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, in + i);
+    const __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+    _mm512_mask_storeu_ps(out + i, m, _mm512_castsi512_ps(w));
+  }
+}
+
+// F16C rounds exactly like the reference but quietens signalling NaNs; the reference keeps the
+// payload as is, so NaN lanes are rebuilt from their bits.
+void F16ToF32(const uint16_t* in, int64_t n, float* out) {
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fff), inf = _mm512_set1_epi32(0x7c00);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xffff : Mask16(n - i);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, in + i);
+    const __m512i h32 = _mm512_cvtepu16_epi32(h);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(h32, abs_mask), inf);
+    const __m512i sign = _mm512_slli_epi32(_mm512_andnot_si512(abs_mask, h32), 16);
+    const __m512i nan_bits =
+        _mm512_or_si512(_mm512_or_si512(sign, _mm512_set1_epi32(0x7f800000)),
+                        _mm512_slli_epi32(_mm512_and_si512(h32, _mm512_set1_epi32(0x3ff)), 13));
+    const __m512 f = _mm512_mask_blend_ps(nan, _mm512_cvtph_ps(h), _mm512_castsi512_ps(nan_bits));
+    _mm512_mask_storeu_ps(out + i, m, f);
+  }
+}
+
+// Round to nearest even on the bits (VCVTNEPS2BF16 flushes subnormals, so it is not used).
+void F32ToBf16(const float* in, int64_t n, uint16_t* out) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xffff : Mask16(n - i);
+    const __m512i u = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, in + i));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+    const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, lsb)), 16);
+    const __m512i q = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    _mm512_mask_cvtepi32_storeu_epi16(out + i, m, _mm512_mask_blend_epi32(nan, r, q));
+  }
+}
+
+void F32ToF16(const float* in, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xffff : Mask16(n - i);
+    const __m256i h = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, in + i),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_mask_storeu_epi16(out + i, m, h);
+  }
+}
+
+// ---- Integer quantisation ----
+
+// MIN/MAXPS return their second operand unless the first is strictly smaller/larger: exactly
+// std::min(acc, x) / std::max(acc, x) of the reference, NaN inputs ignored the same way.
+void MinMax(const float* x, int64_t n, float* lo, float* hi) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + 16);
+    a0 = _mm512_min_ps(v0, a0);
+    b0 = _mm512_max_ps(v0, b0);
+    a1 = _mm512_min_ps(v1, a1);
+    b1 = _mm512_max_ps(v1, b1);
+  }
+  for (; i < n; i += 16) {
+    const __m512 v = _mm512_maskz_loadu_ps(n - i >= 16 ? 0xffff : Mask16(n - i), x + i);
+    a0 = _mm512_min_ps(v, a0);
+    b0 = _mm512_max_ps(v, b0);
+  }
+  *lo = _mm512_reduce_min_ps(_mm512_min_ps(a0, a1));
+  *hi = _mm512_reduce_max_ps(_mm512_max_ps(b0, b1));
+}
+
+// u = clamp(rne(x / scale), -zero, umax - zero) + zero, as QuantizeValue: true division, the
+// clamp before rounding, and rounding by adding and subtracting 1.5 * 2^23.
+struct CodeQuantizer {
+  __m512 scale, lo, hi, magic;
+  __m512i zero;
+  CodeQuantizer(GroupParams p, int32_t umax)
+      : scale(_mm512_set1_ps(p.scale)),
+        lo(_mm512_set1_ps(static_cast<float>(-p.zero))),
+        hi(_mm512_set1_ps(static_cast<float>(umax - p.zero))),
+        magic(_mm512_set1_ps(12582912.0f)),
+        zero(_mm512_set1_epi32(p.zero)) {}
+  __m512i operator()(__m512 x) const {
+    __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(x, scale), lo), hi);
+    v = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+    return _mm512_add_epi32(_mm512_cvttps_epi32(v), zero);
+  }
+};
+
+void QuantizeCodes(const float* x, int64_t n, GroupParams p, int32_t umax, uint8_t* c) {
+  const CodeQuantizer quant(p, umax);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xffff : Mask16(n - i);
+    _mm512_mask_cvtepi32_storeu_epi8(c + i, m, quant(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+void DequantizeCodes(const uint8_t* c, int64_t n, GroupParams p, float* out) {
+  const __m512 scale = _mm512_set1_ps(p.scale);
+  const __m512i zero = _mm512_set1_epi32(p.zero);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xffff : Mask16(n - i);
+    const __m512i u = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, c + i));
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(u, zero));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(f, scale));
+  }
+}
+
+// 64 codes -> 32 bytes: each 16-bit word holds codes 2j (low byte) and 2j+1 (high byte); the low
+// byte of w | w >> 4 is code 2j | code 2j+1 << 4.
+void PackCodes(const uint8_t* c, int64_t n, int bits, uint8_t* out) {
+  if (bits != 4 && bits != 8) return ScalarTable()->pack_codes(c, n, bits, out);
+  if (bits == 8) {
+    std::memcpy(out, c, static_cast<size_t>(n));
+    return;
+  }
+  for (int64_t i = 0; i < n; i += 64) {
+    const int64_t r = std::min<int64_t>(64, n - i);
+    const __m512i w = _mm512_maskz_loadu_epi8(Mask64(r), c + i);
+    const __m512i b = _mm512_or_si512(w, _mm512_srli_epi16(w, 4));
+    _mm256_mask_storeu_epi8(out + i / 2, Mask32((r + 1) / 2), _mm512_cvtepi16_epi8(b));
+  }
+}
+
+void UnpackCodes(const uint8_t* in, int64_t n, int bits, uint8_t* c) {
+  if (bits != 4 && bits != 8) return ScalarTable()->unpack_codes(in, n, bits, c);
+  if (bits == 8) {
+    std::memcpy(c, in, static_cast<size_t>(n));
+    return;
+  }
+  const __m512i lo = _mm512_set1_epi16(0x000f), hi = _mm512_set1_epi16(0x0f00);
+  for (int64_t i = 0; i < n; i += 64) {
+    const int64_t r = std::min<int64_t>(64, n - i);
+    const __m512i b =
+        _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(Mask32((r + 1) / 2), in + i / 2));
+    const __m512i u =
+        _mm512_or_si512(_mm512_and_si512(b, lo), _mm512_and_si512(_mm512_slli_epi16(b, 4), hi));
+    _mm512_mask_storeu_epi8(c + i, Mask64(r), u);
+  }
+}
+
+void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float* s) {
+  const QuantSpec spec{8, true, Granularity::kChannel, 0};
+  const __m512i floor = _mm512_set1_epi32(-127), offset = _mm512_set1_epi32(128);
+  for (int64_t t = 0; t < m; ++t) {
+    const float* xt = x + t * k;
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) {
+      const __m512 v = _mm512_maskz_loadu_ps(k - i >= 16 ? 0xffff : Mask16(k - i), xt + i);
+      amax = _mm512_max_ps(_mm512_abs_ps(v), amax);
+    }
+    const float a = _mm512_reduce_max_ps(amax);
+    const GroupParams p = ParamsFromRange(-a, a, spec);
+    s[t] = p.scale;
+    const CodeQuantizer quant(p, 255);
+    for (int64_t i = 0; i < k; i += 16) {
+      const __mmask16 mk = k - i >= 16 ? 0xffff : Mask16(k - i);
+      const __m512i u = quant(_mm512_maskz_loadu_ps(mk, xt + i));
+      _mm512_mask_cvtepi32_storeu_epi8(q + t * k + i, mk,
+                                       _mm512_max_epi32(_mm512_sub_epi32(u, offset), floor));
+    }
+  }
+}
+
+// ---- W8A8 ----
+
+int32_t SumQ(const int8_t* q, int64_t k) {
+  int32_t s = 0;
+  for (int64_t i = 0; i < k; ++i) s += q[i];
+  return s;
+}
+
+// One token against rows [n0, n1): 64 products per VPDPBUSD, rows two at a time.
+void W8A8Rows(const int8_t* q, float sa, const QuantWeights& w, int64_t n0, int64_t n1, float* y) {
+  const int64_t k = w.cols;
+  const int32_t sq = SumQ(q, k);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.codes + n * k;
+    __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 128 <= k; i += 128) {
+      acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512(row + i), _mm512_loadu_si512(q + i));
+      acc1 = _mm512_dpbusd_epi32(acc1, _mm512_loadu_si512(row + i + 64),
+                                 _mm512_loadu_si512(q + i + 64));
+    }
+    for (; i < k; i += 64) {
+      const __mmask64 m = Mask64(k - i);
+      acc0 = _mm512_dpbusd_epi32(acc0, _mm512_maskz_loadu_epi8(m, row + i),
+                                 _mm512_maskz_loadu_epi8(m, q + i));
+    }
+    const int32_t dot =
+        _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1)) - ZeroOf(w, n, 0) * sq;
+    y[n] = static_cast<float>(dot) * sa * w.scales[n];
+  }
+}
+
+// GEMM: weights are packed into panels of 16 rows x 4 bytes per 64-byte vector so that one
+// VPDPBUSD with a broadcast of 4 activation bytes advances 16 outputs by 4 products each. The
+// micro-kernel keeps 8 tokens x 48 outputs in 24 named accumulators (GCC spills arrays of vector
+// accumulators); token counts are padded to 8 with zero rows. Both operands are interleaved so
+// that each step reads one contiguous 192-byte run of weights and 32 bytes of activations:
+//   weights [k4 / 4][3 panels][16 rows][4 bytes], activations [m / 8][k4 / 4][8 tokens][4 bytes].
+constexpr int kPanel = 16, kPanels = 3, kMr = 8;
+
+// Panel j (rows nb .. nb + 15) of the interleaved weight block.
+void PackPanel(const QuantWeights& w, int64_t nb, int64_t n1, int64_t k4, uint8_t* panel) {
+  const int64_t k = w.cols;
+  const int64_t rows = std::clamp<int64_t>(n1 - nb, 0, kPanel);
+  const __mmask16 valid = Mask16(rows);
+  const __m512i index =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(static_cast<int>(k)));
+  const uint8_t* base = w.codes + std::min(nb, n1) * k;
+  const int64_t full = k / 4;
+  for (int64_t kk = 0; kk < full; ++kk) {
+    const __m512i v =
+        _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, index, base + 4 * kk, 1);
+    _mm512_store_si512(panel + kk * 64 * kPanels, v);
+  }
+  for (int64_t kk = full; kk < k4 / 4; ++kk) {  // the last, partial group of 4
+    uint8_t* dst = panel + kk * 64 * kPanels;
+    std::memset(dst, 0, 64);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; 4 * kk + j < k; ++j) dst[r * 4 + j] = base[r * k + 4 * kk + j];
+    }
+  }
+}
+
+inline __m512i Broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// acc[r][j] = sum_k panel_j[k] * a_r[k] over the padded length k4, for 8 tokens and 3 panels.
+void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, __m512i (*acc)[kPanels]) {
+#define QTOOL_ROW(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0
+  QTOOL_ROW(0);
+  QTOOL_ROW(1);
+  QTOOL_ROW(2);
+  QTOOL_ROW(3);
+  QTOOL_ROW(4);
+  QTOOL_ROW(5);
+  QTOOL_ROW(6);
+  QTOOL_ROW(7);
+#undef QTOOL_ROW
+  for (int64_t kk = 0; kk < k4 / 4; ++kk) {
+    const uint8_t* p = panels + kk * 64 * kPanels;
+    const __m512i w0 = _mm512_load_si512(p), w1 = _mm512_load_si512(p + 64),
+                  w2 = _mm512_load_si512(p + 128);
+#define QTOOL_STEP(r)                                   \
+  do {                                                  \
+    const __m512i av = Broadcast4(a + kk * 32 + r * 4); \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, w0, av);     \
+    c##r##1 = _mm512_dpbusd_epi32(c##r##1, w1, av);     \
+    c##r##2 = _mm512_dpbusd_epi32(c##r##2, w2, av);     \
+  } while (0)
+    QTOOL_STEP(0);
+    QTOOL_STEP(1);
+    QTOOL_STEP(2);
+    QTOOL_STEP(3);
+    QTOOL_STEP(4);
+    QTOOL_STEP(5);
+    QTOOL_STEP(6);
+    QTOOL_STEP(7);
+#undef QTOOL_STEP
+  }
+#define QTOOL_OUT(r) acc[r][0] = c##r##0, acc[r][1] = c##r##1, acc[r][2] = c##r##2
+  QTOOL_OUT(0);
+  QTOOL_OUT(1);
+  QTOOL_OUT(2);
+  QTOOL_OUT(3);
+  QTOOL_OUT(4);
+  QTOOL_OUT(5);
+  QTOOL_OUT(6);
+  QTOOL_OUT(7);
+#undef QTOOL_OUT
+}
+
+// y = float(acc - zero * sum(q)) * a_scale * w_scale, the reference's order of products.
+void W8A8Store(__m512i (*acc)[kPanels], const Int8Acts& a, const int32_t* sums,
+               const QuantWeights& w, int64_t t0, int64_t nb, int64_t n1, float* y) {
+  const int64_t rows = std::min<int64_t>(kMr, a.m - t0);
+  for (int j = 0; j < kPanels; ++j) {
+    const int64_t c0 = nb + j * kPanel;
+    if (c0 >= n1) break;
+    const __mmask16 m = n1 - c0 >= 16 ? 0xffff : Mask16(n1 - c0);
+    const __m512i zero = w.zeros ? _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, w.zeros + c0))
+                                 : _mm512_set1_epi32(128);
+    const __m512 sw = _mm512_maskz_loadu_ps(m, w.scales + c0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t t = t0 + r;
+      const __m512i dot =
+          _mm512_sub_epi32(acc[r][j], _mm512_mullo_epi32(zero, _mm512_set1_epi32(sums[t])));
+      const __m512 v =
+          _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a.scales[t])), sw);
+      _mm512_mask_storeu_ps(y + t * w.rows + c0, m, v);
+    }
+  }
+}
+
+void GemmW8A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y) {
+  const int64_t k = w.cols;
+  if (a.m < 4) {
+    for (int64_t t = 0; t < a.m; ++t) {
+      W8A8Rows(a.q + t * k, a.scales[t], w, n0, n1, y + t * w.rows);
+    }
+    return;
+  }
+  // All weight blocks of [n0, n1) are packed first (the caller's tasks are a few hundred rows, so
+  // they stay in L2); each 8-token activation block is then read once from memory and stays in L1
+  // while it meets every weight block.
+  const int64_t k4 = (k + 3) / 4 * 4, m8 = (a.m + kMr - 1) / kMr * kMr;
+  const int64_t block_cols = kPanels * kPanel, block_bytes = block_cols * k4;
+  const int64_t nblocks = (n1 - n0 + block_cols - 1) / block_cols;
+  Scratch panels(0, nblocks * block_bytes), acts(1, m8 * k4), sums(2, a.m * 4);
+  auto* ap = acts.as<int8_t>();
+  // Zero what the copies below leave unwritten: the tail bytes of each group of 4 when k is not a
+  // multiple of 4, and the padding tokens of the last block.
+  if (k % 4) {
+    std::memset(ap, 0, static_cast<size_t>(m8 * k4));
+  } else if (a.m % kMr) {
+    std::memset(ap + (m8 - kMr) * k4, 0, static_cast<size_t>(kMr * k4));
+  }
+  for (int64_t t = 0; t < a.m; ++t) {
+    int8_t* block = ap + t / kMr * kMr * k4 + t % kMr * 4;
+    const int8_t* q = a.q + t * k;
+    for (int64_t kk = 0; kk < k / 4; ++kk) std::memcpy(block + kk * 32, q + kk * 4, 4);
+    for (int64_t i = k / 4 * 4; i < k; ++i) block[i / 4 * 32 + i % 4] = q[i];
+    sums.as<int32_t>()[t] = SumQ(q, k);
+  }
+  for (int64_t b = 0; b < nblocks; ++b) {
+    for (int j = 0; j < kPanels; ++j) {
+      PackPanel(w, n0 + b * block_cols + j * kPanel, n1, k4,
+                panels.as<uint8_t>() + b * block_bytes + j * 64);
+    }
+  }
+  __m512i acc[kMr][kPanels];
+  for (int64_t t = 0; t < a.m; t += kMr) {
+    for (int64_t b = 0; b < nblocks; ++b) {
+      W8A8Micro(panels.as<uint8_t>() + b * block_bytes, ap + t * k4, k4, acc);
+      W8A8Store(acc, a, sums.as<int32_t>(), w, t, n0 + b * block_cols, n1, y);
+    }
+  }
+}
+
+// ---- W4A8 ----
+
+// One chunk of `bytes` packed bytes (2 * bytes codes): low nibbles against the even activations,
+// high nibbles against the odd ones (see PermuteForNibbles).
+template <int MB>
+inline void W4A8Chunk(const uint8_t* codes, const int8_t* const* acts, int64_t off, int64_t bytes,
+                      __m512i* dot) {
+  const __mmask64 m = Mask64(bytes);
+  const __m512i b = _mm512_maskz_loadu_epi8(m, codes + off / 2);
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  const __m512i lo = _mm512_and_si512(b, nib);
+  const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), nib);
+  for (int t = 0; t < MB; ++t) {
+    dot[t] = _mm512_dpbusd_epi32(dot[t], lo, _mm512_maskz_loadu_epi8(m, acts[t] + off));
+    dot[t] = _mm512_dpbusd_epi32(dot[t], hi, _mm512_maskz_loadu_epi8(m, acts[t] + off + bytes));
+  }
+}
+
+constexpr int64_t kW4A8MaxCodes = 128;
+
+// MB tokens (permuted activations, group sums) against rows [n0, n1).
+template <int MB>
+void W4A8Tokens(const int8_t* const* acts, const int32_t* const* sums, const float* sa,
+                const QuantWeights& w, int64_t n0, int64_t n1, float* const* y) {
+  const int64_t k = w.cols, ng = w.groups_per_row(), rb = w.row_bytes();
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.codes + n * rb;
+    __m512 acc[MB];
+    for (int t = 0; t < MB; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t g0 = g * w.group, len = std::min(w.group, k - g0);
+      const int32_t z = ZeroOf(w, n, g);
+      __m512i dot[MB];
+      // Lane 0 starts at -z * sum(q): the lanes then add up to the exact group dot product.
+      for (int t = 0; t < MB; ++t)
+        dot[t] = _mm512_zextsi128_si512(_mm_cvtsi32_si128(-z * sums[t][g]));
+      for (int64_t off = 0; off < len;) {
+        const int64_t c = ChunkCodes(len - off, kW4A8MaxCodes);
+        W4A8Chunk<MB>(row, acts, g0 + off, c / 2, dot);
+        off += c;
+      }
+      const __m512 s = _mm512_set1_ps(w.scales[n * ng + g]);
+      for (int t = 0; t < MB; ++t) acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), s, acc[t]);
+    }
+    for (int t = 0; t < MB; ++t) y[t][n] = _mm512_reduce_add_ps(acc[t]) * sa[t];
+  }
+}
+
+void GemmW4A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y) {
+  const int64_t k = w.cols, ng = w.groups_per_row();
+  Scratch perm(0, a.m * k), sums(1, a.m * ng * 4);
+  for (int64_t t = 0; t < a.m; ++t) {
+    PermuteForNibbles(a.q + t * k, k, w.group, kW4A8MaxCodes, perm.as<int8_t>() + t * k);
+    GroupSums(a.q + t * k, k, w.group, sums.as<int32_t>() + t * ng);
+  }
+  constexpr int kMb = 4;
+  for (int64_t t0 = 0; t0 < a.m; t0 += kMb) {
+    const int mb = static_cast<int>(std::min<int64_t>(kMb, a.m - t0));
+    const int8_t* acts[kMb];
+    const int32_t* gs[kMb];
+    float* ys[kMb];
+    for (int t = 0; t < mb; ++t) {
+      acts[t] = perm.as<int8_t>() + (t0 + t) * k;
+      gs[t] = sums.as<int32_t>() + (t0 + t) * ng;
+      ys[t] = y + (t0 + t) * w.rows;
+    }
+    const float* sa = a.scales + t0;
+    switch (mb) {
+      case 4:
+        W4A8Tokens<4>(acts, gs, sa, w, n0, n1, ys);
+        break;
+      case 3:
+        W4A8Tokens<3>(acts, gs, sa, w, n0, n1, ys);
+        break;
+      case 2:
+        W4A8Tokens<2>(acts, gs, sa, w, n0, n1, ys);
+        break;
+      default:
+        W4A8Tokens<1>(acts, gs, sa, w, n0, n1, ys);
+    }
+  }
+}
+
+// ---- W4A16 and NF4: 32 codes (16 bytes) per step against permuted f32 activations ----
+
+struct Avx512Ops {
+  using Vec = __m512;
+  static Vec Zero() { return _mm512_setzero_ps(); }
+  static Vec MulAdd(Vec acc, Vec dot, float s) {
+    return _mm512_fmadd_ps(dot, _mm512_set1_ps(s), acc);
+  }
+  static float Sum(Vec v) { return _mm512_reduce_add_ps(v); }
+  static void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
+    detail::Bf16ToF32(in, n, out);
+  }
+  template <typename Lut>
+  static Vec NibbleDot(const uint8_t* row, const float* x, int64_t g0, int64_t len, Lut lut) {
+    Vec dot = Zero();
+    const __m128i nib = _mm_set1_epi8(0x0f);
+    for (int64_t off = g0; off < g0 + len; off += 32) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + off / 2));
+      const __m512i lo = _mm512_cvtepu8_epi32(_mm_and_si128(b, nib));
+      const __m512i hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), nib));
+      dot = _mm512_fmadd_ps(lut(lo), _mm512_loadu_ps(x + off), dot);
+      dot = _mm512_fmadd_ps(lut(hi), _mm512_loadu_ps(x + off + 16), dot);
+    }
+    return dot;
+  }
+  static auto ZeroLut(int32_t z) {
+    return [zv = _mm512_set1_epi32(z)](__m512i u) {
+      return _mm512_cvtepi32_ps(_mm512_sub_epi32(u, zv));
+    };
+  }
+  static auto Nf4Lut(const float* values) {
+    return [table = _mm512_loadu_ps(values)](__m512i u) { return _mm512_permutexvar_ps(u, table); };
+  }
+};
+
+}  // namespace
+
+const KernelTable* Avx512Table() {
+  static constexpr KernelTable kTable{Bf16ToF32,
+                                      F16ToF32,
+                                      F32ToBf16,
+                                      F32ToF16,
+                                      MinMax,
+                                      QuantizeCodes,
+                                      DequantizeCodes,
+                                      PackCodes,
+                                      UnpackCodes,
+                                      QuantizeActivations,
+                                      GemmW8A8,
+                                      GemmW4A8,
+                                      GemmW4A16With<Avx512Ops>,
+                                      GemvNf4With<Avx512Ops>};
+  return &kTable;
+}
+
+}  // namespace qtool::kernels::detail
+
+#else
+#include "../table.hpp"
+const qtool::kernels::detail::KernelTable* qtool::kernels::detail::Avx512Table() { return nullptr; }
+#endif

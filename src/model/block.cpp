@@ -1,0 +1,283 @@
+#include "block.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <iterator>
+#include <limits>
+#include <tuple>
+
+#include "qtool/core/error.hpp"
+#include "qtool/core/parallel.hpp"
+#include "qtool/io/quantized.hpp"
+
+namespace qtool::runtime {
+
+void Linear::Apply(const RowMatrixXf& x, RowMatrixXf& y, int threads) const {
+  QTOOL_DASSERT(x.cols() == in());
+  y.resize(x.rows(), out());
+  gemm::MatMul(x.data(), in(), x.rows(), w, y.data(), out(), threads);
+  if (bias.size() != 0) y.rowwise() += bias.transpose();
+}
+
+uint64_t Linear::bytes() const {
+  return (w.data.size() + static_cast<size_t>(bias.size())) * sizeof(float);
+}
+
+const Linear* BlockWeights::Find(const std::string& name) const {
+  const std::pair<const char*, const Linear*> table[] = {
+      {"self_attn.q_proj", &q}, {"self_attn.k_proj", &k}, {"self_attn.v_proj", &v},
+      {"self_attn.o_proj", &o}, {"mlp.gate_proj", &gate}, {"mlp.up_proj", &up},
+      {"mlp.down_proj", &down}};
+  for (const auto& [n, l] : table) {
+    if (name == n) return l;
+  }
+  return nullptr;
+}
+
+Linear* BlockWeights::Find(const std::string& name) {
+  return const_cast<Linear*>(static_cast<const BlockWeights*>(this)->Find(name));
+}
+
+uint64_t BlockWeights::bytes() const {
+  uint64_t total = static_cast<uint64_t>(input_norm.size() + post_attention_norm.size()) * 4;
+  for (const std::string& n : BlockLinearNames()) total += Find(n)->bytes();
+  return total;
+}
+
+void BlockWeights::Apply(const WeightOverrides& overrides) {
+  for (const auto& [name, m] : overrides) {
+    if (Linear* l = Find(name)) {
+      QTOOL_CHECK(m.rows() == l->out() && m.cols() == l->in(), ShapeError,
+                  "override of {} is {}x{}, the layer is {}x{}", name, m.rows(), m.cols(), l->out(),
+                  l->in());
+      l->w = gemm::Pack(m.data(), m.rows(), m.cols());
+    } else if (name == "input_layernorm" || name == "post_attention_layernorm") {
+      Eigen::VectorXf& norm = name == "input_layernorm" ? input_norm : post_attention_norm;
+      QTOOL_CHECK(m.size() == norm.size(), ShapeError, "override of {} has {} values, not {}", name,
+                  m.size(), norm.size());
+      norm = Eigen::Map<const Eigen::VectorXf>(m.data(), m.size());
+    } else {
+      QTOOL_CHECK(false, OptionError, "override names no tensor of a decoder block: \"{}\"", name);
+    }
+  }
+}
+
+namespace {
+
+std::vector<float> ReadShaped(const Checkpoint& ck, const std::string& name,
+                              const std::vector<int64_t>& shape, int threads) {
+  const std::vector<int64_t> actual = LogicalShape(ck, name);
+  QTOOL_CHECK(actual == shape, ShapeError, "{}: shape [{}] where the config implies [{}]", name,
+              fmt::join(actual, ", "), fmt::join(shape, ", "));
+  return ReadTensorF32(ck, name, threads);
+}
+
+Eigen::VectorXf ToVector(const std::vector<float>& v) {
+  return Eigen::Map<const Eigen::VectorXf>(v.data(), static_cast<Eigen::Index>(v.size()));
+}
+
+Linear LoadLinear(const Checkpoint& ck, const std::string& prefix, int64_t out, int64_t in,
+                  int threads) {
+  Linear l;
+  const std::vector<float> w = ReadShaped(ck, prefix + ".weight", {out, in}, threads);
+  l.w = gemm::Pack(w.data(), out, in);
+  if (ck.Find(prefix + ".bias") != nullptr) {
+    l.bias = ToVector(ReadShaped(ck, prefix + ".bias", {out}, threads));
+  }
+  return l;
+}
+
+}  // namespace
+
+BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, int threads) {
+  const int64_t h = cfg.hidden_size, f = cfg.intermediate_size;
+  const int64_t q = cfg.num_heads * cfg.head_dim, kv = cfg.num_kv_heads * cfg.head_dim;
+  auto name = [&](const char* n) { return BlockTensorName(i, n); };
+  BlockWeights b;
+  b.input_norm = ToVector(ReadShaped(ck, name("input_layernorm.weight"), {h}, threads));
+  b.post_attention_norm =
+      ToVector(ReadShaped(ck, name("post_attention_layernorm.weight"), {h}, threads));
+  // The seven layers are decoded and packed in parallel, largest first.
+  const std::tuple<Linear*, const char*, int64_t, int64_t> layers[] = {
+      {&b.gate, "mlp.gate_proj", f, h}, {&b.up, "mlp.up_proj", f, h},
+      {&b.down, "mlp.down_proj", h, f}, {&b.q, "self_attn.q_proj", q, h},
+      {&b.o, "self_attn.o_proj", h, q}, {&b.k, "self_attn.k_proj", kv, h},
+      {&b.v, "self_attn.v_proj", kv, h}};
+  ParallelFor(std::size(layers), 1, threads, [&](int64_t l0, int64_t l1, int) {
+    for (int64_t l = l0; l < l1; ++l) {
+      const auto& [layer, short_name, out, in] = layers[l];
+      *layer = LoadLinear(ck, name(short_name), out, in, 1);
+    }
+  });
+  return b;
+}
+
+RopeTable::RopeTable(const LlamaConfig& cfg, int64_t positions) {
+  const int64_t half = cfg.head_dim / 2;
+  const RopeScaling& s = cfg.rope_scaling;
+  std::vector<float> inv(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    float f = 1.0f / std::pow(static_cast<float>(cfg.rope_theta),
+                              static_cast<float>(2 * i) / static_cast<float>(cfg.head_dim));
+    if (s.type == RopeScaling::Type::kLinear) {
+      f /= static_cast<float>(s.factor);
+    } else if (s.type == RopeScaling::Type::kLlama3) {
+      // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, a smooth blend
+      // between.
+      const double orig = static_cast<double>(s.original_max_position_embeddings);
+      const double wavelen = 2 * M_PI / f;
+      const double low_wavelen = orig / s.low_freq_factor, high_wavelen = orig / s.high_freq_factor;
+      if (wavelen > low_wavelen) {
+        f /= static_cast<float>(s.factor);
+      } else if (wavelen >= high_wavelen) {
+        const double smooth =
+            (orig / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        f = static_cast<float>((1 - smooth) * f / s.factor + smooth * f);
+      }
+    }
+    inv[static_cast<size_t>(i)] = f;
+  }
+  cos.resize(positions, half);
+  sin.resize(positions, half);
+  for (int64_t p = 0; p < positions; ++p) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(p) * inv[static_cast<size_t>(i)];
+      cos(p, i) = std::cos(angle);
+      sin(p, i) = std::sin(angle);
+    }
+  }
+}
+
+void RmsNorm(const RowMatrixXf& x, const Eigen::VectorXf& w, double eps, RowMatrixXf& y) {
+  y.resize(x.rows(), x.cols());
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    const float var =
+        static_cast<float>(x.row(r).cast<double>().squaredNorm() / static_cast<double>(x.cols()));
+    const float scale = 1.0f / std::sqrt(var + static_cast<float>(eps));
+    y.row(r) = (x.row(r) * scale).cwiseProduct(w.transpose());
+  }
+}
+
+namespace {
+
+// Rotate-half rotary embedding of every head of x [tokens, heads * d], in place.
+// Each sequence's first token is at position `past`.
+void ApplyRope(RowMatrixXf& x, int64_t heads, int64_t d, const RopeTable& rope,
+               const std::vector<int64_t>& lengths, int64_t past) {
+  const int64_t half = d / 2;
+  int64_t row = 0;
+  for (const int64_t len : lengths) {
+    for (int64_t p = past; p < past + len; ++p, ++row) {
+      const float* c = &rope.cos(p, 0);
+      const float* s = &rope.sin(p, 0);
+      for (int64_t h = 0; h < heads; ++h) {
+        float* v = &x(row, h * d);
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = v[i], b = v[i + half];
+          v[i] = a * c[i] - b * s[i];
+          v[i + half] = b * c[i] + a * s[i];
+        }
+      }
+    }
+  }
+}
+
+// Causal (optionally sliding-window) attention of every sequence and head:
+// out = softmax(q k^T / sqrt(d) + mask) v, heads sharing a key/value head in groups (GQA).
+// Each sequence has `past` earlier positions whose keys and values precede its own in k and v:
+// q holds `len` rows per sequence, k and v `past + len`.
+void Attention(const RowMatrixXf& q, const RowMatrixXf& k, const RowMatrixXf& v,
+               const LlamaConfig& cfg, const std::vector<int64_t>& lengths, int64_t past,
+               RowMatrixXf& out, int threads) {
+  const int64_t d = cfg.head_dim, group = cfg.num_heads / cfg.num_kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  std::vector<int64_t> starts, key_starts;
+  int64_t row = 0, key_row = 0;
+  for (const int64_t len : lengths) {
+    starts.push_back(row);
+    key_starts.push_back(key_row);
+    row += len;
+    key_row += past + len;
+  }
+  out.resize(q.rows(), cfg.num_heads * d);
+  const int64_t items = static_cast<int64_t>(lengths.size()) * cfg.num_kv_heads;
+  ParallelFor(items, 1, threads, [&](int64_t i0, int64_t i1, int) {
+    RowMatrixXf scores, vt;
+    for (int64_t item = i0; item < i1; ++item) {
+      const size_t seq = static_cast<size_t>(item / cfg.num_kv_heads);
+      const int64_t kvh = item % cfg.num_kv_heads, r0 = starts[seq], len = lengths[seq];
+      const int64_t k0 = key_starts[seq], keys = past + len;
+      const gemm::PackedMatrix kp = gemm::Pack(&k(k0, kvh * d), keys, d, k.cols());
+      vt = v.block(k0, kvh * d, keys, d).transpose();
+      const gemm::PackedMatrix vp = gemm::Pack(vt.data(), d, keys);
+      scores.resize(len, keys);
+      for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+        gemm::MatMul(&q(r0, h * d), q.cols(), len, kp, scores.data(), keys, 1);
+        for (int64_t i = 0; i < len; ++i) {
+          const int64_t last = past + i;  // the query's own position
+          const int64_t first =
+              cfg.sliding_window > 0 ? std::max<int64_t>(0, last - cfg.sliding_window + 1) : 0;
+          float* s = &scores(i, 0);
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int64_t j = first; j <= last; ++j) mx = std::max(mx, s[j] * scale);
+          float sum = 0;
+          for (int64_t j = first; j <= last; ++j) sum += (s[j] = std::exp(s[j] * scale - mx));
+          const float inv = 1.0f / sum;
+          std::fill(s, s + first, 0.0f);
+          for (int64_t j = first; j <= last; ++j) s[j] *= inv;
+          std::fill(s + last + 1, s + keys, 0.0f);
+        }
+        gemm::MatMul(scores.data(), keys, len, vp, &out(r0, h * d), out.cols(), 1);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void RunBlock(const BlockWeights& w, const LlamaConfig& cfg, const RopeTable& rope,
+              const std::vector<int64_t>& lengths, RowMatrixXf& x, int threads,
+              const LinearInputFn& observe, KvCache* kv) {
+  auto see = [&](const char* name, const RowMatrixXf& in) {
+    if (observe) observe(name, in);
+  };
+  RowMatrixXf h, q, k, v, attn, y;
+  RmsNorm(x, w.input_norm, cfg.rms_norm_eps, h);
+  see("self_attn.q_proj", h);
+  see("self_attn.k_proj", h);
+  see("self_attn.v_proj", h);
+  w.q.Apply(h, q, threads);
+  w.k.Apply(h, k, threads);
+  w.v.Apply(h, v, threads);
+  if (kv == nullptr) {
+    ApplyRope(q, cfg.num_heads, cfg.head_dim, rope, lengths, 0);
+    ApplyRope(k, cfg.num_kv_heads, cfg.head_dim, rope, lengths, 0);
+    Attention(q, k, v, cfg, lengths, 0, attn, threads);
+  } else {
+    QTOOL_DASSERT(lengths.size() == 1 && kv->len + lengths[0] <= kv->k.rows());
+    const int64_t past = kv->len, len = lengths[0];
+    ApplyRope(q, cfg.num_heads, cfg.head_dim, rope, lengths, past);
+    ApplyRope(k, cfg.num_kv_heads, cfg.head_dim, rope, lengths, past);
+    kv->k.middleRows(past, len) = k;
+    kv->v.middleRows(past, len) = v;
+    kv->len += len;
+    // Attention reads the cache's first past + len rows (Eigen blocks of a row-major matrix keep
+    // its row stride, so the kernels read them in place).
+    Attention(q, kv->k, kv->v, cfg, lengths, past, attn, threads);
+  }
+  see("self_attn.o_proj", attn);
+  w.o.Apply(attn, y, threads);
+  x += y;
+  RmsNorm(x, w.post_attention_norm, cfg.rms_norm_eps, h);
+  see("mlp.gate_proj", h);
+  see("mlp.up_proj", h);
+  w.gate.Apply(h, q, threads);
+  w.up.Apply(h, k, threads);
+  // SwiGLU: silu(gate) * up, silu(g) = g / (1 + e^-g).
+  q = (q.array() / (1.0f + (-q.array()).exp()) * k.array()).matrix();
+  see("mlp.down_proj", q);
+  w.down.Apply(q, y, threads);
+  x += y;
+}
+
+}  // namespace qtool::runtime

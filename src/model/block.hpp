@@ -1,0 +1,70 @@
+// Internal pieces of the runtime: decoded block weights and the decoder block's forward pass.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "gemm.hpp"
+#include "qtool/model/capture.hpp"
+#include "qtool/model/model.hpp"
+
+namespace qtool::runtime {
+
+/// A Linear layer y = x W^T + b, W packed for the kernels.
+struct Linear {
+  gemm::PackedMatrix w;
+  Eigen::VectorXf bias;  // empty: no bias
+  int64_t in() const { return w.k; }
+  int64_t out() const { return w.n; }
+  /// y [rows, out] = x [rows, in] W^T (+ b).
+  void Apply(const RowMatrixXf& x, RowMatrixXf& y, int threads) const;
+  uint64_t bytes() const;
+};
+
+/// One decoder block, decoded to float.
+struct BlockWeights {
+  Eigen::VectorXf input_norm, post_attention_norm;
+  Linear q, k, v, o, gate, up, down;
+
+  /// The Linear named by its short name ("self_attn.q_proj", ...); nullptr when unknown.
+  const Linear* Find(const std::string& name) const;
+  Linear* Find(const std::string& name);
+  uint64_t bytes() const;
+  /// Replaces the tensors named in `overrides` (checked against their shapes).
+  void Apply(const WeightOverrides& overrides);
+};
+
+/// Reads block `i` through ReadTensorF32 (quantised or not).
+BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, int threads);
+
+/// cos/sin of every position and frequency, computed in float32 as the reference implementation
+/// does: inv_freq[i] = 1 / theta^(2i/d) (with rope_scaling applied), angle = pos * inv_freq.
+struct RopeTable {
+  RowMatrixXf cos, sin;  // [positions, head_dim / 2]
+  RopeTable(const LlamaConfig& cfg, int64_t positions);
+};
+
+/// Called with each Linear's short name and its input rows, in execution order.
+using LinearInputFn = std::function<void(const std::string&, const RowMatrixXf&)>;
+
+/// RMSNorm: y = w * x / sqrt(mean(x^2) + eps), row by row.
+void RmsNorm(const RowMatrixXf& x, const Eigen::VectorXf& w, double eps, RowMatrixXf& y);
+
+/// Keys and values of the positions a block has seen, for incremental decoding of one sequence.
+struct KvCache {
+  RowMatrixXf k, v;  // [capacity, kv_heads * head_dim], rows [0, len) filled
+  int64_t len = 0;
+  KvCache(int64_t capacity, int64_t width) : k(capacity, width), v(capacity, width) {}
+};
+
+/// Runs one decoder block in place on x [tokens, hidden], which holds sequences of `lengths`
+/// tokens back to back, each starting at position 0. With `kv`, x holds one sequence that continues
+/// the kv->len positions already cached; its keys and values are appended to the cache.
+void RunBlock(const BlockWeights& w, const LlamaConfig& cfg, const RopeTable& rope,
+              const std::vector<int64_t>& lengths, RowMatrixXf& x, int threads,
+              const LinearInputFn& observe = {}, KvCache* kv = nullptr);
+
+}  // namespace qtool::runtime

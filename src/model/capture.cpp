@@ -1,0 +1,188 @@
+#include "qtool/model/capture.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <random>
+
+#include "gemm.hpp"
+#include "model_impl.hpp"
+#include "qtool/core/error.hpp"
+#include "qtool/core/parallel.hpp"
+
+namespace qtool {
+
+const std::vector<std::string>& BlockLinearNames() {
+  static const std::vector<std::string> names = {
+      "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+      "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+  return names;
+}
+
+std::string BlockTensorName(int64_t block, const std::string& name) {
+  return fmt::format("model.layers.{}.{}", block, name);
+}
+
+HessianAccumulator::HessianAccumulator(int64_t in_features, int threads)
+    : sum_(Eigen::MatrixXd::Zero(in_features, in_features)), threads_(ResolveThreads(threads)) {}
+
+void HessianAccumulator::Consume(const Eigen::Ref<const RowMatrixXf>& x) {
+  QTOOL_CHECK(x.cols() == sum_.cols(), ShapeError,
+              "Hessian of {} input features given rows of {} features", sum_.cols(), x.cols());
+  if (x.rows() == 0) return;
+  // x^T x as (x^T)(x^T)^T: the rows of x^T are packed as the kernels' B operand. Float sums over
+  // at most kRunRows rows are added to the double total, which keeps the relative error near
+  // 1e-7 whatever the number of rows.
+  constexpr int64_t kRunRows = 256;
+  RowMatrixXf xt, run(x.cols(), x.cols());
+  for (int64_t r0 = 0; r0 < x.rows(); r0 += kRunRows) {
+    const int64_t n = std::min(kRunRows, x.rows() - r0);
+    xt = x.middleRows(r0, n).transpose();
+    const gemm::PackedMatrix packed = gemm::Pack(xt.data(), xt.rows(), n);
+    gemm::MatMul(xt.data(), n, xt.rows(), packed, run.data(), run.cols(), threads_);
+    sum_ += run.cast<double>();
+  }
+  rows_ += x.rows();
+}
+
+Eigen::MatrixXd HessianAccumulator::Hessian() const {
+  if (rows_ == 0) return Eigen::MatrixXd::Zero(sum_.rows(), sum_.cols());
+  return sum_ * (2.0 / static_cast<double>(rows_));
+}
+
+ChannelStats::ChannelStats(int64_t in_features)
+    : sum_abs_(Eigen::VectorXd::Zero(in_features)),
+      sum_sq_(Eigen::VectorXd::Zero(in_features)),
+      max_abs_(Eigen::VectorXd::Zero(in_features)) {}
+
+void ChannelStats::Consume(const Eigen::Ref<const RowMatrixXf>& x) {
+  QTOOL_CHECK(x.cols() == sum_abs_.size(), ShapeError,
+              "statistics of {} input features given rows of {} features", sum_abs_.size(),
+              x.cols());
+  const Eigen::ArrayXXd a = x.cast<double>().array().abs();
+  sum_abs_ += a.colwise().sum().matrix().transpose();
+  sum_sq_ += a.square().colwise().sum().matrix().transpose();
+  if (x.rows() > 0) max_abs_ = max_abs_.cwiseMax(a.colwise().maxCoeff().matrix().transpose());
+  rows_ += x.rows();
+}
+
+Eigen::VectorXd ChannelStats::MeanAbs() const {
+  return rows_ ? Eigen::VectorXd(sum_abs_ / static_cast<double>(rows_)) : sum_abs_;
+}
+
+Eigen::VectorXd ChannelStats::MeanSquare() const {
+  return rows_ ? Eigen::VectorXd(sum_sq_ / static_cast<double>(rows_)) : sum_sq_;
+}
+
+std::vector<std::vector<int32_t>> DrawCalibrationSamples(const std::vector<int32_t>& tokens,
+                                                         const CalibrationOptions& options) {
+  QTOOL_CHECK(options.num_samples > 0 && options.seq_len > 1, OptionError,
+              "calibration needs at least one sample of two or more tokens");
+  const int64_t window = options.seq_len - (options.bos >= 0 ? 1 : 0);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  QTOOL_CHECK(n >= window, OptionError,
+              "calibration text has {} tokens, fewer than one sample of {}", n, window);
+  std::mt19937_64 rng(options.seed);
+  std::vector<std::vector<int32_t>> samples;
+  for (int64_t s = 0; s < options.num_samples; ++s) {
+    const int64_t start = static_cast<int64_t>(rng() % static_cast<uint64_t>(n - window + 1));
+    std::vector<int32_t> sample;
+    if (options.bos >= 0) sample.push_back(options.bos);
+    sample.insert(sample.end(), tokens.begin() + start, tokens.begin() + start + window);
+    samples.push_back(std::move(sample));
+  }
+  return samples;
+}
+
+CalibrationRunner::CalibrationRunner(const Model& model, std::vector<std::vector<int32_t>> samples)
+    : model_(model), samples_(std::move(samples)) {
+  QTOOL_CHECK(!samples_.empty(), OptionError, "calibration needs at least one sample");
+  seq_len_ = static_cast<int64_t>(samples_.front().size());
+  for (const auto& s : samples_) {
+    QTOOL_CHECK(static_cast<int64_t>(s.size()) == seq_len_, OptionError,
+                "calibration samples differ in length ({} and {} tokens)", seq_len_, s.size());
+  }
+  inputs_ = model_.impl_->Embed(samples_);
+}
+
+int64_t CalibrationRunner::num_blocks() const { return model_.config().num_layers; }
+
+namespace {
+
+const runtime::Linear& FindLinear(const runtime::BlockWeights& b, const std::string& name) {
+  const runtime::Linear* l = b.Find(name);
+  QTOOL_CHECK(l != nullptr, OptionError, "\"{}\" is not a Linear layer of a decoder block", name);
+  return *l;
+}
+
+}  // namespace
+
+RowMatrixXf CalibrationRunner::Weight(const std::string& name) const {
+  QTOOL_CHECK(!done(), OptionError, "every block has been calibrated");
+  const auto block = model_.impl_->Block(block_);
+  if (name == "input_layernorm" || name == "post_attention_layernorm") {
+    const Eigen::VectorXf& n =
+        name == "input_layernorm" ? block->input_norm : block->post_attention_norm;
+    return n.transpose();
+  }
+  const runtime::Linear& l = FindLinear(*block, name);
+  RowMatrixXf w(l.out(), l.in());
+  for (int64_t r = 0; r < l.out(); ++r) l.w.UnpackRow(r, &w(r, 0));
+  return w;
+}
+
+int64_t CalibrationRunner::in_features(const std::string& linear) const {
+  const LlamaConfig& c = model_.config();
+  if (linear == "self_attn.o_proj") return c.num_heads * c.head_dim;
+  if (linear == "mlp.down_proj") return c.intermediate_size;
+  QTOOL_CHECK(std::count(BlockLinearNames().begin(), BlockLinearNames().end(), linear) == 1,
+              OptionError, "\"{}\" is not a Linear layer of a decoder block", linear);
+  return c.hidden_size;
+}
+
+int64_t CalibrationRunner::out_features(const std::string& linear) const {
+  const LlamaConfig& c = model_.config();
+  if (linear == "self_attn.q_proj") return c.num_heads * c.head_dim;
+  if (linear == "self_attn.k_proj" || linear == "self_attn.v_proj") {
+    return c.num_kv_heads * c.head_dim;
+  }
+  if (linear == "mlp.gate_proj" || linear == "mlp.up_proj") return c.intermediate_size;
+  QTOOL_CHECK(linear == "self_attn.o_proj" || linear == "mlp.down_proj", OptionError,
+              "\"{}\" is not a Linear layer of a decoder block", linear);
+  return c.hidden_size;
+}
+
+RowMatrixXf CalibrationRunner::Run(const ConsumerMap& consumers,
+                                   const WeightOverrides& overrides) const {
+  QTOOL_CHECK(!done(), OptionError, "every block has been calibrated");
+  for (const auto& [name, list] : consumers) in_features(name);  // validates the name
+  const Model::Impl& m = *model_.impl_;
+  std::shared_ptr<const runtime::BlockWeights> block = m.Block(block_);
+  if (!overrides.empty()) {
+    auto changed = std::make_shared<runtime::BlockWeights>(*block);
+    changed->Apply(overrides);
+    block = std::move(changed);
+  }
+  const runtime::LinearInputFn observe = [&](const std::string& name, const RowMatrixXf& x) {
+    const auto it = consumers.find(name);
+    if (it == consumers.end()) return;
+    for (ActivationConsumer* c : it->second) c->Consume(x);
+  };
+  const int64_t per_chunk = std::max<int64_t>(1, kCaptureChunkTokens / seq_len_);
+  RowMatrixXf out(inputs_.rows(), inputs_.cols());
+  for (int64_t s0 = 0; s0 < num_samples(); s0 += per_chunk) {
+    const int64_t count = std::min(per_chunk, num_samples() - s0);
+    RowMatrixXf x = inputs_.middleRows(s0 * seq_len_, count * seq_len_);
+    runtime::RunBlock(*block, m.cfg, m.rope, std::vector<int64_t>(count, seq_len_), x, m.threads,
+                      observe);
+    out.middleRows(s0 * seq_len_, count * seq_len_) = x;
+  }
+  return out;
+}
+
+void CalibrationRunner::Advance(const WeightOverrides& overrides) {
+  inputs_ = Run({}, overrides);
+  ++block_;
+}
+
+}  // namespace qtool

@@ -1,0 +1,48 @@
+// Float32 matrix products of the runtime: Y = X * B^T with B pre-packed into column panels.
+// Light header (no Eigen): it is included by the per-ISA kernel translation units.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace qtool::gemm {
+
+/// Columns of Y (rows of B) per packed panel: two AVX-512 vectors.
+inline constexpr int64_t kPanel = 32;
+
+/// B [n, k] (row-major, as a Linear weight [out, in] is stored) rearranged for the kernels: panel p
+/// holds rows p*32 .. p*32+31 of B, k-major: data[(p*k + kk)*32 + j] = B[p*32 + j][kk], rows past
+/// n zero. A panel's k-th 32 floats are the 32 columns of Y that one FMA pair updates.
+struct PackedMatrix {
+  int64_t n = 0, k = 0;
+  std::vector<float> data;
+
+  int64_t panels() const { return (n + kPanel - 1) / kPanel; }
+  /// Row r of B, unpacked.
+  void UnpackRow(int64_t r, float* out) const;
+};
+
+/// Packs B [n, k] whose rows lie `ldb` floats apart (0: ldb = k).
+PackedMatrix Pack(const float* b, int64_t n, int64_t k, int64_t ldb = 0);
+
+/// Y[m, n] = X[m, k] * B^T over panels [p0, p1) (columns p0*32 .. min(n, p1*32)). X and Y
+/// row-major with leading dimensions ldx and ldy. Sums run over k in increasing order, blocked.
+using PanelKernel = void (*)(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b,
+                             int64_t p0, int64_t p1, float* y, int64_t ldy);
+
+/// Portable reference of the panel kernel (normative; the vector kernels match it to rounding).
+void PanelsRef(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
+               int64_t p1, float* y, int64_t ldy);
+#if defined(__x86_64__)
+void PanelsAvx512(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
+                  int64_t p1, float* y, int64_t ldy);
+#endif
+
+/// The best kernel this CPU runs; QTOOL_ISA=scalar forces the reference.
+PanelKernel BestKernel();
+
+/// Y = X * B^T with `threads` workers splitting the panels (fewer for small products).
+void MatMul(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, float* y, int64_t ldy,
+            int threads);
+
+}  // namespace qtool::gemm

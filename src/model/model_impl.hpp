@@ -1,0 +1,31 @@
+// The model's state, shared by the forward pass and the calibration runner.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "block.hpp"
+#include "qtool/model/model.hpp"
+
+namespace qtool {
+
+struct Model::Impl {
+  Checkpoint ck;
+  LlamaConfig cfg;
+  int threads = 1;
+  RowMatrixXf embed;  // [vocab, hidden]
+  Eigen::VectorXf final_norm;
+  runtime::Linear head;
+  runtime::RopeTable rope;
+  // Decoded blocks kept while their total stays within the budget; the rest are decoded per use.
+  mutable std::vector<std::shared_ptr<const runtime::BlockWeights>> cache;
+  mutable uint64_t cached_bytes = 0;
+  uint64_t cache_budget = 0;
+
+  Impl(const std::filesystem::path& path, const ModelOptions& options);
+  std::shared_ptr<const runtime::BlockWeights> Block(int64_t i) const;
+  /// Embedding rows of the concatenated sequences [tokens, hidden]; checks every id.
+  RowMatrixXf Embed(const std::vector<std::vector<int32_t>>& sequences) const;
+};
+
+}  // namespace qtool

@@ -1,0 +1,584 @@
+#include "qtool/solvers/calibrated.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <regex>
+#include <sstream>
+
+#include "qtool/core/convert.hpp"
+#include "qtool/core/error.hpp"
+#include "qtool/core/parallel.hpp"
+#include "qtool/model/tokenizer.hpp"
+#include "qtool/quant/int_codec.hpp"
+#include "qtool/quant/pack.hpp"
+#include "qtool/solvers/awq.hpp"
+#include "qtool/solvers/hessian.hpp"
+
+namespace qtool::solvers {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+double Since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// What a block's solver produced, by full tensor name: exact codes (GPTQ, HQQ), or float values
+// (rescaled weights, which the codec then rounds, and rescaled norms, written as they are).
+struct BlockSolution {
+  std::map<std::string, QuantizedMatrix> exact;
+  std::map<std::string, RowMatrixXf> values;
+};
+
+// Writes the output checkpoint in block order so that each block's tensors are written as soon
+// as they are solved: tensors outside the decoder blocks first, then block 0, 1, ...
+class StreamingWriter {
+ public:
+  StreamingWriter(const Checkpoint& in, const fs::path& out, const QuantizeOptions& options)
+      : in_(in), options_(options), threads_(ResolveThreads(options.threads)) {
+    static const std::regex block_re(R"(^model\.layers\.(\d+)\.)");
+    for (size_t i = 0; i < in.tensors().size(); ++i) {
+      const TensorInfo& t = *in.tensors()[i].info;
+      std::smatch m;
+      const int64_t block = std::regex_search(t.name, m, block_re) ? std::stoll(m[1].str()) : -1;
+      order_.push_back({i, block, SelectedForQuantization(t, options)});
+    }
+    std::stable_sort(order_.begin(), order_.end(), [&](const Entry& a, const Entry& b) {
+      if (a.block != b.block) return a.block < b.block;
+      return in.tensors()[a.index].info->name < in.tensors()[b.index].info->name;
+    });
+    std::vector<TensorSpec> specs;
+    json tensors = json::object();
+    for (const Entry& e : order_) {
+      const TensorInfo& t = *in.tensors()[e.index].info;
+      if (!e.quantized) {
+        specs.push_back(t);
+        continue;
+      }
+      const auto codec = MakeCodec(options.codec, t.shape[0], t.shape[1]);
+      for (TensorSpec& part : codec->Layout(t.name)) specs.push_back(std::move(part));
+      json rec = codec->Record();
+      rec["shape"] = t.shape;
+      rec["dtype"] = std::string(DTypeName(t.dtype));
+      tensors[t.name] = std::move(rec);
+    }
+    codec_record_ = MakeCodec(options.codec, 1, 1)->Record();
+    CheckpointWriterOptions wopts;
+    wopts.max_shard_bytes = options.max_shard_bytes;
+    wopts.overwrite = options.overwrite;
+    wopts.metadata = {{"format", "pt"},
+                      {kQtoolMetadataKey, json{{"format_version", kQtoolFormatVersion},
+                                               {"codec", codec_record_},
+                                               {"tensors", tensors}}
+                                              .dump()}};
+    writer_ = std::make_unique<CheckpointWriter>(out, std::move(specs), wopts);
+    report_.codec = codec_record_;
+    report_.threads = threads_;
+  }
+
+  /// Writes every tensor up to the end of `block` (-1: those outside the blocks).
+  void WriteThrough(int64_t block, const BlockSolution& solution, const ProgressFn& progress = {}) {
+    for (; next_ < order_.size() && order_[next_].block <= block; ++next_) {
+      WriteEntry(order_[next_], solution);
+      if (progress) {
+        progress(next_ + 1, order_.size(), in_.tensors()[order_[next_].index].info->name);
+      }
+    }
+  }
+
+  /// `quantization_config` entries added to config.json beside the codec's.
+  void AddConfig(const std::string& key, json value) { extra_config_[key] = std::move(value); }
+
+  QuantizeReport Finish(std::chrono::steady_clock::time_point start) {
+    WriteThrough(INT64_MAX, {});
+    for (const fs::path& f : in_.other_files()) {
+      if (f.filename() == "config.json") continue;
+      writer_->CopyFile(f, f.filename().string());
+    }
+    if (in_.config()) {
+      json config = *in_.config();
+      json qc = codec_record_;
+      qc["quant_method"] = "qtool";
+      qc["format_version"] = kQtoolFormatVersion;
+      qc.update(extra_config_);
+      config["quantization_config"] = qc;
+      writer_->WriteTextFile("config.json", config.dump(2) + "\n");
+    }
+    writer_->Commit();
+    report_.seconds = Since(start);
+    return std::move(report_);
+  }
+
+ private:
+  struct Entry {
+    size_t index;
+    int64_t block;
+    bool quantized;
+  };
+
+  std::vector<float> ReadF32(const CheckpointTensor& src) const {
+    const TensorInfo& t = *src.info;
+    std::vector<float> v(static_cast<size_t>(t.numel()));
+    const int64_t bad = ConvertToF32(src.data().data(), t.dtype, t.numel(), v.data());
+    QTOOL_CHECK(bad < 0, NumericError, "{}: tensor \"{}\" has a non-finite value at element {}",
+                src.file->path().string(), t.name, bad);
+    return v;
+  }
+
+  void WriteEntry(const Entry& e, const BlockSolution& sol) {
+    const CheckpointTensor& src = in_.tensors()[e.index];
+    const TensorInfo& t = *src.info;
+    const auto t0 = std::chrono::steady_clock::now();
+    TensorReport tr;
+    tr.name = t.name;
+    tr.shape = t.shape;
+    tr.dtype = std::string(DTypeName(t.dtype));
+    tr.bytes_in = t.nbytes();
+    const auto value_it = sol.values.find(t.name);
+    if (!e.quantized) {
+      if (value_it == sol.values.end()) {
+        writer_->Write(src.data());
+      } else {
+        QTOOL_DASSERT(value_it->second.size() == t.numel());
+        std::vector<std::byte> bytes(t.nbytes());
+        ConvertFromF32(value_it->second.data(), t.dtype, t.numel(), bytes.data());
+        writer_->Write(bytes);
+      }
+      tr.bytes_out = t.nbytes();
+    } else {
+      const int64_t rows = t.shape[0], cols = t.shape[1];
+      const auto codec = MakeCodec(options_.codec, rows, cols);
+      const std::vector<TensorSpec> layout = codec->Layout(t.name);
+      std::vector<std::vector<std::byte>> parts;
+      std::vector<std::byte*> ptrs;
+      for (const TensorSpec& p : layout) {
+        parts.emplace_back(p.nbytes());
+        ptrs.push_back(parts.back().data());
+      }
+      const std::vector<float> original = ReadF32(src);
+      const auto exact_it = sol.exact.find(t.name);
+      if (exact_it != sol.exact.end()) {
+        StoreExact(exact_it->second, rows, cols, ptrs);
+      } else {
+        const float* w = value_it != sol.values.end() ? value_it->second.data() : original.data();
+        std::vector<float> deq(static_cast<size_t>(rows * cols));
+        const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(cols, 1));
+        ParallelFor(rows, chunk, threads_, [&](int64_t r0, int64_t r1, int) {
+          codec->EncodeRows(w + r0 * cols, r0, r1 - r0, ptrs.data(), deq.data() + r0 * cols);
+        });
+      }
+      // The report compares the stored (decoded) weights with the checkpoint's.
+      std::vector<const std::byte*> cptrs(ptrs.begin(), ptrs.end());
+      std::vector<float> decoded(static_cast<size_t>(rows * cols));
+      codec->DecodeRows(cptrs.data(), 0, rows, decoded.data());
+      tr.stats.Add(original.data(), decoded.data(), rows * cols);
+      for (const auto& p : parts) {
+        writer_->Write(p);
+        tr.bytes_out += p.size();
+      }
+      tr.quantized = true;
+      tr.bits_per_weight = codec->BitsPerWeight();
+      report_.params_quantized += t.numel();
+      report_.quantized_bytes_out += tr.bytes_out;
+    }
+    report_.params_total += t.numel();
+    report_.bytes_in += tr.bytes_in;
+    report_.bytes_out += tr.bytes_out;
+    tr.seconds = Since(t0);
+    report_.tensors.push_back(std::move(tr));
+  }
+
+  // Codes and group parameters in the "int" codec's layout: qweight, scales, [zeros].
+  void StoreExact(const QuantizedMatrix& q, int64_t rows, int64_t cols,
+                  const std::vector<std::byte*>& parts) const {
+    const QuantSpec spec = IntCodec::SpecFromRecord(options_.codec);
+    const int64_t glen = spec.GroupLen(cols), groups = spec.GroupsPerRow(cols);
+    QTOOL_CHECK(q.groups == groups, OptionError,
+                "solver produced {} groups per row, the codec stores {}", q.groups, groups);
+    for (int64_t c = 0; c < cols; ++c) {
+      QTOOL_CHECK(q.g_idx[static_cast<size_t>(c)] == c / glen, OptionError,
+                  "the int codec stores groups in column order; use static groups with act-order");
+    }
+    const int64_t row_bytes = PackedBytes(cols, spec.bits);
+    auto* qweight = reinterpret_cast<uint8_t*>(parts[0]);
+    auto* scales = reinterpret_cast<float*>(parts[1]);
+    for (int64_t r = 0; r < rows; ++r) {
+      PackCodes(&q.codes[static_cast<size_t>(r * cols)], cols, spec.bits, qweight + r * row_bytes);
+      for (int64_t g = 0; g < groups; ++g) {
+        const GridParams& p = q.params[static_cast<size_t>(r * groups + g)];
+        scales[r * groups + g] = p.scale;
+        if (!spec.symmetric) {
+          reinterpret_cast<uint8_t*>(parts[2])[r * groups + g] = static_cast<uint8_t>(p.zero);
+        } else {
+          QTOOL_DASSERT(p.zero == static_cast<float>(spec.code_offset()));
+        }
+      }
+    }
+  }
+
+  const Checkpoint& in_;
+  QuantizeOptions options_;
+  int threads_;
+  std::vector<Entry> order_;
+  size_t next_ = 0;
+  json codec_record_;
+  json extra_config_ = json::object();
+  std::unique_ptr<CheckpointWriter> writer_;
+  QuantizeReport report_;
+};
+
+std::string WeightName(int64_t block, const std::string& linear) {
+  return BlockTensorName(block, linear) + ".weight";
+}
+
+// Feeds a Linear layer's inputs to the solvers' Hessian accumulator.
+class HessianConsumer final : public ActivationConsumer {
+ public:
+  HessianConsumer(int64_t cols, int threads) : acc_(cols, threads) {}
+  void Consume(const Eigen::Ref<const RowMatrixXf>& x) override { acc_.Add(x); }
+  RowMatrixXf Hessian() const { return acc_.Hessian(); }
+
+ private:
+  solvers::HessianAccumulator acc_;
+};
+
+// The Linear layers of a block in the groups that share an input, in execution order.
+const std::vector<std::vector<std::string>>& InputGroups() {
+  static const std::vector<std::vector<std::string>> groups = {
+      {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"},
+      {"self_attn.o_proj"},
+      {"mlp.gate_proj", "mlp.up_proj"},
+      {"mlp.down_proj"}};
+  return groups;
+}
+
+struct Context {
+  const Checkpoint& ck;
+  const LlamaConfig& cfg;
+  const QuantizeOptions& options;
+  const CalibratedOptions& method;
+  const LayerFn& on_layer;
+  int threads;
+  QuantSpec spec;
+  bool Selected(const std::string& name) const {
+    const auto& ts = ck.tensors();
+    return std::any_of(ts.begin(), ts.end(), [&](const CheckpointTensor& t) {
+      return t.info->name == name && SelectedForQuantization(*t.info, options);
+    });
+  }
+  void Report(LayerReport r) const {
+    if (on_layer) on_layer(r);
+  }
+};
+
+BlockSolution GptqBlock(const Context& ctx, CalibrationRunner& run, WeightOverrides* overrides) {
+  const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric);
+  GptqOptions opt = ctx.method.gptq;
+  opt.group_size = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
+  opt.threads = ctx.threads;
+  // The int codec stores groups in column order (no g_idx): act-order uses static groups.
+  if (opt.act_order) opt.static_groups = true;
+  const int64_t b = run.block();
+  BlockSolution sol;
+  for (const auto& group : InputGroups()) {
+    HessianConsumer h(run.in_features(group[0]), ctx.threads);
+    run.Run({{group[0], {&h}}}, *overrides);
+    std::optional<GptqHessian> hessian;  // factored once for the layers sharing the input
+    for (const std::string& name : group) {
+      const std::string full = WeightName(b, name);
+      if (!ctx.Selected(full)) continue;
+      const auto t0 = std::chrono::steady_clock::now();
+      if (!hessian) hessian = PrepareGptq(h.Hessian(), opt);
+      GptqResult r = Gptq(run.Weight(name), *hessian, grid, opt);
+      ctx.Report({b, name, r.stats.loss, Since(t0),
+                  r.stats.damp_retries ? fmt::format("damp {:g}", r.stats.damp) : ""});
+      (*overrides)[name] = r.q.dequant;
+      sol.exact.emplace(full, std::move(r.q));
+    }
+  }
+  return sol;
+}
+
+BlockSolution HqqBlock(const Context& ctx, int64_t b) {
+  HqqOptions opt = ctx.method.hqq;
+  opt.bits = ctx.spec.bits;
+  opt.group_size = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
+  opt.threads = ctx.threads;
+  opt.integer_zero = true;
+  BlockSolution sol;
+  for (const std::string& name : BlockLinearNames()) {
+    const std::string full = WeightName(b, name);
+    if (!ctx.Selected(full)) continue;
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::vector<int64_t> shape = ctx.ck.Get(full).info->shape;
+    const std::vector<float> w = ReadTensorF32(ctx.ck, full, ctx.threads);
+    const Eigen::Map<const RowMatrixXf> wm(w.data(), shape[0], shape[1]);
+    HqqStats st;
+    QuantizedMatrix q = Hqq(wm, opt, &st);
+    ctx.Report({b, name, st.final_error, Since(t0), fmt::format("{} iterations", st.iterations)});
+    sol.exact.emplace(full, std::move(q));
+  }
+  return sol;
+}
+
+// SmoothQuant (Xiao et al. 2022): s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha) over the layers that
+// share the input, folded into the preceding RMSNorm (x / s) and the layers' columns (W * s).
+BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
+  const int64_t b = run.block();
+  const std::vector<std::pair<std::string, std::vector<std::string>>> folds = {
+      {"input_layernorm", InputGroups()[0]}, {"post_attention_layernorm", InputGroups()[2]}};
+  std::vector<std::unique_ptr<ChannelStats>> stats;
+  ConsumerMap consumers;
+  for (const auto& [norm, layers] : folds) {
+    stats.push_back(std::make_unique<ChannelStats>(run.in_features(layers[0])));
+    consumers[layers[0]].push_back(stats.back().get());
+  }
+  run.Run(consumers);
+  BlockSolution sol;
+  for (size_t f = 0; f < folds.size(); ++f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto& [norm, layers] = folds[f];
+    std::vector<RowMatrixXf> w;
+    for (const std::string& l : layers) w.push_back(run.Weight(l));
+    const Eigen::VectorXf s =
+        SmoothQuantScales(stats[f]->MaxAbs().cast<float>(), w, ctx.method.alpha);
+    RowMatrixXf nw = run.Weight(norm);
+    nw.array() /= s.transpose().array();
+    sol.values[BlockTensorName(b, norm) + ".weight"] = std::move(nw);
+    for (size_t i = 0; i < layers.size(); ++i) {
+      w[i].array().rowwise() *= s.transpose().array();
+      sol.values[WeightName(b, layers[i])] = std::move(w[i]);
+    }
+    ctx.Report({b, norm, 0.0, Since(t0),
+                fmt::format("scales {:.3g}..{:.3g}", s.minCoeff(), s.maxCoeff())});
+  }
+  return sol;
+}
+
+// Keeps an evenly strided subset of a Linear layer's input rows (AWQ's clipping search runs on
+// a few hundred tokens).
+class RowSampler final : public ActivationConsumer {
+ public:
+  RowSampler(int64_t total_rows, int64_t keep)
+      : stride_(std::max<int64_t>(1, total_rows / std::max<int64_t>(keep, 1))), keep_(keep) {}
+  void Consume(const Eigen::Ref<const RowMatrixXf>& x) override {
+    for (int64_t r = 0; r < x.rows(); ++r, ++seen_) {
+      if (seen_ % stride_ != 0 || static_cast<int64_t>(rows_.size()) >= keep_) continue;
+      rows_.emplace_back(x.row(r));
+    }
+  }
+  RowMatrixXf Rows() const {
+    RowMatrixXf m(static_cast<int64_t>(rows_.size()), rows_.empty() ? 0 : rows_[0].size());
+    for (size_t i = 0; i < rows_.size(); ++i) m.row(static_cast<int64_t>(i)) = rows_[i];
+    return m;
+  }
+
+ private:
+  int64_t stride_, keep_, seen_ = 0;
+  std::vector<Eigen::RowVectorXf> rows_;
+};
+
+// AWQ on one block. Each scaling (the preceding op, the layers after it, their shared input):
+// for alpha in {0, 1/grid, ...}, scales s = AwqScales(mean|x|, alpha) are tried by running the
+// block with those layers replaced by Q(W diag(s)) diag(s)^-1 and measuring the block's output
+// MSE against the full-precision block; the best s is folded (preceding op / s, layers' columns
+// * s). With grouped-query attention the v -> o scales are shared by the heads that read the same
+// kv head (v's output channel). Then the clipping search on every layer but q and k (as the
+// reference, whose attention scores are sensitive to clipping).
+BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
+  const int64_t b = run.block();
+  // The codec rounds AWQ's output, so the search rounds as the codec does.
+  const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
+  const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
+  const auto& groups = InputGroups();
+  const int64_t total_rows = run.num_samples() * run.seq_len();
+  std::vector<std::unique_ptr<ChannelStats>> stats;
+  std::vector<std::unique_ptr<RowSampler>> samples;
+  ConsumerMap consumers;
+  for (const auto& group : groups) {
+    stats.push_back(std::make_unique<ChannelStats>(run.in_features(group[0])));
+    samples.push_back(std::make_unique<RowSampler>(total_rows, ctx.method.awq_clip_tokens));
+    consumers[group[0]] = {stats.back().get(), samples.back().get()};
+  }
+  const RowMatrixXf ref = run.Run(consumers);
+  WeightOverrides cur;  // every weight of the block, in the current (rescaled) basis
+  for (const std::string& n : BlockLinearNames()) cur[n] = run.Weight(n);
+  for (const char* n : {"input_layernorm", "post_attention_layernorm"}) cur[n] = run.Weight(n);
+
+  // o_proj input channel j reads v_proj output channel kv_of[j].
+  const LlamaConfig& cfg = ctx.cfg;
+  const int64_t o_in = run.in_features("self_attn.o_proj");
+  std::vector<int64_t> kv_of(static_cast<size_t>(o_in));
+  const int64_t rep = std::max<int64_t>(1, cfg.num_heads / std::max<int64_t>(cfg.num_kv_heads, 1));
+  for (int64_t j = 0; j < o_in; ++j) {
+    kv_of[static_cast<size_t>(j)] = (j / cfg.head_dim / rep) * cfg.head_dim + j % cfg.head_dim;
+  }
+  const int64_t kv_dim = run.out_features("self_attn.v_proj");
+
+  struct Fold {
+    std::string prev;
+    size_t group;
+  };
+  const std::vector<Fold> folds = {{"input_layernorm", 0},
+                                   {"self_attn.v_proj", 1},
+                                   {"post_attention_layernorm", 2},
+                                   {"mlp.up_proj", 3}};
+  std::vector<Eigen::VectorXf> input_scale(groups.size());
+  for (const Fold& f : folds) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::vector<std::string>& layers = groups[f.group];
+    Eigen::VectorXf mean = stats[f.group]->MeanAbs().cast<float>();
+    const bool v_to_o = f.prev == "self_attn.v_proj";
+    Eigen::VectorXf mean_prev = mean;  // per output channel of the preceding op
+    if (v_to_o) {
+      mean_prev = Eigen::VectorXf::Zero(kv_dim);
+      for (int64_t j = 0; j < o_in; ++j) mean_prev[kv_of[static_cast<size_t>(j)]] += mean[j] / rep;
+    }
+    auto expand = [&](const Eigen::VectorXf& s_prev) {
+      if (!v_to_o) return s_prev;
+      Eigen::VectorXf s(o_in);
+      for (int64_t j = 0; j < o_in; ++j) s[j] = s_prev[kv_of[static_cast<size_t>(j)]];
+      return s;
+    };
+    double best = INFINITY, best_alpha = 0;
+    Eigen::VectorXf best_s = Eigen::VectorXf::Ones(mean_prev.size());
+    for (int k = 0; k < ctx.method.awq_grid; ++k) {
+      const double alpha = static_cast<double>(k) / ctx.method.awq_grid;
+      const Eigen::VectorXf s_prev = AwqScales(mean_prev, alpha);
+      const Eigen::RowVectorXf s = expand(s_prev).transpose();
+      WeightOverrides trial = cur;
+      for (const std::string& l : layers) {
+        const RowMatrixXf scaled = cur[l].array().rowwise() * s.array();
+        trial[l] = QuantizeRtn(scaled, grid, g).dequant.array().rowwise() / s.array();
+      }
+      const double err = (run.Run({}, trial) - ref).squaredNorm() / static_cast<double>(ref.size());
+      if (err < best) {
+        best = err;
+        best_alpha = alpha;
+        best_s = s_prev;
+      }
+    }
+    const Eigen::RowVectorXf s = expand(best_s).transpose();
+    for (const std::string& l : layers) cur[l].array().rowwise() *= s.array();
+    if (f.prev == "input_layernorm" || f.prev == "post_attention_layernorm") {
+      cur[f.prev].array().rowwise() /= best_s.transpose().array();
+    } else {
+      cur[f.prev].array().colwise() /= best_s.array();  // the preceding Linear's output rows
+    }
+    input_scale[f.group] = s.transpose();
+    ctx.Report({b, layers.front(), best, Since(t0), fmt::format("alpha {:.2f}", best_alpha)});
+  }
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const RowMatrixXf x =
+        samples[gi]->Rows().array().rowwise() / input_scale[gi].transpose().array();
+    for (const std::string& l : groups[gi]) {
+      if (l == "self_attn.q_proj" || l == "self_attn.k_proj") continue;
+      cur[l] = AwqClip(cur[l], x, grid, g, ctx.method.awq_clip_grid, ctx.method.awq_max_shrink);
+    }
+  }
+  BlockSolution sol;
+  for (auto& [name, w] : cur) sol.values[BlockTensorName(b, name) + ".weight"] = std::move(w);
+  return sol;
+}
+
+std::vector<std::vector<int32_t>> CalibrationSamples(const fs::path& model_dir, const Model& model,
+                                                     const CalibratedOptions& method) {
+  std::ifstream f(method.calib_text, std::ios::binary);
+  QTOOL_CHECK(f.good(), IoError, "{}: cannot read the calibration text",
+              method.calib_text.string());
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const Tokenizer tok = LoadModelTokenizer(model_dir);
+  CalibrationOptions c = method.calib;
+  c.bos = model.config().bos_token_id;
+  return DrawCalibrationSamples(tok.Encode(ss.str()), c);
+}
+
+}  // namespace
+
+Method ParseMethod(const std::string& name) {
+  if (name == "gptq") return Method::kGptq;
+  if (name == "awq") return Method::kAwq;
+  if (name == "smoothquant") return Method::kSmoothQuant;
+  if (name == "hqq") return Method::kHqq;
+  throw OptionError(
+      fmt::format("unknown method \"{}\" (known: rtn, gptq, awq, smoothquant, hqq)", name));
+}
+
+const char* MethodName(Method m) {
+  switch (m) {
+    case Method::kGptq:
+      return "gptq";
+    case Method::kAwq:
+      return "awq";
+    case Method::kSmoothQuant:
+      return "smoothquant";
+    case Method::kHqq:
+      return "hqq";
+  }
+  return "?";
+}
+
+QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out,
+                                  const QuantizeOptions& options, const CalibratedOptions& method,
+                                  const LayerFn& on_layer, const ProgressFn& progress) {
+  const auto start = std::chrono::steady_clock::now();
+  QTOOL_CHECK(options.codec.value("codec", "") == "int", OptionError,
+              "--method {} writes the int codec (--format int), not {}", MethodName(method.method),
+              options.codec.dump());
+  const QuantSpec spec = IntCodec::SpecFromRecord(options.codec);
+  QTOOL_CHECK(spec.granularity != Granularity::kTensor, OptionError,
+              "--method {} needs group or channel granularity", MethodName(method.method));
+  QTOOL_CHECK(method.method != Method::kHqq || !spec.symmetric, OptionError,
+              "HQQ optimises zero-points: use an asymmetric format (--asym)");
+  CheckpointWriter::CheckOutputPath(out, options.overwrite);
+  ModelOptions mopts;
+  mopts.threads = options.threads;
+  mopts.weight_cache_bytes = 0;  // one block at a time
+  const Model model(model_dir, mopts);
+  const Checkpoint& ck = model.checkpoint();
+  QTOOL_CHECK(!QuantizationRecord(ck).has_value(), OptionError,
+              "{}: already quantised by qtool; dequantize it first", ck.dir().string());
+  const Context ctx{ck,  model.config(), options, method, on_layer, ResolveThreads(options.threads),
+                    spec};
+  StreamingWriter writer(ck, out, options);
+  writer.WriteThrough(-1, {}, progress);
+  const int64_t blocks = model.config().num_layers;
+  if (!NeedsCalibration(method.method)) {
+    for (int64_t b = 0; b < blocks; ++b) writer.WriteThrough(b, HqqBlock(ctx, b), progress);
+    return writer.Finish(start);
+  }
+  if (method.method == Method::kSmoothQuant) {
+    // W8A8: the activations are meant to be quantised per token at run time.
+    writer.AddConfig("activations", {{"bits", 8}, {"granularity", "token"}, {"dynamic", true}});
+  }
+  CalibrationRunner run(model, CalibrationSamples(model_dir, model, method));
+  while (!run.done()) {
+    const int64_t b = run.block();
+    WeightOverrides overrides;
+    BlockSolution sol;
+    switch (method.method) {
+      case Method::kGptq:
+        sol = GptqBlock(ctx, run, &overrides);
+        break;
+      case Method::kAwq:
+        sol = AwqBlock(ctx, run);
+        break;
+      case Method::kSmoothQuant:
+        sol = SmoothBlock(ctx, run);
+        break;
+      case Method::kHqq:
+        break;
+    }
+    writer.WriteThrough(b, sol, progress);
+    run.Advance(overrides);
+  }
+  return writer.Finish(start);
+}
+
+}  // namespace qtool::solvers

@@ -1,0 +1,232 @@
+#include "qtool/solvers/linalg.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string_view>
+#include <vector>
+
+#include "gemm_kernel.hpp"
+#include "qtool/core/parallel.hpp"
+
+namespace qtool::solvers {
+namespace {
+
+using detail::kMr;
+using detail::kNr;
+
+// Cache blocking (Goto's scheme): a kKc x kNr panel of B stays in L1 while the kMc x kKc block of A
+// streams from L2; a work item owns a kNc-wide column block of C.
+constexpr int64_t kKc = 192;
+constexpr int64_t kMc = 96;
+constexpr int64_t kNc = 512;
+// Column block of the blocked Cholesky and triangular inverse.
+constexpr int64_t kNb = 128;
+
+detail::MicroKernel SelectKernel() {
+  static const detail::MicroKernel kernel = [] {
+    const char* isa = std::getenv("QTOOL_ISA");
+    const bool forced_scalar = isa != nullptr && std::string_view(isa) == "scalar";
+#if defined(__x86_64__) || defined(_M_X64)
+    if (!forced_scalar && __builtin_cpu_supports("avx512f")) return &detail::MicroKernelAvx512;
+#else
+    (void)forced_scalar;
+#endif
+    return &detail::MicroKernelRef;
+  }();
+  return kernel;
+}
+
+// Packs rows [i0, i0 + mc) x columns [p0, p0 + kc) of A as panels of kMr rows (zero padded).
+void PackA(StridedView a, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* out) {
+  for (int64_t t = 0; t < mc; t += kMr) {
+    const int64_t mr = std::min(kMr, mc - t);
+    float* o = out + t * kc;
+    if (a.cs == 1) {
+      for (int64_t i = 0; i < kMr; ++i) {
+        const float* row = a.data + (i0 + t + i) * a.rs + p0;
+        if (i < mr) {
+          for (int64_t p = 0; p < kc; ++p) o[p * kMr + i] = row[p];
+        } else {
+          for (int64_t p = 0; p < kc; ++p) o[p * kMr + i] = 0.0f;
+        }
+      }
+    } else {
+      for (int64_t p = 0; p < kc; ++p) {
+        const float* col = a.data + (i0 + t) * a.rs + (p0 + p) * a.cs;
+        for (int64_t i = 0; i < mr; ++i) o[p * kMr + i] = col[i * a.rs];
+        for (int64_t i = mr; i < kMr; ++i) o[p * kMr + i] = 0.0f;
+      }
+    }
+  }
+}
+
+// Packs rows [p0, p0 + kc) x columns [j0, j0 + nc) of B as panels of kNr columns (zero padded).
+void PackB(StridedView b, int64_t p0, int64_t kc, int64_t j0, int64_t nc, float* out) {
+  for (int64_t t = 0; t < nc; t += kNr) {
+    const int64_t nr = std::min(kNr, nc - t);
+    float* o = out + t * kc;
+    if (b.cs == 1) {
+      for (int64_t p = 0; p < kc; ++p) {
+        const float* row = b.data + (p0 + p) * b.rs + j0 + t;
+        for (int64_t j = 0; j < nr; ++j) o[p * kNr + j] = row[j];
+        for (int64_t j = nr; j < kNr; ++j) o[p * kNr + j] = 0.0f;
+      }
+    } else {
+      for (int64_t j = 0; j < kNr; ++j) {
+        const float* col = b.data + p0 * b.rs + (j0 + t + j) * b.cs;
+        if (j < nr) {
+          for (int64_t p = 0; p < kc; ++p) o[p * kNr + j] = col[p * b.rs];
+        } else {
+          for (int64_t p = 0; p < kc; ++p) o[p * kNr + j] = 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// Inverse of a small lower-triangular block by column-wise forward substitution (in double).
+RowMatrixXf InvertLowerSmall(const Eigen::Ref<const RowMatrixXf>& l) {
+  const int64_t n = l.rows();
+  RowMatrixXf x = RowMatrixXf::Zero(n, n);
+  for (int64_t j = 0; j < n; ++j) {
+    x(j, j) = static_cast<float>(1.0 / l(j, j));
+    for (int64_t i = j + 1; i < n; ++i) {
+      double s = 0;
+      for (int64_t p = j; p < i; ++p) s += static_cast<double>(l(i, p)) * x(p, j);
+      x(i, j) = static_cast<float>(-s / l(i, i));
+    }
+  }
+  return x;
+}
+
+}  // namespace
+
+namespace detail {
+
+void MicroKernelRef(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                    float alpha) {
+  float acc[kMr][kNr] = {};
+  for (int64_t p = 0; p < kc; ++p) {
+    for (int64_t i = 0; i < kMr; ++i) {
+      const float ai = a[p * kMr + i];
+      for (int64_t j = 0; j < kNr; ++j) acc[i][j] += ai * b[p * kNr + j];
+    }
+  }
+  for (int64_t i = 0; i < kMr; ++i) {
+    for (int64_t j = 0; j < kNr; ++j) c[i * ldc + j] += alpha * acc[i][j];
+  }
+}
+
+}  // namespace detail
+
+void Gemm(int64_t m, int64_t n, int64_t k, float alpha, StridedView a, StridedView b, float* c,
+          int64_t ldc, int threads, bool lower_only) {
+  if (m <= 0 || n <= 0 || k <= 0) return;
+  const detail::MicroKernel kernel = SelectKernel();
+  threads = ResolveThreads(threads);
+  // Work items: kNc-wide column blocks of C, each split into row ranges (multiples of kMc) when
+  // there are too few column blocks to keep every thread busy.
+  const int64_t col_blocks = (n + kNc - 1) / kNc;
+  const int64_t row_blocks_all = (m + kMc - 1) / kMc;
+  const int64_t row_parts =
+      std::clamp<int64_t>((2 * threads + col_blocks - 1) / col_blocks, 1, row_blocks_all);
+  const int64_t rows_per_part = (row_blocks_all + row_parts - 1) / row_parts * kMc;
+  ParallelFor(col_blocks * row_parts, 1, threads, [&](int64_t w0, int64_t w1, int) {
+    std::vector<float> apack(static_cast<size_t>(kMc * kKc));
+    std::vector<float> bpack(static_cast<size_t>(kKc * kNc));
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t j0 = (w / row_parts) * kNc, nc = std::min(kNc, n - j0);
+      const int64_t r_begin = (w % row_parts) * rows_per_part;
+      const int64_t r_end = std::min(m, r_begin + rows_per_part);
+      for (int64_t p0 = 0; p0 < k; p0 += kKc) {
+        const int64_t kc = std::min(kKc, k - p0);
+        bool packed_b = false;
+        for (int64_t i0 = r_begin; i0 < r_end; i0 += kMc) {
+          const int64_t mc = std::min(kMc, r_end - i0);
+          if (lower_only && i0 + mc - 1 < j0) continue;  // strictly above the diagonal
+          if (!packed_b) {
+            PackB(b, p0, kc, j0, nc, bpack.data());
+            packed_b = true;
+          }
+          PackA(a, i0, mc, p0, kc, apack.data());
+          for (int64_t t = 0; t < nc; t += kNr) {
+            const int64_t nr = std::min(kNr, nc - t);
+            for (int64_t s = 0; s < mc; s += kMr) {
+              const int64_t mr = std::min(kMr, mc - s);
+              if (lower_only && i0 + s + mr - 1 < j0 + t) continue;
+              float* cp = c + (i0 + s) * ldc + j0 + t;
+              const float* ap = apack.data() + s * kc;
+              const float* bp = bpack.data() + t * kc;
+              if (mr == kMr && nr == kNr) {
+                kernel(kc, ap, bp, cp, ldc, alpha);
+              } else {
+                float tile[kMr * kNr] = {};
+                kernel(kc, ap, bp, tile, kNr, alpha);
+                for (int64_t i = 0; i < mr; ++i) {
+                  for (int64_t j = 0; j < nr; ++j) cp[i * ldc + j] += tile[i * kNr + j];
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+bool CholeskyInPlace(Eigen::Ref<RowMatrixXf> a, int threads) {
+  const int64_t n = a.rows();
+  const int64_t lda = a.outerStride();
+  for (int64_t k0 = 0; k0 < n; k0 += kNb) {
+    const int64_t k1 = std::min(n, k0 + kNb), kb = k1 - k0;
+    // Diagonal block, unblocked (the earlier panels' updates are already applied), in double.
+    for (int64_t j = k0; j < k1; ++j) {
+      double d = a(j, j);
+      for (int64_t p = k0; p < j; ++p) d -= static_cast<double>(a(j, p)) * a(j, p);
+      if (!(d > 0) || !std::isfinite(d)) return false;
+      const double ljj = std::sqrt(d);
+      a(j, j) = static_cast<float>(ljj);
+      for (int64_t i = j + 1; i < k1; ++i) {
+        double s = a(i, j);
+        for (int64_t p = k0; p < j; ++p) s -= static_cast<double>(a(i, p)) * a(j, p);
+        a(i, j) = static_cast<float>(s / ljj);
+      }
+    }
+    const int64_t rest = n - k1;
+    if (rest == 0) break;
+    // Panel: A21 <- A21 L11^-T.
+    const RowMatrixXf l11inv = InvertLowerSmall(a.block(k0, k0, kb, kb));
+    const RowMatrixXf a21 = a.block(k1, k0, rest, kb);
+    a.block(k1, k0, rest, kb).setZero();
+    Gemm(rest, kb, kb, 1.0f, {a21.data(), kb, 1}, {l11inv.data(), 1, kb}, &a(k1, k0), lda, threads);
+    // Trailing update: A22 <- A22 - A21 A21^T (lower triangle).
+    Gemm(rest, rest, kb, -1.0f, {&a(k1, k0), lda, 1}, {&a(k1, k0), 1, lda}, &a(k1, k1), lda,
+         threads, /*lower_only=*/true);
+  }
+  a.triangularView<Eigen::StrictlyUpper>().setZero();
+  return true;
+}
+
+RowMatrixXf InvertLower(const Eigen::Ref<const RowMatrixXf>& l, int threads) {
+  const int64_t n = l.rows();
+  const int64_t ldl = l.outerStride();
+  // Solves L X = I by block rows: X_k = L_kk^-1 B_k, then B_i -= L_ik X_k for the rows below.
+  // X is lower triangular, so block row k only has columns [0, k1).
+  RowMatrixXf x = RowMatrixXf::Identity(n, n);
+  for (int64_t k0 = 0; k0 < n; k0 += kNb) {
+    const int64_t k1 = std::min(n, k0 + kNb), kb = k1 - k0;
+    const RowMatrixXf lkk_inv = InvertLowerSmall(l.block(k0, k0, kb, kb));
+    const RowMatrixXf bk = x.block(k0, 0, kb, k1);
+    x.block(k0, 0, kb, k1).setZero();
+    Gemm(kb, k1, kb, 1.0f, {lkk_inv.data(), kb, 1}, {bk.data(), k1, 1}, &x(k0, 0), n, threads);
+    if (k1 < n) {
+      Gemm(n - k1, k1, kb, -1.0f, {l.data() + k1 * ldl + k0, ldl, 1}, {&x(k0, 0), n, 1}, &x(k1, 0),
+           n, threads);
+    }
+  }
+  x.triangularView<Eigen::StrictlyUpper>().setZero();
+  return x;
+}
+
+}  // namespace qtool::solvers

@@ -1,0 +1,251 @@
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <numeric>
+
+#include "qtool/core/error.hpp"
+#include "qtool/io/checkpoint.hpp"
+#include "qtool/io/safetensors.hpp"
+#include "test_support.hpp"
+
+namespace qtool {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ScratchDir;
+using testing::WriteFile;
+
+using testing::SafetensorsImage;
+
+std::string ParseError(const std::string& image) {
+  try {
+    ParseSafetensors(std::as_bytes(std::span(image.data(), image.size())), "t.safetensors");
+  } catch (const FormatError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Safetensors, WriteReadRoundTripEveryDtype) {
+  ScratchDir dir;
+  std::vector<TensorSpec> specs;
+  std::vector<std::string> payloads;
+  int i = 0;
+  for (int t = 0; t <= static_cast<int>(DType::kF6E3M2); ++t) {
+    const auto dt = static_cast<DType>(t);
+    TensorSpec s{"t" + std::to_string(i++), dt, {3, 8}};
+    specs.push_back(s);
+    std::string bytes(s.nbytes(), '\0');
+    for (size_t k = 0; k < bytes.size(); ++k) bytes[k] = static_cast<char>(k * 7 + t);
+    payloads.push_back(bytes);
+  }
+  specs.push_back({"scalar", DType::kF32, {}});
+  payloads.push_back(std::string("\x00\x00\x80\x3f", 4));
+  specs.push_back({"empty", DType::kF16, {0, 5}});
+  payloads.push_back("");
+  {
+    SafetensorsWriter w(dir / "a.safetensors", specs, {{"format", "pt"}, {"note", "x\"y"}});
+    for (const auto& p : payloads) w.Write(std::as_bytes(std::span(p.data(), p.size())));
+    w.Commit();
+  }
+  const SafetensorsFile f(dir / "a.safetensors");
+  EXPECT_EQ(f.metadata().at("note"), "x\"y");
+  ASSERT_EQ(f.tensors().size(), specs.size());
+  for (size_t k = 0; k < specs.size(); ++k) {
+    const TensorInfo* t = f.Find(specs[k].name);
+    ASSERT_NE(t, nullptr) << specs[k].name;
+    EXPECT_EQ(t->dtype, specs[k].dtype);
+    EXPECT_EQ(t->shape, specs[k].shape);
+    const auto d = f.Data(*t);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(d.data()), d.size()), payloads[k]);
+  }
+  // The data section starts 8-byte aligned.
+  const std::string raw = testing::ReadFile(dir / "a.safetensors");
+  uint64_t n = 0;
+  std::memcpy(&n, raw.data(), 8);
+  EXPECT_EQ((8 + n) % 8, 0u);
+}
+
+TEST(Safetensors, SameInputGivesSameBytes) {
+  const std::vector<TensorSpec> specs = {{"b", DType::kF32, {2}}, {"a", DType::kU8, {3}}};
+  EXPECT_EQ(SafetensorsWriter::EncodeHeader(specs, {{"k", "v"}}),
+            SafetensorsWriter::EncodeHeader(specs, {{"k", "v"}}));
+}
+
+TEST(Safetensors, WriterLeavesNothingWithoutCommit) {
+  ScratchDir dir;
+  {
+    SafetensorsWriter w(dir / "a.safetensors", {{"x", DType::kF32, {4}}}, {});
+    const float v[2] = {1, 2};
+    w.Write(std::as_bytes(std::span(v)));
+  }
+  EXPECT_TRUE(fs::is_empty(dir.path()));
+}
+
+TEST(Safetensors, WriterRejectsTooManyAndTooFewBytes) {
+  ScratchDir dir;
+  SafetensorsWriter w(dir / "a.safetensors", {{"x", DType::kF32, {1}}}, {});
+  const float v[2] = {1, 2};
+  EXPECT_THROW(w.Write(std::as_bytes(std::span(v))), ShapeError);
+  EXPECT_THROW(w.Commit(), ShapeError);
+}
+
+struct BadCase {
+  const char* what;
+  std::string image;
+  const char* message;  // a part of the expected error
+};
+
+TEST(Safetensors, RejectsMalformedFiles) {
+  const std::string ok_data(8, '\0');
+  const std::vector<BadCase> cases = {
+      {"empty file", "", "truncated"},
+      {"short length", std::string(5, '\0'), "truncated"},
+      {"header past end", SafetensorsImage("{}", "").substr(0, 9), "runs past the end"},
+      {"header too large", std::string("\xff\xff\xff\xff\xff\x00\x00\x00", 8) + "{}",
+       "exceeds the limit"},
+      {"not json", SafetensorsImage("{nope", ""), "not valid JSON"},
+      {"not an object", SafetensorsImage("[1,2]   ", ""), "does not start with"},
+      {"unknown dtype",
+       SafetensorsImage(R"({"a":{"dtype":"F13","shape":[2],"data_offsets":[0,8]}})", ok_data),
+       "unknown dtype \"F13\""},
+      {"shape vs span",
+       SafetensorsImage(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", ok_data),
+       "needs 12 bytes but data_offsets span 8"},
+      {"negative dim",
+       SafetensorsImage(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", ok_data),
+       "not a non-negative integer"},
+      {"overflowing shape",
+       SafetensorsImage(
+           R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})",
+           ok_data),
+       "overflows"},
+      {"offset past data",
+       SafetensorsImage(R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[4,12]}})", ok_data),
+       "run past the data section"},
+      {"reversed offsets",
+       SafetensorsImage(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[4,0]}})", ok_data),
+       "reversed"},
+      {"overlap",
+       SafetensorsImage(
+           R"({"a":{"dtype":"U8","shape":[6],"data_offsets":[0,6]},"b":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})",
+           ok_data),
+       "overlap"},
+      {"hole",
+       SafetensorsImage(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})", ok_data),
+       "belong to no tensor"},
+      {"trailing bytes",
+       SafetensorsImage(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", ok_data),
+       "cover 4"},
+      {"duplicate name",
+       SafetensorsImage(
+           R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})",
+           ok_data),
+       "names \"a\" twice"},
+      {"bad metadata", SafetensorsImage(R"({"__metadata__":{"k":1}})", ""), "is not a string"},
+      {"unknown field",
+       SafetensorsImage(R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8],"x":1}})", ok_data),
+       "unknown field"},
+      {"sub-byte remainder",
+       SafetensorsImage(R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,8]}})", ok_data),
+       "do not fill whole bytes"},
+  };
+  for (const BadCase& c : cases) {
+    const std::string msg = ParseError(c.image);
+    EXPECT_NE(msg.find(c.message), std::string::npos)
+        << c.what << ": got \"" << msg << "\", expected it to contain \"" << c.message << "\"";
+    EXPECT_NE(msg.find("t.safetensors"), std::string::npos) << c.what << ": " << msg;
+  }
+}
+
+TEST(Safetensors, OpeningMissingFileIsAnIoError) {
+  ScratchDir dir;
+  EXPECT_THROW(SafetensorsFile(dir / "missing.safetensors"), IoError);
+}
+
+std::vector<TensorSpec> SampleSpecs() {
+  return {{"a", DType::kF32, {100}},
+          {"b", DType::kF32, {50}},
+          {"c", DType::kBF16, {300}},
+          {"d", DType::kU8, {10}}};
+}
+
+void WriteSample(const fs::path& out, uint64_t max_shard, bool overwrite = false) {
+  const auto specs = SampleSpecs();
+  CheckpointWriterOptions o;
+  o.max_shard_bytes = max_shard;
+  o.overwrite = overwrite;
+  CheckpointWriter w(out, specs, o);
+  for (const TensorSpec& s : specs) {
+    std::vector<std::byte> bytes(s.nbytes());
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::byte>(i + s.name[0]);
+    w.Write(bytes);
+  }
+  w.WriteTextFile("config.json", R"({"model_type": "llama"})");
+  w.Commit();
+}
+
+TEST(Checkpoint, ShardedWriteAndRead) {
+  ScratchDir dir;
+  WriteSample(dir / "m", 500);
+  EXPECT_TRUE(fs::exists(dir / "m" / "model.safetensors.index.json"));
+  EXPECT_TRUE(fs::exists(dir / "m" / "model-00001-of-00004.safetensors"));
+  EXPECT_TRUE(fs::exists(dir / "m" / "model-00004-of-00004.safetensors"));
+  const Checkpoint ck = Checkpoint::Open(dir / "m");
+  EXPECT_EQ(ck.files().size(), 4u);  // [a] [b] [c, over the limit alone] [d]
+  ASSERT_EQ(ck.tensors().size(), 4u);
+  for (const CheckpointTensor& t : ck.tensors()) {
+    const auto d = t.data();
+    for (size_t i = 0; i < d.size(); ++i) {
+      ASSERT_EQ(d[i], static_cast<std::byte>(i + t.info->name[0])) << t.info->name;
+    }
+  }
+  ASSERT_TRUE(ck.config().has_value());
+  EXPECT_EQ((*ck.config())["model_type"], "llama");
+}
+
+TEST(Checkpoint, SingleFileWhenUnsharded) {
+  ScratchDir dir;
+  WriteSample(dir / "m", 0);
+  EXPECT_TRUE(fs::exists(dir / "m" / "model.safetensors"));
+  EXPECT_FALSE(fs::exists(dir / "m" / "model.safetensors.index.json"));
+  EXPECT_EQ(Checkpoint::Open(dir / "m").tensors().size(), 4u);
+  EXPECT_EQ(Checkpoint::Open(dir / "m" / "model.safetensors").tensors().size(), 4u);
+}
+
+TEST(Checkpoint, RefusesToOverwriteUnlessAsked) {
+  ScratchDir dir;
+  WriteSample(dir / "m", 0);
+  EXPECT_THROW(WriteSample(dir / "m", 0), OutputExistsError);
+  WriteSample(dir / "m", 500, /*overwrite=*/true);
+  EXPECT_EQ(Checkpoint::Open(dir / "m").files().size(), 4u);
+  EXPECT_FALSE(fs::exists(dir / "m" / "model.safetensors"));  // the old output is gone whole
+}
+
+TEST(Checkpoint, IndexNamingMissingTensorIsRejected) {
+  ScratchDir dir;
+  WriteSample(dir / "m", 500);
+  const auto index = dir / "m" / "model.safetensors.index.json";
+  std::string text = testing::ReadFile(index);
+  text.replace(text.find("\"weight_map\": {"), 15,
+               "\"weight_map\": {\"ghost\": \"model-00001-of-00004.safetensors\",");
+  WriteFile(index, text);
+  try {
+    Checkpoint::Open(dir / "m");
+    FAIL() << "expected a FormatError";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("\"ghost\""), std::string::npos) << e.what();
+  }
+}
+
+TEST(Checkpoint, IndexEscapingTheDirectoryIsRejected) {
+  ScratchDir dir;
+  fs::create_directories(dir / "m");
+  WriteFile(dir / "m" / "model.safetensors.index.json",
+            R"({"weight_map": {"a": "../../etc/passwd"}})");
+  EXPECT_THROW(Checkpoint::Open(dir / "m"), FormatError);
+}
+
+}  // namespace
+}  // namespace qtool

@@ -1,0 +1,457 @@
+// Every kernel on every instruction set this CPU runs, against the scalar reference: bit-exact for
+// conversion, quantisation, packing and integer dot products; for kernels that accumulate in f32,
+// |y - y_ref| <= 1e-5 * sum_k |w_k a_k| (summation order is all that may differ).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "qtool/core/error.hpp"
+#include "qtool/core/half.hpp"
+#include "qtool/kernels.hpp"
+#include "qtool/quant/int_codec.hpp"
+#include "qtool/quant/nf4_codec.hpp"
+#include "qtool/quant/pack.hpp"
+
+namespace qtool::kernels {
+namespace {
+
+// Lengths around every vector width and group size; 4096 + 17 crosses many full blocks.
+const int64_t kLengths[] = {1, 7, 31, 32, 33, 63, 64, 65, 127, 128, 129, 4096 + 17};
+
+std::vector<float> RandomFloats(int64_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+std::vector<uint8_t> RandomBytes(int64_t n, uint32_t seed, int max_value = 255) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(0, max_value);
+  std::vector<uint8_t> v(static_cast<size_t>(n));
+  for (auto& x : v) x = static_cast<uint8_t>(d(rng));
+  return v;
+}
+
+// A copy of `v` starting one element past an aligned address, so no vector load is aligned.
+template <typename T>
+class Unaligned {
+ public:
+  explicit Unaligned(const std::vector<T>& v) : buf_(v.size() + 1) {
+    std::copy(v.begin(), v.end(), buf_.begin() + 1);
+  }
+  explicit Unaligned(size_t n) : buf_(n + 1) {}
+  T* data() { return buf_.data() + 1; }
+  std::vector<T> vec() const { return {buf_.begin() + 1, buf_.end()}; }
+
+ private:
+  std::vector<T> buf_;
+};
+
+template <typename T>
+void ExpectSameBits(const std::vector<T>& got, const std::vector<T>& want, const char* what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::memcmp(&got[i], &want[i], sizeof(T)) != 0) {
+      FAIL() << what << ": first difference at " << i << " of " << got.size();
+    }
+  }
+}
+
+class KernelTest : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override {
+    saved_ = ActiveIsa();
+    SelectIsa(GetParam());
+  }
+  void TearDown() override { SelectIsa(saved_); }
+
+  // Runs fn under the scalar reference, then restores the ISA under test.
+  template <typename Fn>
+  auto Reference(Fn&& fn) {
+    SelectIsa(Isa::kScalar);
+    auto r = fn();
+    SelectIsa(GetParam());
+    return r;
+  }
+
+ private:
+  Isa saved_ = Isa::kScalar;
+};
+
+TEST_P(KernelTest, HalfToF32AllValues) {
+  std::vector<uint16_t> all(65536);
+  for (uint32_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i);
+  Unaligned<uint16_t> in(all);
+  for (auto [fn, ref] :
+       {std::pair{&F16ToF32, static_cast<float (*)(uint16_t)>(&qtool::F16ToF32)},
+        std::pair{&Bf16ToF32, static_cast<float (*)(uint16_t)>(&qtool::Bf16ToF32)}}) {
+    for (const int64_t n : {int64_t{65536}, int64_t{1}, int64_t{7}, int64_t{33}}) {
+      Unaligned<float> out(static_cast<size_t>(n));
+      fn(in.data(), n, out.data());
+      std::vector<float> want(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) want[i] = ref(all[i]);
+      ExpectSameBits(out.vec(), want, "half -> f32");
+    }
+  }
+}
+
+TEST_P(KernelTest, F32ToHalfMatchesReference) {
+  // Random bit patterns cover NaN payloads, subnormals and every exponent; add exact ties.
+  std::mt19937 rng(7);
+  std::vector<float> v(200000);
+  for (auto& x : v) x = std::bit_cast<float>(static_cast<uint32_t>(rng()));
+  for (uint32_t i = 0; i < 4096; ++i) v[i] = std::bit_cast<float>(0x3f800000u + (i << 12));
+  for (uint32_t i = 0; i < 4096; ++i) v[4096 + i] = std::bit_cast<float>(0x00008000u * i);
+  v[9000] = std::numeric_limits<float>::infinity();
+  v[9001] = std::numeric_limits<float>::signaling_NaN();
+  v[9002] = 65520.0f;
+  Unaligned<float> in(v);
+  for (const int64_t n : kLengths) {
+    for (auto [fn, ref] :
+         {std::pair{&F32ToF16, static_cast<uint16_t (*)(float)>(&qtool::F32ToF16)},
+          std::pair{&F32ToBf16, static_cast<uint16_t (*)(float)>(&qtool::F32ToBf16)}}) {
+      Unaligned<uint16_t> out(static_cast<size_t>(n));
+      fn(in.data(), n, out.data());
+      std::vector<uint16_t> want(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) want[i] = ref(v[i]);
+      ExpectSameBits(out.vec(), want, "f32 -> half");
+    }
+  }
+  Unaligned<uint16_t> out(v.size());
+  F32ToF16(in.data(), static_cast<int64_t>(v.size()), out.data());
+  for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(out.data()[i], qtool::F32ToF16(v[i])) << i;
+  F32ToBf16(in.data(), static_cast<int64_t>(v.size()), out.data());
+  for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(out.data()[i], qtool::F32ToBf16(v[i])) << i;
+}
+
+TEST_P(KernelTest, MinMaxAndCodesMatchCodecDefinition) {
+  for (const int64_t n : kLengths) {
+    auto x = RandomFloats(n, static_cast<uint32_t>(n), 0.05f);
+    // Exact rounding ties for the codes: multiples of half a step.
+    for (int64_t i = 0; i < n; i += 3) x[i] = 0.5f * static_cast<float>(i % 41 - 20) * 0.01f;
+    Unaligned<float> in(x);
+    float lo, hi, rlo, rhi;
+    MinMax(in.data(), n, &lo, &hi);
+    MinMaxRange(x.data(), n, &rlo, &rhi);
+    EXPECT_EQ(std::bit_cast<uint32_t>(lo), std::bit_cast<uint32_t>(rlo)) << n;
+    EXPECT_EQ(std::bit_cast<uint32_t>(hi), std::bit_cast<uint32_t>(rhi)) << n;
+    for (const int bits : {2, 4, 8}) {
+      for (const bool sym : {true, false}) {
+        QuantSpec spec{bits, sym, Granularity::kChannel, 0};
+        GroupParams p = ParamsFromRange(rlo, rhi, spec);
+        if (n % 2) p.scale = 0.005f;  // ties fall exactly on x / scale = k + 0.5
+        const int32_t umax = (1 << bits) - 1;
+        Unaligned<uint8_t> codes(static_cast<size_t>(n));
+        QuantizeCodes(in.data(), n, p, bits, codes.data());
+        std::vector<uint8_t> want(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) want[i] = QuantizeValue(x[i], p, umax);
+        ExpectSameBits(codes.vec(), want, "codes");
+        Unaligned<float> back(static_cast<size_t>(n));
+        DequantizeCodes(codes.data(), n, p, back.data());
+        std::vector<float> wantf(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) wantf[i] = DequantizeValue(want[i], p);
+        ExpectSameBits(back.vec(), wantf, "dequantised");
+      }
+    }
+  }
+}
+
+TEST_P(KernelTest, PackUnpackMatchCodec) {
+  for (const int64_t n : kLengths) {
+    for (const int bits : {2, 3, 4, 8}) {
+      const auto codes = RandomBytes(n, static_cast<uint32_t>(n * bits), (1 << bits) - 1);
+      Unaligned<uint8_t> in(codes), packed(static_cast<size_t>(PackedBytes(n, bits)));
+      PackCodes(in.data(), n, bits, packed.data());
+      std::vector<uint8_t> want(static_cast<size_t>(PackedBytes(n, bits)));
+      qtool::PackCodes(codes.data(), n, bits, want.data());
+      ExpectSameBits(packed.vec(), want, "packed");
+      Unaligned<uint8_t> back(static_cast<size_t>(n));
+      UnpackCodes(packed.data(), n, bits, back.data());
+      ExpectSameBits(back.vec(), codes, "unpacked");
+    }
+  }
+}
+
+// The fused row quantiser reproduces the codec's reference (QuantizeRowRef + PackCodes) exactly.
+TEST_P(KernelTest, QuantizeRowsMatchesCodec) {
+  const QuantSpec specs[] = {
+      {4, true, Granularity::kGroup, 128},  {4, false, Granularity::kGroup, 32},
+      {8, true, Granularity::kChannel, 0},  {8, false, Granularity::kChannel, 0},
+      {4, false, Granularity::kChannel, 0}, {3, true, Granularity::kGroup, 64},
+      {8, false, Granularity::kGroup, 128}};
+  const int64_t rows = 3;
+  for (const auto& spec : specs) {
+    for (const int64_t cols : kLengths) {
+      const auto x = RandomFloats(rows * cols, static_cast<uint32_t>(cols), 0.02f);
+      const int64_t ng = spec.GroupsPerRow(cols), rb = PackedBytes(cols, spec.bits);
+      std::vector<uint8_t> want(rows * rb), wzeros(rows * ng), codes(cols);
+      std::vector<float> wscales(rows * ng), deq(cols), want_deq(rows * cols);
+      std::vector<GroupParams> params(ng);
+      for (int64_t r = 0; r < rows; ++r) {
+        QuantizeRowRef(x.data() + r * cols, cols, spec, codes.data(), params.data(),
+                       want_deq.data() + r * cols);
+        qtool::PackCodes(codes.data(), cols, spec.bits, want.data() + r * rb);
+        for (int64_t g = 0; g < ng; ++g) {
+          wscales[r * ng + g] = params[g].scale;
+          wzeros[r * ng + g] = static_cast<uint8_t>(params[g].zero);
+        }
+      }
+      Unaligned<float> in(x);
+      Unaligned<uint8_t> got(static_cast<size_t>(rows * rb)), zeros(static_cast<size_t>(rows * ng));
+      Unaligned<float> scales(static_cast<size_t>(rows * ng));
+      QuantizeRows(in.data(), rows, cols, spec, got.data(), scales.data(), zeros.data(), 2);
+      SCOPED_TRACE(spec.ToString() + " cols " + std::to_string(cols));
+      ExpectSameBits(got.vec(), want, "codes");
+      ExpectSameBits(scales.vec(), wscales, "scales");
+      if (!spec.symmetric) ExpectSameBits(zeros.vec(), wzeros, "zeros");
+
+      QuantWeights w{got.data(), scales.data(), spec.symmetric ? nullptr : zeros.data(),
+                     rows,       cols,          spec.GroupLen(cols),
+                     spec.bits};
+      Unaligned<float> back(static_cast<size_t>(rows * cols));
+      DequantizeRows(w, back.data(), 2);
+      ExpectSameBits(back.vec(), want_deq, "dequantised rows");
+    }
+  }
+}
+
+TEST_P(KernelTest, ActivationQuantisationMatchesReference) {
+  for (const int64_t k : kLengths) {
+    const int64_t m = 3;
+    auto x = RandomFloats(m * k, static_cast<uint32_t>(k), 3.0f);
+    std::fill(x.begin() + 2 * k, x.end(), 0.0f);  // an all-zero token gets scale 1
+    Unaligned<float> in(x);
+    auto run = [&] {
+      std::pair<std::vector<int8_t>, std::vector<float>> r{std::vector<int8_t>(m * k),
+                                                           std::vector<float>(m)};
+      QuantizeActivations(in.data(), m, k, r.first.data(), r.second.data());
+      return r;
+    };
+    const auto want = Reference(run);
+    const auto got = run();
+    ExpectSameBits(got.first, want.first, "q");
+    ExpectSameBits(got.second, want.second, "scales");
+    EXPECT_EQ(want.second[2], 1.0f);
+    for (const int8_t q : want.first) ASSERT_GE(q, -127);
+  }
+}
+
+// Random integer weights in the codec layout with positive scales.
+struct TestWeights {
+  std::vector<uint8_t> codes, zeros;
+  std::vector<float> scales;
+  QuantWeights view;
+  TestWeights(int64_t rows, int64_t cols, int64_t group, int bits, bool sym, uint32_t seed) {
+    view = {nullptr, nullptr, nullptr, rows, cols, group, bits};
+    codes = RandomBytes(rows * view.row_bytes(), seed);
+    if (bits == 4 && cols % 2) {
+      for (int64_t r = 0; r < rows; ++r) codes[r * view.row_bytes() + cols / 2] &= 0x0f;
+    }
+    const int64_t ng = view.groups_per_row();
+    zeros = RandomBytes(rows * ng, seed + 1, (1 << bits) - 1);
+    std::mt19937 rng(seed + 2);
+    std::uniform_real_distribution<float> d(0.001f, 0.02f);
+    scales.resize(rows * ng);
+    for (auto& s : scales) s = d(rng);
+    view.codes = codes.data();
+    view.scales = scales.data();
+    view.zeros = sym ? nullptr : zeros.data();
+  }
+  float Weight(int64_t n, int64_t k) const {
+    const uint8_t* row = codes.data() + n * view.row_bytes();
+    const int32_t u = view.bits == 8 ? row[k] : (row[k / 2] >> ((k & 1) * 4)) & 0xf;
+    const int64_t g = k / view.group, ng = view.groups_per_row();
+    const int32_t z = view.zeros ? view.zeros[n * ng + g] : 1 << (view.bits - 1);
+    return static_cast<float>(u - z) * view.scales[n * ng + g];
+  }
+  // sum_k |w[n,k] * act(t, k)| for every token t < m and row n: the scale of the tolerance.
+  template <typename Act>
+  std::vector<double> L1Products(int64_t m, Act act) const {
+    std::vector<double> l1(m * view.rows);
+    for (int64_t t = 0; t < m; ++t) {
+      for (int64_t n = 0; n < view.rows; ++n) {
+        for (int64_t i = 0; i < view.cols; ++i) {
+          l1[t * view.rows + n] += std::fabs(static_cast<double>(Weight(n, i)) * act(t, i));
+        }
+      }
+    }
+    return l1;
+  }
+};
+
+// |got - want| <= 1e-5 * sum_k |w_k a_k| for every output.
+void ExpectClose(const std::vector<float>& got, const std::vector<float>& want,
+                 const std::vector<double>& l1) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_LE(std::fabs(got[i] - want[i]), 1e-5 * l1[i] + 1e-30) << "output " << i;
+  }
+}
+
+TEST_P(KernelTest, GemmW8A8IsExact) {
+  for (const int64_t k : kLengths) {
+    for (const bool sym : {true, false}) {
+      for (const int64_t m : {1, 3, 4, 9, 17}) {
+        const int64_t n = 37;
+        TestWeights w(n, k, k, 8, sym, static_cast<uint32_t>(k + m));
+        const auto x = RandomFloats(m * k, static_cast<uint32_t>(k * 3 + m));
+        std::vector<int8_t> q(m * k);
+        std::vector<float> sa(m);
+        QuantizeActivations(x.data(), m, k, q.data(), sa.data());
+        Unaligned<int8_t> qa(q);
+        auto run = [&] {
+          std::vector<float> y(m * n);
+          GemmW8A8(qa.data(), sa.data(), m, w.view, y.data(), 2);
+          return y;
+        };
+        SCOPED_TRACE("k " + std::to_string(k) + " m " + std::to_string(m));
+        ExpectSameBits(run(), Reference(run), "y");
+      }
+    }
+  }
+}
+
+// Shapes for the 4-bit kernels: multiples of 32 (vector paths) and others (reference fallback).
+const int64_t kFourBitCols[] = {32, 64, 96, 128, 160, 4096 + 32, 33, 4096 + 17};
+
+TEST_P(KernelTest, GemmW4A8WithinTolerance) {
+  for (const int64_t k : kFourBitCols) {
+    for (const int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}, k}) {
+      for (const bool sym : {true, false}) {
+        for (const int64_t m : {1, 2, 5}) {
+          const int64_t n = 19;
+          TestWeights w(n, k, group, 4, sym, static_cast<uint32_t>(k + group + m));
+          const auto x = RandomFloats(m * k, static_cast<uint32_t>(k + m));
+          std::vector<int8_t> q(m * k);
+          std::vector<float> sa(m);
+          QuantizeActivations(x.data(), m, k, q.data(), sa.data());
+          Unaligned<int8_t> qa(q);
+          auto run = [&] {
+            std::vector<float> y(m * n);
+            GemmW4A8(qa.data(), sa.data(), m, w.view, y.data(), 2);
+            return y;
+          };
+          const auto l1 =
+              w.L1Products(m, [&](int64_t t, int64_t i) { return q[t * k + i] * sa[t]; });
+          SCOPED_TRACE("k " + std::to_string(k) + " group " + std::to_string(group));
+          ExpectClose(run(), Reference(run), l1);
+        }
+      }
+    }
+  }
+}
+
+TEST_P(KernelTest, GemmW4A16WithinTolerance) {
+  for (const int64_t k : kFourBitCols) {
+    for (const int64_t group : {int64_t{32}, int64_t{128}, k}) {
+      for (const bool sym : {true, false}) {
+        const int64_t m = 3, n = 21;
+        TestWeights w(n, k, group, 4, sym, static_cast<uint32_t>(k * 7 + group));
+        const auto x = RandomFloats(m * k, static_cast<uint32_t>(k));
+        std::vector<uint16_t> a(m * k);
+        qtool::F32ToBf16(x.data(), a.data(), a.size());
+        Unaligned<uint16_t> aa(a);
+        auto run = [&] {
+          std::vector<float> y(m * n);
+          GemmW4A16(aa.data(), m, w.view, y.data(), 2);
+          return y;
+        };
+        const auto l1 =
+            w.L1Products(m, [&](int64_t t, int64_t i) { return qtool::Bf16ToF32(a[t * k + i]); });
+        SCOPED_TRACE("k " + std::to_string(k) + " group " + std::to_string(group));
+        ExpectClose(run(), Reference(run), l1);
+      }
+    }
+  }
+}
+
+TEST_P(KernelTest, GemvNf4WithinTolerance) {
+  const auto& nf4 = Nf4Values();
+  for (const int64_t k : kFourBitCols) {
+    for (const int64_t group : {int64_t{32}, int64_t{64}, k}) {
+      const int64_t n = 23;
+      TestWeights tw(n, k, group, 4, true, static_cast<uint32_t>(k + group));
+      const Nf4Weights w{tw.codes.data(), tw.scales.data(), n, k, group};
+      const auto x = RandomFloats(k, static_cast<uint32_t>(k + 1));
+      Unaligned<float> xa(x);
+      auto run = [&] {
+        std::vector<float> y(n);
+        GemvNf4(xa.data(), w, y.data(), 2);
+        return y;
+      };
+      const auto want = Reference(run);
+      std::vector<double> l1(n);
+      const int64_t ng = (k + group - 1) / group;
+      for (int64_t j = 0; j < n; ++j) {
+        double exact = 0;
+        for (int64_t i = 0; i < k; ++i) {
+          // The NF4 codec's packing: the even column in the high nibble.
+          const int u = (tw.codes[j * ((k + 1) / 2) + i / 2] >> ((~i & 1) * 4)) & 0xf;
+          const double wv = static_cast<double>(nf4[u]) * tw.scales[j * ng + i / group];
+          l1[j] += std::fabs(wv * x[i]);
+          exact += wv * x[i];
+        }
+        EXPECT_NEAR(want[j], exact, 1e-5 * l1[j]) << "reference vs f64, row " << j;
+      }
+      SCOPED_TRACE("k " + std::to_string(k) + " group " + std::to_string(group));
+      ExpectClose(run(), want, l1);
+    }
+  }
+}
+
+// The GEMV reads the NF4 codec's own tensors: qweight as packed, absmax as block scales.
+TEST_P(KernelTest, GemvNf4ReadsTheNf4CodecLayout) {
+  const int64_t rows = 37, cols = 256, block = 64;
+  const auto w = RandomFloats(rows * cols, 11, 0.02f);
+  Nf4Codec codec(block, /*double_quant=*/false, rows, cols);
+  codec.Observe(w.data(), 0, rows);
+  const auto layout = codec.Layout("w");
+  std::vector<std::vector<std::byte>> parts;
+  std::vector<std::byte*> ptrs;
+  for (const auto& t : layout) parts.emplace_back(t.nbytes());
+  for (auto& p : parts) ptrs.push_back(p.data());
+  std::vector<float> decoded(rows * cols);
+  codec.EncodeRows(w.data(), 0, rows, ptrs.data(), decoded.data());
+  ASSERT_EQ(layout[1].dtype, DType::kF32);
+
+  const auto x = RandomFloats(cols, 12);
+  const Nf4Weights nf{reinterpret_cast<const uint8_t*>(parts[0].data()),
+                      reinterpret_cast<const float*>(parts[1].data()), rows, cols, block};
+  std::vector<float> y(rows);
+  GemvNf4(x.data(), nf, y.data(), 2);
+  for (int64_t n = 0; n < rows; ++n) {
+    double want = 0, l1 = 0;
+    for (int64_t i = 0; i < cols; ++i) {
+      want += static_cast<double>(decoded[n * cols + i]) * x[i];
+      l1 += std::fabs(static_cast<double>(decoded[n * cols + i]) * x[i]);
+    }
+    EXPECT_NEAR(y[n], want, 1e-5 * l1) << "row " << n;
+  }
+}
+
+std::string IsaParamName(const ::testing::TestParamInfo<Isa>& info) { return IsaName(info.param); }
+
+INSTANTIATE_TEST_SUITE_P(Isa, KernelTest, ::testing::ValuesIn(SupportedIsas()), IsaParamName);
+
+TEST(KernelDispatch, UnknownAndUnsupportedIsasAreRefused) {
+  EXPECT_THROW(ParseIsa("sse9"), OptionError);
+  const auto supported = SupportedIsas();
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+    if (std::find(supported.begin(), supported.end(), isa) == supported.end()) {
+      EXPECT_THROW(SelectIsa(isa), OptionError) << IsaName(isa);
+    }
+  }
+  EXPECT_EQ(supported.front(), Isa::kScalar);
+  EXPECT_EQ(KernelPaths().size(), 14u);
+}
+
+}  // namespace
+}  // namespace qtool::kernels

@@ -1,0 +1,54 @@
+// qtool generate MODEL --prompt TEXT -n N: greedy continuation, a quick look at what a model says.
+#include <fmt/format.h>
+
+#include "commands.hpp"
+#include "qtool/core/error.hpp"
+#include "qtool/model/model.hpp"
+#include "qtool/model/tokenizer.hpp"
+#include "terminal.hpp"
+
+namespace qtool::cli {
+namespace {
+
+struct GenerateArgs {
+  std::string model, prompt, tokenizer, json;
+  int64_t n = 64;
+  int threads = 0;
+};
+
+}  // namespace
+
+void RegisterGenerate(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  CLI::App* cmd = app.add_subcommand("generate", "Continue a prompt greedily");
+  cmd->add_option("model", a->model, "Model directory (plain or quantised by qtool)")->required();
+  cmd->add_option("-p,--prompt", a->prompt, "Prompt text (empty: start from BOS alone)");
+  cmd->add_option("-n", a->n, "Tokens to generate")->capture_default_str();
+  cmd->add_option("--tokenizer", a->tokenizer,
+                  "SentencePiece model (default MODEL/tokenizer.model)");
+  cmd->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
+  cmd->add_option("--json", a->json, "Also write the result as JSON to this file (- for stdout)");
+  cmd->callback([a]() {
+    QTOOL_CHECK(a->n >= 0, OptionError, "-n must not be negative");
+    const Model model(a->model, {.threads = a->threads});
+    const Tokenizer tok = LoadModelTokenizer(model.checkpoint().dir(), a->tokenizer);
+    std::vector<int32_t> prompt = {model.config().bos_token_id};
+    const std::vector<int32_t> encoded = tok.Encode(a->prompt);
+    prompt.insert(prompt.end(), encoded.begin(), encoded.end());
+    const std::vector<int32_t> out =
+        GenerateGreedy(model, prompt, a->n, model.config().eos_token_id);
+    std::vector<int32_t> all(prompt.begin() + 1, prompt.end());
+    all.insert(all.end(), out.begin(), out.end());
+    const std::string text = tok.Decode(all);
+    if (a->json != "-") fmt::print("{}\n", text);
+    if (!a->json.empty()) {
+      WriteJsonReport(a->json, {{"model", a->model},
+                                {"prompt", a->prompt},
+                                {"text", text},
+                                {"completion", tok.Decode(out)},
+                                {"tokens", out}});
+    }
+  });
+}
+
+}  // namespace qtool::cli

@@ -1,0 +1,88 @@
+// The calibrated methods of `qtool quantize`: --method gptq|awq|smoothquant|hqq (rtn, the default,
+// is the codec path of cmd_quantize.cpp), their options, per-layer progress and solver losses.
+#include <fmt/format.h>
+
+#include "commands.hpp"
+#include "qtool/core/error.hpp"
+#include "qtool/solvers/calibrated.hpp"
+#include "terminal.hpp"
+
+namespace qtool::cli {
+
+struct MethodArgs {
+  std::string method = "rtn", calib;
+  int64_t nsamples = 128, seqlen = 512;
+  uint64_t seed = 0;
+  bool act_order = false, static_groups = false, mse = false;
+  double damp = 0.01, alpha = 0.5;
+};
+
+std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd) {
+  auto m = std::make_shared<MethodArgs>();
+  cmd->add_option("--method", m->method,
+                  "rtn (round to nearest), gptq, awq, smoothquant (W8A8: int8 per-channel "
+                  "weights after smoothing) or hqq (asymmetric, calibration-free)")
+      ->capture_default_str();
+  cmd->add_option("--calib", m->calib, "Calibration text (gptq, awq, smoothquant)");
+  cmd->add_option("--nsamples", m->nsamples, "Calibration samples")->capture_default_str();
+  cmd->add_option("--seqlen", m->seqlen, "Tokens per calibration sample (BOS included)")
+      ->capture_default_str();
+  cmd->add_option("--seed", m->seed, "Seed of the calibration sample draw")->capture_default_str();
+  cmd->add_flag("--act-order", m->act_order,
+                "GPTQ: columns in order of decreasing Hessian diagonal (groups stay static)");
+  cmd->add_flag("--static-groups", m->static_groups,
+                "GPTQ: group parameters from the original weights, fitted up front");
+  cmd->add_flag("--mse", m->mse, "GPTQ: MSE search of each group's range");
+  cmd->add_option("--damp", m->damp, "GPTQ: relative dampening of the Hessian")
+      ->capture_default_str();
+  cmd->add_option("--alpha", m->alpha, "SmoothQuant: migration strength")->capture_default_str();
+  return m;
+}
+
+std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptions opts,
+                                              const std::string& input, const std::string& output,
+                                              bool quiet) {
+  if (m.method == "rtn") return std::nullopt;
+  solvers::CalibratedOptions c;
+  c.method = solvers::ParseMethod(m.method);
+  QTOOL_CHECK(!solvers::NeedsCalibration(c.method) || !m.calib.empty(), OptionError,
+              "--method {} needs --calib FILE", m.method);
+  QTOOL_CHECK(m.damp >= 0, OptionError, "--damp must not be negative");
+  QTOOL_CHECK(m.alpha >= 0 && m.alpha <= 1, OptionError, "--alpha must be in [0, 1]");
+  c.calib_text = m.calib;
+  c.calib.num_samples = m.nsamples;
+  c.calib.seq_len = m.seqlen;
+  c.calib.seed = m.seed;
+  c.gptq.act_order = m.act_order;
+  c.gptq.static_groups = m.static_groups;
+  c.gptq.mse = m.mse;
+  c.gptq.damp = m.damp;
+  c.alpha = m.alpha;
+  if (c.method == solvers::Method::kSmoothQuant) {
+    opts.codec = {{"codec", "int"}, {"bits", 8}, {"symmetric", true}, {"granularity", "channel"}};
+  } else if (c.method == solvers::Method::kHqq) {
+    opts.codec["symmetric"] = false;
+  }
+  MethodResult result;
+  result.solver = {{"method", m.method}, {"layers", nlohmann::json::array()}};
+  Progress progress("quantize");
+  const auto on_layer = [&](const solvers::LayerReport& l) {
+    result.solver["layers"].push_back({{"block", l.block},
+                                       {"name", l.name},
+                                       {"loss", l.loss},
+                                       {"seconds", l.seconds},
+                                       {"detail", l.detail}});
+    if (quiet) return;
+    progress.Done();
+    fmt::print(stderr, "{} block {:>3} {:<26} loss {:>11.4e} {:>7.2f} s {}\n", m.method, l.block,
+               l.name, l.loss, l.seconds, l.detail);
+  };
+  result.report = solvers::QuantizeCalibrated(
+      input, output, opts, c, on_layer, [&](size_t done, size_t total, const std::string& name) {
+        progress.Update(done, total, name);
+      });
+  progress.Done();
+  return result;
+}
+
+}  // namespace qtool::cli
