@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "qtool/core/error.hpp"
@@ -70,6 +71,7 @@ QuantSpec IntCodec::SpecFromRecord(const nlohmann::json& r) {
     } else if (g == "group") {
       s.granularity = Granularity::kGroup;
       s.group_size = r.at("group_size").get<int64_t>();
+      s.flat_groups = r.value("flat_groups", false);
     } else {
       throw OptionError(fmt::format("unknown granularity \"{}\"", g));
     }
@@ -94,19 +96,29 @@ nlohmann::json IntCodec::Record() const {
                       {"symmetric", spec_.symmetric},
                       {"granularity", GranularityName(spec_.granularity)}};
   if (spec_.granularity == Granularity::kGroup) r["group_size"] = spec_.group_size;
+  if (spec_.flat_groups) r["flat_groups"] = true;
   if (observer_.kind != ObserverKind::kMinMax) r["observer"] = observer_.ToString();
   return r;
 }
 
 std::vector<TensorSpec> IntCodec::Layout(const std::string& name) const {
   const bool tensor = spec_.granularity == Granularity::kTensor;
-  const int64_t prow = tensor ? 1 : rows();
-  const int64_t pcol = tensor ? 1 : spec_.GroupsPerRow(cols());
+  int64_t prow = tensor ? 1 : rows();
+  int64_t pcol = tensor ? 1 : spec_.GroupsPerRow(cols());
+  if (spec_.flat_groups) {
+    prow = (rows() * cols() + spec_.group_size - 1) / spec_.group_size;
+    pcol = 1;
+  }
   std::vector<TensorSpec> out = {
       {name + ".qweight", DType::kU8, {rows(), PackedBytes(cols(), spec_.bits)}},
       {name + ".scales", DType::kF32, {prow, pcol}}};
   if (!spec_.symmetric) out.push_back({name + ".zeros", DType::kU8, {prow, pcol}});
   return out;
+}
+
+int64_t IntCodec::row_block() const {
+  // Flat groups: a chunk must start on a group boundary, i.e. (r0 * cols) % g == 0.
+  return spec_.flat_groups ? spec_.group_size / std::gcd(cols(), spec_.group_size) : 1;
 }
 
 void IntCodec::Observe(const float* w, int64_t r0, int64_t nrows) {
@@ -128,62 +140,85 @@ void IntCodec::Observe(const float* w, int64_t r0, int64_t nrows) {
   tensor_hi_ = std::max(tensor_hi_, hi);
 }
 
+void IntCodec::EncodeRun(const float* x, Run run, uint8_t* codes, float* y, std::byte* scales,
+                         uint8_t* zeros) const {
+  const bool tensor = spec_.granularity == Granularity::kTensor;
+  const GroupParams tensor_params = ParamsFromRange(tensor_lo_, tensor_hi_, spec_);
+  QTOOL_DASSERT(run.e0 % run.glen == 0);
+  for (int64_t k0 = 0; k0 < run.n; k0 += run.glen) {
+    const int64_t n = std::min(run.glen, run.n - k0);
+    GroupParams p = tensor_params;
+    if (!tensor) {
+      const Range range = ChooseRange(x + k0, n, observer_, spec_);
+      p = ParamsFromRange(range.lo, range.hi, spec_);
+      const int64_t gi = run.base + (run.e0 + k0) / run.glen;
+      std::memcpy(scales + gi * 4, &p.scale, 4);
+      if (zeros) zeros[gi] = static_cast<uint8_t>(p.zero);
+    }
+    kernels::QuantizeCodes(x + k0, n, p, spec_.bits, codes + k0);
+    kernels::DequantizeCodes(codes + k0, n, p, y + k0);
+  }
+}
+
+void IntCodec::DecodeRun(const uint8_t* codes, Run run, const std::byte* scales,
+                         const uint8_t* zeros, float* y) const {
+  const bool tensor = spec_.granularity == Granularity::kTensor;
+  for (int64_t k0 = 0; k0 < run.n;) {
+    const int64_t g = (run.e0 + k0) / run.glen;
+    const int64_t k1 = std::min(run.n, (g + 1) * run.glen - run.e0);
+    const int64_t gi = tensor ? 0 : run.base + g;
+    GroupParams p;
+    std::memcpy(&p.scale, scales + gi * 4, 4);
+    p.zero = zeros ? zeros[gi] : spec_.code_offset();
+    kernels::DequantizeCodes(codes + k0, k1 - k0, p, y + k0);
+    k0 = k1;
+  }
+}
+
 void IntCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
                           float* dequant) const {
   const int64_t cols = this->cols();
-  const int64_t glen = spec_.GroupLen(cols);
-  const int64_t ngroups = spec_.GroupsPerRow(cols);
   const int64_t row_bytes = PackedBytes(cols, spec_.bits);
-  const bool tensor = spec_.granularity == Granularity::kTensor;
-  const GroupParams tensor_params = ParamsFromRange(tensor_lo_, tensor_hi_, spec_);
   auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
-  std::byte* scales = out[1];
   auto* zeros = spec_.symmetric ? nullptr : reinterpret_cast<uint8_t*>(out[2]);
-  std::vector<uint8_t> codes(static_cast<size_t>(cols));
-  for (int64_t r = r0; r < r0 + nrows; ++r) {
-    const float* x = w + (r - r0) * cols;
-    float* y = dequant + (r - r0) * cols;
-    for (int64_t gi = 0; gi < ngroups; ++gi) {
-      const int64_t g0 = gi * glen, n = std::min(glen, cols - g0);
-      GroupParams p = tensor_params;
-      if (!tensor) {
-        const Range range = ChooseRange(x + g0, n, observer_, spec_);
-        p = ParamsFromRange(range.lo, range.hi, spec_);
-        std::memcpy(scales + (r * ngroups + gi) * 4, &p.scale, 4);
-        if (zeros) zeros[r * ngroups + gi] = static_cast<uint8_t>(p.zero);
-      }
-      uint8_t* c = codes.data() + g0;
-      kernels::QuantizeCodes(x + g0, n, p, spec_.bits, c);
-      kernels::DequantizeCodes(c, n, p, y + g0);
+  std::vector<uint8_t> codes(static_cast<size_t>(nrows * cols));
+  if (spec_.flat_groups) {
+    EncodeRun(w, {r0 * cols, nrows * cols, spec_.group_size, 0}, codes.data(), dequant, out[1],
+              zeros);
+  } else {
+    const int64_t glen = spec_.GroupLen(cols), ngroups = spec_.GroupsPerRow(cols);
+    for (int64_t r = 0; r < nrows; ++r) {
+      EncodeRun(w + r * cols, {0, cols, glen, (r0 + r) * ngroups}, codes.data() + r * cols,
+                dequant + r * cols, out[1], zeros);
     }
-    kernels::PackCodes(codes.data(), cols, spec_.bits, qweight + r * row_bytes);
   }
-  if (tensor && r0 == 0) {
-    std::memcpy(scales, &tensor_params.scale, 4);
-    if (zeros) zeros[0] = static_cast<uint8_t>(tensor_params.zero);
+  for (int64_t r = 0; r < nrows; ++r) {
+    kernels::PackCodes(codes.data() + r * cols, cols, spec_.bits, qweight + (r0 + r) * row_bytes);
+  }
+  if (spec_.granularity == Granularity::kTensor && r0 == 0) {
+    const GroupParams p = ParamsFromRange(tensor_lo_, tensor_hi_, spec_);
+    std::memcpy(out[1], &p.scale, 4);
+    if (zeros) zeros[0] = static_cast<uint8_t>(p.zero);
   }
 }
 
 void IntCodec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const {
   const int64_t cols = this->cols();
-  const int64_t glen = spec_.GroupLen(cols);
-  const int64_t ngroups = spec_.GroupsPerRow(cols);
   const int64_t row_bytes = PackedBytes(cols, spec_.bits);
-  const bool tensor = spec_.granularity == Granularity::kTensor;
   const auto* qweight = reinterpret_cast<const uint8_t*>(in[0]);
   const auto* zeros = spec_.symmetric ? nullptr : reinterpret_cast<const uint8_t*>(in[2]);
-  std::vector<uint8_t> codes(static_cast<size_t>(cols));
-  for (int64_t r = r0; r < r0 + nrows; ++r) {
-    kernels::UnpackCodes(qweight + r * row_bytes, cols, spec_.bits, codes.data());
-    float* y = out + (r - r0) * cols;
-    for (int64_t gi = 0; gi < ngroups; ++gi) {
-      const int64_t idx = tensor ? 0 : r * ngroups + gi;
-      GroupParams p;
-      std::memcpy(&p.scale, in[1] + idx * 4, 4);
-      p.zero = zeros ? zeros[idx] : spec_.code_offset();
-      const int64_t g0 = gi * glen, n = std::min(glen, cols - g0);
-      kernels::DequantizeCodes(codes.data() + g0, n, p, y + g0);
-    }
+  std::vector<uint8_t> codes(static_cast<size_t>(nrows * cols));
+  for (int64_t r = 0; r < nrows; ++r) {
+    kernels::UnpackCodes(qweight + (r0 + r) * row_bytes, cols, spec_.bits, codes.data() + r * cols);
+  }
+  if (spec_.flat_groups) {
+    DecodeRun(codes.data(), {r0 * cols, nrows * cols, spec_.group_size, 0}, in[1], zeros, out);
+    return;
+  }
+  const int64_t glen = spec_.GroupLen(cols), ngroups = spec_.GroupsPerRow(cols);
+  for (int64_t r = 0; r < nrows; ++r) {
+    DecodeRun(codes.data() + r * cols, {0, cols, glen, (r0 + r) * ngroups}, in[1], zeros,
+              out + r * cols);
   }
 }
 

@@ -534,6 +534,9 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
   const QuantSpec spec = IntCodec::SpecFromRecord(options.codec);
   QTOOL_CHECK(spec.granularity != Granularity::kTensor, OptionError,
               "--method {} needs group or channel granularity", MethodName(method.method));
+  QTOOL_CHECK(!spec.flat_groups, OptionError,
+              "--method {} keeps groups inside rows: drop --flat-groups",
+              MethodName(method.method));
   QTOOL_CHECK(method.method != Method::kHqq || !spec.symmetric, OptionError,
               "HQQ optimises zero-points: use an asymmetric format (--asym)");
   CheckpointWriter::CheckOutputPath(out, options.overwrite);

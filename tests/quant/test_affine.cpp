@@ -262,3 +262,40 @@ TEST(IntCodec, SqnrBands) {
 
 }  // namespace
 }  // namespace qtool
+
+namespace qtool {
+namespace {
+
+// Flat groups: groups of g over the row-major flattened matrix, spanning rows when g does not
+// divide the row length; chunks of rows start on group boundaries (row_block).
+TEST(IntCodec, FlatGroupsSpanRows) {
+  const int64_t rows = 24, cols = 172, g = 32;
+  QuantSpec spec = Spec(4, true, Granularity::kGroup, g);
+  spec.flat_groups = true;
+  const std::vector<float> w = Gaussian(rows * cols, 5);
+  IntCodec codec(spec, rows, cols);
+  ASSERT_EQ(codec.row_block(), 8);  // 8 rows of 172 = 43 groups of 32
+  const auto layout = codec.Layout("w");
+  ASSERT_EQ(layout[1].shape, (std::vector<int64_t>{(rows * cols + g - 1) / g, 1}));
+  std::vector<std::vector<std::byte>> parts;
+  std::vector<std::byte*> out;
+  for (const auto& t : layout) {
+    parts.emplace_back(t.nbytes());
+    out.push_back(parts.back().data());
+  }
+  std::vector<float> deq(w.size()), decoded(w.size());
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    codec.EncodeRows(w.data() + r0 * cols, r0, 8, out.data(), deq.data() + r0 * cols);
+  }
+  // The whole matrix as one row of rows * cols elements is the same definition.
+  EXPECT_EQ(deq, IndependentRtn(w, rows * cols, Spec(4, true, Granularity::kGroup, g)));
+  // Decoding works from any row, not only group-aligned ones.
+  std::vector<const std::byte*> in(out.begin(), out.end());
+  codec.DecodeRows(in.data(), 0, 3, decoded.data());
+  codec.DecodeRows(in.data(), 3, rows - 3, decoded.data() + 3 * cols);
+  EXPECT_EQ(deq, decoded);
+  EXPECT_EQ(MakeCodec(codec.Record(), rows, cols)->row_block(), 8);
+}
+
+}  // namespace
+}  // namespace qtool

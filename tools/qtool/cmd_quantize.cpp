@@ -24,7 +24,7 @@ struct QuantizeArgs {
   int bits = 4;
   int64_t group = 128;
   bool asym = false, force = false, quiet = false, double_quant = false, no_saturate = false;
-  bool granularity_given = false;
+  bool granularity_given = false, flat_groups = false;
   int threads = 0;
   std::vector<std::string> include, exclude;
 };
@@ -84,6 +84,10 @@ nlohmann::json IntRecord(const QuantizeArgs& a, int bits) {
   nlohmann::json r = {
       {"codec", "int"}, {"bits", bits}, {"symmetric", !a.asym}, {"granularity", a.granularity}};
   if (a.granularity == "group") r["group_size"] = a.group;
+  if (a.flat_groups) {
+    QTOOL_CHECK(a.granularity == "group", OptionError, "--flat-groups needs --granularity group");
+    r["flat_groups"] = true;
+  }
   const ObserverSpec observer = ObserverSpec::Parse(a.observer);
   if (observer.kind != ObserverKind::kMinMax) r["observer"] = observer.ToString();
   return r;
@@ -121,6 +125,8 @@ nlohmann::json CodecRecord(const QuantizeArgs& a) {
               "--observer applies to the integer formats, not to \"{}\"", f);
   QTOOL_CHECK(f == "nf4" || !a.double_quant, OptionError, "--double-quant applies to nf4 only");
   QTOOL_CHECK(is_int || !a.asym, OptionError, "--asym applies to the integer formats only");
+  QTOOL_CHECK(is_int || !a.flat_groups, OptionError,
+              "--flat-groups applies to the integer formats only");
   QTOOL_CHECK(is_fp || !a.no_saturate, OptionError, "--no-saturate applies to fp8/fp4 only");
   QTOOL_CHECK(!is_int || a.block.empty(), OptionError,
               "--block applies to nf4, fp4, fp8 and the MX formats; use --group for int");
@@ -205,6 +211,9 @@ void RegisterQuantize(CLI::App& app) {
                   "Range choice for the integer formats: minmax, percentile:P, mse, mse:P (Lp "
                   "norm) or kl")
       ->capture_default_str();
+  cmd->add_flag("--flat-groups", a->flat_groups,
+                "Integer groups run over the flattened matrix and may span rows (the definition "
+                "of reshape(-1, group) reference scripts); default: groups stay inside a row");
   cmd->add_flag("--asym", a->asym, "Asymmetric (scale and zero-point) instead of symmetric");
   cmd->add_option("--include", a->include,
                   "Regex of further tensor names to quantise (repeatable); default: 2-D weights "

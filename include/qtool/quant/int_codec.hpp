@@ -4,10 +4,13 @@
 //   NAME.qweight  U8  [rows, ceil(cols * bits / 8)]   codes packed per row (see pack.hpp)
 //   NAME.scales   F32 [rows, G]                       (per-tensor: [1, 1])
 //   NAME.zeros    U8  [rows, G]                       asymmetric only (per-tensor: [1, 1])
+// With flat groups (record "flat_groups": true) scales and zeros are [ceil(rows * cols / g), 1],
+// one per group of the flattened matrix, and row chunks start on group boundaries (row_block).
 // Record: {"codec": "int", "bits": b, "symmetric": bool, "granularity": "tensor"|"channel"|"group",
-//          "group_size": g, "observer": "minmax"|"percentile:P"|"mse[:p]"|"kl" (observer.hpp;
-//          absent means minmax)}. Every range comes from ChooseRange on the values it covers (a
-//          per-tensor range other than min-max keeps an f32 copy of the tensor during Observe).
+//          "group_size": g, "flat_groups": bool (absent means false), "observer":
+//          "minmax"|"percentile:P"|"mse[:p]"|"kl" (observer.hpp; absent means minmax)}. Every range
+//          comes from ChooseRange on the values it covers (a per-tensor range other than min-max
+//          keeps an f32 copy of the tensor during Observe).
 #pragma once
 
 #include <vector>
@@ -33,6 +36,7 @@ class IntCodec final : public WeightCodec {
   nlohmann::json Record() const override;
   std::vector<TensorSpec> Layout(const std::string& name) const override;
   bool needs_observe() const override { return spec_.granularity == Granularity::kTensor; }
+  int64_t row_block() const override;
   void Observe(const float* w, int64_t r0, int64_t nrows) override;
   void EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
                   float* dequant) const override;
@@ -43,6 +47,18 @@ class IntCodec final : public WeightCodec {
   static ObserverSpec ObserverFromRecord(const nlohmann::json& record);
 
  private:
+  // A run of `n` consecutive elements, the first being element `e0` of a numbering in which groups
+  // start at multiples of `glen`; group parameters are stored at index base + (e0 + k) / glen.
+  // Rows are such runs (e0 = 0, base = row * groups per row); with flat groups a chunk of rows is
+  // one run numbered from the matrix's first element.
+  struct Run {
+    int64_t e0, n, glen, base;
+  };
+  void EncodeRun(const float* x, Run run, uint8_t* codes, float* y, std::byte* scales,
+                 uint8_t* zeros) const;
+  void DecodeRun(const uint8_t* codes, Run run, const std::byte* scales, const uint8_t* zeros,
+                 float* y) const;
+
   QuantSpec spec_;
   ObserverSpec observer_;
   float tensor_lo_ = 0, tensor_hi_ = 0;  // per-tensor range seen by Observe

@@ -28,6 +28,10 @@ struct QuantSpec {
   bool symmetric = true;
   Granularity granularity = Granularity::kGroup;
   int64_t group_size = 128;  // used when granularity == kGroup
+  /// Groups of `group_size` consecutive elements of the row-major flattened matrix, which span two
+  /// rows when group_size does not divide the row length (the definition of bitsandbytes-style
+  /// blockwise and of "reshape(-1, g)" reference scripts). Integer codec only.
+  bool flat_groups = false;
 
   /// Throws OptionError for bits outside 2..8 or a group size below 1.
   void Validate() const;
