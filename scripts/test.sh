@@ -37,7 +37,8 @@ fi
 if has asan; then
   step "Tests under AddressSanitizer and UndefinedBehaviorSanitizer"
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQTOOL_BUILD_BENCH=OFF \
-    -DQTOOL_SANITIZE=address,undefined -DCMAKE_CXX_FLAGS=-DQTOOL_ENABLE_DASSERT >/dev/null
+    -DQTOOL_SANITIZE=address,undefined -DCMAKE_CXX_FLAGS=-DQTOOL_ENABLE_DASSERT \
+    -DQTOOL_WERROR=OFF >/dev/null  # warnings are checked by the Release build; GCC 12 misfires under ASan
   cmake --build build-asan -j "$jobs"
   ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j "$jobs"
 fi

@@ -7,6 +7,8 @@
 #include <numeric>
 
 #include "qtool/core/error.hpp"
+#include "qtool/quant/minifloat.hpp"
+#include "qtool/quant/nf4_codec.hpp"
 #include "qtool/quant/spec.hpp"
 
 namespace qtool::solvers {
@@ -80,21 +82,13 @@ TableGrid::TableGrid(std::string name, std::vector<float> values)
 }
 
 TableGrid TableGrid::Nf4() {
-  return TableGrid("nf4", {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-                           -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f,
-                           0.0f, 0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f,
-                           0.33791524171829224f, 0.44070982370567322f, 0.5626170039176941f,
-                           0.7229568362236023f, 1.0f});
+  const std::array<float, 16>& v = Nf4Values();
+  return TableGrid("nf4", std::vector<float>(v.begin(), v.end()));
 }
 
 TableGrid TableGrid::Fp4() {
   std::vector<float> v(16);
-  for (int code = 0; code < 16; ++code) {
-    const int e = (code >> 1) & 3, m = code & 1;
-    const float mag = e == 0 ? 0.5f * static_cast<float>(m)
-                             : std::ldexp(1.0f + 0.5f * static_cast<float>(m), e - 1);
-    v[static_cast<size_t>(code)] = (code & 8) ? -mag : mag;
-  }
+  for (uint32_t code = 0; code < 16; ++code) v[code] = DecodeMinifloat(code, kE2M1);
   return TableGrid("fp4", std::move(v));
 }
 
