@@ -15,8 +15,9 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   $sudo dpkg --add-architecture arm64
   $sudo apt-get update -qq
 fi
-pkgs=(g++-aarch64-linux-gnu qemu-user-static libfmt-dev:arm64 libgtest-dev:arm64 libeigen3-dev
-      nlohmann-json3-dev libcli11-dev cmake ninja-build)
+pkgs=(g++-aarch64-linux-gnu qemu-user-static libfmt-dev:arm64 libgtest-dev:arm64
+      libsentencepiece-dev:arm64 libeigen3-dev nlohmann-json3-dev libcli11-dev pkg-config cmake
+      ninja-build)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
