@@ -16,7 +16,7 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   $sudo apt-get update -qq
 fi
 pkgs=(g++-aarch64-linux-gnu qemu-user-static libfmt-dev:arm64 libgtest-dev:arm64 libeigen3-dev
-      nlohmann-json3-dev libcli11-dev cmake ninja-build)
+      nlohmann-json3-dev libcli11-dev pkg-config cmake ninja-build)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +26,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
+fi
+
+# libsentencepiece-dev cannot be installed for two architectures at once (installing the arm64
+# one removes the host's), so its arm64 packages are unpacked into the build directory instead.
+export QTOOL_ARM_DEPS="$build/deps/root"
+if [ ! -f "$build/deps/.unpacked" ]; then
+  mkdir -p "$build/deps/debs" "$QTOOL_ARM_DEPS"
+  (cd "$build/deps/debs" &&
+    apt-get download -qq libsentencepiece-dev:arm64 libsentencepiece0:arm64 libprotobuf-lite32:arm64)
+  for deb in "$build"/deps/debs/*.deb; do dpkg-deb -x "$deb" "$QTOOL_ARM_DEPS"; done
+  touch "$build/deps/.unpacked"
 fi
 
 cmake -S "$root" -B "$build" -G Ninja \
@@ -39,7 +50,8 @@ cmake --build "$build" -j"$jobs" --target qtool_tests
 filter="--gtest_filter=Isa/KernelTest.*:KernelDispatch.*:Half.*"
 for cpu in max cortex-a72; do
   echo "test-arm: qemu -cpu $cpu"
-  run=(qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu "$cpu")
+  run=(qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu "$cpu"
+       -E LD_LIBRARY_PATH="$QTOOL_ARM_DEPS/usr/lib/aarch64-linux-gnu")
   "${run[@]}" "$build/qtool" --version
   "${run[@]}" "$build/tests/qtool_tests" "$filter" "$@"
 done
