@@ -45,6 +45,7 @@ ScratchDir::~ScratchDir() {
 
 CliResult RunCli(const std::vector<std::string>& args) {
 #ifndef QTOOL_CLI_PATH
+  (void)args;
   ADD_FAILURE() << "the qtool CLI was not built";
   return {-1, "", ""};
 #else

@@ -1,11 +1,10 @@
 #include "gemm.hpp"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string_view>
 
 #include "qtool/core/parallel.hpp"
+#include "qtool/kernels.hpp"
 
 namespace qtool::gemm {
 
@@ -43,11 +42,10 @@ void PanelsRef(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, in
 }
 
 PanelKernel BestKernel() {
-  static const PanelKernel kernel = []() -> PanelKernel {
-    const char* isa = std::getenv("QTOOL_ISA");
-    if (isa != nullptr && std::string_view(isa) == "scalar") return PanelsRef;
+  // The kernel family follows the library's ISA selection (QTOOL_ISA), like every other kernel.
+  static const PanelKernel kernel = [] {
 #if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx512f")) return PanelsAvx512;
+    if (kernels::ActiveIsa() == kernels::Isa::kAvx512) return PanelsAvx512;
 #endif
     return PanelsRef;
   }();

@@ -38,7 +38,8 @@ void PanelsAvx512(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b,
                   int64_t p1, float* y, int64_t ldy);
 #endif
 
-/// The best kernel this CPU runs; QTOOL_ISA=scalar forces the reference.
+/// The AVX-512 kernel when the library's active ISA (kernels::ActiveIsa) is AVX-512, else the
+/// reference.
 PanelKernel BestKernel();
 
 /// Y = X * B^T with `threads` workers splitting the panels (fewer for small products).

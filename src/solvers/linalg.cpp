@@ -2,12 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string_view>
 #include <vector>
 
 #include "gemm_kernel.hpp"
 #include "qtool/core/parallel.hpp"
+#include "qtool/kernels.hpp"
 
 namespace qtool::solvers {
 namespace {
@@ -24,13 +23,10 @@ constexpr int64_t kNc = 512;
 constexpr int64_t kNb = 128;
 
 detail::MicroKernel SelectKernel() {
+  // The kernel family follows the library's ISA selection (QTOOL_ISA), like every other kernel.
   static const detail::MicroKernel kernel = [] {
-    const char* isa = std::getenv("QTOOL_ISA");
-    const bool forced_scalar = isa != nullptr && std::string_view(isa) == "scalar";
 #if defined(__x86_64__) || defined(_M_X64)
-    if (!forced_scalar && __builtin_cpu_supports("avx512f")) return &detail::MicroKernelAvx512;
-#else
-    (void)forced_scalar;
+    if (kernels::ActiveIsa() == kernels::Isa::kAvx512) return &detail::MicroKernelAvx512;
 #endif
     return &detail::MicroKernelRef;
   }();
