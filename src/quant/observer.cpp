@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "qtool/core/error.hpp"
+#include "qtool/kernels.hpp"
 
 namespace qtool {
 namespace {
@@ -104,12 +105,9 @@ std::string ObserverSpec::ToString() const {
 }
 
 Range MinMax(const float* x, int64_t n) {
-  float lo = 0.0f, hi = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    lo = std::min(lo, x[i]);
-    hi = std::max(hi, x[i]);
-  }
-  return {lo, hi};
+  Range r;
+  kernels::MinMax(x, n, &r.lo, &r.hi);
+  return r;
 }
 
 int PositiveLevels(const QuantSpec& grid) {
