@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs every test: the unit and end-to-end tests (Release), the library
 # example against the installed package and through add_subdirectory, the tests again under
-# AddressSanitizer + UndefinedBehaviorSanitizer, a short libFuzzer run of the parsers, the Arm
+# AddressSanitizer + UndefinedBehaviorSanitizer, qtool's files checked with Hugging Face's
+# safetensors package (the one step that uses Python, from pip), a short libFuzzer run of the parsers, the Arm
 # (NEON) kernel tests under qemu when scripts/test-arm.sh is present, and the benchmarks in a
 # short mode (JSON in build/bench.json).
-# QTOOL_TEST_STAGES selects stages (default: "unit install asan fuzz arm bench").
+# QTOOL_TEST_STAGES selects stages (default: "unit install interop asan fuzz arm bench").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stages=" ${QTOOL_TEST_STAGES:-unit install asan fuzz arm bench} "
+stages=" ${QTOOL_TEST_STAGES:-unit install interop asan fuzz arm bench} "
 jobs=$(nproc)
 has() { [[ "$stages" == *" $1 "* ]]; }
 step() { printf '\n==== %s\n' "$*"; }
@@ -32,6 +33,16 @@ if has install; then
     -DQTOOL_BUILD_TESTS=OFF -DQTOOL_BUILD_BENCH=OFF -DQTOOL_BUILD_TOOLS=OFF >/dev/null
   cmake --build build/example-subdir
   build/example-subdir/quantize_tensor examples/models/stories260K
+fi
+
+if has interop; then
+  step "qtool's files against the reference safetensors reader and writer"
+  python3 -m pip install --quiet --disable-pip-version-check safetensors numpy
+  rm -rf build/interop && mkdir -p build/interop
+  # numpy has no bfloat16, so the model for this check is a small synthetic F32 one.
+  build/bench/qtool_synth -o build/interop/model --hidden 64 --intermediate 172 --layers 2 \
+    --heads 8 --kv-heads 4 --vocab 512 --dtype f32
+  python3 tests/interop/check_safetensors.py build/qtool build/interop/model build/interop
 fi
 
 if has asan; then
