@@ -9,6 +9,7 @@ bash scripts/setup.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build --target qtool_cli
 model=examples/models/stories260K
+mkdir -p build/demo
 build/qtool quantize "$model" -o build/demo/stories260K-q --bits 4 --group 32 --force "$@"
 echo
 build/qtool eval build/demo/stories260K-q --ref "$model" --text examples/data/story.txt
