@@ -110,8 +110,46 @@ json TensorsRecord(const Checkpoint& ck) {
   return *it;
 }
 
-// Copies the model directory's other files (tokenizer, ...) and writes its config.json with
-// `quantization_config` set to `qc`, or removed when `qc` is null.
+void DecodeInto(const StoredWeight& s, int threads, float* out) {
+  const int64_t cols = s.codec->cols();
+  const int64_t block = s.codec->row_block();
+  const int64_t chunk =
+      std::max<int64_t>(block, (int64_t{1} << 16) / std::max<int64_t>(1, cols) / block * block);
+  ParallelFor(s.codec->rows(), chunk, threads, [&](int64_t r0, int64_t r1, int) {
+    s.codec->DecodeRows(s.parts.data(), r0, r1 - r0, out + r0 * cols);
+  });
+}
+
+}  // namespace
+
+json QuantizedTensorRecord(const WeightCodec& codec, const TensorSpec& original) {
+  json rec = codec.Record();
+  rec["shape"] = original.shape;
+  rec["dtype"] = std::string(DTypeName(original.dtype));
+  return rec;
+}
+
+CheckpointWriterOptions QuantizedWriterOptions(const QuantizeOptions& options,
+                                               const json& codec_record,
+                                               const json& tensors_record) {
+  CheckpointWriterOptions w;
+  w.max_shard_bytes = options.max_shard_bytes;
+  w.overwrite = options.overwrite;
+  w.metadata = {{"format", "pt"},
+                {kQtoolMetadataKey, json{{"format_version", kQtoolFormatVersion},
+                                         {"codec", codec_record},
+                                         {"tensors", tensors_record}}
+                                        .dump()}};
+  return w;
+}
+
+json QuantizationConfig(const json& codec_record) {
+  json qc = codec_record;
+  qc["quant_method"] = "qtool";
+  qc["format_version"] = kQtoolFormatVersion;
+  return qc;
+}
+
 void CopyModelFiles(const Checkpoint& in, const json& qc, CheckpointWriter& writer) {
   for (const fs::path& f : in.other_files()) {
     if (f.filename() != "config.json") writer.CopyFile(f, f.filename().string());
@@ -125,18 +163,6 @@ void CopyModelFiles(const Checkpoint& in, const json& qc, CheckpointWriter& writ
   }
   writer.WriteTextFile("config.json", config.dump(2) + "\n");
 }
-
-void DecodeInto(const StoredWeight& s, int threads, float* out) {
-  const int64_t cols = s.codec->cols();
-  const int64_t block = s.codec->row_block();
-  const int64_t chunk =
-      std::max<int64_t>(block, (int64_t{1} << 16) / std::max<int64_t>(1, cols) / block * block);
-  ParallelFor(s.codec->rows(), chunk, threads, [&](int64_t r0, int64_t r1, int) {
-    s.codec->DecodeRows(s.parts.data(), r0, r1 - r0, out + r0 * cols);
-  });
-}
-
-}  // namespace
 
 ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec,
                           std::byte* const* parts, int threads, const std::string& label) {
@@ -252,21 +278,11 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
     }
     codecs[i] = MakeCodec(options.codec, t.shape[0], t.shape[1]);
     for (TensorSpec& part : codecs[i]->Layout(t.name)) out_specs.push_back(std::move(part));
-    json rec = codecs[i]->Record();
-    rec["shape"] = t.shape;
-    rec["dtype"] = std::string(DTypeName(t.dtype));
-    tensors_record[t.name] = std::move(rec);
+    tensors_record[t.name] = QuantizedTensorRecord(*codecs[i], t);
   }
   const json codec_record = MakeCodec(options.codec, 1, 1)->Record();
-  CheckpointWriterOptions wopts;
-  wopts.max_shard_bytes = options.max_shard_bytes;
-  wopts.overwrite = options.overwrite;
-  wopts.metadata = {{"format", "pt"},
-                    {kQtoolMetadataKey, json{{"format_version", kQtoolFormatVersion},
-                                             {"codec", codec_record},
-                                             {"tensors", tensors_record}}
-                                            .dump()}};
-  CheckpointWriter writer(out, out_specs, wopts);
+  CheckpointWriter writer(out, out_specs,
+                          QuantizedWriterOptions(options, codec_record, tensors_record));
   BackgroundWriter background(writer, kMaxQueuedBytes);
 
   QuantizeReport report;
@@ -315,10 +331,7 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
   }
 
   background.Finish();
-  json qc = codec_record;
-  qc["quant_method"] = "qtool";
-  qc["format_version"] = kQtoolFormatVersion;
-  CopyModelFiles(in, qc, writer);
+  CopyModelFiles(in, QuantizationConfig(codec_record), writer);
   writer.Commit();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;

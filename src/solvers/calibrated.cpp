@@ -62,21 +62,11 @@ class StreamingWriter {
       }
       const auto codec = MakeCodec(options.codec, t.shape[0], t.shape[1]);
       for (TensorSpec& part : codec->Layout(t.name)) specs.push_back(std::move(part));
-      json rec = codec->Record();
-      rec["shape"] = t.shape;
-      rec["dtype"] = std::string(DTypeName(t.dtype));
-      tensors[t.name] = std::move(rec);
+      tensors[t.name] = QuantizedTensorRecord(*codec, t);
     }
     codec_record_ = MakeCodec(options.codec, 1, 1)->Record();
-    CheckpointWriterOptions wopts;
-    wopts.max_shard_bytes = options.max_shard_bytes;
-    wopts.overwrite = options.overwrite;
-    wopts.metadata = {{"format", "pt"},
-                      {kQtoolMetadataKey, json{{"format_version", kQtoolFormatVersion},
-                                               {"codec", codec_record_},
-                                               {"tensors", tensors}}
-                                              .dump()}};
-    writer_ = std::make_unique<CheckpointWriter>(out, std::move(specs), wopts);
+    writer_ = std::make_unique<CheckpointWriter>(
+        out, std::move(specs), QuantizedWriterOptions(options, codec_record_, tensors));
     report_.codec = codec_record_;
     report_.threads = threads_;
   }
@@ -96,19 +86,9 @@ class StreamingWriter {
 
   QuantizeReport Finish(std::chrono::steady_clock::time_point start) {
     WriteThrough(INT64_MAX, {});
-    for (const fs::path& f : in_.other_files()) {
-      if (f.filename() == "config.json") continue;
-      writer_->CopyFile(f, f.filename().string());
-    }
-    if (in_.config()) {
-      json config = *in_.config();
-      json qc = codec_record_;
-      qc["quant_method"] = "qtool";
-      qc["format_version"] = kQtoolFormatVersion;
-      qc.update(extra_config_);
-      config["quantization_config"] = qc;
-      writer_->WriteTextFile("config.json", config.dump(2) + "\n");
-    }
+    json qc = QuantizationConfig(codec_record_);
+    qc.update(extra_config_);
+    CopyModelFiles(in_, qc, *writer_);
     writer_->Commit();
     report_.seconds = Since(start);
     return std::move(report_);

@@ -74,6 +74,23 @@ using ProgressFn = std::function<void(size_t, size_t, const std::string&)>;
 ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec,
                           std::byte* const* parts, int threads, const std::string& label);
 
+/// Record of a quantised tensor in a checkpoint's metadata: the codec's record with the original
+/// shape and dtype.
+nlohmann::json QuantizedTensorRecord(const WeightCodec& codec, const TensorSpec& original);
+
+/// Writer options of a quantised checkpoint: the options' sharding and overwrite, and metadata
+/// holding the format version, `codec_record` and `tensors_record` (name -> tensor record).
+CheckpointWriterOptions QuantizedWriterOptions(const QuantizeOptions& options,
+                                               const nlohmann::json& codec_record,
+                                               const nlohmann::json& tensors_record);
+
+/// The `quantization_config` that config.json gets for a checkpoint written with `codec_record`.
+nlohmann::json QuantizationConfig(const nlohmann::json& codec_record);
+
+/// Copies the model directory's other files (tokenizer, ...) and writes its config.json with
+/// `quantization_config` set to `qc`, or removed when `qc` is null.
+void CopyModelFiles(const Checkpoint& in, const nlohmann::json& qc, CheckpointWriter& writer);
+
 /// Returns true when `name` (with its shape and dtype) is quantised under `options`' rules.
 bool SelectedForQuantization(const TensorSpec& t, const QuantizeOptions& options);
 
