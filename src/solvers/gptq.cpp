@@ -30,34 +30,37 @@ GptqHessian PrepareGptq(const Eigen::Ref<const RowMatrixXf>& h, const GptqOption
   const int threads = ResolveThreads(options.threads);
   GptqHessian out;
   GptqStats& st = out.stats;
-  RowMatrixXf hd = h;
+  double diag_sum = 0;
   for (int64_t i = 0; i < cols; ++i) {
-    if (hd(i, i) == 0.0f) {
-      hd(i, i) = 1.0f;
+    if (h(i, i) == 0.0f) {
       out.dead.push_back(i);
+      diag_sum += 1.0;
+    } else {
+      diag_sum += h(i, i);
     }
   }
   st.dead_inputs = static_cast<int64_t>(out.dead.size());
   out.perm.resize(static_cast<size_t>(cols));
   std::iota(out.perm.begin(), out.perm.end(), int64_t{0});
   if (options.act_order) {
+    auto diag = [&](int64_t c) { return h(c, c) == 0.0f ? 1.0f : h(c, c); };
     std::stable_sort(out.perm.begin(), out.perm.end(),
-                     [&](int64_t a, int64_t b) { return hd(a, a) > hd(b, b); });
-    RowMatrixXf hp(cols, cols);
-    for (int64_t i = 0; i < cols; ++i) {
-      for (int64_t j = 0; j < cols; ++j) hp(i, j) = hd(out.perm[i], out.perm[j]);
-    }
-    hd.swap(hp);
+                     [&](int64_t a, int64_t b) { return diag(a) > diag(b); });
   }
-  // U: the upper Cholesky factor of (H + lambda I)^-1, via P (H + lambda I) P = L L^T and
-  // U = P L^-1 P (P reverses the indices).
-  const double mean_diag = cols > 0 ? static_cast<double>(hd.diagonal().mean()) : 0.0;
-  RowMatrixXf& u = out.u;
+  // r = P (H + lambda I) P with the processing order reversed (P: (i, j) -> (n-1-i, n-1-j)), then
+  // r = L' L'^T; L = P L'^T P is lower triangular with H + lambda I = L^T L.
+  const std::vector<int64_t>& perm = out.perm;
+  auto at = [&](int64_t i) { return perm[static_cast<size_t>(cols - 1 - i)]; };
+  const double mean_diag = cols > 0 ? diag_sum / static_cast<double>(cols) : 0.0;
+  RowMatrixXf r = LargeMatrix(cols, cols);
   for (double damp = options.damp;; damp *= 10) {
-    u = hd.reverse();
-    u.diagonal().array() += static_cast<float>(damp * mean_diag);
+    const float lambda = static_cast<float>(damp * mean_diag);
+    ForEachTiled(cols, cols, threads, [&](int64_t i, int64_t j) {
+      const float v = h(at(i), at(j));
+      r(i, j) = i == j ? (v == 0.0f ? 1.0f : v) + lambda : v;
+    });
     const auto t0 = std::chrono::steady_clock::now();
-    const bool ok = CholeskyInPlace(u, threads);
+    const bool ok = CholeskyInPlace(r, threads);
     st.seconds_cholesky += Since(t0);
     if (ok) {
       st.damp = damp;
@@ -67,13 +70,20 @@ GptqHessian PrepareGptq(const Eigen::Ref<const RowMatrixXf>& h, const GptqOption
                 "GPTQ: the Hessian is not positive-definite even with dampening {:g}", damp);
     ++st.damp_retries;
   }
-  hd.resize(0, 0);
-  const double n3 = static_cast<double>(cols) * cols * cols;
-  st.flop_cholesky = n3 / 3 * (st.damp_retries + 1);
-  const auto t0 = std::chrono::steady_clock::now();
-  u = InvertLower(u, threads).reverse();
-  st.seconds_inverse = Since(t0);
-  st.flop_inverse = n3 / 3;
+  st.flop_cholesky = static_cast<double>(cols) * cols * cols / 3 * (st.damp_retries + 1);
+  // L^T(k, j) = L_jk = r(n-1-k, n-1-j): r turned by 180 degrees, i.e. its row-major storage
+  // reversed. Then each column is divided by its diagonal entry.
+  std::reverse(r.data(), r.data() + r.size());
+  std::vector<float> inv_diag(static_cast<size_t>(cols));
+  for (int64_t j = 0; j < cols; ++j) inv_diag[static_cast<size_t>(j)] = 1.0f / r(j, j);
+  ParallelFor(cols, 64, threads, [&](int64_t k0, int64_t k1, int) {
+    for (int64_t k = k0; k < k1; ++k) {
+      float* row = &r(k, 0);
+      std::fill(row, row + k, 0.0f);
+      for (int64_t j = k + 1; j < cols; ++j) row[j] *= inv_diag[static_cast<size_t>(j)];
+    }
+  });
+  out.lt = std::move(r);
   return out;
 }
 
@@ -85,14 +95,15 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const Eigen::Ref<const R
 GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessian,
                 const Grid& grid, const GptqOptions& options) {
   const int64_t rows = w.rows(), cols = w.cols();
-  QTOOL_CHECK(hessian.u.rows() == cols, ShapeError,
+  QTOOL_CHECK(hessian.lt.rows() == cols, ShapeError,
               "GPTQ of a [{}, {}] weight needs a [{}, {}] Hessian, got [{}, {}]", rows, cols, cols,
-              cols, hessian.u.rows(), hessian.u.cols());
+              cols, hessian.lt.rows(), hessian.lt.cols());
   const int threads = ResolveThreads(options.threads);
   const bool grouped = options.group_size > 0 && options.group_size < cols;
   const int64_t g = grouped ? options.group_size : std::max<int64_t>(cols, 1);
   const bool static_params = options.static_groups || !grouped;
-  const RowMatrixXf& u = hessian.u;
+  const int64_t bs = options.block_size;
+  const RowMatrixXf& lt = hessian.lt;
   const std::vector<int64_t>& perm = hessian.perm;
 
   GptqResult result;
@@ -102,106 +113,123 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
   q.groups = (cols + g - 1) / g;
   q.params.resize(static_cast<size_t>(rows * q.groups));
   q.g_idx.resize(static_cast<size_t>(cols));
-
-  // Working copy of W transposed (row j of wt is column j of W, contiguous over the output rows),
-  // dead inputs zeroed; static group parameters come from it before reordering.
-  RowMatrixXf wt = w.transpose();
-  for (int64_t c : hessian.dead) wt.row(c).setZero();
-  if (static_params) {
-    std::vector<GridParams> p(static_cast<size_t>(rows));
-    for (int64_t gi = 0; gi < q.groups; ++gi) {
-      FitGroups(grid, &wt(gi * g, 0), rows, std::min(g, cols - gi * g), rows, options.mse,
-                p.data());
-      for (int64_t r = 0; r < rows; ++r) q.params[static_cast<size_t>(r * q.groups + gi)] = p[r];
-    }
-  }
-  if (options.act_order) {
-    RowMatrixXf tmp(cols, rows);
-    for (int64_t j = 0; j < cols; ++j) tmp.row(j) = wt.row(perm[j]);
-    wt.swap(tmp);
-  }
-
-  // The column sweep.
-  // The column sweep. Output rows are independent (each only needs U and its own weights), so
-  // each thread sweeps its own range of rows with single-threaded GEMMs.
-  const auto t_sweep = std::chrono::steady_clock::now();
-  const int64_t bs = options.block_size;
-  std::vector<uint8_t> codes_t(static_cast<size_t>(rows * cols));
   for (int64_t j = 0; j < cols; ++j) {
-    const int64_t group = static_params ? perm[j] / g : j / g;
-    q.g_idx[static_cast<size_t>(perm[j])] = static_cast<int32_t>(group);
+    q.g_idx[static_cast<size_t>(perm[j])] =
+        static_cast<int32_t>(static_params ? perm[j] / g : j / g);
   }
+  q.dequant = LargeMatrix(rows, cols);
+  q.codes.resize(static_cast<size_t>(rows * cols));
+
+  const auto t_sweep = std::chrono::steady_clock::now();
+  // Group parameters are fitted on the weights as the reference has them at the group's first
+  // column t: w0 + z with (I + N) z = c, c the contributions of the columns before t (see above)
+  // and N the strictly lower part of the group's diagonal block of L^. inv_unit[gi] = (I + N)^-1.
+  std::vector<RowMatrixXf> inv_unit(static_params ? 0 : static_cast<size_t>(q.groups));
+  ParallelFor(static_cast<int64_t>(inv_unit.size()), 1, threads, [&](int64_t g0, int64_t g1, int) {
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      const int64_t t = gi * g, len = std::min(g, cols - t);
+      RowMatrixXf n = lt.block(t, t, len, len).transpose();
+      n.diagonal().setOnes();
+      inv_unit[static_cast<size_t>(gi)] = InvertLower(n);
+    }
+  });
+
+  // Output rows are independent (each only needs L^ and its own weights): each thread sweeps its
+  // own range of rows, on its own transposed copies (row j: column j of W over the thread's rows)
+  // with single-threaded GEMMs.
   std::vector<double> losses(static_cast<size_t>(threads), 0.0);
   const int64_t row_chunk = std::max<int64_t>(32, (rows + threads - 1) / threads);
   ParallelFor(rows, row_chunk, threads, [&](int64_t r0, int64_t r1, int worker) {
     const int64_t nr = r1 - r0;
-    RowMatrixXf err(std::min(bs, std::max<int64_t>(cols, 1)), nr);
+    // wt: the original weights (dead inputs zeroed), each column replaced by its quantised values
+    // once done. cd: for a column not yet done, the contributions of the columns done so far
+    // (sum_k L^_jk d_k); for a column done, its error d = w0 - q.
+    RowMatrixXf wt = LargeMatrix(cols, nr);
+    RowMatrixXf cd = LargeMatrix(cols, nr);
+    std::fill_n(cd.data(), cd.size(), 0.0f);
+    std::vector<uint8_t> codes(static_cast<size_t>(cols * nr));
+    ForEachTiled(nr, cols, 1, [&](int64_t r, int64_t c) { wt(c, r) = w(r0 + r, c); });
+    for (int64_t c : hessian.dead) wt.row(c).setZero();
     std::vector<GridParams> cur(static_cast<size_t>(nr));
-    std::vector<float> deq(static_cast<size_t>(nr));
+    auto params = [&](int64_t r, int64_t group) -> GridParams& {
+      return q.params[static_cast<size_t>((r0 + r) * q.groups + group)];
+    };
+    if (static_params) {
+      for (int64_t gi = 0; gi < q.groups; ++gi) {
+        FitGroups(grid, &wt(gi * g, 0), nr, std::min(g, cols - gi * g), nr, options.mse,
+                  cur.data());
+        for (int64_t r = 0; r < nr; ++r) params(r, gi) = cur[r];
+      }
+    }
+    if (options.act_order) {
+      RowMatrixXf tmp = LargeMatrix(cols, nr);
+      for (int64_t j = 0; j < cols; ++j) tmp.row(j) = wt.row(perm[j]);
+      wt.swap(tmp);
+    }
+    RowMatrixXf snap(static_params ? 0 : g, nr);
+    std::vector<float> cur_w(static_cast<size_t>(nr)), deq(static_cast<size_t>(nr));
     int64_t cur_group = -1;
     double loss = 0;
     for (int64_t i1 = 0; i1 < cols; i1 += bs) {
       const int64_t i2 = std::min(cols, i1 + bs);
       for (int64_t s0 = i1; s0 < i2; s0 += kSubBlock) {
-        const int64_t s1 = std::min(i2, s0 + kSubBlock);
+        // Sub-blocks start at every group start, where all earlier columns have contributed.
+        const int64_t s1 = std::min({i2, s0 + kSubBlock, static_params ? cols : (s0 / g + 1) * g});
         for (int64_t j = s0; j < s1; ++j) {
           const int64_t group = q.g_idx[static_cast<size_t>(perm[j])];
           if (!static_params && j % g == 0) {
-            FitGroups(grid, &wt(j, r0), rows, std::min(g, cols - j), nr, options.mse, cur.data());
-            for (int64_t r = 0; r < nr; ++r) {
-              q.params[static_cast<size_t>((r0 + r) * q.groups + group)] = cur[r];
-            }
+            const int64_t len = std::min(g, cols - j);
+            snap.topRows(len) = wt.middleRows(j, len);
+            Gemm(len, nr, len, 1.0f, {inv_unit[static_cast<size_t>(group)].data(), len, 1},
+                 {&cd(j, 0), nr, 1}, snap.data(), nr, 1);
+            FitGroups(grid, snap.data(), nr, len, nr, options.mse, cur.data());
+            for (int64_t r = 0; r < nr; ++r) params(r, group) = cur[r];
           } else if (static_params && group != cur_group) {
-            for (int64_t r = 0; r < nr; ++r) {
-              cur[r] = q.params[static_cast<size_t>((r0 + r) * q.groups + group)];
-            }
+            for (int64_t r = 0; r < nr; ++r) cur[r] = params(r, group);
           }
           cur_group = group;
-          float* wj = &wt(j, r0);
-          grid.Quantize(wj, nr, cur.data(), &codes_t[static_cast<size_t>(j * rows + r0)],
+          float* wj = &wt(j, 0);
+          float* dj = &cd(j, 0);
+          for (int64_t r = 0; r < nr; ++r) cur_w[r] = wj[r] + dj[r];
+          grid.Quantize(cur_w.data(), nr, cur.data(), &codes[static_cast<size_t>(j * nr)],
                         deq.data());
-          const float d = u(j, j);
-          float* ej = &err(j - i1, 0);
+          const float ljj = lt(j, j);
           double col_loss = 0;
           for (int64_t r = 0; r < nr; ++r) {
-            const float e = (wj[r] - deq[r]) / d;
+            const float e = (cur_w[r] - deq[r]) * ljj;
             col_loss += static_cast<double>(e) * e;
-            ej[r] = e;
+            dj[r] = wj[r] - deq[r];
             wj[r] = deq[r];
           }
           loss += col_loss / 2;
           for (int64_t jj = j + 1; jj < s1; ++jj) {
-            const float c = u(j, jj);
-            float* wjj = &wt(jj, r0);
-            for (int64_t r = 0; r < nr; ++r) wjj[r] -= c * ej[r];
+            const float c = lt(j, jj);
+            float* cjj = &cd(jj, 0);
+            for (int64_t r = 0; r < nr; ++r) cjj[r] += c * dj[r];
           }
         }
-        // The rest of the block: wt[s1:i2] -= U[s0:s1, s1:i2]^T E[s0:s1].
-        Gemm(i2 - s1, nr, s1 - s0, -1.0f, {&u(s0, s1), 1, cols}, {&err(s0 - i1, 0), nr, 1},
-             &wt(s1, r0), rows, 1);
+        // The rest of the block: C[s1:i2] += lt[s0:s1, s1:i2]^T D[s0:s1].
+        Gemm(i2 - s1, nr, s1 - s0, 1.0f, {&lt(s0, s1), 1, cols}, {&cd(s0, 0), nr, 1}, &cd(s1, 0),
+             nr, 1);
       }
-      // The columns after the block: wt[i2:] -= U[i1:i2, i2:]^T E.
-      Gemm(cols - i2, nr, i2 - i1, -1.0f, {&u(i1, i2), 1, cols}, {err.data(), nr, 1}, &wt(i2, r0),
-           rows, 1);
+      // The columns after the block: C[i2:] += lt[i1:i2, i2:]^T D[i1:i2].
+      Gemm(cols - i2, nr, i2 - i1, 1.0f, {&lt(i1, i2), 1, cols}, {&cd(i1, 0), nr, 1}, &cd(i2, 0),
+           nr, 1);
     }
     losses[static_cast<size_t>(worker)] += loss;
+    ForEachTiled(nr, cols, 1, [&](int64_t r, int64_t j) {
+      const int64_t c = perm[j];
+      q.dequant(r0 + r, c) = wt(j, r);
+      q.codes[static_cast<size_t>((r0 + r) * cols + c)] = codes[static_cast<size_t>(j * nr + r)];
+    });
   });
   double loss = 0;
-  for (double l : losses) loss += l;
+  for (double v : losses) loss += v;
   st.loss = loss;
   st.seconds_sweep = Since(t_sweep);
-  // Lazy updates (2 rows (cols - i2) block per block, about rows cols^2) and the in-block ones.
-  st.flop_sweep = static_cast<double>(rows) * cols * (cols + bs);
-
-  q.dequant.resize(rows, cols);
-  q.codes.resize(static_cast<size_t>(rows * cols));
-  for (int64_t j = 0; j < cols; ++j) {
-    const int64_t c = perm[j];
-    for (int64_t r = 0; r < rows; ++r) {
-      q.dequant(r, c) = wt(j, r);
-      q.codes[static_cast<size_t>(r * cols + c)] = codes_t[static_cast<size_t>(j * rows + r)];
-    }
-  }
+  // Every column gets the contributions of the columns before it: about rows cols^2 (2 flop each
+  // over half of the pairs).
+  st.flop_sweep = static_cast<double>(rows) * cols * cols;
   return result;
 }
 

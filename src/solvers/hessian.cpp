@@ -1,11 +1,15 @@
 #include "qtool/solvers/hessian.hpp"
 
+#include <algorithm>
+
 #include "qtool/core/error.hpp"
 
 namespace qtool::solvers {
 
 HessianAccumulator::HessianAccumulator(int64_t cols, int threads)
-    : sum_(RowMatrixXf::Zero(cols, cols)), threads_(threads) {}
+    : sum_(LargeMatrix(cols, cols)), threads_(threads) {
+  std::fill_n(sum_.data(), sum_.size(), 0.0f);
+}
 
 void HessianAccumulator::Add(const Eigen::Ref<const RowMatrixXf>& x) {
   QTOOL_CHECK(x.cols() == cols(), ShapeError, "Hessian of {} inputs given rows of {}", cols(),
@@ -18,10 +22,11 @@ void HessianAccumulator::Add(const Eigen::Ref<const RowMatrixXf>& x) {
 }
 
 RowMatrixXf HessianAccumulator::Hessian() const {
-  RowMatrixXf h = RowMatrixXf::Zero(cols(), cols());
-  if (samples_ == 0) return h;
-  h.triangularView<Eigen::Lower>() = sum_ * (2.0f / static_cast<float>(samples_));
-  h.triangularView<Eigen::StrictlyUpper>() = h.transpose();
+  RowMatrixXf h = LargeMatrix(cols(), cols());
+  const float scale = samples_ == 0 ? 0.0f : 2.0f / static_cast<float>(samples_);
+  ForEachTiled(cols(), cols(), threads_, [&](int64_t i, int64_t j) {
+    h(i, j) = sum_(std::max(i, j), std::min(i, j)) * scale;
+  });
   return h;
 }
 

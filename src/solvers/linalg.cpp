@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gemm_kernel.hpp"
+#include "qtool/core/memory.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/kernels.hpp"
 
@@ -19,7 +20,7 @@ using detail::kNr;
 constexpr int64_t kKc = 192;
 constexpr int64_t kMc = 96;
 constexpr int64_t kNc = 512;
-// Column block of the blocked Cholesky and triangular inverse.
+// Column block of the blocked Cholesky factorisation.
 constexpr int64_t kNb = 128;
 
 detail::MicroKernel SelectKernel() {
@@ -39,13 +40,12 @@ void PackA(StridedView a, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float*
     const int64_t mr = std::min(kMr, mc - t);
     float* o = out + t * kc;
     if (a.cs == 1) {
-      for (int64_t i = 0; i < kMr; ++i) {
-        const float* row = a.data + (i0 + t + i) * a.rs + p0;
-        if (i < mr) {
-          for (int64_t p = 0; p < kc; ++p) o[p * kMr + i] = row[p];
-        } else {
-          for (int64_t p = 0; p < kc; ++p) o[p * kMr + i] = 0.0f;
-        }
+      // Eight rows read side by side, the panel written in order.
+      const float* row[kMr];
+      for (int64_t i = 0; i < kMr; ++i)
+        row[i] = a.data + (i0 + t + std::min(i, mr - 1)) * a.rs + p0;
+      for (int64_t p = 0; p < kc; ++p) {
+        for (int64_t i = 0; i < kMr; ++i) o[p * kMr + i] = i < mr ? row[i][p] : 0.0f;
       }
     } else {
       for (int64_t p = 0; p < kc; ++p) {
@@ -81,21 +81,6 @@ void PackB(StridedView b, int64_t p0, int64_t kc, int64_t j0, int64_t nc, float*
   }
 }
 
-// Inverse of a small lower-triangular block by column-wise forward substitution (in double).
-RowMatrixXf InvertLowerSmall(const Eigen::Ref<const RowMatrixXf>& l) {
-  const int64_t n = l.rows();
-  RowMatrixXf x = RowMatrixXf::Zero(n, n);
-  for (int64_t j = 0; j < n; ++j) {
-    x(j, j) = static_cast<float>(1.0 / l(j, j));
-    for (int64_t i = j + 1; i < n; ++i) {
-      double s = 0;
-      for (int64_t p = j; p < i; ++p) s += static_cast<double>(l(i, p)) * x(p, j);
-      x(i, j) = static_cast<float>(-s / l(i, i));
-    }
-  }
-  return x;
-}
-
 }  // namespace
 
 namespace detail {
@@ -115,6 +100,12 @@ void MicroKernelRef(int64_t kc, const float* a, const float* b, float* c, int64_
 }
 
 }  // namespace detail
+
+RowMatrixXf LargeMatrix(int64_t rows, int64_t cols) {
+  RowMatrixXf m(rows, cols);
+  AdviseHugePages(m.data(), static_cast<size_t>(m.size()) * sizeof(float));
+  return m;
+}
 
 void Gemm(int64_t m, int64_t n, int64_t k, float alpha, StridedView a, StridedView b, float* c,
           int64_t ldc, int threads, bool lower_only) {
@@ -171,6 +162,20 @@ void Gemm(int64_t m, int64_t n, int64_t k, float alpha, StridedView a, StridedVi
   });
 }
 
+RowMatrixXf InvertLower(const Eigen::Ref<const RowMatrixXf>& l) {
+  const int64_t n = l.rows();
+  RowMatrixXf x = RowMatrixXf::Zero(n, n);
+  for (int64_t j = 0; j < n; ++j) {
+    x(j, j) = static_cast<float>(1.0 / l(j, j));
+    for (int64_t i = j + 1; i < n; ++i) {
+      double s = 0;
+      for (int64_t p = j; p < i; ++p) s += static_cast<double>(l(i, p)) * x(p, j);
+      x(i, j) = static_cast<float>(-s / l(i, i));
+    }
+  }
+  return x;
+}
+
 bool CholeskyInPlace(Eigen::Ref<RowMatrixXf> a, int threads) {
   const int64_t n = a.rows();
   const int64_t lda = a.outerStride();
@@ -192,7 +197,7 @@ bool CholeskyInPlace(Eigen::Ref<RowMatrixXf> a, int threads) {
     const int64_t rest = n - k1;
     if (rest == 0) break;
     // Panel: A21 <- A21 L11^-T.
-    const RowMatrixXf l11inv = InvertLowerSmall(a.block(k0, k0, kb, kb));
+    const RowMatrixXf l11inv = InvertLower(a.block(k0, k0, kb, kb));
     const RowMatrixXf a21 = a.block(k1, k0, rest, kb);
     a.block(k1, k0, rest, kb).setZero();
     Gemm(rest, kb, kb, 1.0f, {a21.data(), kb, 1}, {l11inv.data(), 1, kb}, &a(k1, k0), lda, threads);
@@ -202,27 +207,6 @@ bool CholeskyInPlace(Eigen::Ref<RowMatrixXf> a, int threads) {
   }
   a.triangularView<Eigen::StrictlyUpper>().setZero();
   return true;
-}
-
-RowMatrixXf InvertLower(const Eigen::Ref<const RowMatrixXf>& l, int threads) {
-  const int64_t n = l.rows();
-  const int64_t ldl = l.outerStride();
-  // Solves L X = I by block rows: X_k = L_kk^-1 B_k, then B_i -= L_ik X_k for the rows below.
-  // X is lower triangular, so block row k only has columns [0, k1).
-  RowMatrixXf x = RowMatrixXf::Identity(n, n);
-  for (int64_t k0 = 0; k0 < n; k0 += kNb) {
-    const int64_t k1 = std::min(n, k0 + kNb), kb = k1 - k0;
-    const RowMatrixXf lkk_inv = InvertLowerSmall(l.block(k0, k0, kb, kb));
-    const RowMatrixXf bk = x.block(k0, 0, kb, k1);
-    x.block(k0, 0, kb, k1).setZero();
-    Gemm(kb, k1, kb, 1.0f, {lkk_inv.data(), kb, 1}, {bk.data(), k1, 1}, &x(k0, 0), n, threads);
-    if (k1 < n) {
-      Gemm(n - k1, k1, kb, -1.0f, {l.data() + k1 * ldl + k0, ldl, 1}, {&x(k0, 0), n, 1}, &x(k1, 0),
-           n, threads);
-    }
-  }
-  x.triangularView<Eigen::StrictlyUpper>().setZero();
-  return x;
 }
 
 }  // namespace qtool::solvers

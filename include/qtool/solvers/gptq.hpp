@@ -3,19 +3,29 @@
 // spreading each column's rounding error over the columns not yet quantised so as to minimise
 // ||X W^T - X W^^T||^2 for the layer's calibration inputs X, given H = 2/n X^T X.
 //
-// Algorithm (as in the reference implementation, IST-DASLab/gptq):
+// Algorithm (the reference implementation's, IST-DASLab/gptq, in an equivalent form that needs
+// no matrix inverse):
 // - dead inputs (H_ii = 0) get H_ii = 1 and their weights zeroed;
 // - dampening H += lambda I, lambda = damp * mean(diag H); when the Cholesky factorisation fails
 //   the dampening is retried at 10x (up to kMaxDampRetries times);
-// - U = upper Cholesky factor of H^-1 (one Cholesky and one triangular inverse, see linalg.hpp);
-// - columns in blocks of block_size: within a block each column q is rounded, its error
-//   e = (w_q - q(w_q)) / U_qq is applied to the block's later columns (w_j -= e U_qj); after the
-//   block, the rest of W is updated at once (W_rest -= E U_block,rest): a GEMM. Within a block the
-//   same lazy batching is applied again in sub-blocks of 16 columns;
-// - group parameters are fitted on the current (updated) weights at each group's first column, or
-//   up front on the original weights (static groups); act-order processes columns in order of
-//   decreasing H_ii, and g_idx records each column's group.
-// Loss: sum over rows and columns of (w - q)^2 / U_qq^2 / 2 (the reference's "error").
+// - H = L^T L with L lower triangular (one Cholesky factorisation of H with its indices reversed).
+//   The reference works with U, the upper Cholesky factor of H^-1; U = L^-T, so its update of the
+//   remaining columns after rounding column q, w_j -= (w_q - q(w_q)) / U_qq * U_qj, adds up to,
+//   by the time column j is rounded,
+//       w_j = w0_j + sum_{k<j} L_jk / L_jj * (w0_k - q_k)
+//   over the columns k already rounded (w0: the original weights). That is what runs here: the
+//   contributions sum_k L^_jk (w0_k - q_k), L^_jk = L_jk / L_jj, are accumulated right-looking:
+//   after each block of block_size columns, for every later column at once (a GEMM), and within
+//   a block after each sub-block of 16 columns (again a GEMM);
+// - group parameters are fitted on the current (updated) weights at each group's first column t,
+//   i.e. on the reference's weights at that point, w0 + the solution z of the group's unit lower
+//   triangular system (I + N) z = c (c: the contributions of the columns before t, N: the
+//   strictly lower part of the group's diagonal block of L^), or up front on the original weights
+//   (static groups);
+//   act-order processes columns in order of decreasing H_ii, and g_idx records each column's
+//   group.
+// Loss: sum over rows and columns of (w - q)^2 / U_qq^2 / 2 = (w - q)^2 L_qq^2 / 2 (the
+// reference's "error").
 #pragma once
 
 #include <Eigen/Core>
@@ -37,13 +47,13 @@ struct GptqOptions {
 };
 
 struct GptqStats {
-  double loss = 0;          // sum (w - q)^2 / U_qq^2 / 2
+  double loss = 0;          // sum (w - q)^2 L_qq^2 / 2
   double damp = 0;          // relative dampening finally used
   int damp_retries = 0;     // Cholesky failures before it succeeded
   int64_t dead_inputs = 0;  // columns with H_ii = 0
-  // Wall time and op count of each phase: Cholesky of H, triangular inverse, the column sweep.
-  double seconds_cholesky = 0, seconds_inverse = 0, seconds_sweep = 0;
-  double flop_cholesky = 0, flop_inverse = 0, flop_sweep = 0;
+  // Wall time and op count of each phase: Cholesky of H, the column sweep.
+  double seconds_cholesky = 0, seconds_sweep = 0;
+  double flop_cholesky = 0, flop_sweep = 0;
 };
 
 struct GptqResult {
@@ -54,15 +64,18 @@ struct GptqResult {
 inline constexpr int kMaxDampRetries = 6;
 
 /// What GPTQ needs of a Hessian, computed once for every layer that shares the input (q/k/v,
-/// gate/up): the column order, the dead inputs and U.
+/// gate/up): the column order, the dead inputs and L.
 struct GptqHessian {
-  RowMatrixXf u;              // upper Cholesky factor of (H + lambda I)^-1, in processing order
+  // L^T of H + lambda I = L^T L in processing order, each column divided by its diagonal entry
+  // above the diagonal (lt(k, j) = L_jk / L_jj for k < j); the diagonal holds L_jj. Upper
+  // triangular: the columns a rounded column k contributes to are a contiguous row.
+  RowMatrixXf lt;
   std::vector<int64_t> perm;  // processing position -> column
   std::vector<int64_t> dead;  // columns with H_ii = 0
-  GptqStats stats;            // damp, retries, dead inputs, Cholesky and inverse timings
+  GptqStats stats;            // damp, retries, dead inputs, Cholesky timing
 };
 
-/// Dead inputs, act-order, dampening (with retries) and U of h [cols, cols] (the Hessian
+/// Dead inputs, act-order, dampening (with retries) and L of h [cols, cols] (the Hessian
 /// 2/n X^T X). Throws OptionError on bad options, NumericError when h stays indefinite after every
 /// dampening retry.
 GptqHessian PrepareGptq(const Eigen::Ref<const RowMatrixXf>& h, const GptqOptions& options);
