@@ -135,18 +135,22 @@ CheckpointWriterOptions QuantizedWriterOptions(const QuantizeOptions& options,
   CheckpointWriterOptions w;
   w.max_shard_bytes = options.max_shard_bytes;
   w.overwrite = options.overwrite;
-  w.metadata = {{"format", "pt"},
-                {kQtoolMetadataKey, json{{"format_version", kQtoolFormatVersion},
-                                         {"codec", codec_record},
-                                         {"tensors", tensors_record}}
-                                        .dump()}};
+  QTOOL_CHECK(options.activations.is_null() || options.activations == Int8TokenActivations(),
+              OptionError, "activation quantisation {} is not one qtool implements (it has {})",
+              options.activations.dump(), Int8TokenActivations().dump());
+  json record = {{"format_version", kQtoolFormatVersion},
+                 {"codec", codec_record},
+                 {"tensors", tensors_record}};
+  if (!options.activations.is_null()) record["activations"] = options.activations;
+  w.metadata = {{"format", "pt"}, {kQtoolMetadataKey, record.dump()}};
   return w;
 }
 
-json QuantizationConfig(const json& codec_record) {
+json QuantizationConfig(const json& codec_record, const QuantizeOptions& options) {
   json qc = codec_record;
   qc["quant_method"] = "qtool";
   qc["format_version"] = kQtoolFormatVersion;
+  if (!options.activations.is_null()) qc["activations"] = options.activations;
   return qc;
 }
 
@@ -331,7 +335,7 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
   }
 
   background.Finish();
-  CopyModelFiles(in, QuantizationConfig(codec_record), writer);
+  CopyModelFiles(in, QuantizationConfig(codec_record, options), writer);
   writer.Commit();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
@@ -352,6 +356,16 @@ std::optional<json> QuantizationRecord(const Checkpoint& ck) {
               "{}: unsupported qtool format version (this build reads version {})",
               ck.dir().string(), kQtoolFormatVersion);
   return rec;
+}
+
+bool QuantizesActivations(const Checkpoint& ck) {
+  const auto rec = QuantizationRecord(ck);
+  if (!rec || !rec->contains("activations")) return false;
+  const json& a = (*rec)["activations"];
+  QTOOL_CHECK(a == Int8TokenActivations(), FormatError,
+              "{}: activation quantisation {} is not one this build runs (it runs {})",
+              ck.dir().string(), a.dump(), Int8TokenActivations().dump());
+  return true;
 }
 
 std::vector<std::string> LogicalTensorNames(const Checkpoint& ck) {

@@ -5,17 +5,28 @@
 #include <iterator>
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/io/quantized.hpp"
+#include "qtool/quant/activation.hpp"
 
 namespace qtool::runtime {
 
 void Linear::Apply(const RowMatrixXf& x, RowMatrixXf& y, int threads) const {
   QTOOL_DASSERT(x.cols() == in());
   y.resize(x.rows(), out());
-  gemm::MatMul(x.data(), in(), x.rows(), w, y.data(), out(), threads);
+  if (int8_inputs) {
+    std::vector<int8_t> q(static_cast<size_t>(x.size()));
+    std::vector<float> scales(static_cast<size_t>(x.rows()));
+    RowMatrixXf xq(x.rows(), x.cols());
+    QuantizePerTokenInt8(x.data(), x.rows(), x.cols(), q.data(), scales.data());
+    DequantizePerTokenInt8(q.data(), scales.data(), x.rows(), x.cols(), xq.data());
+    gemm::MatMul(xq.data(), in(), xq.rows(), w, y.data(), out(), threads);
+  } else {
+    gemm::MatMul(x.data(), in(), x.rows(), w, y.data(), out(), threads);
+  }
   if (bias.size() != 0) y.rowwise() += bias.transpose();
 }
 
@@ -77,10 +88,12 @@ Eigen::VectorXf ToVector(const std::vector<float>& v) {
 }
 
 Linear LoadLinear(const Checkpoint& ck, const std::string& prefix, int64_t out, int64_t in,
-                  int threads) {
+                  bool w8a8, int threads) {
   Linear l;
   const std::vector<float> w = ReadShaped(ck, prefix + ".weight", {out, in}, threads);
   l.w = gemm::Pack(w.data(), out, in);
+  // A quantised weight is stored under its parts' names, not its own.
+  l.int8_inputs = w8a8 && ck.Find(prefix + ".weight") == nullptr;
   if (ck.Find(prefix + ".bias") != nullptr) {
     l.bias = ToVector(ReadShaped(ck, prefix + ".bias", {out}, threads));
   }
@@ -93,6 +106,7 @@ BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, 
   const int64_t h = cfg.hidden_size, f = cfg.intermediate_size;
   const int64_t q = cfg.num_heads * cfg.head_dim, kv = cfg.num_kv_heads * cfg.head_dim;
   auto name = [&](const char* n) { return BlockTensorName(i, n); };
+  const bool w8a8 = QuantizesActivations(ck);
   BlockWeights b;
   b.input_norm = ToVector(ReadShaped(ck, name("input_layernorm.weight"), {h}, threads));
   b.post_attention_norm =
@@ -106,7 +120,7 @@ BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, 
   ParallelFor(std::size(layers), 1, threads, [&](int64_t l0, int64_t l1, int) {
     for (int64_t l = l0; l < l1; ++l) {
       const auto& [layer, short_name, out, in] = layers[l];
-      *layer = LoadLinear(ck, name(short_name), out, in, 1);
+      *layer = LoadLinear(ck, name(short_name), out, in, w8a8, 1);
     }
   });
   return b;

@@ -17,6 +17,9 @@ namespace qtool::runtime {
 struct Linear {
   gemm::PackedMatrix w;
   Eigen::VectorXf bias;  // empty: no bias
+  // W8A8: x is quantised per token to INT8 (and decoded) before the product, as a W8A8 kernel
+  // would see it.
+  bool int8_inputs = false;
   int64_t in() const { return w.k; }
   int64_t out() const { return w.n; }
   /// y [rows, out] = x [rows, in] W^T (+ b).
@@ -37,7 +40,8 @@ struct BlockWeights {
   void Apply(const WeightOverrides& overrides);
 };
 
-/// Reads block `i` through ReadTensorF32 (quantised or not).
+/// Reads block `i` through ReadTensorF32 (quantised or not). In a W8A8 checkpoint
+/// (QuantizesActivations) its quantised Linear layers quantise their inputs.
 BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, int threads);
 
 /// cos/sin of every position and frequency, computed in float32 as the reference implementation

@@ -13,6 +13,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/model/tokenizer.hpp"
+#include "qtool/quant/activation.hpp"
 #include "qtool/quant/int_codec.hpp"
 #include "qtool/quant/pack.hpp"
 #include "qtool/solvers/awq.hpp"
@@ -81,14 +82,9 @@ class StreamingWriter {
     }
   }
 
-  /// `quantization_config` entries added to config.json beside the codec's.
-  void AddConfig(const std::string& key, json value) { extra_config_[key] = std::move(value); }
-
   QuantizeReport Finish(std::chrono::steady_clock::time_point start) {
     WriteThrough(INT64_MAX, {});
-    json qc = QuantizationConfig(codec_record_);
-    qc.update(extra_config_);
-    CopyModelFiles(in_, qc, *writer_);
+    CopyModelFiles(in_, QuantizationConfig(codec_record_, options_), *writer_);
     writer_->Commit();
     report_.seconds = Since(start);
     return std::move(report_);
@@ -207,7 +203,6 @@ class StreamingWriter {
   std::vector<Entry> order_;
   size_t next_ = 0;
   json codec_record_;
-  json extra_config_ = json::object();
   std::unique_ptr<CheckpointWriter> writer_;
   QuantizeReport report_;
 };
@@ -306,40 +301,6 @@ BlockSolution HqqBlock(const Context& ctx, int64_t b) {
   return sol;
 }
 
-// SmoothQuant (Xiao et al. 2022): s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha) over the layers that
-// share the input, folded into the preceding RMSNorm (x / s) and the layers' columns (W * s).
-BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
-  const int64_t b = run.block();
-  const std::vector<std::pair<std::string, std::vector<std::string>>> folds = {
-      {"input_layernorm", InputGroups()[0]}, {"post_attention_layernorm", InputGroups()[2]}};
-  std::vector<std::unique_ptr<ChannelStats>> stats;
-  ConsumerMap consumers;
-  for (const auto& [norm, layers] : folds) {
-    stats.push_back(std::make_unique<ChannelStats>(run.in_features(layers[0])));
-    consumers[layers[0]].push_back(stats.back().get());
-  }
-  run.Run(consumers);
-  BlockSolution sol;
-  for (size_t f = 0; f < folds.size(); ++f) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const auto& [norm, layers] = folds[f];
-    std::vector<RowMatrixXf> w;
-    for (const std::string& l : layers) w.push_back(run.Weight(l));
-    const Eigen::VectorXf s =
-        SmoothQuantScales(stats[f]->MaxAbs().cast<float>(), w, ctx.method.alpha);
-    RowMatrixXf nw = run.Weight(norm);
-    nw.array() /= s.transpose().array();
-    sol.values[BlockTensorName(b, norm) + ".weight"] = std::move(nw);
-    for (size_t i = 0; i < layers.size(); ++i) {
-      w[i].array().rowwise() *= s.transpose().array();
-      sol.values[WeightName(b, layers[i])] = std::move(w[i]);
-    }
-    ctx.Report({b, norm, 0.0, Since(t0),
-                fmt::format("scales {:.3g}..{:.3g}", s.minCoeff(), s.maxCoeff())});
-  }
-  return sol;
-}
-
 // Keeps an evenly strided subset of a Linear layer's input rows (AWQ's clipping search runs on
 // a few hundred tokens).
 class RowSampler final : public ActivationConsumer {
@@ -362,6 +323,96 @@ class RowSampler final : public ActivationConsumer {
   int64_t stride_, keep_, seen_ = 0;
   std::vector<Eigen::RowVectorXf> rows_;
 };
+
+// W8A8 output error of layers sharing the input rows x after smoothing by s: sum over the layers
+// of ||x W^T - Q_token(x / s) Q_codec(W diag(s))^T||^2, the input quantised per token to INT8 as
+// the runtime does, the weights rounded as the codec rounds them. `ref` holds x W^T per layer.
+double SmoothedW8A8Error(const RowMatrixXf& x, const std::vector<RowMatrixXf>& w,
+                         const std::vector<RowMatrixXf>& ref, const Eigen::VectorXf& s,
+                         const Grid& grid, int64_t group, int threads) {
+  const RowMatrixXf xs = x.array().rowwise() / s.transpose().array();
+  std::vector<int8_t> q(static_cast<size_t>(xs.size()));
+  std::vector<float> scales(static_cast<size_t>(xs.rows()));
+  RowMatrixXf xq(xs.rows(), xs.cols());
+  QuantizePerTokenInt8(xs.data(), xs.rows(), xs.cols(), q.data(), scales.data());
+  DequantizePerTokenInt8(q.data(), scales.data(), xs.rows(), xs.cols(), xq.data());
+  double err = 0;
+  for (size_t l = 0; l < w.size(); ++l) {
+    const RowMatrixXf wq =
+        QuantizeRtn(w[l].array().rowwise() * s.transpose().array(), grid, group).dequant;
+    RowMatrixXf y = -ref[l];
+    Gemm(xq.rows(), wq.rows(), xq.cols(), 1.0f, {xq.data(), xq.cols(), 1},
+         {wq.data(), 1, wq.cols()}, y.data(), y.cols(), threads);
+    err += y.cast<double>().squaredNorm();
+  }
+  return err;
+}
+
+// SmoothQuant (Xiao et al. 2022): s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha) over the layers that
+// share the input, folded into the preceding RMSNorm (x / s) and the layers' columns (W * s).
+// With the alpha search, each fold takes the alpha in {0, 0.05, ..., 1}, or no smoothing at all,
+// whose W8A8 output error (SmoothedW8A8Error) on a sample of the calibration rows is smallest.
+BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
+  const int64_t b = run.block();
+  const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
+  const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
+  const std::vector<std::pair<std::string, std::vector<std::string>>> folds = {
+      {"input_layernorm", InputGroups()[0]}, {"post_attention_layernorm", InputGroups()[2]}};
+  const bool search = ctx.method.alpha_search;
+  std::vector<std::unique_ptr<ChannelStats>> stats;
+  std::vector<std::unique_ptr<RowSampler>> samples;
+  ConsumerMap consumers;
+  for (const auto& [norm, layers] : folds) {
+    stats.push_back(std::make_unique<ChannelStats>(run.in_features(layers[0])));
+    consumers[layers[0]].push_back(stats.back().get());
+    if (search) {
+      samples.push_back(std::make_unique<RowSampler>(run.num_samples() * run.seq_len(),
+                                                     ctx.method.awq_clip_tokens));
+      consumers[layers[0]].push_back(samples.back().get());
+    }
+  }
+  run.Run(consumers);
+  BlockSolution sol;
+  for (size_t f = 0; f < folds.size(); ++f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto& [norm, layers] = folds[f];
+    std::vector<RowMatrixXf> w;
+    for (const std::string& l : layers) w.push_back(run.Weight(l));
+    const Eigen::VectorXf act_max = stats[f]->MaxAbs().cast<float>();
+    Eigen::VectorXf s = SmoothQuantScales(act_max, w, ctx.method.alpha);
+    double loss = 0;
+    std::string detail = fmt::format("alpha {:.2f}", ctx.method.alpha);
+    if (search) {
+      const RowMatrixXf x = samples[f]->Rows();
+      std::vector<RowMatrixXf> ref;
+      for (const RowMatrixXf& wl : w) ref.push_back(x * wl.transpose());
+      s = Eigen::VectorXf::Ones(act_max.size());
+      loss = SmoothedW8A8Error(x, w, ref, s, grid, g, ctx.threads);
+      detail = "no smoothing";
+      for (int k = 0; k <= kSmoothAlphaGrid; ++k) {
+        const double alpha = static_cast<double>(k) / kSmoothAlphaGrid;
+        const Eigen::VectorXf cand = SmoothQuantScales(act_max, w, alpha);
+        const double err = SmoothedW8A8Error(x, w, ref, cand, grid, g, ctx.threads);
+        if (err < loss) {
+          loss = err;
+          s = cand;
+          detail = fmt::format("alpha {:.2f}", alpha);
+        }
+      }
+      loss /= static_cast<double>(x.rows());
+    }
+    RowMatrixXf nw = run.Weight(norm);
+    nw.array() /= s.transpose().array();
+    sol.values[BlockTensorName(b, norm) + ".weight"] = std::move(nw);
+    for (size_t i = 0; i < layers.size(); ++i) {
+      w[i].array().rowwise() *= s.transpose().array();
+      sol.values[WeightName(b, layers[i])] = std::move(w[i]);
+    }
+    ctx.Report({b, norm, loss, Since(t0),
+                fmt::format("{}, scales {:.3g}..{:.3g}", detail, s.minCoeff(), s.maxCoeff())});
+  }
+  return sol;
+}
 
 // AWQ on one block. Each scaling (the preceding op, the layers after it, their shared input):
 // for alpha in {0, 1/grid, ...}, scales s = AwqScales(mean|x|, alpha) are tried by running the
@@ -529,16 +580,15 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
               "{}: already quantised by qtool; dequantize it first", ck.dir().string());
   const Context ctx{ck,  model.config(), options, method, on_layer, ResolveThreads(options.threads),
                     spec};
-  StreamingWriter writer(ck, out, options);
+  QuantizeOptions write_options = options;
+  // W8A8: SmoothQuant's point is the activations, quantised per token at run time.
+  if (method.method == Method::kSmoothQuant) write_options.activations = Int8TokenActivations();
+  StreamingWriter writer(ck, out, write_options);
   writer.WriteThrough(-1, {}, progress);
   const int64_t blocks = model.config().num_layers;
   if (!NeedsCalibration(method.method)) {
     for (int64_t b = 0; b < blocks; ++b) writer.WriteThrough(b, HqqBlock(ctx, b), progress);
     return writer.Finish(start);
-  }
-  if (method.method == Method::kSmoothQuant) {
-    // W8A8: the activations are meant to be quantised per token at run time.
-    writer.AddConfig("activations", {{"bits", 8}, {"granularity", "token"}, {"dynamic", true}});
   }
   CalibrationRunner run(model, CalibrationSamples(model_dir, model, method));
   while (!run.done()) {

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "qtool/core/error.hpp"
+#include "qtool/io/quantized.hpp"
 #include "test_support.hpp"
 
 namespace qtool::solvers {
@@ -70,7 +71,53 @@ TEST(QuantizeMethodCliTest, RefusesBadOptions) {
                     "--granularity", "tensor"})
                 .exit_code,
             option);
+  for (const char* alpha : {"1.5", "-0.1", "half", "0.5x"}) {
+    EXPECT_EQ(RunCli({"quantize", model.string(), "-o", out, "--method", "smoothquant", "--calib",
+                      calib, "--alpha", alpha})
+                  .exit_code,
+              option)
+        << alpha;
+  }
+  EXPECT_EQ(RunCli({"quantize", model.string(), "-o", out, "--activations", "int4"}).exit_code,
+            option);
   EXPECT_FALSE(fs::exists(out));
+}
+
+// A W8A8 checkpoint records its activation quantisation in the metadata and config.json, and the
+// runtime honours it: the same weights evaluate differently with and without it.
+TEST(QuantizeMethodCliTest, W8A8RecordsActivationsAndEvalQuantisesThem) {
+  QTOOL_REQUIRE_SHARED();
+  const fs::path shared = testing::SharedDir().value();
+  const fs::path model = shared / "models" / "stories260K" / "hf";
+  testing::ScratchDir dir;
+  const std::vector<std::string> w8 = {"--bits", "8", "--granularity", "channel", "-q"};
+  auto quantize = [&](const std::string& name, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"quantize", model.string(), "-o", (dir / name).string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const testing::CliResult r = RunCli(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+  };
+  quantize("w8", w8);
+  std::vector<std::string> a8 = w8;
+  a8.insert(a8.end(), {"--activations", "int8"});
+  quantize("w8a8", a8);
+  quantize("sq",
+           {"--method", "smoothquant", "--calib", (shared / "data" / "stories-calib.txt").string(),
+            "--nsamples", "4", "--seqlen", "64", "--alpha", "auto", "-q"});
+  for (const char* name : {"w8a8", "sq"}) {
+    const Checkpoint ck = Checkpoint::Open(dir / name);
+    EXPECT_TRUE(QuantizesActivations(ck)) << name;
+    EXPECT_EQ((*ck.config())["quantization_config"]["activations"], Int8TokenActivations());
+  }
+  EXPECT_FALSE(QuantizesActivations(Checkpoint::Open(dir / "w8")));
+  auto ppl = [&](const std::string& name) {
+    const testing::CliResult e =
+        RunCli({"eval", (dir / name).string(), "--text",
+                (shared / "data" / "stories-eval.txt").string(), "--json", "-"});
+    EXPECT_EQ(e.exit_code, 0) << e.err;
+    return nlohmann::json::parse(e.out)["ppl"].get<double>();
+  };
+  EXPECT_NE(ppl("w8"), ppl("w8a8"));
 }
 
 }  // namespace

@@ -20,7 +20,7 @@ namespace {
 
 struct QuantizeArgs {
   std::string input, output, json, format = "int", granularity = "group", max_shard;
-  std::string block, observer = "minmax";
+  std::string block, observer = "minmax", activations = "none";
   int bits = 4;
   int64_t group = 128;
   bool asym = false, force = false, quiet = false, double_quant = false, no_saturate = false;
@@ -215,6 +215,10 @@ void RegisterQuantize(CLI::App& app) {
                 "Integer groups run over the flattened matrix and may span rows (the definition "
                 "of reshape(-1, group) reference scripts); default: groups stay inside a row");
   cmd->add_flag("--asym", a->asym, "Asymmetric (scale and zero-point) instead of symmetric");
+  cmd->add_option("--activations", a->activations,
+                  "none, or int8: the runtime quantises each quantised Linear's input per token "
+                  "(W8A8; --method smoothquant always does)")
+      ->capture_default_str();
   cmd->add_option("--include", a->include,
                   "Regex of further tensor names to quantise (repeatable); default: 2-D weights "
                   "inside the decoder blocks");
@@ -230,12 +234,15 @@ void RegisterQuantize(CLI::App& app) {
     a->granularity_given = gran->count() > 0;
     QTOOL_CHECK(a->group >= 1, OptionError, "--group must be at least 1, got {}", a->group);
     QTOOL_CHECK(a->threads >= 0, OptionError, "--threads must not be negative");
+    QTOOL_CHECK(a->activations == "none" || a->activations == "int8", OptionError,
+                "--activations is none or int8, not \"{}\"", a->activations);
     QuantizeOptions opts;
     opts.codec = CodecRecord(*a);
     opts.include = a->include;
     opts.exclude = a->exclude;
     opts.threads = a->threads;
     opts.overwrite = a->force;
+    if (a->activations == "int8") opts.activations = Int8TokenActivations();
     if (!a->max_shard.empty()) opts.max_shard_bytes = ParseSize(a->max_shard);
     MakeCodec(opts.codec, 1, 1);  // validate the options before opening anything
     if (auto r = RunQuantizeMethod(*method, opts, a->input, a->output, a->quiet)) {

@@ -2,6 +2,9 @@
 // is the codec path of cmd_quantize.cpp), their options, per-layer progress and solver losses.
 #include <fmt/format.h>
 
+#include <exception>
+#include <string>
+
 #include "commands.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/solvers/calibrated.hpp"
@@ -10,11 +13,11 @@
 namespace qtool::cli {
 
 struct MethodArgs {
-  std::string method = "rtn", calib;
+  std::string method = "rtn", calib, alpha = "0.5";
   int64_t nsamples = 128, seqlen = 512;
   uint64_t seed = 0;
   bool act_order = false, static_groups = false, mse = false;
-  double damp = 0.01, alpha = 0.5;
+  double damp = 0.01;
 };
 
 std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd) {
@@ -35,7 +38,10 @@ std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd) {
   cmd->add_flag("--mse", m->mse, "GPTQ: MSE search of each group's range");
   cmd->add_option("--damp", m->damp, "GPTQ: relative dampening of the Hessian")
       ->capture_default_str();
-  cmd->add_option("--alpha", m->alpha, "SmoothQuant: migration strength")->capture_default_str();
+  cmd->add_option("--alpha", m->alpha,
+                  "SmoothQuant: migration strength in [0, 1], or auto (per layer, the one with the "
+                  "smallest W8A8 output error on the calibration data)")
+      ->capture_default_str();
   return m;
 }
 
@@ -48,7 +54,17 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
   QTOOL_CHECK(!solvers::NeedsCalibration(c.method) || !m.calib.empty(), OptionError,
               "--method {} needs --calib FILE", m.method);
   QTOOL_CHECK(m.damp >= 0, OptionError, "--damp must not be negative");
-  QTOOL_CHECK(m.alpha >= 0 && m.alpha <= 1, OptionError, "--alpha must be in [0, 1]");
+  c.alpha_search = m.alpha == "auto";
+  if (!c.alpha_search) {
+    size_t used = 0;
+    try {
+      c.alpha = std::stod(m.alpha, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    QTOOL_CHECK(used == m.alpha.size() && c.alpha >= 0 && c.alpha <= 1, OptionError,
+                "--alpha is a number in [0, 1] or auto, not \"{}\"", m.alpha);
+  }
   c.calib_text = m.calib;
   c.calib.num_samples = m.nsamples;
   c.calib.seq_len = m.seqlen;
@@ -57,7 +73,6 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
   c.gptq.static_groups = m.static_groups;
   c.gptq.mse = m.mse;
   c.gptq.damp = m.damp;
-  c.alpha = m.alpha;
   if (c.method == solvers::Method::kSmoothQuant) {
     opts.codec = {{"codec", "int"}, {"bits", 8}, {"symmetric", true}, {"granularity", "channel"}};
   } else if (c.method == solvers::Method::kHqq) {

@@ -33,10 +33,19 @@ struct QuantizeOptions {
                           {"group_size", 128}};
   std::vector<std::string> include;
   std::vector<std::string> exclude;
+  /// Activation quantisation the checkpoint asks of the runtime: null (weights only) or
+  /// Int8TokenActivations(). Recorded in the metadata and in config.json.
+  nlohmann::json activations;
   int threads = 0;               // 0: every hardware thread
   uint64_t max_shard_bytes = 0;  // 0: one model.safetensors
   bool overwrite = false;
 };
+
+/// W8A8's activations: each quantised Linear's input quantised per token (row) at run time to
+/// symmetric INT8 with its own absmax scale (quant/activation.hpp).
+inline nlohmann::json Int8TokenActivations() {
+  return {{"bits", 8}, {"granularity", "token"}, {"dynamic", true}};
+}
 
 struct TensorReport {
   std::string name;
@@ -79,13 +88,20 @@ ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec
 nlohmann::json QuantizedTensorRecord(const WeightCodec& codec, const TensorSpec& original);
 
 /// Writer options of a quantised checkpoint: the options' sharding and overwrite, and metadata
-/// holding the format version, `codec_record` and `tensors_record` (name -> tensor record).
+/// holding the format version, `codec_record`, `tensors_record` (name -> tensor record) and the
+/// options' activation quantisation when there is one.
 CheckpointWriterOptions QuantizedWriterOptions(const QuantizeOptions& options,
                                                const nlohmann::json& codec_record,
                                                const nlohmann::json& tensors_record);
 
-/// The `quantization_config` that config.json gets for a checkpoint written with `codec_record`.
-nlohmann::json QuantizationConfig(const nlohmann::json& codec_record);
+/// The `quantization_config` that config.json gets for a checkpoint written with `codec_record`
+/// and `options`' activation quantisation.
+nlohmann::json QuantizationConfig(const nlohmann::json& codec_record,
+                                  const QuantizeOptions& options);
+
+/// Whether the runtime is to quantise the inputs of `ck`'s quantised Linear layers per token to
+/// INT8 (a W8A8 checkpoint). Throws FormatError for an activation record it does not implement.
+bool QuantizesActivations(const Checkpoint& ck);
 
 /// Copies the model directory's other files (tokenizer, ...) and writes its config.json with
 /// `quantization_config` set to `qc`, or removed when `qc` is null.

@@ -28,6 +28,8 @@ enum class Method { kGptq, kAwq, kSmoothQuant, kHqq };
 /// "gptq", "awq", "smoothquant" or "hqq"; throws OptionError for anything else.
 Method ParseMethod(const std::string& name);
 const char* MethodName(Method m);
+inline constexpr int kSmoothAlphaGrid = 20;
+
 /// True for the methods that need calibration text.
 inline bool NeedsCalibration(Method m) { return m != Method::kHqq; }
 
@@ -38,16 +40,20 @@ struct CalibratedOptions {
   /// HQQ's options; bits, group_size and threads likewise.
   HqqOptions hqq;
   double alpha = 0.5;  // SmoothQuant migration strength
-  int awq_grid = 20;   // AWQ: alpha in {0, 1/grid, ..., (grid-1)/grid}
+  /// SmoothQuant: instead of `alpha`, per fold the alpha in {0, 1/kSmoothAlphaGrid, ..., 1} (or no
+  /// smoothing) with the smallest W8A8 output error on awq_clip_tokens calibration rows.
+  bool alpha_search = false;
+  int awq_grid = 20;  // AWQ: alpha in {0, 1/grid, ..., (grid-1)/grid}
   int awq_clip_grid = 20;
   double awq_max_shrink = 0.5;
-  int64_t awq_clip_tokens = 512;  // calibration rows the clipping search uses
+  int64_t awq_clip_tokens = 512;  // calibration rows the clipping (and alpha) search uses
   CalibrationOptions calib;
   std::filesystem::path calib_text;  // tokenised with the model's tokenizer.model
 };
 
 /// One solved layer: its block, short name, solver loss (GPTQ: sum (w-q)^2/U_qq^2/2; AWQ: the
-/// block's output MSE at the chosen alpha; SmoothQuant: 0; HQQ: mean |W - W^|) and what was chosen.
+/// block's output MSE at the chosen alpha; SmoothQuant: 0, or with the alpha search the W8A8
+/// output error per calibration row; HQQ: mean |W - W^|) and what was chosen.
 struct LayerReport {
   int64_t block = 0;
   std::string name;
