@@ -36,7 +36,9 @@ for m in stories260K babyllama-tok105; do
     hqq=$(quant hqq --bits $b --group $g --method hqq --asym)
     printf "| %s | INT%s-g%s | %s | %s | %s | %s | %s | %s |\n" $m $b $g $fp $rtn $gptq $gptq_ao $awq $hqq
   done
-  w8=$(quant w8 --bits 8 --granularity channel)
+  w8a8=$(quant w8a8 --bits 8 --granularity channel --activations int8)
   sq=$(quant sq --method smoothquant)
-  printf "| %s | W8 per-channel (weights only) | %s | plain %s | SmoothQuant %s | | | |\n" $m $fp $w8 $sq
+  sq_auto=$(quant sq_auto --method smoothquant --alpha auto)
+  printf "| %s | W8A8 (per-channel, per-token) | %s | plain %s | SmoothQuant %s | alpha auto %s | | |\n" \
+    $m $fp $w8a8 $sq $sq_auto
 done
