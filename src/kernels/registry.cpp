@@ -326,7 +326,15 @@ void GemmW8A8(const int8_t* q, const float* a_scales, int64_t m, const QuantWeig
               int threads) {
   QTOOL_DASSERT(w.bits == 8 && w.group == w.cols && w.cols < (1 << 16));
   const detail::Int8Acts a{q, a_scales, m};
-  OverColumns(w.rows, threads, [&](int64_t n0, int64_t n1) { K().gemm_w8a8(a, w, n0, n1, y); });
+  if (m < detail::kGemmTokens) {
+    OverColumns(w.rows, threads, [&](int64_t n0, int64_t n1) { K().gemm_w8a8(a, w, n0, n1, y); });
+    return;
+  }
+  // A GEMM prepares its activations once per call: one range of rows per thread.
+  const int t = std::max(1, ResolveThreads(threads));
+  const int64_t per_thread = (w.rows + t - 1) / t;
+  ParallelFor(w.rows, (per_thread + 47) / 48 * 48, t,
+              [&](int64_t n0, int64_t n1, int) { K().gemm_w8a8(a, w, n0, n1, y); });
 }
 
 // The vector 4-bit kernels step through a group 32 codes at a time; other shapes take the

@@ -20,6 +20,11 @@ struct Int8Acts {
   int64_t m;
 };
 
+/// From this many tokens on, an integer GEMM runs register tiles over tokens (and prepares its
+/// activations once per call, so the caller gives each thread one range of output columns);
+/// below, it runs one dot product per output.
+inline constexpr int64_t kGemmTokens = 4;
+
 // The GEMM entries compute output columns [n0, n1) of y [m, w.rows] (row stride w.rows).
 // A null entry means the family has no code for that operation: the next family down is used.
 #define QTOOL_KERNEL_LIST(X)                                                                       \

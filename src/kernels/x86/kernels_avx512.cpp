@@ -251,11 +251,12 @@ void PackPanel(const QuantWeights& w, int64_t nb, int64_t n1, int64_t k4, uint8_
   }
 }
 
-inline __m512i Broadcast4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm512_set1_epi32(v);
-}
+// Four tokens' steps of the micro-kernel: acc(r, j) += panel_j * broadcast(4 activation bytes of
+// token r), with the broadcast embedded in VPDPBUSD's memory operand ({1to16}). A separate
+// broadcast into a register would cost a shuffle per token and step, a quarter of the work.
+#define QTOOL_DP(off, j, acc) "vpdpbusd " #off "(%[a])%{1to16%}, %[w" #j "], %" #acc "\n\t"
+#define QTOOL_TOKEN(off, a0, a1, a2) QTOOL_DP(off, 0, a0) QTOOL_DP(off, 1, a1) QTOOL_DP(off, 2, a2)
+#define QTOOL_ACC(r) "+v"(c##r##0), "+v"(c##r##1), "+v"(c##r##2)
 
 // acc[r][j] = sum_k panel_j[k] * a_r[k] over the padded length k4, for 8 tokens and 3 panels.
 void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, __m512i (*acc)[kPanels]) {
@@ -271,24 +272,17 @@ void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, __m512i (*acc
 #undef QTOOL_ROW
   for (int64_t kk = 0; kk < k4 / 4; ++kk) {
     const uint8_t* p = panels + kk * 64 * kPanels;
+    const int8_t* ap = a + kk * 32;
     const __m512i w0 = _mm512_load_si512(p), w1 = _mm512_load_si512(p + 64),
                   w2 = _mm512_load_si512(p + 128);
-#define QTOOL_STEP(r)                                   \
-  do {                                                  \
-    const __m512i av = Broadcast4(a + kk * 32 + r * 4); \
-    c##r##0 = _mm512_dpbusd_epi32(c##r##0, w0, av);     \
-    c##r##1 = _mm512_dpbusd_epi32(c##r##1, w1, av);     \
-    c##r##2 = _mm512_dpbusd_epi32(c##r##2, w2, av);     \
-  } while (0)
-    QTOOL_STEP(0);
-    QTOOL_STEP(1);
-    QTOOL_STEP(2);
-    QTOOL_STEP(3);
-    QTOOL_STEP(4);
-    QTOOL_STEP(5);
-    QTOOL_STEP(6);
-    QTOOL_STEP(7);
-#undef QTOOL_STEP
+    asm(QTOOL_TOKEN(0, 0, 1, 2) QTOOL_TOKEN(4, 3, 4, 5) QTOOL_TOKEN(8, 6, 7, 8)
+            QTOOL_TOKEN(12, 9, 10, 11)
+        : QTOOL_ACC(0), QTOOL_ACC(1), QTOOL_ACC(2), QTOOL_ACC(3)
+        : [a] "r"(ap), [w0] "v"(w0), [w1] "v"(w1), [w2] "v"(w2));
+    asm(QTOOL_TOKEN(16, 0, 1, 2) QTOOL_TOKEN(20, 3, 4, 5) QTOOL_TOKEN(24, 6, 7, 8)
+            QTOOL_TOKEN(28, 9, 10, 11)
+        : QTOOL_ACC(4), QTOOL_ACC(5), QTOOL_ACC(6), QTOOL_ACC(7)
+        : [a] "r"(ap), [w0] "v"(w0), [w1] "v"(w1), [w2] "v"(w2));
   }
 #define QTOOL_OUT(r) acc[r][0] = c##r##0, acc[r][1] = c##r##1, acc[r][2] = c##r##2
   QTOOL_OUT(0);
@@ -301,6 +295,9 @@ void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, __m512i (*acc
   QTOOL_OUT(7);
 #undef QTOOL_OUT
 }
+#undef QTOOL_ACC
+#undef QTOOL_TOKEN
+#undef QTOOL_DP
 
 // y = float(acc - zero * sum(q)) * a_scale * w_scale, the reference's order of products.
 void W8A8Store(__m512i (*acc)[kPanels], const Int8Acts& a, const int32_t* sums,
@@ -326,19 +323,19 @@ void W8A8Store(__m512i (*acc)[kPanels], const Int8Acts& a, const int32_t* sums,
 
 void GemmW8A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y) {
   const int64_t k = w.cols;
-  if (a.m < 4) {
+  if (a.m < kGemmTokens) {
     for (int64_t t = 0; t < a.m; ++t) {
       W8A8Rows(a.q + t * k, a.scales[t], w, n0, n1, y + t * w.rows);
     }
     return;
   }
-  // All weight blocks of [n0, n1) are packed first (the caller's tasks are a few hundred rows, so
-  // they stay in L2); each 8-token activation block is then read once from memory and stays in L1
-  // while it meets every weight block.
+  // The activations are interleaved once. Then, chunk by chunk of kChunkBlocks weight blocks
+  // (packed together, a few hundred KB that stay in L2), each 8-token activation block is read
+  // once from memory and stays in L1 while it meets every weight block of the chunk.
+  constexpr int64_t kChunkBlocks = 8;
   const int64_t k4 = (k + 3) / 4 * 4, m8 = (a.m + kMr - 1) / kMr * kMr;
   const int64_t block_cols = kPanels * kPanel, block_bytes = block_cols * k4;
-  const int64_t nblocks = (n1 - n0 + block_cols - 1) / block_cols;
-  Scratch panels(0, nblocks * block_bytes), acts(1, m8 * k4), sums(2, a.m * 4);
+  Scratch panels(0, kChunkBlocks * block_bytes), acts(1, m8 * k4), sums(2, a.m * 4);
   auto* ap = acts.as<int8_t>();
   // Zero what the copies below leave unwritten: the tail bytes of each group of 4 when k is not a
   // multiple of 4, and the padding tokens of the last block.
@@ -354,17 +351,21 @@ void GemmW8A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, 
     for (int64_t i = k / 4 * 4; i < k; ++i) block[i / 4 * 32 + i % 4] = q[i];
     sums.as<int32_t>()[t] = SumQ(q, k);
   }
-  for (int64_t b = 0; b < nblocks; ++b) {
-    for (int j = 0; j < kPanels; ++j) {
-      PackPanel(w, n0 + b * block_cols + j * kPanel, n1, k4,
-                panels.as<uint8_t>() + b * block_bytes + j * 64);
-    }
-  }
   __m512i acc[kMr][kPanels];
-  for (int64_t t = 0; t < a.m; t += kMr) {
+  for (int64_t c0 = n0; c0 < n1; c0 += kChunkBlocks * block_cols) {
+    const int64_t c1 = std::min(n1, c0 + kChunkBlocks * block_cols);
+    const int64_t nblocks = (c1 - c0 + block_cols - 1) / block_cols;
     for (int64_t b = 0; b < nblocks; ++b) {
-      W8A8Micro(panels.as<uint8_t>() + b * block_bytes, ap + t * k4, k4, acc);
-      W8A8Store(acc, a, sums.as<int32_t>(), w, t, n0 + b * block_cols, n1, y);
+      for (int j = 0; j < kPanels; ++j) {
+        PackPanel(w, c0 + b * block_cols + j * kPanel, c1, k4,
+                  panels.as<uint8_t>() + b * block_bytes + j * 64);
+      }
+    }
+    for (int64_t t = 0; t < a.m; t += kMr) {
+      for (int64_t b = 0; b < nblocks; ++b) {
+        W8A8Micro(panels.as<uint8_t>() + b * block_bytes, ap + t * k4, k4, acc);
+        W8A8Store(acc, a, sums.as<int32_t>(), w, t, c0 + b * block_cols, c1, y);
+      }
     }
   }
 }
