@@ -51,7 +51,7 @@ struct CalibratedOptions {
   std::filesystem::path calib_text;  // tokenised with the model's tokenizer.model
 };
 
-/// One solved layer: its block, short name, solver loss (GPTQ: sum (w-q)^2/U_qq^2/2; AWQ: the
+/// One solved layer: its block, short name, solver loss (GPTQ: sum (w-q)^2 L_qq^2/2; AWQ: the
 /// block's output MSE at the chosen alpha; SmoothQuant: 0, or with the alpha search the W8A8
 /// output error per calibration row; HQQ: mean |W - W^|) and what was chosen.
 struct LayerReport {
