@@ -24,7 +24,8 @@ const std::map<std::string, Factory>& Registry() {
       {"int",
        [](const nlohmann::json& r, int64_t rows, int64_t cols) -> std::unique_ptr<WeightCodec> {
          return std::make_unique<IntCodec>(IntCodec::SpecFromRecord(r), rows, cols,
-                                           IntCodec::ObserverFromRecord(r));
+                                           IntCodec::ObserverFromRecord(r),
+                                           r.value("g_idx", false));
        }},
       {"fp",
        [](const nlohmann::json& r, int64_t rows, int64_t cols) -> std::unique_ptr<WeightCodec> {

@@ -53,9 +53,12 @@ void QuantizeRowRef(const float* x, int64_t cols, const QuantSpec& spec, uint8_t
   }
 }
 
-IntCodec::IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols, const ObserverSpec& observer)
-    : WeightCodec(rows, cols), spec_(spec), observer_(observer) {
+IntCodec::IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols, const ObserverSpec& observer,
+                   bool g_idx)
+    : WeightCodec(rows, cols), spec_(spec), observer_(observer), g_idx_(g_idx) {
   spec_.Validate();
+  QTOOL_CHECK(!g_idx_ || (spec_.granularity == Granularity::kGroup && !spec_.flat_groups),
+              OptionError, "a g_idx needs groups inside rows");
 }
 
 QuantSpec IntCodec::SpecFromRecord(const nlohmann::json& r) {
@@ -97,6 +100,7 @@ nlohmann::json IntCodec::Record() const {
                       {"granularity", GranularityName(spec_.granularity)}};
   if (spec_.granularity == Granularity::kGroup) r["group_size"] = spec_.group_size;
   if (spec_.flat_groups) r["flat_groups"] = true;
+  if (g_idx_) r["g_idx"] = true;
   if (observer_.kind != ObserverKind::kMinMax) r["observer"] = observer_.ToString();
   return r;
 }
@@ -113,6 +117,7 @@ std::vector<TensorSpec> IntCodec::Layout(const std::string& name) const {
       {name + ".qweight", DType::kU8, {rows(), PackedBytes(cols(), spec_.bits)}},
       {name + ".scales", DType::kF32, {prow, pcol}}};
   if (!spec_.symmetric) out.push_back({name + ".zeros", DType::kU8, {prow, pcol}});
+  if (g_idx_) out.push_back({name + ".g_idx", DType::kI32, {cols()}});
   return out;
 }
 
@@ -195,6 +200,10 @@ void IntCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* 
   for (int64_t r = 0; r < nrows; ++r) {
     kernels::PackCodes(codes.data() + r * cols, cols, spec_.bits, qweight + (r0 + r) * row_bytes);
   }
+  if (g_idx_ && r0 == 0) {
+    auto* g_idx = reinterpret_cast<int32_t*>(out[g_idx_part()]);
+    for (int64_t c = 0; c < cols; ++c) g_idx[c] = static_cast<int32_t>(c / spec_.group_size);
+  }
   if (spec_.granularity == Granularity::kTensor && r0 == 0) {
     const GroupParams p = ParamsFromRange(tensor_lo_, tensor_hi_, spec_);
     std::memcpy(out[1], &p.scale, 4);
@@ -215,10 +224,53 @@ void IntCodec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows,
     DecodeRun(codes.data(), {r0 * cols, nrows * cols, spec_.group_size, 0}, in[1], zeros, out);
     return;
   }
+  if (g_idx_) {
+    DecodeRowsByIndex(codes.data(), in, r0, nrows, out);
+    return;
+  }
   const int64_t glen = spec_.GroupLen(cols), ngroups = spec_.GroupsPerRow(cols);
   for (int64_t r = 0; r < nrows; ++r) {
     DecodeRun(codes.data() + r * cols, {0, cols, glen, (r0 + r) * ngroups}, in[1], zeros,
               out + r * cols);
+  }
+}
+
+// Columns in group order (a stable counting sort by g_idx), each group's run decoded with its
+// parameters and scattered back.
+void IntCodec::DecodeRowsByIndex(const uint8_t* codes, const std::byte* const* in, int64_t r0,
+                                 int64_t nrows, float* out) const {
+  const int64_t cols = this->cols(), ngroups = spec_.GroupsPerRow(cols);
+  const auto* g_idx = reinterpret_cast<const int32_t*>(in[g_idx_part()]);
+  const auto* zeros = spec_.symmetric ? nullptr : reinterpret_cast<const uint8_t*>(in[2]);
+  std::vector<int64_t> start(static_cast<size_t>(ngroups + 1), 0);
+  for (int64_t c = 0; c < cols; ++c) {
+    int32_t g;
+    std::memcpy(&g, g_idx + c, 4);
+    QTOOL_CHECK(g >= 0 && g < ngroups, FormatError, "g_idx[{}] = {} is not a group (0..{})", c, g,
+                ngroups - 1);
+    ++start[static_cast<size_t>(g) + 1];
+  }
+  std::partial_sum(start.begin(), start.end(), start.begin());
+  std::vector<int64_t> order(static_cast<size_t>(cols)), next(start.begin(), start.end() - 1);
+  for (int64_t c = 0; c < cols; ++c) {
+    int32_t g;
+    std::memcpy(&g, g_idx + c, 4);
+    order[static_cast<size_t>(next[static_cast<size_t>(g)]++)] = c;
+  }
+  std::vector<uint8_t> sorted(static_cast<size_t>(cols));
+  std::vector<float> values(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < nrows; ++r) {
+    const uint8_t* row = codes + r * cols;
+    for (int64_t k = 0; k < cols; ++k) sorted[static_cast<size_t>(k)] = row[order[k]];
+    for (int64_t g = 0; g < ngroups; ++g) {
+      const int64_t k0 = start[static_cast<size_t>(g)], k1 = start[static_cast<size_t>(g) + 1];
+      const int64_t gi = (r0 + r) * ngroups + g;
+      GroupParams p;
+      std::memcpy(&p.scale, in[1] + gi * 4, 4);
+      p.zero = zeros ? zeros[gi] : spec_.code_offset();
+      kernels::DequantizeCodes(sorted.data() + k0, k1 - k0, p, values.data() + k0);
+    }
+    for (int64_t k = 0; k < cols; ++k) out[r * cols + order[k]] = values[static_cast<size_t>(k)];
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -169,16 +170,20 @@ class StreamingWriter {
     report_.tensors.push_back(std::move(tr));
   }
 
-  // Codes and group parameters in the "int" codec's layout: qweight, scales, [zeros].
+  // Codes and group parameters in the "int" codec's layout: qweight, scales, [zeros], [g_idx].
   void StoreExact(const QuantizedMatrix& q, int64_t rows, int64_t cols,
                   const std::vector<std::byte*>& parts) const {
     const QuantSpec spec = IntCodec::SpecFromRecord(options_.codec);
     const int64_t glen = spec.GroupLen(cols), groups = spec.GroupsPerRow(cols);
     QTOOL_CHECK(q.groups == groups, OptionError,
                 "solver produced {} groups per row, the codec stores {}", q.groups, groups);
-    for (int64_t c = 0; c < cols; ++c) {
-      QTOOL_CHECK(q.g_idx[static_cast<size_t>(c)] == c / glen, OptionError,
-                  "the int codec stores groups in column order; use static groups with act-order");
+    if (options_.codec.value("g_idx", false)) {
+      std::memcpy(parts[spec.symmetric ? 2 : 3], q.g_idx.data(), q.g_idx.size() * 4);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) {
+        QTOOL_CHECK(q.g_idx[static_cast<size_t>(c)] == c / glen, OptionError,
+                    "the codec record has no g_idx: groups must be in column order");
+      }
     }
     const int64_t row_bytes = PackedBytes(cols, spec.bits);
     auto* qweight = reinterpret_cast<uint8_t*>(parts[0]);
@@ -256,8 +261,6 @@ BlockSolution GptqBlock(const Context& ctx, CalibrationRunner& run, WeightOverri
   GptqOptions opt = ctx.method.gptq;
   opt.group_size = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
   opt.threads = ctx.threads;
-  // The int codec stores groups in column order (no g_idx): act-order uses static groups.
-  if (opt.act_order) opt.static_groups = true;
   const int64_t b = run.block();
   BlockSolution sol;
   for (const auto& group : InputGroups()) {
@@ -578,11 +581,16 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
   const Checkpoint& ck = model.checkpoint();
   QTOOL_CHECK(!QuantizationRecord(ck).has_value(), OptionError,
               "{}: already quantised by qtool; dequantize it first", ck.dir().string());
-  const Context ctx{ck,  model.config(), options, method, on_layer, ResolveThreads(options.threads),
-                    spec};
   QuantizeOptions write_options = options;
   // W8A8: SmoothQuant's point is the activations, quantised per token at run time.
   if (method.method == Method::kSmoothQuant) write_options.activations = Int8TokenActivations();
+  // GPTQ's act-order with groups fitted on the way: each column's group is stored (g_idx).
+  if (method.method == Method::kGptq && method.gptq.act_order && !method.gptq.static_groups &&
+      spec.granularity == Granularity::kGroup) {
+    write_options.codec["g_idx"] = true;
+  }
+  const Context ctx{
+      ck, model.config(), write_options, method, on_layer, ResolveThreads(options.threads), spec};
   StreamingWriter writer(ck, out, write_options);
   writer.WriteThrough(-1, {}, progress);
   const int64_t blocks = model.config().num_layers;

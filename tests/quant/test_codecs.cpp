@@ -35,6 +35,9 @@ std::vector<json> AllRecords() {
                {"granularity", "channel"},
                {"observer", "percentile:99"}});
   r.push_back({{"codec", "int"}, {"bits", 8}, {"granularity", "tensor"}, {"observer", "kl"}});
+  r.push_back({{"codec", "int"}, {"bits", 4}, {"group_size", 32}, {"g_idx", true}});
+  r.push_back(
+      {{"codec", "int"}, {"bits", 3}, {"symmetric", false}, {"group_size", 16}, {"g_idx", true}});
   r.push_back({{"codec", "ternary"}, {"granularity", "tensor"}});
   r.push_back({{"codec", "ternary"}, {"granularity", "group"}, {"group_size", 16}});
   r.push_back({{"codec", "nf4"}, {"block", 64}, {"double_quant", false}});
@@ -122,6 +125,50 @@ TEST(Codecs, Int3AndInt2Packing) {
   // Stored size: INT3 g128 is 3 bits + one f32 per 128 weights.
   auto int3 = MakeCodec({{"codec", "int"}, {"bits", 3}, {"group_size", 128}}, 256, 1024);
   EXPECT_DOUBLE_EQ(int3->BitsPerWeight(), 3.25);
+}
+
+// With a g_idx, column c decodes with the parameters of group g_idx[c]: moving the codes of
+// column p[c] to column c along with its group gives the decoded column p[c] at c. A g_idx entry
+// outside [0, G) is refused.
+TEST(Codecs, IntGroupIndexPicksEachColumnsGroup) {
+  for (const bool symmetric : {true, false}) {
+    const json rec = {{"codec", "int"},
+                      {"bits", 4},
+                      {"symmetric", symmetric},
+                      {"group_size", 8},
+                      {"g_idx", true}};
+    const int64_t rows = 3, cols = 37;
+    auto codec = MakeCodec(rec, rows, cols);
+    const auto w = testing::SeededNormal(rows * cols, 99, 0.02);
+    testing::Encoded e = testing::EncodeMatrix(*codec, w);
+    const std::vector<float> plain = testing::DecodeMatrix(*codec, e);
+    std::vector<int64_t> p(static_cast<size_t>(cols));
+    for (int64_t c = 0; c < cols; ++c) p[static_cast<size_t>(c)] = (c * 11 + 5) % cols;
+    const int64_t row_bytes = PackedBytes(cols, 4);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<uint8_t> codes(static_cast<size_t>(cols)), moved(codes.size());
+      UnpackCodes(reinterpret_cast<const uint8_t*>(e.parts[0].data()) + r * row_bytes, cols, 4,
+                  codes.data());
+      for (int64_t c = 0; c < cols; ++c) moved[static_cast<size_t>(c)] = codes[p[c]];
+      PackCodes(moved.data(), cols, 4,
+                reinterpret_cast<uint8_t*>(e.parts[0].data()) + r * row_bytes);
+    }
+    auto* g_idx = reinterpret_cast<int32_t*>(e.parts.back().data());
+    for (int64_t c = 0; c < cols; ++c) g_idx[c] = static_cast<int32_t>(p[c] / 8);
+    const std::vector<float> moved = testing::DecodeMatrix(*codec, e);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        ASSERT_EQ(moved[r * cols + c], plain[r * cols + p[c]]) << r << ", " << c;
+      }
+    }
+    g_idx[5] = 5;  // 37 columns in groups of 8: groups 0..4
+    EXPECT_THROW(testing::DecodeMatrix(*codec, e), FormatError);
+    g_idx[5] = -1;
+    EXPECT_THROW(testing::DecodeMatrix(*codec, e), FormatError);
+  }
+  EXPECT_THROW(
+      MakeCodec({{"codec", "int"}, {"bits", 4}, {"granularity", "channel"}, {"g_idx", true}}, 2, 2),
+      OptionError);
 }
 
 TEST(Codecs, TernaryUsesTheAbsmeanScale) {

@@ -3,7 +3,9 @@
 // with the option error's exit code.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "qtool/core/error.hpp"
 #include "qtool/io/quantized.hpp"
@@ -81,6 +83,37 @@ TEST(QuantizeMethodCliTest, RefusesBadOptions) {
   EXPECT_EQ(RunCli({"quantize", model.string(), "-o", out, "--activations", "int4"}).exit_code,
             option);
   EXPECT_FALSE(fs::exists(out));
+}
+
+// GPTQ with act-order fits each group on the columns it processes together: the checkpoint
+// stores every column's group (g_idx), and eval and dequantize decode through it.
+TEST(QuantizeMethodCliTest, GptqActOrderStoresEachColumnsGroup) {
+  QTOOL_REQUIRE_SHARED();
+  const fs::path shared = testing::SharedDir().value();
+  const fs::path model = shared / "models" / "stories260K" / "hf";
+  testing::ScratchDir dir;
+  const testing::CliResult q =
+      RunCli({"quantize", model.string(), "-o", (dir / "q").string(), "--method", "gptq",
+              "--act-order", "--calib", (shared / "data" / "stories-calib.txt").string(),
+              "--nsamples", "4", "--seqlen", "64", "--group", "32", "-q"});
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  const Checkpoint ck = Checkpoint::Open(dir / "q");
+  EXPECT_TRUE(QuantizationRecord(ck).value()["codec"].value("g_idx", false));
+  const CheckpointTensor& g = ck.Get("model.layers.0.mlp.down_proj.weight.g_idx");
+  std::vector<int32_t> g_idx(static_cast<size_t>(g.info->numel()));
+  std::memcpy(g_idx.data(), g.data().data(), g_idx.size() * 4);
+  bool column_order = true;
+  for (size_t c = 0; c < g_idx.size(); ++c)
+    column_order &= g_idx[c] == static_cast<int32_t>(c / 32);
+  EXPECT_FALSE(column_order);
+  EXPECT_EQ(RunCli({"dequantize", (dir / "q").string(), "-o", (dir / "d").string()}).exit_code, 0);
+  const testing::CliResult e =
+      RunCli({"eval", (dir / "q").string(), "--text",
+              (shared / "data" / "stories-eval.txt").string(), "--json", "-"});
+  ASSERT_EQ(e.exit_code, 0) << e.err;
+  const double ppl = nlohmann::json::parse(e.out)["ppl"].get<double>();
+  EXPECT_GT(ppl, 5.0);
+  EXPECT_LT(ppl, 6.0);
 }
 
 // A W8A8 checkpoint records its activation quantisation in the metadata and config.json, and the

@@ -32,7 +32,8 @@ std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd) {
       ->capture_default_str();
   cmd->add_option("--seed", m->seed, "Seed of the calibration sample draw")->capture_default_str();
   cmd->add_flag("--act-order", m->act_order,
-                "GPTQ: columns in order of decreasing Hessian diagonal (groups stay static)");
+                "GPTQ: columns in order of decreasing Hessian diagonal (each column's group is "
+                "stored, g_idx, unless --static-groups)");
   cmd->add_flag("--static-groups", m->static_groups,
                 "GPTQ: group parameters from the original weights, fitted up front");
   cmd->add_flag("--mse", m->mse, "GPTQ: MSE search of each group's range");

@@ -4,10 +4,13 @@
 //   NAME.qweight  U8  [rows, ceil(cols * bits / 8)]   codes packed per row (see pack.hpp)
 //   NAME.scales   F32 [rows, G]                       (per-tensor: [1, 1])
 //   NAME.zeros    U8  [rows, G]                       asymmetric only (per-tensor: [1, 1])
+//   NAME.g_idx    I32 [cols]                          record "g_idx": true only: column c uses
+//                                                     group g_idx[c] (GPTQ's act-order)
 // With flat groups (record "flat_groups": true) scales and zeros are [ceil(rows * cols / g), 1],
 // one per group of the flattened matrix, and row chunks start on group boundaries (row_block).
 // Record: {"codec": "int", "bits": b, "symmetric": bool, "granularity": "tensor"|"channel"|"group",
-//          "group_size": g, "flat_groups": bool (absent means false), "observer":
+//          "group_size": g, "flat_groups": bool (absent means false), "g_idx": bool (groups
+//          only; absent means false: column c is in group c / g), "observer":
 //          "minmax"|"percentile:P"|"mse[:p]"|"kl" (observer.hpp; absent means minmax)}. Every range
 //          comes from ChooseRange on the values it covers (a per-tensor range other than min-max
 //          keeps an f32 copy of the tensor during Observe).
@@ -31,7 +34,10 @@ void MinMaxRange(const float* x, int64_t n, float* lo, float* hi);
 
 class IntCodec final : public WeightCodec {
  public:
-  IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols, const ObserverSpec& observer = {});
+  /// With `g_idx` (group granularity, groups inside rows), the stored g_idx tensor assigns each
+  /// column its group; EncodeRows writes column order (c / g), solvers store their own.
+  IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols, const ObserverSpec& observer = {},
+           bool g_idx = false);
 
   nlohmann::json Record() const override;
   std::vector<TensorSpec> Layout(const std::string& name) const override;
@@ -45,6 +51,9 @@ class IntCodec final : public WeightCodec {
   const QuantSpec& spec() const { return spec_; }
   static QuantSpec SpecFromRecord(const nlohmann::json& record);
   static ObserverSpec ObserverFromRecord(const nlohmann::json& record);
+  bool has_g_idx() const { return g_idx_; }
+  /// Index of the g_idx tensor in Layout() (valid when has_g_idx()).
+  size_t g_idx_part() const { return spec_.symmetric ? 2 : 3; }
 
  private:
   // A run of `n` consecutive elements, the first being element `e0` of a numbering in which groups
@@ -59,8 +68,12 @@ class IntCodec final : public WeightCodec {
   void DecodeRun(const uint8_t* codes, Run run, const std::byte* scales, const uint8_t* zeros,
                  float* y) const;
 
+  void DecodeRowsByIndex(const uint8_t* codes, const std::byte* const* in, int64_t r0,
+                         int64_t nrows, float* out) const;
+
   QuantSpec spec_;
   ObserverSpec observer_;
+  bool g_idx_ = false;
   float tensor_lo_ = 0, tensor_hi_ = 0;  // per-tensor range seen by Observe
   std::vector<float> tensor_values_;     // per-tensor, observers other than minmax
 };
