@@ -17,6 +17,15 @@ namespace {
 namespace fs = std::filesystem;
 using testing::RunCli;
 
+// Perplexity of `model` on the shared evaluation text by `qtool eval` (-1 when it fails).
+double EvalPerplexity(const fs::path& model) {
+  const testing::CliResult e = RunCli(
+      {"eval", model.string(), "--text",
+       (testing::SharedDir().value() / "data" / "stories-eval.txt").string(), "--json", "-"});
+  EXPECT_EQ(e.exit_code, 0) << e.err;
+  return e.exit_code == 0 ? nlohmann::json::parse(e.out)["ppl"].get<double>() : -1.0;
+}
+
 class QuantizeMethodCliTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(QuantizeMethodCliTest, WritesACheckpointDequantizeAndEvalRead) {
@@ -44,11 +53,7 @@ TEST_P(QuantizeMethodCliTest, WritesACheckpointDequantizeAndEvalRead) {
   const testing::CliResult d =
       RunCli({"dequantize", (dir / "q").string(), "-o", (dir / "d").string()});
   EXPECT_EQ(d.exit_code, 0) << d.err;
-  const testing::CliResult e =
-      RunCli({"eval", (dir / "q").string(), "--text",
-              (shared / "data" / "stories-eval.txt").string(), "--json", "-"});
-  ASSERT_EQ(e.exit_code, 0) << e.err;
-  const double ppl = nlohmann::json::parse(e.out)["ppl"].get<double>();
+  const double ppl = EvalPerplexity(dir / "q");
   EXPECT_GT(ppl, 5.0);
   EXPECT_LT(ppl, 7.0);
 }
@@ -107,11 +112,7 @@ TEST(QuantizeMethodCliTest, GptqActOrderStoresEachColumnsGroup) {
     column_order &= g_idx[c] == static_cast<int32_t>(c / 32);
   EXPECT_FALSE(column_order);
   EXPECT_EQ(RunCli({"dequantize", (dir / "q").string(), "-o", (dir / "d").string()}).exit_code, 0);
-  const testing::CliResult e =
-      RunCli({"eval", (dir / "q").string(), "--text",
-              (shared / "data" / "stories-eval.txt").string(), "--json", "-"});
-  ASSERT_EQ(e.exit_code, 0) << e.err;
-  const double ppl = nlohmann::json::parse(e.out)["ppl"].get<double>();
+  const double ppl = EvalPerplexity(dir / "q");
   EXPECT_GT(ppl, 5.0);
   EXPECT_LT(ppl, 6.0);
 }
@@ -143,14 +144,7 @@ TEST(QuantizeMethodCliTest, W8A8RecordsActivationsAndEvalQuantisesThem) {
     EXPECT_EQ((*ck.config())["quantization_config"]["activations"], Int8TokenActivations());
   }
   EXPECT_FALSE(QuantizesActivations(Checkpoint::Open(dir / "w8")));
-  auto ppl = [&](const std::string& name) {
-    const testing::CliResult e =
-        RunCli({"eval", (dir / name).string(), "--text",
-                (shared / "data" / "stories-eval.txt").string(), "--json", "-"});
-    EXPECT_EQ(e.exit_code, 0) << e.err;
-    return nlohmann::json::parse(e.out)["ppl"].get<double>();
-  };
-  EXPECT_NE(ppl("w8"), ppl("w8a8"));
+  EXPECT_NE(EvalPerplexity(dir / "w8"), EvalPerplexity(dir / "w8a8"));
 }
 
 }  // namespace
