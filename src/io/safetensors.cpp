@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -18,6 +19,8 @@ namespace {
 using json = nlohmann::json;
 
 constexpr size_t kWriteBuffer = 8u << 20;
+// Direct I/O transfers whole, aligned blocks from an aligned buffer.
+constexpr size_t kDirectBlock = 4096;
 
 void WriteAll(int fd, std::span<const std::byte> bytes, const std::filesystem::path& path) {
   size_t done = 0;
@@ -236,12 +239,31 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
     total_ += t.nbytes();
   }
   const std::string header = EncodeHeader(tensors, metadata);
-  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  file_size_ = header.size() + total_;
+  // Direct I/O where the file system has it: the output goes to the device without a copy into
+  // the page cache (and without evicting the input from it).
+  constexpr int kFlags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+#ifdef O_DIRECT
+  fd_ = ::open(tmp_path_.c_str(), kFlags | O_DIRECT, 0644);
+  direct_ = fd_ >= 0;
+  if (fd_ < 0 && errno == EINVAL) fd_ = ::open(tmp_path_.c_str(), kFlags, 0644);
+#else
+  fd_ = ::open(tmp_path_.c_str(), kFlags, 0644);
+#endif
   QTOOL_CHECK(fd_ >= 0, IoError, "{}: cannot create: {}", tmp_path_.string(), std::strerror(errno));
-  buffer_.reserve(kWriteBuffer);
+  buffer_.reset(static_cast<std::byte*>(std::aligned_alloc(kDirectBlock, kWriteBuffer)));
+  QTOOL_CHECK(buffer_ != nullptr, IoError, "{}: no memory for the write buffer", path_.string());
   const auto* h = reinterpret_cast<const std::byte*>(header.data());
-  buffer_.insert(buffer_.end(), h, h + header.size());
+  for (size_t done = 0; done < header.size();) {
+    const size_t n = std::min(header.size() - done, kWriteBuffer - buffered_);
+    std::memcpy(buffer_.get() + buffered_, h + done, n);
+    buffered_ += n;
+    done += n;
+    if (buffered_ == kWriteBuffer) Flush(false);
+  }
 }
+
+void SafetensorsWriter::FreeAligned::operator()(std::byte* p) const { std::free(p); }
 
 SafetensorsWriter::~SafetensorsWriter() {
   if (fd_ >= 0) ::close(fd_);
@@ -256,23 +278,56 @@ void SafetensorsWriter::Write(std::span<const std::byte> bytes) {
               "{}: {} more bytes written than the header announced", path_.string(),
               bytes.size() - (total_ - written_));
   written_ += bytes.size();
-  if (buffer_.size() + bytes.size() > kWriteBuffer) Flush();
-  if (bytes.size() >= kWriteBuffer) {
-    WriteAll(fd_, bytes, tmp_path_);
-    return;
+  for (size_t done = 0; done < bytes.size();) {
+    const size_t n = std::min(bytes.size() - done, kWriteBuffer - buffered_);
+    std::memcpy(buffer_.get() + buffered_, bytes.data() + done, n);
+    buffered_ += n;
+    done += n;
+    if (buffered_ == kWriteBuffer) Flush(false);
   }
-  buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
 }
 
-void SafetensorsWriter::Flush() {
-  WriteAll(fd_, buffer_, tmp_path_);
-  buffer_.clear();
+void SafetensorsWriter::Flush(bool all) {
+  const size_t whole = buffered_ / kDirectBlock * kDirectBlock;
+  if (!all) {
+    WriteOut({buffer_.get(), whole});
+    std::memmove(buffer_.get(), buffer_.get() + whole, buffered_ - whole);
+    buffered_ -= whole;
+    return;
+  }
+  const size_t padded = (buffered_ + kDirectBlock - 1) / kDirectBlock * kDirectBlock;
+  std::memset(buffer_.get() + buffered_, 0, padded - buffered_);
+  WriteOut({buffer_.get(), direct_ ? padded : buffered_});
+  buffered_ = 0;
+}
+
+void SafetensorsWriter::WriteOut(std::span<const std::byte> bytes) {
+#ifdef O_DIRECT
+  while (direct_ && !bytes.empty()) {
+    const ssize_t r = ::write(fd_, bytes.data(), bytes.size());
+    if (r < 0 && errno == EINTR) continue;
+    if (r > 0) {
+      bytes = bytes.subspan(static_cast<size_t>(r));
+      continue;
+    }
+    // A file system that took O_DIRECT at open but refuses this write (or an unaligned rest after
+    // a short write): go on through the page cache.
+    QTOOL_CHECK(
+        r < 0 && errno == EINVAL && ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_DIRECT) == 0,
+        IoError, "{}: write failed: {}", tmp_path_.string(), std::strerror(errno));
+    direct_ = false;
+  }
+#endif
+  WriteAll(fd_, bytes, tmp_path_);
 }
 
 void SafetensorsWriter::Commit() {
   QTOOL_CHECK(written_ == total_, ShapeError, "{}: {} of {} tensor bytes were written",
               path_.string(), written_, total_);
-  Flush();
+  Flush(true);
+  // Direct writes end on a block boundary: cut the padding off.
+  QTOOL_CHECK(::ftruncate(fd_, static_cast<off_t>(file_size_)) == 0, IoError,
+              "{}: cannot set the file size: {}", tmp_path_.string(), std::strerror(errno));
   const int fd = fd_;
   fd_ = -1;
   QTOOL_CHECK(::close(fd) == 0, IoError, "{}: close failed: {}", tmp_path_.string(),

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -103,20 +104,34 @@ class SafetensorsWriter {
   uint64_t remaining() const { return total_ - written_; }
   /// Flushes, checks that every announced byte was written, and renames into place.
   void Commit();
+  /// True when the file is written with direct I/O (O_DIRECT: from the writer's buffer straight
+  /// to the device, without copying into the page cache); false where the file system does not
+  /// support it and writes go through the page cache.
+  bool direct() const { return direct_; }
 
   /// The header bytes (length prefix, JSON, padding) the writer emits for these tensors.
   static std::string EncodeHeader(const std::vector<TensorSpec>& tensors,
                                   const std::map<std::string, std::string>& metadata);
 
  private:
-  void Flush();
+  // Writes the buffer's whole blocks (all of it with `all`, the last block zero padded) and keeps
+  // the rest at its start.
+  void Flush(bool all);
+  void WriteOut(std::span<const std::byte> bytes);
+
+  struct FreeAligned {
+    void operator()(std::byte* p) const;
+  };
 
   std::filesystem::path path_;
   std::filesystem::path tmp_path_;
   int fd_ = -1;
+  bool direct_ = false;
   uint64_t total_ = 0;
   uint64_t written_ = 0;
-  std::vector<std::byte> buffer_;
+  uint64_t file_size_ = 0;  // header and tensor bytes
+  std::unique_ptr<std::byte[], FreeAligned> buffer_;
+  size_t buffered_ = 0;
   bool committed_ = false;
 };
 
