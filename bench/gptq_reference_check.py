@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Compares qtool's GPTQ with the reference implementation of GPTQ (IST-DASLab/gptq).
+
+Optional check, not part of the build or CI. Needs PyTorch (CPU is enough), numpy, the
+`safetensors` package, and a checkout of https://github.com/IST-DASLab/gptq, whose own `gptq.py`
+and `quant.py` are imported from that directory (nothing of it is copied here).
+
+    ./build/bench/qtool_gptq_reference_data /tmp/gref
+    python3 bench/gptq_reference_check.py --reference ~/src/gptq \
+        /tmp/gref/gptq_reference_data.safetensors
+
+The data file holds a seeded layer W [rows, cols], its calibration inputs X [samples, cols] and
+qtool's dequantised INT4 g128 results (GPTQ and RTN, symmetric and asymmetric). For each of
+symmetric and asymmetric, the reference GPTQ runs on the same W and X exactly as its llama.py does
+for every linear layer: GPTQ(layer) on an nn.Linear holding W, add_batch once per sequence of
+--seqlen rows of X (llama.py's forward hook), a Quantizer configured with (4, perchannel=True,
+sym, mse=False), then fasterquant(blocksize=128, percdamp=.01, groupsize=128, actorder=False),
+in float32 on the CPU. RTN with the reference's quantizer (its find_params on each group of 128
+columns, then its quantize()) is the baseline.
+
+Printed: the relative output error ||X W^T - X W^^T||^2 / ||X W^T||^2 (in float64) of each
+result, qtool GPTQ / reference GPTQ, the share of RTN elements on which the two quantizers differ
+(0 when qtool's grid is the reference's), and the reference's fasterquant wall time. Exits 1 when
+qtool's GPTQ error is not within --tolerance (2%) of the reference's or above --max-rtn-ratio
+(0.3) times the reference RTN error.
+
+CPU adaptations, all made from outside the reference's files: its fasterquant ends with
+torch.cuda.synchronize() (and free() calls torch.cuda.empty_cache()), which raise on a machine
+without a CUDA device, so both are replaced by no-ops when CUDA is unavailable; gptq.py imports
+`transformers` only for an isinstance test against transformers.Conv1D, so when transformers is
+not installed a stand-in module with an empty Conv1D class is registered (an nn.Linear is never
+a Conv1D, so the reference takes the same path either way).
+"""
+
+import argparse
+import contextlib
+import io
+import re
+import sys
+import time
+import types
+
+
+def import_reference(directory):
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.cuda.synchronize = lambda *args, **kwargs: None
+        torch.cuda.empty_cache = lambda: None
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        stand_in = types.ModuleType("transformers")
+        stand_in.Conv1D = type("Conv1D", (), {})
+        sys.modules["transformers"] = stand_in
+    sys.path.insert(0, directory)
+    import gptq
+    import quant
+
+    return gptq, quant
+
+
+def relative_output_error(x, w, wq):
+    """||X (W - W^)^T||^2 / ||X W^T||^2 in float64."""
+    d = (w - wq).double()
+    y = x.double() @ w.double().t()
+    return float((x.double() @ d.t()).square().sum() / y.square().sum())
+
+
+def reference_rtn(quant, w, sym, group_size):
+    q = quant.Quantizer()
+    q.configure(4, perchannel=True, sym=sym, mse=False)
+    out = w.clone()
+    for c in range(0, w.shape[1], group_size):
+        g = w[:, c:c + group_size]
+        q.find_params(g, weight=True)
+        out[:, c:c + group_size] = quant.quantize(g, q.scale, q.zero, q.maxq)
+    return out
+
+
+def reference_gptq(gptq, quant, w, x, sym, seqlen):
+    """The reference's per-layer sequence of llama.py; returns (W^, fasterquant seconds, loss)."""
+    import torch
+
+    layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    layer.weight.data = w.clone()
+    g = gptq.GPTQ(layer)
+    g.quantizer = quant.Quantizer()
+    g.quantizer.configure(4, perchannel=True, sym=sym, mse=False)
+    for r in range(0, x.shape[0], seqlen):
+        inp = x[r:r + seqlen].unsqueeze(0)
+        g.add_batch(inp, layer(inp))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        t0 = time.perf_counter()
+        g.fasterquant(blocksize=128, percdamp=.01, groupsize=128, actorder=False)
+        seconds = time.perf_counter() - t0
+    m = re.search(r"error ([-+0-9.eE]+|nan|inf)", printed.getvalue())
+    loss = float(m.group(1)) if m else float("nan")
+    return layer.weight.data.clone(), seconds, loss
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("data", help="gptq_reference_data.safetensors (qtool_gptq_reference_data)")
+    ap.add_argument("--reference", required=True, help="checkout of IST-DASLab/gptq")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--seqlen", type=int, default=2048,
+                    help="rows of X per add_batch call (llama.py: one sequence of 2048 tokens)")
+    ap.add_argument("--tolerance", type=float, default=0.02,
+                    help="largest |qtool / reference - 1| of the GPTQ errors")
+    ap.add_argument("--max-rtn-ratio", type=float, default=0.3,
+                    help="largest qtool GPTQ error / reference RTN error")
+    args = ap.parse_args()
+
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(args.threads)
+    gptq, quant = import_reference(args.reference)
+    t = load_file(args.data)
+    w, x = t["w"], t["x"]
+    print(f"W {list(w.shape)}, X {list(x.shape)}, int4 g128, block 128, damp 0.01, "
+          f"torch {torch.__version__}, {args.threads} threads")
+
+    header = (f"{'grid':5} {'RTN ref':>10} {'GPTQ ref':>10} {'RTN qtool':>10} {'GPTQ qtool':>10} "
+              f"{'qtool/ref':>9} {'GPTQ/RTN':>8} {'RTN diff':>9} {'ref time':>9}")
+    rows, failures = [], []
+    for sym in (True, False):
+        kind = "sym" if sym else "asym"
+        rtn_ref = reference_rtn(quant, w, sym, 128)
+        gptq_ref, seconds, loss = reference_gptq(gptq, quant, w, x, sym, args.seqlen)
+        e_rtn_ref = relative_output_error(x, w, rtn_ref)
+        e_gptq_ref = relative_output_error(x, w, gptq_ref)
+        e_rtn_q = relative_output_error(x, w, t[f"rtn_{kind}"])
+        e_gptq_q = relative_output_error(x, w, t[f"gptq_{kind}"])
+        ratio = e_gptq_q / e_gptq_ref
+        rtn_diff = float((rtn_ref != t[f"rtn_{kind}"]).double().mean())
+        rows.append(f"{kind:5} {e_rtn_ref:10.4e} {e_gptq_ref:10.4e} {e_rtn_q:10.4e} "
+                    f"{e_gptq_q:10.4e} {ratio:9.4f} {e_gptq_q / e_rtn_ref:8.4f} "
+                    f"{rtn_diff:9.2e} {seconds:8.2f}s")
+        print(f"{kind}: reference fasterquant loss {loss:.6g}", flush=True)
+        if abs(ratio - 1) > args.tolerance:
+            failures.append(f"{kind}: qtool GPTQ error {e_gptq_q:.4e} is not within "
+                            f"{args.tolerance:.0%} of the reference's {e_gptq_ref:.4e}")
+        if e_gptq_q > args.max_rtn_ratio * e_rtn_ref:
+            failures.append(f"{kind}: qtool GPTQ error {e_gptq_q:.4e} is above "
+                            f"{args.max_rtn_ratio} x RTN's {e_rtn_ref:.4e}")
+    print(header)
+    print("\n".join(rows))
+    print("RTN diff: share of RTN elements on which qtool's grid and the reference's differ; "
+          "ref time: the reference's fasterquant")
+    for f in failures:
+        print("FAIL " + f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
