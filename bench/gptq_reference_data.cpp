@@ -6,13 +6,16 @@
 // Output: DIR/gptq_reference_data.safetensors, all F32:
 //   w [rows, cols], x [samples, cols],
 //   gptq_sym, gptq_asym, rtn_sym, rtn_asym [rows, cols]: dequantised weights, INT4 with groups of
-//   128 (IntGrid(4, symmetric)), GPTQ with block 128 and dampening 0.01 (the reference's defaults).
+//   128 (IntGrid(4, symmetric)), GPTQ with block 128 and dampening 0.01 (the reference's defaults);
+//   the metadata gptq_sym_seconds and gptq_asym_seconds hold the wall time of each Gptq() call
+//   (Cholesky and sweep, the Hessian given).
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <span>
 
 #include "../tests/solvers/synthetic_layer.hpp"
@@ -53,6 +56,9 @@ int main(int argc, char** argv) {
                 "rows and samples must be positive and cols a positive multiple of {}", kGroupSize);
     // The benchmark's seeds (bench/bench_solvers.cpp).
     std::vector<Named> out;
+    std::map<std::string, std::string> metadata = {
+        {"generator", "qtool_gptq_reference_data"},
+        {"options", "int4 g128, gptq block 128 damp 0.01, seeds w 2 x 3"}};
     out.push_back({"w", s::synthetic::GaussianWeights(rows, cols, 2)});
     out.push_back({"x", s::synthetic::HeavyTailedInputs(samples, cols, 3)});
     const RowMatrixXf& w = out[0].m;
@@ -73,6 +79,7 @@ int main(int argc, char** argv) {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::printf("qtool GPTQ int4 %-4s g128: %.2f s, loss %.6g, damp %g\n", kind, sec,
                   r.stats.loss, r.stats.damp);
+      metadata[fmt::format("gptq_{}_seconds", kind)] = fmt::format("{:.3f}", sec);
       out.push_back({fmt::format("gptq_{}", kind), std::move(r.q.dequant)});
       out.push_back({fmt::format("rtn_{}", kind), s::QuantizeRtn(w, grid, kGroupSize).dequant});
     }
@@ -81,10 +88,7 @@ int main(int argc, char** argv) {
     std::filesystem::create_directories(dir);
     const std::filesystem::path path =
         std::filesystem::path(dir) / "gptq_reference_data.safetensors";
-    qtool::SafetensorsWriter writer(
-        path, specs,
-        {{"generator", "qtool_gptq_reference_data"},
-         {"options", "int4 g128, gptq block 128 damp 0.01, seeds w 2 x 3"}});
+    qtool::SafetensorsWriter writer(path, specs, metadata);
     for (const Named& t : out) {
       writer.Write(std::as_bytes(std::span(t.m.data(), static_cast<size_t>(t.m.size()))));
     }
