@@ -5,10 +5,11 @@
 //
 // Output: DIR/gptq_reference_data.safetensors, all F32:
 //   w [rows, cols], x [samples, cols],
-//   gptq_sym, gptq_asym, rtn_sym, rtn_asym [rows, cols]: dequantised weights, INT4 with groups of
-//   128 (IntGrid(4, symmetric)), GPTQ with block 128 and dampening 0.01 (the reference's defaults);
-//   the metadata gptq_sym_seconds and gptq_asym_seconds hold the wall time of each Gptq() call
-//   (Cholesky and sweep, the Hessian given; the fastest of --repeat runs).
+//   rtn_{sym,asym}, gptq_{sym,asym}{,_act,_act_static} [rows, cols]: dequantised weights, INT4
+//   with groups of 128 (IntGrid(4, symmetric)), GPTQ with block 128 and dampening 0.01 (the
+//   reference's defaults), in natural order, with act-order, and with act-order and static groups;
+//   the metadata NAME_seconds holds the wall time of each Gptq() call (Cholesky and sweep, the
+//   Hessian given; the fastest of --repeat runs).
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -73,22 +74,34 @@ int main(int argc, char** argv) {
     opt.block_size = 128;
     opt.damp = 0.01;
     opt.threads = threads;
+    // The reference's fasterquant options: actorder, static_groups.
+    struct Variant {
+      const char* suffix;
+      bool act_order, static_groups;
+    };
+    constexpr Variant kVariants[] = {
+        {"", false, false}, {"_act", true, false}, {"_act_static", true, true}};
     for (const bool sym : {true, false}) {
       const s::IntGrid grid(4, sym);
       const char* kind = sym ? "sym" : "asym";
-      s::GptqResult r;
-      double sec = 0;
-      for (int i = 0; i < repeat; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        r = s::Gptq(w, h, grid, opt);
-        const double t =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        sec = i == 0 ? t : std::min(sec, t);
+      for (const Variant& v : kVariants) {
+        opt.act_order = v.act_order;
+        opt.static_groups = v.static_groups;
+        const std::string name = fmt::format("gptq_{}{}", kind, v.suffix);
+        s::GptqResult r;
+        double sec = 0;
+        for (int i = 0; i < repeat; ++i) {
+          const auto t0 = std::chrono::steady_clock::now();
+          r = s::Gptq(w, h, grid, opt);
+          const double t =
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          sec = i == 0 ? t : std::min(sec, t);
+        }
+        std::printf("%s: %.2f s, loss %.6g, damp %g\n", name.c_str(), sec, r.stats.loss,
+                    r.stats.damp);
+        metadata[name + "_seconds"] = fmt::format("{:.3f}", sec);
+        out.push_back({name, std::move(r.q.dequant)});
       }
-      std::printf("qtool GPTQ int4 %-4s g128: %.2f s, loss %.6g, damp %g\n", kind, sec,
-                  r.stats.loss, r.stats.damp);
-      metadata[fmt::format("gptq_{}_seconds", kind)] = fmt::format("{:.3f}", sec);
-      out.push_back({fmt::format("gptq_{}", kind), std::move(r.q.dequant)});
       out.push_back({fmt::format("rtn_{}", kind), s::QuantizeRtn(w, grid, kGroupSize).dequant});
     }
     std::vector<TensorSpec> specs;
