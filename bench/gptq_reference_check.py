@@ -192,17 +192,17 @@ def main():
                 failures.append(f"{label}: qtool GPTQ error {e_gptq_q:.4e} is above "
                                 f"{args.max_rtn_ratio} x RTN's {e_rtn_ref:.4e}")
     print("\nrelative output error ||X W^T - X W^^T||^2 / ||X W^T||^2")
-    print(f"{'grid, options':15} {'RTN ref':>10} {'GPTQ ref':>10} {'RTN qtool':>10} {'GPTQ qtool':>10} "
-          f"{'qtool/ref':>9} {'GPTQ/RTN':>8}")
+    print(f"{'grid, options':15} {'RTN ref':>10} {'GPTQ ref':>10} {'RTN qtool':>10} "
+          f"{'GPTQ qtool':>10} {'qtool/ref':>9} {'GPTQ/RTN':>8}")
     print("\n".join(errors))
     print("\nagreement (share of elements on another level, rows holding them) and time")
-    print(f"{'grid, options':15} {'RTN diff':>9} {'qtool':>9} {'rows':>5} {'ref rev':>9} {'rows':>5} "
-          f"{'rev error':>9} {'ref time':>9} {'qtool time':>10}")
+    print(f"{'grid, options':15} {'RTN diff':>9} {'qtool':>9} {'rows':>5} {'ref rev':>9} "
+          f"{'rows':>5} {'rev error':>9} {'ref time':>9} {'qtool time':>10}")
     print("\n".join(agreement))
     print("RTN diff: qtool RTN vs the reference's quantizer; qtool: qtool GPTQ vs reference GPTQ; "
           "ref rev: reference GPTQ with the rows of X reversed vs reference GPTQ (the float32 "
-          "noise floor), rev error its error / the reference's; act: act-order, static: static groups; "
-          "ref time: the reference's "
+          "noise floor), rev error its error / the reference's; act: act-order, static: static "
+          "groups; ref time: the reference's "
           "fasterquant; qtool time: its Gptq() (Hessian given) in qtool_gptq_reference_data")
     for f in failures:
         print("FAIL " + f)
