@@ -251,15 +251,17 @@ void Attention(const RowMatrixXf& q, const RowMatrixXf& k, const RowMatrixXf& v,
 
 void RunBlock(const BlockWeights& w, const LlamaConfig& cfg, const RopeTable& rope,
               const std::vector<int64_t>& lengths, RowMatrixXf& x, int threads,
-              const LinearInputFn& observe, KvCache* kv) {
+              const LinearInputFn& observe, KvCache* kv, const std::string& stop_after) {
+  // Shows a layer's input; true when the block can stop there.
   auto see = [&](const char* name, const RowMatrixXf& in) {
     if (observe) observe(name, in);
+    return stop_after == name;
   };
   RowMatrixXf h, q, k, v, attn, y;
   RmsNorm(x, w.input_norm, cfg.rms_norm_eps, h);
-  see("self_attn.q_proj", h);
-  see("self_attn.k_proj", h);
-  see("self_attn.v_proj", h);
+  if (see("self_attn.q_proj", h) || see("self_attn.k_proj", h) || see("self_attn.v_proj", h)) {
+    return;
+  }
   w.q.Apply(h, q, threads);
   w.k.Apply(h, k, threads);
   w.v.Apply(h, v, threads);
@@ -279,17 +281,16 @@ void RunBlock(const BlockWeights& w, const LlamaConfig& cfg, const RopeTable& ro
     // its row stride, so the kernels read them in place).
     Attention(q, kv->k, kv->v, cfg, lengths, past, attn, threads);
   }
-  see("self_attn.o_proj", attn);
+  if (see("self_attn.o_proj", attn)) return;
   w.o.Apply(attn, y, threads);
   x += y;
   RmsNorm(x, w.post_attention_norm, cfg.rms_norm_eps, h);
-  see("mlp.gate_proj", h);
-  see("mlp.up_proj", h);
+  if (see("mlp.gate_proj", h) || see("mlp.up_proj", h)) return;
   w.gate.Apply(h, q, threads);
   w.up.Apply(h, k, threads);
   // SwiGLU: silu(gate) * up, silu(g) = g / (1 + e^-g).
   q = (q.array() / (1.0f + (-q.array()).exp()) * k.array()).matrix();
-  see("mlp.down_proj", q);
+  if (see("mlp.down_proj", q)) return;
   w.down.Apply(q, y, threads);
   x += y;
 }

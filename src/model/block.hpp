@@ -66,9 +66,12 @@ struct KvCache {
 
 /// Runs one decoder block in place on x [tokens, hidden], which holds sequences of `lengths`
 /// tokens back to back, each starting at position 0. With `kv`, x holds one sequence that continues
-/// the kv->len positions already cached; its keys and values are appended to the cache.
+/// the kv->len positions already cached; its keys and values are appended to the cache. With
+/// `stop_after` (a Linear's short name), the block stops once that layer's input has been
+/// observed, leaving x unspecified: for captures that need no output.
 void RunBlock(const BlockWeights& w, const LlamaConfig& cfg, const RopeTable& rope,
               const std::vector<int64_t>& lengths, RowMatrixXf& x, int threads,
-              const LinearInputFn& observe = {}, KvCache* kv = nullptr);
+              const LinearInputFn& observe = {}, KvCache* kv = nullptr,
+              const std::string& stop_after = {});
 
 }  // namespace qtool::runtime

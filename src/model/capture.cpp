@@ -154,6 +154,24 @@ int64_t CalibrationRunner::out_features(const std::string& linear) const {
 
 RowMatrixXf CalibrationRunner::Run(const ConsumerMap& consumers,
                                    const WeightOverrides& overrides) const {
+  RowMatrixXf out(inputs_.rows(), inputs_.cols());
+  Forward(consumers, overrides, {}, &out);
+  return out;
+}
+
+void CalibrationRunner::Capture(const ConsumerMap& consumers,
+                                const WeightOverrides& overrides) const {
+  QTOOL_CHECK(!done(), OptionError, "every block has been calibrated");
+  for (const auto& [name, list] : consumers) in_features(name);  // validates the name
+  std::string last;
+  for (const std::string& name : BlockLinearNames()) {
+    if (consumers.count(name)) last = name;
+  }
+  if (!last.empty()) Forward(consumers, overrides, last, nullptr);
+}
+
+void CalibrationRunner::Forward(const ConsumerMap& consumers, const WeightOverrides& overrides,
+                                const std::string& stop_after, RowMatrixXf* out) const {
   QTOOL_CHECK(!done(), OptionError, "every block has been calibrated");
   for (const auto& [name, list] : consumers) in_features(name);  // validates the name
   const Model::Impl& m = *model_.impl_;
@@ -169,15 +187,13 @@ RowMatrixXf CalibrationRunner::Run(const ConsumerMap& consumers,
     for (ActivationConsumer* c : it->second) c->Consume(x);
   };
   const int64_t per_chunk = std::max<int64_t>(1, kCaptureChunkTokens / seq_len_);
-  RowMatrixXf out(inputs_.rows(), inputs_.cols());
   for (int64_t s0 = 0; s0 < num_samples(); s0 += per_chunk) {
     const int64_t count = std::min(per_chunk, num_samples() - s0);
     RowMatrixXf x = inputs_.middleRows(s0 * seq_len_, count * seq_len_);
     runtime::RunBlock(*block, m.cfg, m.rope, std::vector<int64_t>(count, seq_len_), x, m.threads,
-                      observe);
-    out.middleRows(s0 * seq_len_, count * seq_len_) = x;
+                      observe, nullptr, stop_after);
+    if (out) out->middleRows(s0 * seq_len_, count * seq_len_) = x;
   }
-  return out;
 }
 
 void CalibrationRunner::Advance(const WeightOverrides& overrides) {

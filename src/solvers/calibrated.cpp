@@ -265,7 +265,7 @@ BlockSolution GptqBlock(const Context& ctx, CalibrationRunner& run, WeightOverri
   BlockSolution sol;
   for (const auto& group : InputGroups()) {
     HessianConsumer h(run.in_features(group[0]), ctx.threads);
-    run.Run({{group[0], {&h}}}, *overrides);
+    run.Capture({{group[0], {&h}}}, *overrides);
     std::optional<GptqHessian> hessian;  // factored once for the layers sharing the input
     for (const std::string& name : group) {
       const std::string full = WeightName(b, name);
@@ -374,7 +374,7 @@ BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
       consumers[layers[0]].push_back(samples.back().get());
     }
   }
-  run.Run(consumers);
+  run.Capture(consumers);
   BlockSolution sol;
   for (size_t f = 0; f < folds.size(); ++f) {
     const auto t0 = std::chrono::steady_clock::now();

@@ -98,6 +98,23 @@ TEST(Capture, HessiansAndStatisticsEqualDirectComputation) {
   EXPECT_EQ(s_o.MaxAbs(), o.abs().colwise().maxCoeff().transpose().matrix());
 }
 
+// Capture() stops each block after the last consumed layer's input and shows exactly what Run()
+// shows, for a layer early in the block and for the last one.
+TEST(Capture, StopsEarlyWithTheSameInputs) {
+  QTOOL_REQUIRE_SHARED();
+  Fixture f;
+  const auto samples = DrawCalibrationSamples(f.tokens, {.num_samples = 6, .seq_len = 32});
+  CalibrationRunner run(f.model, samples);
+  for (const char* layer : {"self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"}) {
+    Recorder by_run, by_capture, q_by_capture;
+    run.Run({{layer, {&by_run}}});
+    run.Capture({{layer, {&by_capture}}, {"self_attn.q_proj", {&q_by_capture}}});
+    EXPECT_EQ(by_capture.rows, by_run.rows) << layer;
+    EXPECT_EQ(q_by_capture.rows.rows(), 6 * 32) << layer;
+  }
+  EXPECT_THROW(run.Capture({{"mlp.nonsense", {}}}), OptionError);
+}
+
 TEST(Capture, SequentialOverridesChangeTheNextInputs) {
   QTOOL_REQUIRE_SHARED();
   Fixture f;

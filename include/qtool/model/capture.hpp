@@ -138,11 +138,19 @@ class CalibrationRunner {
   /// a solver needs (e.g. again after quantising q/k/v, to capture o_proj's inputs from the
   /// quantised attention; or to score a candidate scaling by the block's output error).
   RowMatrixXf Run(const ConsumerMap& consumers = {}, const WeightOverrides& overrides = {}) const;
+  /// Run() for the consumers only: the block stops after the last consumed layer's input (in
+  /// execution order), so capturing q/k/v's inputs costs a norm, o_proj's the attention.
+  void Capture(const ConsumerMap& consumers, const WeightOverrides& overrides = {}) const;
   /// Moves to the next block; its inputs are this block's outputs with `overrides` applied (pass
   /// the quantised weights for sequential calibration, nothing to follow the original model).
   void Advance(const WeightOverrides& overrides = {});
 
  private:
+  // Runs the block; `stop_after` as for runtime::RunBlock, and `out` (when not null) receives the
+  // block's outputs.
+  void Forward(const ConsumerMap& consumers, const WeightOverrides& overrides,
+               const std::string& stop_after, RowMatrixXf* out) const;
+
   const Model& model_;
   std::vector<std::vector<int32_t>> samples_;
   int64_t seq_len_ = 0;
