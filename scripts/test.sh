@@ -58,13 +58,13 @@ if has asan; then
 fi
 
 if has fuzz; then
-  step "libFuzzer run of the safetensors parser (${QTOOL_FUZZ_SECONDS:-60} s)"
+  step "libFuzzer run of the safetensors parser (${QTOOL_FUZZ_SECONDS:-30} s)"
   cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
     -DQTOOL_BUILD_FUZZERS=ON -DQTOOL_BUILD_BENCH=OFF -DQTOOL_BUILD_TOOLS=OFF -DQTOOL_WERROR=OFF \
     -DQTOOL_SANITIZE=address,undefined >/dev/null
   cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors
   rm -rf build-fuzz/corpus && mkdir -p build-fuzz/corpus && cp tests/fuzz/corpus/* build-fuzz/corpus/
-  build-fuzz/tests/fuzz_safetensors -max_total_time="${QTOOL_FUZZ_SECONDS:-60}" -max_len=4096 \
+  build-fuzz/tests/fuzz_safetensors -max_total_time="${QTOOL_FUZZ_SECONDS:-30}" -max_len=4096 \
     -print_final_stats=1 build-fuzz/corpus 2>&1 | tail -n 12
 fi
 
