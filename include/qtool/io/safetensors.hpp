@@ -84,7 +84,9 @@ class SafetensorsFile {
 /// Writes a file whose header lists `tensors` (in the given order); tensor bytes are then
 /// streamed in the same order through Write(). The header is padded with spaces so the data section
 /// starts 8-byte aligned. Output goes to a temporary sibling of `path` and is renamed onto `path`
-/// by Commit(); a writer destroyed before Commit() removes its temporary file.
+/// by Commit(); a writer destroyed before Commit() removes its temporary file. Where the file
+/// system takes direct I/O the file is written with it (whole aligned blocks, the padding cut off
+/// at Commit()), so a large output is not copied through the page cache.
 ///
 ///   SafetensorsWriter w("out.safetensors", {{"w", DType::kF32, {2, 2}}}, {});
 ///   w.Write(std::as_bytes(std::span(values)));
@@ -104,10 +106,6 @@ class SafetensorsWriter {
   uint64_t remaining() const { return total_ - written_; }
   /// Flushes, checks that every announced byte was written, and renames into place.
   void Commit();
-  /// True when the file is written with direct I/O (O_DIRECT: from the writer's buffer straight
-  /// to the device, without copying into the page cache); false where the file system does not
-  /// support it and writes go through the page cache.
-  bool direct() const { return direct_; }
 
   /// The header bytes (length prefix, JSON, padding) the writer emits for these tensors.
   static std::string EncodeHeader(const std::vector<TensorSpec>& tensors,
@@ -126,6 +124,8 @@ class SafetensorsWriter {
   std::filesystem::path path_;
   std::filesystem::path tmp_path_;
   int fd_ = -1;
+  // Direct I/O (O_DIRECT: from the buffer straight to the device, no copy into the page cache)
+  // where the file system has it; false: writes go through the page cache.
   bool direct_ = false;
   uint64_t total_ = 0;
   uint64_t written_ = 0;

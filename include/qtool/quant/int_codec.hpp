@@ -51,9 +51,6 @@ class IntCodec final : public WeightCodec {
   const QuantSpec& spec() const { return spec_; }
   static QuantSpec SpecFromRecord(const nlohmann::json& record);
   static ObserverSpec ObserverFromRecord(const nlohmann::json& record);
-  bool has_g_idx() const { return g_idx_; }
-  /// Index of the g_idx tensor in Layout() (valid when has_g_idx()).
-  size_t g_idx_part() const { return spec_.symmetric ? 2 : 3; }
 
  private:
   // A run of `n` consecutive elements, the first being element `e0` of a numbering in which groups
@@ -68,6 +65,8 @@ class IntCodec final : public WeightCodec {
   void DecodeRun(const uint8_t* codes, Run run, const std::byte* scales, const uint8_t* zeros,
                  float* y) const;
 
+  // Index of the g_idx tensor in Layout() (with g_idx_).
+  size_t g_idx_part() const { return spec_.symmetric ? 2 : 3; }
   void DecodeRowsByIndex(const uint8_t* codes, const std::byte* const* in, int64_t r0,
                          int64_t nrows, float* out) const;
 
