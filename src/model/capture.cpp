@@ -161,13 +161,13 @@ RowMatrixXf CalibrationRunner::Run(const ConsumerMap& consumers,
 
 void CalibrationRunner::Capture(const ConsumerMap& consumers,
                                 const WeightOverrides& overrides) const {
-  QTOOL_CHECK(!done(), OptionError, "every block has been calibrated");
-  for (const auto& [name, list] : consumers) in_features(name);  // validates the name
+  if (consumers.empty()) return;
   std::string last;
   for (const std::string& name : BlockLinearNames()) {
     if (consumers.count(name)) last = name;
   }
-  if (!last.empty()) Forward(consumers, overrides, last, nullptr);
+  // Forward() refuses unknown names (with `last` empty, every name is one).
+  Forward(consumers, overrides, last, nullptr);
 }
 
 void CalibrationRunner::Forward(const ConsumerMap& consumers, const WeightOverrides& overrides,
