@@ -18,11 +18,8 @@ void Linear::Apply(const RowMatrixXf& x, RowMatrixXf& y, int threads) const {
   QTOOL_DASSERT(x.cols() == in());
   y.resize(x.rows(), out());
   if (int8_inputs) {
-    std::vector<int8_t> q(static_cast<size_t>(x.size()));
-    std::vector<float> scales(static_cast<size_t>(x.rows()));
     RowMatrixXf xq(x.rows(), x.cols());
-    QuantizePerTokenInt8(x.data(), x.rows(), x.cols(), q.data(), scales.data());
-    DequantizePerTokenInt8(q.data(), scales.data(), x.rows(), x.cols(), xq.data());
+    FakeQuantizePerTokenInt8(x.data(), x.rows(), x.cols(), xq.data());
     gemm::MatMul(xq.data(), in(), xq.rows(), w, y.data(), out(), threads);
   } else {
     gemm::MatMul(x.data(), in(), x.rows(), w, y.data(), out(), threads);

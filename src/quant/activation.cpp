@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace qtool {
 namespace {
@@ -37,6 +38,13 @@ void DequantizePerTokenInt8(const int8_t* q, const float* scales, int64_t tokens
       out[t * channels + c] = static_cast<float>(q[t * channels + c]) * scales[t];
     }
   }
+}
+
+void FakeQuantizePerTokenInt8(const float* x, int64_t tokens, int64_t channels, float* out) {
+  std::vector<int8_t> q(static_cast<size_t>(tokens * channels));
+  std::vector<float> scales(static_cast<size_t>(tokens));
+  QuantizePerTokenInt8(x, tokens, channels, q.data(), scales.data());
+  DequantizePerTokenInt8(q.data(), scales.data(), tokens, channels, out);
 }
 
 void QuantizePerTokenFp8(const float* x, int64_t tokens, int64_t channels,

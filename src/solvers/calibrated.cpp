@@ -178,7 +178,7 @@ class StreamingWriter {
     QTOOL_CHECK(q.groups == groups, OptionError,
                 "solver produced {} groups per row, the codec stores {}", q.groups, groups);
     if (options_.codec.value("g_idx", false)) {
-      std::memcpy(parts[spec.symmetric ? 2 : 3], q.g_idx.data(), q.g_idx.size() * 4);
+      std::memcpy(parts.back(), q.g_idx.data(), q.g_idx.size() * 4);  // g_idx: the last part
     } else {
       for (int64_t c = 0; c < cols; ++c) {
         QTOOL_CHECK(q.g_idx[static_cast<size_t>(c)] == c / glen, OptionError,
@@ -334,11 +334,8 @@ double SmoothedW8A8Error(const RowMatrixXf& x, const std::vector<RowMatrixXf>& w
                          const std::vector<RowMatrixXf>& ref, const Eigen::VectorXf& s,
                          const Grid& grid, int64_t group, int threads) {
   const RowMatrixXf xs = x.array().rowwise() / s.transpose().array();
-  std::vector<int8_t> q(static_cast<size_t>(xs.size()));
-  std::vector<float> scales(static_cast<size_t>(xs.rows()));
   RowMatrixXf xq(xs.rows(), xs.cols());
-  QuantizePerTokenInt8(xs.data(), xs.rows(), xs.cols(), q.data(), scales.data());
-  DequantizePerTokenInt8(q.data(), scales.data(), xs.rows(), xs.cols(), xq.data());
+  FakeQuantizePerTokenInt8(xs.data(), xs.rows(), xs.cols(), xq.data());
   double err = 0;
   for (size_t l = 0; l < w.size(); ++l) {
     const RowMatrixXf wq =

@@ -18,6 +18,9 @@ void QuantizePerTokenInt8(const float* x, int64_t tokens, int64_t channels, int8
                           float* scales);
 void DequantizePerTokenInt8(const int8_t* q, const float* scales, int64_t tokens, int64_t channels,
                             float* out);
+/// QuantizePerTokenInt8 then DequantizePerTokenInt8: the values a W8A8 product sees (out may not
+/// alias x).
+void FakeQuantizePerTokenInt8(const float* x, int64_t tokens, int64_t channels, float* out);
 
 void QuantizePerTokenFp8(const float* x, int64_t tokens, int64_t channels,
                          const MinifloatFormat& format, uint8_t* codes, float* scales);
