@@ -1,10 +1,13 @@
 # Per-ISA compile flags for kernel translation units, chosen by file name suffix. Each ISA's code
 # lives in its own translation units so that no function compiled for a wider ISA can be inlined
-# into code that runs on every CPU.
+# into code that runs on every CPU. These units and the reference kernels under src/kernels/ are
+# compiled without floating-point contraction: a multiply and an add stay two roundings on every
+# path unless the code asks for a fused multiply-add.
 set(QTOOL_FLAGS_AVX2 -mavx2 -mfma -mf16c -mbmi2)
 set(QTOOL_FLAGS_AVX512 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mavx512bf16
     -mfma -mf16c -mbmi2)
 set(QTOOL_FLAGS_NEON "")
+set(QTOOL_FLAGS_NONE "")
 
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
   set(QTOOL_ARCH x86)
@@ -25,6 +28,9 @@ function(qtool_apply_isa_flags sources)
     elseif(src MATCHES "_neon\\.cpp$")
       set(isa NEON)
       set(arch arm)
+    elseif(src MATCHES "/src/kernels/")
+      set(isa NONE)
+      set(arch ${QTOOL_ARCH})
     else()
       continue()
     endif()
@@ -33,6 +39,7 @@ function(qtool_apply_isa_flags sources)
       # the architecture macros), so it keeps no flags.
       continue()
     endif()
-    set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS "${QTOOL_FLAGS_${isa}}")
+    set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS
+                                                  "${QTOOL_FLAGS_${isa}};-ffp-contract=off")
   endforeach()
 endfunction()

@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "qtool/quant/metrics.hpp"
 #include "qtool/quant/spec.hpp"
 
 namespace qtool::kernels {
@@ -55,10 +56,25 @@ void F16ToF32(const uint16_t* in, int64_t n, float* out);
 void F32ToBf16(const float* in, int64_t n, uint16_t* out);
 void F32ToF16(const float* in, int64_t n, uint16_t* out);
 
+// ---- Checks and error statistics. ----
+
+/// Index of the first NaN or +-Inf among the n values, or -1.
+int64_t FirstNonFinite(const float* x, int64_t n);
+/// Adds the error sums of y against x (n pairs) to *stats, ErrorStats::Add's definition: per block
+/// of 1024 elements, element i of the block goes to f32 lane i % 16 (products rounded, then
+/// added: no fused multiply-add), and at the block's end the 16 lanes are added to the f64 totals
+/// in lane order. Every path gives the same bits.
+void AccumulateErrors(const float* x, const float* y, int64_t n, ErrorStats* stats);
+
 // ---- Integer quantisation (the conventions of qtool/quant/spec.hpp and pack.hpp). ----
 
 /// Min-max range of n values widened to include 0 (qtool::MinMaxRange).
 void MinMax(const float* x, int64_t n, float* lo, float* hi);
+/// Min-max quantisation of n values in groups of glen (the last one may be shorter), exactly
+/// QuantizeRowRef: group g's parameters go to scales[g] (and zeros[g] for asymmetric specs, else
+/// zeros may be null), unpacked codes to codes[0, n), and the decoded values to deq unless null.
+void QuantizeGroups(const float* x, int64_t n, int64_t glen, const QuantSpec& spec, uint8_t* codes,
+                    float* scales, uint8_t* zeros, float* deq);
 /// codes[i] = QuantizeValue(x[i], p, 2^bits - 1): one unpacked code per byte.
 void QuantizeCodes(const float* x, int64_t n, GroupParams p, int bits, uint8_t* codes);
 /// out[i] = DequantizeValue(codes[i], p).

@@ -1,6 +1,5 @@
 #include "qtool/core/convert.hpp"
 
-#include <cmath>
 #include <cstring>
 
 #include "qtool/core/error.hpp"
@@ -20,27 +19,6 @@ T LoadUnaligned(const std::byte* p) {
   T v;
   std::memcpy(&v, p, sizeof(T));
   return v;
-}
-
-// Scans for the first non-finite value in blocks, so the common all-finite case stays a cheap
-// vectorised reduction rather than a branch per element.
-int64_t FirstNonFinite(const float* x, int64_t n) {
-  constexpr int64_t kBlock = 1024;
-  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
-    const int64_t i1 = std::min(n, i0 + kBlock);
-    uint32_t any = 0;
-    for (int64_t i = i0; i < i1; ++i) {
-      uint32_t u;
-      std::memcpy(&u, x + i, 4);
-      any |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
-    }
-    if (any) {
-      for (int64_t i = i0; i < i1; ++i) {
-        if (!std::isfinite(x[i])) return i;
-      }
-    }
-  }
-  return -1;
 }
 
 }  // namespace
@@ -71,7 +49,7 @@ int64_t ConvertToF32(const std::byte* src, DType type, int64_t n, float* dst) {
     default:
       throw ShapeError(fmt::format("cannot read {} as floating point", DTypeName(type)));
   }
-  return FirstNonFinite(dst, n);
+  return kernels::FirstNonFinite(dst, n);
 }
 
 void ConvertFromF32(const float* src, DType type, int64_t n, std::byte* dst) {

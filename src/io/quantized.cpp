@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <regex>
 
 #include "qtool/core/convert.hpp"
@@ -19,6 +21,44 @@ namespace {
 // Output waiting to be written: enough to overlap a tensor's writing with the next one's
 // quantisation, small enough to keep memory bounded.
 constexpr uint64_t kMaxQueuedBytes = 256ull << 20;
+
+// Output buffers of quantised tensors, reused once the background writer has written them, so that
+// the steady state neither zero-fills nor page-faults fresh memory. A model's tensors come in a
+// few repeating shapes, so a handful of buffers serve all of them; they live as long as the pool.
+class BufferPool {
+ public:
+  struct Buffer {
+    std::unique_ptr<std::byte[]> data;
+    size_t capacity = 0;
+    bool busy = false;
+  };
+
+  /// A buffer of at least n bytes (contents unspecified) until Release.
+  Buffer* Take(size_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Buffer* best = nullptr;
+    for (const auto& b : buffers_) {
+      if (!b->busy && b->capacity >= n && (!best || b->capacity < best->capacity)) best = b.get();
+    }
+    if (!best) {
+      buffers_.push_back(std::make_unique<Buffer>());
+      best = buffers_.back().get();
+      best->data = std::make_unique_for_overwrite<std::byte[]>(n);
+      best->capacity = n;
+    }
+    best->busy = true;
+    return best;
+  }
+
+  void Release(Buffer* b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    b->busy = false;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Buffer>> buffers_;
+};
 
 // Rows per work item: about 64K elements, so a chunk's f32 copy and its decoded copy stay in L2.
 int64_t ChunkRows(const WeightCodec& codec) {
@@ -287,6 +327,7 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
   const json codec_record = MakeCodec(options.codec, 1, 1)->Record();
   CheckpointWriter writer(out, out_specs,
                           QuantizedWriterOptions(options, codec_record, tensors_record));
+  BufferPool pool;  // outlives the writer thread, which releases its buffers
   BackgroundWriter background(writer, kMaxQueuedBytes);
 
   QuantizeReport report;
@@ -307,18 +348,21 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
       tr.bytes_out = t.nbytes();
     } else {
       WeightCodec& codec = *codecs[i];
-      std::vector<std::vector<std::byte>> parts;
+      const std::vector<TensorSpec> layout = codec.Layout(t.name);
+      std::vector<BufferPool::Buffer*> parts;
       std::vector<std::byte*> part_ptrs;
-      for (const TensorSpec& p : codec.Layout(t.name)) {
-        parts.emplace_back(p.nbytes());
-        part_ptrs.push_back(parts.back().data());
+      for (const TensorSpec& p : layout) {
+        parts.push_back(pool.Take(p.nbytes()));
+        part_ptrs.push_back(parts.back()->data.get());
       }
       tr.stats =
           QuantizeMatrix(src.data().data(), t.dtype, codec, part_ptrs.data(), threads,
                          fmt::format("{}: tensor \"{}\"", src.file->path().string(), t.name));
-      for (auto& p : parts) {
-        tr.bytes_out += p.size();
-        background.Enqueue(std::move(p));
+      for (size_t k = 0; k < parts.size(); ++k) {
+        const size_t n = layout[k].nbytes();
+        tr.bytes_out += n;
+        BufferPool::Buffer* b = parts[k];
+        background.Enqueue({b->data.get(), n}, [&pool, b] { pool.Release(b); });
       }
       src.file->Release(t);
       tr.quantized = true;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -44,6 +45,103 @@ class Scratch {
  private:
   void* p_;
 };
+
+/// AccumulateErrors' partial sums: lanes and the block after which they are added in f64.
+constexpr int64_t kErrorLanes = 16;
+constexpr int64_t kErrorBlock = 1024;
+
+/// Ends a block of AccumulateErrors: the lanes' partial sums added to the totals in lane order.
+inline void AddErrorLanes(const float* xx, const float* ee, const float* yy, const float* xy,
+                          const float* m, ErrorStats* s) {
+  float max_err = 0.0f;
+  for (int64_t l = 0; l < kErrorLanes; ++l) {
+    s->sum_x2 += xx[l];
+    s->sum_e2 += ee[l];
+    s->sum_y2 += yy[l];
+    s->sum_xy += xy[l];
+    max_err = std::max(max_err, m[l]);
+  }
+  s->max_abs_err = std::max(s->max_abs_err, static_cast<double>(max_err));
+}
+
+/// AccumulateErrors on vectors of Ops::kWidth lanes (a divisor of 16); the last partial 16 of a
+/// block goes through zero-padded copies, which add exact zeros. `Ops` supplies Vec, Zero(),
+/// Load(p), Store(p, v), Add, Sub, Mul, Abs, and Max(acc, v) = std::max(acc, v).
+template <typename Ops>
+void AccumulateErrorsWith(const float* x, const float* y, int64_t n, ErrorStats* s) {
+  using Vec = typename Ops::Vec;
+  constexpr int64_t V = kErrorLanes / Ops::kWidth;
+  for (int64_t i0 = 0; i0 < n; i0 += kErrorBlock) {
+    const int64_t len = std::min(kErrorBlock, n - i0);
+    Vec xx[V], ee[V], yy[V], xy[V], m[V];
+    for (int64_t v = 0; v < V; ++v) xx[v] = ee[v] = yy[v] = xy[v] = m[v] = Ops::Zero();
+    auto step = [&](const float* px, const float* py) {
+      for (int64_t v = 0; v < V; ++v) {
+        const Vec a = Ops::Load(px + v * Ops::kWidth), b = Ops::Load(py + v * Ops::kWidth);
+        const Vec e = Ops::Sub(a, b);
+        xx[v] = Ops::Add(xx[v], Ops::Mul(a, a));
+        ee[v] = Ops::Add(ee[v], Ops::Mul(e, e));
+        yy[v] = Ops::Add(yy[v], Ops::Mul(b, b));
+        xy[v] = Ops::Add(xy[v], Ops::Mul(a, b));
+        m[v] = Ops::Max(m[v], Ops::Abs(e));
+      }
+    };
+    int64_t i = 0;
+    for (; i + kErrorLanes <= len; i += kErrorLanes) step(x + i0 + i, y + i0 + i);
+    if (i < len) {
+      alignas(64) float tx[kErrorLanes] = {}, ty[kErrorLanes] = {};
+      std::memcpy(tx, x + i0 + i, static_cast<size_t>(len - i) * sizeof(float));
+      std::memcpy(ty, y + i0 + i, static_cast<size_t>(len - i) * sizeof(float));
+      step(tx, ty);
+    }
+    alignas(64) float lanes[5][kErrorLanes];
+    for (int64_t v = 0; v < V; ++v) {
+      Ops::Store(lanes[0] + v * Ops::kWidth, xx[v]);
+      Ops::Store(lanes[1] + v * Ops::kWidth, ee[v]);
+      Ops::Store(lanes[2] + v * Ops::kWidth, yy[v]);
+      Ops::Store(lanes[3] + v * Ops::kWidth, xy[v]);
+      Ops::Store(lanes[4] + v * Ops::kWidth, m[v]);
+    }
+    AddErrorLanes(lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], s);
+  }
+  s->n += n;
+}
+
+/// FirstNonFinite in blocks of 1024: Ops::AnyNonFinite(p) tells whether any of the Ops::kWidth
+/// floats at p is NaN or Inf; a block with one is searched element by element.
+template <typename Ops>
+int64_t FirstNonFiniteWith(const float* x, int64_t n) {
+  for (int64_t i0 = 0; i0 < n; i0 += kErrorBlock) {
+    const int64_t len = std::min(kErrorBlock, n - i0);
+    bool any = false;
+    int64_t i = 0;
+    for (; i + Ops::kWidth <= len; i += Ops::kWidth) any |= Ops::AnyNonFinite(x + i0 + i);
+    for (; i < len; ++i) any |= !std::isfinite(x[i0 + i]);
+    if (!any) continue;
+    for (i = 0; i < len; ++i) {
+      if (!std::isfinite(x[i0 + i])) return i0 + i;
+    }
+  }
+  return -1;
+}
+
+/// QuantizeGroups from a family's own min-max, quantisation and dequantisation kernels, called
+/// directly so that the per-group work inlines.
+template <auto MinMaxFn, auto QuantizeFn, auto DequantizeFn>
+void QuantizeGroupsWith(const float* x, int64_t n, int64_t glen, const QuantSpec& spec,
+                        uint8_t* codes, float* scales, uint8_t* zeros, float* deq) {
+  const int32_t umax = (1 << spec.bits) - 1;
+  for (int64_t g0 = 0, g = 0; g0 < n; g0 += glen, ++g) {
+    const int64_t len = std::min(glen, n - g0);
+    float lo, hi;
+    MinMaxFn(x + g0, len, &lo, &hi);
+    const GroupParams p = ParamsFromRange(lo, hi, spec);
+    scales[g] = p.scale;
+    if (zeros) zeros[g] = static_cast<uint8_t>(p.zero);
+    QuantizeFn(x + g0, len, p, umax, codes + g0);
+    if (deq) DequantizeFn(codes + g0, len, p, deq + g0);
+  }
+}
 
 /// Runs body(in, out) over n elements in blocks of B; the last partial block goes through
 // zero-padded copies so that the body only ever sees whole blocks.

@@ -232,7 +232,18 @@ void F16ToF32(const uint16_t* in, int64_t n, float* out) { K().f16_to_f32(in, n,
 void F32ToBf16(const float* in, int64_t n, uint16_t* out) { K().f32_to_bf16(in, n, out); }
 void F32ToF16(const float* in, int64_t n, uint16_t* out) { K().f32_to_f16(in, n, out); }
 
+int64_t FirstNonFinite(const float* x, int64_t n) { return K().first_non_finite(x, n); }
+
+void AccumulateErrors(const float* x, const float* y, int64_t n, ErrorStats* stats) {
+  K().accumulate_errors(x, y, n, stats);
+}
+
 void MinMax(const float* x, int64_t n, float* lo, float* hi) { K().min_max(x, n, lo, hi); }
+
+void QuantizeGroups(const float* x, int64_t n, int64_t glen, const QuantSpec& spec, uint8_t* codes,
+                    float* scales, uint8_t* zeros, float* deq) {
+  K().quantize_groups(x, n, glen, spec, codes, scales, zeros, deq);
+}
 
 void QuantizeCodes(const float* x, int64_t n, GroupParams p, int bits, uint8_t* codes) {
   K().quantize_codes(x, n, p, (1 << bits) - 1, codes);
@@ -263,21 +274,12 @@ void QuantizeRows(const float* x, int64_t rows, int64_t cols, const QuantSpec& s
   const detail::KernelTable& k = K();
   const int64_t glen = spec.GroupLen(cols), ng = spec.GroupsPerRow(cols);
   const int64_t row_bytes = PackedBytes(cols, spec.bits);
-  const int32_t umax = (1 << spec.bits) - 1;
   ParallelFor(rows, kRowsPerTask, threads, [&](int64_t r0, int64_t r1, int) {
     std::vector<uint8_t> buf(spec.bits == 8 ? 0 : static_cast<size_t>(cols));
     for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * cols;
       uint8_t* c = spec.bits == 8 ? codes + r * row_bytes : buf.data();
-      for (int64_t g = 0; g < ng; ++g) {
-        const int64_t g0 = g * glen, n = std::min(glen, cols - g0);
-        float lo, hi;
-        k.min_max(xr + g0, n, &lo, &hi);
-        const GroupParams p = ParamsFromRange(lo, hi, spec);
-        scales[r * ng + g] = p.scale;
-        if (!spec.symmetric) zeros[r * ng + g] = static_cast<uint8_t>(p.zero);
-        k.quantize_codes(xr + g0, n, p, umax, c + g0);
-      }
+      k.quantize_groups(x + r * cols, cols, glen, spec, c, scales + r * ng,
+                        spec.symmetric ? nullptr : zeros + r * ng, nullptr);
       if (spec.bits != 8) k.pack_codes(c, cols, spec.bits, codes + r * row_bytes);
     }
   });

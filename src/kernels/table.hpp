@@ -32,7 +32,12 @@ inline constexpr int64_t kGemmTokens = 4;
   X(f16_to_f32, void, (const uint16_t* in, int64_t n, float* out))                                 \
   X(f32_to_bf16, void, (const float* in, int64_t n, uint16_t* out))                                \
   X(f32_to_f16, void, (const float* in, int64_t n, uint16_t* out))                                 \
+  X(first_non_finite, int64_t, (const float* x, int64_t n))                                        \
+  X(accumulate_errors, void, (const float* x, const float* y, int64_t n, ErrorStats* s))           \
   X(min_max, void, (const float* x, int64_t n, float* lo, float* hi))                              \
+  X(quantize_groups, void,                                                                         \
+    (const float* x, int64_t n, int64_t glen, const QuantSpec& spec, uint8_t* codes,               \
+     float* scales, uint8_t* zeros, float* deq))                                                   \
   X(quantize_codes, void, (const float* x, int64_t n, GroupParams p, int32_t umax, uint8_t* c))    \
   X(dequantize_codes, void, (const uint8_t* c, int64_t n, GroupParams p, float* out))              \
   X(pack_codes, void, (const uint8_t* c, int64_t n, int bits, uint8_t* out))                       \

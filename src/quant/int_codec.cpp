@@ -148,8 +148,14 @@ void IntCodec::Observe(const float* w, int64_t r0, int64_t nrows) {
 void IntCodec::EncodeRun(const float* x, Run run, uint8_t* codes, float* y, std::byte* scales,
                          uint8_t* zeros) const {
   const bool tensor = spec_.granularity == Granularity::kTensor;
-  const GroupParams tensor_params = ParamsFromRange(tensor_lo_, tensor_hi_, spec_);
   QTOOL_DASSERT(run.e0 % run.glen == 0);
+  if (!tensor && observer_.kind == ObserverKind::kMinMax) {
+    const int64_t g0 = run.base + run.e0 / run.glen;
+    kernels::QuantizeGroups(x, run.n, run.glen, spec_, codes, reinterpret_cast<float*>(scales) + g0,
+                            zeros ? zeros + g0 : nullptr, y);
+    return;
+  }
+  const GroupParams tensor_params = ParamsFromRange(tensor_lo_, tensor_hi_, spec_);
   for (int64_t k0 = 0; k0 < run.n; k0 += run.glen) {
     const int64_t n = std::min(run.glen, run.n - k0);
     GroupParams p = tensor_params;

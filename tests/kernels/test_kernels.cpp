@@ -132,6 +132,69 @@ TEST_P(KernelTest, F32ToHalfMatchesReference) {
   for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(out.data()[i], qtool::F32ToBf16(v[i])) << i;
 }
 
+TEST_P(KernelTest, FirstNonFiniteFindsTheFirstNanOrInf) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const int64_t n : kLengths) {
+    auto x = RandomFloats(n, static_cast<uint32_t>(n));
+    x[0] = std::numeric_limits<float>::max();
+    x[static_cast<size_t>(n - 1)] = -std::numeric_limits<float>::denorm_min();
+    Unaligned<float> clean(x);
+    EXPECT_EQ(FirstNonFinite(clean.data(), n), -1) << n;
+    for (const int64_t at : {int64_t{0}, n / 2, n - 1}) {
+      for (const float bad : {inf, -inf, nan}) {
+        auto y = x;
+        y[static_cast<size_t>(at)] = bad;
+        if (at + 3 < n) y[static_cast<size_t>(at + 3)] = nan;  // a later one is not reported
+        Unaligned<float> in(y);
+        EXPECT_EQ(FirstNonFinite(in.data(), n), at) << n << " " << bad;
+      }
+    }
+  }
+}
+
+TEST_P(KernelTest, AccumulateErrorsIsBitExact) {
+  for (const int64_t n : {int64_t{0}, int64_t{1}, int64_t{15}, int64_t{17}, int64_t{1023},
+                          int64_t{1024}, int64_t{1025}, int64_t{3 * 1024 + 33}}) {
+    const auto x = RandomFloats(n, static_cast<uint32_t>(n), 3.0f);
+    auto y = x;
+    std::mt19937 rng(static_cast<uint32_t>(n) + 7);
+    std::normal_distribution<float> noise(0.0f, 0.1f);
+    for (auto& v : y) v += noise(rng);
+    Unaligned<float> ux(x), uy(y);
+    ErrorStats got;
+    got.sum_x2 = 1.0;  // adds to what is there
+    AccumulateErrors(ux.data(), uy.data(), n, &got);
+    const ErrorStats want = Reference([&] {
+      ErrorStats s;
+      s.sum_x2 = 1.0;
+      AccumulateErrors(x.data(), y.data(), n, &s);
+      return s;
+    });
+    EXPECT_EQ(got.n, n);
+    EXPECT_EQ(got.sum_x2, want.sum_x2) << n;
+    EXPECT_EQ(got.sum_e2, want.sum_e2) << n;
+    EXPECT_EQ(got.sum_y2, want.sum_y2) << n;
+    EXPECT_EQ(got.sum_xy, want.sum_xy) << n;
+    EXPECT_EQ(got.max_abs_err, want.max_abs_err) << n;
+    // The definition itself, in f64 throughout: the f32 lanes stay within rounding of it.
+    double x2 = 1.0, e2 = 0, y2 = 0, xy = 0, m = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double a = x[i], b = y[i];
+      x2 += a * a;
+      e2 += (a - b) * (a - b);
+      y2 += b * b;
+      xy += a * b;
+      m = std::max(m, std::fabs(static_cast<double>(x[i] - y[i])));
+    }
+    EXPECT_NEAR(got.sum_x2, x2, 1e-5 * x2) << n;
+    EXPECT_NEAR(got.sum_e2, e2, 1e-5 * e2 + 1e-12) << n;
+    EXPECT_NEAR(got.sum_y2, y2, 1e-5 * y2) << n;
+    EXPECT_NEAR(got.sum_xy, xy, 1e-5 * std::fabs(xy) + 1e-5 * x2) << n;
+    EXPECT_EQ(got.max_abs_err, m) << n;
+  }
+}
+
 TEST_P(KernelTest, MinMaxAndCodesMatchCodecDefinition) {
   for (const int64_t n : kLengths) {
     auto x = RandomFloats(n, static_cast<uint32_t>(n), 0.05f);
@@ -219,6 +282,23 @@ TEST_P(KernelTest, QuantizeRowsMatchesCodec) {
       Unaligned<float> back(static_cast<size_t>(rows * cols));
       DequantizeRows(w, back.data(), 2);
       ExpectSameBits(back.vec(), want_deq, "dequantised rows");
+
+      // The whole matrix as one run of groups, with its decoded copy.
+      const int64_t glen = spec.GroupLen(cols);
+      if (cols % glen == 0) {
+        Unaligned<uint8_t> run_codes(static_cast<size_t>(rows * cols));
+        Unaligned<float> run_deq(static_cast<size_t>(rows * cols));
+        QuantizeGroups(in.data(), rows * cols, glen, spec, run_codes.data(), scales.data(),
+                       spec.symmetric ? nullptr : zeros.data(), run_deq.data());
+        ExpectSameBits(scales.vec(), wscales, "run scales");
+        if (!spec.symmetric) ExpectSameBits(zeros.vec(), wzeros, "run zeros");
+        ExpectSameBits(run_deq.vec(), want_deq, "run decoded");
+        std::vector<uint8_t> packed(static_cast<size_t>(rows * rb));
+        for (int64_t r = 0; r < rows; ++r) {
+          qtool::PackCodes(run_codes.data() + r * cols, cols, spec.bits, packed.data() + r * rb);
+        }
+        ExpectSameBits(packed, want, "run codes");
+      }
     }
   }
 }
@@ -450,7 +530,7 @@ TEST(KernelDispatch, UnknownAndUnsupportedIsasAreRefused) {
     }
   }
   EXPECT_EQ(supported.front(), Isa::kScalar);
-  EXPECT_EQ(KernelPaths().size(), 14u);
+  EXPECT_EQ(KernelPaths().size(), 17u);
 }
 
 }  // namespace

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 
 namespace qtool {
@@ -18,56 +17,10 @@ struct ErrorStats {
   double max_abs_err = 0;
   int64_t n = 0;
 
-  /// Accumulates n pairs. Partial sums run in float over 8 lanes (two 4-wide vectors per sum,
-  /// which fit the registers of every x86-64 and Arm CPU) and are added in double every block, so
-  /// the loop is vectorised on the baseline ISA and the totals stay accurate for any tensor size.
-  void Add(const float* x, const float* y, int64_t count) {
-    using V4 = float __attribute__((vector_size(16)));
-    using V4u = uint32_t __attribute__((vector_size(16)));
-    constexpr int64_t kBlock = 1024;
-    const V4u abs_mask = {0x7fffffffu, 0x7fffffffu, 0x7fffffffu, 0x7fffffffu};
-    auto load = [](const float* p) {
-      V4 v;
-      std::memcpy(&v, p, sizeof(v));
-      return v;
-    };
-    for (int64_t i0 = 0; i0 < count; i0 += kBlock) {
-      const int64_t i1 = std::min(count, i0 + kBlock);
-      V4 xx[2] = {}, ee[2] = {}, yy[2] = {}, xy[2] = {}, m[2] = {};
-      int64_t i = i0;
-      for (; i + 8 <= i1; i += 8) {
-        for (int h = 0; h < 2; ++h) {
-          const V4 a = load(x + i + 4 * h), b = load(y + i + 4 * h), e = a - b;
-          const V4 ae = reinterpret_cast<V4>(reinterpret_cast<V4u>(e) & abs_mask);
-          xx[h] += a * a;
-          ee[h] += e * e;
-          yy[h] += b * b;
-          xy[h] += a * b;
-          m[h] = m[h] < ae ? ae : m[h];
-        }
-      }
-      float max_err = 0;
-      for (int l = 0; l < 4; ++l) {
-        for (int h = 0; h < 2; ++h) {
-          sum_x2 += xx[h][l];
-          sum_e2 += ee[h][l];
-          sum_y2 += yy[h][l];
-          sum_xy += xy[h][l];
-          max_err = std::max(max_err, m[h][l]);
-        }
-      }
-      for (; i < i1; ++i) {
-        const float a = x[i], b = y[i], e = a - b;
-        sum_x2 += a * a;
-        sum_e2 += e * e;
-        sum_y2 += b * b;
-        sum_xy += a * b;
-        max_err = std::max(max_err, std::fabs(e));
-      }
-      max_abs_err = std::max(max_abs_err, static_cast<double>(max_err));
-    }
-    n += count;
-  }
+  /// Accumulates n pairs (x, x^): partial sums in f32 over 16 lanes, added in f64 every 1024
+  /// elements, so the sums are accurate for any tensor size and vectorised on every CPU
+  /// (qtool::kernels::AccumulateErrors).
+  void Add(const float* x, const float* y, int64_t count);
 
   ErrorStats& operator+=(const ErrorStats& o) {
     sum_x2 += o.sum_x2;

@@ -233,7 +233,20 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) void GemmW4A8(const Int8Acts& 
 
 struct NeonOps {
   using Vec = float32x4_t;
+  static constexpr int64_t kWidth = 4;
   static Vec Zero() { return vdupq_n_f32(0.0f); }
+  static Vec Load(const float* p) { return vld1q_f32(p); }
+  static void Store(float* p, Vec v) { vst1q_f32(p, v); }
+  static Vec Add(Vec a, Vec b) { return vaddq_f32(a, b); }
+  static Vec Sub(Vec a, Vec b) { return vsubq_f32(a, b); }
+  static Vec Mul(Vec a, Vec b) { return vmulq_f32(a, b); }
+  static Vec Abs(Vec v) { return vabsq_f32(v); }
+  // std::max(acc, v): v where it is larger, acc otherwise (NaN in v included).
+  static Vec Max(Vec acc, Vec v) { return vbslq_f32(vcgtq_f32(v, acc), v, acc); }
+  static bool AnyNonFinite(const float* p) {
+    const uint32x4_t e = vdupq_n_u32(0x7f800000);
+    return vmaxvq_u32(vceqq_u32(vandq_u32(vreinterpretq_u32_f32(vld1q_f32(p)), e), e)) != 0;
+  }
   static Vec MulAdd(Vec acc, Vec dot, float s) { return vmlaq_n_f32(acc, dot, s); }
   static float Sum(Vec v) { return vaddvq_f32(v); }
   static void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
@@ -272,18 +285,22 @@ struct NeonOps {
   }
 };
 
-constexpr KernelTable kBase{.bf16_to_f32 = Bf16ToF32,
-                            .f16_to_f32 = F16ToF32,
-                            .f32_to_bf16 = F32ToBf16,
-                            .f32_to_f16 = F32ToF16,
-                            .min_max = MinMax,
-                            .quantize_codes = QuantizeCodes,
-                            .dequantize_codes = DequantizeCodes,
-                            .pack_codes = PackCodes,
-                            .unpack_codes = UnpackCodes,
-                            .quantize_activations = QuantizeActivations,
-                            .gemm_w4a16 = GemmW4A16With<NeonOps>,
-                            .gemv_nf4 = GemvNf4With<NeonOps>};
+constexpr KernelTable kBase{
+    .bf16_to_f32 = Bf16ToF32,
+    .f16_to_f32 = F16ToF32,
+    .f32_to_bf16 = F32ToBf16,
+    .f32_to_f16 = F32ToF16,
+    .first_non_finite = FirstNonFiniteWith<NeonOps>,
+    .accumulate_errors = AccumulateErrorsWith<NeonOps>,
+    .min_max = MinMax,
+    .quantize_groups = QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>,
+    .quantize_codes = QuantizeCodes,
+    .dequantize_codes = DequantizeCodes,
+    .pack_codes = PackCodes,
+    .unpack_codes = UnpackCodes,
+    .quantize_activations = QuantizeActivations,
+    .gemm_w4a16 = GemmW4A16With<NeonOps>,
+    .gemv_nf4 = GemvNf4With<NeonOps>};
 
 constexpr KernelTable WithDotProduct(KernelTable t) {
   t.gemm_w8a8 = GemmW8A8;

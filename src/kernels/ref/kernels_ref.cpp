@@ -1,11 +1,12 @@
 // Reference kernels: the definition of every operation, written for clarity and compiled for the
 // baseline ISA. Integer quantisation calls the codec's own per-value functions (spec.hpp), so the
 // reference is the codec's definition itself; vectorised paths are tested against these.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 
-#include "../table.hpp"
+#include "../common_inl.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/quant/int_codec.hpp"
 #include "qtool/quant/nf4_codec.hpp"
@@ -25,6 +26,32 @@ void RefF32ToBf16(const float* in, int64_t n, uint16_t* out) {
 }
 void RefF32ToF16(const float* in, int64_t n, uint16_t* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = qtool::F32ToF16(in[i]);
+}
+
+int64_t RefFirstNonFinite(const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) return i;
+  }
+  return -1;
+}
+
+void RefAccumulateErrors(const float* x, const float* y, int64_t n, ErrorStats* s) {
+  for (int64_t i0 = 0; i0 < n; i0 += kErrorBlock) {
+    const int64_t len = std::min(kErrorBlock, n - i0);
+    float xx[kErrorLanes] = {}, ee[kErrorLanes] = {}, yy[kErrorLanes] = {}, xy[kErrorLanes] = {},
+          m[kErrorLanes] = {};
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t l = i % kErrorLanes;
+      const float a = x[i0 + i], b = y[i0 + i], e = a - b;
+      xx[l] += a * a;
+      ee[l] += e * e;
+      yy[l] += b * b;
+      xy[l] += a * b;
+      m[l] = std::max(m[l], std::fabs(e));
+    }
+    AddErrorLanes(xx, ee, yy, xy, m, s);
+  }
+  s->n += n;
 }
 
 void RefQuantizeCodes(const float* x, int64_t n, GroupParams p, int32_t umax, uint8_t* c) {
@@ -138,9 +165,23 @@ const float* Nf4Table() { return Nf4Values().data(); }
 
 const KernelTable* ScalarTable() {
   static constexpr KernelTable kTable{
-      RefBf16ToF32,     RefF16ToF32,        RefF32ToBf16, RefF32ToF16,    MinMaxRange,
-      RefQuantizeCodes, RefDequantizeCodes, RefPackCodes, RefUnpackCodes, RefQuantizeActivations,
-      RefGemmW8A8,      RefGemmW4A8,        RefGemmW4A16, RefGemvNf4};
+      RefBf16ToF32,
+      RefF16ToF32,
+      RefF32ToBf16,
+      RefF32ToF16,
+      RefFirstNonFinite,
+      RefAccumulateErrors,
+      MinMaxRange,
+      QuantizeGroupsWith<MinMaxRange, RefQuantizeCodes, RefDequantizeCodes>,
+      RefQuantizeCodes,
+      RefDequantizeCodes,
+      RefPackCodes,
+      RefUnpackCodes,
+      RefQuantizeActivations,
+      RefGemmW8A8,
+      RefGemmW4A8,
+      RefGemmW4A16,
+      RefGemvNf4};
   return &kTable;
 }
 

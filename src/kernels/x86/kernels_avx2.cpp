@@ -358,7 +358,23 @@ void GemmW4A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, 
 
 struct Avx2Ops {
   using Vec = __m256;
+  static constexpr int64_t kWidth = 8;
   static Vec Zero() { return _mm256_setzero_ps(); }
+  static Vec Load(const float* p) { return _mm256_loadu_ps(p); }
+  static void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+  static Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  static Vec Sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+  static Vec Mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+  static Vec Abs(Vec v) {
+    return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)));
+  }
+  // MAXPS returns its second operand unless the first is larger: std::max(acc, v).
+  static Vec Max(Vec acc, Vec v) { return _mm256_max_ps(v, acc); }
+  static bool AnyNonFinite(const float* p) {
+    const __m256i e = _mm256_set1_epi32(0x7f800000);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_and_si256(v, e), e)) != 0;
+  }
   static Vec MulAdd(Vec acc, Vec dot, float s) {
     return _mm256_fmadd_ps(dot, _mm256_set1_ps(s), acc);
   }
@@ -407,7 +423,10 @@ const KernelTable* Avx2Table() {
                                       F16ToF32,
                                       F32ToBf16,
                                       F32ToF16,
+                                      FirstNonFiniteWith<Avx2Ops>,
+                                      AccumulateErrorsWith<Avx2Ops>,
                                       MinMax,
+                                      QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>,
                                       QuantizeCodes,
                                       DequantizeCodes,
                                       PackCodes,

@@ -457,7 +457,20 @@ void GemmW4A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, 
 
 struct Avx512Ops {
   using Vec = __m512;
+  static constexpr int64_t kWidth = 16;
   static Vec Zero() { return _mm512_setzero_ps(); }
+  static Vec Load(const float* p) { return _mm512_loadu_ps(p); }
+  static void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  static Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  static Vec Sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+  static Vec Mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+  static Vec Abs(Vec v) { return _mm512_abs_ps(v); }
+  // MAXPS returns its second operand unless the first is larger: std::max(acc, v).
+  static Vec Max(Vec acc, Vec v) { return _mm512_max_ps(v, acc); }
+  static bool AnyNonFinite(const float* p) {
+    const __m512i e = _mm512_set1_epi32(0x7f800000);
+    return _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_loadu_si512(p), e), e) != 0;
+  }
   static Vec MulAdd(Vec acc, Vec dot, float s) {
     return _mm512_fmadd_ps(dot, _mm512_set1_ps(s), acc);
   }
@@ -495,7 +508,10 @@ const KernelTable* Avx512Table() {
                                       F16ToF32,
                                       F32ToBf16,
                                       F32ToF16,
+                                      FirstNonFiniteWith<Avx512Ops>,
+                                      AccumulateErrorsWith<Avx512Ops>,
                                       MinMax,
+                                      QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>,
                                       QuantizeCodes,
                                       DequantizeCodes,
                                       PackCodes,
