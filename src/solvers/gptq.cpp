@@ -52,7 +52,9 @@ GptqHessian PrepareGptq(const Eigen::Ref<const RowMatrixXf>& h, const GptqOption
   const std::vector<int64_t>& perm = out.perm;
   auto at = [&](int64_t i) { return perm[static_cast<size_t>(cols - 1 - i)]; };
   const double mean_diag = cols > 0 ? diag_sum / static_cast<double>(cols) : 0.0;
-  RowMatrixXf r = LargeMatrix(cols, cols);
+  out.cols = cols;
+  out.lt_storage = ScratchBuffer(static_cast<size_t>(cols * cols) * sizeof(float));
+  Eigen::Map<RowMatrixXf> r(out.lt_storage.as<float>(), cols, cols);
   for (double damp = options.damp;; damp *= 10) {
     const float lambda = static_cast<float>(damp * mean_diag);
     ForEachTiled(cols, cols, threads, [&](int64_t i, int64_t j) {
@@ -71,19 +73,32 @@ GptqHessian PrepareGptq(const Eigen::Ref<const RowMatrixXf>& h, const GptqOption
     ++st.damp_retries;
   }
   st.flop_cholesky = static_cast<double>(cols) * cols * cols / 3 * (st.damp_retries + 1);
-  // L^T(k, j) = L_jk = r(n-1-k, n-1-j): r turned by 180 degrees, i.e. its row-major storage
-  // reversed. Then each column is divided by its diagonal entry.
-  std::reverse(r.data(), r.data() + r.size());
+  // L^T(k, j) = L_jk = r(n-1-k, n-1-j): r turned by 180 degrees, i.e. rows k and n-1-k swapped
+  // and each reversed. Then each column is divided by its diagonal entry.
   std::vector<float> inv_diag(static_cast<size_t>(cols));
-  for (int64_t j = 0; j < cols; ++j) inv_diag[static_cast<size_t>(j)] = 1.0f / r(j, j);
-  ParallelFor(cols, 64, threads, [&](int64_t k0, int64_t k1, int) {
-    for (int64_t k = k0; k < k1; ++k) {
+  for (int64_t j = 0; j < cols; ++j)
+    inv_diag[static_cast<size_t>(j)] = 1.0f / r(cols - 1 - j, cols - 1 - j);
+  ParallelFor((cols + 1) / 2, 32, threads, [&](int64_t k0, int64_t k1, int) {
+    std::vector<float> tmp(static_cast<size_t>(cols));
+    auto finish = [&](int64_t k) {
       float* row = &r(k, 0);
       std::fill(row, row + k, 0.0f);
       for (int64_t j = k + 1; j < cols; ++j) row[j] *= inv_diag[static_cast<size_t>(j)];
+    };
+    for (int64_t k = k0; k < k1; ++k) {
+      float* a = &r(k, 0);
+      float* b = &r(cols - 1 - k, 0);
+      if (a == b) {
+        std::reverse(a, a + cols);
+      } else {
+        std::reverse_copy(b, b + cols, tmp.data());
+        std::reverse_copy(a, a + cols, b);
+        std::copy(tmp.begin(), tmp.end(), a);
+        finish(cols - 1 - k);
+      }
+      finish(k);
     }
   });
-  out.lt = std::move(r);
   return out;
 }
 
@@ -95,15 +110,15 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const Eigen::Ref<const R
 GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessian,
                 const Grid& grid, const GptqOptions& options) {
   const int64_t rows = w.rows(), cols = w.cols();
-  QTOOL_CHECK(hessian.lt.rows() == cols, ShapeError,
+  QTOOL_CHECK(hessian.cols == cols, ShapeError,
               "GPTQ of a [{}, {}] weight needs a [{}, {}] Hessian, got [{}, {}]", rows, cols, cols,
-              cols, hessian.lt.rows(), hessian.lt.cols());
+              cols, hessian.cols, hessian.cols);
   const int threads = ResolveThreads(options.threads);
   const bool grouped = options.group_size > 0 && options.group_size < cols;
   const int64_t g = grouped ? options.group_size : std::max<int64_t>(cols, 1);
   const bool static_params = options.static_groups || !grouped;
   const int64_t bs = options.block_size;
-  const RowMatrixXf& lt = hessian.lt;
+  const Eigen::Map<const RowMatrixXf> lt = hessian.lt();
   const std::vector<int64_t>& perm = hessian.perm;
 
   GptqResult result;
@@ -144,28 +159,36 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
     // wt: the original weights (dead inputs zeroed), each column replaced by its quantised values
     // once done. cd: for a column not yet done, the contributions of the columns done so far
     // (sum_k L^_jk d_k); for a column done, its error d = w0 - q.
-    RowMatrixXf wt = LargeMatrix(cols, nr);
-    RowMatrixXf cd = LargeMatrix(cols, nr);
+    const size_t bytes = static_cast<size_t>(cols * nr) * sizeof(float);
+    ScratchBuffer wt_storage(bytes), cd_storage(bytes), codes_storage(bytes / sizeof(float));
+    Eigen::Map<RowMatrixXf> cd(cd_storage.as<float>(), cols, nr);
     std::fill_n(cd.data(), cd.size(), 0.0f);
-    std::vector<uint8_t> codes(static_cast<size_t>(cols * nr));
-    ForEachTiled(nr, cols, 1, [&](int64_t r, int64_t c) { wt(c, r) = w(r0 + r, c); });
-    for (int64_t c : hessian.dead) wt.row(c).setZero();
+    uint8_t* codes = codes_storage.as<uint8_t>();
+    {
+      Eigen::Map<RowMatrixXf> w0(wt_storage.as<float>(), cols, nr);
+      ForEachTiled(nr, cols, 1, [&](int64_t r, int64_t c) { w0(c, r) = w(r0 + r, c); });
+      for (int64_t c : hessian.dead) w0.row(c).setZero();
+    }
     std::vector<GridParams> cur(static_cast<size_t>(nr));
     auto params = [&](int64_t r, int64_t group) -> GridParams& {
       return q.params[static_cast<size_t>((r0 + r) * q.groups + group)];
     };
     if (static_params) {
       for (int64_t gi = 0; gi < q.groups; ++gi) {
-        FitGroups(grid, &wt(gi * g, 0), nr, std::min(g, cols - gi * g), nr, options.mse,
-                  cur.data());
+        FitGroups(grid, wt_storage.as<float>() + gi * g * nr, nr, std::min(g, cols - gi * g), nr,
+                  options.mse, cur.data());
         for (int64_t r = 0; r < nr; ++r) params(r, gi) = cur[r];
       }
     }
     if (options.act_order) {
-      RowMatrixXf tmp = LargeMatrix(cols, nr);
-      for (int64_t j = 0; j < cols; ++j) tmp.row(j) = wt.row(perm[j]);
-      wt.swap(tmp);
+      ScratchBuffer permuted(bytes);
+      const float* src = wt_storage.as<float>();
+      for (int64_t j = 0; j < cols; ++j) {
+        std::copy_n(src + perm[j] * nr, nr, permuted.as<float>() + j * nr);
+      }
+      wt_storage = std::move(permuted);
     }
+    Eigen::Map<RowMatrixXf> wt(wt_storage.as<float>(), cols, nr);
     RowMatrixXf snap(static_params ? 0 : g, nr);
     std::vector<float> cur_w(static_cast<size_t>(nr)), deq(static_cast<size_t>(nr));
     int64_t cur_group = -1;
@@ -191,8 +214,7 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
           float* wj = &wt(j, 0);
           float* dj = &cd(j, 0);
           for (int64_t r = 0; r < nr; ++r) cur_w[r] = wj[r] + dj[r];
-          grid.Quantize(cur_w.data(), nr, cur.data(), &codes[static_cast<size_t>(j * nr)],
-                        deq.data());
+          grid.Quantize(cur_w.data(), nr, cur.data(), codes + j * nr, deq.data());
           const float ljj = lt(j, j);
           double col_loss = 0;
           for (int64_t r = 0; r < nr; ++r) {
@@ -209,18 +231,18 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
           }
         }
         // The rest of the block: C[s1:i2] += lt[s0:s1, s1:i2]^T D[s0:s1].
-        Gemm(i2 - s1, nr, s1 - s0, 1.0f, {&lt(s0, s1), 1, cols}, {&cd(s0, 0), nr, 1}, &cd(s1, 0),
-             nr, 1);
+        Gemm(i2 - s1, nr, s1 - s0, 1.0f, {lt.data() + s0 * cols + s1, 1, cols}, {&cd(s0, 0), nr, 1},
+             &cd(s1, 0), nr, 1);
       }
       // The columns after the block: C[i2:] += lt[i1:i2, i2:]^T D[i1:i2].
-      Gemm(cols - i2, nr, i2 - i1, 1.0f, {&lt(i1, i2), 1, cols}, {&cd(i1, 0), nr, 1}, &cd(i2, 0),
-           nr, 1);
+      Gemm(cols - i2, nr, i2 - i1, 1.0f, {lt.data() + i1 * cols + i2, 1, cols}, {&cd(i1, 0), nr, 1},
+           &cd(i2, 0), nr, 1);
     }
     losses[static_cast<size_t>(worker)] += loss;
     ForEachTiled(nr, cols, 1, [&](int64_t r, int64_t j) {
       const int64_t c = perm[j];
       q.dequant(r0 + r, c) = wt(j, r);
-      q.codes[static_cast<size_t>((r0 + r) * cols + c)] = codes[static_cast<size_t>(j * nr + r)];
+      q.codes[static_cast<size_t>((r0 + r) * cols + c)] = codes[j * nr + r];
     });
   });
   double loss = 0;

@@ -31,6 +31,7 @@
 #include <Eigen/Core>
 #include <cstdint>
 
+#include "qtool/core/memory.hpp"
 #include "qtool/solvers/grid.hpp"
 #include "qtool/solvers/linalg.hpp"
 
@@ -69,7 +70,9 @@ struct GptqHessian {
   // L^T of H + lambda I = L^T L in processing order, each column divided by its diagonal entry
   // above the diagonal (lt(k, j) = L_jk / L_jj for k < j); the diagonal holds L_jj. Upper
   // triangular: the columns a rounded column k contributes to are a contiguous row.
-  RowMatrixXf lt;
+  Eigen::Map<const RowMatrixXf> lt() const { return {lt_storage.as<const float>(), cols, cols}; }
+  ScratchBuffer lt_storage;
+  int64_t cols = 0;
   std::vector<int64_t> perm;  // processing position -> column
   std::vector<int64_t> dead;  // columns with H_ii = 0
   GptqStats stats;            // damp, retries, dead inputs, Cholesky timing
