@@ -152,10 +152,10 @@ int64_t CalibrationRunner::out_features(const std::string& linear) const {
   return c.hidden_size;
 }
 
-RowMatrixXf CalibrationRunner::Run(const ConsumerMap& consumers,
-                                   const WeightOverrides& overrides) const {
+RowMatrixXf CalibrationRunner::Run(const ConsumerMap& consumers, const WeightOverrides& overrides,
+                                   bool int8_inputs) const {
   RowMatrixXf out(inputs_.rows(), inputs_.cols());
-  Forward(consumers, overrides, {}, &out);
+  Forward(consumers, overrides, int8_inputs, {}, &out);
   return out;
 }
 
@@ -167,18 +167,22 @@ void CalibrationRunner::Capture(const ConsumerMap& consumers,
     if (consumers.count(name)) last = name;
   }
   // Forward() refuses unknown names (with `last` empty, every name is one).
-  Forward(consumers, overrides, last, nullptr);
+  Forward(consumers, overrides, false, last, nullptr);
 }
 
 void CalibrationRunner::Forward(const ConsumerMap& consumers, const WeightOverrides& overrides,
-                                const std::string& stop_after, RowMatrixXf* out) const {
+                                bool int8_inputs, const std::string& stop_after,
+                                RowMatrixXf* out) const {
   QTOOL_CHECK(!done(), OptionError, "every block has been calibrated");
   for (const auto& [name, list] : consumers) in_features(name);  // validates the name
   const Model::Impl& m = *model_.impl_;
   std::shared_ptr<const runtime::BlockWeights> block = m.Block(block_);
-  if (!overrides.empty()) {
+  if (!overrides.empty() || int8_inputs) {
     auto changed = std::make_shared<runtime::BlockWeights>(*block);
     changed->Apply(overrides);
+    if (int8_inputs) {
+      for (const std::string& name : BlockLinearNames()) changed->Find(name)->int8_inputs = true;
+    }
     block = std::move(changed);
   }
   const runtime::LinearInputFn observe = [&](const std::string& name, const RowMatrixXf& x) {

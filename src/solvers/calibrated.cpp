@@ -327,55 +327,46 @@ class RowSampler final : public ActivationConsumer {
   std::vector<Eigen::RowVectorXf> rows_;
 };
 
-// W8A8 output error of layers sharing the input rows x after smoothing by s: sum over the layers
-// of ||x W^T - Q_token(x / s) Q_codec(W diag(s))^T||^2, the input quantised per token to INT8 as
-// the runtime does, the weights rounded as the codec rounds them. `ref` holds x W^T per layer.
-double SmoothedW8A8Error(const RowMatrixXf& x, const std::vector<RowMatrixXf>& w,
-                         const std::vector<RowMatrixXf>& ref, const Eigen::VectorXf& s,
-                         const Grid& grid, int64_t group, int threads) {
-  const RowMatrixXf xs = x.array().rowwise() / s.transpose().array();
-  RowMatrixXf xq(xs.rows(), xs.cols());
-  FakeQuantizePerTokenInt8(xs.data(), xs.rows(), xs.cols(), xq.data());
-  double err = 0;
-  for (size_t l = 0; l < w.size(); ++l) {
-    const RowMatrixXf wq =
-        QuantizeRtn(w[l].array().rowwise() * s.transpose().array(), grid, group).dequant;
-    RowMatrixXf y = -ref[l];
-    Gemm(xq.rows(), wq.rows(), xq.cols(), 1.0f, {xq.data(), xq.cols(), 1},
-         {wq.data(), 1, wq.cols()}, y.data(), y.cols(), threads);
-    err += y.cast<double>().squaredNorm();
-  }
-  return err;
-}
-
 // SmoothQuant (Xiao et al. 2022): s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha) over the layers that
 // share the input, folded into the preceding RMSNorm (x / s) and the layers' columns (W * s).
-// With the alpha search, each fold takes the alpha in {0, 0.05, ..., 1}, or no smoothing at all,
-// whose W8A8 output error (SmoothedW8A8Error) on a sample of the calibration rows is smallest.
+// With the alpha search, fold after fold takes the alpha in {0, 0.05, ..., 1}, or no smoothing at
+// all, whose block runs closest to the full-precision block (output MSE) as the W8A8 runtime runs
+// it: every Linear's input quantised per token, every weight rounded as the codec rounds it.
 BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
   const int64_t b = run.block();
   const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
   const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
   const std::vector<std::pair<std::string, std::vector<std::string>>> folds = {
       {"input_layernorm", InputGroups()[0]}, {"post_attention_layernorm", InputGroups()[2]}};
-  const bool search = ctx.method.alpha_search;
   std::vector<std::unique_ptr<ChannelStats>> stats;
-  std::vector<std::unique_ptr<RowSampler>> samples;
   ConsumerMap consumers;
   for (const auto& [norm, layers] : folds) {
     stats.push_back(std::make_unique<ChannelStats>(run.in_features(layers[0])));
     consumers[layers[0]].push_back(stats.back().get());
-    if (search) {
-      samples.push_back(std::make_unique<RowSampler>(run.num_samples() * run.seq_len(),
-                                                     ctx.method.awq_clip_tokens));
-      consumers[layers[0]].push_back(samples.back().get());
+  }
+  const bool search = ctx.method.alpha_search;
+  RowMatrixXf ref;
+  if (search) {
+    ref = run.Run(consumers);
+  } else {
+    run.Capture(consumers);
+  }
+  // The block as the search runs it: every Linear rounded, in the basis of the folds so far.
+  WeightOverrides rounded;
+  if (search) {
+    for (const std::string& n : BlockLinearNames()) {
+      rounded[n] = QuantizeRtn(run.Weight(n), grid, g).dequant;
     }
   }
-  run.Capture(consumers);
+  auto block_error = [&](const WeightOverrides& trial) {
+    return (run.Run({}, trial, /*int8_inputs=*/true) - ref).squaredNorm() /
+           static_cast<double>(ref.size());
+  };
   BlockSolution sol;
   for (size_t f = 0; f < folds.size(); ++f) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto& [norm, layers] = folds[f];
+    const RowMatrixXf norm_w = run.Weight(norm);
     std::vector<RowMatrixXf> w;
     for (const std::string& l : layers) w.push_back(run.Weight(l));
     const Eigen::VectorXf act_max = stats[f]->MaxAbs().cast<float>();
@@ -383,29 +374,32 @@ BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
     double loss = 0;
     std::string detail = fmt::format("alpha {:.2f}", ctx.method.alpha);
     if (search) {
-      const RowMatrixXf x = samples[f]->Rows();
-      std::vector<RowMatrixXf> ref;
-      for (const RowMatrixXf& wl : w) ref.push_back(x * wl.transpose());
+      loss = block_error(rounded);
       s = Eigen::VectorXf::Ones(act_max.size());
-      loss = SmoothedW8A8Error(x, w, ref, s, grid, g, ctx.threads);
       detail = "no smoothing";
       for (int k = 0; k <= kSmoothAlphaGrid; ++k) {
         const double alpha = static_cast<double>(k) / kSmoothAlphaGrid;
         const Eigen::VectorXf cand = SmoothQuantScales(act_max, w, alpha);
-        const double err = SmoothedW8A8Error(x, w, ref, cand, grid, g, ctx.threads);
+        WeightOverrides trial = rounded;
+        trial[norm] = norm_w.array().rowwise() / cand.transpose().array();
+        for (size_t i = 0; i < layers.size(); ++i) {
+          trial[layers[i]] =
+              QuantizeRtn(w[i].array().rowwise() * cand.transpose().array(), grid, g).dequant;
+        }
+        const double err = block_error(trial);
         if (err < loss) {
           loss = err;
           s = cand;
           detail = fmt::format("alpha {:.2f}", alpha);
         }
       }
-      loss /= static_cast<double>(x.rows());
     }
-    RowMatrixXf nw = run.Weight(norm);
-    nw.array() /= s.transpose().array();
+    RowMatrixXf nw = norm_w.array().rowwise() / s.transpose().array();
+    if (search) rounded[norm] = nw;
     sol.values[BlockTensorName(b, norm) + ".weight"] = std::move(nw);
     for (size_t i = 0; i < layers.size(); ++i) {
       w[i].array().rowwise() *= s.transpose().array();
+      if (search) rounded[layers[i]] = QuantizeRtn(w[i], grid, g).dequant;
       sol.values[WeightName(b, layers[i])] = std::move(w[i]);
     }
     ctx.Report({b, norm, loss, Since(t0),

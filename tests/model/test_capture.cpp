@@ -6,6 +6,7 @@
 #include "qtool/io/quantized.hpp"
 #include "qtool/model/capture.hpp"
 #include "qtool/model/tokenizer.hpp"
+#include "qtool/quant/activation.hpp"
 #include "test_support.hpp"
 
 namespace qtool {
@@ -134,6 +135,36 @@ TEST(Capture, SequentialOverridesChangeTheNextInputs) {
   EXPECT_THROW(plain.Run(), OptionError);
   EXPECT_THROW(same.Run({{"mlp.nonsense", {}}}), OptionError);
   EXPECT_THROW(same.Advance({{"mlp.up_proj", w}}), ShapeError);
+}
+
+// Run() with int8_inputs runs the block as the runtime runs a W8A8 checkpoint: the same outputs
+// as the quantised model's own block, given its rounded weights as overrides.
+TEST(Capture, Int8InputsRunTheBlockAsW8A8) {
+  QTOOL_REQUIRE_SHARED();
+  Fixture f;
+  testing::ScratchDir scratch;
+  QuantizeOptions o;
+  o.codec = {{"codec", "int"}, {"bits", 8}, {"symmetric", true}, {"granularity", "channel"}};
+  o.activations = Int8TokenActivations();
+  QuantizeCheckpoint(Checkpoint::Open(f.dir), scratch.path() / "w8a8", o);
+  const Model quantised(scratch.path() / "w8a8", {.threads = 2});
+  const auto samples = DrawCalibrationSamples(f.tokens, {.num_samples = 4, .seq_len = 32});
+  const CalibrationRunner fp(f.model, samples), w8a8(quantised, samples);
+  WeightOverrides rounded;
+  for (const std::string& n : BlockLinearNames()) rounded[n] = w8a8.Weight(n);
+  const RowMatrixXf expected = w8a8.Run();
+  const RowMatrixXf weights_only = fp.Run({}, rounded);
+  Recorder seen, seen_plain;
+  const RowMatrixXf actual = fp.Run({{"mlp.down_proj", {&seen}}}, rounded, /*int8_inputs=*/true);
+  fp.Run({{"mlp.down_proj", {&seen_plain}}}, rounded);
+  EXPECT_LE((actual - expected).cwiseAbs().maxCoeff(), 1e-6 * expected.cwiseAbs().maxCoeff());
+  EXPECT_GT((weights_only - expected).cwiseAbs().maxCoeff(), 1e-4 * expected.cwiseAbs().maxCoeff());
+  // Consumers still see the unquantised inputs (of the W8A8 attention).
+  EXPECT_NE(seen.rows, seen_plain.rows);
+  RowMatrixXf requantised(seen.rows.rows(), seen.rows.cols());
+  FakeQuantizePerTokenInt8(seen.rows.data(), seen.rows.rows(), seen.rows.cols(),
+                           requantised.data());
+  EXPECT_NE(seen.rows, requantised);
 }
 
 TEST(Capture, SamplesAreDeterministic) {

@@ -40,8 +40,8 @@ std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd) {
   cmd->add_option("--damp", m->damp, "GPTQ: relative dampening of the Hessian")
       ->capture_default_str();
   cmd->add_option("--alpha", m->alpha,
-                  "SmoothQuant: migration strength in [0, 1], or auto (per layer, the one with the "
-                  "smallest W8A8 output error on the calibration data)")
+                  "SmoothQuant: migration strength in [0, 1], or auto (per norm, the one, or no "
+                  "smoothing, with the smallest output error of the block run as W8A8)")
       ->capture_default_str();
   return m;
 }

@@ -136,8 +136,11 @@ class CalibrationRunner {
   /// Runs the current block on inputs() with `overrides` applied, shows each Linear's inputs to
   /// its consumers, and returns the block's outputs (same shape as inputs()). Call it as often as
   /// a solver needs (e.g. again after quantising q/k/v, to capture o_proj's inputs from the
-  /// quantised attention; or to score a candidate scaling by the block's output error).
-  RowMatrixXf Run(const ConsumerMap& consumers = {}, const WeightOverrides& overrides = {}) const;
+  /// quantised attention; or to score a candidate scaling by the block's output error). With
+  /// `int8_inputs`, every Linear's input is quantised per token to INT8 first, as the W8A8
+  /// runtime does.
+  RowMatrixXf Run(const ConsumerMap& consumers = {}, const WeightOverrides& overrides = {},
+                  bool int8_inputs = false) const;
   /// Run() for the consumers only: the block stops after the last consumed layer's input (in
   /// execution order), so capturing q/k/v's inputs costs a norm, o_proj's the attention.
   void Capture(const ConsumerMap& consumers, const WeightOverrides& overrides = {}) const;
@@ -148,7 +151,7 @@ class CalibrationRunner {
  private:
   // Runs the block; `stop_after` as for runtime::RunBlock, and `out` (when not null) receives the
   // block's outputs.
-  void Forward(const ConsumerMap& consumers, const WeightOverrides& overrides,
+  void Forward(const ConsumerMap& consumers, const WeightOverrides& overrides, bool int8_inputs,
                const std::string& stop_after, RowMatrixXf* out) const;
 
   const Model& model_;

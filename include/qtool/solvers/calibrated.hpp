@@ -41,19 +41,19 @@ struct CalibratedOptions {
   HqqOptions hqq;
   double alpha = 0.5;  // SmoothQuant migration strength
   /// SmoothQuant: instead of `alpha`, per fold the alpha in {0, 1/kSmoothAlphaGrid, ..., 1} (or no
-  /// smoothing) with the smallest W8A8 output error on awq_clip_tokens calibration rows.
+  /// smoothing) with the smallest output error of the block run as W8A8.
   bool alpha_search = false;
   int awq_grid = 20;  // AWQ: alpha in {0, 1/grid, ..., (grid-1)/grid}
   int awq_clip_grid = 20;
   double awq_max_shrink = 0.5;
-  int64_t awq_clip_tokens = 512;  // calibration rows the clipping (and alpha) search uses
+  int64_t awq_clip_tokens = 512;  // calibration rows the clipping search uses
   CalibrationOptions calib;
   std::filesystem::path calib_text;  // tokenised with the model's tokenizer.model
 };
 
 /// One solved layer: its block, short name, solver loss (GPTQ: sum (w-q)^2 L_qq^2/2; AWQ: the
 /// block's output MSE at the chosen alpha; SmoothQuant: 0, or with the alpha search the W8A8
-/// output error per calibration row; HQQ: mean |W - W^|) and what was chosen.
+/// block's output MSE; HQQ: mean |W - W^|) and what was chosen.
 struct LayerReport {
   int64_t block = 0;
   std::string name;
