@@ -32,9 +32,16 @@ double Since(std::chrono::steady_clock::time_point t0) {
 
 // What a block's solver produced, by full tensor name: exact codes (GPTQ, HQQ), or float values
 // (rescaled weights, which the codec then rounds, and rescaled norms, written as they are).
+// How a solver rescaled a Linear (AWQ, SmoothQuant): the values it stores are
+// diag(rows) W diag(cols), before rounding, for the checkpoint's W.
+struct Rescaling {
+  Eigen::VectorXf rows, cols;
+};
+
 struct BlockSolution {
   std::map<std::string, QuantizedMatrix> exact;
   std::map<std::string, RowMatrixXf> values;
+  std::map<std::string, Rescaling> rescaled;  // by tensor name, for the error report
 };
 
 // Writes the output checkpoint in block order so that each block's tensors are written as soon
@@ -149,10 +156,15 @@ class StreamingWriter {
           codec->EncodeRows(w + r0 * cols, r0, r1 - r0, ptrs.data(), deq.data() + r0 * cols);
         });
       }
-      // The report compares the stored (decoded) weights with the checkpoint's.
+      // The report compares the stored (decoded) weights with the checkpoint's, in the
+      // checkpoint's basis: a solver's rescaling is undone first.
       std::vector<const std::byte*> cptrs(ptrs.begin(), ptrs.end());
-      std::vector<float> decoded(static_cast<size_t>(rows * cols));
+      RowMatrixXf decoded(rows, cols);
       codec->DecodeRows(cptrs.data(), 0, rows, decoded.data());
+      if (const auto it = sol.rescaled.find(t.name); it != sol.rescaled.end()) {
+        decoded.array().colwise() /= it->second.rows.array();
+        decoded.array().rowwise() /= it->second.cols.transpose().array();
+      }
       tr.stats.Add(original.data(), decoded.data(), rows * cols);
       for (const auto& p : parts) {
         writer_->Write(p);
@@ -400,6 +412,7 @@ BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
     for (size_t i = 0; i < layers.size(); ++i) {
       w[i].array().rowwise() *= s.transpose().array();
       if (search) rounded[layers[i]] = QuantizeRtn(w[i], grid, g).dequant;
+      sol.rescaled[WeightName(b, layers[i])] = {Eigen::VectorXf::Ones(w[i].rows()), s};
       sol.values[WeightName(b, layers[i])] = std::move(w[i]);
     }
     ctx.Report({b, norm, loss, Since(t0),
@@ -432,7 +445,11 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   }
   const RowMatrixXf ref = run.Run(consumers);
   WeightOverrides cur;  // every weight of the block, in the current (rescaled) basis
-  for (const std::string& n : BlockLinearNames()) cur[n] = run.Weight(n);
+  std::map<std::string, Rescaling> rescaled;
+  for (const std::string& n : BlockLinearNames()) {
+    cur[n] = run.Weight(n);
+    rescaled[n] = {Eigen::VectorXf::Ones(cur[n].rows()), Eigen::VectorXf::Ones(cur[n].cols())};
+  }
   for (const char* n : {"input_layernorm", "post_attention_layernorm"}) cur[n] = run.Weight(n);
 
   // o_proj input channel j reads v_proj output channel kv_of[j].
@@ -489,11 +506,15 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
       }
     }
     const Eigen::RowVectorXf s = expand(best_s).transpose();
-    for (const std::string& l : layers) cur[l].array().rowwise() *= s.array();
+    for (const std::string& l : layers) {
+      cur[l].array().rowwise() *= s.array();
+      rescaled[l].cols.array() *= s.transpose().array();
+    }
     if (f.prev == "input_layernorm" || f.prev == "post_attention_layernorm") {
       cur[f.prev].array().rowwise() /= best_s.transpose().array();
     } else {
       cur[f.prev].array().colwise() /= best_s.array();  // the preceding Linear's output rows
+      rescaled[f.prev].rows.array() /= best_s.array();
     }
     input_scale[f.group] = s.transpose();
     ctx.Report({b, layers.front(), best, Since(t0), fmt::format("alpha {:.2f}", best_alpha)});
@@ -508,6 +529,7 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   }
   BlockSolution sol;
   for (auto& [name, w] : cur) sol.values[BlockTensorName(b, name) + ".weight"] = std::move(w);
+  for (auto& [name, r] : rescaled) sol.rescaled[WeightName(b, name)] = std::move(r);
   return sol;
 }
 
