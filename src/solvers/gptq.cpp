@@ -166,7 +166,7 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
     uint8_t* codes = codes_storage.as<uint8_t>();
     {
       Eigen::Map<RowMatrixXf> w0(wt_storage.as<float>(), cols, nr);
-      ForEachTiled(nr, cols, 1, [&](int64_t r, int64_t c) { w0(c, r) = w(r0 + r, c); });
+      Transpose(w.data() + r0 * w.outerStride(), w.outerStride(), nr, cols, w0.data(), nr);
       for (int64_t c : hessian.dead) w0.row(c).setZero();
     }
     std::vector<GridParams> cur(static_cast<size_t>(nr));
@@ -239,11 +239,24 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
            &cd(i2, 0), nr, 1);
     }
     losses[static_cast<size_t>(worker)] += loss;
-    ForEachTiled(nr, cols, 1, [&](int64_t r, int64_t j) {
-      const int64_t c = perm[j];
-      q.dequant(r0 + r, c) = wt(j, r);
-      q.codes[static_cast<size_t>((r0 + r) * cols + c)] = codes[j * nr + r];
-    });
+    // Back to the checkpoint's column order (act-order processed them permuted), then transposed.
+    const float* wq = wt.data();
+    const uint8_t* cq = codes;
+    ScratchBuffer wq_storage, cq_storage;
+    if (options.act_order) {
+      wq_storage = ScratchBuffer(bytes);
+      cq_storage = ScratchBuffer(bytes / sizeof(float));
+      for (int64_t j = 0; j < cols; ++j) {
+        std::copy_n(&wt(j, 0), nr, wq_storage.as<float>() + perm[j] * nr);
+        std::copy_n(codes + j * nr, nr, cq_storage.as<uint8_t>() + perm[j] * nr);
+      }
+      wq = wq_storage.as<float>();
+      cq = cq_storage.as<uint8_t>();
+    }
+    Transpose(wq, nr, cols, nr, &q.dequant(r0, 0), cols);
+    uint8_t* out_codes = q.codes.data() + r0 * cols;
+    ForEachTiled(nr, cols, 1,
+                 [&](int64_t r, int64_t c) { out_codes[r * cols + c] = cq[c * nr + r]; });
   });
   double loss = 0;
   for (double v : losses) loss += v;

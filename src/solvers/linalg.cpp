@@ -4,6 +4,10 @@
 #include <cmath>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "gemm_kernel.hpp"
 #include "qtool/core/memory.hpp"
 #include "qtool/core/parallel.hpp"
@@ -105,6 +109,46 @@ RowMatrixXf LargeMatrix(int64_t rows, int64_t cols) {
   RowMatrixXf m(rows, cols);
   AdviseHugePages(m.data(), static_cast<size_t>(m.size()) * sizeof(float));
   return m;
+}
+
+void TransposeRef(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+                  int64_t dst_stride) {
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+  }
+}
+
+void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+               int64_t dst_stride) {
+  // 64 x 64 tiles: 16 KB read and 16 KB written, both in L1.
+  constexpr int64_t kTile = 64;
+  for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
+    const int64_t i1 = std::min(rows, i0 + kTile);
+    for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
+      const int64_t j1 = std::min(cols, j0 + kTile);
+      int64_t i = i0;
+#if defined(__SSE2__)
+      for (; i + 4 <= i1; i += 4) {
+        const float* s = src + i * src_stride;
+        int64_t j = j0;
+        for (; j + 4 <= j1; j += 4) {
+          __m128 r0 = _mm_loadu_ps(s + j), r1 = _mm_loadu_ps(s + src_stride + j);
+          __m128 r2 = _mm_loadu_ps(s + 2 * src_stride + j),
+                 r3 = _mm_loadu_ps(s + 3 * src_stride + j);
+          _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+          float* d = dst + j * dst_stride + i;
+          _mm_storeu_ps(d, r0);
+          _mm_storeu_ps(d + dst_stride, r1);
+          _mm_storeu_ps(d + 2 * dst_stride, r2);
+          _mm_storeu_ps(d + 3 * dst_stride, r3);
+        }
+        TransposeRef(s + j, src_stride, 4, j1 - j, dst + j * dst_stride + i, dst_stride);
+      }
+#endif
+      TransposeRef(src + i * src_stride + j0, src_stride, i1 - i, j1 - j0,
+                   dst + j0 * dst_stride + i, dst_stride);
+    }
+  }
 }
 
 void Gemm(int64_t m, int64_t n, int64_t k, float alpha, StridedView a, StridedView b, float* c,

@@ -105,6 +105,22 @@ TEST(TiledTest, VisitsEveryIndexOnce) {
   }
 }
 
+// Every size around the 4 x 4 register blocks and 64 x 64 tiles, inside larger strided buffers:
+// the same bits as the plain loop, and nothing outside the destination block written.
+TEST(TransposeTest, MatchesThePlainLoop) {
+  for (const int64_t rows : {1, 3, 4, 5, 63, 64, 65, 130}) {
+    for (const int64_t cols : {1, 2, 4, 7, 64, 66, 129}) {
+      const RowMatrixXf src = RowMatrixXf::Random(rows, cols + 3);
+      RowMatrixXf fast = RowMatrixXf::Constant(cols, rows + 5, -7.0f), ref = fast;
+      Transpose(src.data(), src.cols(), rows, cols, fast.data(), fast.cols());
+      TransposeRef(src.data(), src.cols(), rows, cols, ref.data(), ref.cols());
+      ASSERT_EQ(fast, ref) << rows << "x" << cols;
+      ASSERT_EQ(fast.leftCols(rows), src.leftCols(cols).transpose()) << rows << "x" << cols;
+      ASSERT_TRUE((fast.rightCols(5).array() == -7.0f).all()) << rows << "x" << cols;
+    }
+  }
+}
+
 TEST(FactorTest, CholeskyRejectsAnIndefiniteMatrix) {
   RowMatrixXf h = RandomSpd(40, 7);
   h(20, 20) = -1.0f;

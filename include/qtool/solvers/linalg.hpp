@@ -41,6 +41,14 @@ bool CholeskyInPlace(Eigen::Ref<RowMatrixXf> a, int threads);
 /// substitution in double precision, n^3/6 multiply-adds: for blocks of a few hundred rows.
 RowMatrixXf InvertLower(const Eigen::Ref<const RowMatrixXf>& l);
 
+/// dst[j * dst_stride + i] = src[i * src_stride + j] for i in [0, rows), j in [0, cols): a
+/// transpose on one thread, in cache-sized tiles of 4 x 4 register transposes where SSE is
+/// available (TransposeRef is the plain loop it is tested against).
+void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+               int64_t dst_stride);
+void TransposeRef(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+                  int64_t dst_stride);
+
 /// Calls fn(i, j) for every i in [0, rows) and j in [0, cols), tile by tile (32 x 32, tile rows
 /// spread over `threads`): a copy that reads one matrix by rows and writes another by columns
 /// (a transpose) then touches both a few cache lines at a time.
