@@ -11,6 +11,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #endif
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace qtool {
 
@@ -23,6 +26,14 @@ void AdviseHugePages(void* p, size_t bytes) {
 #else
   (void)p;
   (void)bytes;
+#endif
+}
+
+void RetainFreedMemory() {
+#if defined(__GLIBC__)
+  constexpr int kThreshold = 1 << 30;
+  ::mallopt(M_MMAP_THRESHOLD, kThreshold);
+  ::mallopt(M_TRIM_THRESHOLD, kThreshold);
 #endif
 }
 

@@ -10,6 +10,7 @@
 
 #include "commands.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/core/memory.hpp"
 #include "qtool/kernels.hpp"
 
 namespace {
@@ -30,6 +31,8 @@ std::string VersionText() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Solvers and the writer free and allocate buffers of tens of megabytes tensor after tensor.
+  qtool::RetainFreedMemory();
   CLI::App app{"qtool: quantise large language models and measure the quality lost"};
   app.set_version_flag("--version", VersionText,
                        "Print the version, CPU features and kernel paths");

@@ -11,6 +11,14 @@ namespace qtool {
 /// and TLB entries. The contents are unchanged.
 void AdviseHugePages(void* p, size_t bytes);
 
+/// Makes the process keep the memory of freed large blocks for its next allocations instead of
+/// returning it to the system (glibc: the mmap and trim thresholds raised to 1 GiB; nothing
+/// elsewhere). For applications that allocate and free matrices of tens of megabytes again and
+/// again, a solver's results layer after layer: fresh memory costs a page fault and the zeroing of
+/// every page, about 0.1 s for 80 MB on a virtual machine. Peak memory is unchanged, but the
+/// process holds its peak until it exits. Call it once at start-up, before any thread starts.
+void RetainFreedMemory();
+
 /// A large scratch buffer (64-byte aligned, huge pages advised, contents unspecified) taken from a
 /// process-wide cache of released ones, and given back to it on destruction. Solvers run layer
 /// after layer on the same shapes; reusing their buffers saves zeroing and faulting in fresh
