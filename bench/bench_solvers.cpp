@@ -1,9 +1,9 @@
-// GPTQ on one 4096 x 4096 layer with its Hessian given (INT4 g128), per phase GFLOP/s, as a
-// layer after the first of its shape (scratch buffers reused; the first layer's time is reported
-// too), and the
-// Hessian accumulation of 2048 input rows. Baseline: round-to-nearest on the same weights. The
-// layer is the tests' synthetic one (heavy-tailed correlated inputs with outlier channels); the
-// GPTQ benchmark also reports both methods' relative output error ||X W^T - X W^^T||^2/||X W^T||^2.
+// GPTQ on one 4096 x 4096 layer with its Hessian given (INT4 g128), per phase GFLOP/s, timed as
+// a layer after the first of its shape (scratch buffers reused; the first layer's time is reported
+// too), and the Hessian accumulation of 2048 input rows. Baseline: round-to-nearest on the same
+// weights. The layer is the tests' synthetic one (heavy-tailed correlated inputs with outlier
+// channels); the GPTQ benchmark also reports both methods' relative output error
+// ||X W^T - X W^^T||^2/||X W^T||^2.
 #include <benchmark/benchmark.h>
 
 #include <chrono>
