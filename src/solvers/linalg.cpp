@@ -1,5 +1,6 @@
 #include "qtool/solvers/linalg.hpp"
 
+#include <Eigen/Cholesky>
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -208,16 +209,10 @@ void Gemm(int64_t m, int64_t n, int64_t k, float alpha, StridedView a, StridedVi
 
 RowMatrixXf InvertLower(const Eigen::Ref<const RowMatrixXf>& l) {
   const int64_t n = l.rows();
-  RowMatrixXf x = RowMatrixXf::Zero(n, n);
-  for (int64_t j = 0; j < n; ++j) {
-    x(j, j) = static_cast<float>(1.0 / l(j, j));
-    for (int64_t i = j + 1; i < n; ++i) {
-      double s = 0;
-      for (int64_t p = j; p < i; ++p) s += static_cast<double>(l(i, p)) * x(p, j);
-      x(i, j) = static_cast<float>(-s / l(i, i));
-    }
-  }
-  return x;
+  const Eigen::MatrixXd ld = l.cast<double>();
+  Eigen::MatrixXd x = Eigen::MatrixXd::Identity(n, n);
+  ld.triangularView<Eigen::Lower>().solveInPlace(x);
+  return x.cast<float>();
 }
 
 bool CholeskyInPlace(Eigen::Ref<RowMatrixXf> a, int threads) {
@@ -225,19 +220,11 @@ bool CholeskyInPlace(Eigen::Ref<RowMatrixXf> a, int threads) {
   const int64_t lda = a.outerStride();
   for (int64_t k0 = 0; k0 < n; k0 += kNb) {
     const int64_t k1 = std::min(n, k0 + kNb), kb = k1 - k0;
-    // Diagonal block, unblocked (the earlier panels' updates are already applied), in double.
-    for (int64_t j = k0; j < k1; ++j) {
-      double d = a(j, j);
-      for (int64_t p = k0; p < j; ++p) d -= static_cast<double>(a(j, p)) * a(j, p);
-      if (!(d > 0) || !std::isfinite(d)) return false;
-      const double ljj = std::sqrt(d);
-      a(j, j) = static_cast<float>(ljj);
-      for (int64_t i = j + 1; i < k1; ++i) {
-        double s = a(i, j);
-        for (int64_t p = k0; p < j; ++p) s -= static_cast<double>(a(i, p)) * a(j, p);
-        a(i, j) = static_cast<float>(s / ljj);
-      }
-    }
+    // Diagonal block (the earlier panels' updates are already applied), in double.
+    Eigen::MatrixXd d = a.block(k0, k0, kb, kb).cast<double>();
+    Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>> llt(d);
+    if (llt.info() != Eigen::Success || !d.diagonal().allFinite()) return false;
+    a.block(k0, k0, kb, kb).triangularView<Eigen::Lower>() = d.cast<float>();
     const int64_t rest = n - k1;
     if (rest == 0) break;
     // Panel: A21 <- A21 L11^-T.
@@ -249,7 +236,7 @@ bool CholeskyInPlace(Eigen::Ref<RowMatrixXf> a, int threads) {
     Gemm(rest, rest, kb, -1.0f, {&a(k1, k0), lda, 1}, {&a(k1, k0), 1, lda}, &a(k1, k1), lda,
          threads, /*lower_only=*/true);
   }
-  a.triangularView<Eigen::StrictlyUpper>().setZero();
+  for (int64_t i = 0; i + 1 < n; ++i) std::fill(&a(i, i + 1), &a(i, 0) + n, 0.0f);  // by rows
   return true;
 }
 
