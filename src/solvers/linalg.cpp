@@ -3,6 +3,7 @@
 #include <Eigen/Cholesky>
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -24,7 +25,7 @@ using detail::kNr;
 // streams from L2; a work item owns a kNc-wide column block of C.
 constexpr int64_t kKc = 192;
 constexpr int64_t kMc = 96;
-constexpr int64_t kNc = 512;
+constexpr int64_t kNc = 1024;
 // Column block of the blocked Cholesky factorisation.
 constexpr int64_t kNb = 128;
 
@@ -52,6 +53,11 @@ void PackA(StridedView a, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float*
       for (int64_t p = 0; p < kc; ++p) {
         for (int64_t i = 0; i < kMr; ++i) o[p * kMr + i] = i < mr ? row[i][p] : 0.0f;
       }
+    } else if (a.rs == 1 && mr == kMr) {
+      // Columns of A contiguous (the transpose of a row-major matrix): kMr values per step.
+      for (int64_t p = 0; p < kc; ++p) {
+        std::copy_n(a.data + i0 + t + (p0 + p) * a.cs, kMr, o + p * kMr);
+      }
     } else {
       for (int64_t p = 0; p < kc; ++p) {
         const float* col = a.data + (i0 + t) * a.rs + (p0 + p) * a.cs;
@@ -67,7 +73,10 @@ void PackB(StridedView b, int64_t p0, int64_t kc, int64_t j0, int64_t nc, float*
   for (int64_t t = 0; t < nc; t += kNr) {
     const int64_t nr = std::min(kNr, nc - t);
     float* o = out + t * kc;
-    if (b.cs == 1) {
+    if (b.cs == 1 && nr == kNr) {
+      for (int64_t p = 0; p < kc; ++p)
+        std::copy_n(b.data + (p0 + p) * b.rs + j0 + t, kNr, o + p * kNr);
+    } else if (b.cs == 1) {
       for (int64_t p = 0; p < kc; ++p) {
         const float* row = b.data + (p0 + p) * b.rs + j0 + t;
         for (int64_t j = 0; j < nr; ++j) o[p * kNr + j] = row[j];
@@ -165,8 +174,12 @@ void Gemm(int64_t m, int64_t n, int64_t k, float alpha, StridedView a, StridedVi
       std::clamp<int64_t>((2 * threads + col_blocks - 1) / col_blocks, 1, row_blocks_all);
   const int64_t rows_per_part = (row_blocks_all + row_parts - 1) / row_parts * kMc;
   ParallelFor(col_blocks * row_parts, 1, threads, [&](int64_t w0, int64_t w1, int) {
-    std::vector<float> apack(static_cast<size_t>(kMc * kKc));
-    std::vector<float> bpack(static_cast<size_t>(kKc * kNc));
+    // Uninitialised and only as large as this product needs: the solvers call it with k = 16.
+    const int64_t kc_max = std::min(kKc, k);
+    const auto apack = std::make_unique_for_overwrite<float[]>(
+        static_cast<size_t>(std::min(kMc, (m + kMr - 1) / kMr * kMr) * kc_max));
+    const auto bpack = std::make_unique_for_overwrite<float[]>(
+        static_cast<size_t>(kc_max * std::min(kNc, (n + kNr - 1) / kNr * kNr)));
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t j0 = (w / row_parts) * kNc, nc = std::min(kNc, n - j0);
       const int64_t r_begin = (w % row_parts) * rows_per_part;
@@ -178,18 +191,18 @@ void Gemm(int64_t m, int64_t n, int64_t k, float alpha, StridedView a, StridedVi
           const int64_t mc = std::min(kMc, r_end - i0);
           if (lower_only && i0 + mc - 1 < j0) continue;  // strictly above the diagonal
           if (!packed_b) {
-            PackB(b, p0, kc, j0, nc, bpack.data());
+            PackB(b, p0, kc, j0, nc, bpack.get());
             packed_b = true;
           }
-          PackA(a, i0, mc, p0, kc, apack.data());
+          PackA(a, i0, mc, p0, kc, apack.get());
           for (int64_t t = 0; t < nc; t += kNr) {
             const int64_t nr = std::min(kNr, nc - t);
             for (int64_t s = 0; s < mc; s += kMr) {
               const int64_t mr = std::min(kMr, mc - s);
               if (lower_only && i0 + s + mr - 1 < j0 + t) continue;
               float* cp = c + (i0 + s) * ldc + j0 + t;
-              const float* ap = apack.data() + s * kc;
-              const float* bp = bpack.data() + t * kc;
+              const float* ap = apack.get() + s * kc;
+              const float* bp = bpack.get() + t * kc;
               if (mr == kMr && nr == kNr) {
                 kernel(kc, ap, bp, cp, ldc, alpha);
               } else {
