@@ -213,22 +213,38 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
           cur_group = group;
           float* wj = &wt(j, 0);
           float* dj = &cd(j, 0);
+          // The contributions of the sub-block's columns before j, left-looking (in the same
+          // order as the block GEMMs add theirs): one row written, the earlier errors read.
+          for (int64_t k = s0; k < j; ++k) {
+            const float c = lt(k, j);
+            const float* dk = &cd(k, 0);
+            for (int64_t r = 0; r < nr; ++r) dj[r] += c * dk[r];
+          }
           for (int64_t r = 0; r < nr; ++r) cur_w[r] = wj[r] + dj[r];
           grid.Quantize(cur_w.data(), nr, cur.data(), codes + j * nr, deq.data());
-          const float ljj = lt(j, j);
-          double col_loss = 0;
-          for (int64_t r = 0; r < nr; ++r) {
-            const float e = (cur_w[r] - deq[r]) * ljj;
-            col_loss += static_cast<double>(e) * e;
+          // Squared rounding errors summed in eight float lanes (so that the loop vectorises),
+          // the lanes added in double.
+          constexpr int64_t kLanes = 8;
+          float lane[kLanes] = {};
+          double col_sq = 0;
+          int64_t r = 0;
+          for (; r + kLanes <= nr; r += kLanes) {
+            for (int64_t t = 0; t < kLanes; ++t) {
+              const float e = cur_w[r + t] - deq[r + t];
+              lane[t] += e * e;
+              dj[r + t] = wj[r + t] - deq[r + t];
+              wj[r + t] = deq[r + t];
+            }
+          }
+          for (; r < nr; ++r) {
+            const float e = cur_w[r] - deq[r];
+            col_sq += static_cast<double>(e) * e;
             dj[r] = wj[r] - deq[r];
             wj[r] = deq[r];
           }
-          loss += col_loss / 2;
-          for (int64_t jj = j + 1; jj < s1; ++jj) {
-            const float c = lt(j, jj);
-            float* cjj = &cd(jj, 0);
-            for (int64_t r = 0; r < nr; ++r) cjj[r] += c * dj[r];
-          }
+          for (const float v : lane) col_sq += v;
+          const double ljj = lt(j, j);
+          loss += col_sq * ljj * ljj / 2;
         }
         // The rest of the block: C[s1:i2] += lt[s0:s1, s1:i2]^T D[s0:s1].
         Gemm(i2 - s1, nr, s1 - s0, 1.0f, {lt.data() + s0 * cols + s1, 1, cols}, {&cd(s0, 0), nr, 1},
@@ -254,9 +270,7 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
       cq = cq_storage.as<uint8_t>();
     }
     Transpose(wq, nr, cols, nr, &q.dequant(r0, 0), cols);
-    uint8_t* out_codes = q.codes.data() + r0 * cols;
-    ForEachTiled(nr, cols, 1,
-                 [&](int64_t r, int64_t c) { out_codes[r * cols + c] = cq[c * nr + r]; });
+    Transpose(cq, nr, cols, nr, q.codes.data() + r0 * cols, cols);
   });
   double loss = 0;
   for (double v : losses) loss += v;

@@ -121,44 +121,78 @@ RowMatrixXf LargeMatrix(int64_t rows, int64_t cols) {
   return m;
 }
 
-void TransposeRef(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
-                  int64_t dst_stride) {
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
-  }
-}
+namespace {
 
-void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
-               int64_t dst_stride) {
-  // 64 x 64 tiles: 16 KB read and 16 KB written, both in L1.
+// Transposes in 64 x 64 tiles (4 KB to 16 KB read and written, both in L1), each tile in blocks of
+// kBlock x kBlock by `block` (pointers to the block's first source and destination elements),
+// the edges by TransposeRef.
+template <int64_t kBlock, typename T, typename BlockFn>
+void TransposeTiled(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst,
+                    int64_t dst_stride, BlockFn&& block) {
   constexpr int64_t kTile = 64;
   for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
     const int64_t i1 = std::min(rows, i0 + kTile);
     for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
       const int64_t j1 = std::min(cols, j0 + kTile);
       int64_t i = i0;
-#if defined(__SSE2__)
-      for (; i + 4 <= i1; i += 4) {
-        const float* s = src + i * src_stride;
+      for (; i + kBlock <= i1; i += kBlock) {
+        const T* s = src + i * src_stride;
         int64_t j = j0;
-        for (; j + 4 <= j1; j += 4) {
-          __m128 r0 = _mm_loadu_ps(s + j), r1 = _mm_loadu_ps(s + src_stride + j);
-          __m128 r2 = _mm_loadu_ps(s + 2 * src_stride + j),
-                 r3 = _mm_loadu_ps(s + 3 * src_stride + j);
-          _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-          float* d = dst + j * dst_stride + i;
-          _mm_storeu_ps(d, r0);
-          _mm_storeu_ps(d + dst_stride, r1);
-          _mm_storeu_ps(d + 2 * dst_stride, r2);
-          _mm_storeu_ps(d + 3 * dst_stride, r3);
-        }
-        TransposeRef(s + j, src_stride, 4, j1 - j, dst + j * dst_stride + i, dst_stride);
+        for (; j + kBlock <= j1; j += kBlock) block(s + j, dst + j * dst_stride + i);
+        TransposeRef(s + j, src_stride, kBlock, j1 - j, dst + j * dst_stride + i, dst_stride);
       }
-#endif
       TransposeRef(src + i * src_stride + j0, src_stride, i1 - i, j1 - j0,
                    dst + j0 * dst_stride + i, dst_stride);
     }
   }
+}
+
+}  // namespace
+
+void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+               int64_t dst_stride) {
+#if defined(__SSE2__)
+  TransposeTiled<4>(src, src_stride, rows, cols, dst, dst_stride, [&](const float* s, float* d) {
+    __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + src_stride);
+    __m128 r2 = _mm_loadu_ps(s + 2 * src_stride), r3 = _mm_loadu_ps(s + 3 * src_stride);
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    _mm_storeu_ps(d, r0);
+    _mm_storeu_ps(d + dst_stride, r1);
+    _mm_storeu_ps(d + 2 * dst_stride, r2);
+    _mm_storeu_ps(d + 3 * dst_stride, r3);
+  });
+#else
+  TransposeTiled<64>(src, src_stride, rows, cols, dst, dst_stride, [&](const float* s, float* d) {
+    TransposeRef(s, src_stride, 64, 64, d, dst_stride);
+  });
+#endif
+}
+
+void Transpose(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint8_t* dst,
+               int64_t dst_stride) {
+#if defined(__SSE2__)
+  TransposeTiled<16>(
+      src, src_stride, rows, cols, dst, dst_stride, [&](const uint8_t* s, uint8_t* d) {
+        // Four rounds of interleaving row i with row i + 8: each rotates the bits of (row, column)
+        // by one, so four of them swap row and column.
+        __m128i x[16], y[16];
+        for (int i = 0; i < 16; ++i) {
+          x[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i * src_stride));
+        }
+        for (int round = 0; round < 4; ++round) {
+          for (int i = 0; i < 8; ++i) {
+            y[2 * i] = _mm_unpacklo_epi8(x[i], x[i + 8]);
+            y[2 * i + 1] = _mm_unpackhi_epi8(x[i], x[i + 8]);
+          }
+          std::copy(y, y + 16, x);
+        }
+        for (int i = 0; i < 16; ++i) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i * dst_stride), x[i]);
+        }
+      });
+#else
+  TransposeRef(src, src_stride, rows, cols, dst, dst_stride);
+#endif
 }
 
 void Gemm(int64_t m, int64_t n, int64_t k, float alpha, StridedView a, StridedView b, float* c,
