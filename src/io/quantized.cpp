@@ -111,6 +111,7 @@ struct Rules {
 struct StoredWeight {
   std::unique_ptr<WeightCodec> codec;
   std::vector<const std::byte*> parts;
+  std::vector<const CheckpointTensor*> sources;  // the parts' tensors
   DType dtype;
   std::vector<int64_t> shape;
 };
@@ -137,6 +138,7 @@ StoredWeight OpenStored(const Checkpoint& ck, const std::string& name, const jso
                 t.file->path().string(), part.name, DTypeName(t.info->dtype),
                 json(t.info->shape).dump(), DTypeName(part.dtype), json(part.shape).dump());
     s.parts.push_back(t.data().data());
+    s.sources.push_back(&t);
   }
   return s;
 }
@@ -435,17 +437,22 @@ std::vector<int64_t> LogicalShape(const Checkpoint& ck, const std::string& name)
   return ck.Get(name).info->shape;
 }
 
+// The values are copied out, so the file's pages leave the process's memory map (they stay in the
+// page cache): reading a checkpoint tensor by tensor keeps the resident set at what the caller
+// holds, however large the file.
 std::vector<float> ReadTensorF32(const Checkpoint& ck, const std::string& name, int threads) {
   const json tensors = TensorsRecord(ck);
   if (tensors.contains(name)) {
     const StoredWeight s = OpenStored(ck, name, tensors[name]);
     std::vector<float> out(static_cast<size_t>(s.shape[0] * s.shape[1]));
     DecodeInto(s, ResolveThreads(threads), out.data());
+    for (const CheckpointTensor* t : s.sources) t->file->Release(*t->info);
     return out;
   }
   const CheckpointTensor& t = ck.Get(name);
   std::vector<float> out(static_cast<size_t>(t.info->numel()));
   ConvertToF32(t.data().data(), t.info->dtype, t.info->numel(), out.data());
+  t.file->Release(*t.info);
   return out;
 }
 

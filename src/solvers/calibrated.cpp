@@ -175,6 +175,7 @@ class StreamingWriter {
       report_.params_quantized += t.numel();
       report_.quantized_bytes_out += tr.bytes_out;
     }
+    src.file->Release(t);  // written: its pages leave the memory map, as in QuantizeCheckpoint
     report_.params_total += t.numel();
     report_.bytes_in += tr.bytes_in;
     report_.bytes_out += tr.bytes_out;

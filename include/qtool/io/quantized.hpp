@@ -129,7 +129,8 @@ std::vector<std::string> LogicalTensorNames(const Checkpoint& ck);
 std::vector<int64_t> LogicalShape(const Checkpoint& ck, const std::string& name);
 
 /// Reads weight `name` as f32, decoding it when it is stored quantised. Throws FormatError when
-/// absent.
+/// absent. The file pages it read are then released from the memory map (they stay in the page
+/// cache), so reading tensor after tensor does not grow the resident set.
 std::vector<float> ReadTensorF32(const Checkpoint& ck, const std::string& name, int threads = 1);
 
 /// Writes a plain float checkpoint with every quantised weight decoded to its original dtype.
