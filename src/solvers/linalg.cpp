@@ -2,9 +2,7 @@
 
 #include <Eigen/Cholesky>
 #include <algorithm>
-#include <cmath>
 #include <memory>
-#include <vector>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
