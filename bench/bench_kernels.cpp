@@ -148,16 +148,18 @@ void SetGemmCounters(benchmark::State& state, int64_t m, int64_t n, int64_t k) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// Activation quantisation is part of each timed call, as it would be at inference.
-void IntGemm(benchmark::State& state, int bits, int64_t group) {
+// The integer GEMMs take int8 activations with per-token scales. With `quantize_acts`, the
+// dynamic quantisation of the f32 activations is part of each timed call, as at inference.
+void IntGemm(benchmark::State& state, int bits, int64_t group, bool quantize_acts = true) {
   const int64_t n = state.range(0), k = state.range(1), m = state.range(2);
   const int threads = static_cast<int>(state.range(3));
   const IntWeights w(n, k, bits, group == 0 ? k : group);
   const auto x = Activations(m, k);
   std::vector<int8_t> q(m * k);
   std::vector<float> sa(m), y(m * n);
+  QuantizeActivations(x.data(), m, k, q.data(), sa.data());
   for (auto _ : state) {
-    QuantizeActivations(x.data(), m, k, q.data(), sa.data());
+    if (quantize_acts) QuantizeActivations(x.data(), m, k, q.data(), sa.data());
     if (bits == 8) {
       GemmW8A8(q.data(), sa.data(), m, w.view, y.data(), threads);
     } else {
@@ -179,11 +181,60 @@ BENCHMARK(KernelGemvW4A8G128)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
-void KernelGemmW8A8(benchmark::State& state) { IntGemm(state, 8, 0); }
+void KernelGemmW8A8(benchmark::State& state) { IntGemm(state, 8, 0, false); }
 BENCHMARK(KernelGemmW8A8)
     ->Args({4096, 4096, 1, 1})
     ->Args({2048, 2048, 2048, 1})
     ->Unit(benchmark::kMillisecond);
+void KernelGemmW8A8QuantizingActs(benchmark::State& state) { IntGemm(state, 8, 0); }
+BENCHMARK(KernelGemmW8A8QuantizingActs)->Args({2048, 2048, 2048, 1})->Unit(benchmark::kMillisecond);
+
+// Dynamic per-token INT8 quantisation of f32 activations [m, k]; bytes/s of f32 read.
+void KernelQuantizeActivations(benchmark::State& state) {
+  const int64_t m = state.range(0), k = state.range(1);
+  const auto x = Activations(m, k);
+  std::vector<int8_t> q(m * k);
+  std::vector<float> sa(m);
+  for (auto _ : state) {
+    QuantizeActivations(x.data(), m, k, q.data(), sa.data());
+    benchmark::ClobberMemory();
+  }
+  SetF32Bytes(state, m * k);
+}
+BENCHMARK(KernelQuantizeActivations)->Args({2048, 2048})->Unit(benchmark::kMillisecond);
+
+#if defined(__x86_64__)
+// The VNNI peak of this core: 24 independent chains of register-only VPDPBUSD on 512-bit vectors,
+// 128 integer operations each. The W8A8 GEMM's op/s are to be read against it.
+#define QTOOL_DP(r) "vpdpbusd %%zmm30, %%zmm31, %%zmm" #r "\n\t"
+__attribute__((target("avx512f,avx512vnni"))) void VnniPeakLoop(int64_t iterations) {
+  for (int64_t i = 0; i < iterations; ++i) {
+    asm volatile(QTOOL_DP(0) QTOOL_DP(1) QTOOL_DP(2) QTOOL_DP(3) QTOOL_DP(4) QTOOL_DP(5) QTOOL_DP(6)
+                     QTOOL_DP(7) QTOOL_DP(8) QTOOL_DP(9) QTOOL_DP(10) QTOOL_DP(11) QTOOL_DP(12)
+                         QTOOL_DP(13) QTOOL_DP(14) QTOOL_DP(15) QTOOL_DP(16) QTOOL_DP(17)
+                             QTOOL_DP(18) QTOOL_DP(19) QTOOL_DP(20) QTOOL_DP(21) QTOOL_DP(22)
+                                 QTOOL_DP(23)
+                 :
+                 :
+                 : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+                   "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18",
+                   "xmm19", "xmm20", "xmm21", "xmm22", "xmm23");
+  }
+}
+#undef QTOOL_DP
+
+void KernelBaselineVnniPeak(benchmark::State& state) {
+  if (!__builtin_cpu_supports("avx512vnni")) {
+    state.SkipWithError("this CPU has no AVX-512 VNNI");
+    return;
+  }
+  constexpr int64_t kIterations = 1 << 20;
+  for (auto _ : state) VnniPeakLoop(kIterations);
+  state.counters["op/s"] = benchmark::Counter(static_cast<double>(kIterations * 24 * 128),
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(KernelBaselineVnniPeak)->Unit(benchmark::kMillisecond);
+#endif
 
 void KernelGemvW4A16G128(benchmark::State& state) {
   const int64_t n = state.range(0), k = state.range(1);

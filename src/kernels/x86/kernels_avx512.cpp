@@ -227,26 +227,95 @@ void W8A8Rows(const int8_t* q, float sa, const QuantWeights& w, int64_t n0, int6
 //   weights [k4 / 4][3 panels][16 rows][4 bytes], activations [m / 8][k4 / 4][8 tokens][4 bytes].
 constexpr int kPanel = 16, kPanels = 3, kMr = 8;
 
-// Panel j (rows nb .. nb + 15) of the interleaved weight block.
+// Rounds 1 and 2 of a dword transpose, on the 4 rows r[0..3]: afterwards r[s] holds, in its
+// 128-bit lane l, element 4l + s of each of the 4 rows.
+inline void TransposeDwords4(__m512i* r) {
+  const __m512i a0 = _mm512_unpacklo_epi32(r[0], r[1]), a1 = _mm512_unpackhi_epi32(r[0], r[1]);
+  const __m512i a2 = _mm512_unpacklo_epi32(r[2], r[3]), a3 = _mm512_unpackhi_epi32(r[2], r[3]);
+  r[0] = _mm512_unpacklo_epi64(a0, a2);
+  r[1] = _mm512_unpackhi_epi64(a0, a2);
+  r[2] = _mm512_unpacklo_epi64(a1, a3);
+  r[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
+// Panel j (rows nb .. nb + 15) of the interleaved weight block: the dwords of 16 rows, 16 at a
+// time, transposed in registers so that each store holds one group of 4 bytes of every row.
 void PackPanel(const QuantWeights& w, int64_t nb, int64_t n1, int64_t k4, uint8_t* panel) {
   const int64_t k = w.cols;
   const int64_t rows = std::clamp<int64_t>(n1 - nb, 0, kPanel);
-  const __mmask16 valid = Mask16(rows);
-  const __m512i index =
-      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                         _mm512_set1_epi32(static_cast<int>(k)));
   const uint8_t* base = w.codes + std::min(nb, n1) * k;
   const int64_t full = k / 4;
-  for (int64_t kk = 0; kk < full; ++kk) {
-    const __m512i v =
-        _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, index, base + 4 * kk, 1);
-    _mm512_store_si512(panel + kk * 64 * kPanels, v);
+  int64_t kk = 0;
+  for (; kk + 16 <= full; kk += 16) {
+    __m512i r[16];
+    for (int i = 0; i < 16; ++i) {
+      r[i] = i < rows ? _mm512_loadu_si512(base + i * k + 4 * kk) : _mm512_setzero_si512();
+    }
+    for (int g = 0; g < 4; ++g) TransposeDwords4(r + 4 * g);
+    // r[4g + s] lane l: element 4l + s of rows 4g .. 4g + 3; gather the four row groups' lanes.
+    for (int s = 0; s < 4; ++s) {
+      const __m512i d0 = _mm512_shuffle_i32x4(r[s], r[4 + s], 0x44);
+      const __m512i d1 = _mm512_shuffle_i32x4(r[s], r[4 + s], 0xee);
+      const __m512i d2 = _mm512_shuffle_i32x4(r[8 + s], r[12 + s], 0x44);
+      const __m512i d3 = _mm512_shuffle_i32x4(r[8 + s], r[12 + s], 0xee);
+      uint8_t* dst = panel + (kk + s) * 64 * kPanels;
+      _mm512_store_si512(dst, _mm512_shuffle_i32x4(d0, d2, 0x88));
+      _mm512_store_si512(dst + 4 * 64 * kPanels, _mm512_shuffle_i32x4(d0, d2, 0xdd));
+      _mm512_store_si512(dst + 8 * 64 * kPanels, _mm512_shuffle_i32x4(d1, d3, 0x88));
+      _mm512_store_si512(dst + 12 * 64 * kPanels, _mm512_shuffle_i32x4(d1, d3, 0xdd));
+    }
   }
-  for (int64_t kk = full; kk < k4 / 4; ++kk) {  // the last, partial group of 4
+  for (; kk < k4 / 4; ++kk) {  // the last groups of 4, the final one possibly partial
     uint8_t* dst = panel + kk * 64 * kPanels;
     std::memset(dst, 0, 64);
     for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t j = 0; 4 * kk + j < k; ++j) dst[r * 4 + j] = base[r * k + 4 * kk + j];
+      for (int64_t j = 0; j < 4 && 4 * kk + j < k; ++j) dst[r * 4 + j] = base[r * k + 4 * kk + j];
+    }
+  }
+}
+
+// Tokens t .. t + 7 of q (rows of k bytes) into the micro-kernel's layout [k4 / 4][8][4 bytes]:
+// 16 groups of 4 bytes of each token at a time, transposed in registers; padding tokens and the
+// bytes past k are zero. sums[i] = sum of token t + i's codes, for the tokens that exist.
+void InterleaveTokens(const int8_t* q, int64_t m, int64_t k, int64_t t, int8_t* block,
+                      int32_t* sums) {
+  const int64_t rows = std::min<int64_t>(kMr, m - t), full = k / 4;
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i sum[kMr];
+  for (auto& v : sum) v = _mm512_setzero_si512();
+  int64_t kk = 0;
+  for (; kk + 16 <= full; kk += 16) {
+    __m512i r[kMr];
+    for (int i = 0; i < kMr; ++i) {
+      r[i] = i < rows ? _mm512_loadu_si512(q + (t + i) * k + 4 * kk) : _mm512_setzero_si512();
+      sum[i] = _mm512_dpbusd_epi32(sum[i], ones, r[i]);
+    }
+    TransposeDwords4(r);
+    TransposeDwords4(r + 4);
+    // r[s] and r[4 + s], lane l: element 4l + s of tokens 0..3 and 4..7. Output vector j holds
+    // elements 2j and 2j + 1 of the 8 tokens.
+    for (int s = 0; s < 4; s += 2) {
+      const __m512i lo0 = _mm512_shuffle_i32x4(r[s], r[4 + s], 0x44);
+      const __m512i hi0 = _mm512_shuffle_i32x4(r[s], r[4 + s], 0xee);
+      const __m512i lo1 = _mm512_shuffle_i32x4(r[s + 1], r[5 + s], 0x44);
+      const __m512i hi1 = _mm512_shuffle_i32x4(r[s + 1], r[5 + s], 0xee);
+      int8_t* dst = block + (kk + s) * 32;
+      _mm512_storeu_si512(dst, _mm512_shuffle_i32x4(lo0, lo1, 0x88));
+      _mm512_storeu_si512(dst + 4 * 32, _mm512_shuffle_i32x4(lo0, lo1, 0xdd));
+      _mm512_storeu_si512(dst + 8 * 32, _mm512_shuffle_i32x4(hi0, hi1, 0x88));
+      _mm512_storeu_si512(dst + 12 * 32, _mm512_shuffle_i32x4(hi0, hi1, 0xdd));
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) sums[r] = _mm512_reduce_add_epi32(sum[r]);
+  for (; kk < (k + 3) / 4; ++kk) {
+    int8_t* dst = block + kk * 32;
+    std::memset(dst, 0, 32);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < 4 && 4 * kk + j < k; ++j) {
+        const int8_t v = q[(t + r) * k + 4 * kk + j];
+        dst[r * 4 + j] = v;
+        sums[r] += v;
+      }
     }
   }
 }
@@ -258,8 +327,33 @@ void PackPanel(const QuantWeights& w, int64_t nb, int64_t n1, int64_t k4, uint8_
 #define QTOOL_TOKEN(off, a0, a1, a2) QTOOL_DP(off, 0, a0) QTOOL_DP(off, 1, a1) QTOOL_DP(off, 2, a2)
 #define QTOOL_ACC(r) "+v"(c##r##0), "+v"(c##r##1), "+v"(c##r##2)
 
+// The scaling of a whole tile, 8 tokens x 48 rows, done on the accumulators in registers:
+// y = float(acc - zero * sum(q)) * a_scale * w_scale, the reference's order of products.
+struct W8A8Tile {
+  __m512i zero[kPanels];
+  __m512 w_scale[kPanels];
+  const int32_t* sums;  // of the tile's 8 tokens
+  const float* a_scales;
+  float* y;  // the tile's first output; tokens are w.rows apart
+  int64_t ldy;
+};
+
+inline void W8A8TileRow(const W8A8Tile& o, int r, __m512i c0, __m512i c1, __m512i c2) {
+  const __m512i sum = _mm512_set1_epi32(o.sums[r]);
+  const __m512 sa = _mm512_set1_ps(o.a_scales[r]);
+  float* y = o.y + r * o.ldy;
+  const __m512i c[kPanels] = {c0, c1, c2};
+  for (int j = 0; j < kPanels; ++j) {
+    const __m512i dot = _mm512_sub_epi32(c[j], _mm512_mullo_epi32(o.zero[j], sum));
+    _mm512_storeu_ps(y + j * kPanel,
+                     _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), sa), o.w_scale[j]));
+  }
+}
+
 // acc[r][j] = sum_k panel_j[k] * a_r[k] over the padded length k4, for 8 tokens and 3 panels.
-void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, __m512i (*acc)[kPanels]) {
+// With `tile`, the outputs are scaled and stored from registers instead, and acc is unused.
+void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, const W8A8Tile* tile,
+               __m512i (*acc)[kPanels]) {
 #define QTOOL_ROW(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0
   QTOOL_ROW(0);
   QTOOL_ROW(1);
@@ -283,6 +377,19 @@ void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, __m512i (*acc
             QTOOL_TOKEN(28, 9, 10, 11)
         : QTOOL_ACC(4), QTOOL_ACC(5), QTOOL_ACC(6), QTOOL_ACC(7)
         : [a] "r"(ap), [w0] "v"(w0), [w1] "v"(w1), [w2] "v"(w2));
+  }
+  if (tile) {
+#define QTOOL_OUT(r) W8A8TileRow(*tile, r, c##r##0, c##r##1, c##r##2)
+    QTOOL_OUT(0);
+    QTOOL_OUT(1);
+    QTOOL_OUT(2);
+    QTOOL_OUT(3);
+    QTOOL_OUT(4);
+    QTOOL_OUT(5);
+    QTOOL_OUT(6);
+    QTOOL_OUT(7);
+#undef QTOOL_OUT
+    return;
   }
 #define QTOOL_OUT(r) acc[r][0] = c##r##0, acc[r][1] = c##r##1, acc[r][2] = c##r##2
   QTOOL_OUT(0);
@@ -337,19 +444,8 @@ void GemmW8A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, 
   const int64_t block_cols = kPanels * kPanel, block_bytes = block_cols * k4;
   Scratch panels(0, kChunkBlocks * block_bytes), acts(1, m8 * k4), sums(2, a.m * 4);
   auto* ap = acts.as<int8_t>();
-  // Zero what the copies below leave unwritten: the tail bytes of each group of 4 when k is not a
-  // multiple of 4, and the padding tokens of the last block.
-  if (k % 4) {
-    std::memset(ap, 0, static_cast<size_t>(m8 * k4));
-  } else if (a.m % kMr) {
-    std::memset(ap + (m8 - kMr) * k4, 0, static_cast<size_t>(kMr * k4));
-  }
-  for (int64_t t = 0; t < a.m; ++t) {
-    int8_t* block = ap + t / kMr * kMr * k4 + t % kMr * 4;
-    const int8_t* q = a.q + t * k;
-    for (int64_t kk = 0; kk < k / 4; ++kk) std::memcpy(block + kk * 32, q + kk * 4, 4);
-    for (int64_t i = k / 4 * 4; i < k; ++i) block[i / 4 * 32 + i % 4] = q[i];
-    sums.as<int32_t>()[t] = SumQ(q, k);
+  for (int64_t t = 0; t < a.m; t += kMr) {
+    InterleaveTokens(a.q, a.m, k, t, ap + t * k4, sums.as<int32_t>() + t);
   }
   __m512i acc[kMr][kPanels];
   for (int64_t c0 = n0; c0 < n1; c0 += kChunkBlocks * block_cols) {
@@ -363,8 +459,30 @@ void GemmW8A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, 
     }
     for (int64_t t = 0; t < a.m; t += kMr) {
       for (int64_t b = 0; b < nblocks; ++b) {
-        W8A8Micro(panels.as<uint8_t>() + b * block_bytes, ap + t * k4, k4, acc);
-        W8A8Store(acc, a, sums.as<int32_t>(), w, t, c0 + b * block_cols, c1, y);
+        const int64_t nb = c0 + b * block_cols;
+        const uint8_t* block = panels.as<uint8_t>() + b * block_bytes;
+        if (t + kMr <= a.m && nb + block_cols <= c1) {
+          W8A8Tile tile{{}, {}, sums.as<int32_t>() + t, a.scales + t, y + t * w.rows + nb, w.rows};
+          for (int j = 0; j < kPanels; ++j) {
+            const int64_t r0 = nb + j * kPanel;
+            tile.zero[j] = w.zeros ? _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                         reinterpret_cast<const __m128i*>(w.zeros + r0)))
+                                   : _mm512_set1_epi32(128);
+            tile.w_scale[j] = _mm512_loadu_ps(w.scales + r0);
+          }
+          // The tile's outputs are fetched into cache now, so the stores at its end need not wait
+          // for memory.
+          for (int r = 0; r < kMr; ++r) {
+            for (int j = 0; j < kPanels; ++j) {
+              _mm_prefetch(reinterpret_cast<const char*>(tile.y + r * tile.ldy + j * kPanel),
+                           _MM_HINT_T0);
+            }
+          }
+          W8A8Micro(block, ap + t * k4, k4, &tile, acc);
+        } else {
+          W8A8Micro(block, ap + t * k4, k4, nullptr, acc);
+          W8A8Store(acc, a, sums.as<int32_t>(), w, t, nb, c1, y);
+        }
       }
     }
   }
