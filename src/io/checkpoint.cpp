@@ -282,10 +282,10 @@ void BackgroundWriter::RethrowIfFailed() {
 void BackgroundWriter::Push(Job job) {
   std::unique_lock<std::mutex> lock(mu_);
   // A job larger than the bound still goes through once the queue is empty.
-  cv_.wait(lock,
-           [&] { return error_ || queued_ == 0 || queued_ + job.bytes.size() <= max_queued_; });
+  const size_t n = job.counted ? job.bytes.size() : 0;
+  cv_.wait(lock, [&] { return error_ || queued_ == 0 || queued_ + n <= max_queued_; });
   RethrowIfFailed();
-  queued_ += job.bytes.size();
+  queued_ += n;
   jobs_.push_back(std::move(job));
   cv_.notify_all();
 }
@@ -299,6 +299,11 @@ void BackgroundWriter::Enqueue(std::vector<std::byte> owned) {
 
 void BackgroundWriter::Enqueue(std::span<const std::byte> borrowed, std::function<void()> done) {
   Push(Job{{}, borrowed, std::move(done)});
+}
+
+void BackgroundWriter::EnqueueMapped(std::span<const std::byte> mapped,
+                                     std::function<void()> done) {
+  Push(Job{{}, mapped, std::move(done), false});
 }
 
 void BackgroundWriter::Finish() {
@@ -326,7 +331,7 @@ void BackgroundWriter::Run() {
       error_ = std::current_exception();
       lock.unlock();
     }
-    const size_t n = job.bytes.size();
+    const size_t n = job.counted ? job.bytes.size() : 0;
     job = Job{};  // free the buffer before taking the lock
     lock.lock();
     busy_ = false;

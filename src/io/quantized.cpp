@@ -20,7 +20,9 @@ namespace {
 
 // Output waiting to be written: enough to overlap a tensor's writing with the next one's
 // quantisation, small enough to keep memory bounded.
-constexpr uint64_t kMaxQueuedBytes = 256ull << 20;
+constexpr uint64_t kMaxQueuedBytes = 128ull << 20;
+// Unchanged tensors reach the writer in slices of this size (see BackgroundWriter::EnqueueMapped).
+constexpr size_t kMappedSlice = size_t{8} << 20;
 
 // Output buffers of quantised tensors, reused once the background writer has written them, so that
 // the steady state neither zero-fills nor page-faults fresh memory. A model's tensors come in a
@@ -346,7 +348,12 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
     tr.bytes_in = t.nbytes();
     src.file->Prefetch(t);
     if (!codecs[i]) {
-      background.Enqueue(src.data(), [&src] { src.file->Release(*src.info); });
+      // Copied as it is, a slice at a time, each slice's pages dropped from the map once written.
+      const std::span<const std::byte> bytes = src.data();
+      for (size_t off = 0; off < bytes.size(); off += kMappedSlice) {
+        const auto slice = bytes.subspan(off, std::min(kMappedSlice, bytes.size() - off));
+        background.EnqueueMapped(slice, [&src, slice] { src.file->Release(slice); });
+      }
       tr.bytes_out = t.nbytes();
     } else {
       WeightCodec& codec = *codecs[i];

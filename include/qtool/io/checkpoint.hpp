@@ -123,6 +123,9 @@ class BackgroundWriter {
   void Enqueue(std::vector<std::byte> owned);
   /// Queues bytes that stay valid until `done` runs, right after they are written.
   void Enqueue(std::span<const std::byte> borrowed, std::function<void()> done);
+  /// As Enqueue, for bytes of a file mapping: they take no memory until they are written, so they
+  /// do not count against the bound (and Enqueue does not wait for them).
+  void EnqueueMapped(std::span<const std::byte> mapped, std::function<void()> done);
   /// Waits until every queued byte is written.
   void Finish();
 
@@ -131,6 +134,7 @@ class BackgroundWriter {
     std::vector<std::byte> owned;
     std::span<const std::byte> bytes;
     std::function<void()> done;
+    bool counted = true;  // against max_queued_
   };
   void Push(Job job);
   void Run();

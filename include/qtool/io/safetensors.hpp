@@ -75,6 +75,10 @@ class SafetensorsFile {
   void Release(const TensorInfo& t) const {
     map_.Release(header_.data_offset + t.begin, t.nbytes());
   }
+  /// Drops the pages of `part`, a span of Data(), from the process's memory map (see MappedFile).
+  void Release(std::span<const std::byte> part) const {
+    map_.Release(static_cast<size_t>(part.data() - map_.bytes().data()), part.size());
+  }
 
  private:
   MappedFile map_;
