@@ -26,32 +26,33 @@ void Advise(const std::byte* base, size_t size, size_t offset, size_t len, int a
 }  // namespace
 
 MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  QTOOL_CHECK(fd >= 0, IoError, "{}: cannot open: {}", path.string(), std::strerror(errno));
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  QTOOL_CHECK(fd_ >= 0, IoError, "{}: cannot open: {}", path.string(), std::strerror(errno));
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
     const int err = errno;
-    ::close(fd);
+    Reset();
     throw IoError(fmt::format("{}: not a regular file{}", path.string(),
                               err ? std::string(": ") + std::strerror(err) : ""));
   }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    const int err = errno;
-    ::close(fd);
-    QTOOL_CHECK(p != MAP_FAILED, IoError, "{}: cannot map {} bytes: {}", path.string(), size_,
-                std::strerror(err));
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
+    if (p == MAP_FAILED) {
+      const int err = errno;
+      Reset();
+      throw IoError(fmt::format("{}: cannot map {} bytes: {}", path.string(), st.st_size,
+                                std::strerror(err)));
+    }
     data_ = static_cast<const std::byte*>(p);
-  } else {
-    ::close(fd);
   }
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
     : path_(std::move(other.path_)),
       data_(std::exchange(other.data_, nullptr)),
-      size_(std::exchange(other.size_, 0)) {}
+      size_(std::exchange(other.size_, 0)),
+      fd_(std::exchange(other.fd_, -1)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
@@ -59,6 +60,7 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
     path_ = std::move(other.path_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    fd_ = std::exchange(other.fd_, -1);
   }
   return *this;
 }
@@ -67,8 +69,10 @@ MappedFile::~MappedFile() { Reset(); }
 
 void MappedFile::Reset() noexcept {
   if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);
+  if (fd_ >= 0) ::close(fd_);
   data_ = nullptr;
   size_ = 0;
+  fd_ = -1;
 }
 
 void MappedFile::Prefetch(size_t offset, size_t len) const {
@@ -77,6 +81,19 @@ void MappedFile::Prefetch(size_t offset, size_t len) const {
 
 void MappedFile::Release(size_t offset, size_t len) const {
   Advise(data_, size_, offset, len, MADV_DONTNEED);
+}
+
+void MappedFile::Read(size_t offset, std::span<std::byte> dst) const {
+  size_t done = 0;
+  while (done < dst.size()) {
+    const ssize_t r =
+        ::pread(fd_, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    QTOOL_CHECK(r > 0, IoError, "{}: cannot read {} bytes at offset {}: {}", path_.string(),
+                dst.size() - done, offset + done,
+                r < 0 ? std::strerror(errno) : "the file ends there (was it truncated?)");
+    done += static_cast<size_t>(r);
+  }
 }
 
 }  // namespace qtool

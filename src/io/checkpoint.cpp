@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -194,8 +195,14 @@ void CheckpointWriter::OpenShard(size_t shard) {
 }
 
 void CheckpointWriter::Write(std::span<const std::byte> bytes) {
-  while (!bytes.empty()) {
-    const size_t take = static_cast<size_t>(std::min<uint64_t>(bytes.size(), writer_->remaining()));
+  Write(bytes.size(), [bytes](uint64_t offset, std::span<std::byte> dst) {
+    std::memcpy(dst.data(), bytes.data() + offset, dst.size());
+  });
+}
+
+void CheckpointWriter::Write(uint64_t n, const ByteSource& read) {
+  for (uint64_t done = 0; done < n;) {
+    const uint64_t take = std::min(n - done, writer_->remaining());
     if (take == 0) {
       QTOOL_CHECK(shard_ + 2 < shard_first_.size(), ShapeError,
                   "{}: more tensor bytes written than announced", dir_.string());
@@ -203,8 +210,10 @@ void CheckpointWriter::Write(std::span<const std::byte> bytes) {
       OpenShard(shard_ + 1);
       continue;
     }
-    writer_->Write(bytes.first(take));
-    bytes = bytes.subspan(take);
+    writer_->Write(take, [&read, done](uint64_t offset, std::span<std::byte> dst) {
+      read(done + offset, dst);
+    });
+    done += take;
   }
 }
 
@@ -282,7 +291,7 @@ void BackgroundWriter::RethrowIfFailed() {
 void BackgroundWriter::Push(Job job) {
   std::unique_lock<std::mutex> lock(mu_);
   // A job larger than the bound still goes through once the queue is empty.
-  const size_t n = job.counted ? job.bytes.size() : 0;
+  const size_t n = job.bytes.size();
   cv_.wait(lock, [&] { return error_ || queued_ == 0 || queued_ + n <= max_queued_; });
   RethrowIfFailed();
   queued_ += n;
@@ -298,12 +307,17 @@ void BackgroundWriter::Enqueue(std::vector<std::byte> owned) {
 }
 
 void BackgroundWriter::Enqueue(std::span<const std::byte> borrowed, std::function<void()> done) {
-  Push(Job{{}, borrowed, std::move(done)});
+  Job job;
+  job.bytes = borrowed;
+  job.done = std::move(done);
+  Push(std::move(job));
 }
 
-void BackgroundWriter::EnqueueMapped(std::span<const std::byte> mapped,
-                                     std::function<void()> done) {
-  Push(Job{{}, mapped, std::move(done), false});
+void BackgroundWriter::EnqueueRead(uint64_t n, ByteSource read) {
+  Job job;
+  job.read_bytes = n;
+  job.read = std::move(read);
+  Push(std::move(job));
 }
 
 void BackgroundWriter::Finish() {
@@ -323,7 +337,11 @@ void BackgroundWriter::Run() {
     lock.unlock();
     try {
       if (!error_) {
-        writer_.Write(job.bytes);
+        if (job.read) {
+          writer_.Write(job.read_bytes, job.read);
+        } else {
+          writer_.Write(job.bytes);
+        }
         if (job.done) job.done();
       }
     } catch (...) {
@@ -331,7 +349,7 @@ void BackgroundWriter::Run() {
       error_ = std::current_exception();
       lock.unlock();
     }
-    const size_t n = job.counted ? job.bytes.size() : 0;
+    const size_t n = job.bytes.size();
     job = Job{};  // free the buffer before taking the lock
     lock.lock();
     busy_ = false;

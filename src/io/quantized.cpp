@@ -21,8 +21,6 @@ namespace {
 // Output waiting to be written: enough to overlap a tensor's writing with the next one's
 // quantisation, small enough to keep memory bounded.
 constexpr uint64_t kMaxQueuedBytes = 128ull << 20;
-// Unchanged tensors reach the writer in slices of this size (see BackgroundWriter::EnqueueMapped).
-constexpr size_t kMappedSlice = size_t{8} << 20;
 
 // Output buffers of quantised tensors, reused once the background writer has written them, so that
 // the steady state neither zero-fills nor page-faults fresh memory. A model's tensors come in a
@@ -212,13 +210,16 @@ void CopyModelFiles(const Checkpoint& in, const json& qc, CheckpointWriter& writ
   writer.WriteTextFile("config.json", config.dump(2) + "\n");
 }
 
-ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec,
-                          std::byte* const* parts, int threads, const std::string& label) {
+namespace {
+
+// QuantizeMatrix over rows that fetch(r0, r1, raw) gives: a pointer to their stored bytes, in
+// memory or read into the caller's `raw` buffer.
+template <typename Fetch>
+ErrorStats QuantizeMatrixWith(const Fetch& fetch, DType dtype, WeightCodec& codec,
+                              std::byte* const* parts, int threads, const std::string& label) {
   const int64_t cols = codec.cols();
-  const size_t esize = static_cast<size_t>(BitsOf(dtype) / 8);
-  auto convert = [&](int64_t r0, int64_t r1, float* dst) {
-    const int64_t bad =
-        ConvertToF32(data + static_cast<size_t>(r0 * cols) * esize, dtype, (r1 - r0) * cols, dst);
+  auto convert = [&](int64_t r0, int64_t r1, std::vector<std::byte>& raw, float* dst) {
+    const int64_t bad = ConvertToF32(fetch(r0, r1, raw), dtype, (r1 - r0) * cols, dst);
     if (bad >= 0) {
       const int64_t idx = r0 * cols + bad;
       throw NumericError(fmt::format("{} has a non-finite value ({}) at [{}, {}]", label, dst[bad],
@@ -227,28 +228,57 @@ ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec
   };
   const int64_t chunk = ChunkRows(codec);
   if (codec.needs_observe()) {
+    std::vector<std::byte> raw;
     std::vector<float> buf(static_cast<size_t>(chunk * cols));
     for (int64_t r0 = 0; r0 < codec.rows(); r0 += chunk) {
       const int64_t r1 = std::min(codec.rows(), r0 + chunk);
-      convert(r0, r1, buf.data());
+      convert(r0, r1, raw, buf.data());
       codec.Observe(buf.data(), r0, r1 - r0);
     }
   }
   threads = ResolveThreads(threads);
-  std::vector<ErrorStats> stats(static_cast<size_t>(threads));
-  std::vector<std::vector<float>> scratch(static_cast<size_t>(threads));
-  ParallelFor(codec.rows(), chunk, threads, [&](int64_t r0, int64_t r1, int worker) {
-    auto& buf = scratch[static_cast<size_t>(worker)];
-    buf.resize(static_cast<size_t>(2 * chunk * cols));
-    float* w = buf.data();
-    float* deq = buf.data() + chunk * cols;
-    convert(r0, r1, w);
+  struct Worker {
+    ErrorStats stats;
+    std::vector<std::byte> raw;
+    std::vector<float> buf;
+  };
+  std::vector<Worker> workers(static_cast<size_t>(threads));
+  ParallelFor(codec.rows(), chunk, threads, [&](int64_t r0, int64_t r1, int index) {
+    Worker& wk = workers[static_cast<size_t>(index)];
+    wk.buf.resize(static_cast<size_t>(2 * chunk * cols));
+    float* w = wk.buf.data();
+    float* deq = wk.buf.data() + chunk * cols;
+    convert(r0, r1, wk.raw, w);
     codec.EncodeRows(w, r0, r1 - r0, parts, deq);
-    stats[static_cast<size_t>(worker)].Add(w, deq, (r1 - r0) * cols);
+    wk.stats.Add(w, deq, (r1 - r0) * cols);
   });
   ErrorStats total;
-  for (const ErrorStats& s : stats) total += s;
+  for (const Worker& wk : workers) total += wk.stats;
   return total;
+}
+
+}  // namespace
+
+ErrorStats QuantizeMatrix(const ByteSource& read, DType dtype, WeightCodec& codec,
+                          std::byte* const* parts, int threads, const std::string& label) {
+  const uint64_t row_bytes = static_cast<uint64_t>(codec.cols()) * (BitsOf(dtype) / 8);
+  return QuantizeMatrixWith(
+      [&](int64_t r0, int64_t r1, std::vector<std::byte>& raw) {
+        raw.resize(static_cast<size_t>(static_cast<uint64_t>(r1 - r0) * row_bytes));
+        read(static_cast<uint64_t>(r0) * row_bytes, raw);
+        return static_cast<const std::byte*>(raw.data());
+      },
+      dtype, codec, parts, threads, label);
+}
+
+ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec,
+                          std::byte* const* parts, int threads, const std::string& label) {
+  const uint64_t row_bytes = static_cast<uint64_t>(codec.cols()) * (BitsOf(dtype) / 8);
+  return QuantizeMatrixWith(
+      [&](int64_t r0, int64_t, std::vector<std::byte>&) {
+        return data + static_cast<uint64_t>(r0) * row_bytes;
+      },
+      dtype, codec, parts, threads, label);
 }
 
 double QuantizeReport::bits_per_weight() const {
@@ -348,12 +378,10 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
     tr.bytes_in = t.nbytes();
     src.file->Prefetch(t);
     if (!codecs[i]) {
-      // Copied as it is, a slice at a time, each slice's pages dropped from the map once written.
-      const std::span<const std::byte> bytes = src.data();
-      for (size_t off = 0; off < bytes.size(); off += kMappedSlice) {
-        const auto slice = bytes.subspan(off, std::min(kMappedSlice, bytes.size() - off));
-        background.EnqueueMapped(slice, [&src, slice] { src.file->Release(slice); });
-      }
+      // Copied as it is: read from the file straight into the writer's buffer when its turn comes.
+      background.EnqueueRead(t.nbytes(), [&src](uint64_t offset, std::span<std::byte> dst) {
+        src.file->Read(*src.info, offset, dst);
+      });
       tr.bytes_out = t.nbytes();
     } else {
       WeightCodec& codec = *codecs[i];
@@ -364,16 +392,20 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
         parts.push_back(pool.Take(p.nbytes()));
         part_ptrs.push_back(parts.back()->data.get());
       }
-      tr.stats =
-          QuantizeMatrix(src.data().data(), t.dtype, codec, part_ptrs.data(), threads,
-                         fmt::format("{}: tensor \"{}\"", src.file->path().string(), t.name));
+      tr.stats = QuantizeMatrix(
+          // From the file with pread rather than through the memory map: the page faults and
+          // the unmapping afterwards cost more than the copy.
+          [&src](uint64_t offset, std::span<std::byte> dst) {
+            src.file->Read(*src.info, offset, dst);
+          },
+          t.dtype, codec, part_ptrs.data(), threads,
+          fmt::format("{}: tensor \"{}\"", src.file->path().string(), t.name));
       for (size_t k = 0; k < parts.size(); ++k) {
         const size_t n = layout[k].nbytes();
         tr.bytes_out += n;
         BufferPool::Buffer* b = parts[k];
         background.Enqueue({b->data.get(), n}, [&pool, b] { pool.Release(b); });
       }
-      src.file->Release(t);
       tr.quantized = true;
       tr.bits_per_weight = codec.BitsPerWeight();
       report.params_quantized += t.numel();

@@ -274,15 +274,21 @@ SafetensorsWriter::~SafetensorsWriter() {
 }
 
 void SafetensorsWriter::Write(std::span<const std::byte> bytes) {
-  QTOOL_CHECK(bytes.size() <= total_ - written_, ShapeError,
+  Write(bytes.size(), [bytes](uint64_t offset, std::span<std::byte> dst) {
+    std::memcpy(dst.data(), bytes.data() + offset, dst.size());
+  });
+}
+
+void SafetensorsWriter::Write(uint64_t n, const ByteSource& read) {
+  QTOOL_CHECK(n <= total_ - written_, ShapeError,
               "{}: {} more bytes written than the header announced", path_.string(),
-              bytes.size() - (total_ - written_));
-  written_ += bytes.size();
-  for (size_t done = 0; done < bytes.size();) {
-    const size_t n = std::min(bytes.size() - done, kWriteBuffer - buffered_);
-    std::memcpy(buffer_.get() + buffered_, bytes.data() + done, n);
-    buffered_ += n;
-    done += n;
+              n - (total_ - written_));
+  written_ += n;
+  for (uint64_t done = 0; done < n;) {
+    const size_t take = static_cast<size_t>(std::min<uint64_t>(n - done, kWriteBuffer - buffered_));
+    read(done, {buffer_.get() + buffered_, take});
+    buffered_ += take;
+    done += take;
     if (buffered_ == kWriteBuffer) Flush(false);
   }
 }

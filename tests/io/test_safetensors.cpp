@@ -108,6 +108,59 @@ TEST(Safetensors, LargeWritesInOddPiecesAreExact) {
   }
 }
 
+// Write(n, read) fills the writer's buffer straight from the source, in pieces that together
+// cover [0, n) in order; the file is the same as with Write(span).
+TEST(Safetensors, WritesFromAByteSourceAreExact) {
+  const std::vector<TensorSpec> specs = {{"a", DType::kU8, {9, 1000003}}, {"b", DType::kU8, {77}}};
+  std::string payload(specs[0].nbytes() + specs[1].nbytes(), '\0');
+  for (size_t k = 0; k < payload.size(); ++k) payload[k] = static_cast<char>((k * 131) >> 3);
+  ScratchDir dir;
+  uint64_t next = 0;
+  {
+    SafetensorsWriter w(dir / "a.safetensors", specs, {});
+    w.Write(5, [&](uint64_t offset, std::span<std::byte> dst) {
+      std::memcpy(dst.data(), payload.data() + offset, dst.size());
+    });
+    w.Write(payload.size() - 5, [&](uint64_t offset, std::span<std::byte> dst) {
+      EXPECT_EQ(offset, next);
+      next += dst.size();
+      std::memcpy(dst.data(), payload.data() + 5 + offset, dst.size());
+    });
+    w.Commit();
+  }
+  EXPECT_EQ(next, payload.size() - 5);
+  EXPECT_EQ(testing::ReadFile(dir / "a.safetensors"),
+            SafetensorsWriter::EncodeHeader(specs, {}) + payload);
+}
+
+// A tensor read with pread gives the mapped bytes; a file cut short after it was opened is an
+// IoError naming the file, not a crash.
+TEST(Safetensors, ReadCopiesATensorsBytesAndReportsATruncatedFile) {
+  const std::vector<TensorSpec> specs = {{"a", DType::kU8, {3}}, {"b", DType::kU8, {5000}}};
+  ScratchDir dir;
+  const fs::path path = dir / "m.safetensors";
+  {
+    SafetensorsWriter w(path, specs, {});
+    std::vector<std::byte> bytes(5003);
+    for (size_t k = 0; k < bytes.size(); ++k) bytes[k] = static_cast<std::byte>(k * 7);
+    w.Write(bytes);
+    w.Commit();
+  }
+  const SafetensorsFile f(path);
+  const TensorInfo& b = *f.Find("b");
+  std::vector<std::byte> got(1000);
+  f.Read(b, 4000, got);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), f.Data(b).begin() + 4000));
+  fs::resize_file(path, fs::file_size(path) - 10);
+  try {
+    f.Read(b, 4000, got);
+    ADD_FAILURE() << "no error";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find(path.string()), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("ends there"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Safetensors, SameInputGivesSameBytes) {
   const std::vector<TensorSpec> specs = {{"b", DType::kF32, {2}}, {"a", DType::kU8, {3}}};
   EXPECT_EQ(SafetensorsWriter::EncodeHeader(specs, {{"k", "v"}}),

@@ -7,8 +7,9 @@
 
 namespace qtool {
 
-/// A read-only, private memory map of a file. Movable, not copyable. An empty file maps to an empty
-/// span. Throws IoError when the file cannot be opened or mapped.
+/// A read-only, private memory map of a file, which also stays open for Read. Movable, not
+/// copyable. An empty file maps to an empty span. Throws IoError when the file cannot be opened or
+/// mapped.
 class MappedFile {
  public:
   MappedFile() = default;
@@ -28,6 +29,9 @@ class MappedFile {
   /// Drops [offset, offset + len) from this process's resident set; the pages stay in the page
   /// cache and are mapped again on the next access. Keeps RSS bounded while streaming a large file.
   void Release(size_t offset, size_t len) const;
+  /// Copies [offset, offset + dst.size()) of the file into dst with pread: no page faults and no
+  /// mapping to drop afterwards, for data read once. Throws IoError when the file ends early.
+  void Read(size_t offset, std::span<std::byte> dst) const;
 
  private:
   void Reset() noexcept;
@@ -35,6 +39,7 @@ class MappedFile {
   std::filesystem::path path_;
   const std::byte* data_ = nullptr;
   size_t size_ = 0;
+  int fd_ = -1;
 };
 
 }  // namespace qtool

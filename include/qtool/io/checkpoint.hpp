@@ -83,6 +83,8 @@ class CheckpointWriter {
 
   /// Appends bytes of the current tensor; see SafetensorsWriter::Write.
   void Write(std::span<const std::byte> bytes);
+  /// Appends n bytes from `read`; see SafetensorsWriter::Write.
+  void Write(uint64_t n, const ByteSource& read);
   /// Copies a file into the output directory under `name`.
   void CopyFile(const std::filesystem::path& src, const std::string& name);
   /// Writes a text file into the output directory.
@@ -123,9 +125,9 @@ class BackgroundWriter {
   void Enqueue(std::vector<std::byte> owned);
   /// Queues bytes that stay valid until `done` runs, right after they are written.
   void Enqueue(std::span<const std::byte> borrowed, std::function<void()> done);
-  /// As Enqueue, for bytes of a file mapping: they take no memory until they are written, so they
-  /// do not count against the bound (and Enqueue does not wait for them).
-  void EnqueueMapped(std::span<const std::byte> mapped, std::function<void()> done);
+  /// Queues n bytes that `read` produces when they are written (see SafetensorsWriter::Write),
+  /// such as a file's: they take no memory until then, so they do not count against the bound.
+  void EnqueueRead(uint64_t n, ByteSource read);
   /// Waits until every queued byte is written.
   void Finish();
 
@@ -134,7 +136,8 @@ class BackgroundWriter {
     std::vector<std::byte> owned;
     std::span<const std::byte> bytes;
     std::function<void()> done;
-    bool counted = true;  // against max_queued_
+    uint64_t read_bytes = 0;  // with `read`, which takes the place of `bytes`
+    ByteSource read;
   };
   void Push(Job job);
   void Run();

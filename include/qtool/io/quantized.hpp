@@ -75,11 +75,15 @@ struct QuantizeReport {
 /// Called after each tensor: (tensors done, tensors in all, name of the tensor just done).
 using ProgressFn = std::function<void(size_t, size_t, const std::string&)>;
 
-/// Quantises one matrix stored as `dtype` at `data` (row-major, codec.rows() x codec.cols(),
-/// unaligned allowed) into the codec's stored tensors (`parts[k]` sized as Layout()[k]), in
-/// parallel over chunks of rows, and returns the error statistics of the decoded values. Runs the
-/// codec's Observe pass first when it needs one. `label` names the tensor in errors: a non-finite
-/// value throws NumericError with its position.
+/// Quantises one matrix stored as `dtype` (row-major, codec.rows() x codec.cols()), whose bytes
+/// `read` gives, into the codec's stored tensors (`parts[k]` sized as Layout()[k]), in parallel
+/// over chunks of rows, and returns the error statistics of the decoded values. Each worker reads
+/// a chunk of rows into its own small buffer (so that a file is read with pread, not through page
+/// faults) and converts it from there. Runs the codec's Observe pass first when it needs one.
+/// `label` names the tensor in errors: a non-finite value throws NumericError with its position.
+ErrorStats QuantizeMatrix(const ByteSource& read, DType dtype, WeightCodec& codec,
+                          std::byte* const* parts, int threads, const std::string& label);
+/// QuantizeMatrix of a matrix in memory at `data` (unaligned allowed).
 ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec,
                           std::byte* const* parts, int threads, const std::string& label);
 

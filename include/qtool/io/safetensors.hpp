@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -75,9 +76,9 @@ class SafetensorsFile {
   void Release(const TensorInfo& t) const {
     map_.Release(header_.data_offset + t.begin, t.nbytes());
   }
-  /// Drops the pages of `part`, a span of Data(), from the process's memory map (see MappedFile).
-  void Release(std::span<const std::byte> part) const {
-    map_.Release(static_cast<size_t>(part.data() - map_.bytes().data()), part.size());
+  /// Reads bytes [offset, offset + dst.size()) of `t` with MappedFile::Read.
+  void Read(const TensorInfo& t, size_t offset, std::span<std::byte> dst) const {
+    map_.Read(header_.data_offset + t.begin + offset, dst);
   }
 
  private:
@@ -95,6 +96,10 @@ class SafetensorsFile {
 ///   SafetensorsWriter w("out.safetensors", {{"w", DType::kF32, {2, 2}}}, {});
 ///   w.Write(std::as_bytes(std::span(values)));
 ///   w.Commit();
+/// Fills dst with bytes [offset, offset + dst.size()) of some source (see
+/// SafetensorsWriter::Write).
+using ByteSource = std::function<void(uint64_t offset, std::span<std::byte> dst)>;
+
 class SafetensorsWriter {
  public:
   SafetensorsWriter(const std::filesystem::path& path, std::vector<TensorSpec> tensors,
@@ -106,6 +111,9 @@ class SafetensorsWriter {
   /// Appends bytes to the tensor being written, moving on to the next tensor when it is complete.
   /// Writing more bytes than the header announced throws.
   void Write(std::span<const std::byte> bytes);
+  /// Appends n bytes that `read` puts straight into the writer's buffer, piece by piece:
+  /// read(offset, dst) fills dst with bytes [offset, offset + dst.size()) of the n.
+  void Write(uint64_t n, const ByteSource& read);
   /// Bytes still expected in total.
   uint64_t remaining() const { return total_ - written_; }
   /// Flushes, checks that every announced byte was written, and renames into place.
