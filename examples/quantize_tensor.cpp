@@ -1,8 +1,7 @@
 // Quantises one weight of a checkpoint with the library and reports the error:
 //   quantize_tensor MODEL_DIR [TENSOR] [BITS] [GROUP]
-#include <qtool/qtool.hpp>
-
 #include <cstdio>
+#include <qtool/qtool.hpp>
 #include <string>
 #include <vector>
 
@@ -19,8 +18,10 @@ int main(int argc, char** argv) {
 
     const qtool::CheckpointTensor& t = ck.Get(name);
     QTOOL_CHECK(t.info->shape.size() == 2, qtool::ShapeError, "{} is not a matrix", name);
-    const nlohmann::json record = {{"codec", "int"},         {"bits", bits},
-                                   {"symmetric", true},      {"granularity", "group"},
+    const nlohmann::json record = {{"codec", "int"},
+                                   {"bits", bits},
+                                   {"symmetric", true},
+                                   {"granularity", "group"},
                                    {"group_size", group}};
     auto codec = qtool::MakeCodec(record, t.info->shape[0], t.info->shape[1]);
 

@@ -20,7 +20,8 @@ using testing::ScratchDir;
 
 // The independent RTN definition (reference-numbers.json / models README): symmetric,
 // scale = max|w| / qmax (1 for an all-zero group), q = clamp(rne(w / scale), -qmax-1, qmax).
-std::vector<float> ReferenceRtn(const std::vector<float>& w, int64_t cols, int bits, int64_t group) {
+std::vector<float> ReferenceRtn(const std::vector<float>& w, int64_t cols, int bits,
+                                int64_t group) {
   std::vector<float> out(w.size());
   const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
   const int64_t g = group > 0 ? group : cols;
@@ -60,10 +61,11 @@ TEST(QuantizeCli, RealModelsMatchIndependentRtn) {
   ASSERT_FALSE(models.empty()) << "../shared/models holds no checkpoint";
   for (const fs::path& model : models) {
     const Checkpoint base = Checkpoint::Open(model);
-    for (const RtnCase c : {RtnCase{"channel", 8, 0}, RtnCase{"group", 4, 32},
-                            RtnCase{"group", 4, 16}, RtnCase{"group", 3, 32},
-                            RtnCase{"group", 2, 128}}) {
-      SCOPED_TRACE(model.string() + " int" + std::to_string(c.bits) + " g" + std::to_string(c.group));
+    for (const RtnCase c :
+         {RtnCase{"channel", 8, 0}, RtnCase{"group", 4, 32}, RtnCase{"group", 4, 16},
+          RtnCase{"group", 3, 32}, RtnCase{"group", 2, 128}}) {
+      SCOPED_TRACE(model.string() + " int" + std::to_string(c.bits) + " g" +
+                   std::to_string(c.group));
       ScratchDir dir;
       const auto r = RunCli({"quantize", model.string(), "-o", (dir / "q").string(), "--bits",
                              std::to_string(c.bits), "--granularity", c.granularity, "--group",
@@ -132,7 +134,8 @@ TEST(QuantizeCli, DequantizeWritesPlainCheckpointInOriginalDtype) {
       ConvertToF32(bytes.data(), b.dtype, b.numel(), want.data());
       EXPECT_EQ(ReadTensorF32(d, t.name), want) << t.name;
     }
-    EXPECT_FALSE(json::parse(testing::ReadFile(dir / "d" / "config.json")).contains("quantization_config"));
+    EXPECT_FALSE(
+        json::parse(testing::ReadFile(dir / "d" / "config.json")).contains("quantization_config"));
   }
 }
 
@@ -140,10 +143,10 @@ TEST(QuantizeCli, ShardedOutputAndIncludeExcludeRules) {
   QTOOL_REQUIRE_SHARED();
   const fs::path model = testing::SharedModels().front();
   ScratchDir dir;
-  const auto r = RunCli({"quantize", model.string(), "-o", (dir / "q").string(), "--bits", "8",
-                         "--granularity", "channel", "--include", "embed_tokens", "--exclude",
-                         "layers\\.0\\.", "--max-shard-size", "100kB", "--json",
-                         (dir / "r.json").string(), "-q"});
+  const auto r =
+      RunCli({"quantize", model.string(), "-o", (dir / "q").string(), "--bits", "8",
+              "--granularity", "channel", "--include", "embed_tokens", "--exclude", "layers\\.0\\.",
+              "--max-shard-size", "100kB", "--json", (dir / "r.json").string(), "-q"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir / "q" / "model.safetensors.index.json"));
   const json report = json::parse(testing::ReadFile(dir / "r.json"));
@@ -253,10 +256,11 @@ TEST(QuantizeCli, BadInputFailsCleanly) {
 TEST(QuantizeCli, ImpossibleOptionsAndOutputsFailCleanly) {
   ScratchDir dir;
   const fs::path in = dir / "in.safetensors";
-  testing::WriteFile(in, testing::SafetensorsImage(
-                             fmt::format(R"({{"{}":{{"dtype":"F32","shape":[2,4],"data_offsets":[0,32]}}}})",
-                                         kTensor),
-                             FloatBytes({1, 2, 3, 4, 5, 6, 7, 8})));
+  testing::WriteFile(
+      in,
+      testing::SafetensorsImage(
+          fmt::format(R"({{"{}":{{"dtype":"F32","shape":[2,4],"data_offsets":[0,32]}}}})", kTensor),
+          FloatBytes({1, 2, 3, 4, 5, 6, 7, 8})));
   const std::string out = (dir / "out").string();
   ExpectFailsCleanly(dir, {"quantize", in.string(), "-o", out, "--bits", "9"}, 3,
                      "bits must be in 2..8, got 9", "bits 9");
@@ -292,10 +296,12 @@ TEST(QuantizeCli, ImpossibleOptionsAndOutputsFailCleanly) {
 TEST(QuantizeCli, IncludingANonMatrixIsAShapeError) {
   ScratchDir dir;
   const fs::path in = dir / "in.safetensors";
-  testing::WriteFile(in, testing::SafetensorsImage(
-                             R"({"model.layers.0.norm.weight":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
-                             FloatBytes({1, 2, 3, 4})));
-  ExpectFailsCleanly(dir, {"quantize", in.string(), "-o", (dir / "out").string(), "--include", "norm"},
+  testing::WriteFile(
+      in, testing::SafetensorsImage(
+              R"({"model.layers.0.norm.weight":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
+              FloatBytes({1, 2, 3, 4})));
+  ExpectFailsCleanly(dir,
+                     {"quantize", in.string(), "-o", (dir / "out").string(), "--include", "norm"},
                      5, "is not a 2-D float matrix", "1-D include");
 }
 

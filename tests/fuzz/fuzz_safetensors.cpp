@@ -15,7 +15,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     unsigned sum = 0;
     for (const qtool::TensorInfo& t : h.tensors) {
       const auto bytes = file.subspan(h.data_offset + t.begin, t.end - t.begin);
-      if (!bytes.empty()) sum += static_cast<unsigned>(bytes.front()) + static_cast<unsigned>(bytes.back());
+      if (!bytes.empty())
+        sum += static_cast<unsigned>(bytes.front()) + static_cast<unsigned>(bytes.back());
     }
     return static_cast<int>(sum & 0);
   } catch (const qtool::FormatError&) {
