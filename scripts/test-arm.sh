@@ -15,8 +15,8 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   $sudo dpkg --add-architecture arm64
   $sudo apt-get update -qq
 fi
-pkgs=(g++-aarch64-linux-gnu qemu-user-static libfmt-dev:arm64 libgtest-dev:arm64 libeigen3-dev
-      nlohmann-json3-dev libcli11-dev pkg-config cmake ninja-build)
+pkgs=(g++-aarch64-linux-gnu qemu-user-static libc6:arm64 libstdc++6:arm64 libfmt-dev:arm64
+      libgtest-dev:arm64 libeigen3-dev nlohmann-json3-dev libcli11-dev pkg-config cmake ninja-build)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -50,7 +50,7 @@ cmake --build "$build" -j"$jobs" --target qtool_tests
 filter="--gtest_filter=Isa/KernelTest.*:KernelDispatch.*:Half.*"
 for cpu in max cortex-a72; do
   echo "test-arm: qemu -cpu $cpu"
-  run=(qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu "$cpu"
+  run=(qemu-aarch64-static -cpu "$cpu"
        -E LD_LIBRARY_PATH="$QTOOL_ARM_DEPS/usr/lib/aarch64-linux-gnu")
   "${run[@]}" "$build/qtool" --version
   "${run[@]}" "$build/tests/qtool_tests" "$filter" "$@"
