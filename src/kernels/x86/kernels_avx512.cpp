@@ -378,20 +378,14 @@ void W8A8Micro(const uint8_t* panels, const int8_t* a, int64_t k4, const W8A8Til
         : QTOOL_ACC(4), QTOOL_ACC(5), QTOOL_ACC(6), QTOOL_ACC(7)
         : [a] "r"(ap), [w0] "v"(w0), [w1] "v"(w1), [w2] "v"(w2));
   }
-  if (tile) {
-#define QTOOL_OUT(r) W8A8TileRow(*tile, r, c##r##0, c##r##1, c##r##2)
-    QTOOL_OUT(0);
-    QTOOL_OUT(1);
-    QTOOL_OUT(2);
-    QTOOL_OUT(3);
-    QTOOL_OUT(4);
-    QTOOL_OUT(5);
-    QTOOL_OUT(6);
-    QTOOL_OUT(7);
-#undef QTOOL_OUT
-    return;
-  }
-#define QTOOL_OUT(r) acc[r][0] = c##r##0, acc[r][1] = c##r##1, acc[r][2] = c##r##2
+  const auto out = [&](int r, __m512i c0, __m512i c1, __m512i c2) {
+    if (tile) {
+      W8A8TileRow(*tile, r, c0, c1, c2);
+    } else {
+      acc[r][0] = c0, acc[r][1] = c1, acc[r][2] = c2;
+    }
+  };
+#define QTOOL_OUT(r) out(r, c##r##0, c##r##1, c##r##2)
   QTOOL_OUT(0);
   QTOOL_OUT(1);
   QTOOL_OUT(2);
