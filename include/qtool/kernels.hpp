@@ -96,6 +96,22 @@ struct QuantWeights {
   int64_t row_bytes() const { return (cols * bits + 7) / 8; }
 };
 
+/// The element types QuantizeStoredRows reads.
+enum class StoredFloat { kF32, kBf16, kF16 };
+
+/// Min-max quantisation of rows x [rows, cols] straight from their stored element type, with the
+/// error sums of the decoded values: exactly the conversion to f32 (Bf16ToF32, F16ToF32), then
+/// QuantizeGroups of each row in groups of glen (restarting at each row; scales and zeros
+/// [rows, groups per row], zeros only for asymmetric specs) with the codes packed by PackCodes,
+/// row r at packed + r * PackedBytes(cols, bits), and AccumulateErrors of all rows * cols values
+/// against their decoded values into *stats in one call. Each group is done while it is in cache,
+/// in one pass over x. Needs cols and glen to be multiples of 16, spec.bits 2..8. Returns the
+/// index into x of the first NaN or Inf, or -1; after a non-finite value the outputs and *stats
+/// are unspecified.
+int64_t QuantizeStoredRows(const void* x, StoredFloat type, int64_t rows, int64_t cols,
+                           int64_t glen, const QuantSpec& spec, uint8_t* packed, float* scales,
+                           uint8_t* zeros, ErrorStats* stats);
+
 /// Quantises rows of x [rows, cols] with min-max ranges, per channel or per group of `spec`
 /// (not per tensor), into the codec layout: exactly IntCodec::EncodeRows without the decoded copy.
 /// `zeros` is written for asymmetric specs only.

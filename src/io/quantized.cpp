@@ -218,13 +218,15 @@ template <typename Fetch>
 ErrorStats QuantizeMatrixWith(const Fetch& fetch, DType dtype, WeightCodec& codec,
                               std::byte* const* parts, int threads, const std::string& label) {
   const int64_t cols = codec.cols();
-  auto convert = [&](int64_t r0, int64_t r1, std::vector<std::byte>& raw, float* dst) {
-    const int64_t bad = ConvertToF32(fetch(r0, r1, raw), dtype, (r1 - r0) * cols, dst);
-    if (bad >= 0) {
-      const int64_t idx = r0 * cols + bad;
-      throw NumericError(fmt::format("{} has a non-finite value ({}) at [{}, {}]", label, dst[bad],
-                                     idx / cols, idx % cols));
-    }
+  // Element `bad` of the rows from r0 on is not finite.
+  auto fail = [&](int64_t r0, int64_t bad, float value) {
+    const int64_t idx = r0 * cols + bad;
+    throw NumericError(fmt::format("{} has a non-finite value ({}) at [{}, {}]", label, value,
+                                   idx / cols, idx % cols));
+  };
+  auto convert = [&](int64_t r0, int64_t r1, const std::byte* src, float* dst) {
+    const int64_t bad = ConvertToF32(src, dtype, (r1 - r0) * cols, dst);
+    if (bad >= 0) fail(r0, bad, dst[bad]);
   };
   const int64_t chunk = ChunkRows(codec);
   if (codec.needs_observe()) {
@@ -232,7 +234,7 @@ ErrorStats QuantizeMatrixWith(const Fetch& fetch, DType dtype, WeightCodec& code
     std::vector<float> buf(static_cast<size_t>(chunk * cols));
     for (int64_t r0 = 0; r0 < codec.rows(); r0 += chunk) {
       const int64_t r1 = std::min(codec.rows(), r0 + chunk);
-      convert(r0, r1, raw, buf.data());
+      convert(r0, r1, fetch(r0, r1, raw), buf.data());
       codec.Observe(buf.data(), r0, r1 - r0);
     }
   }
@@ -245,10 +247,20 @@ ErrorStats QuantizeMatrixWith(const Fetch& fetch, DType dtype, WeightCodec& code
   std::vector<Worker> workers(static_cast<size_t>(threads));
   ParallelFor(codec.rows(), chunk, threads, [&](int64_t r0, int64_t r1, int index) {
     Worker& wk = workers[static_cast<size_t>(index)];
+    const std::byte* src = fetch(r0, r1, wk.raw);
+    int64_t bad;
+    if (codec.EncodeStoredRows(src, dtype, r0, r1 - r0, parts, &wk.stats, &bad)) {
+      if (bad >= 0) {
+        float value;
+        ConvertToF32(src + bad * (BitsOf(dtype) / 8), dtype, 1, &value);
+        fail(r0, bad, value);
+      }
+      return;
+    }
     wk.buf.resize(static_cast<size_t>(2 * chunk * cols));
     float* w = wk.buf.data();
     float* deq = wk.buf.data() + chunk * cols;
-    convert(r0, r1, wk.raw, w);
+    convert(r0, r1, src, w);
     codec.EncodeRows(w, r0, r1 - r0, parts, deq);
     wk.stats.Add(w, deq, (r1 - r0) * cols);
   });

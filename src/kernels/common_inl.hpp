@@ -64,45 +64,74 @@ inline void AddErrorLanes(const float* xx, const float* ee, const float* yy, con
   s->max_abs_err = std::max(s->max_abs_err, static_cast<double>(max_err));
 }
 
-/// AccumulateErrors on vectors of Ops::kWidth lanes (a divisor of 16); the last partial 16 of a
-/// block goes through zero-padded copies, which add exact zeros. `Ops` supplies Vec, Zero(),
-/// Load(p), Store(p, v), Add, Sub, Mul, Abs, and Max(acc, v) = std::max(acc, v).
+/// The running lanes of one block of AccumulateErrors on vectors of Ops::kWidth lanes (a divisor
+/// of 16). `Ops` supplies Vec, Zero(), Load(p), Store(p, v), Add, Sub, Mul, Abs, and
+/// Max(acc, v) = std::max(acc, v).
+template <typename Ops>
+class ErrorLanes {
+ public:
+  using Vec = typename Ops::Vec;
+  ErrorLanes() { Clear(); }
+  /// Adds the 16 pairs at px, py: element j to lane j.
+  void Step(const float* px, const float* py) {
+    for (int64_t v = 0; v < V; ++v) {
+      const Vec a = Ops::Load(px + v * Ops::kWidth), b = Ops::Load(py + v * Ops::kWidth);
+      const Vec e = Ops::Sub(a, b);
+      xx_[v] = Ops::Add(xx_[v], Ops::Mul(a, a));
+      ee_[v] = Ops::Add(ee_[v], Ops::Mul(e, e));
+      yy_[v] = Ops::Add(yy_[v], Ops::Mul(b, b));
+      xy_[v] = Ops::Add(xy_[v], Ops::Mul(a, b));
+      m_[v] = Ops::Max(m_[v], Ops::Abs(e));
+    }
+  }
+  /// Adds the 16 pairs a, b held in one vector (families with 16 lanes).
+  void Step(Vec a, Vec b) {
+    static_assert(V == 1);
+    const Vec e = Ops::Sub(a, b);
+    xx_[0] = Ops::Add(xx_[0], Ops::Mul(a, a));
+    ee_[0] = Ops::Add(ee_[0], Ops::Mul(e, e));
+    yy_[0] = Ops::Add(yy_[0], Ops::Mul(b, b));
+    xy_[0] = Ops::Add(xy_[0], Ops::Mul(a, b));
+    m_[0] = Ops::Max(m_[0], Ops::Abs(e));
+  }
+  /// Ends the block: its lanes added to *s in lane order, and a new block started.
+  void Flush(ErrorStats* s) {
+    alignas(64) float lanes[5][kErrorLanes];
+    for (int64_t v = 0; v < V; ++v) {
+      Ops::Store(lanes[0] + v * Ops::kWidth, xx_[v]);
+      Ops::Store(lanes[1] + v * Ops::kWidth, ee_[v]);
+      Ops::Store(lanes[2] + v * Ops::kWidth, yy_[v]);
+      Ops::Store(lanes[3] + v * Ops::kWidth, xy_[v]);
+      Ops::Store(lanes[4] + v * Ops::kWidth, m_[v]);
+    }
+    AddErrorLanes(lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], s);
+    Clear();
+  }
+
+ private:
+  static constexpr int64_t V = kErrorLanes / Ops::kWidth;
+  void Clear() {
+    for (int64_t v = 0; v < V; ++v) xx_[v] = ee_[v] = yy_[v] = xy_[v] = m_[v] = Ops::Zero();
+  }
+  Vec xx_[V], ee_[V], yy_[V], xy_[V], m_[V];
+};
+
+/// AccumulateErrors on vectors (see ErrorLanes); the last partial 16 of a block goes through
+/// zero-padded copies, which add exact zeros.
 template <typename Ops>
 void AccumulateErrorsWith(const float* x, const float* y, int64_t n, ErrorStats* s) {
-  using Vec = typename Ops::Vec;
-  constexpr int64_t V = kErrorLanes / Ops::kWidth;
+  ErrorLanes<Ops> lanes;
   for (int64_t i0 = 0; i0 < n; i0 += kErrorBlock) {
     const int64_t len = std::min(kErrorBlock, n - i0);
-    Vec xx[V], ee[V], yy[V], xy[V], m[V];
-    for (int64_t v = 0; v < V; ++v) xx[v] = ee[v] = yy[v] = xy[v] = m[v] = Ops::Zero();
-    auto step = [&](const float* px, const float* py) {
-      for (int64_t v = 0; v < V; ++v) {
-        const Vec a = Ops::Load(px + v * Ops::kWidth), b = Ops::Load(py + v * Ops::kWidth);
-        const Vec e = Ops::Sub(a, b);
-        xx[v] = Ops::Add(xx[v], Ops::Mul(a, a));
-        ee[v] = Ops::Add(ee[v], Ops::Mul(e, e));
-        yy[v] = Ops::Add(yy[v], Ops::Mul(b, b));
-        xy[v] = Ops::Add(xy[v], Ops::Mul(a, b));
-        m[v] = Ops::Max(m[v], Ops::Abs(e));
-      }
-    };
     int64_t i = 0;
-    for (; i + kErrorLanes <= len; i += kErrorLanes) step(x + i0 + i, y + i0 + i);
+    for (; i + kErrorLanes <= len; i += kErrorLanes) lanes.Step(x + i0 + i, y + i0 + i);
     if (i < len) {
       alignas(64) float tx[kErrorLanes] = {}, ty[kErrorLanes] = {};
       std::memcpy(tx, x + i0 + i, static_cast<size_t>(len - i) * sizeof(float));
       std::memcpy(ty, y + i0 + i, static_cast<size_t>(len - i) * sizeof(float));
-      step(tx, ty);
+      lanes.Step(tx, ty);
     }
-    alignas(64) float lanes[5][kErrorLanes];
-    for (int64_t v = 0; v < V; ++v) {
-      Ops::Store(lanes[0] + v * Ops::kWidth, xx[v]);
-      Ops::Store(lanes[1] + v * Ops::kWidth, ee[v]);
-      Ops::Store(lanes[2] + v * Ops::kWidth, yy[v]);
-      Ops::Store(lanes[3] + v * Ops::kWidth, xy[v]);
-      Ops::Store(lanes[4] + v * Ops::kWidth, m[v]);
-    }
-    AddErrorLanes(lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], s);
+    lanes.Flush(s);
   }
   s->n += n;
 }
@@ -141,6 +170,66 @@ void QuantizeGroupsWith(const float* x, int64_t n, int64_t glen, const QuantSpec
     QuantizeFn(x + g0, len, p, umax, codes + g0);
     if (deq) DequantizeFn(codes + g0, len, p, deq + g0);
   }
+}
+
+/// QuantizeStoredRows from a family's own kernels, one group at a time: each group is converted
+/// into per-thread scratch and quantised, decoded, compared and packed there while it is in L1,
+/// instead of each step walking the whole chunk of rows. `Ops` as for ErrorLanes, plus
+/// AnyNonFinite(p).
+template <typename Ops, auto Bf16Fn, auto F16Fn, auto MinMaxFn, auto QuantizeFn, auto DequantizeFn,
+          auto PackFn>
+int64_t QuantizeStoredRowsWith(const void* x, StoredFloat type, int64_t rows, int64_t cols,
+                               int64_t glen, const QuantSpec& spec, uint8_t* packed, float* scales,
+                               uint8_t* zeros, ErrorStats* s) {
+  const int32_t umax = (1 << spec.bits) - 1;
+  const int64_t ng = (cols + glen - 1) / glen, row_bytes = (cols * spec.bits + 7) / 8;
+  Scratch w(0, glen * 4), deq(1, glen * 4), codes(2, glen);
+  ErrorLanes<Ops> lanes;
+  int64_t in_block = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t i0 = r * cols + g * glen, len = std::min(glen, cols - g * glen);
+      float* wg = w.as<float>();
+      switch (type) {
+        case StoredFloat::kF32:
+          std::memcpy(wg, static_cast<const float*>(x) + i0, static_cast<size_t>(len) * 4);
+          break;
+        case StoredFloat::kBf16:
+          Bf16Fn(static_cast<const uint16_t*>(x) + i0, len, wg);
+          break;
+        case StoredFloat::kF16:
+          F16Fn(static_cast<const uint16_t*>(x) + i0, len, wg);
+          break;
+      }
+      bool bad = false;
+      for (int64_t i = 0; i < len; i += Ops::kWidth) bad |= Ops::AnyNonFinite(wg + i);
+      if (bad) {
+        for (int64_t i = 0;; ++i) {
+          if (!std::isfinite(wg[i])) return i0 + i;
+        }
+      }
+      float lo, hi;
+      MinMaxFn(wg, len, &lo, &hi);
+      const GroupParams p = ParamsFromRange(lo, hi, spec);
+      scales[r * ng + g] = p.scale;
+      if (zeros) zeros[r * ng + g] = static_cast<uint8_t>(p.zero);
+      QuantizeFn(wg, len, p, umax, codes.as<uint8_t>());
+      DequantizeFn(codes.as<uint8_t>(), len, p, deq.as<float>());
+      for (int64_t i = 0; i < len; i += kErrorLanes) {
+        lanes.Step(wg + i, deq.as<float>() + i);
+        in_block += kErrorLanes;
+        if (in_block == kErrorBlock) {
+          lanes.Flush(s);
+          in_block = 0;
+        }
+      }
+      PackFn(codes.as<uint8_t>(), len, spec.bits,
+             packed + r * row_bytes + g * glen * spec.bits / 8);
+    }
+  }
+  if (in_block > 0) lanes.Flush(s);
+  s->n += rows * cols;
+  return -1;
 }
 
 /// Runs body(in, out) over n elements in blocks of B; the last partial block goes through

@@ -245,6 +245,13 @@ void QuantizeGroups(const float* x, int64_t n, int64_t glen, const QuantSpec& sp
   K().quantize_groups(x, n, glen, spec, codes, scales, zeros, deq);
 }
 
+int64_t QuantizeStoredRows(const void* x, StoredFloat type, int64_t rows, int64_t cols,
+                           int64_t glen, const QuantSpec& spec, uint8_t* packed, float* scales,
+                           uint8_t* zeros, ErrorStats* stats) {
+  QTOOL_DASSERT(cols % 16 == 0 && glen % 16 == 0 && spec.bits >= 2 && spec.bits <= 8);
+  return K().quantize_stored_rows(x, type, rows, cols, glen, spec, packed, scales, zeros, stats);
+}
+
 void QuantizeCodes(const float* x, int64_t n, GroupParams p, int bits, uint8_t* codes) {
   K().quantize_codes(x, n, p, (1 << bits) - 1, codes);
 }

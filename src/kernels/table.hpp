@@ -38,6 +38,9 @@ inline constexpr int64_t kGemmTokens = 4;
   X(quantize_groups, void,                                                                         \
     (const float* x, int64_t n, int64_t glen, const QuantSpec& spec, uint8_t* codes,               \
      float* scales, uint8_t* zeros, float* deq))                                                   \
+  X(quantize_stored_rows, int64_t,                                                                 \
+    (const void* x, StoredFloat type, int64_t rows, int64_t cols, int64_t glen,                    \
+     const QuantSpec& spec, uint8_t* packed, float* scales, uint8_t* zeros, ErrorStats* s))        \
   X(quantize_codes, void, (const float* x, int64_t n, GroupParams p, int32_t umax, uint8_t* c))    \
   X(dequantize_codes, void, (const uint8_t* c, int64_t n, GroupParams p, float* out))              \
   X(pack_codes, void, (const uint8_t* c, int64_t n, int bits, uint8_t* out))                       \

@@ -206,15 +206,47 @@ void IntCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* 
   for (int64_t r = 0; r < nrows; ++r) {
     kernels::PackCodes(codes.data() + r * cols, cols, spec_.bits, qweight + (r0 + r) * row_bytes);
   }
-  if (g_idx_ && r0 == 0) {
+  if (r0 == 0) EncodeOnce(out);
+}
+
+void IntCodec::EncodeOnce(std::byte* const* out) const {
+  if (g_idx_) {
     auto* g_idx = reinterpret_cast<int32_t*>(out[g_idx_part()]);
-    for (int64_t c = 0; c < cols; ++c) g_idx[c] = static_cast<int32_t>(c / spec_.group_size);
+    for (int64_t c = 0; c < cols(); ++c) g_idx[c] = static_cast<int32_t>(c / spec_.group_size);
   }
-  if (spec_.granularity == Granularity::kTensor && r0 == 0) {
+  if (spec_.granularity == Granularity::kTensor) {
     const GroupParams p = ParamsFromRange(tensor_lo_, tensor_hi_, spec_);
     std::memcpy(out[1], &p.scale, 4);
-    if (zeros) zeros[0] = static_cast<uint8_t>(p.zero);
+    if (!spec_.symmetric) reinterpret_cast<uint8_t*>(out[2])[0] = static_cast<uint8_t>(p.zero);
   }
+}
+
+bool IntCodec::EncodeStoredRows(const std::byte* x, DType dtype, int64_t r0, int64_t nrows,
+                                std::byte* const* out, ErrorStats* stats, int64_t* bad) const {
+  const int64_t cols = this->cols(), glen = spec_.GroupLen(cols);
+  const auto address = reinterpret_cast<uintptr_t>(x);
+  kernels::StoredFloat type;
+  if (dtype == DType::kBF16 && address % 2 == 0) {
+    type = kernels::StoredFloat::kBf16;
+  } else if (dtype == DType::kF16 && address % 2 == 0) {
+    type = kernels::StoredFloat::kF16;
+  } else if (dtype == DType::kF32 && address % 4 == 0) {
+    type = kernels::StoredFloat::kF32;
+  } else {
+    return false;
+  }
+  if (spec_.granularity == Granularity::kTensor || spec_.flat_groups ||
+      observer_.kind != ObserverKind::kMinMax || cols % 16 != 0 || glen % 16 != 0) {
+    return false;
+  }
+  const int64_t ng = spec_.GroupsPerRow(cols);
+  *bad = kernels::QuantizeStoredRows(
+      x, type, nrows, cols, glen, spec_,
+      reinterpret_cast<uint8_t*>(out[0]) + r0 * PackedBytes(cols, spec_.bits),
+      reinterpret_cast<float*>(out[1]) + r0 * ng,
+      spec_.symmetric ? nullptr : reinterpret_cast<uint8_t*>(out[2]) + r0 * ng, stats);
+  if (r0 == 0) EncodeOnce(out);
+  return true;
 }
 
 void IntCodec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const {

@@ -303,6 +303,110 @@ TEST_P(KernelTest, QuantizeRowsMatchesCodec) {
   }
 }
 
+// QuantizeStoredRows against its definition: conversion, QuantizeRowRef and PackCodes per row,
+// and ErrorStats::Add over all values, composed here on the scalar reference.
+TEST_P(KernelTest, QuantizeStoredRowsMatchesItsSteps) {
+  struct Case {
+    QuantSpec spec;
+    int64_t rows, cols;
+  };
+  // Group lengths of 32, 64, 128 and 256 dividing cols, with 4 or 8 bits, and the others.
+  const Case cases[] = {{{4, true, Granularity::kGroup, 128}, 5, 4096},
+                        {{4, true, Granularity::kGroup, 128}, 5, 4096 + 16},
+                        {{4, false, Granularity::kGroup, 32}, 3, 96},
+                        {{8, false, Granularity::kGroup, 64}, 3, 256},
+                        {{4, true, Granularity::kGroup, 256}, 2, 512},
+                        {{8, true, Granularity::kGroup, 128}, 9, 128},
+                        {{8, true, Granularity::kChannel, 0}, 3, 1040},
+                        {{8, false, Granularity::kGroup, 48}, 7, 144},
+                        {{3, true, Granularity::kGroup, 64}, 2, 640},
+                        {{2, false, Granularity::kGroup, 16}, 9, 16},
+                        {{4, false, Granularity::kChannel, 0}, 1, 16}};
+  for (const auto& [spec, rows, cols] : cases) {
+    const int64_t n = rows * cols, ng = spec.GroupsPerRow(cols), rb = PackedBytes(cols, spec.bits);
+    auto x = RandomFloats(n, static_cast<uint32_t>(n), 0.02f);
+    x[static_cast<size_t>(n / 2)] = 0.5f;        // an outlier
+    std::fill(x.begin(), x.begin() + 16, 0.0f);  // an all-zero group
+    std::vector<uint16_t> bf16(n), f16(n);
+    for (int64_t i = 0; i < n; ++i) {
+      bf16[i] = qtool::F32ToBf16(x[i]);
+      f16[i] = qtool::F32ToF16(x[i]);
+    }
+    for (const StoredFloat type : {StoredFloat::kBf16, StoredFloat::kF16, StoredFloat::kF32}) {
+      const void* src = type == StoredFloat::kF32    ? static_cast<const void*>(x.data())
+                        : type == StoredFloat::kBf16 ? static_cast<const void*>(bf16.data())
+                                                     : static_cast<const void*>(f16.data());
+      struct Out {
+        std::vector<uint8_t> packed, zeros;
+        std::vector<float> scales;
+        ErrorStats stats;
+        int64_t bad;
+      };
+      auto fused = [&] {
+        Out o{std::vector<uint8_t>(rows * rb),
+              std::vector<uint8_t>(rows * ng),
+              std::vector<float>(rows * ng),
+              {},
+              0};
+        o.bad = QuantizeStoredRows(src, type, rows, cols, spec.GroupLen(cols), spec,
+                                   o.packed.data(), o.scales.data(),
+                                   spec.symmetric ? nullptr : o.zeros.data(), &o.stats);
+        return o;
+      };
+      auto steps = [&] {
+        Out o{std::vector<uint8_t>(rows * rb),
+              std::vector<uint8_t>(rows * ng),
+              std::vector<float>(rows * ng),
+              {},
+              -1};
+        std::vector<float> w(n), deq(n);
+        std::vector<uint8_t> codes(cols);
+        std::vector<GroupParams> params(ng);
+        for (int64_t i = 0; i < n; ++i) {
+          w[i] = type == StoredFloat::kF32    ? x[i]
+                 : type == StoredFloat::kBf16 ? qtool::Bf16ToF32(bf16[i])
+                                              : qtool::F16ToF32(f16[i]);
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          QuantizeRowRef(w.data() + r * cols, cols, spec, codes.data(), params.data(),
+                         deq.data() + r * cols);
+          qtool::PackCodes(codes.data(), cols, spec.bits, o.packed.data() + r * rb);
+          for (int64_t g = 0; g < ng; ++g) {
+            o.scales[r * ng + g] = params[g].scale;
+            if (!spec.symmetric) o.zeros[r * ng + g] = static_cast<uint8_t>(params[g].zero);
+          }
+        }
+        o.stats.Add(w.data(), deq.data(), n);
+        return o;
+      };
+      SCOPED_TRACE(spec.ToString() + " " + std::to_string(rows) + "x" + std::to_string(cols) +
+                   " type " + std::to_string(static_cast<int>(type)));
+      const Out want = Reference(steps), got = fused();
+      EXPECT_EQ(got.bad, -1);
+      ExpectSameBits(got.packed, want.packed, "codes");
+      ExpectSameBits(got.scales, want.scales, "scales");
+      ExpectSameBits(got.zeros, want.zeros, "zeros");
+      const auto sums = [](const ErrorStats& e) {
+        return std::vector<double>{e.sum_x2, e.sum_e2,      e.sum_y2,
+                                   e.sum_xy, e.max_abs_err, static_cast<double>(e.n)};
+      };
+      ExpectSameBits(sums(got.stats), sums(want.stats), "error sums");
+    }
+    // The first non-finite value is reported, wherever it is.
+    for (const int64_t at : {int64_t{0}, n / 3, n - 1}) {
+      auto y = x;
+      y[static_cast<size_t>(at)] = std::numeric_limits<float>::quiet_NaN();
+      if (at + 1 < n) y[static_cast<size_t>(at + 1)] = std::numeric_limits<float>::infinity();
+      std::vector<uint8_t> packed(rows * rb), zeros(rows * ng);
+      std::vector<float> scales(rows * ng);
+      ErrorStats stats;
+      EXPECT_EQ(QuantizeStoredRows(y.data(), StoredFloat::kF32, rows, cols, spec.GroupLen(cols),
+                                   spec, packed.data(), scales.data(), zeros.data(), &stats),
+                at);
+    }
+  }
+}
+
 TEST_P(KernelTest, ActivationQuantisationMatchesReference) {
   for (const int64_t k : kLengths) {
     const int64_t m = 3;
@@ -531,7 +635,7 @@ TEST(KernelDispatch, UnknownAndUnsupportedIsasAreRefused) {
     }
   }
   EXPECT_EQ(supported.front(), Isa::kScalar);
-  EXPECT_EQ(KernelPaths().size(), 17u);
+  EXPECT_EQ(KernelPaths().size(), 18u);
 }
 
 }  // namespace

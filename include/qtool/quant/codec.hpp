@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "qtool/io/safetensors.hpp"
+#include "qtool/quant/metrics.hpp"
 
 namespace qtool {
 
@@ -39,6 +40,17 @@ class WeightCodec {
   /// to `dequant`. Thread-safe for disjoint row ranges.
   virtual void EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
                           float* dequant) const = 0;
+  /// EncodeRows straight from the rows as the checkpoint stores them (`x` at row r0, elements of
+  /// `dtype`), adding the rows' error sums to *stats in place of writing their decoded values:
+  /// the one-pass path of codecs that have one. Returns false, having done nothing, where the codec
+  /// has none for `dtype` or for x's alignment; else sets *bad to the index into x of the first NaN
+  /// or Inf (the outputs are then unspecified) or -1. *stats gets ErrorStats::Add's sums of all
+  /// the rows' values in one call.
+  virtual bool EncodeStoredRows(const std::byte* /*x*/, DType /*dtype*/, int64_t /*r0*/,
+                                int64_t /*nrows*/, std::byte* const* /*out*/, ErrorStats* /*stats*/,
+                                int64_t* /*bad*/) const {
+    return false;
+  }
   /// Decodes rows [r0, r0 + nrows) from the stored tensors (`in[k]` at the start of tensor k).
   virtual void DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows,
                           float* out) const = 0;

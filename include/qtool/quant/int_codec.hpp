@@ -46,6 +46,10 @@ class IntCodec final : public WeightCodec {
   void Observe(const float* w, int64_t r0, int64_t nrows) override;
   void EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
                   float* dequant) const override;
+  /// Min-max ranges per group or channel, rows of bf16, f16 or f32 with cols and group lengths
+  /// multiples of 16: kernels::QuantizeStoredRows.
+  bool EncodeStoredRows(const std::byte* x, DType dtype, int64_t r0, int64_t nrows,
+                        std::byte* const* out, ErrorStats* stats, int64_t* bad) const override;
   void DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const override;
 
   const QuantSpec& spec() const { return spec_; }
@@ -64,6 +68,9 @@ class IntCodec final : public WeightCodec {
                  uint8_t* zeros) const;
   void DecodeRun(const uint8_t* codes, Run run, const std::byte* scales, const uint8_t* zeros,
                  float* y) const;
+  // The parts of the output that EncodeRows writes once, with the chunk at row 0: g_idx, and the
+  // parameters of a per-tensor spec.
+  void EncodeOnce(std::byte* const* out) const;
 
   // Index of the g_idx tensor in Layout() (with g_idx_).
   size_t g_idx_part() const { return spec_.symmetric ? 2 : 3; }

@@ -294,6 +294,8 @@ constexpr KernelTable kBase{
     .accumulate_errors = AccumulateErrorsWith<NeonOps>,
     .min_max = MinMax,
     .quantize_groups = QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>,
+    .quantize_stored_rows = QuantizeStoredRowsWith<NeonOps, Bf16ToF32, F16ToF32, MinMax,
+                                                   QuantizeCodes, DequantizeCodes, PackCodes>,
     .quantize_codes = QuantizeCodes,
     .dequantize_codes = DequantizeCodes,
     .pack_codes = PackCodes,

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "../common_inl.hpp"
 #include "qtool/core/half.hpp"
@@ -65,6 +66,37 @@ void RefPackCodes(const uint8_t* c, int64_t n, int bits, uint8_t* out) {
 }
 void RefUnpackCodes(const uint8_t* in, int64_t n, int bits, uint8_t* c) {
   qtool::UnpackCodes(in, n, bits, c);
+}
+
+// The steps one after the other over all the rows: conversion, the finiteness check, each row's
+// groups quantised and packed, then the error sums over every value at once.
+int64_t RefQuantizeStoredRows(const void* x, StoredFloat type, int64_t rows, int64_t cols,
+                              int64_t glen, const QuantSpec& spec, uint8_t* packed, float* scales,
+                              uint8_t* zeros, ErrorStats* s) {
+  const int64_t n = rows * cols, ng = (cols + glen - 1) / glen;
+  std::vector<float> w(static_cast<size_t>(n)), deq(static_cast<size_t>(n));
+  std::vector<uint8_t> codes(static_cast<size_t>(cols));
+  switch (type) {
+    case StoredFloat::kF32:
+      std::memcpy(w.data(), x, static_cast<size_t>(n) * 4);
+      break;
+    case StoredFloat::kBf16:
+      RefBf16ToF32(static_cast<const uint16_t*>(x), n, w.data());
+      break;
+    case StoredFloat::kF16:
+      RefF16ToF32(static_cast<const uint16_t*>(x), n, w.data());
+      break;
+  }
+  const int64_t bad = RefFirstNonFinite(w.data(), n);
+  if (bad >= 0) return bad;
+  for (int64_t r = 0; r < rows; ++r) {
+    QuantizeGroupsWith<MinMaxRange, RefQuantizeCodes, RefDequantizeCodes>(
+        w.data() + r * cols, cols, glen, spec, codes.data(), scales + r * ng,
+        zeros ? zeros + r * ng : nullptr, deq.data() + r * cols);
+    RefPackCodes(codes.data(), cols, spec.bits, packed + r * PackedBytes(cols, spec.bits));
+  }
+  RefAccumulateErrors(w.data(), deq.data(), n, s);
+  return -1;
 }
 
 // scale = max|x| / 127 through the codec's own parameter rule (so an all-zero row gets scale 1);
@@ -165,23 +197,15 @@ const float* Nf4Table() { return Nf4Values().data(); }
 
 const KernelTable* ScalarTable() {
   static constexpr KernelTable kTable{
-      RefBf16ToF32,
-      RefF16ToF32,
-      RefF32ToBf16,
-      RefF32ToF16,
-      RefFirstNonFinite,
-      RefAccumulateErrors,
-      MinMaxRange,
-      QuantizeGroupsWith<MinMaxRange, RefQuantizeCodes, RefDequantizeCodes>,
-      RefQuantizeCodes,
-      RefDequantizeCodes,
-      RefPackCodes,
-      RefUnpackCodes,
-      RefQuantizeActivations,
-      RefGemmW8A8,
-      RefGemmW4A8,
-      RefGemmW4A16,
-      RefGemvNf4};
+      RefBf16ToF32,          RefF16ToF32,
+      RefF32ToBf16,          RefF32ToF16,
+      RefFirstNonFinite,     RefAccumulateErrors,
+      MinMaxRange,           QuantizeGroupsWith<MinMaxRange, RefQuantizeCodes, RefDequantizeCodes>,
+      RefQuantizeStoredRows, RefQuantizeCodes,
+      RefDequantizeCodes,    RefPackCodes,
+      RefUnpackCodes,        RefQuantizeActivations,
+      RefGemmW8A8,           RefGemmW4A8,
+      RefGemmW4A16,          RefGemvNf4};
   return &kTable;
 }
 

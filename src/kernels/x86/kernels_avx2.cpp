@@ -419,23 +419,26 @@ struct Avx2Ops {
 }  // namespace
 
 const KernelTable* Avx2Table() {
-  static constexpr KernelTable kTable{Bf16ToF32,
-                                      F16ToF32,
-                                      F32ToBf16,
-                                      F32ToF16,
-                                      FirstNonFiniteWith<Avx2Ops>,
-                                      AccumulateErrorsWith<Avx2Ops>,
-                                      MinMax,
-                                      QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>,
-                                      QuantizeCodes,
-                                      DequantizeCodes,
-                                      PackCodes,
-                                      UnpackCodes,
-                                      QuantizeActivations,
-                                      GemmW8A8,
-                                      GemmW4A8,
-                                      GemmW4A16With<Avx2Ops>,
-                                      GemvNf4With<Avx2Ops>};
+  static constexpr KernelTable kTable{
+      Bf16ToF32,
+      F16ToF32,
+      F32ToBf16,
+      F32ToF16,
+      FirstNonFiniteWith<Avx2Ops>,
+      AccumulateErrorsWith<Avx2Ops>,
+      MinMax,
+      QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>,
+      QuantizeStoredRowsWith<Avx2Ops, Bf16ToF32, F16ToF32, MinMax, QuantizeCodes, DequantizeCodes,
+                             PackCodes>,
+      QuantizeCodes,
+      DequantizeCodes,
+      PackCodes,
+      UnpackCodes,
+      QuantizeActivations,
+      GemmW8A8,
+      GemmW4A8,
+      GemmW4A16With<Avx2Ops>,
+      GemvNf4With<Avx2Ops>};
   return &kTable;
 }
 
