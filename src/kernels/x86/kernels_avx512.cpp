@@ -615,96 +615,156 @@ struct Avx512Ops {
 
 // ---- Quantisation straight from stored rows ----
 
-// Groups of 16 * NV values (NV vectors) held in registers from load to packed codes: converted,
-// checked, ranged, quantised, decoded and compared in one pass over x. Needs 4 or 8 bits and
-// cols a multiple of the group length.
+// 16 stored values from element i of x, as f32.
+inline __m512 LoadStored(const void* x, StoredFloat type, int64_t i) {
+  switch (type) {
+    case StoredFloat::kBf16: {
+      const __m256i h =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i));
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    case StoredFloat::kF16:
+      return _mm512_cvtph_ps(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i)));
+    case StoredFloat::kF32:
+      break;
+  }
+  return _mm512_loadu_ps(static_cast<const float*>(x) + i);
+}
+
+// A group's range as MinMax keeps it (lanes from 0, MINPS/MAXPS with the value first), and
+// whether any value is NaN or Inf.
+struct StoredRange {
+  __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  void Add(__m512 v) {
+    bad |= _mm512_fpclass_ps_mask(v, 0x99);  // QNaN, +Inf, -Inf, SNaN
+    lo = _mm512_min_ps(v, lo);
+    hi = _mm512_max_ps(v, hi);
+  }
+};
+
+// Quantises, decodes, compares and packs (4 or 8 bits) one group's values 16 at a time, in order
+// from the start of the call; the error sums follow AccumulateErrors' blocks over all of them.
+class StoredCoder {
+ public:
+  StoredCoder(const QuantSpec& spec, uint8_t* packed, ErrorStats* s)
+      : spec_(spec), out_(packed), s_(s) {}
+  // Starts a group: its parameters from the range, stored at scales[g] (and zeros[g]).
+  void Begin(const StoredRange& range, int64_t g, float* scales, uint8_t* zeros) {
+    const GroupParams p =
+        ParamsFromRange(_mm512_reduce_min_ps(range.lo), _mm512_reduce_max_ps(range.hi), spec_);
+    scales[g] = p.scale;
+    if (zeros) zeros[g] = static_cast<uint8_t>(p.zero);
+    scale_ = _mm512_set1_ps(p.scale);
+    qlo_ = _mm512_set1_ps(static_cast<float>(-p.zero));
+    qhi_ = _mm512_set1_ps(static_cast<float>((1 << spec_.bits) - 1 - p.zero));
+    zero_ = _mm512_set1_epi32(p.zero);
+  }
+  // QuantizeValue with the rounding done by VRNDSCALEPS: r = rne(clamp(x / scale)) is an
+  // integer in float, so the decoded value (u - zero) * scale is r * scale.
+  void Code(__m512 v) {
+    const __m512 r =
+        _mm512_roundscale_ps(_mm512_min_ps(_mm512_max_ps(_mm512_div_ps(v, scale_), qlo_), qhi_),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    lanes_.Step(v, _mm512_mul_ps(r, scale_));
+    in_block_ += 16;
+    if (in_block_ == kErrorBlock) {
+      lanes_.Flush(s_);
+      in_block_ = 0;
+    }
+    const __m128i c = _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvttps_epi32(r), zero_));
+    if (spec_.bits == 8) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out_), c);
+      out_ += 16;
+    } else {
+      // Byte pairs as 16-bit words: the low byte of w | w >> 4 is code 2i | code 2i+1 << 4.
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out_),
+                       _mm_cvtepi16_epi8(_mm_or_si128(c, _mm_srli_epi16(c, 4))));
+      out_ += 8;
+    }
+  }
+  // Ends the call: the last partial block of error sums, and the count of n values.
+  void Finish(int64_t n) {
+    if (in_block_ > 0) lanes_.Flush(s_);
+    s_->n += n;
+  }
+
+ private:
+  const QuantSpec& spec_;
+  uint8_t* out_;
+  ErrorStats* s_;
+  ErrorLanes<Avx512Ops> lanes_;
+  int64_t in_block_ = 0;
+  __m512 scale_, qlo_, qhi_;
+  __m512i zero_;
+};
+
+// Index into x of the first non-finite value among the n at x + i0.
+int64_t FirstNonFiniteStored(const void* x, StoredFloat type, int64_t i0, int64_t n) {
+  for (int64_t i = i0; i < i0 + n; i += 16) {
+    alignas(64) float w[16];
+    _mm512_store_ps(w, LoadStored(x, type, i));
+    for (int k = 0; k < 16; ++k) {
+      if (!std::isfinite(w[k])) return i + k;
+    }
+  }
+  return -1;
+}
+
+// Groups of 16 * NV values held in registers from load to packed codes: one pass over x. Needs
+// cols to be a multiple of the group length.
 template <int NV>
 int64_t StoredGroupsInRegisters(const void* x, StoredFloat type, int64_t rows, int64_t cols,
                                 const QuantSpec& spec, uint8_t* packed, float* scales,
                                 uint8_t* zeros, ErrorStats* s) {
   constexpr int64_t kLen = 16 * NV;
-  const int64_t ng = cols / kLen, total = rows * ng;
-  const int32_t umax = (1 << spec.bits) - 1;
-  ErrorLanes<Avx512Ops> lanes;
-  int64_t in_block = 0;
-  uint8_t* out = packed;
-  for (int64_t g = 0; g < total; ++g) {
-    const int64_t i0 = g * kLen;
+  const int64_t groups = rows * cols / kLen;
+  StoredCoder coder(spec, packed, s);
+  for (int64_t g = 0; g < groups; ++g) {
     __m512 v[NV];
+    StoredRange range;
     for (int j = 0; j < NV; ++j) {
-      switch (type) {
-        case StoredFloat::kF32:
-          v[j] = _mm512_loadu_ps(static_cast<const float*>(x) + i0 + 16 * j);
-          break;
-        case StoredFloat::kBf16: {
-          const __m256i h = _mm256_loadu_si256(
-              reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i0 + 16 * j));
-          v[j] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-          break;
-        }
-        case StoredFloat::kF16: {
-          const __m256i h = _mm256_loadu_si256(
-              reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i0 + 16 * j));
-          v[j] = _mm512_cvtph_ps(h);
-          break;
-        }
-      }
+      v[j] = LoadStored(x, type, g * kLen + 16 * j);
+      range.Add(v[j]);
     }
-    __mmask16 bad = 0;
-    __m512 lo = _mm512_setzero_ps(), hi = lo;
-    for (int j = 0; j < NV; ++j) {
-      bad |= _mm512_fpclass_ps_mask(v[j], 0x99);  // QNaN, +Inf, -Inf, SNaN
-      lo = _mm512_min_ps(v[j], lo);
-      hi = _mm512_max_ps(v[j], hi);
-    }
-    if (bad) {
-      alignas(64) float w[kLen];
-      for (int j = 0; j < NV; ++j) _mm512_store_ps(w + 16 * j, v[j]);
-      for (int64_t i = 0;; ++i) {
-        if (!std::isfinite(w[i])) return i0 + i;
-      }
-    }
-    const GroupParams p = ParamsFromRange(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), spec);
-    scales[g] = p.scale;
-    if (zeros) zeros[g] = static_cast<uint8_t>(p.zero);
-    // QuantizeValue with the rounding done by VRNDSCALEPS: r = rne(clamp(x / scale)) is an
-    // integer in float, so the decoded value (u - zero) * scale is r * scale.
-    const __m512 scale = _mm512_set1_ps(p.scale);
-    const __m512 qlo = _mm512_set1_ps(static_cast<float>(-p.zero));
-    const __m512 qhi = _mm512_set1_ps(static_cast<float>(umax - p.zero));
-    const __m512i zero = _mm512_set1_epi32(p.zero);
-    for (int j = 0; j < NV; ++j) {
-      const __m512 r =
-          _mm512_roundscale_ps(_mm512_min_ps(_mm512_max_ps(_mm512_div_ps(v[j], scale), qlo), qhi),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m512i u = _mm512_add_epi32(_mm512_cvttps_epi32(r), zero);
-      lanes.Step(v[j], _mm512_mul_ps(r, scale));
-      in_block += 16;
-      if (in_block == kErrorBlock) {
-        lanes.Flush(s);
-        in_block = 0;
-      }
-      const __m128i c = _mm512_cvtepi32_epi8(u);
-      if (spec.bits == 8) {
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), c);
-        out += 16;
-      } else {
-        // Byte pairs as 16-bit words: the low byte of w | w >> 4 is code 2i | code 2i+1 << 4.
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(out),
-                         _mm_cvtepi16_epi8(_mm_or_si128(c, _mm_srli_epi16(c, 4))));
-        out += 8;
-      }
+    if (range.bad) return FirstNonFiniteStored(x, type, g * kLen, kLen);
+    coder.Begin(range, g, scales, zeros);
+    for (int j = 0; j < NV; ++j) coder.Code(v[j]);
+  }
+  coder.Finish(rows * cols);
+  return -1;
+}
+
+// Any group length: each group read twice (range, then codes), the second time from cache.
+int64_t StoredGroupsTwoPass(const void* x, StoredFloat type, int64_t rows, int64_t cols,
+                            int64_t glen, const QuantSpec& spec, uint8_t* packed, float* scales,
+                            uint8_t* zeros, ErrorStats* s) {
+  const int64_t ng = (cols + glen - 1) / glen;
+  StoredCoder coder(spec, packed, s);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t i0 = r * cols + g * glen, len = std::min(glen, cols - g * glen);
+      StoredRange range;
+      for (int64_t i = i0; i < i0 + len; i += 16) range.Add(LoadStored(x, type, i));
+      if (range.bad) return FirstNonFiniteStored(x, type, i0, len);
+      coder.Begin(range, r * ng + g, scales, zeros);
+      for (int64_t i = i0; i < i0 + len; i += 16) coder.Code(LoadStored(x, type, i));
     }
   }
-  if (in_block > 0) lanes.Flush(s);
-  s->n += rows * cols;
+  coder.Finish(rows * cols);
   return -1;
 }
 
 int64_t QuantizeStoredRows(const void* x, StoredFloat type, int64_t rows, int64_t cols,
                            int64_t glen, const QuantSpec& spec, uint8_t* packed, float* scales,
                            uint8_t* zeros, ErrorStats* s) {
-  if ((spec.bits == 4 || spec.bits == 8) && cols % glen == 0) {
+  if (spec.bits != 4 && spec.bits != 8) {
+    return QuantizeStoredRowsWith<Avx512Ops, Bf16ToF32, F16ToF32, MinMax, QuantizeCodes,
+                                  DequantizeCodes, PackCodes>(x, type, rows, cols, glen, spec,
+                                                              packed, scales, zeros, s);
+  }
+  if (cols % glen == 0) {
     switch (glen) {
       case 32:
         return StoredGroupsInRegisters<2>(x, type, rows, cols, spec, packed, scales, zeros, s);
@@ -718,9 +778,7 @@ int64_t QuantizeStoredRows(const void* x, StoredFloat type, int64_t rows, int64_
         break;
     }
   }
-  return QuantizeStoredRowsWith<Avx512Ops, Bf16ToF32, F16ToF32, MinMax, QuantizeCodes,
-                                DequantizeCodes, PackCodes>(x, type, rows, cols, glen, spec, packed,
-                                                            scales, zeros, s);
+  return StoredGroupsTwoPass(x, type, rows, cols, glen, spec, packed, scales, zeros, s);
 }
 
 }  // namespace
