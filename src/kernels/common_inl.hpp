@@ -75,24 +75,13 @@ class ErrorLanes {
   /// Adds the 16 pairs at px, py: element j to lane j.
   void Step(const float* px, const float* py) {
     for (int64_t v = 0; v < V; ++v) {
-      const Vec a = Ops::Load(px + v * Ops::kWidth), b = Ops::Load(py + v * Ops::kWidth);
-      const Vec e = Ops::Sub(a, b);
-      xx_[v] = Ops::Add(xx_[v], Ops::Mul(a, a));
-      ee_[v] = Ops::Add(ee_[v], Ops::Mul(e, e));
-      yy_[v] = Ops::Add(yy_[v], Ops::Mul(b, b));
-      xy_[v] = Ops::Add(xy_[v], Ops::Mul(a, b));
-      m_[v] = Ops::Max(m_[v], Ops::Abs(e));
+      Add(v, Ops::Load(px + v * Ops::kWidth), Ops::Load(py + v * Ops::kWidth));
     }
   }
   /// Adds the 16 pairs a, b held in one vector (families with 16 lanes).
   void Step(Vec a, Vec b) {
     static_assert(V == 1);
-    const Vec e = Ops::Sub(a, b);
-    xx_[0] = Ops::Add(xx_[0], Ops::Mul(a, a));
-    ee_[0] = Ops::Add(ee_[0], Ops::Mul(e, e));
-    yy_[0] = Ops::Add(yy_[0], Ops::Mul(b, b));
-    xy_[0] = Ops::Add(xy_[0], Ops::Mul(a, b));
-    m_[0] = Ops::Max(m_[0], Ops::Abs(e));
+    Add(0, a, b);
   }
   /// Ends the block: its lanes added to *s in lane order, and a new block started.
   void Flush(ErrorStats* s) {
@@ -110,6 +99,14 @@ class ErrorLanes {
 
  private:
   static constexpr int64_t V = kErrorLanes / Ops::kWidth;
+  void Add(int64_t v, Vec a, Vec b) {
+    const Vec e = Ops::Sub(a, b);
+    xx_[v] = Ops::Add(xx_[v], Ops::Mul(a, a));
+    ee_[v] = Ops::Add(ee_[v], Ops::Mul(e, e));
+    yy_[v] = Ops::Add(yy_[v], Ops::Mul(b, b));
+    xy_[v] = Ops::Add(xy_[v], Ops::Mul(a, b));
+    m_[v] = Ops::Max(m_[v], Ops::Abs(e));
+  }
   void Clear() {
     for (int64_t v = 0; v < V; ++v) xx_[v] = ee_[v] = yy_[v] = xy_[v] = m_[v] = Ops::Zero();
   }
@@ -174,8 +171,8 @@ void QuantizeGroupsWith(const float* x, int64_t n, int64_t glen, const QuantSpec
 
 /// QuantizeStoredRows from a family's own kernels, one group at a time: each group is converted
 /// into per-thread scratch and quantised, decoded, compared and packed there while it is in L1,
-/// instead of each step walking the whole chunk of rows. `Ops` as for ErrorLanes, plus
-/// AnyNonFinite(p).
+/// instead of each step walking the whole chunk of rows. `Ops` as for ErrorLanes and
+/// FirstNonFiniteWith.
 template <typename Ops, auto Bf16Fn, auto F16Fn, auto MinMaxFn, auto QuantizeFn, auto DequantizeFn,
           auto PackFn>
 int64_t QuantizeStoredRowsWith(const void* x, StoredFloat type, int64_t rows, int64_t cols,
@@ -201,13 +198,8 @@ int64_t QuantizeStoredRowsWith(const void* x, StoredFloat type, int64_t rows, in
           F16Fn(static_cast<const uint16_t*>(x) + i0, len, wg);
           break;
       }
-      bool bad = false;
-      for (int64_t i = 0; i < len; i += Ops::kWidth) bad |= Ops::AnyNonFinite(wg + i);
-      if (bad) {
-        for (int64_t i = 0;; ++i) {
-          if (!std::isfinite(wg[i])) return i0 + i;
-        }
-      }
+      const int64_t bad = FirstNonFiniteWith<Ops>(wg, len);
+      if (bad >= 0) return i0 + bad;
       float lo, hi;
       MinMaxFn(wg, len, &lo, &hi);
       const GroupParams p = ParamsFromRange(lo, hi, spec);
