@@ -83,6 +83,13 @@ class ErrorLanes {
     static_assert(V == 1);
     Add(0, a, b);
   }
+  /// Adds the 16 pairs held in two vectors each: a0, b0 the first 8, a1, b1 the next 8 (families
+  /// with 8 lanes).
+  void Step(Vec a0, Vec b0, Vec a1, Vec b1) {
+    static_assert(V == 2);
+    Add(0, a0, b0);
+    Add(1, a1, b1);
+  }
   /// Ends the block: its lanes added to *s in lane order, and a new block started.
   void Flush(ErrorStats* s) {
     alignas(64) float lanes[5][kErrorLanes];

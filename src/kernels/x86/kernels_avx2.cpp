@@ -416,29 +416,192 @@ struct Avx2Ops {
   }
 };
 
+// ---- Quantisation straight from stored rows ----
+
+// 8 stored values from element i of x, as f32. F16C is exact for every finite half and gives
+// NaN or Inf for NaN and Inf, which is all the group pass needs.
+template <StoredFloat kType>
+inline __m256 LoadStored(const void* x, int64_t i) {
+  if constexpr (kType == StoredFloat::kF32) {
+    return _mm256_loadu_ps(static_cast<const float*>(x) + i);
+  } else {
+    const __m128i h =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + i));
+    if constexpr (kType == StoredFloat::kF16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+}
+
+// Quantises, decodes, compares and packs (4 or 8 bits) 16 values at a time, in order from the
+// start of the call; the error sums follow AccumulateErrors' blocks over all of them.
+template <int kBits>
+class StoredCoder {
+ public:
+  StoredCoder(uint8_t* packed, ErrorStats* s) : out_(packed), s_(s) {}
+  void Begin(GroupParams p) {
+    scale_ = _mm256_set1_ps(p.scale);
+    qlo_ = _mm256_set1_ps(static_cast<float>(-p.zero));
+    qhi_ = _mm256_set1_ps(static_cast<float>((1 << kBits) - 1 - p.zero));
+    zero_ = _mm256_set1_epi32(p.zero);
+  }
+  // QuantizeValue with the rounding done by VROUNDPS (the same round half to even as the
+  // reference's +-1.5 * 2^23 on clamped values): r = rne(clamp(x / scale)) is an integer in
+  // float, so the decoded value (u - zero) * scale is r * scale.
+  void Code(__m256 v0, __m256 v1) {
+    const __m256 r0 = Round(v0), r1 = Round(v1);
+    lanes_.Step(v0, _mm256_mul_ps(r0, scale_), v1, _mm256_mul_ps(r1, scale_));
+    in_block_ += 16;
+    if (in_block_ == kErrorBlock) {
+      lanes_.Flush(s_);
+      in_block_ = 0;
+    }
+    // Words: codes 0-3 and 8-11 in the low 128-bit lane, 4-7 and 12-15 in the high one.
+    const __m256i w = _mm256_packs_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(r0), zero_),
+                                         _mm256_add_epi32(_mm256_cvttps_epi32(r1), zero_));
+    const __m128i wl = _mm256_castsi256_si128(w), wh = _mm256_extracti128_si256(w, 1);
+    if constexpr (kBits == 8) {
+      const __m128i b = _mm_packus_epi16(wl, wh);  // dwords: codes 0-3, 8-11, 4-7, 12-15
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out_), _mm_shuffle_epi32(b, 0xd8));
+      out_ += 16;
+    } else {
+      // In each dword (codes 2j, 2j+1 as words) the low byte of d | d >> 12 is the packed pair;
+      // those bytes, gathered per 128-bit lane, are pairs 0, 1, 4, 5 and 2, 3, 6, 7.
+      const __m128i pick =
+          _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+      const __m128i pl = _mm_shuffle_epi8(_mm_or_si128(wl, _mm_srli_epi32(wl, 12)), pick);
+      const __m128i ph = _mm_shuffle_epi8(_mm_or_si128(wh, _mm_srli_epi32(wh, 12)), pick);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out_), _mm_unpacklo_epi16(pl, ph));
+      out_ += 8;
+    }
+  }
+  // Ends the call: the last partial block of error sums, and the count of n values.
+  void Finish(int64_t n) {
+    if (in_block_ > 0) lanes_.Flush(s_);
+    s_->n += n;
+  }
+
+ private:
+  __m256 Round(__m256 v) const {
+    return _mm256_round_ps(_mm256_min_ps(_mm256_max_ps(_mm256_div_ps(v, scale_), qlo_), qhi_),
+                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  uint8_t* out_;
+  ErrorStats* s_;
+  ErrorLanes<Avx2Ops> lanes_;
+  int64_t in_block_ = 0;
+  __m256 scale_, qlo_, qhi_;
+  __m256i zero_;
+};
+
+// Each group read twice: its range and finiteness, then (from L1) its codes.
+template <StoredFloat kType, int kBits>
+int64_t StoredGroups(const void* x, int64_t rows, int64_t cols, int64_t glen, const QuantSpec& spec,
+                     uint8_t* packed, float* scales, uint8_t* zeros, ErrorStats* s) {
+  const int64_t ng = (cols + glen - 1) / glen;
+  const __m256i exp = _mm256_set1_epi32(0x7f800000);
+  StoredCoder<kBits> coder(packed, s);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t i0 = r * cols + g * glen, i1 = i0 + std::min(glen, cols - g * glen);
+      // MinMax's lanes (from 0, MINPS/MAXPS with the value first) in two chains each; min and
+      // max of finite values do not depend on the order.
+      __m256 lo0 = _mm256_setzero_ps(), lo1 = lo0, hi0 = lo0, hi1 = lo0;
+      __m256i bad = _mm256_setzero_si256();
+      for (int64_t i = i0; i < i1; i += 16) {
+        const __m256 v0 = LoadStored<kType>(x, i), v1 = LoadStored<kType>(x, i + 8);
+        lo0 = _mm256_min_ps(v0, lo0);
+        hi0 = _mm256_max_ps(v0, hi0);
+        lo1 = _mm256_min_ps(v1, lo1);
+        hi1 = _mm256_max_ps(v1, hi1);
+        // Exponent all ones: NaN or Inf.
+        const __m256i e0 = _mm256_and_si256(_mm256_castps_si256(v0), exp);
+        const __m256i e1 = _mm256_and_si256(_mm256_castps_si256(v1), exp);
+        bad = _mm256_or_si256(
+            bad, _mm256_or_si256(_mm256_cmpeq_epi32(e0, exp), _mm256_cmpeq_epi32(e1, exp)));
+      }
+      if (!_mm256_testz_si256(bad, bad)) {
+        for (int64_t i = i0; i < i1; i += 8) {
+          alignas(32) float w[8];
+          _mm256_store_ps(w, LoadStored<kType>(x, i));
+          for (int k = 0; k < 8; ++k) {
+            if (!std::isfinite(w[k])) return i + k;
+          }
+        }
+      }
+      alignas(32) float lanes[2][8];
+      _mm256_store_ps(lanes[0], _mm256_min_ps(lo0, lo1));
+      _mm256_store_ps(lanes[1], _mm256_max_ps(hi0, hi1));
+      float lo = 0.0f, hi = 0.0f;
+      for (int k = 0; k < 8; ++k) {
+        lo = lanes[0][k] < lo ? lanes[0][k] : lo;
+        hi = lanes[1][k] > hi ? lanes[1][k] : hi;
+      }
+      const GroupParams p = ParamsFromRange(lo, hi, spec);
+      scales[r * ng + g] = p.scale;
+      if (zeros) zeros[r * ng + g] = static_cast<uint8_t>(p.zero);
+      coder.Begin(p);
+      for (int64_t i = i0; i < i1; i += 16) {
+        coder.Code(LoadStored<kType>(x, i), LoadStored<kType>(x, i + 8));
+      }
+    }
+  }
+  coder.Finish(rows * cols);
+  return -1;
+}
+
+template <int kBits>
+int64_t StoredGroupsOf(const void* x, StoredFloat type, int64_t rows, int64_t cols, int64_t glen,
+                       const QuantSpec& spec, uint8_t* packed, float* scales, uint8_t* zeros,
+                       ErrorStats* s) {
+  switch (type) {
+    case StoredFloat::kBf16:
+      return StoredGroups<StoredFloat::kBf16, kBits>(x, rows, cols, glen, spec, packed, scales,
+                                                     zeros, s);
+    case StoredFloat::kF16:
+      return StoredGroups<StoredFloat::kF16, kBits>(x, rows, cols, glen, spec, packed, scales,
+                                                    zeros, s);
+    case StoredFloat::kF32:
+      break;
+  }
+  return StoredGroups<StoredFloat::kF32, kBits>(x, rows, cols, glen, spec, packed, scales, zeros,
+                                                s);
+}
+
+int64_t QuantizeStoredRows(const void* x, StoredFloat type, int64_t rows, int64_t cols,
+                           int64_t glen, const QuantSpec& spec, uint8_t* packed, float* scales,
+                           uint8_t* zeros, ErrorStats* s) {
+  if (spec.bits == 4) {
+    return StoredGroupsOf<4>(x, type, rows, cols, glen, spec, packed, scales, zeros, s);
+  }
+  if (spec.bits == 8) {
+    return StoredGroupsOf<8>(x, type, rows, cols, glen, spec, packed, scales, zeros, s);
+  }
+  return QuantizeStoredRowsWith<Avx2Ops, Bf16ToF32, F16ToF32, MinMax, QuantizeCodes,
+                                DequantizeCodes, PackCodes>(x, type, rows, cols, glen, spec, packed,
+                                                            scales, zeros, s);
+}
+
 }  // namespace
 
 const KernelTable* Avx2Table() {
-  static constexpr KernelTable kTable{
-      Bf16ToF32,
-      F16ToF32,
-      F32ToBf16,
-      F32ToF16,
-      FirstNonFiniteWith<Avx2Ops>,
-      AccumulateErrorsWith<Avx2Ops>,
-      MinMax,
-      QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>,
-      QuantizeStoredRowsWith<Avx2Ops, Bf16ToF32, F16ToF32, MinMax, QuantizeCodes, DequantizeCodes,
-                             PackCodes>,
-      QuantizeCodes,
-      DequantizeCodes,
-      PackCodes,
-      UnpackCodes,
-      QuantizeActivations,
-      GemmW8A8,
-      GemmW4A8,
-      GemmW4A16With<Avx2Ops>,
-      GemvNf4With<Avx2Ops>};
+  static constexpr KernelTable kTable{Bf16ToF32,
+                                      F16ToF32,
+                                      F32ToBf16,
+                                      F32ToF16,
+                                      FirstNonFiniteWith<Avx2Ops>,
+                                      AccumulateErrorsWith<Avx2Ops>,
+                                      MinMax,
+                                      QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>,
+                                      QuantizeStoredRows,
+                                      QuantizeCodes,
+                                      DequantizeCodes,
+                                      PackCodes,
+                                      UnpackCodes,
+                                      QuantizeActivations,
+                                      GemmW8A8,
+                                      GemmW4A8,
+                                      GemmW4A16With<Avx2Ops>,
+                                      GemvNf4With<Avx2Ops>};
   return &kTable;
 }
 
