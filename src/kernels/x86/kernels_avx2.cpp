@@ -432,46 +432,62 @@ inline __m256 LoadStored(const void* x, int64_t i) {
   }
 }
 
-// Quantises, decodes, compares and packs (4 or 8 bits) 16 values at a time, in order from the
-// start of the call; the error sums follow AccumulateErrors' blocks over all of them.
-template <int kBits>
+// Quantises, decodes, compares and packs (4 or 8 bits) groups of values in order from the start of
+// the call; the error sums follow AccumulateErrors' blocks over all of them.
+template <StoredFloat kType, int kBits>
 class StoredCoder {
  public:
-  StoredCoder(uint8_t* packed, ErrorStats* s) : out_(packed), s_(s) {}
-  void Begin(GroupParams p) {
-    scale_ = _mm256_set1_ps(p.scale);
-    qlo_ = _mm256_set1_ps(static_cast<float>(-p.zero));
-    qhi_ = _mm256_set1_ps(static_cast<float>((1 << kBits) - 1 - p.zero));
-    zero_ = _mm256_set1_epi32(p.zero);
-  }
-  // QuantizeValue with the rounding done by VROUNDPS (the same round half to even as the
-  // reference's +-1.5 * 2^23 on clamped values): r = rne(clamp(x / scale)) is an integer in
-  // float, so the decoded value (u - zero) * scale is r * scale.
-  void Code(__m256 v0, __m256 v1) {
-    const __m256 r0 = Round(v0), r1 = Round(v1);
-    lanes_.Step(v0, _mm256_mul_ps(r0, scale_), v1, _mm256_mul_ps(r1, scale_));
-    in_block_ += 16;
-    if (in_block_ == kErrorBlock) {
-      lanes_.Flush(s_);
-      in_block_ = 0;
-    }
-    // Words: codes 0-3 and 8-11 in the low 128-bit lane, 4-7 and 12-15 in the high one.
-    const __m256i w = _mm256_packs_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(r0), zero_),
-                                         _mm256_add_epi32(_mm256_cvttps_epi32(r1), zero_));
-    const __m128i wl = _mm256_castsi256_si128(w), wh = _mm256_extracti128_si256(w, 1);
-    if constexpr (kBits == 8) {
-      const __m128i b = _mm_packus_epi16(wl, wh);  // dwords: codes 0-3, 8-11, 4-7, 12-15
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out_), _mm_shuffle_epi32(b, 0xd8));
-      out_ += 16;
-    } else {
-      // In each dword (codes 2j, 2j+1 as words) the low byte of d | d >> 12 is the packed pair;
-      // those bytes, gathered per 128-bit lane, are pairs 0, 1, 4, 5 and 2, 3, 6, 7.
-      const __m128i pick =
-          _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-      const __m128i pl = _mm_shuffle_epi8(_mm_or_si128(wl, _mm_srli_epi32(wl, 12)), pick);
-      const __m128i ph = _mm_shuffle_epi8(_mm_or_si128(wh, _mm_srli_epi32(wh, 12)), pick);
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(out_), _mm_unpacklo_epi16(pl, ph));
-      out_ += 8;
+  StoredCoder(const void* x, uint8_t* packed, ErrorStats* s) : x_(x), out_(packed), s_(s) {}
+  // Codes the group of n values (a multiple of 16) from element i of x under p, in runs that end
+  // where a block of error sums ends. QuantizeValue has its rounding done by VROUNDPS (the same
+  // round half to even as the reference's +-1.5 * 2^23 on clamped values): r = rne(clamp(x /
+  // scale)) is an integer in float, so the decoded value (u - zero) * scale is r * scale.
+  void Code(GroupParams p, int64_t i, int64_t n) {
+    const __m256 scale = _mm256_set1_ps(p.scale);
+    const __m256 qlo = _mm256_set1_ps(static_cast<float>(-p.zero));
+    const __m256 qhi = _mm256_set1_ps(static_cast<float>((1 << kBits) - 1 - p.zero));
+    const __m256i zero = _mm256_set1_epi32(p.zero);
+    auto round = [&](__m256 v) {
+      return _mm256_round_ps(_mm256_min_ps(_mm256_max_ps(_mm256_div_ps(v, scale), qlo), qhi),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    };
+    while (n > 0) {
+      const int64_t len = std::min(n, kErrorBlock - in_block_);
+      // A local copy of the lanes, which the compiler keeps in registers through the run.
+      ErrorLanes<Avx2Ops> lanes = lanes_;
+      uint8_t* out = out_;
+      for (int64_t j = i; j < i + len; j += 16) {
+        const __m256 v0 = LoadStored<kType>(x_, j), v1 = LoadStored<kType>(x_, j + 8);
+        const __m256 r0 = round(v0), r1 = round(v1);
+        lanes.Step(v0, _mm256_mul_ps(r0, scale), v1, _mm256_mul_ps(r1, scale));
+        // Words: codes 0-3 and 8-11 in the low 128-bit lane, 4-7 and 12-15 in the high one.
+        const __m256i w = _mm256_packs_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(r0), zero),
+                                             _mm256_add_epi32(_mm256_cvttps_epi32(r1), zero));
+        const __m128i wl = _mm256_castsi256_si128(w), wh = _mm256_extracti128_si256(w, 1);
+        if constexpr (kBits == 8) {
+          const __m128i b = _mm_packus_epi16(wl, wh);  // dwords: codes 0-3, 8-11, 4-7, 12-15
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_shuffle_epi32(b, 0xd8));
+          out += 16;
+        } else {
+          // In each dword (codes 2k, 2k+1 as words) the low byte of d | d >> 12 is the packed
+          // pair; those bytes, gathered per 128-bit lane, are pairs 0, 1, 4, 5 and 2, 3, 6, 7.
+          const __m128i pick =
+              _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+          const __m128i pl = _mm_shuffle_epi8(_mm_or_si128(wl, _mm_srli_epi32(wl, 12)), pick);
+          const __m128i ph = _mm_shuffle_epi8(_mm_or_si128(wh, _mm_srli_epi32(wh, 12)), pick);
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_unpacklo_epi16(pl, ph));
+          out += 8;
+        }
+      }
+      lanes_ = lanes;
+      out_ = out;
+      i += len;
+      n -= len;
+      in_block_ += len;
+      if (in_block_ == kErrorBlock) {
+        lanes_.Flush(s_);
+        in_block_ = 0;
+      }
     }
   }
   // Ends the call: the last partial block of error sums, and the count of n values.
@@ -481,16 +497,11 @@ class StoredCoder {
   }
 
  private:
-  __m256 Round(__m256 v) const {
-    return _mm256_round_ps(_mm256_min_ps(_mm256_max_ps(_mm256_div_ps(v, scale_), qlo_), qhi_),
-                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
+  const void* x_;
   uint8_t* out_;
   ErrorStats* s_;
   ErrorLanes<Avx2Ops> lanes_;
   int64_t in_block_ = 0;
-  __m256 scale_, qlo_, qhi_;
-  __m256i zero_;
 };
 
 // Each group read twice: its range and finiteness, then (from L1) its codes.
@@ -499,7 +510,7 @@ int64_t StoredGroups(const void* x, int64_t rows, int64_t cols, int64_t glen, co
                      uint8_t* packed, float* scales, uint8_t* zeros, ErrorStats* s) {
   const int64_t ng = (cols + glen - 1) / glen;
   const __m256i exp = _mm256_set1_epi32(0x7f800000);
-  StoredCoder<kBits> coder(packed, s);
+  StoredCoder<kType, kBits> coder(x, packed, s);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g < ng; ++g) {
       const int64_t i0 = r * cols + g * glen, i1 = i0 + std::min(glen, cols - g * glen);
@@ -539,10 +550,7 @@ int64_t StoredGroups(const void* x, int64_t rows, int64_t cols, int64_t glen, co
       const GroupParams p = ParamsFromRange(lo, hi, spec);
       scales[r * ng + g] = p.scale;
       if (zeros) zeros[r * ng + g] = static_cast<uint8_t>(p.zero);
-      coder.Begin(p);
-      for (int64_t i = i0; i < i1; i += 16) {
-        coder.Code(LoadStored<kType>(x, i), LoadStored<kType>(x, i + 8));
-      }
+      coder.Code(p, i0, i1 - i0);
     }
   }
   coder.Finish(rows * cols);
