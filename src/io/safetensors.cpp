@@ -5,10 +5,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <thread>
 
 #include "qtool/core/error.hpp"
 #include "qtool/io/temp_path.hpp"
@@ -228,6 +232,64 @@ std::string SafetensorsWriter::EncodeHeader(const std::vector<TensorSpec>& tenso
   return out + text;
 }
 
+// One write at a time on a thread of its own. A write's exception is rethrown by every later
+// Wait, so that nothing is written after a failed write.
+class SafetensorsWriter::WriteThread {
+ public:
+  explicit WriteThread(SafetensorsWriter& writer) : writer_(writer), thread_([this] { Run(); }) {}
+  ~WriteThread() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  /// Starts writing `bytes`, which stay untouched until the next Wait returns. Needs a Wait first.
+  void Start(std::span<const std::byte> bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_ = bytes;
+    busy_ = true;
+    cv_.notify_all();
+  }
+  /// Waits for the write under way, if any.
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !busy_; });
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [&] { return stop_ || busy_; });
+      if (stop_) return;
+      const std::span<const std::byte> bytes = job_;
+      lock.unlock();
+      std::exception_ptr error;
+      try {
+        if (!error_) writer_.WriteOut(bytes);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      lock.lock();
+      if (error) error_ = error;
+      busy_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  SafetensorsWriter& writer_;
+  std::span<const std::byte> job_;
+  bool busy_ = false;
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread thread_;
+};
+
 SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
                                      std::vector<TensorSpec> tensors,
                                      const std::map<std::string, std::string>& metadata)
@@ -251,21 +313,25 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
   fd_ = ::open(tmp_path_.c_str(), kFlags, 0644);
 #endif
   QTOOL_CHECK(fd_ >= 0, IoError, "{}: cannot create: {}", tmp_path_.string(), std::strerror(errno));
-  buffer_.reset(static_cast<std::byte*>(std::aligned_alloc(kDirectBlock, kWriteBuffer)));
-  QTOOL_CHECK(buffer_ != nullptr, IoError, "{}: no memory for the write buffer", path_.string());
+  for (auto& b : buffers_) {
+    b.reset(static_cast<std::byte*>(std::aligned_alloc(kDirectBlock, kWriteBuffer)));
+    QTOOL_CHECK(b != nullptr, IoError, "{}: no memory for the write buffers", path_.string());
+  }
+  io_ = std::make_unique<WriteThread>(*this);
   const auto* h = reinterpret_cast<const std::byte*>(header.data());
   for (size_t done = 0; done < header.size();) {
     const size_t n = std::min(header.size() - done, kWriteBuffer - buffered_);
-    std::memcpy(buffer_.get() + buffered_, h + done, n);
+    std::memcpy(buffers_[current_].get() + buffered_, h + done, n);
     buffered_ += n;
     done += n;
-    if (buffered_ == kWriteBuffer) Flush(false);
+    if (buffered_ == kWriteBuffer) Flush();
   }
 }
 
 void SafetensorsWriter::FreeAligned::operator()(std::byte* p) const { std::free(p); }
 
 SafetensorsWriter::~SafetensorsWriter() {
+  io_.reset();  // no write may run on a closed descriptor
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) {
     std::error_code ec;
@@ -286,24 +352,29 @@ void SafetensorsWriter::Write(uint64_t n, const ByteSource& read) {
   written_ += n;
   for (uint64_t done = 0; done < n;) {
     const size_t take = static_cast<size_t>(std::min<uint64_t>(n - done, kWriteBuffer - buffered_));
-    read(done, {buffer_.get() + buffered_, take});
+    read(done, {buffers_[current_].get() + buffered_, take});
     buffered_ += take;
     done += take;
-    if (buffered_ == kWriteBuffer) Flush(false);
+    if (buffered_ == kWriteBuffer) Flush();
   }
 }
 
-void SafetensorsWriter::Flush(bool all) {
+void SafetensorsWriter::Flush() {
   const size_t whole = buffered_ / kDirectBlock * kDirectBlock;
-  if (!all) {
-    WriteOut({buffer_.get(), whole});
-    std::memmove(buffer_.get(), buffer_.get() + whole, buffered_ - whole);
-    buffered_ -= whole;
-    return;
-  }
+  io_->Wait();  // the other buffer is written out and free
+  std::byte* full = buffers_[current_].get();
+  current_ = 1 - current_;
+  std::memcpy(buffers_[current_].get(), full + whole, buffered_ - whole);
+  buffered_ -= whole;
+  io_->Start({full, whole});
+}
+
+void SafetensorsWriter::FlushAll() {
+  io_->Wait();
+  std::byte* b = buffers_[current_].get();
   const size_t padded = (buffered_ + kDirectBlock - 1) / kDirectBlock * kDirectBlock;
-  std::memset(buffer_.get() + buffered_, 0, padded - buffered_);
-  WriteOut({buffer_.get(), direct_ ? padded : buffered_});
+  std::memset(b + buffered_, 0, padded - buffered_);
+  WriteOut({b, direct_ ? padded : buffered_});
   buffered_ = 0;
 }
 
@@ -330,7 +401,7 @@ void SafetensorsWriter::WriteOut(std::span<const std::byte> bytes) {
 void SafetensorsWriter::Commit() {
   QTOOL_CHECK(written_ == total_, ShapeError, "{}: {} of {} tensor bytes were written",
               path_.string(), written_, total_);
-  Flush(true);
+  FlushAll();
   // Direct writes end on a block boundary: cut the padding off.
   QTOOL_CHECK(::ftruncate(fd_, static_cast<off_t>(file_size_)) == 0, IoError,
               "{}: cannot set the file size: {}", tmp_path_.string(), std::strerror(errno));

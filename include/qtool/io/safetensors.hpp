@@ -124,14 +124,17 @@ class SafetensorsWriter {
                                   const std::map<std::string, std::string>& metadata);
 
  private:
-  // Writes the buffer's whole blocks (all of it with `all`, the last block zero padded) and keeps
-  // the rest at its start.
-  void Flush(bool all);
+  // Hands the buffer's whole blocks to the write thread and goes on filling the other buffer,
+  // which starts with the rest.
+  void Flush();
+  // Writes out everything buffered, the last block zero padded for direct I/O, and waits.
+  void FlushAll();
   void WriteOut(std::span<const std::byte> bytes);
 
   struct FreeAligned {
     void operator()(std::byte* p) const;
   };
+  class WriteThread;
 
   std::filesystem::path path_;
   std::filesystem::path tmp_path_;
@@ -142,8 +145,12 @@ class SafetensorsWriter {
   uint64_t total_ = 0;
   uint64_t written_ = 0;
   uint64_t file_size_ = 0;  // header and tensor bytes
-  std::unique_ptr<std::byte[], FreeAligned> buffer_;
+  // Two buffers: one fills while the write thread writes the other out, so that copying into a
+  // buffer (or reading a source file into it) overlaps the device's write.
+  std::unique_ptr<std::byte[], FreeAligned> buffers_[2];
+  int current_ = 0;
   size_t buffered_ = 0;
+  std::unique_ptr<WriteThread> io_;
   bool committed_ = false;
 };
 
