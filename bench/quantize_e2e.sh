@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of `qtool quantize` INT4-g128 on a synthetic Llama-shaped bf16 checkpoint
 # (about 1.5 GB: hidden 2048, intermediate 5632, 14 layers, vocab 32000), read from the page cache.
-# Reports input GB/s, wall time and peak RSS against the largest tensor.
+# Reports input GB/s, wall time and peak RSS against the largest tensor. After each run it times
+# the device's ceiling in the same minute: writing as many bytes as the output has with direct I/O
+# (dd, 8 MB blocks, as qtool writes), expressed as GB/s of the run's input.
 # Usage: bench/quantize_e2e.sh [WORK_DIR]   (default: build/e2e; needs about 2.2 GB free)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +25,17 @@ for run in 1 2 3 4 5; do
   read -r wall rss_kb <"$work/time.txt"
   gbps=$(grep -o '"input_gb_per_s": [0-9.e+-]*' "$work/report.json" | awk '{print $2}')
   largest=$(grep -o '"largest_tensor_bytes": [0-9]*' "$work/report.json" | awk '{print $2}')
-  echo "run $run: wall ${wall} s, quantize ${gbps} GB/s of input, peak RSS $((rss_kb / 1024)) MiB," \
-    "largest tensor $((largest / 1048576)) MiB (bound: 2x + 200 MiB = $((2 * largest / 1048576 + 200)) MiB)"
+  bytes_in=$(grep -o '"bytes_in": [0-9]*' "$work/report.json" | head -n 1 | awk '{print $2}')
+  bytes_out=$(grep -o '"bytes_out": [0-9]*' "$work/report.json" | head -n 1 | awk '{print $2}')
+  rm -f "$work/ceiling"
+  start=$(date +%s.%N)
+  dd if=/dev/zero of="$work/ceiling" bs=8M count=$(((bytes_out + 8388607) / 8388608)) oflag=direct \
+    status=none
+  end=$(date +%s.%N)
+  rm -f "$work/ceiling"
+  ceiling=$(awk -v b="$bytes_in" -v s="$start" -v e="$end" 'BEGIN {printf "%.2f", b / (e - s) / 1e9}')
+  echo "run $run: wall ${wall} s, quantize ${gbps} GB/s of input (device ceiling ${ceiling}), peak RSS" \
+    "$((rss_kb / 1024)) MiB, largest tensor $((largest / 1048576)) MiB (bound: 2x + 200 MiB =" \
+    "$((2 * largest / 1048576 + 200)) MiB)"
 done
 tail -n 4 "$work/report.txt"
