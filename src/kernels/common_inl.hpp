@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../quant/params_inl.hpp"
 #include "table.hpp"
 
 namespace qtool::kernels::detail {
@@ -168,7 +169,7 @@ void QuantizeGroupsWith(const float* x, int64_t n, int64_t glen, const QuantSpec
     const int64_t len = std::min(glen, n - g0);
     float lo, hi;
     MinMaxFn(x + g0, len, &lo, &hi);
-    const GroupParams p = ParamsFromRange(lo, hi, spec);
+    const GroupParams p = qtool::detail::GroupParamsFromRange(lo, hi, spec);
     scales[g] = p.scale;
     if (zeros) zeros[g] = static_cast<uint8_t>(p.zero);
     QuantizeFn(x + g0, len, p, umax, codes + g0);
@@ -209,7 +210,7 @@ int64_t QuantizeStoredRowsWith(const void* x, StoredFloat type, int64_t rows, in
       if (bad >= 0) return i0 + bad;
       float lo, hi;
       MinMaxFn(wg, len, &lo, &hi);
-      const GroupParams p = ParamsFromRange(lo, hi, spec);
+      const GroupParams p = qtool::detail::GroupParamsFromRange(lo, hi, spec);
       scales[r * ng + g] = p.scale;
       if (zeros) zeros[r * ng + g] = static_cast<uint8_t>(p.zero);
       QuantizeFn(wg, len, p, umax, codes.as<uint8_t>());

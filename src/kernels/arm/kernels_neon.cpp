@@ -159,7 +159,7 @@ void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float*
       const float v = xt[i] < 0 ? -xt[i] : xt[i];
       a = v > a ? v : a;
     }
-    const GroupParams p = ParamsFromRange(-a, a, spec);
+    const GroupParams p = qtool::detail::GroupParamsFromRange(-a, a, spec);
     s[t] = p.scale;
     const CodeQuantizer quant(p, 255);
     const int32x4_t offset = vdupq_n_s32(128), floor = vdupq_n_s32(-127);

@@ -107,7 +107,7 @@ void RefQuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, flo
     const float* xt = x + t * k;
     float amax = 0.0f;
     for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(xt[i]));
-    const GroupParams p = ParamsFromRange(-amax, amax, spec);
+    const GroupParams p = qtool::detail::GroupParamsFromRange(-amax, amax, spec);
     s[t] = p.scale;
     for (int64_t i = 0; i < k; ++i) {
       q[t * k + i] = static_cast<int8_t>(std::max(QuantizeValue(xt[i], p, 255) - 128, -127));

@@ -86,20 +86,21 @@ void MinMax(const float* x, int64_t n, float* lo, float* hi) {
   *hi = h;
 }
 
-// QuantizeValue on 8 lanes: true division, clamp before rounding, round by +-1.5 * 2^23.
+// QuantizeValue on 8 lanes: true division, clamp before rounding, round half to even by
+// VROUNDPS (on the clamped value, the same result as the reference's +-1.5 * 2^23).
 struct CodeQuantizer {
-  __m256 scale, lo, hi, magic;
+  __m256 scale, lo, hi;
   __m256i zero;
   CodeQuantizer(GroupParams p, int32_t umax)
       : scale(_mm256_set1_ps(p.scale)),
         lo(_mm256_set1_ps(static_cast<float>(-p.zero))),
         hi(_mm256_set1_ps(static_cast<float>(umax - p.zero))),
-        magic(_mm256_set1_ps(12582912.0f)),
         zero(_mm256_set1_epi32(p.zero)) {}
   __m256i operator()(const float* x) const {
-    __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(_mm256_loadu_ps(x), scale), lo), hi);
-    v = _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
-    return _mm256_add_epi32(_mm256_cvttps_epi32(v), zero);
+    const __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(_mm256_loadu_ps(x), scale), lo), hi);
+    return _mm256_add_epi32(
+        _mm256_cvttps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
+        zero);
   }
 };
 
@@ -179,7 +180,7 @@ void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float*
     _mm256_store_ps(lanes, amax);
     float a = 0.0f;
     for (const float l : lanes) a = l > a ? l : a;
-    const GroupParams p = ParamsFromRange(-a, a, spec);
+    const GroupParams p = qtool::detail::GroupParamsFromRange(-a, a, spec);
     s[t] = p.scale;
     const CodeQuantizer quant(p, 255);
     const __m256i offset = _mm256_set1_epi32(128), floor = _mm256_set1_epi32(-127);
@@ -585,7 +586,7 @@ int64_t StoredGroups(const void* x, int64_t rows, int64_t cols, int64_t glen, co
         lo = lanes[0][k] < lo ? lanes[0][k] : lo;
         hi = lanes[1][k] > hi ? lanes[1][k] : hi;
       }
-      const GroupParams p = ParamsFromRange(lo, hi, spec);
+      const GroupParams p = qtool::detail::GroupParamsFromRange(lo, hi, spec);
       scales[r * ng + g] = p.scale;
       if (zeros) zeros[r * ng + g] = static_cast<uint8_t>(p.zero);
       coder.Code(p, i0, i1 - i0);

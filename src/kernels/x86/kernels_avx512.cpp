@@ -175,7 +175,7 @@ void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float*
       amax = _mm512_max_ps(_mm512_abs_ps(v), amax);
     }
     const float a = _mm512_reduce_max_ps(amax);
-    const GroupParams p = ParamsFromRange(-a, a, spec);
+    const GroupParams p = qtool::detail::GroupParamsFromRange(-a, a, spec);
     s[t] = p.scale;
     const CodeQuantizer quant(p, 255);
     for (int64_t i = 0; i < k; i += 16) {
@@ -652,8 +652,8 @@ class StoredCoder {
       : spec_(spec), out_(packed), s_(s) {}
   // Starts a group: its parameters from the range, stored at scales[g] (and zeros[g]).
   void Begin(const StoredRange& range, int64_t g, float* scales, uint8_t* zeros) {
-    const GroupParams p =
-        ParamsFromRange(_mm512_reduce_min_ps(range.lo), _mm512_reduce_max_ps(range.hi), spec_);
+    const GroupParams p = qtool::detail::GroupParamsFromRange(
+        _mm512_reduce_min_ps(range.lo), _mm512_reduce_max_ps(range.hi), spec_);
     scales[g] = p.scale;
     if (zeros) zeros[g] = static_cast<uint8_t>(p.zero);
     scale_ = _mm512_set1_ps(p.scale);
