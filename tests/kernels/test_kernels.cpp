@@ -483,7 +483,7 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want,
 TEST_P(KernelTest, GemmW8A8IsExact) {
   for (const int64_t k : kLengths) {
     for (const bool sym : {true, false}) {
-      for (const int64_t m : {1, 3, 4, 9, 17}) {
+      for (const int64_t m : {1, 3, 4, 6, 9, 17}) {
         // 400 rows: two threads, each with more than one block of weight rows.
         const int64_t n = m == 9 ? 400 : 37;
         TestWeights w(n, k, k, 8, sym, static_cast<uint32_t>(k + m));

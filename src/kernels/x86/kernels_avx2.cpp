@@ -202,43 +202,106 @@ inline int32_t HorizontalSum(__m256i v) {
   return _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xb1)));
 }
 
-// sum (u - 128) * q over 32 bytes for MB tokens. With s = u ^ 0x80 = u - 128 in [-128, 127]:
-// maddubs(|s|, sign(q, s)) = sum s * q per pair, and |pair| <= 2 * 128 * 127 < 2^15 because the
-// activations never reach -128.
-template <int MB>
-inline void W8Step(__m256i u, const int8_t* const* q, int64_t off, __m256i* acc) {
-  const __m256i s = _mm256_xor_si256(u, _mm256_set1_epi8(static_cast<char>(0x80)));
-  const __m256i mag = _mm256_abs_epi8(s), ones = _mm256_set1_epi16(1);
-  for (int t = 0; t < MB; ++t) {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[t] + off));
-    const __m256i p = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(a, s));
-    acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(p, ones));
-  }
-}
-
 int32_t SumQ(const int8_t* q, int64_t k) {
   int32_t s = 0;
   for (int64_t i = 0; i < k; ++i) s += q[i];
   return s;
 }
 
-template <int MB>
-void W8A8Tokens(const int8_t* const* q, const float* sa, const int32_t* sq, const QuantWeights& w,
-                int64_t n0, int64_t n1, float* const* y) {
-  const int64_t k = w.cols, whole = k / 32 * 32;
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w.codes + n * k;
-    __m256i acc[MB];
-    for (int t = 0; t < MB; ++t) acc[t] = _mm256_setzero_si256();
-    for (int64_t i = 0; i < whole; i += 32) {
-      W8Step<MB>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i)), q, i, acc);
+// W8A8. Each block of up to 4 tokens is interleaved once per call, [k / 32][tokens][32 bytes]
+// (4 tokens, or m when m < 4), so that a step of its tokens is one contiguous run, and a
+// micro-kernel advances 2 rows x T tokens per 32-byte step. Rows go in chunks of kW8A8ChunkRows,
+// whose weights stay in L2 while every token block meets them.
+constexpr int kW8A8Tokens = 4;
+constexpr int64_t kW8A8ChunkRows = 128;
+
+// acc[r][t] += sum (u - 128) * q over the whole 32-byte steps of row r and token t. With
+// s = u ^ 0x80 = u - 128 in [-128, 127], maddubs(|s|, sign(q, s)) = sum s * q per pair, and
+// |pair| <= 2 * 128 * 127 < 2^15 because the activations never reach -128.
+template <int R, int T>
+inline void W8A8Micro(const uint8_t* row, int64_t k, const int8_t* acts, int64_t ld, int64_t steps,
+                      __m256i (&acc)[R][T]) {
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
+  for (int64_t st = 0; st < steps; ++st) {
+    __m256i sw[R], mag[R];
+    for (int r = 0; r < R; ++r) {
+      sw[r] = _mm256_xor_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + r * k + 32 * st)), flip);
+      mag[r] = _mm256_abs_epi8(sw[r]);
     }
-    // sum (u - z) q = sum (u - 128) q + (128 - z) sum q.
-    const int32_t z = ZeroOf(w, n, 0);
-    for (int t = 0; t < MB; ++t) {
-      int32_t dot = HorizontalSum(acc[t]) + (128 - z) * sq[t];
-      for (int64_t i = whole; i < k; ++i) dot += (row[i] - 128) * q[t][i];
-      y[t][n] = static_cast<float>(dot) * sa[t] * w.scales[n];
+    const int8_t* a = acts + st * ld;
+    for (int t = 0; t < T; ++t) {
+      const __m256i q = _mm256_load_si256(reinterpret_cast<const __m256i*>(a + 32 * t));
+      for (int r = 0; r < R; ++r) {
+        const __m256i p = _mm256_maddubs_epi16(mag[r], _mm256_sign_epi8(q, sw[r]));
+        acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(p, ones));
+      }
+    }
+  }
+}
+
+// Rows [n, n + R) against the token block of T tokens from t0, into y: the exact integer dot
+// (sum (u - z) q = sum (u - 128) q + (128 - z) sum q, plus the bytes past the whole steps), then
+// the reference's float products.
+template <int R, int T>
+inline void W8A8Tile(const Int8Acts& a, const QuantWeights& w, const int8_t* acts, int64_t ld,
+                     const int32_t* sq, int64_t t0, int64_t n, float* y) {
+  const int64_t k = w.cols, steps = k / 32;
+  __m256i acc[R][T];
+  for (auto& row : acc) {
+    for (auto& v : row) v = _mm256_setzero_si256();
+  }
+  const uint8_t* codes = w.codes + n * k;
+  W8A8Micro<R, T>(codes, k, acts, ld, steps, acc);
+  for (int r = 0; r < R; ++r) {
+    const int32_t z = ZeroOf(w, n + r, 0);
+    for (int t = 0; t < T; ++t) {
+      const int8_t* q = a.q + (t0 + t) * k;
+      int32_t dot = HorizontalSum(acc[r][t]) + (128 - z) * sq[t];
+      for (int64_t i = steps * 32; i < k; ++i) dot += (codes[r * k + i] - 128) * q[i];
+      y[(t0 + t) * w.rows + n + r] = static_cast<float>(dot) * a.scales[t0 + t] * w.scales[n + r];
+    }
+  }
+}
+
+template <int T>
+void W8A8Rows(const Int8Acts& a, const QuantWeights& w, const int8_t* acts, int64_t ld,
+              const int32_t* sq, int64_t t0, int64_t n0, int64_t n1, float* y) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2) W8A8Tile<2, T>(a, w, acts, ld, sq, t0, n, y);
+  if (n < n1) W8A8Tile<1, T>(a, w, acts, ld, sq, t0, n, y);
+}
+
+void GemmW8A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y) {
+  const int64_t k = w.cols, steps = k / 32, ld = 32 * std::min<int64_t>(kW8A8Tokens, a.m);
+  const int64_t block_bytes = steps * ld;
+  const int64_t blocks = (a.m + kW8A8Tokens - 1) / kW8A8Tokens;
+  Scratch acts(0, blocks * block_bytes), sums(1, a.m * 4);
+  int32_t* sq = sums.as<int32_t>();
+  for (int64_t t = 0; t < a.m; ++t) {
+    const int8_t* q = a.q + t * k;
+    sq[t] = SumQ(q, k);
+    int8_t* dst = acts.as<int8_t>() + t / kW8A8Tokens * block_bytes + t % kW8A8Tokens * 32;
+    for (int64_t st = 0; st < steps; ++st) std::memcpy(dst + st * ld, q + st * 32, 32);
+  }
+  for (int64_t c0 = n0; c0 < n1; c0 += kW8A8ChunkRows) {
+    const int64_t c1 = std::min(n1, c0 + kW8A8ChunkRows);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t t0 = b * kW8A8Tokens;
+      const int8_t* block = acts.as<int8_t>() + b * block_bytes;
+      switch (std::min<int64_t>(kW8A8Tokens, a.m - t0)) {
+        case 4:
+          W8A8Rows<4>(a, w, block, ld, sq + t0, t0, c0, c1, y);
+          break;
+        case 3:
+          W8A8Rows<3>(a, w, block, ld, sq + t0, t0, c0, c1, y);
+          break;
+        case 2:
+          W8A8Rows<2>(a, w, block, ld, sq + t0, t0, c0, c1, y);
+          break;
+        default:
+          W8A8Rows<1>(a, w, block, ld, sq + t0, t0, c0, c1, y);
+      }
     }
   }
 }
@@ -261,21 +324,6 @@ void OverTokenBlocks(int64_t m, Fn&& fn) {
         fn.template operator()<1>(t0);
     }
   }
-}
-
-void GemmW8A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y) {
-  const int64_t k = w.cols;
-  OverTokenBlocks(a.m, [&]<int MB>(int64_t t0) {
-    const int8_t* q[MB];
-    int32_t sq[MB];
-    float* ys[MB];
-    for (int t = 0; t < MB; ++t) {
-      q[t] = a.q + (t0 + t) * k;
-      sq[t] = SumQ(q[t], k);
-      ys[t] = y + (t0 + t) * w.rows;
-    }
-    W8A8Tokens<MB>(q, a.scales + t0, sq, w, n0, n1, ys);
-  });
 }
 
 // 4-bit codes u in [0, 15] are the unsigned maddubs operand: |pair| <= 2 * 15 * 128, no saturation.
