@@ -5,14 +5,10 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-#include <exception>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <thread>
 
 #include "qtool/core/error.hpp"
 #include "qtool/io/temp_path.hpp"
@@ -232,64 +228,6 @@ std::string SafetensorsWriter::EncodeHeader(const std::vector<TensorSpec>& tenso
   return out + text;
 }
 
-// One write at a time on a thread of its own. A write's exception is rethrown by every later
-// Wait, so that nothing is written after a failed write.
-class SafetensorsWriter::WriteThread {
- public:
-  explicit WriteThread(SafetensorsWriter& writer) : writer_(writer), thread_([this] { Run(); }) {}
-  ~WriteThread() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  /// Starts writing `bytes`, which stay untouched until the next Wait returns. Needs a Wait first.
-  void Start(std::span<const std::byte> bytes) {
-    std::lock_guard<std::mutex> lock(mu_);
-    job_ = bytes;
-    busy_ = true;
-    cv_.notify_all();
-  }
-  /// Waits for the write under way, if any.
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return !busy_; });
-    if (error_) std::rethrow_exception(error_);
-  }
-
- private:
-  void Run() {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (true) {
-      cv_.wait(lock, [&] { return stop_ || busy_; });
-      if (stop_) return;
-      const std::span<const std::byte> bytes = job_;
-      lock.unlock();
-      std::exception_ptr error;
-      try {
-        if (!error_) writer_.WriteOut(bytes);
-      } catch (...) {
-        error = std::current_exception();
-      }
-      lock.lock();
-      if (error) error_ = error;
-      busy_ = false;
-      cv_.notify_all();
-    }
-  }
-
-  SafetensorsWriter& writer_;
-  std::span<const std::byte> job_;
-  bool busy_ = false;
-  bool stop_ = false;
-  std::exception_ptr error_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::thread thread_;
-};
-
 SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
                                      std::vector<TensorSpec> tensors,
                                      const std::map<std::string, std::string>& metadata)
@@ -317,7 +255,6 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
     b.reset(static_cast<std::byte*>(std::aligned_alloc(kDirectBlock, kWriteBuffer)));
     QTOOL_CHECK(b != nullptr, IoError, "{}: no memory for the write buffers", path_.string());
   }
-  io_ = std::make_unique<WriteThread>(*this);
   const auto* h = reinterpret_cast<const std::byte*>(header.data());
   for (size_t done = 0; done < header.size();) {
     const size_t n = std::min(header.size() - done, kWriteBuffer - buffered_);
@@ -331,7 +268,7 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
 void SafetensorsWriter::FreeAligned::operator()(std::byte* p) const { std::free(p); }
 
 SafetensorsWriter::~SafetensorsWriter() {
-  io_.reset();  // no write may run on a closed descriptor
+  WaitForWrite(/*rethrow=*/false);  // no write may run on a closed descriptor
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) {
     std::error_code ec;
@@ -361,16 +298,26 @@ void SafetensorsWriter::Write(uint64_t n, const ByteSource& read) {
 
 void SafetensorsWriter::Flush() {
   const size_t whole = buffered_ / kDirectBlock * kDirectBlock;
-  io_->Wait();  // the other buffer is written out and free
+  WaitForWrite(/*rethrow=*/true);  // the other buffer is written out and free
   std::byte* full = buffers_[current_].get();
   current_ = 1 - current_;
   std::memcpy(buffers_[current_].get(), full + whole, buffered_ - whole);
   buffered_ -= whole;
-  io_->Start({full, whole});
+  const std::span<const std::byte> bytes(full, whole);
+  write_ = std::async(std::launch::async, [this, bytes] { WriteOut(bytes); });
+}
+
+void SafetensorsWriter::WaitForWrite(bool rethrow) {
+  if (!write_.valid()) return;
+  if (rethrow) {
+    write_.get();
+  } else {
+    write_.wait();
+  }
 }
 
 void SafetensorsWriter::FlushAll() {
-  io_->Wait();
+  WaitForWrite(/*rethrow=*/true);
   std::byte* b = buffers_[current_].get();
   const size_t padded = (buffered_ + kDirectBlock - 1) / kDirectBlock * kDirectBlock;
   std::memset(b + buffered_, 0, padded - buffered_);

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <span>
@@ -124,9 +125,11 @@ class SafetensorsWriter {
                                   const std::map<std::string, std::string>& metadata);
 
  private:
-  // Hands the buffer's whole blocks to the write thread and goes on filling the other buffer,
-  // which starts with the rest.
+  // Starts writing the buffer's whole blocks on another thread and goes on filling the other
+  // buffer, which starts with the rest.
   void Flush();
+  // Waits for the write under way, if any; with `rethrow`, throws what it threw.
+  void WaitForWrite(bool rethrow);
   // Writes out everything buffered, the last block zero padded for direct I/O, and waits.
   void FlushAll();
   void WriteOut(std::span<const std::byte> bytes);
@@ -134,7 +137,6 @@ class SafetensorsWriter {
   struct FreeAligned {
     void operator()(std::byte* p) const;
   };
-  class WriteThread;
 
   std::filesystem::path path_;
   std::filesystem::path tmp_path_;
@@ -145,12 +147,12 @@ class SafetensorsWriter {
   uint64_t total_ = 0;
   uint64_t written_ = 0;
   uint64_t file_size_ = 0;  // header and tensor bytes
-  // Two buffers: one fills while the write thread writes the other out, so that copying into a
+  // Two buffers: one fills while the other is written out (write_), so that copying into a
   // buffer (or reading a source file into it) overlaps the device's write.
   std::unique_ptr<std::byte[], FreeAligned> buffers_[2];
   int current_ = 0;
   size_t buffered_ = 0;
-  std::unique_ptr<WriteThread> io_;
+  std::future<void> write_;
   bool committed_ = false;
 };
 
