@@ -10,8 +10,6 @@
 namespace qtool {
 namespace {
 
-constexpr float kMxInt8Unit = 64.0f;  // MXINT8 element = q * 2^-6
-
 const MinifloatFormat* ElementFormat(const std::string& element) {
   if (element == "int8") return nullptr;
   const MinifloatFormat* f = FindMinifloat(element);
@@ -53,13 +51,12 @@ std::vector<TensorSpec> MxCodec::Layout(const std::string& name) const {
 
 uint8_t MxCodec::EncodeElement(float p) const {
   if (format_) return static_cast<uint8_t>(EncodeMinifloat(p, *format_, /*saturate=*/true));
-  const float q = std::clamp(p * kMxInt8Unit, -128.0f, 127.0f);
-  return static_cast<uint8_t>(static_cast<int8_t>(RoundHalfEvenSmall(q)));
+  return EncodeMxInt8(p);
 }
 
 float MxCodec::ElementValue(uint8_t code) const {
   if (format_) return table_.value[code];
-  return static_cast<float>(static_cast<int8_t>(code)) / kMxInt8Unit;
+  return MxInt8Value(code);
 }
 
 void MxCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,

@@ -9,9 +9,6 @@
 namespace qtool {
 namespace {
 
-// Smallest absmax used as a divisor: an all-zero block scales by 1e38 and stores code 7 (0.0).
-constexpr float kMinAbsmax = 1e-38f;
-
 // Midpoints between consecutive ascending table values, computed in f32 as bitsandbytes does;
 // the code of v is the number of midpoints strictly below it (torch.bucketize, right=False), so a
 // value exactly on a midpoint takes the lower index.
@@ -28,22 +25,9 @@ uint8_t Bucketize(const std::array<float, M>& midpoints, float v) {
                               midpoints.begin());
 }
 
-const std::array<float, 15>& Nf4Midpoints() {
-  static const std::array<float, 15> m = Midpoints(Nf4Values());
-  return m;
-}
-
 const std::array<float, 255>& DynamicMidpoints() {
   static const std::array<float, 255> m = Midpoints(DynamicMap8());
   return m;
-}
-
-// Scaled value of x in a block: x * (1 / absmax) for a whole block, x / absmax for the shorter
-// last block (bitsandbytes computes the two cases so), clamped to [-1, 1].
-inline float ScaleToUnit(float x, float absmax, bool whole_block) {
-  const float a = std::max(absmax, kMinAbsmax);
-  const float v = whole_block ? x * (1.0f / a) : x / a;
-  return std::clamp(v, -1.0f, 1.0f);
 }
 
 }  // namespace
@@ -67,6 +51,11 @@ const std::array<float, 16>& Nf4Values() {
                                           0.7229568362236023f,
                                           1.0f};
   return v;
+}
+
+const std::array<float, 15>& Nf4Midpoints() {
+  static const std::array<float, 15> m = Midpoints(Nf4Values());
+  return m;
 }
 
 const std::array<float, 256>& DynamicMap8() {
@@ -168,7 +157,7 @@ void Nf4Codec::Observe(const float* w, int64_t r0, int64_t nrows) {
     absmax2_[c] = m;
     const bool whole = j1 - j0 == static_cast<size_t>(kNf4DoubleQuantBlock);
     for (size_t j = j0; j < j1; ++j) {
-      qabsmax_[j] = Bucketize(DynamicMidpoints(), ScaleToUnit(absmax_[j] - offset_, m, whole));
+      qabsmax_[j] = Bucketize(DynamicMidpoints(), Nf4ScaleToUnit(absmax_[j] - offset_, m, whole));
       dq_absmax_[j] = map[qabsmax_[j]] * m + offset_;
     }
   }
@@ -190,7 +179,6 @@ void Nf4Codec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* 
   const int64_t cols = this->cols(), n = rows() * cols, row_bytes = (cols + 1) / 2;
   const int64_t last_whole = n / block_;  // blocks below this index are whole
   const auto& values = Nf4Values();
-  const auto& midpoints = Nf4Midpoints();
   auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
   for (int64_t r = r0; r < r0 + nrows; ++r) {
     uint8_t* q = qweight + r * row_bytes;
@@ -204,7 +192,7 @@ void Nf4Codec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* 
       const float decoded_absmax = dq_absmax_[static_cast<size_t>(b)];
       const bool whole = b < last_whole;
       for (; c < end; ++c) {
-        const uint8_t code = Bucketize(midpoints, ScaleToUnit(x[c], absmax, whole));
+        const uint8_t code = Nf4Code(x[c], absmax, whole);
         y[c] = values[code] * decoded_absmax;
         if (c % 2 == 0) {
           q[c / 2] = static_cast<uint8_t>(code << 4);
