@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "qtool/core/error.hpp"
+#include "qtool/kernels.hpp"
 
 namespace qtool {
 namespace {
@@ -176,32 +177,11 @@ void Nf4Codec::WriteScales(std::byte* const* out) const {
 void Nf4Codec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
                           float* dequant) const {
   if (r0 == 0) WriteScales(out);  // every scale is known from Observe
-  const int64_t cols = this->cols(), n = rows() * cols, row_bytes = (cols + 1) / 2;
-  const int64_t last_whole = n / block_;  // blocks below this index are whole
-  const auto& values = Nf4Values();
-  auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
-  for (int64_t r = r0; r < r0 + nrows; ++r) {
-    uint8_t* q = qweight + r * row_bytes;
-    const float* x = w + (r - r0) * cols;
-    float* y = dequant + (r - r0) * cols;
-    // The row in runs of one block each.
-    for (int64_t c = 0; c < cols;) {
-      const int64_t b = (r * cols + c) / block_;
-      const int64_t end = std::min(cols, (b + 1) * block_ - r * cols);
-      const float absmax = absmax_[static_cast<size_t>(b)];
-      const float decoded_absmax = dq_absmax_[static_cast<size_t>(b)];
-      const bool whole = b < last_whole;
-      for (; c < end; ++c) {
-        const uint8_t code = Nf4Code(x[c], absmax, whole);
-        y[c] = values[code] * decoded_absmax;
-        if (c % 2 == 0) {
-          q[c / 2] = static_cast<uint8_t>(code << 4);
-        } else {
-          q[c / 2] = static_cast<uint8_t>(q[c / 2] | code);
-        }
-      }
-    }
-  }
+  const int64_t cols = this->cols(), first = r0 * cols;
+  const kernels::Nf4Blocks b{block_, rows() * cols, first, absmax_.data() + first / block_,
+                             dq_absmax_.data() + first / block_};
+  kernels::QuantizeNf4Rows(w, nrows, cols, b,
+                           reinterpret_cast<uint8_t*>(out[0]) + r0 * ((cols + 1) / 2), dequant);
 }
 
 float Nf4Codec::StoredAbsmax(const std::byte* const* in, int64_t b) const {
@@ -217,22 +197,14 @@ float Nf4Codec::StoredAbsmax(const std::byte* const* in, int64_t b) const {
 }
 
 void Nf4Codec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const {
-  const int64_t cols = this->cols(), row_bytes = (cols + 1) / 2;
-  const auto& values = Nf4Values();
-  const auto* qweight = reinterpret_cast<const uint8_t*>(in[0]);
-  for (int64_t r = r0; r < r0 + nrows; ++r) {
-    const uint8_t* q = qweight + r * row_bytes;
-    float* y = out + (r - r0) * cols;
-    for (int64_t c = 0; c < cols;) {
-      const int64_t b = (r * cols + c) / block_;
-      const int64_t end = std::min(cols, (b + 1) * block_ - r * cols);
-      const float absmax = StoredAbsmax(in, b);
-      for (; c < end; ++c) {
-        const int code = c % 2 == 0 ? q[c / 2] >> 4 : q[c / 2] & 0xf;
-        y[c] = values[static_cast<size_t>(code)] * absmax;
-      }
-    }
-  }
+  const int64_t cols = this->cols(), first = r0 * cols;
+  // The decoded absmax of the blocks these rows touch.
+  const int64_t b0 = first / block_, b1 = (first + nrows * cols + block_ - 1) / block_;
+  std::vector<float> scales(static_cast<size_t>(b1 - b0));
+  for (int64_t b = b0; b < b1; ++b) scales[static_cast<size_t>(b - b0)] = StoredAbsmax(in, b);
+  const kernels::Nf4Blocks b{block_, rows() * cols, first, nullptr, scales.data()};
+  kernels::DequantizeNf4Rows(reinterpret_cast<const uint8_t*>(in[0]) + r0 * ((cols + 1) / 2), nrows,
+                             cols, b, out);
 }
 
 }  // namespace qtool

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 
+#include "qtool/kernels.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/minifloat.hpp"
 
@@ -51,15 +52,12 @@ class MxCodec final : public WeightCodec {
 
   int element_bits() const { return format_ ? format_->bits() : 8; }
   int emax_elem() const { return format_ ? format_->emax() : 0; }
-  /// Element code of P = V / X, and the element value of a code (before multiplying by X).
-  uint8_t EncodeElement(float p) const;
-  float ElementValue(uint8_t code) const;
 
  private:
   std::string element_;
   const MinifloatFormat* format_;  // nullptr for int8
   int64_t block_;
-  MinifloatTable table_;
+  kernels::MinifloatCodes codes_;  // the element format, saturating
 };
 
 }  // namespace qtool
