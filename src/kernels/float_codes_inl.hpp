@@ -49,6 +49,18 @@ inline uint32_t E8M0Bits(uint8_t e) { return e == 0xff ? 0x7fc00000u : Pow2Bits(
 /// it rounds exactly as the division by the scale does.
 inline float E8M0Reciprocal(uint8_t e) { return std::bit_cast<float>(Pow2Bits(127 - e)); }
 
+/// Codes [i0, n) of a row packed two per byte with the even code in the high nibble (the NF4
+/// codec's order), and their unpacking: the tails of the vector loops, i0 even.
+inline void PackHighFirstFrom(const uint8_t* c, int64_t i0, int64_t n, uint8_t* out) {
+  for (int64_t i = i0; i < n; ++i) {
+    out[i / 2] =
+        i % 2 == 0 ? static_cast<uint8_t>(c[i] << 4) : static_cast<uint8_t>(out[i / 2] | c[i]);
+  }
+}
+inline void UnpackHighFirstFrom(const uint8_t* in, int64_t i0, int64_t n, uint8_t* c) {
+  for (int64_t i = i0; i < n; ++i) c[i] = i % 2 == 0 ? in[i / 2] >> 4 : in[i / 2] & 0xf;
+}
+
 /// Runs body(x, codes, deq) over n elements in steps of B; the last partial step reads a
 /// zero-padded copy of x and writes through copies, so the body only sees whole steps.
 template <int B, typename Body>
@@ -64,6 +76,87 @@ void EncodeSteps(const float* x, int64_t n, uint8_t* codes, float* deq, Body bod
     std::memcpy(deq + i, td, static_cast<size_t>(n - i) * sizeof(float));
   }
 }
+
+/// EncodeMinifloat and DecodeMinifloat on vectors of f32 bit fields with MinifloatCodes'
+/// constants (see there): both rounding paths are computed and one kept per lane. `V` supplies the
+/// lanes: U (u32) and F (f32) vectors; Set(u32), SetF(float); AsF(U), AsU(F) (the same bits);
+/// And, AndNot(a, b) = a & ~b, Or, Add, Sub; Shr(U, int), Shl(U, int); Greater(a, b) and
+/// Equal(a, b), all-ones lanes where true, for operands below 2^31; Select(mask, a, b); AddF,
+/// MulF, DivF; ToF(U) (exact for small integers); and the row loops EncodeBy(x, n, scale, codes,
+/// deq, code, value) and DecodeBy(codes, n, scale, out, value).
+template <typename V>
+class MinifloatEncoderWith {
+ public:
+  using U = typename V::U;
+  using F = typename V::F;
+
+  explicit MinifloatEncoderWith(const MinifloatCodes& f)
+      : shift_(f.shift),
+        sign_shift_(f.sign_shift),
+        sign_bit_(V::Set(f.sign_bit)),
+        min_normal_(V::Set(f.min_normal)),
+        sub_magic_(V::Set(f.sub_magic)),
+        round_half_(V::Set(f.round_half)),
+        rebias_(V::Set(f.rebias)),
+        max_code_(V::Set(f.max_code)),
+        overflow_code_(V::Set(f.overflow_code)),
+        nan_code_(V::Set(f.nan_code)),
+        nan_sign_(V::Set(f.nan_sign)),
+        min_normal_code_(V::Set(f.min_normal_code)),
+        exp_rebias_(V::Set(f.exp_rebias)),
+        inf_code_(V::Set(f.inf_code)),
+        below_nan_(V::Set(f.nan_from - 1)),
+        sub_unit_(V::SetF(f.sub_unit)) {}
+
+  // Codes of x / s (a true division, as the scaled-float codec divides), deq = value * s.
+  void Divided(const float* x, int64_t n, float s, uint8_t* codes, float* deq) const {
+    const F d = V::SetF(s);
+    const auto code = [&](F v) { return Code(V::DivF(v, d)); };
+    V::EncodeBy(x, n, s, codes, deq, code, Values());
+  }
+  // Codes of x * r, deq = value * s.
+  void Multiplied(const float* x, int64_t n, float r, float s, uint8_t* codes, float* deq) const {
+    const F m = V::SetF(r);
+    const auto code = [&](F v) { return Code(V::MulF(v, m)); };
+    V::EncodeBy(x, n, s, codes, deq, code, Values());
+  }
+  void Decode(const uint8_t* codes, int64_t n, float scale, float* out) const {
+    V::DecodeBy(codes, n, scale, out, Values());
+  }
+
+ private:
+  auto Values() const {
+    return [this](U c) { return Value(c); };
+  }
+  U Code(F v) const {
+    const U u = V::AsU(v);
+    const U a = V::And(u, V::Set(0x7fffffff));
+    const U sign = V::And(V::Shr(u, sign_shift_), sign_bit_);
+    const U sub = V::Sub(V::AsU(V::AddF(V::AsF(a), V::AsF(sub_magic_))), sub_magic_);
+    const U odd = V::And(V::Shr(a, shift_), V::Set(1));
+    const U normal = V::Sub(V::Shr(V::Add(V::Add(a, round_half_), odd), shift_), rebias_);
+    U r = V::Select(V::Greater(min_normal_, a), sub, normal);
+    r = V::Select(V::Greater(r, max_code_), overflow_code_, r);  // Inf lands here too
+    r = V::Or(r, sign);
+    const U nan = V::Or(nan_code_, V::And(sign, nan_sign_));
+    return V::Select(V::Greater(a, V::Set(0x7f800000)), nan, r);
+  }
+  F Value(U c) const {
+    const U em = V::AndNot(c, sign_bit_);
+    const U sign = V::Shl(V::And(c, sign_bit_), sign_shift_);
+    const U normal = V::Add(V::Shl(em, shift_), exp_rebias_);
+    const U sub = V::AsU(V::MulF(V::ToF(em), sub_unit_));
+    U mag = V::Select(V::Greater(min_normal_code_, em), sub, normal);
+    mag = V::Select(V::Equal(em, inf_code_), V::Set(0x7f800000), mag);
+    mag = V::Select(V::Greater(em, below_nan_), V::Set(0x7fc00000), mag);
+    return V::AsF(V::Or(mag, sign));
+  }
+
+  int shift_, sign_shift_;
+  U sign_bit_, min_normal_, sub_magic_, round_half_, rebias_, max_code_, overflow_code_, nan_code_,
+      nan_sign_, min_normal_code_, exp_rebias_, inf_code_, below_nan_;
+  F sub_unit_;
+};
 
 // ---- Row drivers over a family's vector steps ----
 //

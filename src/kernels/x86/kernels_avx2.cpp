@@ -419,6 +419,54 @@ struct Avx2Ops {
 
 // ---- Float codes: NF4, small floats (FP8, FP6, FP4) and MX, 32 values a step ----
 
+// The lanes of MinifloatEncoderWith, and its row loops: 32 values a step, codes narrowed to bytes.
+struct Avx2Lanes {
+  using U = __m256i;
+  using F = __m256;
+  static U Set(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+  static F SetF(float v) { return _mm256_set1_ps(v); }
+  static F AsF(U v) { return _mm256_castsi256_ps(v); }
+  static U AsU(F v) { return _mm256_castps_si256(v); }
+  static U And(U a, U b) { return _mm256_and_si256(a, b); }
+  static U AndNot(U a, U b) { return _mm256_andnot_si256(b, a); }
+  static U Or(U a, U b) { return _mm256_or_si256(a, b); }
+  static U Add(U a, U b) { return _mm256_add_epi32(a, b); }
+  static U Sub(U a, U b) { return _mm256_sub_epi32(a, b); }
+  static U Shr(U a, int n) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(n)); }
+  static U Shl(U a, int n) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+  static U Greater(U a, U b) { return _mm256_cmpgt_epi32(a, b); }
+  static U Equal(U a, U b) { return _mm256_cmpeq_epi32(a, b); }
+  static U Select(U mask, U a, U b) { return _mm256_blendv_epi8(b, a, mask); }
+  static F AddF(F a, F b) { return _mm256_add_ps(a, b); }
+  static F MulF(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F DivF(F a, F b) { return _mm256_div_ps(a, b); }
+  static F ToF(U v) { return _mm256_cvtepi32_ps(v); }
+
+  // c = code(x) on each 8 lanes, deq = value(c) * scale.
+  template <typename CodeFn, typename ValueFn>
+  static void EncodeBy(const float* x, int64_t n, float scale, uint8_t* codes, float* deq,
+                       CodeFn code, ValueFn value) {
+    const F s = SetF(scale);
+    EncodeSteps<32>(x, n, codes, deq, [&](const float* xs, uint8_t* cs, float* ds) {
+      U c[4];
+      for (int q = 0; q < 4; ++q) {
+        c[q] = code(_mm256_loadu_ps(xs + 8 * q));
+        _mm256_storeu_ps(ds + 8 * q, MulF(value(c[q]), s));
+      }
+      _mm256_storeu_si256(reinterpret_cast<U*>(cs), NarrowToBytes(c[0], c[1], c[2], c[3], false));
+    });
+  }
+  // out = value(code) * scale.
+  template <typename ValueFn>
+  static void DecodeBy(const uint8_t* codes, int64_t n, float scale, float* out, ValueFn value) {
+    const F s = SetF(scale);
+    Blocks<8>(codes, n, out, [&](const uint8_t* c, float* d) {
+      const U u = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
+      _mm256_storeu_ps(d, MulF(value(u), s));
+    });
+  }
+};
+
 // NF4 code of v = the number of midpoints m[0..14] below it, found by binary search: 8 if m[7] < v,
 // plus 4 if the midpoint below the upper half of what is left (m[3] or m[11]) is below v, plus 2
 // (one of m[1], m[5], m[9], m[13], a permute by code / 4), plus 1 (an even midpoint, a permute by
@@ -431,24 +479,14 @@ class Avx2Nf4Encoder {
   // v = x * (1 / a) in a whole block, x / a in the matrix's shorter last block.
   void Run(const float* x, int64_t n, bool whole, float a, float scale, uint8_t* codes,
            float* deq) const {
-    const __m256 d = _mm256_set1_ps(whole ? 1.0f / a : a), s = _mm256_set1_ps(scale);
-    EncodeSteps<32>(x, n, codes, deq, [&](const float* xs, uint8_t* cs, float* ds) {
-      __m256i c[4];
-      for (int q = 0; q < 4; ++q) {
-        const __m256 x8 = _mm256_loadu_ps(xs + 8 * q);
-        c[q] = Code(whole ? _mm256_mul_ps(x8, d) : _mm256_div_ps(x8, d));
-        _mm256_storeu_ps(ds + 8 * q, _mm256_mul_ps(lut_(c[q]), s));
-      }
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(cs),
-                          NarrowToBytes(c[0], c[1], c[2], c[3], false));
-    });
+    const __m256 d = _mm256_set1_ps(whole ? 1.0f / a : a);
+    const auto code = [&](__m256 v) {
+      return Code(whole ? _mm256_mul_ps(v, d) : _mm256_div_ps(v, d));
+    };
+    Avx2Lanes::EncodeBy(x, n, scale, codes, deq, code, lut_);
   }
   void Decode(const uint8_t* codes, int64_t n, float scale, float* out) const {
-    const __m256 s = _mm256_set1_ps(scale);
-    Blocks<8>(codes, n, out, [&](const uint8_t* c, float* d) {
-      const __m256i u = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
-      _mm256_storeu_ps(d, _mm256_mul_ps(lut_(u), s));
-    });
+    Avx2Lanes::DecodeBy(codes, n, scale, out, lut_);
   }
 
  private:
@@ -477,100 +515,9 @@ class Avx2Nf4Encoder {
   decltype(Avx2Ops::Nf4Lut(nullptr)) lut_;
 };
 
-// EncodeMinifloat and DecodeMinifloat on 8 lanes of f32 bit fields, with MinifloatCodes'
-// constants: both rounding paths are computed and the right one kept per lane.
-class Avx2MinifloatEncoder {
- public:
-  explicit Avx2MinifloatEncoder(const MinifloatCodes& f)
-      : shift_(_mm_cvtsi32_si128(f.shift)),
-        sign_shift_(_mm_cvtsi32_si128(f.sign_shift)),
-        sign_bit_(_mm256_set1_epi32(static_cast<int>(f.sign_bit))),
-        min_normal_(_mm256_set1_epi32(static_cast<int>(f.min_normal))),
-        sub_magic_(_mm256_set1_epi32(static_cast<int>(f.sub_magic))),
-        round_half_(_mm256_set1_epi32(static_cast<int>(f.round_half))),
-        rebias_(_mm256_set1_epi32(static_cast<int>(f.rebias))),
-        max_code_(_mm256_set1_epi32(static_cast<int>(f.max_code))),
-        overflow_code_(_mm256_set1_epi32(static_cast<int>(f.overflow_code))),
-        nan_code_(_mm256_set1_epi32(static_cast<int>(f.nan_code))),
-        nan_sign_(_mm256_set1_epi32(static_cast<int>(f.nan_sign))),
-        min_normal_code_(_mm256_set1_epi32(static_cast<int>(f.min_normal_code))),
-        exp_rebias_(_mm256_set1_epi32(static_cast<int>(f.exp_rebias))),
-        inf_code_(_mm256_set1_epi32(static_cast<int>(f.inf_code))),
-        below_nan_(_mm256_set1_epi32(static_cast<int>(f.nan_from) - 1)),
-        sub_unit_(_mm256_set1_ps(f.sub_unit)) {}
-
-  // Codes of x / s (a true division, as the scaled-float codec divides), deq = value * s.
-  void Divided(const float* x, int64_t n, float s, uint8_t* codes, float* deq) const {
-    const __m256 d = _mm256_set1_ps(s);
-    Run(
-        x, n, [d](__m256 v) { return _mm256_div_ps(v, d); }, s, codes, deq);
-  }
-  // Codes of x * r, deq = value * s.
-  void Multiplied(const float* x, int64_t n, float r, float s, uint8_t* codes, float* deq) const {
-    const __m256 m = _mm256_set1_ps(r);
-    Run(
-        x, n, [m](__m256 v) { return _mm256_mul_ps(v, m); }, s, codes, deq);
-  }
-  void Decode(const uint8_t* codes, int64_t n, float scale, float* out) const {
-    const __m256 s = _mm256_set1_ps(scale);
-    Blocks<8>(codes, n, out, [&](const uint8_t* c, float* d) {
-      const __m256i u = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
-      _mm256_storeu_ps(d, _mm256_mul_ps(Value(u), s));
-    });
-  }
-
- private:
-  template <typename Pre>
-  void Run(const float* x, int64_t n, Pre pre, float scale, uint8_t* codes, float* deq) const {
-    const __m256 s = _mm256_set1_ps(scale);
-    EncodeSteps<32>(x, n, codes, deq, [&](const float* xs, uint8_t* cs, float* ds) {
-      __m256i c[4];
-      for (int q = 0; q < 4; ++q) {
-        c[q] = Code(pre(_mm256_loadu_ps(xs + 8 * q)));
-        _mm256_storeu_ps(ds + 8 * q, _mm256_mul_ps(Value(c[q]), s));
-      }
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(cs),
-                          NarrowToBytes(c[0], c[1], c[2], c[3], false));
-    });
-  }
-  // Every intermediate is below 2^31 (NaN lanes aside, which are replaced), so the signed
-  // compares order them correctly.
-  __m256i Code(__m256 v) const {
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
-    const __m256i sign = _mm256_and_si256(_mm256_srl_epi32(u, sign_shift_), sign_bit_);
-    const __m256 sum = _mm256_add_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(sub_magic_));
-    const __m256i sub = _mm256_sub_epi32(_mm256_castps_si256(sum), sub_magic_);
-    const __m256i odd = _mm256_and_si256(_mm256_srl_epi32(a, shift_), _mm256_set1_epi32(1));
-    const __m256i normal = _mm256_sub_epi32(
-        _mm256_srl_epi32(_mm256_add_epi32(_mm256_add_epi32(a, round_half_), odd), shift_), rebias_);
-    __m256i r = _mm256_blendv_epi8(normal, sub, _mm256_cmpgt_epi32(min_normal_, a));
-    r = _mm256_blendv_epi8(r, overflow_code_, _mm256_cmpgt_epi32(r, max_code_));
-    r = _mm256_or_si256(r, sign);
-    const __m256i nan = _mm256_or_si256(nan_code_, _mm256_and_si256(sign, nan_sign_));
-    return _mm256_blendv_epi8(r, nan, _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7f800000)));
-  }
-  __m256 Value(__m256i c) const {
-    const __m256i em = _mm256_andnot_si256(sign_bit_, c);
-    const __m256i sign = _mm256_sll_epi32(_mm256_and_si256(c, sign_bit_), sign_shift_);
-    const __m256i normal = _mm256_add_epi32(_mm256_sll_epi32(em, shift_), exp_rebias_);
-    const __m256i sub = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(em), sub_unit_));
-    __m256i mag = _mm256_blendv_epi8(normal, sub, _mm256_cmpgt_epi32(min_normal_code_, em));
-    mag = _mm256_blendv_epi8(mag, _mm256_set1_epi32(0x7f800000), _mm256_cmpeq_epi32(em, inf_code_));
-    mag =
-        _mm256_blendv_epi8(mag, _mm256_set1_epi32(0x7fc00000), _mm256_cmpgt_epi32(em, below_nan_));
-    return _mm256_castsi256_ps(_mm256_or_si256(mag, sign));
-  }
-
-  __m128i shift_, sign_shift_;
-  __m256i sign_bit_, min_normal_, sub_magic_, round_half_, rebias_, max_code_, overflow_code_,
-      nan_code_, nan_sign_, min_normal_code_, exp_rebias_, inf_code_, below_nan_;
-  __m256 sub_unit_;
-};
-
 struct Avx2Codes {
   using Nf4Encoder = Avx2Nf4Encoder;
-  using MinifloatEncoder = Avx2MinifloatEncoder;
+  using MinifloatEncoder = MinifloatEncoderWith<Avx2Lanes>;
 
   static uint32_t AbsMaxBits(const float* x, int64_t n) {
     __m256i m = _mm256_setzero_si256();
@@ -598,10 +545,7 @@ struct Avx2Codes {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i / 2),
                           _mm256_permute4x64_epi64(_mm256_packus_epi16(p0, p1), 0xd8));
     }
-    for (int64_t i = whole; i < n; ++i) {
-      out[i / 2] =
-          i % 2 == 0 ? static_cast<uint8_t>(c[i] << 4) : static_cast<uint8_t>(out[i / 2] | c[i]);
-    }
+    PackHighFirstFrom(c, whole, n, out);
   }
   // 16 bytes -> 32 codes: each byte's high nibble to the even code, its low nibble to the odd one.
   static void UnpackNibblesHighFirst(const uint8_t* in, int64_t n, uint8_t* c) {
@@ -614,7 +558,7 @@ struct Avx2Codes {
                           _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x000f)), 8));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + i), u);
     }
-    for (int64_t i = whole; i < n; ++i) c[i] = i % 2 == 0 ? in[i / 2] >> 4 : in[i / 2] & 0xf;
+    UnpackHighFirstFrom(in, whole, n, c);
   }
   static void PackCodes(const uint8_t* c, int64_t n, int bits, uint8_t* out) {
     detail::PackCodes(c, n, bits, out);
