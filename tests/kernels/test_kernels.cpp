@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string_view>
 #include <vector>
 
 #include "qtool/core/error.hpp"
@@ -997,6 +998,32 @@ TEST(KernelDispatch, UnknownAndUnsupportedIsasAreRefused) {
   }
   EXPECT_EQ(supported.front(), Isa::kScalar);
   EXPECT_EQ(KernelPaths().size(), 24u);
+}
+
+constexpr std::string_view kFloatCodeOps[] = {"quantize_nf4",       "dequantize_nf4",
+                                              "quantize_minifloat", "dequantize_minifloat",
+                                              "quantize_mx",        "dequantize_mx"};
+
+// Each operation runs on the selected family or on one it falls back to (AVX-512 to AVX2, any
+// to the reference); the float-code kernels have vector code on AVX2 and NEON, none of their own
+// on AVX-512, where the AVX2 code runs.
+TEST(KernelDispatch, PathsFollowTheFallbackChain) {
+  const Isa saved = ActiveIsa();
+  for (const Isa isa : SupportedIsas()) {
+    SelectIsa(isa);
+    std::vector<Isa> chain = {isa};
+    if (isa == Isa::kAvx512) chain.push_back(Isa::kAvx2);
+    if (isa != Isa::kScalar) chain.push_back(Isa::kScalar);
+    for (const auto& [op, path] : KernelPaths()) {
+      EXPECT_NE(std::find(chain.begin(), chain.end(), path), chain.end())
+          << op << " runs on " << IsaName(path) << " under " << IsaName(isa);
+      if (std::find(std::begin(kFloatCodeOps), std::end(kFloatCodeOps), op) !=
+          std::end(kFloatCodeOps)) {
+        EXPECT_EQ(path, isa == Isa::kAvx512 ? Isa::kAvx2 : isa) << op;
+      }
+    }
+  }
+  SelectIsa(saved);
 }
 
 }  // namespace
