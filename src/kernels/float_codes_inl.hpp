@@ -160,14 +160,12 @@ class MinifloatEncoderWith {
 
 // ---- Row drivers over a family's vector steps ----
 //
-// `Ops` supplies, for B = Ops::kStep elements a step:
-//   Nf4Encoder(): Run(x, n, whole, a, scale, codes, deq): v = whole ? x * (1 / a) : x / a, codes
-//     as Nf4Code, deq = Nf4 value * scale; Decode(codes, n, scale, out).
-//   MinifloatEncoder(f): Divided(x, n, s, codes, deq): codes of x / s, deq = value * s;
-//     Multiplied(x, n, r, s, codes, deq): codes of x * r, deq = value * s; Decode(codes, n, s,
-//     out).
+// `Ops` supplies:
+//   Nf4Encoder(): Run(x, n, whole, a, scale, codes, deq): codes as Nf4Code of v = x * (1 / a)
+//     (whole block) or x / a, deq = Nf4Values()[code] * scale; Decode(codes, n, scale, out).
+//   MinifloatEncoder(f): MinifloatEncoderWith over the family's lanes.
 //   AbsMaxBits(x, n): the largest of the n values' bits with the sign cleared.
-//   PackNibblesHighFirst / UnpackNibblesHighFirst(n codes), PackCodes, UnpackCodes.
+//   PackNibblesHighFirst and UnpackNibblesHighFirst of n codes, PackCodes and UnpackCodes.
 
 template <typename Ops>
 void QuantizeNf4With(const float* x, int64_t n, int64_t start, const Nf4Blocks& b, uint8_t* packed,
@@ -224,8 +222,8 @@ void DecodeGroupsWith(const uint8_t* packed, int64_t n, int64_t group, const Min
 template <typename Ops>
 void DequantizeMinifloatWith(const uint8_t* packed, int64_t n, const float* scales, int64_t group,
                              const MinifloatCodes& f, float* out) {
-  DecodeGroupsWith<Ops>(
-      packed, n, group, f, [scales](int64_t j) { return scales[j]; }, out);
+  const auto scale = [scales](int64_t j) { return scales[j]; };
+  DecodeGroupsWith<Ops>(packed, n, group, f, scale, out);
 }
 
 // MXINT8 elements (element == nullptr) run on the reference.
@@ -256,9 +254,8 @@ template <typename Ops>
 void DequantizeMxWith(const uint8_t* packed, const uint8_t* scales, int64_t n, int64_t block,
                       const MinifloatCodes* e, float* out) {
   if (!e) return ScalarTable()->dequantize_mx(packed, scales, n, block, e, out);
-  DecodeGroupsWith<Ops>(
-      packed, n, block, *e,
-      [scales](int64_t j) { return std::bit_cast<float>(E8M0Bits(scales[j])); }, out);
+  const auto scale = [scales](int64_t j) { return std::bit_cast<float>(E8M0Bits(scales[j])); };
+  DecodeGroupsWith<Ops>(packed, n, block, *e, scale, out);
 }
 
 }  // namespace
