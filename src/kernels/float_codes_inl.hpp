@@ -82,8 +82,10 @@ void EncodeSteps(const float* x, int64_t n, uint8_t* codes, float* deq, Body bod
 /// lanes: U (u32) and F (f32) vectors; Set(u32), SetF(float); AsF(U), AsU(F) (the same bits);
 /// And, AndNot(a, b) = a & ~b, Or, Add, Sub; Shr(U, int), Shl(U, int); Greater(a, b) and
 /// Equal(a, b), all-ones lanes where true, for operands below 2^31; Select(mask, a, b); AddF,
-/// MulF, DivF; ToF(U) (exact for small integers); and the row loops EncodeBy(x, n, scale, codes,
-/// deq, code, value) and DecodeBy(codes, n, scale, out, value).
+/// MulF, DivF; ToF(U) (exact for small integers); Lut16(values), a lookup of codes below 16 in 16
+/// floats; and the row loops EncodeBy(x, n, scale, codes, deq, code, value) and
+/// DecodeBy(codes, n, scale, out, value). Formats of 4 bits take their values from a Lut16 of the
+/// prepared values, a few instructions in place of the bit-field decoding.
 template <typename V>
 class MinifloatEncoderWith {
  public:
@@ -91,7 +93,9 @@ class MinifloatEncoderWith {
   using F = typename V::F;
 
   explicit MinifloatEncoderWith(const MinifloatCodes& f)
-      : shift_(f.shift),
+      : small_(f.bits <= 4),
+        lut_(V::Lut16(f.value)),
+        shift_(f.shift),
         sign_shift_(f.sign_shift),
         sign_bit_(V::Set(f.sign_bit)),
         min_normal_(V::Set(f.min_normal)),
@@ -112,21 +116,27 @@ class MinifloatEncoderWith {
   void Divided(const float* x, int64_t n, float s, uint8_t* codes, float* deq) const {
     const F d = V::SetF(s);
     const auto code = [&](F v) { return Code(V::DivF(v, d)); };
-    V::EncodeBy(x, n, s, codes, deq, code, Values());
+    WithValues([&](auto value) { V::EncodeBy(x, n, s, codes, deq, code, value); });
   }
   // Codes of x * r, deq = value * s.
   void Multiplied(const float* x, int64_t n, float r, float s, uint8_t* codes, float* deq) const {
     const F m = V::SetF(r);
     const auto code = [&](F v) { return Code(V::MulF(v, m)); };
-    V::EncodeBy(x, n, s, codes, deq, code, Values());
+    WithValues([&](auto value) { V::EncodeBy(x, n, s, codes, deq, code, value); });
   }
   void Decode(const uint8_t* codes, int64_t n, float scale, float* out) const {
-    V::DecodeBy(codes, n, scale, out, Values());
+    WithValues([&](auto value) { V::DecodeBy(codes, n, scale, out, value); });
   }
 
  private:
-  auto Values() const {
-    return [this](U c) { return Value(c); };
+  // fn(value) with the decoder of this format's codes.
+  template <typename Fn>
+  void WithValues(Fn&& fn) const {
+    if (small_) {
+      fn([this](U c) { return lut_(c); });
+    } else {
+      fn([this](U c) { return Value(c); });
+    }
   }
   U Code(F v) const {
     const U u = V::AsU(v);
@@ -152,6 +162,8 @@ class MinifloatEncoderWith {
     return V::AsF(V::Or(mag, sign));
   }
 
+  bool small_;
+  decltype(V::Lut16(nullptr)) lut_;
   int shift_, sign_shift_;
   U sign_bit_, min_normal_, sub_magic_, round_half_, rebias_, max_code_, overflow_code_, nan_code_,
       nan_sign_, min_normal_code_, exp_rebias_, inf_code_, below_nan_;

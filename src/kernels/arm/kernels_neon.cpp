@@ -311,6 +311,7 @@ struct NeonLanes {
   static F MulF(F a, F b) { return vmulq_f32(a, b); }
   static F DivF(F a, F b) { return vdivq_f32(a, b); }
   static F ToF(U v) { return vcvtq_f32_u32(v); }
+  static auto Lut16(const float* values) { return NeonOps::Nf4Lut(values); }  // any 16 values
 
   // c = code(x) on each 4 lanes, deq = value(c) * scale.
   template <typename CodeFn, typename ValueFn>

@@ -441,6 +441,7 @@ struct Avx2Lanes {
   static F MulF(F a, F b) { return _mm256_mul_ps(a, b); }
   static F DivF(F a, F b) { return _mm256_div_ps(a, b); }
   static F ToF(U v) { return _mm256_cvtepi32_ps(v); }
+  static auto Lut16(const float* values) { return Avx2Ops::Nf4Lut(values); }  // any 16 values
 
   // c = code(x) on each 8 lanes, deq = value(c) * scale.
   template <typename CodeFn, typename ValueFn>
