@@ -161,6 +161,10 @@ void GemvNf4(const float* x, const Nf4Weights& w, float* y, int threads = 1);
 // Each is its codec's definition, element for element (the codecs call these): the codes, scales
 // and decoded values come out the same on every path, NaN and Inf inputs included.
 
+/// max |x| over n values (0 for none), NaN ignored as by std::max(amax, |x|) from 0: the absmax of
+/// the NF4 and scaled-float codecs, from the MinMax range as max(hi, -lo).
+float AbsMax(const float* x, int64_t n);
+
 /// The NF4 codec's blocks (qtool/quant/nf4_codec.hpp) as seen from a range of rows of a matrix
 /// [rows, cols]: `block` consecutive elements of the row-major flattened matrix share one absmax,
 /// so blocks run across rows, and the last block of the matrix (`numel` elements in all) may be

@@ -375,6 +375,12 @@ void GemvNf4(const float* x, const Nf4Weights& w, float* y, int threads) {
 
 // ---- Float codes ----
 
+float AbsMax(const float* x, int64_t n) {
+  float lo, hi;
+  K().min_max(x, n, &lo, &hi);
+  return std::max(hi, -lo);  // hi first: +0, not -0, when both are zero
+}
+
 MinifloatCodes::MinifloatCodes(const MinifloatFormat& f, bool saturate_overflow)
     : format(&f), saturate(saturate_overflow), bits(f.bits()), emax(f.emax()), value{} {
   for (int c = 0; c < f.num_codes(); ++c) value[c] = DecodeMinifloat(static_cast<uint32_t>(c), f);

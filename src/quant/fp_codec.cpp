@@ -17,13 +17,6 @@ const MinifloatFormat& FormatOrThrow(const std::string& name) {
   return *f;
 }
 
-// max |x| over n values, from their range: NaN is ignored, as by std::max(amax, |x|) from 0.
-float AbsMax(const float* x, int64_t n) {
-  float lo, hi;
-  kernels::MinMax(x, n, &lo, &hi);
-  return std::max(-lo, hi);
-}
-
 float ScaleForAmax(float amax, const MinifloatFormat& f) {
   const float s = amax / f.max();
   return s > 0.0f && std::isfinite(s) ? s : 1.0f;
@@ -105,7 +98,7 @@ std::vector<TensorSpec> FpCodec::Layout(const std::string& name) const {
 
 void FpCodec::Observe(const float* w, int64_t r0, int64_t nrows) {
   if (r0 == 0) tensor_amax_ = 0;
-  tensor_amax_ = std::max(tensor_amax_, AbsMax(w, nrows * cols()));
+  tensor_amax_ = std::max(tensor_amax_, kernels::AbsMax(w, nrows * cols()));
 }
 
 void FpCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
@@ -125,7 +118,7 @@ void FpCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* c
         amax = 0;
         const int64_t c0 = cb * bc_, c1 = std::min(cols, c0 + bc_);
         for (int64_t r = b0; r < b1; ++r) {
-          amax = std::max(amax, AbsMax(w + (r - r0) * cols + c0, c1 - c0));
+          amax = std::max(amax, kernels::AbsMax(w + (r - r0) * cols + c0, c1 - c0));
         }
       }
       scales[static_cast<size_t>(cb)] = ScaleForAmax(amax, f);

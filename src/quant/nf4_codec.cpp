@@ -135,10 +135,13 @@ std::vector<TensorSpec> Nf4Codec::Layout(const std::string& name) const {
 
 void Nf4Codec::Observe(const float* w, int64_t r0, int64_t nrows) {
   if (r0 == 0) absmax_.assign(static_cast<size_t>(num_blocks()), 0.0f);
-  const int64_t i0 = r0 * cols();
-  for (int64_t i = 0; i < nrows * cols(); ++i) {
-    float& a = absmax_[static_cast<size_t>((i0 + i) / block_)];
-    a = std::max(a, std::fabs(w[i]));
+  // Each block's part of these rows; a block running across chunks takes the larger absmax.
+  const int64_t i0 = r0 * cols(), n = nrows * cols();
+  for (int64_t i = 0; i < n;) {
+    const int64_t b = (i0 + i) / block_, end = std::min(n, (b + 1) * block_ - i0);
+    float& a = absmax_[static_cast<size_t>(b)];
+    a = std::max(a, kernels::AbsMax(w + i, end - i));
+    i = end;
   }
   if (r0 + nrows < rows()) return;
   // All blocks seen: the scales as decoding will see them.

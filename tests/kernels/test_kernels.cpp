@@ -635,6 +635,26 @@ void Overwrite(std::vector<float>& x, const std::vector<float>& special) {
   std::copy_n(special.begin(), std::min(special.size(), x.size()), x.begin());
 }
 
+// AbsMax is the codecs' std::max(amax, |x|) from 0: NaN ignored, Inf kept.
+TEST_P(KernelTest, AbsMaxIgnoresNanLikeTheCodecs) {
+  for (const int64_t n : kLengths) {
+    auto x = RandomFloats(n, static_cast<uint32_t>(n) + 5);
+    x[static_cast<size_t>(n / 2)] = kNan;
+    for (const int64_t at : {int64_t{0}, n - 1}) {
+      for (const float v : {-1e30f, -0.0f, kInf, -kInf}) {
+        auto y = x;
+        y[static_cast<size_t>(at)] = v;
+        float want = 0;
+        for (const float e : y) want = std::max(want, std::fabs(e));
+        Unaligned<float> in(y);
+        EXPECT_EQ(std::bit_cast<uint32_t>(AbsMax(in.data(), n)), std::bit_cast<uint32_t>(want))
+            << n << " " << v;
+      }
+    }
+  }
+  EXPECT_EQ(AbsMax(nullptr, 0), 0.0f);
+}
+
 // Every NF4 value and every midpoint between two (the ties) for a block absmax of 2, one f32 ulp
 // either side of each midpoint, signed zeros and subnormals.
 std::vector<float> Nf4EdgeValues() {
