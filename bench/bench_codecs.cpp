@@ -1,6 +1,6 @@
-// Encode and decode throughput of every codec's scalar reference path, in bytes of f32 weights
-// per second, on a 1024 x 1024 matrix of Gaussian values. The baseline in the same binary is a
-// plain copy of the f32 matrix (the memory-bound ceiling).
+// Encode and decode throughput of every codec on the kernel path QTOOL_ISA selects (scalar: the
+// reference), in bytes of f32 weights per second, on a 1024 x 1024 matrix of Gaussian values. The
+// baseline in the same binary is a plain copy of the f32 matrix (the memory-bound ceiling).
 #include <benchmark/benchmark.h>
 
 #include <cstring>

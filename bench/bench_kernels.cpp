@@ -8,11 +8,15 @@
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
 #include "qtool/kernels.hpp"
+#include "qtool/quant/minifloat.hpp"
+#include "qtool/quant/mx_codec.hpp"
 #include "qtool/quant/pack.hpp"
 
 namespace qtool::kernels {
@@ -133,6 +137,117 @@ void KernelQuantizeStoredRowsBf16(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * kRows * kCols * 2);
 }
 BENCHMARK(KernelQuantizeStoredRowsBf16);
+
+// ---- Float codes: NF4, FP8, FP4 and MX rows of the 64 M inputs, codes and decoded values both
+// written, as the codecs need them. One scale for all rows of FP8 (per tensor) and one per group
+// of 32 columns for FP4; NF4 blocks of 64 with their absmax; MX blocks of 32. ----
+
+// Runs fn() per iteration; rates in f32 bytes of the 64 M elements coded or decoded.
+template <typename Fn>
+void OverBig(benchmark::State& state, Fn&& fn) {
+  for (auto _ : state) {
+    fn();
+    benchmark::ClobberMemory();
+  }
+  SetF32Bytes(state, kBig);
+}
+
+// NF4 blocks of 64 over the big input: absmax as the codec's Observe finds it.
+const std::vector<float>& BigNf4Absmax() {
+  static const std::vector<float> a = [] {
+    std::vector<float> m(kBig / 64);
+    const auto& x = BigInput();
+    for (int64_t i = 0; i < kBig; ++i) m[i / 64] = std::max(m[i / 64], std::fabs(x[i]));
+    return m;
+  }();
+  return a;
+}
+
+void KernelQuantizeNf4B64(benchmark::State& state) {
+  const Nf4Blocks b{64, kBig, 0, BigNf4Absmax().data(), BigNf4Absmax().data()};
+  std::vector<uint8_t> packed(kBig / 2);
+  std::vector<float> deq(kBig);
+  OverBig(state, [&] {
+    QuantizeNf4Rows(BigInput().data(), kBigRows, kBigCols, b, packed.data(), deq.data());
+  });
+}
+BENCHMARK(KernelQuantizeNf4B64)->Unit(benchmark::kMillisecond);
+
+void KernelDequantizeNf4B64(benchmark::State& state) {
+  const Nf4Blocks b{64, kBig, 0, BigNf4Absmax().data(), BigNf4Absmax().data()};
+  std::vector<uint8_t> packed(kBig / 2);
+  std::vector<float> out(kBig);
+  QuantizeNf4Rows(BigInput().data(), kBigRows, kBigCols, b, packed.data(), out.data());
+  OverBig(state, [&] { DequantizeNf4Rows(packed.data(), kBigRows, kBigCols, b, out.data()); });
+}
+BENCHMARK(KernelDequantizeNf4B64)->Unit(benchmark::kMillisecond);
+
+// Scales for a format with max `max`: per tensor (group == cols) or per group of columns.
+std::vector<float> BigScales(int64_t group, float max) {
+  return std::vector<float>(kBigCols / group, 0.02f * 5 / max);
+}
+
+void QuantizeMinifloatBig(benchmark::State& state, const MinifloatFormat& f, int64_t group) {
+  const MinifloatCodes codes(f, true);
+  const auto scales = BigScales(group, f.max());
+  std::vector<uint8_t> packed(kBigRows * PackedBytes(kBigCols, f.bits()));
+  std::vector<float> deq(kBig);
+  OverBig(state, [&] {
+    QuantizeMinifloatRows(BigInput().data(), kBigRows, kBigCols, scales.data(), group, codes,
+                          packed.data(), deq.data());
+  });
+}
+
+void DequantizeMinifloatBig(benchmark::State& state, const MinifloatFormat& f, int64_t group) {
+  const MinifloatCodes codes(f, true);
+  const auto scales = BigScales(group, f.max());
+  std::vector<uint8_t> packed(kBigRows * PackedBytes(kBigCols, f.bits()));
+  std::vector<float> out(kBig);
+  QuantizeMinifloatRows(BigInput().data(), kBigRows, kBigCols, scales.data(), group, codes,
+                        packed.data(), out.data());
+  OverBig(state, [&] {
+    DequantizeMinifloatRows(packed.data(), kBigRows, kBigCols, scales.data(), group, codes,
+                            out.data());
+  });
+}
+
+void KernelQuantizeFp8E4M3(benchmark::State& state) {
+  QuantizeMinifloatBig(state, kE4M3, kBigCols);
+}
+BENCHMARK(KernelQuantizeFp8E4M3)->Unit(benchmark::kMillisecond);
+void KernelQuantizeFp8E5M2(benchmark::State& state) {
+  QuantizeMinifloatBig(state, kE5M2, kBigCols);
+}
+BENCHMARK(KernelQuantizeFp8E5M2)->Unit(benchmark::kMillisecond);
+void KernelDequantizeFp8E4M3(benchmark::State& state) {
+  DequantizeMinifloatBig(state, kE4M3, kBigCols);
+}
+BENCHMARK(KernelDequantizeFp8E4M3)->Unit(benchmark::kMillisecond);
+void KernelQuantizeFp4G32(benchmark::State& state) { QuantizeMinifloatBig(state, kE2M1, 32); }
+BENCHMARK(KernelQuantizeFp4G32)->Unit(benchmark::kMillisecond);
+
+void KernelQuantizeMxfp4(benchmark::State& state) {
+  const MinifloatCodes fp4(kE2M1, true);
+  std::vector<uint8_t> packed(kBig / 2), scales(kBig / kMxBlock);
+  std::vector<float> deq(kBig);
+  OverBig(state, [&] {
+    QuantizeMxRows(BigInput().data(), kBigRows, kBigCols, kMxBlock, &fp4, packed.data(),
+                   scales.data(), deq.data());
+  });
+}
+BENCHMARK(KernelQuantizeMxfp4)->Unit(benchmark::kMillisecond);
+
+void KernelDequantizeMxfp4(benchmark::State& state) {
+  const MinifloatCodes fp4(kE2M1, true);
+  std::vector<uint8_t> packed(kBig / 2), scales(kBig / kMxBlock);
+  std::vector<float> out(kBig);
+  QuantizeMxRows(BigInput().data(), kBigRows, kBigCols, kMxBlock, &fp4, packed.data(),
+                 scales.data(), out.data());
+  OverBig(state, [&] {
+    DequantizeMxRows(packed.data(), scales.data(), kBigRows, kBigCols, kMxBlock, &fp4, out.data());
+  });
+}
+BENCHMARK(KernelDequantizeMxfp4)->Unit(benchmark::kMillisecond);
 
 // ---- GEMV / GEMM: args (rows N, cols K, tokens M, threads) ----
 

@@ -3,9 +3,10 @@
 // vectorised paths for the instruction sets the CPU offers; the best supported path is chosen on
 // first use, or forced with the environment variable QTOOL_ISA=scalar|avx2|avx512|neon.
 //
-// Bit exactness: conversions, quantisation, packing and the integer GEMMs (W8A8) give the same bits
-// on every path. Kernels that accumulate in floating point (W4A8 across groups, W4A16, NF4) may
-// differ from the reference by summation order only: |y - y_ref| <= 1e-5 * sum |w_k * a_k|.
+// Bit exactness: conversions, quantisation (integer, NF4, small floats, MX), packing and the
+// integer GEMMs (W8A8) give the same bits on every path. Kernels that accumulate in floating
+// point (W4A8 across groups, W4A16, NF4) may differ from the reference by summation order only:
+// |y - y_ref| <= 1e-5 * sum |w_k * a_k|.
 //
 // Kernels never validate user input: callers check shapes and finiteness (QTOOL_DASSERT states the
 // invariants in Debug builds). Results for NaN or Inf inputs are unspecified unless stated.
@@ -26,6 +27,10 @@
 
 #include "qtool/quant/metrics.hpp"
 #include "qtool/quant/spec.hpp"
+
+namespace qtool {
+struct MinifloatFormat;
+}  // namespace qtool
 
 namespace qtool::kernels {
 
@@ -150,5 +155,99 @@ struct Nf4Weights {
 };
 /// y[n] = sum_g scale[n,g] * sum_{k in g} Nf4Values()[u[n,k]] * x[k] (f32 accumulation).
 void GemvNf4(const float* x, const Nf4Weights& w, float* y, int threads = 1);
+
+// ---- Float-code quantisation: the NF4, scaled small-float and MX codecs' rows. ----
+//
+// Each is its codec's definition, element for element (the codecs call these): the codes, scales
+// and decoded values come out the same on every path, NaN and Inf inputs included.
+
+/// max |x| over n values (0 for none), NaN ignored as by std::max(amax, |x|) from 0: the absmax of
+/// the NF4 and scaled-float codecs, from the MinMax range as max(hi, -lo).
+float AbsMax(const float* x, int64_t n);
+
+/// The NF4 codec's blocks (qtool/quant/nf4_codec.hpp) as seen from a range of rows of a matrix
+/// [rows, cols]: `block` consecutive elements of the row-major flattened matrix share one absmax,
+/// so blocks run across rows, and the last block of the matrix (`numel` elements in all) may be
+/// shorter. Element `first` (a flat index) is the first of the range; absmax[j] and scales[j]
+/// belong to flat block first / block + j.
+struct Nf4Blocks {
+  int64_t block = 64;
+  int64_t numel = 0;
+  int64_t first = 0;
+  const float* absmax = nullptr;  // exact absmax of each block: the codes
+  const float* scales = nullptr;  // absmax as decoding sees it (after double quantisation)
+};
+
+/// NF4 codes of the rows x [rows, cols] (flat elements b.first ..), exactly Nf4Codec::EncodeRows:
+/// code = Nf4Code(x, absmax, whole) where whole is false only in the matrix's shorter last block;
+/// two codes per byte with the even column in the high nibble, row r at packed + r * (cols + 1) / 2
+/// (an odd row's last low nibble 0); deq = Nf4Values()[code] * scale.
+/// Example: rows [r0, r1) of the codec's matrix w:
+///   Nf4Blocks b{64, rows * cols, r0 * cols, absmax + r0 * cols / 64, scales + r0 * cols / 64};
+///   QuantizeNf4Rows(w + r0 * cols, r1 - r0, cols, b, qweight + r0 * ((cols + 1) / 2), deq);
+void QuantizeNf4Rows(const float* x, int64_t rows, int64_t cols, const Nf4Blocks& b,
+                     uint8_t* packed, float* deq, int threads = 1);
+/// out = Nf4Values()[code] * scale for NF4 rows packed as QuantizeNf4Rows writes them (b.absmax
+/// unused), exactly Nf4Codec::DecodeRows.
+void DequantizeNf4Rows(const uint8_t* packed, int64_t rows, int64_t cols, const Nf4Blocks& b,
+                       float* out, int threads = 1);
+
+/// A small float format (qtool/quant/minifloat.hpp) with its overflow rule, prepared once (per
+/// codec, say) for the kernels below: each code's value, and the constants of EncodeMinifloat's and
+/// DecodeMinifloat's steps on f32 bit fields, which the vector paths use.
+/// Example: const MinifloatCodes e4m3(kE4M3, /*saturate=*/true);
+struct MinifloatCodes {
+  MinifloatCodes(const MinifloatFormat& format, bool saturate);
+
+  const MinifloatFormat* format;
+  bool saturate;
+  int bits;          // 1 + exponent bits + mantissa bits
+  int emax;          // format->emax()
+  float value[256];  // DecodeMinifloat of each code below 2^bits
+
+  // EncodeMinifloat on a = |x| as f32 bits, with sign = (bits(x) >> sign_shift) & sign_bit:
+  //   a > 0x7f800000 (NaN):  nan_code | (sign & nan_sign)
+  //   a < min_normal:        r = bits(f32(a) + f32(sub_magic)) - sub_magic
+  //   otherwise:             r = ((a + round_half + ((a >> shift) & 1)) >> shift) - rebias
+  // then sign | (r > max_code ? overflow_code : r); Inf takes the overflow branch.
+  uint32_t sign_bit, min_normal, sub_magic, round_half, rebias, max_code, overflow_code, nan_code,
+      nan_sign;
+  int shift, sign_shift;
+  // DecodeMinifloat of em = code & (sign_bit - 1), with the sign bit moved up by sign_shift:
+  //   em < min_normal_code:  em * sub_unit (the subnormals and 0)
+  //   otherwise:             f32 bits (em << shift) + exp_rebias
+  // except em == inf_code (Inf) and em >= nan_from (NaN, 0x7fc00000); 0x100 stands for none.
+  uint32_t min_normal_code, exp_rebias, inf_code, nan_from;
+  float sub_unit;
+};
+
+/// Rows x [rows, cols] sharing one scale per group of `group` columns, exactly FpCodec::EncodeRows
+/// for a band of rows: element c is coded as EncodeMinifloat(x / s, format, saturate) with
+/// s = scales[c / group] (a true division), the codes packed by PackCodes into
+/// PackedBytes(cols, bits) bytes per row (one byte per code for FP8), and deq = value[code] * s.
+void QuantizeMinifloatRows(const float* x, int64_t rows, int64_t cols, const float* scales,
+                           int64_t group, const MinifloatCodes& f, uint8_t* packed, float* deq,
+                           int threads = 1);
+/// out = value[code] * scales[c / group] for rows packed as QuantizeMinifloatRows writes them
+/// (FpCodec::DecodeRows). Where both the value and the scale are NaN, the NaN's sign is
+/// unspecified.
+void DequantizeMinifloatRows(const uint8_t* packed, int64_t rows, int64_t cols, const float* scales,
+                             int64_t group, const MinifloatCodes& f, float* out, int threads = 1);
+
+/// OCP MX blocks, exactly MxCodec::EncodeRows: each row of x [rows, cols] in blocks of `block`
+/// columns (a row's last block may be shorter) sharing the E8M0 scale
+/// e = E8M0ScaleForBlock(amax, emax) (0xff, NaN, for a block holding NaN or Inf), stored at
+/// scales[r * blocks per row + j]; elements P = x / 2^(e - 127) coded by `element` (saturating,
+/// OCP MX 6.3) or, with element == nullptr, as MXINT8 bytes clamp(rne(P * 64), -128, 127); a NaN
+/// block stores code 0. Codes packed per row by PackCodes; deq = value(code) * 2^(e - 127).
+/// Example: const MinifloatCodes fp4(kE2M1, true);
+///          QuantizeMxRows(w, rows, cols, 32, &fp4, qweight, e8m0, deq);
+void QuantizeMxRows(const float* x, int64_t rows, int64_t cols, int64_t block,
+                    const MinifloatCodes* element, uint8_t* packed, uint8_t* scales, float* deq,
+                    int threads = 1);
+/// out = value(code) * 2^(e - 127) (NaN for e == 0xff) for rows as QuantizeMxRows writes them
+/// (MxCodec::DecodeRows).
+void DequantizeMxRows(const uint8_t* packed, const uint8_t* scales, int64_t rows, int64_t cols,
+                      int64_t block, const MinifloatCodes* element, float* out, int threads = 1);
 
 }  // namespace qtool::kernels

@@ -1,6 +1,7 @@
 // CPU feature detection, the choice of kernel path per operation, and the public entry points
 // (which split work over threads and call the chosen kernels).
 #include <array>
+#include <cmath>
 #include <cstdlib>
 #include <mutex>
 #include <vector>
@@ -8,6 +9,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/kernels.hpp"
+#include "qtool/quant/minifloat.hpp"
 #include "qtool/quant/pack.hpp"
 #include "table.hpp"
 
@@ -369,6 +371,113 @@ void GemmW4A16(const uint16_t* a_bf16, int64_t m, const QuantWeights& w, float* 
 void GemvNf4(const float* x, const Nf4Weights& w, float* y, int threads) {
   const auto fn = FourBitTable(w.group, w.cols).gemv_nf4;
   OverColumns(w.rows, threads, [&](int64_t n0, int64_t n1) { fn(x, w, n0, n1, y); });
+}
+
+// ---- Float codes ----
+
+float AbsMax(const float* x, int64_t n) {
+  float lo, hi;
+  K().min_max(x, n, &lo, &hi);
+  return std::max(hi, -lo);  // hi first: +0, not -0, when both are zero
+}
+
+MinifloatCodes::MinifloatCodes(const MinifloatFormat& f, bool saturate_overflow)
+    : format(&f), saturate(saturate_overflow), bits(f.bits()), emax(f.emax()), value{} {
+  for (int c = 0; c < f.num_codes(); ++c) value[c] = DecodeMinifloat(static_cast<uint32_t>(c), f);
+  const int m = f.man_bits, emin = f.emin();
+  const uint32_t top = (1u << f.exp_bits) - 1, mant = (1u << m) - 1;
+  sign_bit = f.sign_bit();
+  sign_shift = 31 - f.exp_bits - m;
+  shift = 23 - m;
+  min_normal = static_cast<uint32_t>(emin + 127) << 23;
+  sub_magic = static_cast<uint32_t>(emin - m + 23 + 127) << 23;
+  round_half = (1u << (shift - 1)) - 1;
+  rebias = static_cast<uint32_t>(127 - f.bias) << m;
+  max_code = MaxFiniteCode(f);
+  // EncodeMinifloat's NaN code: S.11111.10 with infinities, else all ones (E4M3fn).
+  const uint32_t nan = f.has_inf ? (top << m) | (1u << (m - 1)) : (top << m) | mant;
+  nan_code = f.has_nan ? nan : 0;
+  nan_sign = f.has_nan ? sign_bit : 0;
+  if (saturate || !(f.has_inf || f.has_nan)) {
+    overflow_code = max_code;
+  } else {
+    overflow_code = f.has_inf ? top << m : nan;
+  }
+  min_normal_code = 1u << m;
+  exp_rebias = static_cast<uint32_t>(127 - f.bias) << 23;
+  sub_unit = std::ldexp(1.0f, emin - m);
+  constexpr uint32_t kNone = 0x100;
+  inf_code = f.has_inf ? top << m : kNone;
+  nan_from = f.has_inf ? (top << m) + 1 : f.has_nan ? (top << m) | mant : kNone;
+}
+
+namespace {
+
+// Calls fn(r) for each of `rows` rows, split over threads in chunks of kRowsPerTask.
+template <typename Fn>
+void OverRows(int64_t rows, int threads, Fn&& fn) {
+  ParallelFor(rows, kRowsPerTask, threads, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) fn(r);
+  });
+}
+
+}  // namespace
+
+void QuantizeNf4Rows(const float* x, int64_t rows, int64_t cols, const Nf4Blocks& b,
+                     uint8_t* packed, float* deq, int threads) {
+  const auto fn = K().quantize_nf4;
+  const int64_t rb = (cols + 1) / 2;
+  OverRows(rows, threads, [&](int64_t r) {
+    fn(x + r * cols, cols, b.first + r * cols, b, packed + r * rb, deq + r * cols);
+  });
+}
+
+void DequantizeNf4Rows(const uint8_t* packed, int64_t rows, int64_t cols, const Nf4Blocks& b,
+                       float* out, int threads) {
+  const auto fn = K().dequantize_nf4;
+  const int64_t rb = (cols + 1) / 2;
+  OverRows(rows, threads,
+           [&](int64_t r) { fn(packed + r * rb, cols, b.first + r * cols, b, out + r * cols); });
+}
+
+void QuantizeMinifloatRows(const float* x, int64_t rows, int64_t cols, const float* scales,
+                           int64_t group, const MinifloatCodes& f, uint8_t* packed, float* deq,
+                           int threads) {
+  const auto fn = K().quantize_minifloat;
+  const int64_t rb = PackedBytes(cols, f.bits);
+  OverRows(rows, threads, [&](int64_t r) {
+    fn(x + r * cols, cols, scales, group, f, packed + r * rb, deq + r * cols);
+  });
+}
+
+void DequantizeMinifloatRows(const uint8_t* packed, int64_t rows, int64_t cols, const float* scales,
+                             int64_t group, const MinifloatCodes& f, float* out, int threads) {
+  const auto fn = K().dequantize_minifloat;
+  const int64_t rb = PackedBytes(cols, f.bits);
+  OverRows(rows, threads,
+           [&](int64_t r) { fn(packed + r * rb, cols, scales, group, f, out + r * cols); });
+}
+
+void QuantizeMxRows(const float* x, int64_t rows, int64_t cols, int64_t block,
+                    const MinifloatCodes* element, uint8_t* packed, uint8_t* scales, float* deq,
+                    int threads) {
+  QTOOL_DASSERT(!element || (element->saturate && element->emax >= 0));
+  const auto fn = K().quantize_mx;
+  const int64_t rb = PackedBytes(cols, element ? element->bits : 8),
+                nb = (cols + block - 1) / block;
+  OverRows(rows, threads, [&](int64_t r) {
+    fn(x + r * cols, cols, block, element, packed + r * rb, scales + r * nb, deq + r * cols);
+  });
+}
+
+void DequantizeMxRows(const uint8_t* packed, const uint8_t* scales, int64_t rows, int64_t cols,
+                      int64_t block, const MinifloatCodes* element, float* out, int threads) {
+  const auto fn = K().dequantize_mx;
+  const int64_t rb = PackedBytes(cols, element ? element->bits : 8),
+                nb = (cols + block - 1) / block;
+  OverRows(rows, threads, [&](int64_t r) {
+    fn(packed + r * rb, scales + r * nb, cols, block, element, out + r * cols);
+  });
 }
 
 }  // namespace qtool::kernels

@@ -12,6 +12,10 @@ namespace qtool::kernels::detail {
 
 /// The 16 NF4 values of the NF4 codec (qtool::Nf4Values()), ascending.
 const float* Nf4Table();
+/// Their 15 midpoints (qtool::Nf4Midpoints()), which decide the codes.
+const float* Nf4MidpointTable();
+/// The NF4 codec's smallest absmax divisor (qtool::kNf4MinAbsmax; the reference checks both agree).
+inline constexpr float kNf4AbsmaxFloor = 1e-38f;
 
 /// Quantised activations of an integer GEMM: q [m, k] int8 with one scale per token.
 struct Int8Acts {
@@ -25,7 +29,9 @@ struct Int8Acts {
 /// below, it runs one dot product per output.
 inline constexpr int64_t kGemmTokens = 4;
 
-// The GEMM entries compute output columns [n0, n1) of y [m, w.rows] (row stride w.rows).
+// The GEMM entries compute output columns [n0, n1) of y [m, w.rows] (row stride w.rows). The
+// float-code entries (quantize_nf4 .. dequantize_mx) do one row of n elements of their public
+// function; an NF4 row's elements are the flat elements [start, start + n) of its matrix.
 // A null entry means the family has no code for that operation: the next family down is used.
 #define QTOOL_KERNEL_LIST(X)                                                                       \
   X(bf16_to_f32, void, (const uint16_t* in, int64_t n, float* out))                                \
@@ -50,7 +56,23 @@ inline constexpr int64_t kGemmTokens = 4;
   X(gemm_w4a8, void, (const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, float* y)) \
   X(gemm_w4a16, void,                                                                              \
     (const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n0, int64_t n1, float* y))       \
-  X(gemv_nf4, void, (const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y))
+  X(gemv_nf4, void, (const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y))       \
+  X(quantize_nf4, void,                                                                            \
+    (const float* x, int64_t n, int64_t start, const Nf4Blocks& b, uint8_t* packed, float* deq))   \
+  X(dequantize_nf4, void,                                                                          \
+    (const uint8_t* packed, int64_t n, int64_t start, const Nf4Blocks& b, float* out))             \
+  X(quantize_minifloat, void,                                                                      \
+    (const float* x, int64_t n, const float* scales, int64_t group, const MinifloatCodes& f,       \
+     uint8_t* packed, float* deq))                                                                 \
+  X(dequantize_minifloat, void,                                                                    \
+    (const uint8_t* packed, int64_t n, const float* scales, int64_t group,                         \
+     const MinifloatCodes& f, float* out))                                                         \
+  X(quantize_mx, void,                                                                             \
+    (const float* x, int64_t n, int64_t block, const MinifloatCodes* e, uint8_t* packed,           \
+     uint8_t* scales, float* deq))                                                                 \
+  X(dequantize_mx, void,                                                                           \
+    (const uint8_t* packed, const uint8_t* scales, int64_t n, int64_t block,                       \
+     const MinifloatCodes* e, float* out))
 
 struct KernelTable {
 #define QTOOL_KERNEL_FIELD(name, ret, args) ret(*name) args = nullptr;

@@ -70,7 +70,7 @@ nlohmann::json FpSpec::ToRecord() const {
 }
 
 FpCodec::FpCodec(const FpSpec& spec, int64_t rows, int64_t cols)
-    : WeightCodec(rows, cols), spec_(spec), table_(*spec.format) {
+    : WeightCodec(rows, cols), spec_(spec), codes_(*spec.format, spec.saturate) {
   switch (spec.granularity) {
     case ScaleGranularity::kTensor:  // one scale (from Observe); chunks need no alignment
     case ScaleGranularity::kChannel:
@@ -98,8 +98,7 @@ std::vector<TensorSpec> FpCodec::Layout(const std::string& name) const {
 
 void FpCodec::Observe(const float* w, int64_t r0, int64_t nrows) {
   if (r0 == 0) tensor_amax_ = 0;
-  for (int64_t i = 0; i < nrows * cols(); ++i)
-    tensor_amax_ = std::max(tensor_amax_, std::fabs(w[i]));
+  tensor_amax_ = std::max(tensor_amax_, kernels::AbsMax(w, nrows * cols()));
 }
 
 void FpCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
@@ -109,7 +108,6 @@ void FpCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* c
   const int64_t nbc = (cols + bc_ - 1) / bc_;
   const bool tensor = spec_.granularity == ScaleGranularity::kTensor;
   auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
-  std::vector<uint8_t> codes(static_cast<size_t>(cols));
   std::vector<float> scales(static_cast<size_t>(nbc));
   for (int64_t b0 = r0; b0 < r0 + nrows; b0 += br_) {
     const int64_t b1 = std::min(r0 + nrows, b0 + br_);
@@ -120,8 +118,7 @@ void FpCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* c
         amax = 0;
         const int64_t c0 = cb * bc_, c1 = std::min(cols, c0 + bc_);
         for (int64_t r = b0; r < b1; ++r) {
-          for (int64_t c = c0; c < c1; ++c)
-            amax = std::max(amax, std::fabs(w[(r - r0) * cols + c]));
+          amax = std::max(amax, kernels::AbsMax(w + (r - r0) * cols + c0, c1 - c0));
         }
       }
       scales[static_cast<size_t>(cb)] = ScaleForAmax(amax, f);
@@ -129,36 +126,24 @@ void FpCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* c
         std::memcpy(out[1] + ((tensor ? 0 : b0 / br_ * nbc) + cb) * 4, &scales[cb], 4);
       }
     }
-    for (int64_t r = b0; r < b1; ++r) {
-      const float* x = w + (r - r0) * cols;
-      float* y = dequant + (r - r0) * cols;
-      for (int64_t c = 0; c < cols; ++c) {
-        const float s = scales[static_cast<size_t>(c / bc_)];
-        const auto code = static_cast<uint8_t>(EncodeMinifloat(x[c] / s, f, spec_.saturate));
-        codes[static_cast<size_t>(c)] = code;
-        y[c] = table_.value[code] * s;
-      }
-      PackCodes(codes.data(), cols, f.bits(), qweight + r * row_bytes);
-    }
+    kernels::QuantizeMinifloatRows(w + (b0 - r0) * cols, b1 - b0, cols, scales.data(), bc_, codes_,
+                                   qweight + b0 * row_bytes, dequant + (b0 - r0) * cols);
   }
 }
 
 void FpCodec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const {
-  const MinifloatFormat& f = *spec_.format;
-  const int64_t cols = this->cols(), row_bytes = PackedBytes(cols, f.bits());
+  const int64_t cols = this->cols(), row_bytes = PackedBytes(cols, spec_.format->bits());
   const int64_t nbc = (cols + bc_ - 1) / bc_;
   const bool tensor = spec_.granularity == ScaleGranularity::kTensor;
   const auto* qweight = reinterpret_cast<const uint8_t*>(in[0]);
-  std::vector<uint8_t> codes(static_cast<size_t>(cols));
-  for (int64_t r = r0; r < r0 + nrows; ++r) {
-    UnpackCodes(qweight + r * row_bytes, cols, f.bits(), codes.data());
-    const std::byte* srow = in[1] + (tensor ? 0 : r / br_ * nbc) * 4;
-    float* y = out + (r - r0) * cols;
-    for (int64_t c = 0; c < cols; ++c) {
-      float s;
-      std::memcpy(&s, srow + (tensor ? 0 : c / bc_) * 4, 4);
-      y[c] = table_.value[codes[static_cast<size_t>(c)]] * s;
-    }
+  std::vector<float> scales(static_cast<size_t>(nbc));
+  // Rows in bands that share their scales: all of them for a per-tensor scale, else block rows.
+  for (int64_t b0 = r0; b0 < r0 + nrows;) {
+    const int64_t b1 = tensor ? r0 + nrows : std::min(r0 + nrows, (b0 / br_ + 1) * br_);
+    std::memcpy(scales.data(), in[1] + (tensor ? 0 : b0 / br_ * nbc) * 4, scales.size() * 4);
+    kernels::DequantizeMinifloatRows(qweight + b0 * row_bytes, b1 - b0, cols, scales.data(), bc_,
+                                     codes_, out + (b0 - r0) * cols);
+    b0 = b1;
   }
 }
 

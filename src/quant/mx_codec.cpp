@@ -1,16 +1,10 @@
 #include "qtool/quant/mx_codec.hpp"
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
-
 #include "qtool/core/error.hpp"
 #include "qtool/quant/pack.hpp"
 
 namespace qtool {
 namespace {
-
-constexpr float kMxInt8Unit = 64.0f;  // MXINT8 element = q * 2^-6
 
 const MinifloatFormat* ElementFormat(const std::string& element) {
   if (element == "int8") return nullptr;
@@ -27,7 +21,7 @@ MxCodec::MxCodec(const std::string& element, int64_t block, int64_t rows, int64_
       element_(element),
       format_(ElementFormat(element)),
       block_(block),
-      table_(format_ ? *format_ : kE4M3) {
+      codes_(format_ ? *format_ : kE4M3, /*saturate=*/true) {
   QTOOL_CHECK(block >= 1 && block <= 4096, OptionError, "MX block must be in 1..4096, got {}",
               block);
 }
@@ -51,66 +45,21 @@ std::vector<TensorSpec> MxCodec::Layout(const std::string& name) const {
           {name + ".scales", DType::kF8E8M0, {rows(), (cols() + block_ - 1) / block_}}};
 }
 
-uint8_t MxCodec::EncodeElement(float p) const {
-  if (format_) return static_cast<uint8_t>(EncodeMinifloat(p, *format_, /*saturate=*/true));
-  const float q = std::clamp(p * kMxInt8Unit, -128.0f, 127.0f);
-  return static_cast<uint8_t>(static_cast<int8_t>(RoundHalfEvenSmall(q)));
-}
-
-float MxCodec::ElementValue(uint8_t code) const {
-  if (format_) return table_.value[code];
-  return static_cast<float>(static_cast<int8_t>(code)) / kMxInt8Unit;
-}
-
 void MxCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
                          float* dequant) const {
   const int64_t cols = this->cols(), nb = (cols + block_ - 1) / block_;
-  const int64_t row_bytes = PackedBytes(cols, element_bits());
-  auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
-  auto* scales = reinterpret_cast<uint8_t*>(out[1]);
-  std::vector<uint8_t> codes(static_cast<size_t>(cols));
-  for (int64_t r = r0; r < r0 + nrows; ++r) {
-    const float* x = w + (r - r0) * cols;
-    float* y = dequant + (r - r0) * cols;
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t c0 = b * block_, c1 = std::min(cols, c0 + block_);
-      float amax = 0;
-      bool nan = false;
-      for (int64_t c = c0; c < c1; ++c) {
-        amax = std::max(amax, std::fabs(x[c]));
-        nan |= std::isnan(x[c]);
-      }
-      if (nan) amax = std::numeric_limits<float>::quiet_NaN();
-      const uint8_t e = E8M0ScaleForBlock(amax, emax_elem());
-      scales[r * nb + b] = e;
-      const float scale = DecodeE8M0(e);
-      for (int64_t c = c0; c < c1; ++c) {
-        // Division by a power of two is exact; a NaN scale leaves code 0 (decoded as NaN).
-        const uint8_t code = e == kE8M0Nan ? 0 : EncodeElement(x[c] / scale);
-        codes[static_cast<size_t>(c)] = code;
-        y[c] = ElementValue(code) * scale;
-      }
-    }
-    PackCodes(codes.data(), cols, element_bits(), qweight + r * row_bytes);
-  }
+  kernels::QuantizeMxRows(
+      w, nrows, cols, block_, format_ ? &codes_ : nullptr,
+      reinterpret_cast<uint8_t*>(out[0]) + r0 * PackedBytes(cols, element_bits()),
+      reinterpret_cast<uint8_t*>(out[1]) + r0 * nb, dequant);
 }
 
 void MxCodec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const {
   const int64_t cols = this->cols(), nb = (cols + block_ - 1) / block_;
-  const int64_t row_bytes = PackedBytes(cols, element_bits());
-  const auto* qweight = reinterpret_cast<const uint8_t*>(in[0]);
-  const auto* scales = reinterpret_cast<const uint8_t*>(in[1]);
-  std::vector<uint8_t> codes(static_cast<size_t>(cols));
-  for (int64_t r = r0; r < r0 + nrows; ++r) {
-    UnpackCodes(qweight + r * row_bytes, cols, element_bits(), codes.data());
-    float* y = out + (r - r0) * cols;
-    for (int64_t b = 0; b < nb; ++b) {
-      const float scale = DecodeE8M0(scales[r * nb + b]);
-      for (int64_t c = b * block_; c < std::min(cols, (b + 1) * block_); ++c) {
-        y[c] = ElementValue(codes[static_cast<size_t>(c)]) * scale;
-      }
-    }
-  }
+  kernels::DequantizeMxRows(
+      reinterpret_cast<const uint8_t*>(in[0]) + r0 * PackedBytes(cols, element_bits()),
+      reinterpret_cast<const uint8_t*>(in[1]) + r0 * nb, nrows, cols, block_,
+      format_ ? &codes_ : nullptr, out);
 }
 
 }  // namespace qtool

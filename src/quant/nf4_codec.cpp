@@ -5,12 +5,10 @@
 #include <cstring>
 
 #include "qtool/core/error.hpp"
+#include "qtool/kernels.hpp"
 
 namespace qtool {
 namespace {
-
-// Smallest absmax used as a divisor: an all-zero block scales by 1e38 and stores code 7 (0.0).
-constexpr float kMinAbsmax = 1e-38f;
 
 // Midpoints between consecutive ascending table values, computed in f32 as bitsandbytes does;
 // the code of v is the number of midpoints strictly below it (torch.bucketize, right=False), so a
@@ -28,22 +26,9 @@ uint8_t Bucketize(const std::array<float, M>& midpoints, float v) {
                               midpoints.begin());
 }
 
-const std::array<float, 15>& Nf4Midpoints() {
-  static const std::array<float, 15> m = Midpoints(Nf4Values());
-  return m;
-}
-
 const std::array<float, 255>& DynamicMidpoints() {
   static const std::array<float, 255> m = Midpoints(DynamicMap8());
   return m;
-}
-
-// Scaled value of x in a block: x * (1 / absmax) for a whole block, x / absmax for the shorter
-// last block (bitsandbytes computes the two cases so), clamped to [-1, 1].
-inline float ScaleToUnit(float x, float absmax, bool whole_block) {
-  const float a = std::max(absmax, kMinAbsmax);
-  const float v = whole_block ? x * (1.0f / a) : x / a;
-  return std::clamp(v, -1.0f, 1.0f);
 }
 
 }  // namespace
@@ -67,6 +52,11 @@ const std::array<float, 16>& Nf4Values() {
                                           0.7229568362236023f,
                                           1.0f};
   return v;
+}
+
+const std::array<float, 15>& Nf4Midpoints() {
+  static const std::array<float, 15> m = Midpoints(Nf4Values());
+  return m;
 }
 
 const std::array<float, 256>& DynamicMap8() {
@@ -145,10 +135,13 @@ std::vector<TensorSpec> Nf4Codec::Layout(const std::string& name) const {
 
 void Nf4Codec::Observe(const float* w, int64_t r0, int64_t nrows) {
   if (r0 == 0) absmax_.assign(static_cast<size_t>(num_blocks()), 0.0f);
-  const int64_t i0 = r0 * cols();
-  for (int64_t i = 0; i < nrows * cols(); ++i) {
-    float& a = absmax_[static_cast<size_t>((i0 + i) / block_)];
-    a = std::max(a, std::fabs(w[i]));
+  // Each block's part of these rows; a block running across chunks takes the larger absmax.
+  const int64_t i0 = r0 * cols(), n = nrows * cols();
+  for (int64_t i = 0; i < n;) {
+    const int64_t b = (i0 + i) / block_, end = std::min(n, (b + 1) * block_ - i0);
+    float& a = absmax_[static_cast<size_t>(b)];
+    a = std::max(a, kernels::AbsMax(w + i, end - i));
+    i = end;
   }
   if (r0 + nrows < rows()) return;
   // All blocks seen: the scales as decoding will see them.
@@ -168,7 +161,7 @@ void Nf4Codec::Observe(const float* w, int64_t r0, int64_t nrows) {
     absmax2_[c] = m;
     const bool whole = j1 - j0 == static_cast<size_t>(kNf4DoubleQuantBlock);
     for (size_t j = j0; j < j1; ++j) {
-      qabsmax_[j] = Bucketize(DynamicMidpoints(), ScaleToUnit(absmax_[j] - offset_, m, whole));
+      qabsmax_[j] = Bucketize(DynamicMidpoints(), Nf4ScaleToUnit(absmax_[j] - offset_, m, whole));
       dq_absmax_[j] = map[qabsmax_[j]] * m + offset_;
     }
   }
@@ -187,33 +180,11 @@ void Nf4Codec::WriteScales(std::byte* const* out) const {
 void Nf4Codec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
                           float* dequant) const {
   if (r0 == 0) WriteScales(out);  // every scale is known from Observe
-  const int64_t cols = this->cols(), n = rows() * cols, row_bytes = (cols + 1) / 2;
-  const int64_t last_whole = n / block_;  // blocks below this index are whole
-  const auto& values = Nf4Values();
-  const auto& midpoints = Nf4Midpoints();
-  auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
-  for (int64_t r = r0; r < r0 + nrows; ++r) {
-    uint8_t* q = qweight + r * row_bytes;
-    const float* x = w + (r - r0) * cols;
-    float* y = dequant + (r - r0) * cols;
-    // The row in runs of one block each.
-    for (int64_t c = 0; c < cols;) {
-      const int64_t b = (r * cols + c) / block_;
-      const int64_t end = std::min(cols, (b + 1) * block_ - r * cols);
-      const float absmax = absmax_[static_cast<size_t>(b)];
-      const float decoded_absmax = dq_absmax_[static_cast<size_t>(b)];
-      const bool whole = b < last_whole;
-      for (; c < end; ++c) {
-        const uint8_t code = Bucketize(midpoints, ScaleToUnit(x[c], absmax, whole));
-        y[c] = values[code] * decoded_absmax;
-        if (c % 2 == 0) {
-          q[c / 2] = static_cast<uint8_t>(code << 4);
-        } else {
-          q[c / 2] = static_cast<uint8_t>(q[c / 2] | code);
-        }
-      }
-    }
-  }
+  const int64_t cols = this->cols(), first = r0 * cols;
+  const kernels::Nf4Blocks b{block_, rows() * cols, first, absmax_.data() + first / block_,
+                             dq_absmax_.data() + first / block_};
+  kernels::QuantizeNf4Rows(w, nrows, cols, b,
+                           reinterpret_cast<uint8_t*>(out[0]) + r0 * ((cols + 1) / 2), dequant);
 }
 
 float Nf4Codec::StoredAbsmax(const std::byte* const* in, int64_t b) const {
@@ -229,22 +200,14 @@ float Nf4Codec::StoredAbsmax(const std::byte* const* in, int64_t b) const {
 }
 
 void Nf4Codec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const {
-  const int64_t cols = this->cols(), row_bytes = (cols + 1) / 2;
-  const auto& values = Nf4Values();
-  const auto* qweight = reinterpret_cast<const uint8_t*>(in[0]);
-  for (int64_t r = r0; r < r0 + nrows; ++r) {
-    const uint8_t* q = qweight + r * row_bytes;
-    float* y = out + (r - r0) * cols;
-    for (int64_t c = 0; c < cols;) {
-      const int64_t b = (r * cols + c) / block_;
-      const int64_t end = std::min(cols, (b + 1) * block_ - r * cols);
-      const float absmax = StoredAbsmax(in, b);
-      for (; c < end; ++c) {
-        const int code = c % 2 == 0 ? q[c / 2] >> 4 : q[c / 2] & 0xf;
-        y[c] = values[static_cast<size_t>(code)] * absmax;
-      }
-    }
-  }
+  const int64_t cols = this->cols(), first = r0 * cols;
+  // The decoded absmax of the blocks these rows touch.
+  const int64_t b0 = first / block_, b1 = (first + nrows * cols + block_ - 1) / block_;
+  std::vector<float> scales(static_cast<size_t>(b1 - b0));
+  for (int64_t b = b0; b < b1; ++b) scales[static_cast<size_t>(b - b0)] = StoredAbsmax(in, b);
+  const kernels::Nf4Blocks b{block_, rows() * cols, first, nullptr, scales.data()};
+  kernels::DequantizeNf4Rows(reinterpret_cast<const uint8_t*>(in[0]) + r0 * ((cols + 1) / 2), nrows,
+                             cols, b, out);
 }
 
 }  // namespace qtool

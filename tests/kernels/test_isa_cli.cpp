@@ -1,5 +1,6 @@
 // The CLI's output does not depend on the instruction set: `qtool quantize` writes the same bytes
-// under every QTOOL_ISA this CPU supports, and `qtool --version` reports the chosen paths.
+// under every QTOOL_ISA this CPU supports, for the integer, NF4, FP8/FP4 and MX formats, and
+// `qtool --version` reports the chosen paths.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -40,7 +41,15 @@ TEST(KernelCli, QuantizeOutputIsIdenticalOnEveryIsa) {
   const std::vector<std::vector<std::string>> formats = {
       {"--bits", "4", "--group", "32", "--asym"},
       {"--bits", "8", "--granularity", "channel"},
-      {"--bits", "3", "--group", "64"}};
+      {"--bits", "3", "--group", "64"},
+      {"--format", "nf4"},
+      {"--format", "nf4", "--double-quant", "--block", "96"},
+      {"--format", "fp8-e4m3"},
+      {"--format", "fp8-e5m2", "--no-saturate", "--block", "16x32"},
+      {"--format", "fp4"},
+      {"--format", "mxfp4"},
+      {"--format", "mxfp6-e3m2"},
+      {"--format", "mxfp8-e4m3", "--block", "48"}};
   ScratchDir tmp;
   // The models come in F32 and BF16 (the BF16 ones exercise the conversion kernels).
   for (size_t m = 0; m < models.size(); ++m) {
@@ -73,6 +82,12 @@ TEST(KernelCli, VersionListsFeaturesAndPaths) {
   EXPECT_NE(r.out.find("cpu features:"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("gemm_w8a8"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(IsaName(SupportedIsas().back())), std::string::npos) << r.out;
+  // One line per operation with the family that runs it.
+  for (const auto& [op, isa] : KernelPaths()) {
+    EXPECT_NE(r.out.find(fmt::format("\n  {:<22} {}", op, IsaName(isa))), std::string::npos)
+        << op << " on " << IsaName(isa) << "\n"
+        << r.out;
+  }
 }
 
 TEST(KernelCli, UnsupportedIsaIsRefused) {

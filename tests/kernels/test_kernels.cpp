@@ -9,12 +9,15 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string_view>
 #include <vector>
 
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/quant/int_codec.hpp"
+#include "qtool/quant/minifloat.hpp"
+#include "qtool/quant/mx_codec.hpp"
 #include "qtool/quant/nf4_codec.hpp"
 #include "qtool/quant/pack.hpp"
 
@@ -622,6 +625,385 @@ TEST_P(KernelTest, GemvNf4ReadsTheNf4CodecLayout) {
   }
 }
 
+// ---- Float codes: NF4, scaled small floats and MX, against the codecs' per-value definitions ----
+
+const float kInf = std::numeric_limits<float>::infinity();
+const float kNan = std::numeric_limits<float>::quiet_NaN();
+
+// Copies `special` over the start of x (as much as fits).
+void Overwrite(std::vector<float>& x, const std::vector<float>& special) {
+  std::copy_n(special.begin(), std::min(special.size(), x.size()), x.begin());
+}
+
+// AbsMax is the codecs' std::max(amax, |x|) from 0: NaN ignored, Inf kept.
+TEST_P(KernelTest, AbsMaxIgnoresNanLikeTheCodecs) {
+  for (const int64_t n : kLengths) {
+    auto x = RandomFloats(n, static_cast<uint32_t>(n) + 5);
+    x[static_cast<size_t>(n / 2)] = kNan;
+    for (const int64_t at : {int64_t{0}, n - 1}) {
+      for (const float v : {-1e30f, -0.0f, kInf, -kInf}) {
+        auto y = x;
+        y[static_cast<size_t>(at)] = v;
+        float want = 0;
+        for (const float e : y) want = std::max(want, std::fabs(e));
+        Unaligned<float> in(y);
+        EXPECT_EQ(std::bit_cast<uint32_t>(AbsMax(in.data(), n)), std::bit_cast<uint32_t>(want))
+            << n << " " << v;
+      }
+    }
+  }
+  EXPECT_EQ(AbsMax(nullptr, 0), 0.0f);
+}
+
+// Every NF4 value and every midpoint between two (the ties) for a block absmax of 2, one f32 ulp
+// either side of each midpoint, signed zeros and subnormals.
+std::vector<float> Nf4EdgeValues() {
+  std::vector<float> v = {0.0f, -0.0f, 1e-45f, -1e-40f, 2.0f, -2.0f};
+  for (const float a : Nf4Values()) v.push_back(2.0f * a);
+  for (const float m : Nf4Midpoints()) {
+    v.push_back(2.0f * m);
+    v.push_back(std::nextafter(2.0f * m, -kInf));
+    v.push_back(std::nextafter(2.0f * m, kInf));
+  }
+  return v;
+}
+
+// The NF4 codec's output for the flat elements [first, numel) of x, from its per-value rule.
+struct Nf4Rows {
+  std::vector<uint8_t> packed;
+  std::vector<float> deq;
+};
+Nf4Rows Nf4Definition(const std::vector<float>& x, int64_t cols, int64_t block, int64_t first,
+                      const std::vector<float>& absmax, const std::vector<float>& scales) {
+  const int64_t numel = static_cast<int64_t>(x.size()), rows = (numel - first) / cols;
+  const int64_t rb = (cols + 1) / 2;
+  Nf4Rows d{std::vector<uint8_t>(static_cast<size_t>(rows * rb)),
+            std::vector<float>(static_cast<size_t>(rows * cols))};
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const int64_t r = i / cols, c = i % cols, blk = (first + i) / block;
+    const uint8_t code = Nf4Code(x[first + i], absmax[blk], blk < numel / block);
+    d.deq[i] = Nf4Values()[code] * scales[blk];
+    d.packed[r * rb + c / 2] |= static_cast<uint8_t>(c % 2 == 0 ? code << 4 : code);
+  }
+  return d;
+}
+
+TEST_P(KernelTest, Nf4RowsMatchTheCodecDefinition) {
+  for (const int64_t block : {int64_t{64}, int64_t{32}, int64_t{33}}) {
+    for (const int64_t cols : kLengths) {
+      const int64_t rows = 3, numel = rows * cols, nb = (numel + block - 1) / block;
+      auto x = RandomFloats(numel, static_cast<uint32_t>(cols + block), 0.02f);
+      Overwrite(x, Nf4EdgeValues());
+      if (nb >= 4) std::fill_n(x.begin() + 2 * block, block, 0.0f);  // an all-zero block
+      if (numel > 200) {
+        x[static_cast<size_t>(numel - 70)] = kNan;  // NaN: code 0, absmax ignores it
+        x[static_cast<size_t>(numel - 3)] = -kInf;  // an infinite absmax
+      }
+      // absmax as Observe computes it; the decoded scales differ, as after double quantisation.
+      std::vector<float> absmax(static_cast<size_t>(nb)), scales(static_cast<size_t>(nb));
+      for (int64_t i = 0; i < numel; ++i) {
+        absmax[i / block] = std::max(absmax[i / block], std::fabs(x[i]));
+      }
+      for (int64_t j = 0; j < nb; ++j) scales[j] = absmax[j] * 0.75f + 0.125f;
+      for (const int64_t r0 : {int64_t{0}, int64_t{1}}) {
+        SCOPED_TRACE(::testing::Message() << "block " << block << " cols " << cols << " r0 " << r0);
+        const int64_t first = r0 * cols, n = numel - first;
+        const Nf4Blocks b{block, numel, first, absmax.data() + first / block,
+                          scales.data() + first / block};
+        const Nf4Rows want = Nf4Definition(x, cols, block, first, absmax, scales);
+        Unaligned<float> in(std::vector<float>(x.begin() + first, x.end()));
+        Unaligned<uint8_t> packed(want.packed.size());
+        Unaligned<float> deq(static_cast<size_t>(n)), back(static_cast<size_t>(n));
+        QuantizeNf4Rows(in.data(), rows - r0, cols, b, packed.data(), deq.data(), 2);
+        ExpectSameBits(packed.vec(), want.packed, "NF4 codes");
+        ExpectSameBits(deq.vec(), want.deq, "NF4 decoded");
+        DequantizeNf4Rows(packed.data(), rows - r0, cols, b, back.data(), 2);
+        ExpectSameBits(back.vec(), want.deq, "NF4 dequantised");
+      }
+    }
+  }
+}
+
+// Every nibble decodes to its value and, scaled back into a block, re-encodes to itself.
+TEST_P(KernelTest, EveryNf4CodeRoundTrips) {
+  const int64_t cols = 16, rows = 5;
+  std::vector<uint8_t> packed(static_cast<size_t>(rows * cols / 2));
+  for (size_t i = 0; i < packed.size(); ++i) {
+    packed[i] = static_cast<uint8_t>(((2 * i) % 16) << 4 | (2 * i + 1) % 16);
+  }
+  std::vector<float> absmax(static_cast<size_t>(rows)), scales(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r)
+    absmax[r] = scales[r] = std::ldexp(1.0f, 3 * static_cast<int>(r) - 4);
+  const Nf4Blocks b{cols, rows * cols, 0, absmax.data(), scales.data()};
+  Unaligned<float> values(static_cast<size_t>(rows * cols));
+  DequantizeNf4Rows(packed.data(), rows, cols, b, values.data());
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    ASSERT_EQ(values.data()[i], Nf4Values()[i % 16] * scales[i / cols]) << i;
+  }
+  Unaligned<uint8_t> again(packed.size());
+  Unaligned<float> deq(static_cast<size_t>(rows * cols));
+  QuantizeNf4Rows(values.data(), rows, cols, b, again.data(), deq.data());
+  ExpectSameBits(again.vec(), packed, "re-encoded NF4 codes");
+  ExpectSameBits(deq.vec(), values.vec(), "re-encoded NF4 values");
+}
+
+const MinifloatFormat* const kMinifloats[] = {&kE4M3, &kE5M2, &kE3M2, &kE2M3, &kE2M1};
+
+// For format f at scale 1: every code's value, every tie between neighbouring codes with one f32
+// ulp either side, values at and past the max, beyond the f32 range of the format, NaN and Inf.
+std::vector<float> MinifloatEdgeValues(const MinifloatFormat& f) {
+  std::vector<float> v;
+  const uint32_t half = static_cast<uint32_t>(f.num_codes() / 2);
+  for (uint32_t c = 0; c < static_cast<uint32_t>(f.num_codes()); ++c) {
+    v.push_back(DecodeMinifloat(c, f));
+    if ((c + 1) % half == 0) continue;
+    const float a = DecodeMinifloat(c, f), b = DecodeMinifloat(c + 1, f);
+    if (!std::isfinite(a) || !std::isfinite(b)) continue;
+    const float mid = (a + b) / 2;
+    v.insert(v.end(), {mid, std::nextafter(mid, a), std::nextafter(mid, b)});
+  }
+  const float max = f.max(), step = std::ldexp(1.0f, f.emax() - f.man_bits);
+  for (const float m : {max, max + step / 4, max + step / 2, std::nextafter(max + step / 2, kInf),
+                        max + step, 2 * max, 1e30f, std::numeric_limits<float>::max(), kInf, kNan,
+                        1e-45f, 1e-38f, 1.5e-38f, std::ldexp(1.0f, f.emin() - f.man_bits - 1)}) {
+    v.push_back(m);
+    v.push_back(-m);
+  }
+  return v;
+}
+
+// The scaled-float codec's output for rows of x sharing `scales`, from EncodeMinifloat.
+struct FloatRows {
+  std::vector<uint8_t> packed;
+  std::vector<float> deq;
+};
+FloatRows MinifloatDefinition(const std::vector<float>& x, int64_t cols, const float* scales,
+                              int64_t group, const MinifloatFormat& f, bool saturate) {
+  const int64_t rows = static_cast<int64_t>(x.size()) / cols, rb = PackedBytes(cols, f.bits());
+  FloatRows d{std::vector<uint8_t>(static_cast<size_t>(rows * rb)), std::vector<float>(x.size())};
+  std::vector<uint8_t> codes(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const float s = scales[c / group];
+      codes[c] = static_cast<uint8_t>(EncodeMinifloat(x[r * cols + c] / s, f, saturate));
+      d.deq[r * cols + c] = DecodeMinifloat(codes[c], f) * s;
+    }
+    qtool::PackCodes(codes.data(), cols, f.bits(), d.packed.data() + r * rb);
+  }
+  return d;
+}
+
+// QuantizeMinifloatRows and DequantizeMinifloatRows against the definition; returns the codes.
+std::vector<uint8_t> CheckMinifloatRows(const std::vector<float>& x, int64_t cols,
+                                        const std::vector<float>& scales, int64_t group,
+                                        const MinifloatCodes& f) {
+  const int64_t rows = static_cast<int64_t>(x.size()) / cols;
+  const FloatRows want = MinifloatDefinition(x, cols, scales.data(), group, *f.format, f.saturate);
+  Unaligned<float> in(x), s(scales), deq(x.size()), back(x.size());
+  Unaligned<uint8_t> packed(want.packed.size());
+  QuantizeMinifloatRows(in.data(), rows, cols, s.data(), group, f, packed.data(), deq.data(), 2);
+  ExpectSameBits(packed.vec(), want.packed, "codes");
+  ExpectSameBits(deq.vec(), want.deq, "decoded");
+  DequantizeMinifloatRows(packed.data(), rows, cols, s.data(), group, f, back.data(), 2);
+  ExpectSameBits(back.vec(), want.deq, "dequantised");
+  return packed.vec();
+}
+
+TEST_P(KernelTest, MinifloatRowsMatchTheCodecDefinition) {
+  for (const MinifloatFormat* f : kMinifloats) {
+    for (const bool saturate : {true, false}) {
+      const MinifloatCodes codes(*f, saturate);
+      for (const int64_t cols : kLengths) {
+        for (const int64_t group : {int64_t{32}, int64_t{7}, cols}) {
+          SCOPED_TRACE(::testing::Message() << f->name << (saturate ? " sat" : " nonsat")
+                                            << " cols " << cols << " group " << group);
+          const int64_t rows = 2, ng = (cols + group - 1) / group;
+          auto x = RandomFloats(rows * cols, static_cast<uint32_t>(cols * 3 + group), 0.05f);
+          Overwrite(x, MinifloatEdgeValues(*f));
+          // Scales as the codec sets them (amax / max), the first group's 1 (exact edges).
+          std::vector<float> scales(static_cast<size_t>(ng), 1.0f);
+          for (int64_t g = 1; g < ng; ++g) scales[g] = 0.2f * static_cast<float>(g) / f->max();
+          CheckMinifloatRows(x, cols, scales, group, codes);
+        }
+      }
+    }
+  }
+}
+
+// Every code (every FP8 byte, every FP4 nibble) decodes to its value and re-encodes to itself, but
+// for NaN codes (the canonical NaN) and E5M2's infinities when saturating (the max).
+TEST_P(KernelTest, EveryMinifloatCodeRoundTrips) {
+  for (const MinifloatFormat* f : kMinifloats) {
+    for (const bool saturate : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << f->name << (saturate ? " sat" : " nonsat"));
+      const MinifloatCodes codes(*f, saturate);
+      const int64_t n = f->num_codes();
+      std::vector<uint8_t> all(static_cast<size_t>(n));
+      for (int64_t c = 0; c < n; ++c) all[c] = static_cast<uint8_t>(c);
+      std::vector<uint8_t> packed(static_cast<size_t>(PackedBytes(n, f->bits())));
+      qtool::PackCodes(all.data(), n, f->bits(), packed.data());
+      const std::vector<float> one = {1.0f};
+      Unaligned<float> values(static_cast<size_t>(n));
+      DequantizeMinifloatRows(packed.data(), 1, n, one.data(), n, codes, values.data());
+      for (int64_t c = 0; c < n; ++c) {
+        const float want = DecodeMinifloat(static_cast<uint32_t>(c), *f);
+        ASSERT_EQ(std::bit_cast<uint32_t>(values.data()[c]), std::bit_cast<uint32_t>(want)) << c;
+      }
+      const auto again = CheckMinifloatRows(values.vec(), n, one, n, codes);
+      std::vector<uint8_t> back(static_cast<size_t>(n));
+      qtool::UnpackCodes(again.data(), n, f->bits(), back.data());
+      for (int64_t c = 0; c < n; ++c) {
+        const float v = values.data()[c];
+        if (std::isnan(v) || (std::isinf(v) && saturate)) continue;
+        EXPECT_EQ(back[c], c) << "code " << c;
+      }
+    }
+  }
+}
+
+// The MX codec's output for rows of x, from E8M0ScaleForBlock and the element rules.
+struct MxRows {
+  std::vector<uint8_t> packed, scales;
+  std::vector<float> deq;
+};
+MxRows MxDefinition(const std::vector<float>& x, int64_t cols, int64_t block,
+                    const MinifloatFormat* f) {
+  const int bits = f ? f->bits() : 8;
+  const int64_t rows = static_cast<int64_t>(x.size()) / cols, nb = (cols + block - 1) / block;
+  const int64_t rb = PackedBytes(cols, bits);
+  MxRows d{std::vector<uint8_t>(static_cast<size_t>(rows * rb)),
+           std::vector<uint8_t>(static_cast<size_t>(rows * nb)), std::vector<float>(x.size())};
+  std::vector<uint8_t> codes(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t c0 = j * block, c1 = std::min(cols, c0 + block);
+      float amax = 0;
+      bool nan = false;
+      for (int64_t c = c0; c < c1; ++c) {
+        amax = std::max(amax, std::fabs(x[r * cols + c]));
+        nan |= std::isnan(x[r * cols + c]);
+      }
+      const uint8_t e = E8M0ScaleForBlock(nan ? kNan : amax, f ? f->emax() : 0);
+      d.scales[r * nb + j] = e;
+      const float scale = DecodeE8M0(e);
+      for (int64_t c = c0; c < c1; ++c) {
+        const float p = x[r * cols + c] / scale;
+        codes[c] = e == kE8M0Nan ? 0
+                   : f           ? static_cast<uint8_t>(EncodeMinifloat(p, *f, true))
+                                 : EncodeMxInt8(p);
+        const float value = f ? DecodeMinifloat(codes[c], *f) : MxInt8Value(codes[c]);
+        d.deq[r * cols + c] = value * scale;
+      }
+    }
+    qtool::PackCodes(codes.data(), cols, bits, d.packed.data() + r * rb);
+  }
+  return d;
+}
+
+// Exact element values and ties at scale 1: each block starts with the element max, so that its
+// scale is 2^0, and goes on with the finite values and ties of MinifloatEdgeValues (for MXINT8,
+// every q / 64 and (q + 1/2) / 64).
+std::vector<float> MxEdgeValues(const MinifloatFormat* f, int64_t block) {
+  std::vector<float> finite;
+  const float max = f ? f->max() : 127.0f / 64;
+  if (f) {
+    for (const float v : MinifloatEdgeValues(*f)) {
+      if (std::fabs(v) <= max) finite.push_back(v);
+    }
+  } else {
+    for (int q = -128; q < 128; ++q) {
+      finite.push_back(static_cast<float>(q) / 64);
+      finite.push_back((static_cast<float>(q) + 0.5f) / 64);
+    }
+  }
+  std::vector<float> v;
+  for (size_t i = 0; i < finite.size(); ++i) {
+    if (v.size() % static_cast<size_t>(block) == 0) v.push_back(max);
+    v.push_back(finite[i]);
+  }
+  return v;
+}
+
+// Blocks at every scale: each block of `block` values scaled by its own power of two, from f32
+// subnormal magnitudes to near the f32 max, then exact values and ties at the start, and an
+// all-zero, a NaN and an Inf block at the end.
+std::vector<float> MxTestValues(int64_t rows, int64_t cols, int64_t block, const MinifloatFormat* f,
+                                uint32_t seed) {
+  auto x = RandomFloats(rows * cols, seed);
+  const int64_t n = rows * cols, nb = (cols + block - 1) / block;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t blk = (i / cols) * nb + (i % cols) / block;
+    x[i] = std::ldexp(x[i], blk % 9 == 8 ? 125 : static_cast<int>((blk * 37) % 250) - 140);
+  }
+  if (cols % block == 0) Overwrite(x, MxEdgeValues(f, block));
+  if (n >= 4 * block && cols % block == 0) {
+    std::fill_n(x.begin() + n - 3 * block, block, 0.0f);
+    x[static_cast<size_t>(n - 2 * block + 1)] = kNan;
+    x[static_cast<size_t>(n - block)] = -kInf;
+  }
+  return x;
+}
+
+TEST_P(KernelTest, MxRowsMatchTheCodecDefinition) {
+  for (const MinifloatFormat* f :
+       {&kE2M1, &kE4M3, &kE5M2, &kE2M3, &kE3M2, static_cast<const MinifloatFormat*>(nullptr)}) {
+    const MinifloatCodes prepared(f ? *f : kE4M3, true);
+    const MinifloatCodes* element = f ? &prepared : nullptr;
+    const int bits = f ? f->bits() : 8;
+    for (const int64_t block : {int64_t{32}, int64_t{7}}) {
+      // Whole blocks around the vector widths, then rows ending in a shorter block.
+      std::vector<int64_t> widths;
+      for (const int64_t nb : {1, 2, 3, 7, 8, 9, 31, 32, 33, 129}) widths.push_back(nb * block);
+      widths.insert(widths.end(), std::begin(kLengths), std::end(kLengths));
+      for (const int64_t cols : widths) {
+        SCOPED_TRACE(::testing::Message()
+                     << (f ? f->name : "int8") << " block " << block << " cols " << cols);
+        const int64_t rows = 3;
+        const auto x = MxTestValues(rows, cols, block, f, static_cast<uint32_t>(cols + block));
+        const MxRows want = MxDefinition(x, cols, block, f);
+        Unaligned<float> in(x), deq(x.size()), back(x.size());
+        Unaligned<uint8_t> packed(want.packed.size()), scales(want.scales.size());
+        QuantizeMxRows(in.data(), rows, cols, block, element, packed.data(), scales.data(),
+                       deq.data(), 2);
+        ExpectSameBits(scales.vec(), want.scales, "E8M0 scales");
+        ExpectSameBits(packed.vec(), want.packed, "element codes");
+        ExpectSameBits(deq.vec(), want.deq, "decoded");
+        DequantizeMxRows(packed.data(), scales.data(), rows, cols, block, element, back.data(), 2);
+        ExpectSameBits(back.vec(), want.deq, "dequantised");
+        // Any stored bytes decode as the codec does: every scale, NaN codes under finite scales.
+        auto codes =
+            RandomBytes(static_cast<int64_t>(want.packed.size()), static_cast<uint32_t>(cols));
+        auto e8m0 = RandomBytes(static_cast<int64_t>(want.scales.size()),
+                                static_cast<uint32_t>(cols) + 1, 254);
+        e8m0[0] = 0;
+        e8m0.back() = 254;
+        if (bits < 8) {  // codes above the format's range do not occur
+          std::vector<uint8_t> u(static_cast<size_t>(rows * cols));
+          for (int64_t r = 0; r < rows; ++r) {
+            qtool::UnpackCodes(codes.data() + r * PackedBytes(cols, bits), cols, bits,
+                               u.data() + r * cols);
+            qtool::PackCodes(u.data() + r * cols, cols, bits,
+                             codes.data() + r * PackedBytes(cols, bits));
+          }
+        }
+        Unaligned<uint8_t> ucodes(codes), uscales(e8m0);
+        DequantizeMxRows(ucodes.data(), uscales.data(), rows, cols, block, element, back.data(), 2);
+        std::vector<float> wantf(x.size());
+        std::vector<uint8_t> u(static_cast<size_t>(cols));
+        const int64_t nb = (cols + block - 1) / block;
+        for (int64_t r = 0; r < rows; ++r) {
+          qtool::UnpackCodes(codes.data() + r * PackedBytes(cols, bits), cols, bits, u.data());
+          for (int64_t c = 0; c < cols; ++c) {
+            const float value = f ? DecodeMinifloat(u[c], *f) : MxInt8Value(u[c]);
+            wantf[r * cols + c] = value * DecodeE8M0(e8m0[r * nb + c / block]);
+          }
+        }
+        ExpectSameBits(back.vec(), wantf, "stored bytes dequantised");
+      }
+    }
+  }
+}
+
 std::string IsaParamName(const ::testing::TestParamInfo<Isa>& info) { return IsaName(info.param); }
 
 INSTANTIATE_TEST_SUITE_P(Isa, KernelTest, ::testing::ValuesIn(SupportedIsas()), IsaParamName);
@@ -635,7 +1017,33 @@ TEST(KernelDispatch, UnknownAndUnsupportedIsasAreRefused) {
     }
   }
   EXPECT_EQ(supported.front(), Isa::kScalar);
-  EXPECT_EQ(KernelPaths().size(), 18u);
+  EXPECT_EQ(KernelPaths().size(), 24u);
+}
+
+constexpr std::string_view kFloatCodeOps[] = {"quantize_nf4",       "dequantize_nf4",
+                                              "quantize_minifloat", "dequantize_minifloat",
+                                              "quantize_mx",        "dequantize_mx"};
+
+// Each operation runs on the selected family or on one it falls back to (AVX-512 to AVX2, any
+// to the reference); the float-code kernels have vector code on AVX2 and NEON, none of their own
+// on AVX-512, where the AVX2 code runs.
+TEST(KernelDispatch, PathsFollowTheFallbackChain) {
+  const Isa saved = ActiveIsa();
+  for (const Isa isa : SupportedIsas()) {
+    SelectIsa(isa);
+    std::vector<Isa> chain = {isa};
+    if (isa == Isa::kAvx512) chain.push_back(Isa::kAvx2);
+    if (isa != Isa::kScalar) chain.push_back(Isa::kScalar);
+    for (const auto& [op, path] : KernelPaths()) {
+      EXPECT_NE(std::find(chain.begin(), chain.end(), path), chain.end())
+          << op << " runs on " << IsaName(path) << " under " << IsaName(isa);
+      if (std::find(std::begin(kFloatCodeOps), std::end(kFloatCodeOps), op) !=
+          std::end(kFloatCodeOps)) {
+        EXPECT_EQ(path, isa == Isa::kAvx512 ? Isa::kAvx2 : isa) << op;
+      }
+    }
+  }
+  SelectIsa(saved);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 //          "scale": "tensor"|"channel"|"block", "block": [br, bc], "saturate": bool}.
 #pragma once
 
+#include "qtool/kernels.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/minifloat.hpp"
 
@@ -48,7 +49,7 @@ class FpCodec final : public WeightCodec {
   FpSpec spec_;
   int64_t br_, bc_;  // effective block shape
   float tensor_amax_ = 0;
-  MinifloatTable table_;
+  kernels::MinifloatCodes codes_;
 };
 
 }  // namespace qtool

@@ -15,12 +15,27 @@
 // Record: {"codec": "mx", "element": "e4m3"|"e5m2"|"e2m3"|"e3m2"|"e2m1"|"int8", "block": 32}.
 #pragma once
 
+#include <algorithm>
+
+#include "qtool/kernels.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/minifloat.hpp"
 
 namespace qtool {
 
 inline constexpr int64_t kMxBlock = 32;
+inline constexpr float kMxInt8Unit = 64.0f;  // MXINT8 element = q * 2^-6
+
+/// MXINT8 element code of P = V / X: the two's complement byte of clamp(rne(P * 64), -128, 127).
+inline uint8_t EncodeMxInt8(float p) {
+  const float q = std::clamp(p * kMxInt8Unit, -128.0f, 127.0f);
+  return static_cast<uint8_t>(static_cast<int8_t>(RoundHalfEvenSmall(q)));
+}
+
+/// Element value of an MXINT8 code (before multiplying by X): q / 64.
+inline float MxInt8Value(uint8_t code) {
+  return static_cast<float>(static_cast<int8_t>(code)) / kMxInt8Unit;
+}
 
 class MxCodec final : public WeightCodec {
  public:
@@ -37,15 +52,12 @@ class MxCodec final : public WeightCodec {
 
   int element_bits() const { return format_ ? format_->bits() : 8; }
   int emax_elem() const { return format_ ? format_->emax() : 0; }
-  /// Element code of P = V / X, and the element value of a code (before multiplying by X).
-  uint8_t EncodeElement(float p) const;
-  float ElementValue(uint8_t code) const;
 
  private:
   std::string element_;
   const MinifloatFormat* format_;  // nullptr for int8
   int64_t block_;
-  MinifloatTable table_;
+  kernels::MinifloatCodes codes_;  // the element format, saturating
 };
 
 }  // namespace qtool

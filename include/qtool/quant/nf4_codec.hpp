@@ -29,6 +29,7 @@
 // Record: {"codec": "nf4", "block": 64, "double_quant": bool}.
 #pragma once
 
+#include <algorithm>
 #include <array>
 
 #include "qtool/quant/codec.hpp"
@@ -41,6 +42,29 @@ const std::array<float, 16>& Nf4Values();
 const std::array<float, 256>& DynamicMap8();
 
 inline constexpr int64_t kNf4DoubleQuantBlock = 256;
+
+/// Midpoints between consecutive NF4 values, computed in f32 as bitsandbytes does.
+const std::array<float, 15>& Nf4Midpoints();
+
+/// Smallest absmax used as a divisor: an all-zero block scales by 1e38 and stores code 7 (0.0).
+inline constexpr float kNf4MinAbsmax = 1e-38f;
+
+/// x scaled into its block: x * (1 / absmax) in a whole block, x / absmax in the shorter last
+/// block (bitsandbytes computes the two cases so), clamped to [-1, 1].
+inline float Nf4ScaleToUnit(float x, float absmax, bool whole_block) {
+  const float a = std::max(absmax, kNf4MinAbsmax);
+  const float v = whole_block ? x * (1.0f / a) : x / a;
+  return std::clamp(v, -1.0f, 1.0f);
+}
+
+/// NF4 code of x in a block with this absmax: the number of midpoints strictly below the scaled
+/// value (torch.bucketize, right=False), so a value exactly on a midpoint takes the lower code.
+/// Example: Nf4Code(0.0f, 1.0f, true) == 7, Nf4Code(-3.0f, 2.0f, true) == 0.
+inline uint8_t Nf4Code(float x, float absmax, bool whole_block) {
+  const auto& m = Nf4Midpoints();
+  const float v = Nf4ScaleToUnit(x, absmax, whole_block);
+  return static_cast<uint8_t>(std::lower_bound(m.begin(), m.end(), v) - m.begin());
+}
 
 class Nf4Codec final : public WeightCodec {
  public:

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "../common_inl.hpp"
+#include "../float_codes_inl.hpp"
 #include "qtool/kernels.hpp"
 
 namespace qtool::kernels::detail {
@@ -285,6 +286,128 @@ struct NeonOps {
   }
 };
 
+// ---- Float codes: NF4, small floats (FP8, FP6, FP4) and MX, 16 values a step ----
+
+// The lanes of MinifloatEncoderWith (USHL by a negative count shifts right), and its row loops:
+// 16 values a step, codes narrowed to bytes.
+struct NeonLanes {
+  using U = uint32x4_t;
+  using F = float32x4_t;
+  static U Set(uint32_t v) { return vdupq_n_u32(v); }
+  static F SetF(float v) { return vdupq_n_f32(v); }
+  static F AsF(U v) { return vreinterpretq_f32_u32(v); }
+  static U AsU(F v) { return vreinterpretq_u32_f32(v); }
+  static U And(U a, U b) { return vandq_u32(a, b); }
+  static U AndNot(U a, U b) { return vbicq_u32(a, b); }
+  static U Or(U a, U b) { return vorrq_u32(a, b); }
+  static U Add(U a, U b) { return vaddq_u32(a, b); }
+  static U Sub(U a, U b) { return vsubq_u32(a, b); }
+  static U Shr(U a, int n) { return vshlq_u32(a, vdupq_n_s32(-n)); }
+  static U Shl(U a, int n) { return vshlq_u32(a, vdupq_n_s32(n)); }
+  static U Greater(U a, U b) { return vcgtq_u32(a, b); }
+  static U Equal(U a, U b) { return vceqq_u32(a, b); }
+  static U Select(U mask, U a, U b) { return vbslq_u32(mask, a, b); }
+  static F AddF(F a, F b) { return vaddq_f32(a, b); }
+  static F MulF(F a, F b) { return vmulq_f32(a, b); }
+  static F DivF(F a, F b) { return vdivq_f32(a, b); }
+  static F ToF(U v) { return vcvtq_f32_u32(v); }
+  static auto Lut16(const float* values) { return NeonOps::Nf4Lut(values); }  // any 16 values
+
+  // c = code(x) on each 4 lanes, deq = value(c) * scale.
+  template <typename CodeFn, typename ValueFn>
+  static void EncodeBy(const float* x, int64_t n, float scale, uint8_t* codes, float* deq,
+                       CodeFn code, ValueFn value) {
+    const F s = SetF(scale);
+    EncodeSteps<16>(x, n, codes, deq, [&](const float* xs, uint8_t* cs, float* ds) {
+      int32x4_t c[4];
+      for (int q = 0; q < 4; ++q) {
+        const U u = code(vld1q_f32(xs + 4 * q));
+        c[q] = vreinterpretq_s32_u32(u);
+        vst1q_f32(ds + 4 * q, MulF(value(u), s));
+      }
+      vst1q_u8(cs, Narrow(c[0], c[1], c[2], c[3]));
+    });
+  }
+  // out = value(code) * scale.
+  template <typename ValueFn>
+  static void DecodeBy(const uint8_t* codes, int64_t n, float scale, float* out, ValueFn value) {
+    const F s = SetF(scale);
+    Blocks<16>(codes, n, out, [&](const uint8_t* c, float* d) {
+      const uint8x16_t b = vld1q_u8(c);
+      const uint16x8_t lo = vmovl_u8(vget_low_u8(b)), hi = vmovl_high_u8(b);
+      const U u[4] = {vmovl_u16(vget_low_u16(lo)), vmovl_high_u16(lo), vmovl_u16(vget_low_u16(hi)),
+                      vmovl_high_u16(hi)};
+      for (int q = 0; q < 4; ++q) vst1q_f32(d + 4 * q, MulF(value(u[q]), s));
+    });
+  }
+};
+
+// NF4 code of v = the number of midpoints below it, counted by 15 compares: FCMGT is false for
+// NaN, which so gets code 0 as lower_bound gives it, and the codec's clamp to [-1, 1] changes no
+// count, every midpoint lying inside.
+class NeonNf4Encoder {
+ public:
+  NeonNf4Encoder() : lut_(NeonOps::Nf4Lut(Nf4Table())) {
+    for (int k = 0; k < 15; ++k) mid_[k] = vdupq_n_f32(Nf4MidpointTable()[k]);
+  }
+  // v = x * (1 / a) in a whole block, x / a in the matrix's shorter last block.
+  void Run(const float* x, int64_t n, bool whole, float a, float scale, uint8_t* codes,
+           float* deq) const {
+    const float32x4_t d = vdupq_n_f32(whole ? 1.0f / a : a);
+    const auto code = [&](float32x4_t x4) {
+      const float32x4_t v = whole ? vmulq_f32(x4, d) : vdivq_f32(x4, d);
+      uint32x4_t count = vdupq_n_u32(0);
+      for (const float32x4_t& m : mid_) count = vsubq_u32(count, vcltq_f32(m, v));
+      return count;
+    };
+    NeonLanes::EncodeBy(x, n, scale, codes, deq, code, lut_);
+  }
+  void Decode(const uint8_t* codes, int64_t n, float scale, float* out) const {
+    NeonLanes::DecodeBy(codes, n, scale, out, lut_);
+  }
+
+ private:
+  float32x4_t mid_[15];
+  decltype(NeonOps::Nf4Lut(nullptr)) lut_;
+};
+
+struct NeonCodes {
+  using Nf4Encoder = NeonNf4Encoder;
+  using MinifloatEncoder = MinifloatEncoderWith<NeonLanes>;
+
+  static uint32_t AbsMaxBits(const float* x, int64_t n) {
+    uint32x4_t m = vdupq_n_u32(0);
+    BlocksIn<4>(x, n, [&](const float* p) {
+      m = vmaxq_u32(m, vandq_u32(vreinterpretq_u32_f32(vld1q_f32(p)), vdupq_n_u32(0x7fffffff)));
+    });
+    return vmaxvq_u32(m);
+  }
+  // 32 codes <-> 16 bytes, the even code in the high nibble: LD2/ST2 split and merge the even
+  // and odd codes.
+  static void PackNibblesHighFirst(const uint8_t* c, int64_t n, uint8_t* out) {
+    const int64_t whole = n / 32 * 32;
+    for (int64_t i = 0; i < whole; i += 32) {
+      const uint8x16x2_t v = vld2q_u8(c + i);
+      vst1q_u8(out + i / 2, vorrq_u8(vshlq_n_u8(v.val[0], 4), v.val[1]));
+    }
+    PackHighFirstFrom(c, whole, n, out);
+  }
+  static void UnpackNibblesHighFirst(const uint8_t* in, int64_t n, uint8_t* c) {
+    const int64_t whole = n / 32 * 32;
+    for (int64_t i = 0; i < whole; i += 32) {
+      const uint8x16_t b = vld1q_u8(in + i / 2);
+      vst2q_u8(c + i, (uint8x16x2_t{{vshrq_n_u8(b, 4), vandq_u8(b, vdupq_n_u8(0x0f))}}));
+    }
+    UnpackHighFirstFrom(in, whole, n, c);
+  }
+  static void PackCodes(const uint8_t* c, int64_t n, int bits, uint8_t* out) {
+    detail::PackCodes(c, n, bits, out);
+  }
+  static void UnpackCodes(const uint8_t* in, int64_t n, int bits, uint8_t* c) {
+    detail::UnpackCodes(in, n, bits, c);
+  }
+};
+
 constexpr KernelTable kBase{
     .bf16_to_f32 = Bf16ToF32,
     .f16_to_f32 = F16ToF32,
@@ -302,7 +425,13 @@ constexpr KernelTable kBase{
     .unpack_codes = UnpackCodes,
     .quantize_activations = QuantizeActivations,
     .gemm_w4a16 = GemmW4A16With<NeonOps>,
-    .gemv_nf4 = GemvNf4With<NeonOps>};
+    .gemv_nf4 = GemvNf4With<NeonOps>,
+    .quantize_nf4 = QuantizeNf4With<NeonCodes>,
+    .dequantize_nf4 = DequantizeNf4With<NeonCodes>,
+    .quantize_minifloat = QuantizeMinifloatWith<NeonCodes>,
+    .dequantize_minifloat = DequantizeMinifloatWith<NeonCodes>,
+    .quantize_mx = QuantizeMxWith<NeonCodes>,
+    .dequantize_mx = DequantizeMxWith<NeonCodes>};
 
 constexpr KernelTable WithDotProduct(KernelTable t) {
   t.gemm_w8a8 = GemmW8A8;

@@ -5,11 +5,15 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "../common_inl.hpp"
+#include "../float_codes_inl.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/quant/int_codec.hpp"
+#include "qtool/quant/minifloat.hpp"
+#include "qtool/quant/mx_codec.hpp"
 #include "qtool/quant/nf4_codec.hpp"
 #include "qtool/quant/pack.hpp"
 
@@ -191,9 +195,106 @@ void RefGemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, flo
   }
 }
 
+// ---- Float codes: the codecs' loops over a row, calling their per-value definitions ----
+
+static_assert(kNf4AbsmaxFloor == kNf4MinAbsmax);
+
+void RefQuantizeNf4(const float* x, int64_t n, int64_t start, const Nf4Blocks& b, uint8_t* packed,
+                    float* deq) {
+  const float* values = Nf4Table();
+  ForEachNf4Run(n, start, b, [&](int64_t c0, int64_t c1, int64_t j, bool whole) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const uint8_t code = Nf4Code(x[c], b.absmax[j], whole);
+      deq[c] = values[code] * b.scales[j];
+      if (c % 2 == 0) {
+        packed[c / 2] = static_cast<uint8_t>(code << 4);
+      } else {
+        packed[c / 2] = static_cast<uint8_t>(packed[c / 2] | code);
+      }
+    }
+  });
+}
+
+void RefDequantizeNf4(const uint8_t* packed, int64_t n, int64_t start, const Nf4Blocks& b,
+                      float* out) {
+  const float* values = Nf4Table();
+  ForEachNf4Run(n, start, b, [&](int64_t c0, int64_t c1, int64_t j, bool) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int code = c % 2 == 0 ? packed[c / 2] >> 4 : packed[c / 2] & 0xf;
+      out[c] = values[code] * b.scales[j];
+    }
+  });
+}
+
+void RefQuantizeMinifloat(const float* x, int64_t n, const float* scales, int64_t group,
+                          const MinifloatCodes& f, uint8_t* packed, float* deq) {
+  Scratch codes(0, n);
+  for (int64_t c = 0; c < n; ++c) {
+    const float s = scales[c / group];
+    const auto code = static_cast<uint8_t>(EncodeMinifloat(x[c] / s, *f.format, f.saturate));
+    codes.as<uint8_t>()[c] = code;
+    deq[c] = f.value[code] * s;
+  }
+  RefPackCodes(codes.as<uint8_t>(), n, f.bits, packed);
+}
+
+void RefDequantizeMinifloat(const uint8_t* packed, int64_t n, const float* scales, int64_t group,
+                            const MinifloatCodes& f, float* out) {
+  Scratch codes(0, n);
+  RefUnpackCodes(packed, n, f.bits, codes.as<uint8_t>());
+  for (int64_t c = 0; c < n; ++c) out[c] = f.value[codes.as<uint8_t>()[c]] * scales[c / group];
+}
+
+// An MX element's code and value: the minifloat `e`, or MXINT8 without one.
+uint8_t MxElementCode(float p, const MinifloatCodes* e) {
+  return e ? static_cast<uint8_t>(EncodeMinifloat(p, *e->format, e->saturate)) : EncodeMxInt8(p);
+}
+float MxElementValue(uint8_t code, const MinifloatCodes* e) {
+  return e ? e->value[code] : MxInt8Value(code);
+}
+int MxElementBits(const MinifloatCodes* e) { return e ? e->bits : 8; }
+
+void RefQuantizeMx(const float* x, int64_t n, int64_t block, const MinifloatCodes* e,
+                   uint8_t* packed, uint8_t* scales, float* deq) {
+  Scratch codes(0, n);
+  for (int64_t c0 = 0, j = 0; c0 < n; c0 += block, ++j) {
+    const int64_t c1 = std::min(n, c0 + block);
+    float amax = 0;
+    bool nan = false;
+    for (int64_t c = c0; c < c1; ++c) {
+      amax = std::max(amax, std::fabs(x[c]));
+      nan |= std::isnan(x[c]);
+    }
+    if (nan) amax = std::numeric_limits<float>::quiet_NaN();
+    const uint8_t s = E8M0ScaleForBlock(amax, e ? e->emax : 0);
+    scales[j] = s;
+    const float scale = DecodeE8M0(s);
+    for (int64_t c = c0; c < c1; ++c) {
+      // Division by a power of two is exact; a NaN scale leaves code 0 (decoded as NaN).
+      const uint8_t code = s == kE8M0Nan ? 0 : MxElementCode(x[c] / scale, e);
+      codes.as<uint8_t>()[c] = code;
+      deq[c] = MxElementValue(code, e) * scale;
+    }
+  }
+  RefPackCodes(codes.as<uint8_t>(), n, MxElementBits(e), packed);
+}
+
+void RefDequantizeMx(const uint8_t* packed, const uint8_t* scales, int64_t n, int64_t block,
+                     const MinifloatCodes* e, float* out) {
+  Scratch codes(0, n);
+  RefUnpackCodes(packed, n, MxElementBits(e), codes.as<uint8_t>());
+  for (int64_t c0 = 0, j = 0; c0 < n; c0 += block, ++j) {
+    const float scale = DecodeE8M0(scales[j]);
+    for (int64_t c = c0; c < std::min(n, c0 + block); ++c) {
+      out[c] = MxElementValue(codes.as<uint8_t>()[c], e) * scale;
+    }
+  }
+}
+
 }  // namespace
 
 const float* Nf4Table() { return Nf4Values().data(); }
+const float* Nf4MidpointTable() { return Nf4Midpoints().data(); }
 
 const KernelTable* ScalarTable() {
   static constexpr KernelTable kTable{
@@ -205,7 +306,10 @@ const KernelTable* ScalarTable() {
       RefDequantizeCodes,    RefPackCodes,
       RefUnpackCodes,        RefQuantizeActivations,
       RefGemmW8A8,           RefGemmW4A8,
-      RefGemmW4A16,          RefGemvNf4};
+      RefGemmW4A16,          RefGemvNf4,
+      RefQuantizeNf4,        RefDequantizeNf4,
+      RefQuantizeMinifloat,  RefDequantizeMinifloat,
+      RefQuantizeMx,         RefDequantizeMx};
   return &kTable;
 }
 

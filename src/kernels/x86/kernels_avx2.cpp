@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "../common_inl.hpp"
+#include "../float_codes_inl.hpp"
 #include "qtool/kernels.hpp"
 
 namespace qtool::kernels::detail {
@@ -676,6 +677,158 @@ int64_t QuantizeStoredRows(const void* x, StoredFloat type, int64_t rows, int64_
                                                             scales, zeros, s);
 }
 
+// ---- Float codes: NF4, small floats (FP8, FP6, FP4) and MX, 32 values a step ----
+
+// The lanes of MinifloatEncoderWith, and its row loops: 32 values a step, codes narrowed to bytes.
+struct Avx2Lanes {
+  using U = __m256i;
+  using F = __m256;
+  static U Set(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+  static F SetF(float v) { return _mm256_set1_ps(v); }
+  static F AsF(U v) { return _mm256_castsi256_ps(v); }
+  static U AsU(F v) { return _mm256_castps_si256(v); }
+  static U And(U a, U b) { return _mm256_and_si256(a, b); }
+  static U AndNot(U a, U b) { return _mm256_andnot_si256(b, a); }
+  static U Or(U a, U b) { return _mm256_or_si256(a, b); }
+  static U Add(U a, U b) { return _mm256_add_epi32(a, b); }
+  static U Sub(U a, U b) { return _mm256_sub_epi32(a, b); }
+  static U Shr(U a, int n) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(n)); }
+  static U Shl(U a, int n) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+  static U Greater(U a, U b) { return _mm256_cmpgt_epi32(a, b); }
+  static U Equal(U a, U b) { return _mm256_cmpeq_epi32(a, b); }
+  static U Select(U mask, U a, U b) { return _mm256_blendv_epi8(b, a, mask); }
+  static F AddF(F a, F b) { return _mm256_add_ps(a, b); }
+  static F MulF(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F DivF(F a, F b) { return _mm256_div_ps(a, b); }
+  static F ToF(U v) { return _mm256_cvtepi32_ps(v); }
+  static auto Lut16(const float* values) { return Avx2Ops::Nf4Lut(values); }  // any 16 values
+
+  // c = code(x) on each 8 lanes, deq = value(c) * scale.
+  template <typename CodeFn, typename ValueFn>
+  static void EncodeBy(const float* x, int64_t n, float scale, uint8_t* codes, float* deq,
+                       CodeFn code, ValueFn value) {
+    const F s = SetF(scale);
+    EncodeSteps<32>(x, n, codes, deq, [&](const float* xs, uint8_t* cs, float* ds) {
+      U c[4];
+      for (int q = 0; q < 4; ++q) {
+        c[q] = code(_mm256_loadu_ps(xs + 8 * q));
+        _mm256_storeu_ps(ds + 8 * q, MulF(value(c[q]), s));
+      }
+      _mm256_storeu_si256(reinterpret_cast<U*>(cs), NarrowToBytes(c[0], c[1], c[2], c[3], false));
+    });
+  }
+  // out = value(code) * scale.
+  template <typename ValueFn>
+  static void DecodeBy(const uint8_t* codes, int64_t n, float scale, float* out, ValueFn value) {
+    const F s = SetF(scale);
+    Blocks<8>(codes, n, out, [&](const uint8_t* c, float* d) {
+      const U u = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
+      _mm256_storeu_ps(d, MulF(value(u), s));
+    });
+  }
+};
+
+// NF4 code of v = the number of midpoints m[0..14] below it, found by binary search: 8 if m[7] < v,
+// plus 4 if the midpoint below the upper half of what is left (m[3] or m[11]) is below v, plus 2
+// (one of m[1], m[5], m[9], m[13], a permute by code / 4), plus 1 (an even midpoint, a permute by
+// code / 2). The midpoints ascend, so this is the count; CMPLT is false for NaN, which so gets
+// code 0 as lower_bound gives it, and the codec's clamp to [-1, 1] changes no comparison, every
+// midpoint lying inside.
+class Avx2Nf4Encoder {
+ public:
+  Avx2Nf4Encoder() : Avx2Nf4Encoder(Nf4MidpointTable()) {}
+  // v = x * (1 / a) in a whole block, x / a in the matrix's shorter last block.
+  void Run(const float* x, int64_t n, bool whole, float a, float scale, uint8_t* codes,
+           float* deq) const {
+    const __m256 d = _mm256_set1_ps(whole ? 1.0f / a : a);
+    const auto code = [&](__m256 v) {
+      return Code(whole ? _mm256_mul_ps(v, d) : _mm256_div_ps(v, d));
+    };
+    Avx2Lanes::EncodeBy(x, n, scale, codes, deq, code, lut_);
+  }
+  void Decode(const uint8_t* codes, int64_t n, float scale, float* out) const {
+    Avx2Lanes::DecodeBy(codes, n, scale, out, lut_);
+  }
+
+ private:
+  explicit Avx2Nf4Encoder(const float* m)
+      : m3_(_mm256_set1_ps(m[3])),
+        m7_(_mm256_set1_ps(m[7])),
+        m11_(_mm256_set1_ps(m[11])),
+        quarter_(_mm256_setr_ps(m[1], m[5], m[9], m[13], 0, 0, 0, 0)),
+        even_(_mm256_setr_ps(m[0], m[2], m[4], m[6], m[8], m[10], m[12], m[14])),
+        lut_(Avx2Ops::Nf4Lut(Nf4Table())) {}
+
+  __m256i Code(__m256 v) const {
+    const __m256 below8 = _mm256_cmp_ps(m7_, v, _CMP_LT_OQ);
+    __m256i c = _mm256_and_si256(_mm256_castps_si256(below8), _mm256_set1_epi32(8));
+    const __m256 m4 = _mm256_blendv_ps(m3_, m11_, below8);
+    const __m256 below4 = _mm256_cmp_ps(m4, v, _CMP_LT_OQ);
+    c = _mm256_add_epi32(c, _mm256_and_si256(_mm256_castps_si256(below4), _mm256_set1_epi32(4)));
+    const __m256 m2 = _mm256_permutevar8x32_ps(quarter_, _mm256_srli_epi32(c, 2));
+    const __m256 below2 = _mm256_cmp_ps(m2, v, _CMP_LT_OQ);
+    c = _mm256_add_epi32(c, _mm256_and_si256(_mm256_castps_si256(below2), _mm256_set1_epi32(2)));
+    const __m256 m1 = _mm256_permutevar8x32_ps(even_, _mm256_srli_epi32(c, 1));
+    return _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(m1, v, _CMP_LT_OQ)));
+  }
+
+  __m256 m3_, m7_, m11_, quarter_, even_;
+  decltype(Avx2Ops::Nf4Lut(nullptr)) lut_;
+};
+
+struct Avx2Codes {
+  using Nf4Encoder = Avx2Nf4Encoder;
+  using MinifloatEncoder = MinifloatEncoderWith<Avx2Lanes>;
+
+  static uint32_t AbsMaxBits(const float* x, int64_t n) {
+    __m256i m = _mm256_setzero_si256();
+    BlocksIn<8>(x, n, [&](const float* p) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      m = _mm256_max_epu32(m, _mm256_and_si256(v, _mm256_set1_epi32(0x7fffffff)));
+    });
+    __m128i h = _mm_max_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0x4e));
+    h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0xb1));
+    return static_cast<uint32_t>(_mm_cvtsi128_si32(h));
+  }
+  // 64 codes -> 32 bytes, the even code in the high nibble: in each 16-bit word (codes 2j, 2j+1)
+  // the low byte of w << 4 | w >> 8 is code 2j << 4 | code 2j+1.
+  static void PackNibblesHighFirst(const uint8_t* c, int64_t n, uint8_t* out) {
+    const __m256i low = _mm256_set1_epi16(0x00ff);
+    const int64_t whole = n / 64 * 64;
+    for (int64_t i = 0; i < whole; i += 64) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i + 32));
+      const __m256i p0 = _mm256_and_si256(
+          _mm256_or_si256(_mm256_slli_epi16(w0, 4), _mm256_srli_epi16(w0, 8)), low);
+      const __m256i p1 = _mm256_and_si256(
+          _mm256_or_si256(_mm256_slli_epi16(w1, 4), _mm256_srli_epi16(w1, 8)), low);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i / 2),
+                          _mm256_permute4x64_epi64(_mm256_packus_epi16(p0, p1), 0xd8));
+    }
+    PackHighFirstFrom(c, whole, n, out);
+  }
+  // 16 bytes -> 32 codes: each byte's high nibble to the even code, its low nibble to the odd one.
+  static void UnpackNibblesHighFirst(const uint8_t* in, int64_t n, uint8_t* c) {
+    const int64_t whole = n / 32 * 32;
+    for (int64_t i = 0; i < whole; i += 32) {
+      const __m256i b =
+          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i / 2)));
+      const __m256i u =
+          _mm256_or_si256(_mm256_srli_epi16(b, 4),
+                          _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x000f)), 8));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + i), u);
+    }
+    UnpackHighFirstFrom(in, whole, n, c);
+  }
+  static void PackCodes(const uint8_t* c, int64_t n, int bits, uint8_t* out) {
+    detail::PackCodes(c, n, bits, out);
+  }
+  static void UnpackCodes(const uint8_t* in, int64_t n, int bits, uint8_t* c) {
+    detail::UnpackCodes(in, n, bits, c);
+  }
+};
+
 }  // namespace
 
 const KernelTable* Avx2Table() {
@@ -696,7 +849,13 @@ const KernelTable* Avx2Table() {
                                       GemmW8A8,
                                       GemmW4A8,
                                       GemmW4A16With<Avx2Ops>,
-                                      GemvNf4With<Avx2Ops>};
+                                      GemvNf4With<Avx2Ops>,
+                                      QuantizeNf4With<Avx2Codes>,
+                                      DequantizeNf4With<Avx2Codes>,
+                                      QuantizeMinifloatWith<Avx2Codes>,
+                                      DequantizeMinifloatWith<Avx2Codes>,
+                                      QuantizeMxWith<Avx2Codes>,
+                                      DequantizeMxWith<Avx2Codes>};
   return &kTable;
 }
 
