@@ -355,3 +355,12 @@ void GemvNf4With(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, fl
 
 }  // namespace
 }  // namespace qtool::kernels::detail
+
+// The first entries of an x86 family's table, in QTOOL_KERNEL_LIST's order: functions its unit
+// defines under these names, with `Ops` its vector operations (see ErrorLanes). The unit's table
+// goes on with the entries it has of the rest of the list.
+#define QTOOL_X86_TABLE_ENTRIES(Ops)                                                            \
+  Bf16ToF32, F16ToF32, F32ToBf16, F32ToF16, FirstNonFiniteWith<Ops>, AccumulateErrorsWith<Ops>, \
+      MinMax, QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>, QuantizeStoredRows,   \
+      QuantizeCodes, DequantizeCodes, PackCodes, UnpackCodes, QuantizeActivations, GemmW8A8,    \
+      GemmW4A8, GemmW4A16With<Ops>, GemvNf4With<Ops>

@@ -832,30 +832,12 @@ struct Avx2Codes {
 }  // namespace
 
 const KernelTable* Avx2Table() {
-  static constexpr KernelTable kTable{Bf16ToF32,
-                                      F16ToF32,
-                                      F32ToBf16,
-                                      F32ToF16,
-                                      FirstNonFiniteWith<Avx2Ops>,
-                                      AccumulateErrorsWith<Avx2Ops>,
-                                      MinMax,
-                                      QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>,
-                                      QuantizeStoredRows,
-                                      QuantizeCodes,
-                                      DequantizeCodes,
-                                      PackCodes,
-                                      UnpackCodes,
-                                      QuantizeActivations,
-                                      GemmW8A8,
-                                      GemmW4A8,
-                                      GemmW4A16With<Avx2Ops>,
-                                      GemvNf4With<Avx2Ops>,
-                                      QuantizeNf4With<Avx2Codes>,
-                                      DequantizeNf4With<Avx2Codes>,
-                                      QuantizeMinifloatWith<Avx2Codes>,
-                                      DequantizeMinifloatWith<Avx2Codes>,
-                                      QuantizeMxWith<Avx2Codes>,
-                                      DequantizeMxWith<Avx2Codes>};
+  static constexpr KernelTable kTable{
+      QTOOL_X86_TABLE_ENTRIES(Avx2Ops),   QuantizeNf4With<Avx2Codes>,
+      DequantizeNf4With<Avx2Codes>,       QuantizeMinifloatWith<Avx2Codes>,
+      DequantizeMinifloatWith<Avx2Codes>, QuantizeMxWith<Avx2Codes>,
+      DequantizeMxWith<Avx2Codes>,
+  };
   return &kTable;
 }
 

@@ -784,24 +784,7 @@ int64_t QuantizeStoredRows(const void* x, StoredFloat type, int64_t rows, int64_
 }  // namespace
 
 const KernelTable* Avx512Table() {
-  static constexpr KernelTable kTable{Bf16ToF32,
-                                      F16ToF32,
-                                      F32ToBf16,
-                                      F32ToF16,
-                                      FirstNonFiniteWith<Avx512Ops>,
-                                      AccumulateErrorsWith<Avx512Ops>,
-                                      MinMax,
-                                      QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>,
-                                      QuantizeStoredRows,
-                                      QuantizeCodes,
-                                      DequantizeCodes,
-                                      PackCodes,
-                                      UnpackCodes,
-                                      QuantizeActivations,
-                                      GemmW8A8,
-                                      GemmW4A8,
-                                      GemmW4A16With<Avx512Ops>,
-                                      GemvNf4With<Avx512Ops>};
+  static constexpr KernelTable kTable{QTOOL_X86_TABLE_ENTRIES(Avx512Ops)};
   return &kTable;
 }
 
