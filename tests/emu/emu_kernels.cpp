@@ -231,7 +231,7 @@ void ForCodeParams(const KernelTable& ref, const std::vector<float>& x, Fn&& fn)
   const int64_t n = static_cast<int64_t>(x.size());
   float lo, hi;
   ref.min_max(x.data(), n, &lo, &hi);
-  for (const int bits : {2, 4, 8}) {
+  for (const int bits : kCodeBits) {
     for (const bool sym : {true, false}) {
       GroupParams p = ParamsFromRange(lo, hi, QuantSpec{bits, sym, Granularity::kChannel, 0});
       if (n % 2) p.scale = 0.005f;
@@ -270,11 +270,9 @@ void dequantize_codes(Checker& c) {
   }
 }
 
-constexpr int kPackBits[] = {2, 3, 4, 8};
-
 void pack_codes(Checker& c) {
   for (const int64_t n : kLengths) {
-    for (const int bits : kPackBits) {
+    for (const int bits : kCodeBits) {
       const auto codes = RandomBytes(n, static_cast<uint32_t>(n * bits), (1 << bits) - 1);
       Unaligned<uint8_t> in(codes), got(static_cast<size_t>(PackedBytes(n, bits)));
       std::vector<uint8_t> want(static_cast<size_t>(PackedBytes(n, bits)));
@@ -287,7 +285,7 @@ void pack_codes(Checker& c) {
 
 void unpack_codes(Checker& c) {
   for (const int64_t n : kLengths) {
-    for (const int bits : kPackBits) {
+    for (const int bits : kCodeBits) {
       const auto codes = RandomBytes(n, static_cast<uint32_t>(n * bits), (1 << bits) - 1);
       std::vector<uint8_t> packed(static_cast<size_t>(PackedBytes(n, bits)));
       c.ref.pack_codes(codes.data(), n, bits, packed.data());

@@ -27,9 +27,13 @@ inline constexpr int64_t kLengths[] = {1, 7, 31, 32, 33, 63, 64, 65, 127, 128, 1
 // Shapes for the 4-bit kernels: multiples of 32 (vector paths) and others (reference fallback).
 inline constexpr int64_t kFourBitCols[] = {32, 64, 96, 128, 160, 4096 + 32, 33, 4096 + 17};
 
+// Code widths: 4 and 8 bits have their own vector paths, the others share the generic ones.
+inline constexpr int kCodeBits[] = {2, 3, 4, 5, 6, 7, 8};
+
 // Tokens of the integer GEMMs: below, at and above the register tiles of every family.
 inline constexpr int64_t kW8A8Tokens[] = {1, 3, 4, 6, 9, 17};
-inline constexpr int64_t kW4A8Tokens[] = {1, 2, 5};
+// 7 tokens: a block of 4 and one of 3, so with 1 and 2 every block size of the W4A8 kernels.
+inline constexpr int64_t kW4A8Tokens[] = {1, 2, 7};
 // Output rows of a W8A8 case: for m == 9, 400 rows (two threads, each with more than one block of
 // weight rows).
 inline int64_t W8A8Rows(int64_t m) { return m == 9 ? 400 : 37; }
@@ -125,18 +129,20 @@ class Unaligned {
   std::vector<T> buf_;
 };
 
-// Row quantisation specs: per group and per channel, symmetric and asymmetric, 3, 4 and 8 bits.
+// Row quantisation specs: per group and per channel, symmetric and asymmetric, 3 to 8 bits.
 inline const QuantSpec kRowSpecs[] = {
     {4, true, Granularity::kGroup, 128},  {4, false, Granularity::kGroup, 32},
     {8, true, Granularity::kChannel, 0},  {8, false, Granularity::kChannel, 0},
     {4, false, Granularity::kChannel, 0}, {3, true, Granularity::kGroup, 64},
-    {8, false, Granularity::kGroup, 128}};
+    {8, false, Granularity::kGroup, 128}, {5, false, Granularity::kGroup, 32},
+    {6, true, Granularity::kChannel, 0},  {7, false, Granularity::kGroup, 64}};
 
 struct StoredRowsCase {
   QuantSpec spec;
   int64_t rows, cols;
 };
-// Group lengths of 32, 64, 128 and 256 dividing cols, with 4 or 8 bits, and the others.
+// Group lengths of 32, 64, 128 and 256 dividing cols, with 4 or 8 bits, and the others, with
+// every width.
 inline const StoredRowsCase kStoredRowsCases[] = {
     {{4, true, Granularity::kGroup, 128}, 5, 4096},
     {{4, true, Granularity::kGroup, 128}, 5, 4096 + 16},
@@ -148,7 +154,10 @@ inline const StoredRowsCase kStoredRowsCases[] = {
     {{8, false, Granularity::kGroup, 48}, 7, 144},
     {{3, true, Granularity::kGroup, 64}, 2, 640},
     {{2, false, Granularity::kGroup, 16}, 9, 16},
-    {{4, false, Granularity::kChannel, 0}, 1, 16}};
+    {{4, false, Granularity::kChannel, 0}, 1, 16},
+    {{5, true, Granularity::kGroup, 32}, 3, 96},
+    {{6, false, Granularity::kGroup, 64}, 2, 256},
+    {{7, true, Granularity::kChannel, 0}, 2, 48}};
 
 // The rows of a stored-rows case in each stored type.
 struct StoredRows {

@@ -149,7 +149,7 @@ TEST_P(KernelTest, MinMaxAndCodesMatchCodecDefinition) {
     MinMaxRange(x.data(), n, &rlo, &rhi);
     EXPECT_EQ(std::bit_cast<uint32_t>(lo), std::bit_cast<uint32_t>(rlo)) << n;
     EXPECT_EQ(std::bit_cast<uint32_t>(hi), std::bit_cast<uint32_t>(rhi)) << n;
-    for (const int bits : {2, 4, 8}) {
+    for (const int bits : kCodeBits) {
       for (const bool sym : {true, false}) {
         QuantSpec spec{bits, sym, Granularity::kChannel, 0};
         GroupParams p = ParamsFromRange(rlo, rhi, spec);
@@ -172,7 +172,7 @@ TEST_P(KernelTest, MinMaxAndCodesMatchCodecDefinition) {
 
 TEST_P(KernelTest, PackUnpackMatchCodec) {
   for (const int64_t n : kLengths) {
-    for (const int bits : {2, 3, 4, 8}) {
+    for (const int bits : kCodeBits) {
       const auto codes = RandomBytes(n, static_cast<uint32_t>(n * bits), (1 << bits) - 1);
       Unaligned<uint8_t> in(codes), packed(static_cast<size_t>(PackedBytes(n, bits)));
       PackCodes(in.data(), n, bits, packed.data());
