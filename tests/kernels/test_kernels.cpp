@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kernel_inputs.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/kernels.hpp"
@@ -23,40 +24,6 @@
 
 namespace qtool::kernels {
 namespace {
-
-// Lengths around every vector width and group size; 4096 + 17 crosses many full blocks.
-const int64_t kLengths[] = {1, 7, 31, 32, 33, 63, 64, 65, 127, 128, 129, 4096 + 17};
-
-std::vector<float> RandomFloats(int64_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-std::vector<uint8_t> RandomBytes(int64_t n, uint32_t seed, int max_value = 255) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> d(0, max_value);
-  std::vector<uint8_t> v(static_cast<size_t>(n));
-  for (auto& x : v) x = static_cast<uint8_t>(d(rng));
-  return v;
-}
-
-// A copy of `v` starting one element past an aligned address, so no vector load is aligned.
-template <typename T>
-class Unaligned {
- public:
-  explicit Unaligned(const std::vector<T>& v) : buf_(v.size() + 1) {
-    std::copy(v.begin(), v.end(), buf_.begin() + 1);
-  }
-  explicit Unaligned(size_t n) : buf_(n + 1) {}
-  T* data() { return buf_.data() + 1; }
-  std::vector<T> vec() const { return {buf_.begin() + 1, buf_.end()}; }
-
- private:
-  std::vector<T> buf_;
-};
 
 template <typename T>
 void ExpectSameBits(const std::vector<T>& got, const std::vector<T>& want, const char* what) {
@@ -107,15 +74,7 @@ TEST_P(KernelTest, HalfToF32AllValues) {
 }
 
 TEST_P(KernelTest, F32ToHalfMatchesReference) {
-  // Random bit patterns cover NaN payloads, subnormals and every exponent; add exact ties.
-  std::mt19937 rng(7);
-  std::vector<float> v(200000);
-  for (auto& x : v) x = std::bit_cast<float>(static_cast<uint32_t>(rng()));
-  for (uint32_t i = 0; i < 4096; ++i) v[i] = std::bit_cast<float>(0x3f800000u + (i << 12));
-  for (uint32_t i = 0; i < 4096; ++i) v[4096 + i] = std::bit_cast<float>(0x00008000u * i);
-  v[9000] = std::numeric_limits<float>::infinity();
-  v[9001] = std::numeric_limits<float>::signaling_NaN();
-  v[9002] = 65520.0f;
+  const std::vector<float> v = HalfConversionInputs();
   Unaligned<float> in(v);
   for (const int64_t n : kLengths) {
     for (auto [fn, ref] :
@@ -136,34 +95,20 @@ TEST_P(KernelTest, F32ToHalfMatchesReference) {
 }
 
 TEST_P(KernelTest, FirstNonFiniteFindsTheFirstNanOrInf) {
-  const float inf = std::numeric_limits<float>::infinity();
-  const float nan = std::numeric_limits<float>::quiet_NaN();
   for (const int64_t n : kLengths) {
-    auto x = RandomFloats(n, static_cast<uint32_t>(n));
-    x[0] = std::numeric_limits<float>::max();
-    x[static_cast<size_t>(n - 1)] = -std::numeric_limits<float>::denorm_min();
+    const auto x = FiniteValues(n);
     Unaligned<float> clean(x);
     EXPECT_EQ(FirstNonFinite(clean.data(), n), -1) << n;
-    for (const int64_t at : {int64_t{0}, n / 2, n - 1}) {
-      for (const float bad : {inf, -inf, nan}) {
-        auto y = x;
-        y[static_cast<size_t>(at)] = bad;
-        if (at + 3 < n) y[static_cast<size_t>(at + 3)] = nan;  // a later one is not reported
-        Unaligned<float> in(y);
-        EXPECT_EQ(FirstNonFinite(in.data(), n), at) << n << " " << bad;
-      }
-    }
+    ForNonFinite(x, [&](int64_t at, float bad, const std::vector<float>& y) {
+      Unaligned<float> in(y);
+      EXPECT_EQ(FirstNonFinite(in.data(), n), at) << n << " " << bad;
+    });
   }
 }
 
 TEST_P(KernelTest, AccumulateErrorsIsBitExact) {
-  for (const int64_t n : {int64_t{0}, int64_t{1}, int64_t{15}, int64_t{17}, int64_t{1023},
-                          int64_t{1024}, int64_t{1025}, int64_t{3 * 1024 + 33}}) {
-    const auto x = RandomFloats(n, static_cast<uint32_t>(n), 3.0f);
-    auto y = x;
-    std::mt19937 rng(static_cast<uint32_t>(n) + 7);
-    std::normal_distribution<float> noise(0.0f, 0.1f);
-    for (auto& v : y) v += noise(rng);
+  for (const int64_t n : kErrorLengths) {
+    const auto [x, y] = NoisyPair(n);
     Unaligned<float> ux(x), uy(y);
     ErrorStats got;
     got.sum_x2 = 1.0;  // adds to what is there
@@ -200,16 +145,14 @@ TEST_P(KernelTest, AccumulateErrorsIsBitExact) {
 
 TEST_P(KernelTest, MinMaxAndCodesMatchCodecDefinition) {
   for (const int64_t n : kLengths) {
-    auto x = RandomFloats(n, static_cast<uint32_t>(n), 0.05f);
-    // Exact rounding ties for the codes: multiples of half a step.
-    for (int64_t i = 0; i < n; i += 3) x[i] = 0.5f * static_cast<float>(i % 41 - 20) * 0.01f;
+    const auto x = TiedValues(n);
     Unaligned<float> in(x);
     float lo, hi, rlo, rhi;
     MinMax(in.data(), n, &lo, &hi);
     MinMaxRange(x.data(), n, &rlo, &rhi);
     EXPECT_EQ(std::bit_cast<uint32_t>(lo), std::bit_cast<uint32_t>(rlo)) << n;
     EXPECT_EQ(std::bit_cast<uint32_t>(hi), std::bit_cast<uint32_t>(rhi)) << n;
-    for (const int bits : {2, 4, 8}) {
+    for (const int bits : kCodeBits) {
       for (const bool sym : {true, false}) {
         QuantSpec spec{bits, sym, Granularity::kChannel, 0};
         GroupParams p = ParamsFromRange(rlo, rhi, spec);
@@ -232,7 +175,7 @@ TEST_P(KernelTest, MinMaxAndCodesMatchCodecDefinition) {
 
 TEST_P(KernelTest, PackUnpackMatchCodec) {
   for (const int64_t n : kLengths) {
-    for (const int bits : {2, 3, 4, 8}) {
+    for (const int bits : kCodeBits) {
       const auto codes = RandomBytes(n, static_cast<uint32_t>(n * bits), (1 << bits) - 1);
       Unaligned<uint8_t> in(codes), packed(static_cast<size_t>(PackedBytes(n, bits)));
       PackCodes(in.data(), n, bits, packed.data());
@@ -248,13 +191,8 @@ TEST_P(KernelTest, PackUnpackMatchCodec) {
 
 // The fused row quantiser reproduces the codec's reference (QuantizeRowRef + PackCodes) exactly.
 TEST_P(KernelTest, QuantizeRowsMatchesCodec) {
-  const QuantSpec specs[] = {
-      {4, true, Granularity::kGroup, 128},  {4, false, Granularity::kGroup, 32},
-      {8, true, Granularity::kChannel, 0},  {8, false, Granularity::kChannel, 0},
-      {4, false, Granularity::kChannel, 0}, {3, true, Granularity::kGroup, 64},
-      {8, false, Granularity::kGroup, 128}};
   const int64_t rows = 3;
-  for (const auto& spec : specs) {
+  for (const auto& spec : kRowSpecs) {
     for (const int64_t cols : kLengths) {
       const auto x = RandomFloats(rows * cols, static_cast<uint32_t>(cols), 0.02f);
       const int64_t ng = spec.GroupsPerRow(cols), rb = PackedBytes(cols, spec.bits);
@@ -309,36 +247,11 @@ TEST_P(KernelTest, QuantizeRowsMatchesCodec) {
 // QuantizeStoredRows against its definition: conversion, QuantizeRowRef and PackCodes per row,
 // and ErrorStats::Add over all values, composed here on the scalar reference.
 TEST_P(KernelTest, QuantizeStoredRowsMatchesItsSteps) {
-  struct Case {
-    QuantSpec spec;
-    int64_t rows, cols;
-  };
-  // Group lengths of 32, 64, 128 and 256 dividing cols, with 4 or 8 bits, and the others.
-  const Case cases[] = {{{4, true, Granularity::kGroup, 128}, 5, 4096},
-                        {{4, true, Granularity::kGroup, 128}, 5, 4096 + 16},
-                        {{4, false, Granularity::kGroup, 32}, 3, 96},
-                        {{8, false, Granularity::kGroup, 64}, 3, 256},
-                        {{4, true, Granularity::kGroup, 256}, 2, 512},
-                        {{8, true, Granularity::kGroup, 128}, 9, 128},
-                        {{8, true, Granularity::kChannel, 0}, 3, 1040},
-                        {{8, false, Granularity::kGroup, 48}, 7, 144},
-                        {{3, true, Granularity::kGroup, 64}, 2, 640},
-                        {{2, false, Granularity::kGroup, 16}, 9, 16},
-                        {{4, false, Granularity::kChannel, 0}, 1, 16}};
-  for (const auto& [spec, rows, cols] : cases) {
+  for (const auto& [spec, rows, cols] : kStoredRowsCases) {
     const int64_t n = rows * cols, ng = spec.GroupsPerRow(cols), rb = PackedBytes(cols, spec.bits);
-    auto x = RandomFloats(n, static_cast<uint32_t>(n), 0.02f);
-    x[static_cast<size_t>(n / 2)] = 0.5f;        // an outlier
-    std::fill(x.begin(), x.begin() + 16, 0.0f);  // an all-zero group
-    std::vector<uint16_t> bf16(n), f16(n);
-    for (int64_t i = 0; i < n; ++i) {
-      bf16[i] = qtool::F32ToBf16(x[i]);
-      f16[i] = qtool::F32ToF16(x[i]);
-    }
+    const StoredRows in = StoredRows::Seeded(n);
     for (const StoredFloat type : {StoredFloat::kBf16, StoredFloat::kF16, StoredFloat::kF32}) {
-      const void* src = type == StoredFloat::kF32    ? static_cast<const void*>(x.data())
-                        : type == StoredFloat::kBf16 ? static_cast<const void*>(bf16.data())
-                                                     : static_cast<const void*>(f16.data());
+      const void* src = in.data(type);
       struct Out {
         std::vector<uint8_t> packed, zeros;
         std::vector<float> scales;
@@ -365,11 +278,7 @@ TEST_P(KernelTest, QuantizeStoredRowsMatchesItsSteps) {
         std::vector<float> w(n), deq(n);
         std::vector<uint8_t> codes(cols);
         std::vector<GroupParams> params(ng);
-        for (int64_t i = 0; i < n; ++i) {
-          w[i] = type == StoredFloat::kF32    ? x[i]
-                 : type == StoredFloat::kBf16 ? qtool::Bf16ToF32(bf16[i])
-                                              : qtool::F16ToF32(f16[i]);
-        }
+        for (int64_t i = 0; i < n; ++i) w[i] = in.at(type, i);
         for (int64_t r = 0; r < rows; ++r) {
           QuantizeRowRef(w.data() + r * cols, cols, spec, codes.data(), params.data(),
                          deq.data() + r * cols);
@@ -389,15 +298,11 @@ TEST_P(KernelTest, QuantizeStoredRowsMatchesItsSteps) {
       ExpectSameBits(got.packed, want.packed, "codes");
       ExpectSameBits(got.scales, want.scales, "scales");
       ExpectSameBits(got.zeros, want.zeros, "zeros");
-      const auto sums = [](const ErrorStats& e) {
-        return std::vector<double>{e.sum_x2, e.sum_e2,      e.sum_y2,
-                                   e.sum_xy, e.max_abs_err, static_cast<double>(e.n)};
-      };
-      ExpectSameBits(sums(got.stats), sums(want.stats), "error sums");
+      ExpectSameBits(ErrorSums(got.stats), ErrorSums(want.stats), "error sums");
     }
     // The first non-finite value is reported, wherever it is.
     for (const int64_t at : {int64_t{0}, n / 3, n - 1}) {
-      auto y = x;
+      auto y = in.f32;
       y[static_cast<size_t>(at)] = std::numeric_limits<float>::quiet_NaN();
       if (at + 1 < n) y[static_cast<size_t>(at + 1)] = std::numeric_limits<float>::infinity();
       std::vector<uint8_t> packed(rows * rb), zeros(rows * ng);
@@ -431,49 +336,6 @@ TEST_P(KernelTest, ActivationQuantisationMatchesReference) {
   }
 }
 
-// Random integer weights in the codec layout with positive scales.
-struct TestWeights {
-  std::vector<uint8_t> codes, zeros;
-  std::vector<float> scales;
-  QuantWeights view;
-  TestWeights(int64_t rows, int64_t cols, int64_t group, int bits, bool sym, uint32_t seed) {
-    view = {nullptr, nullptr, nullptr, rows, cols, group, bits};
-    codes = RandomBytes(rows * view.row_bytes(), seed);
-    if (bits == 4 && cols % 2) {
-      for (int64_t r = 0; r < rows; ++r) codes[r * view.row_bytes() + cols / 2] &= 0x0f;
-    }
-    const int64_t ng = view.groups_per_row();
-    zeros = RandomBytes(rows * ng, seed + 1, (1 << bits) - 1);
-    std::mt19937 rng(seed + 2);
-    std::uniform_real_distribution<float> d(0.001f, 0.02f);
-    scales.resize(rows * ng);
-    for (auto& s : scales) s = d(rng);
-    view.codes = codes.data();
-    view.scales = scales.data();
-    view.zeros = sym ? nullptr : zeros.data();
-  }
-  float Weight(int64_t n, int64_t k) const {
-    const uint8_t* row = codes.data() + n * view.row_bytes();
-    const int32_t u = view.bits == 8 ? row[k] : (row[k / 2] >> ((k & 1) * 4)) & 0xf;
-    const int64_t g = k / view.group, ng = view.groups_per_row();
-    const int32_t z = view.zeros ? view.zeros[n * ng + g] : 1 << (view.bits - 1);
-    return static_cast<float>(u - z) * view.scales[n * ng + g];
-  }
-  // sum_k |w[n,k] * act(t, k)| for every token t < m and row n: the scale of the tolerance.
-  template <typename Act>
-  std::vector<double> L1Products(int64_t m, Act act) const {
-    std::vector<double> l1(m * view.rows);
-    for (int64_t t = 0; t < m; ++t) {
-      for (int64_t n = 0; n < view.rows; ++n) {
-        for (int64_t i = 0; i < view.cols; ++i) {
-          l1[t * view.rows + n] += std::fabs(static_cast<double>(Weight(n, i)) * act(t, i));
-        }
-      }
-    }
-    return l1;
-  }
-};
-
 // |got - want| <= 1e-5 * sum_k |w_k a_k| for every output.
 void ExpectClose(const std::vector<float>& got, const std::vector<float>& want,
                  const std::vector<double>& l1) {
@@ -486,9 +348,8 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want,
 TEST_P(KernelTest, GemmW8A8IsExact) {
   for (const int64_t k : kLengths) {
     for (const bool sym : {true, false}) {
-      for (const int64_t m : {1, 3, 4, 6, 9, 17}) {
-        // 400 rows: two threads, each with more than one block of weight rows.
-        const int64_t n = m == 9 ? 400 : 37;
+      for (const int64_t m : kW8A8Tokens) {
+        const int64_t n = W8A8Rows(m);
         TestWeights w(n, k, k, 8, sym, static_cast<uint32_t>(k + m));
         const auto x = RandomFloats(m * k, static_cast<uint32_t>(k * 3 + m));
         std::vector<int8_t> q(m * k);
@@ -507,14 +368,11 @@ TEST_P(KernelTest, GemmW8A8IsExact) {
   }
 }
 
-// Shapes for the 4-bit kernels: multiples of 32 (vector paths) and others (reference fallback).
-const int64_t kFourBitCols[] = {32, 64, 96, 128, 160, 4096 + 32, 33, 4096 + 17};
-
 TEST_P(KernelTest, GemmW4A8WithinTolerance) {
   for (const int64_t k : kFourBitCols) {
     for (const int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}, k}) {
       for (const bool sym : {true, false}) {
-        for (const int64_t m : {1, 2, 5}) {
+        for (const int64_t m : kW4A8Tokens) {
           const int64_t n = 19;
           TestWeights w(n, k, group, 4, sym, static_cast<uint32_t>(k + group + m));
           const auto x = RandomFloats(m * k, static_cast<uint32_t>(k + m));
@@ -562,7 +420,6 @@ TEST_P(KernelTest, GemmW4A16WithinTolerance) {
 }
 
 TEST_P(KernelTest, GemvNf4WithinTolerance) {
-  const auto& nf4 = Nf4Values();
   for (const int64_t k : kFourBitCols) {
     for (const int64_t group : {int64_t{32}, int64_t{64}, k}) {
       const int64_t n = 23;
@@ -577,13 +434,10 @@ TEST_P(KernelTest, GemvNf4WithinTolerance) {
       };
       const auto want = Reference(run);
       std::vector<double> l1(n);
-      const int64_t ng = (k + group - 1) / group;
       for (int64_t j = 0; j < n; ++j) {
         double exact = 0;
         for (int64_t i = 0; i < k; ++i) {
-          // The NF4 codec's packing: the even column in the high nibble.
-          const int u = (tw.codes[j * ((k + 1) / 2) + i / 2] >> ((~i & 1) * 4)) & 0xf;
-          const double wv = static_cast<double>(nf4[u]) * tw.scales[j * ng + i / group];
+          const double wv = tw.Nf4Weight(j, i, group);
           l1[j] += std::fabs(wv * x[i]);
           exact += wv * x[i];
         }
