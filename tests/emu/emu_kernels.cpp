@@ -27,6 +27,7 @@
 #include "qtool/core/half.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/quant/int_codec.hpp"
+#include "qtool/quant/minifloat.hpp"
 #include "qtool/quant/pack.hpp"
 #include "table.hpp"
 
@@ -508,6 +509,164 @@ void gemv_nf4(Checker& c) {
       for (const auto& y : got) c.Close(fmt::format("k {} group {}", k, group), y, want, l1);
     }
   }
+}
+
+// The float codecs' rows: one row of n values, random with zeros, ties and outliers, against the
+// reference entry on the same inputs.
+std::vector<float> CodecRow(int64_t n, uint32_t seed) {
+  auto x = RandomFloats(n, seed);
+  for (int64_t i = 0; i < n; i += 5) x[static_cast<size_t>(i)] = 0.0f;
+  if (n > 2) x[static_cast<size_t>(n / 2)] = 40.0f;
+  if (n > 3) x[static_cast<size_t>(n / 3)] = -0.0f;
+  return x;
+}
+
+// NF4 rows of a 2-row matrix of n columns in blocks of 64 (blocks run across the rows; the last
+// one is shorter unless 64 divides 2n); the second row starts at flat element n.
+template <typename Fn>
+void ForNf4Rows(Fn&& fn) {
+  for (const int64_t n : kLengths) {
+    auto x = CodecRow(2 * n, static_cast<uint32_t>(n));
+    const int64_t block = 64, nblocks = (2 * n + block - 1) / block;
+    std::vector<float> absmax(static_cast<size_t>(nblocks), 0.0f);
+    for (int64_t i = 0; i < 2 * n; ++i) {
+      absmax[i / block] = std::max(absmax[i / block], std::fabs(x[i]));
+    }
+    const Nf4Blocks b{block, 2 * n, 0, absmax.data(), absmax.data()};
+    for (const int64_t start : {int64_t{0}, n}) {
+      fn(fmt::format("n {} start {}", n, start),
+         std::vector<float>(x.begin() + start, x.begin() + start + n), start, b);
+    }
+  }
+}
+
+void quantize_nf4(Checker& c) {
+  ForNf4Rows(
+      [&](const std::string& what, const std::vector<float>& x, int64_t start, const Nf4Blocks& b) {
+        const int64_t n = static_cast<int64_t>(x.size()), rb = (n + 1) / 2;
+        Unaligned<float> in(x), deq(x.size());
+        Unaligned<uint8_t> packed(static_cast<size_t>(rb));
+        std::vector<float> want_deq(x.size());
+        std::vector<uint8_t> want(static_cast<size_t>(rb));
+        c.test.quantize_nf4(in.data(), n, start, b, packed.data(), deq.data());
+        c.ref.quantize_nf4(x.data(), n, start, b, want.data(), want_deq.data());
+        c.Same(what + " codes", packed.vec(), want);
+        c.Same(what + " decoded", deq.vec(), want_deq);
+      });
+}
+
+void dequantize_nf4(Checker& c) {
+  ForNf4Rows(
+      [&](const std::string& what, const std::vector<float>& x, int64_t start, const Nf4Blocks& b) {
+        const int64_t n = static_cast<int64_t>(x.size());
+        std::vector<uint8_t> packed(static_cast<size_t>((n + 1) / 2));
+        std::vector<float> deq(x.size()), want(x.size());
+        c.ref.quantize_nf4(x.data(), n, start, b, packed.data(), deq.data());
+        Unaligned<uint8_t> in(packed);
+        Unaligned<float> got(x.size());
+        c.test.dequantize_nf4(in.data(), n, start, b, got.data());
+        c.ref.dequantize_nf4(packed.data(), n, start, b, want.data());
+        c.Same(what, got.vec(), want);
+      });
+}
+
+// Every small float format, saturating or not, with scales per group of 32 columns or per row;
+// NaN and Inf among the values, which the format encodes by its overflow and NaN rules.
+template <typename Fn>
+void ForMinifloatRows(Fn&& fn) {
+  for (const MinifloatFormat* format : {&kE4M3, &kE5M2, &kE3M2, &kE2M3, &kE2M1}) {
+    for (const bool saturate : {true, false}) {
+      const MinifloatCodes f(*format, saturate);
+      for (const int64_t n : kLengths) {
+        auto x = CodecRow(n, static_cast<uint32_t>(n + format->bits()));
+        if (n > 6) {
+          x[5] = std::numeric_limits<float>::quiet_NaN();
+          x[6] = -std::numeric_limits<float>::infinity();
+        }
+        for (const int64_t group : {int64_t{32}, n}) {
+          std::vector<float> scales(static_cast<size_t>((n + group - 1) / group));
+          for (size_t g = 0; g < scales.size(); ++g) scales[g] = 0.5f / format->max() + g;
+          fn(fmt::format("{} saturate {} n {} group {}", format->name, saturate, n, group), x,
+             scales, group, f);
+        }
+      }
+    }
+  }
+}
+
+void quantize_minifloat(Checker& c) {
+  ForMinifloatRows([&](const std::string& what, const std::vector<float>& x,
+                       const std::vector<float>& scales, int64_t group, const MinifloatCodes& f) {
+    const int64_t n = static_cast<int64_t>(x.size()), rb = PackedBytes(n, f.bits);
+    Unaligned<float> in(x), deq(x.size());
+    Unaligned<uint8_t> packed(static_cast<size_t>(rb));
+    std::vector<float> want_deq(x.size());
+    std::vector<uint8_t> want(static_cast<size_t>(rb));
+    c.test.quantize_minifloat(in.data(), n, scales.data(), group, f, packed.data(), deq.data());
+    c.ref.quantize_minifloat(x.data(), n, scales.data(), group, f, want.data(), want_deq.data());
+    c.Same(what + " codes", packed.vec(), want);
+    c.Same(what + " decoded", deq.vec(), want_deq);
+  });
+}
+
+void dequantize_minifloat(Checker& c) {
+  ForMinifloatRows([&](const std::string& what, const std::vector<float>& x,
+                       const std::vector<float>& scales, int64_t group, const MinifloatCodes& f) {
+    const int64_t n = static_cast<int64_t>(x.size());
+    std::vector<uint8_t> packed(static_cast<size_t>(PackedBytes(n, f.bits)));
+    std::vector<float> deq(x.size()), want(x.size());
+    c.ref.quantize_minifloat(x.data(), n, scales.data(), group, f, packed.data(), deq.data());
+    Unaligned<uint8_t> in(packed);
+    Unaligned<float> got(x.size());
+    c.test.dequantize_minifloat(in.data(), n, scales.data(), group, f, got.data());
+    c.ref.dequantize_minifloat(packed.data(), n, scales.data(), group, f, want.data());
+    c.Same(what, got.vec(), want);
+  });
+}
+
+// MX blocks of 32 with FP4, FP6 and FP8 elements and MXINT8 (no element format); one block holds
+// NaN, so its scale is 0xff.
+template <typename Fn>
+void ForMxRows(Fn&& fn) {
+  const MinifloatCodes fp4(kE2M1, true), fp6(kE3M2, true), fp8(kE4M3, true);
+  for (const MinifloatCodes* e : {&fp4, &fp6, &fp8, static_cast<const MinifloatCodes*>(nullptr)}) {
+    for (const int64_t n : kLengths) {
+      auto x = CodecRow(n, static_cast<uint32_t>(3 * n));
+      if (n > 40) x[40] = std::numeric_limits<float>::quiet_NaN();
+      fn(fmt::format("{} n {}", e ? e->format->name : "int8", n), x, e);
+    }
+  }
+}
+
+void quantize_mx(Checker& c) {
+  ForMxRows([&](const std::string& what, const std::vector<float>& x, const MinifloatCodes* e) {
+    const int64_t n = static_cast<int64_t>(x.size()), rb = PackedBytes(n, e ? e->bits : 8);
+    const size_t nb = static_cast<size_t>((n + 31) / 32);
+    Unaligned<float> in(x), deq(x.size());
+    Unaligned<uint8_t> packed(static_cast<size_t>(rb)), scales(nb);
+    std::vector<float> want_deq(x.size());
+    std::vector<uint8_t> want(static_cast<size_t>(rb)), want_scales(nb);
+    c.test.quantize_mx(in.data(), n, 32, e, packed.data(), scales.data(), deq.data());
+    c.ref.quantize_mx(x.data(), n, 32, e, want.data(), want_scales.data(), want_deq.data());
+    c.Same(what + " codes", packed.vec(), want);
+    c.Same(what + " scales", scales.vec(), want_scales);
+    c.Same(what + " decoded", deq.vec(), want_deq);
+  });
+}
+
+void dequantize_mx(Checker& c) {
+  ForMxRows([&](const std::string& what, const std::vector<float>& x, const MinifloatCodes* e) {
+    const int64_t n = static_cast<int64_t>(x.size());
+    std::vector<uint8_t> packed(static_cast<size_t>(PackedBytes(n, e ? e->bits : 8))),
+        scales(static_cast<size_t>((n + 31) / 32));
+    std::vector<float> deq(x.size()), want(x.size());
+    c.ref.quantize_mx(x.data(), n, 32, e, packed.data(), scales.data(), deq.data());
+    Unaligned<uint8_t> in(packed);
+    Unaligned<float> got(x.size());
+    c.test.dequantize_mx(in.data(), scales.data(), n, 32, e, got.data());
+    c.ref.dequantize_mx(packed.data(), scales.data(), n, 32, e, want.data());
+    c.Same(what, got.vec(), want);
+  });
 }
 
 }  // namespace op_tests
