@@ -118,8 +118,10 @@ inline std::pair<std::vector<float>, std::vector<float>> NoisyPair(int64_t n) {
 template <typename T>
 class Unaligned {
  public:
-  explicit Unaligned(const std::vector<T>& v) : buf_(v.size() + 1) {
-    std::copy(v.begin(), v.end(), buf_.begin() + 1);
+  explicit Unaligned(const std::vector<T>& v) {
+    buf_.reserve(v.size() + 1);
+    buf_.push_back(T{});
+    buf_.insert(buf_.end(), v.begin(), v.end());
   }
   explicit Unaligned(size_t n) : buf_(n + 1) {}
   T* data() { return buf_.data() + 1; }
