@@ -4,6 +4,7 @@
 # compiled without floating-point contraction: a multiply and an add stay two roundings on every
 # path unless the code asks for a fused multiply-add.
 set(QTOOL_FLAGS_AVX2 -mavx2 -mfma -mf16c -mbmi2)
+set(QTOOL_FLAGS_AVXVNNI ${QTOOL_FLAGS_AVX2} -mavxvnni)
 set(QTOOL_FLAGS_AVX512 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mavx512bf16
     -mfma -mf16c -mbmi2)
 set(QTOOL_FLAGS_NEON "")
@@ -21,6 +22,9 @@ function(qtool_apply_isa_flags sources)
   foreach(src IN LISTS sources)
     if(src MATCHES "_avx2\\.cpp$")
       set(isa AVX2)
+      set(arch x86)
+    elseif(src MATCHES "_avxvnni\\.cpp$")
+      set(isa AVXVNNI)
       set(arch x86)
     elseif(src MATCHES "_avx512\\.cpp$")
       set(isa AVX512)

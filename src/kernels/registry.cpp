@@ -26,7 +26,7 @@ namespace {
 
 struct CpuInfo {
   std::vector<std::string> features;
-  bool avx2 = false, avx512 = false, neon = false, dotprod = false;
+  bool avx2 = false, avx512 = false, avx_vnni = false, neon = false, dotprod = false;
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -73,6 +73,7 @@ CpuInfo DetectCpu() {
     if (on) info.features.emplace_back(name);
   }
   info.avx2 = has("avx2") && has("fma") && has("f16c") && has("bmi2");
+  info.avx_vnni = info.avx2 && has("avxvnni");
   info.avx512 = info.avx2 && has("avx512f") && has("avx512dq") && has("avx512bw") &&
                 has("avx512vl") && has("avx512vnni");
   return info;
@@ -102,7 +103,7 @@ bool Supported(Isa isa) {
     case Isa::kScalar:
       return true;
     case Isa::kAvx2:
-      return Cpu().avx2 && Avx2Table();
+      return Cpu().avx2 && Avx2Table(false);
     case Isa::kAvx512:
       return Cpu().avx512 && Avx512Table();
     case Isa::kNeon:
@@ -116,7 +117,7 @@ const KernelTable* TableOf(Isa isa) {
     case Isa::kScalar:
       return ScalarTable();
     case Isa::kAvx2:
-      return Avx2Table();
+      return Avx2Table(Cpu().avx_vnni);
     case Isa::kAvx512:
       return Avx512Table();
     case Isa::kNeon:

@@ -82,7 +82,10 @@ struct KernelTable {
 
 /// Each family's table; null where the family is not built for this architecture.
 const KernelTable* ScalarTable();
-const KernelTable* Avx2Table();
+/// `avx_vnni`: the CPU has AVX-VNNI (VPDPBUSD on 256-bit vectors), which the integer GEMMs use.
+const KernelTable* Avx2Table(bool avx_vnni);
+/// t with the integer GEMMs of the AVX-VNNI unit (x86-64 builds).
+KernelTable WithAvxVnniGemms(const KernelTable& t);
 const KernelTable* Avx512Table();
 /// `dotprod`: the CPU has the Armv8.2 dot product instructions (SDOT/UDOT).
 const KernelTable* NeonTable(bool dotprod);

@@ -691,7 +691,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   const Isa isa = ParseIsa(family);
-  const KernelTable* table = isa == Isa::kAvx512 ? detail::Avx512Table() : detail::Avx2Table();
+  const KernelTable* table = isa == Isa::kAvx512 ? detail::Avx512Table() : detail::Avx2Table(false);
   const auto supported = SupportedIsas();
   if (std::find(supported.begin(), supported.end(), isa) == supported.end()) {
     std::fprintf(
