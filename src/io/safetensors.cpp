@@ -22,10 +22,12 @@ constexpr size_t kWriteBuffer = 8u << 20;
 // Direct I/O transfers whole, aligned blocks from an aligned buffer.
 constexpr size_t kDirectBlock = 4096;
 
-void WriteAll(int fd, std::span<const std::byte> bytes, const std::filesystem::path& path) {
+void WriteAll(int fd, std::span<const std::byte> bytes, uint64_t offset,
+              const std::filesystem::path& path) {
   size_t done = 0;
   while (done < bytes.size()) {
-    const ssize_t r = ::write(fd, bytes.data() + done, bytes.size() - done);
+    const ssize_t r =
+        ::pwrite(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
     if (r < 0 && errno == EINTR) continue;
     QTOOL_CHECK(r > 0, IoError, "{}: write failed: {}", path.string(), std::strerror(errno));
     done += static_cast<size_t>(r);
@@ -268,7 +270,7 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
 void SafetensorsWriter::FreeAligned::operator()(std::byte* p) const { std::free(p); }
 
 SafetensorsWriter::~SafetensorsWriter() {
-  WaitForWrite(/*rethrow=*/false);  // no write may run on a closed descriptor
+  WaitForWrites(/*rethrow=*/false);  // no write may run on a closed descriptor
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) {
     std::error_code ec;
@@ -298,51 +300,58 @@ void SafetensorsWriter::Write(uint64_t n, const ByteSource& read) {
 
 void SafetensorsWriter::Flush() {
   const size_t whole = buffered_ / kDirectBlock * kDirectBlock;
-  WaitForWrite(/*rethrow=*/true);  // the other buffer is written out and free
+  const int next = (current_ + 1) % kBuffers;
+  if (writes_[next].valid()) writes_[next].get();  // the next buffer is written out and free
   std::byte* full = buffers_[current_].get();
-  current_ = 1 - current_;
-  std::memcpy(buffers_[current_].get(), full + whole, buffered_ - whole);
-  buffered_ -= whole;
+  std::memcpy(buffers_[next].get(), full + whole, buffered_ - whole);
   const std::span<const std::byte> bytes(full, whole);
-  write_ = std::async(std::launch::async, [this, bytes] { WriteOut(bytes); });
+  const uint64_t offset = flushed_;
+  writes_[current_] =
+      std::async(std::launch::async, [this, bytes, offset] { WriteOut(bytes, offset); });
+  flushed_ += whole;
+  buffered_ -= whole;
+  current_ = next;
 }
 
-void SafetensorsWriter::WaitForWrite(bool rethrow) {
-  if (!write_.valid()) return;
-  if (rethrow) {
-    write_.get();
-  } else {
-    write_.wait();
+void SafetensorsWriter::WaitForWrites(bool rethrow) {
+  for (auto& w : writes_) {
+    if (w.valid()) w.wait();
+  }
+  if (!rethrow) return;
+  for (auto& w : writes_) {
+    if (w.valid()) w.get();
   }
 }
 
 void SafetensorsWriter::FlushAll() {
-  WaitForWrite(/*rethrow=*/true);
+  WaitForWrites(/*rethrow=*/true);
   std::byte* b = buffers_[current_].get();
   const size_t padded = (buffered_ + kDirectBlock - 1) / kDirectBlock * kDirectBlock;
   std::memset(b + buffered_, 0, padded - buffered_);
-  WriteOut({b, direct_ ? padded : buffered_});
+  WriteOut({b, direct_ ? padded : buffered_}, flushed_);
+  flushed_ += buffered_;
   buffered_ = 0;
 }
 
-void SafetensorsWriter::WriteOut(std::span<const std::byte> bytes) {
+void SafetensorsWriter::WriteOut(std::span<const std::byte> bytes, uint64_t offset) {
 #ifdef O_DIRECT
   while (direct_ && !bytes.empty()) {
-    const ssize_t r = ::write(fd_, bytes.data(), bytes.size());
+    const ssize_t r = ::pwrite(fd_, bytes.data(), bytes.size(), static_cast<off_t>(offset));
     if (r < 0 && errno == EINTR) continue;
     if (r > 0) {
       bytes = bytes.subspan(static_cast<size_t>(r));
+      offset += static_cast<uint64_t>(r);
       continue;
     }
     // A file system that took O_DIRECT at open but refuses this write (or an unaligned rest after
-    // a short write): go on through the page cache.
+    // a short write): go on through the page cache. Both writes in flight may get here.
     QTOOL_CHECK(
         r < 0 && errno == EINVAL && ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_DIRECT) == 0,
         IoError, "{}: write failed: {}", tmp_path_.string(), std::strerror(errno));
     direct_ = false;
   }
 #endif
-  WriteAll(fd_, bytes, tmp_path_);
+  WriteAll(fd_, bytes, offset, tmp_path_);
 }
 
 void SafetensorsWriter::Commit() {

@@ -1,8 +1,10 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <numeric>
@@ -174,6 +176,35 @@ TEST(Safetensors, WriterLeavesNothingWithoutCommit) {
     const float v[2] = {1, 2};
     w.Write(std::as_bytes(std::span(v)));
   }
+  EXPECT_TRUE(fs::is_empty(dir.path()));
+}
+
+// A write the device refuses (here: past the process's file size limit, EFBIG) is an IoError naming
+// the file, from Write or from Commit, whichever of the writes in flight it comes back to; the
+// partial temporary file is removed and nothing appears under the output name.
+TEST(Safetensors, FailedWriteIsAnErrorAndLeavesNothing) {
+  ScratchDir dir;
+  const fs::path path = dir / "a.safetensors";
+  const std::vector<TensorSpec> specs = {{"x", DType::kU8, {48 << 20}}};
+  const std::string chunk(1 << 20, 'q');
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  rlimit low = old;
+  low.rlim_cur = 20 << 20;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &low), 0);
+  std::string error;
+  try {
+    SafetensorsWriter w(path, specs, {});
+    for (int k = 0; k < 48; ++k) w.Write(std::as_bytes(std::span(chunk.data(), chunk.size())));
+    w.Commit();
+  } catch (const IoError& e) {
+    error = e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  EXPECT_NE(error.find("write failed"), std::string::npos) << error;
+  EXPECT_NE(error.find(dir.path().string()), std::string::npos) << error;
   EXPECT_TRUE(fs::is_empty(dir.path()));
 }
 

@@ -7,6 +7,7 @@
 // little-endian, and must cover the data section without holes or overlaps.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -125,14 +126,14 @@ class SafetensorsWriter {
                                   const std::map<std::string, std::string>& metadata);
 
  private:
-  // Starts writing the buffer's whole blocks on another thread and goes on filling the other
-  // buffer, which starts with the rest.
+  // Starts writing the buffer's whole blocks on another thread and goes on filling the next
+  // buffer (once its own write is done), which starts with the rest.
   void Flush();
-  // Waits for the write under way, if any; with `rethrow`, throws what it threw.
-  void WaitForWrite(bool rethrow);
+  // Waits for the writes under way; with `rethrow`, throws what the first failed one threw.
+  void WaitForWrites(bool rethrow);
   // Writes out everything buffered, the last block zero padded for direct I/O, and waits.
   void FlushAll();
-  void WriteOut(std::span<const std::byte> bytes);
+  void WriteOut(std::span<const std::byte> bytes, uint64_t offset);
 
   struct FreeAligned {
     void operator()(std::byte* p) const;
@@ -143,16 +144,20 @@ class SafetensorsWriter {
   int fd_ = -1;
   // Direct I/O (O_DIRECT: from the buffer straight to the device, no copy into the page cache)
   // where the file system has it; false: writes go through the page cache.
-  bool direct_ = false;
+  std::atomic<bool> direct_ = false;
   uint64_t total_ = 0;
   uint64_t written_ = 0;
   uint64_t file_size_ = 0;  // header and tensor bytes
-  // Two buffers: one fills while the other is written out (write_), so that copying into a
-  // buffer (or reading a source file into it) overlaps the device's write.
-  std::unique_ptr<std::byte[], FreeAligned> buffers_[2];
+  // A ring of buffers: one fills while the others are written out (writes_[i] writes
+  // buffers_[i] at its own offset), so that copying into a buffer (or reading a source file into
+  // it) overlaps the device's writes, and the device has two writes queued: on a virtual disk
+  // that is about a fifth faster than one.
+  static constexpr int kBuffers = 3;
+  std::unique_ptr<std::byte[], FreeAligned> buffers_[kBuffers];
+  std::future<void> writes_[kBuffers];
   int current_ = 0;
   size_t buffered_ = 0;
-  std::future<void> write_;
+  uint64_t flushed_ = 0;  // file bytes handed to writes so far
   bool committed_ = false;
 };
 
