@@ -22,18 +22,6 @@ constexpr size_t kWriteBuffer = 8u << 20;
 // Direct I/O transfers whole, aligned blocks from an aligned buffer.
 constexpr size_t kDirectBlock = 4096;
 
-void WriteAll(int fd, std::span<const std::byte> bytes, uint64_t offset,
-              const std::filesystem::path& path) {
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t r =
-        ::pwrite(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
-    if (r < 0 && errno == EINTR) continue;
-    QTOOL_CHECK(r > 0, IoError, "{}: write failed: {}", path.string(), std::strerror(errno));
-    done += static_cast<size_t>(r);
-  }
-}
-
 uint64_t ReadLe64(const std::byte* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
@@ -334,24 +322,25 @@ void SafetensorsWriter::FlushAll() {
 }
 
 void SafetensorsWriter::WriteOut(std::span<const std::byte> bytes, uint64_t offset) {
-#ifdef O_DIRECT
-  while (direct_ && !bytes.empty()) {
+  while (!bytes.empty()) {
     const ssize_t r = ::pwrite(fd_, bytes.data(), bytes.size(), static_cast<off_t>(offset));
-    if (r < 0 && errno == EINTR) continue;
     if (r > 0) {
       bytes = bytes.subspan(static_cast<size_t>(r));
       offset += static_cast<uint64_t>(r);
       continue;
     }
+    if (r < 0 && errno == EINTR) continue;
+#ifdef O_DIRECT
     // A file system that took O_DIRECT at open but refuses this write (or an unaligned rest after
     // a short write): go on through the page cache. Both writes in flight may get here.
-    QTOOL_CHECK(
-        r < 0 && errno == EINVAL && ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_DIRECT) == 0,
-        IoError, "{}: write failed: {}", tmp_path_.string(), std::strerror(errno));
-    direct_ = false;
-  }
+    if (r < 0 && errno == EINVAL && direct_ &&
+        ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_DIRECT) == 0) {
+      direct_ = false;
+      continue;
+    }
 #endif
-  WriteAll(fd_, bytes, offset, tmp_path_);
+    throw IoError(fmt::format("{}: write failed: {}", tmp_path_.string(), std::strerror(errno)));
+  }
 }
 
 void SafetensorsWriter::Commit() {
