@@ -91,15 +91,21 @@ class ErrorLanes {
     Add(0, a0, b0);
     Add(1, a1, b1);
   }
-  /// Ends the block: its lanes added to *s in lane order, and a new block started.
-  void Flush(ErrorStats* s) {
-    alignas(64) float lanes[5][kErrorLanes];
+  /// Ends the block: its lanes added to *s in lane order, and a new block started. `lane_of`,
+  /// where given, names the lane held at each of the 16 positions of the vectors (for a family
+  /// that steps values in another order than element j to lane j).
+  void Flush(ErrorStats* s, const int8_t* lane_of = nullptr) {
+    alignas(64) float held[5][kErrorLanes];
     for (int64_t v = 0; v < V; ++v) {
-      Ops::Store(lanes[0] + v * Ops::kWidth, xx_[v]);
-      Ops::Store(lanes[1] + v * Ops::kWidth, ee_[v]);
-      Ops::Store(lanes[2] + v * Ops::kWidth, yy_[v]);
-      Ops::Store(lanes[3] + v * Ops::kWidth, xy_[v]);
-      Ops::Store(lanes[4] + v * Ops::kWidth, m_[v]);
+      Ops::Store(held[0] + v * Ops::kWidth, xx_[v]);
+      Ops::Store(held[1] + v * Ops::kWidth, ee_[v]);
+      Ops::Store(held[2] + v * Ops::kWidth, yy_[v]);
+      Ops::Store(held[3] + v * Ops::kWidth, xy_[v]);
+      Ops::Store(held[4] + v * Ops::kWidth, m_[v]);
+    }
+    float lanes[5][kErrorLanes];
+    for (int k = 0; k < 5; ++k) {
+      for (int64_t p = 0; p < kErrorLanes; ++p) lanes[k][lane_of ? lane_of[p] : p] = held[k][p];
     }
     AddErrorLanes(lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], s);
     Clear();

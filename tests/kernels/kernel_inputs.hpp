@@ -154,6 +154,9 @@ inline const StoredRowsCase kStoredRowsCases[] = {
     {{8, true, Granularity::kGroup, 128}, 9, 128},
     {{8, true, Granularity::kChannel, 0}, 3, 1040},
     {{8, false, Granularity::kGroup, 48}, 7, 144},
+    // Groups of 48 across the 1024-value blocks of error sums, split 16 values in.
+    {{8, false, Granularity::kGroup, 48}, 5, 480},
+    {{4, true, Granularity::kGroup, 48}, 4, 528},
     {{3, true, Granularity::kGroup, 64}, 2, 640},
     {{2, false, Granularity::kGroup, 16}, 9, 16},
     {{4, false, Granularity::kChannel, 0}, 1, 16},
@@ -171,11 +174,20 @@ struct StoredRows {
       f16.push_back(qtool::F32ToF16(v));
     }
   }
-  // n seeded values with an outlier and an all-zero group.
+  // n seeded values with an outlier, an all-zero group and, from 512 values, negative zeros and
+  // two groups of 128 of f32 subnormals: multiples of 2^-149 up to 10 and up to 190 (their
+  // symmetric scales, 1 * 2^-149 at 4 and at 8 bits, put quotients past the code range).
   static StoredRows Seeded(int64_t n) {
     auto x = RandomFloats(n, static_cast<uint32_t>(n), 0.02f);
     x[static_cast<size_t>(n / 2)] = 0.5f;
     std::fill(x.begin(), x.begin() + 16, 0.0f);
+    if (n >= 512) {
+      for (int k = 16; k < 256; ++k) {
+        const int units = k < 128 ? k % 21 - 10 : (k - 128) * 3 % 381 - 190;
+        x[k] = std::ldexp(static_cast<float>(units), -149);
+      }
+      x[40] = x[41] = -0.0f;
+    }
     return StoredRows(std::move(x));
   }
   const void* data(StoredFloat type) const {

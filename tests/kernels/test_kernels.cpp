@@ -300,18 +300,44 @@ TEST_P(KernelTest, QuantizeStoredRowsMatchesItsSteps) {
       ExpectSameBits(got.zeros, want.zeros, "zeros");
       ExpectSameBits(ErrorSums(got.stats), ErrorSums(want.stats), "error sums");
     }
-    // The first non-finite value is reported, wherever it is.
+    // The first non-finite value is reported, wherever it is: a NaN before an Inf, or -Inf alone.
+    constexpr float kInf = std::numeric_limits<float>::infinity();
     for (const int64_t at : {int64_t{0}, n / 3, n - 1}) {
-      auto y = in.f32;
-      y[static_cast<size_t>(at)] = std::numeric_limits<float>::quiet_NaN();
-      if (at + 1 < n) y[static_cast<size_t>(at + 1)] = std::numeric_limits<float>::infinity();
-      std::vector<uint8_t> packed(rows * rb), zeros(rows * ng);
-      std::vector<float> scales(rows * ng);
-      ErrorStats stats;
-      EXPECT_EQ(QuantizeStoredRows(y.data(), StoredFloat::kF32, rows, cols, spec.GroupLen(cols),
-                                   spec, packed.data(), scales.data(), zeros.data(), &stats),
-                at);
+      for (const bool nan : {true, false}) {
+        auto y = in.f32;
+        y[static_cast<size_t>(at)] = nan ? std::numeric_limits<float>::quiet_NaN() : -kInf;
+        if (nan && at + 1 < n) y[static_cast<size_t>(at + 1)] = kInf;
+        const StoredRows bad(y);
+        for (const StoredFloat type : {StoredFloat::kBf16, StoredFloat::kF16, StoredFloat::kF32}) {
+          std::vector<uint8_t> packed(rows * rb), zeros(rows * ng);
+          std::vector<float> scales(rows * ng);
+          ErrorStats stats;
+          EXPECT_EQ(QuantizeStoredRows(bad.data(type), type, rows, cols, spec.GroupLen(cols), spec,
+                                       packed.data(), scales.data(), zeros.data(), &stats),
+                    at)
+              << spec.ToString() << " type " << static_cast<int>(type) << " nan " << nan;
+        }
+      }
     }
+  }
+}
+
+// The error sums' lanes end in lane order, however a family holds them: with one value per lane,
+// 1 in lane 4 and 2^-27 in lanes 8-11, each square 2^-54 added to 1 rounds away (a tie, to even)
+// and the sum of squares is 1; the four added first would make 1 + 2^-52.
+TEST_P(KernelTest, QuantizeStoredRowsEndsLanesInOrder) {
+  std::vector<float> x(16, 0.0f);
+  x[4] = 1.0f;
+  std::fill(x.begin() + 8, x.begin() + 12, std::ldexp(1.0f, -27));
+  const StoredRows in(x);
+  for (const StoredFloat type : {StoredFloat::kBf16, StoredFloat::kF32}) {
+    std::vector<uint8_t> packed(8);
+    std::vector<float> scales(1);
+    ErrorStats stats;
+    ASSERT_EQ(QuantizeStoredRows(in.data(type), type, 1, 16, 16, {4, true, Granularity::kGroup, 16},
+                                 packed.data(), scales.data(), nullptr, &stats),
+              -1);
+    EXPECT_EQ(stats.sum_x2, 1.0) << static_cast<int>(type);
   }
 }
 

@@ -5,6 +5,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <bit>
+#include <cfloat>
 
 #include "../common_inl.hpp"
 #include "../float_codes_inl.hpp"
@@ -291,64 +293,169 @@ struct Avx2Ops {
 
 // ---- Quantisation straight from stored rows ----
 
-// 8 stored values from element i of x, as f32. F16C is exact for every finite half and gives
-// NaN or Inf for NaN and Inf, which is all the group pass needs.
+// 16 stored values from element i of x as f32, in two vectors interleaved by 128-bit lane: `a`
+// holds elements 0-3 and 8-11, `b` 4-7 and 12-15. That is the order in which VPUNPCKLWD and
+// VPUNPCKHWD widen bf16; f16 (F16C, exact for every finite half) and f32 are moved into it.
+struct Stored16 {
+  __m256 a, b;
+};
 template <StoredFloat kType>
-inline __m256 LoadStored(const void* x, int64_t i) {
-  if constexpr (kType == StoredFloat::kF32) {
-    return _mm256_loadu_ps(static_cast<const float*>(x) + i);
+inline Stored16 LoadStored16(const void* x, int64_t i) {
+  if constexpr (kType == StoredFloat::kBf16) {
+    const __m256i h =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i));
+    return {_mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), h)),
+            _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), h))};
   } else {
-    const __m128i h =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + i));
-    if constexpr (kType == StoredFloat::kF16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    __m256 v0, v1;
+    if constexpr (kType == StoredFloat::kF16) {
+      const auto* h = reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + i);
+      v0 = _mm256_cvtph_ps(_mm_loadu_si128(h));
+      v1 = _mm256_cvtph_ps(_mm_loadu_si128(h + 1));
+    } else {
+      v0 = _mm256_loadu_ps(static_cast<const float*>(x) + i);
+      v1 = _mm256_loadu_ps(static_cast<const float*>(x) + i + 8);
+    }
+    return {_mm256_permute2f128_ps(v0, v1, 0x20), _mm256_permute2f128_ps(v0, v1, 0x31)};
   }
 }
 
+// The error lane held at each position of the two vectors of ErrorLanes<Avx2Ops> when they are
+// stepped with LoadStored16's halves.
+constexpr int8_t kInterleavedLanes[kErrorLanes] = {0, 1, 2, 3, 8,  9,  10, 11,
+                                                   4, 5, 6, 7, 12, 13, 14, 15};
+
+// The stored type's bits with the sign cleared: magnitudes, ordered as unsigned integers, and
+// NaN or Inf exactly from kNonFinite up.
+template <StoredFloat kType>
+struct Magnitude {
+  static constexpr bool kHalf = kType != StoredFloat::kF32;
+  static constexpr uint32_t kNonFinite = kType == StoredFloat::kF32    ? 0x7f800000u
+                                         : kType == StoredFloat::kBf16 ? 0x7f80u
+                                                                       : 0x7c00u;
+  static uint32_t At(const void* x, int64_t i) {
+    if constexpr (kHalf) return static_cast<const uint16_t*>(x)[i] & 0x7fffu;
+    uint32_t u;
+    std::memcpy(&u, static_cast<const float*>(x) + i, 4);
+    return u & 0x7fffffffu;
+  }
+  static float Value(uint32_t m) {
+    if constexpr (kType == StoredFloat::kF16) return _cvtsh_ss(static_cast<uint16_t>(m));
+    return std::bit_cast<float>(kHalf ? m << 16 : m);
+  }
+  // The largest magnitude of elements [i0, i1), 16 a step.
+  static uint32_t Max(const void* x, int64_t i0, int64_t i1) {
+    __m256i acc = _mm256_setzero_si256();
+    if constexpr (kHalf) {
+      const __m256i mask = _mm256_set1_epi16(0x7fff);
+      const auto* h = static_cast<const uint16_t*>(x);
+      for (int64_t i = i0; i < i1; i += 16) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i));
+        acc = _mm256_max_epu16(acc, _mm256_and_si256(v, mask));
+      }
+      // The largest of 8 words is the complement of PHMINPOSUW's smallest complement.
+      const __m128i m =
+          _mm_max_epu16(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+      return ~static_cast<uint32_t>(
+                 _mm_cvtsi128_si32(_mm_minpos_epu16(_mm_xor_si128(m, _mm_set1_epi32(-1))))) &
+             0xffffu;
+    } else {
+      const __m256i mask = _mm256_set1_epi32(0x7fffffff);
+      const auto* f = static_cast<const float*>(x);
+      for (int64_t i = i0; i < i1; i += 8) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(f + i));
+        acc = _mm256_max_epi32(acc, _mm256_and_si256(v, mask));
+      }
+      __m128i m = _mm_max_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+      m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4e));
+      m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0xb1));
+      return static_cast<uint32_t>(_mm_cvtsi128_si32(m));
+    }
+  }
+};
+
 // Quantises, decodes, compares and packs (4 or 8 bits) groups of values in order from the start of
-// the call; the error sums follow AccumulateErrors' blocks over all of them.
+// the call, 32 values a step (16 at the end of a run); the error sums follow AccumulateErrors'
+// blocks over all of them. The rounding is VROUNDPS (the same round half to even as the
+// reference's +-1.5 * 2^23): r = rne(clamp(x / scale)) is an integer in float, so the decoded
+// value (u - zero) * scale is r * scale.
 template <StoredFloat kType, int kBits>
 class StoredCoder {
  public:
   StoredCoder(const void* x, uint8_t* packed, ErrorStats* s) : x_(x), out_(packed), s_(s) {}
-  // Codes the group of n values (a multiple of 16) from element i of x under p, in runs that end
-  // where a block of error sums ends. QuantizeValue has its rounding done by VROUNDPS (the same
-  // round half to even as the reference's +-1.5 * 2^23 on clamped values): r = rne(clamp(x /
-  // scale)) is an integer in float, so the decoded value (u - zero) * scale is r * scale.
-  void Code(GroupParams p, int64_t i, int64_t n) {
+  // Codes the group of n values (a multiple of 16) from element i of x under p. The clamp to the
+  // code range can be left out where no quotient can leave it: a symmetric scale of a normal
+  // float is max|x| / qmax to within 2^-23, so every |x / scale| rounds to at most qmax.
+  void Code(GroupParams p, int64_t i, int64_t n, bool clamp) {
+    if (clamp) {
+      Run<true>(p, i, n);
+    } else {
+      Run<false>(p, i, n);
+    }
+  }
+  // Ends the call: the last partial block of error sums, and the count of n values.
+  void Finish(int64_t n) {
+    if (in_block_ > 0) lanes_.Flush(s_, kInterleavedLanes);
+    s_->n += n;
+  }
+
+ private:
+  // Runs end where a block of error sums ends.
+  template <bool kClamp>
+  void Run(GroupParams p, int64_t i, int64_t n) {
     const __m256 scale = _mm256_set1_ps(p.scale);
     const __m256 qlo = _mm256_set1_ps(static_cast<float>(-p.zero));
     const __m256 qhi = _mm256_set1_ps(static_cast<float>((1 << kBits) - 1 - p.zero));
-    const __m256i zero = _mm256_set1_epi32(p.zero);
+    const __m256i zero = _mm256_set1_epi16(static_cast<int16_t>(p.zero));
     auto round = [&](__m256 v) {
-      return _mm256_round_ps(_mm256_min_ps(_mm256_max_ps(_mm256_div_ps(v, scale), qlo), qhi),
-                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __m256 q = _mm256_div_ps(v, scale);
+      if constexpr (kClamp) q = _mm256_min_ps(_mm256_max_ps(q, qlo), qhi);
+      return _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    };
+    // Codes u = r + zero of 16 values in order, as words.
+    auto words = [&](__m256 ra, __m256 rb) {
+      return _mm256_add_epi16(_mm256_packs_epi32(_mm256_cvttps_epi32(ra), _mm256_cvttps_epi32(rb)),
+                              zero);
     };
     while (n > 0) {
       const int64_t len = std::min(n, kErrorBlock - in_block_);
       // A local copy of the lanes, which the compiler keeps in registers through the run.
       ErrorLanes<Avx2Ops> lanes = lanes_;
       uint8_t* out = out_;
-      for (int64_t j = i; j < i + len; j += 16) {
-        const __m256 v0 = LoadStored<kType>(x_, j), v1 = LoadStored<kType>(x_, j + 8);
-        const __m256 r0 = round(v0), r1 = round(v1);
-        lanes.Step(v0, _mm256_mul_ps(r0, scale), v1, _mm256_mul_ps(r1, scale));
-        // Words: codes 0-3 and 8-11 in the low 128-bit lane, 4-7 and 12-15 in the high one.
-        const __m256i w = _mm256_packs_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(r0), zero),
-                                             _mm256_add_epi32(_mm256_cvttps_epi32(r1), zero));
-        const __m128i wl = _mm256_castsi256_si128(w), wh = _mm256_extracti128_si256(w, 1);
+      int64_t j = i;
+      for (; j + 32 <= i + len; j += 32) {
+        const Stored16 v0 = LoadStored16<kType>(x_, j), v1 = LoadStored16<kType>(x_, j + 16);
+        const __m256 r0 = round(v0.a), r1 = round(v0.b), r2 = round(v1.a), r3 = round(v1.b);
+        lanes.Step(v0.a, _mm256_mul_ps(r0, scale), v0.b, _mm256_mul_ps(r1, scale));
+        lanes.Step(v1.a, _mm256_mul_ps(r2, scale), v1.b, _mm256_mul_ps(r3, scale));
+        // Bytes: codes 0-7 and 16-23 in the low 128-bit lane, 8-15 and 24-31 in the high one.
+        const __m256i b = _mm256_packus_epi16(words(r0, r1), words(r2, r3));
         if constexpr (kBits == 8) {
-          const __m128i b = _mm_packus_epi16(wl, wh);  // dwords: codes 0-3, 8-11, 4-7, 12-15
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_shuffle_epi32(b, 0xd8));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute4x64_epi64(b, 0xd8));
+          out += 32;
+        } else {
+          // Pairs u0 + 16 u1 as words, then bytes: dwords 0 and 1 hold pairs 0-3 and 8-11, dwords
+          // 4 and 5 pairs 4-7 and 12-15.
+          const __m256i t = _mm256_maddubs_epi16(b, _mm256_set1_epi16(0x1001));
+          const __m256i pairs = _mm256_permutevar8x32_epi32(
+              _mm256_packus_epi16(t, t), _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(pairs));
+          out += 16;
+        }
+      }
+      if (j < i + len) {
+        const Stored16 v = LoadStored16<kType>(x_, j);
+        const __m256 r0 = round(v.a), r1 = round(v.b);
+        lanes.Step(v.a, _mm256_mul_ps(r0, scale), v.b, _mm256_mul_ps(r1, scale));
+        const __m256i w = words(r0, r1);
+        const __m128i b =
+            _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+        if constexpr (kBits == 8) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(out), b);
           out += 16;
         } else {
-          // In each dword (codes 2k, 2k+1 as words) the low byte of d | d >> 12 is the packed
-          // pair; those bytes, gathered per 128-bit lane, are pairs 0, 1, 4, 5 and 2, 3, 6, 7.
-          const __m128i pick =
-              _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-          const __m128i pl = _mm_shuffle_epi8(_mm_or_si128(wl, _mm_srli_epi32(wl, 12)), pick);
-          const __m128i ph = _mm_shuffle_epi8(_mm_or_si128(wh, _mm_srli_epi32(wh, 12)), pick);
-          _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_unpacklo_epi16(pl, ph));
+          const __m128i t = _mm_maddubs_epi16(b, _mm_set1_epi16(0x1001));
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(t, t));
           out += 8;
         }
       }
@@ -358,18 +465,12 @@ class StoredCoder {
       n -= len;
       in_block_ += len;
       if (in_block_ == kErrorBlock) {
-        lanes_.Flush(s_);
+        lanes_.Flush(s_, kInterleavedLanes);
         in_block_ = 0;
       }
     }
   }
-  // Ends the call: the last partial block of error sums, and the count of n values.
-  void Finish(int64_t n) {
-    if (in_block_ > 0) lanes_.Flush(s_);
-    s_->n += n;
-  }
 
- private:
   const void* x_;
   uint8_t* out_;
   ErrorStats* s_;
@@ -377,53 +478,52 @@ class StoredCoder {
   int64_t in_block_ = 0;
 };
 
-// Each group read twice: its range and finiteness, then (from L1) its codes.
+// Each group read twice: its range and finiteness, then (from L1) its codes. A symmetric range
+// needs only max|x|, which the stored bits give as integers.
 template <StoredFloat kType, int kBits>
 int64_t StoredGroups(const void* x, int64_t rows, int64_t cols, int64_t glen, const QuantSpec& spec,
                      uint8_t* packed, float* scales, uint8_t* zeros, ErrorStats* s) {
+  using M = Magnitude<kType>;
   const int64_t ng = (cols + glen - 1) / glen;
-  const __m256i exp = _mm256_set1_epi32(0x7f800000);
   StoredCoder<kType, kBits> coder(x, packed, s);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g < ng; ++g) {
       const int64_t i0 = r * cols + g * glen, i1 = i0 + std::min(glen, cols - g * glen);
-      // MinMax's lanes (from 0, MINPS/MAXPS with the value first) in two chains each; min and
-      // max of finite values do not depend on the order.
-      __m256 lo0 = _mm256_setzero_ps(), lo1 = lo0, hi0 = lo0, hi1 = lo0;
-      __m256i bad = _mm256_setzero_si256();
-      for (int64_t i = i0; i < i1; i += 16) {
-        const __m256 v0 = LoadStored<kType>(x, i), v1 = LoadStored<kType>(x, i + 8);
-        lo0 = _mm256_min_ps(v0, lo0);
-        hi0 = _mm256_max_ps(v0, hi0);
-        lo1 = _mm256_min_ps(v1, lo1);
-        hi1 = _mm256_max_ps(v1, hi1);
-        // Exponent all ones: NaN or Inf.
-        const __m256i e0 = _mm256_and_si256(_mm256_castps_si256(v0), exp);
-        const __m256i e1 = _mm256_and_si256(_mm256_castps_si256(v1), exp);
-        bad = _mm256_or_si256(
-            bad, _mm256_or_si256(_mm256_cmpeq_epi32(e0, exp), _mm256_cmpeq_epi32(e1, exp)));
-      }
-      if (!_mm256_testz_si256(bad, bad)) {
-        for (int64_t i = i0; i < i1; i += 8) {
-          alignas(32) float w[8];
-          _mm256_store_ps(w, LoadStored<kType>(x, i));
-          for (int k = 0; k < 8; ++k) {
-            if (!std::isfinite(w[k])) return i + k;
-          }
-        }
-      }
-      alignas(32) float lanes[2][8];
-      _mm256_store_ps(lanes[0], _mm256_min_ps(lo0, lo1));
-      _mm256_store_ps(lanes[1], _mm256_max_ps(hi0, hi1));
       float lo = 0.0f, hi = 0.0f;
-      for (int k = 0; k < 8; ++k) {
-        lo = lanes[0][k] < lo ? lanes[0][k] : lo;
-        hi = lanes[1][k] > hi ? lanes[1][k] : hi;
+      bool finite;
+      if (spec.symmetric) {
+        const uint32_t m = M::Max(x, i0, i1);
+        finite = m < M::kNonFinite;
+        hi = M::Value(m);
+      } else {
+        // MinMax's lanes (from 0, MINPS/MAXPS with the value first) in two chains each; min and
+        // max of finite values do not depend on the order.
+        __m256 lo0 = _mm256_setzero_ps(), lo1 = lo0, hi0 = lo0, hi1 = lo0;
+        for (int64_t i = i0; i < i1; i += 16) {
+          const Stored16 v = LoadStored16<kType>(x, i);
+          lo0 = _mm256_min_ps(v.a, lo0);
+          hi0 = _mm256_max_ps(v.a, hi0);
+          lo1 = _mm256_min_ps(v.b, lo1);
+          hi1 = _mm256_max_ps(v.b, hi1);
+        }
+        alignas(32) float lanes[2][8];
+        _mm256_store_ps(lanes[0], _mm256_min_ps(lo0, lo1));
+        _mm256_store_ps(lanes[1], _mm256_max_ps(hi0, hi1));
+        for (int k = 0; k < 8; ++k) {
+          lo = lanes[0][k] < lo ? lanes[0][k] : lo;
+          hi = lanes[1][k] > hi ? lanes[1][k] : hi;
+        }
+        finite = M::Max(x, i0, i1) < M::kNonFinite;
+      }
+      if (!finite) {
+        for (int64_t i = i0; i < i1; ++i) {
+          if (M::At(x, i) >= M::kNonFinite) return i;
+        }
       }
       const GroupParams p = qtool::detail::GroupParamsFromRange(lo, hi, spec);
       scales[r * ng + g] = p.scale;
       if (zeros) zeros[r * ng + g] = static_cast<uint8_t>(p.zero);
-      coder.Code(p, i0, i1 - i0);
+      coder.Code(p, i0, i1 - i0, !spec.symmetric || !(p.scale >= FLT_MIN));
     }
   }
   coder.Finish(rows * cols);
