@@ -42,7 +42,7 @@ fi
 cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/aarch64-linux-gnu.cmake" \
   -DCMAKE_BUILD_TYPE=Release -DQTOOL_BUILD_TOOLS=ON -DQTOOL_BUILD_BENCH=OFF -DQTOOL_INSTALL=OFF \
-  -DQTOOL_KERNEL_TESTS_ONLY=ON
+  -DQTOOL_KERNEL_TESTS_ONLY=ON -DQTOOL_UNITY_TESTS=ON
 # The CLI is built too, for its report of the CPU features and kernel paths.
 cmake --build "$build" -j"$jobs" --target qtool_tests
 

@@ -17,7 +17,7 @@ TEST(Gemm, KernelsMatchReferenceAndDoubleProduct) {
   for (const int64_t m : {1, 7, 8, 9, 33, 130}) {
     for (const int64_t n : {1, 31, 32, 33, 65}) {
       for (const int64_t k : {1, 17, 256, 257, 600}) {
-        SCOPED_TRACE(testing::Message() << m << "x" << n << "x" << k);
+        SCOPED_TRACE(::testing::Message() << m << "x" << n << "x" << k);
         RowMatrixXf x(m, k), b(n, k);
         for (auto* v : {&x, &b}) {
           for (Eigen::Index i = 0; i < v->size(); ++i) v->data()[i] = dist(rng);
