@@ -15,10 +15,19 @@ has() { [[ "$stages" == *" $1 "* ]]; }
 step() { printf '\n==== %s (at %d s)\n' "$*" "$SECONDS"; }
 
 bash scripts/setup.sh
+# The Release build's objects in a compiler cache under build/, from which the add_subdirectory
+# build of the library below (the same sources and flags) takes them.
+launcher=()
+if command -v ccache >/dev/null; then
+  export CCACHE_DIR="$PWD/build/ccache" CCACHE_BASEDIR="$PWD"
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+fi
 
 if has unit; then
   step "Release build and tests"
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+  # The tests and the CLI as unity builds: about half their compile time.
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DQTOOL_UNITY_TESTS=ON \
+    "${launcher[@]}" >/dev/null
   cmake --build build -j "$jobs"
   ctest --test-dir build --output-on-failure -j "$jobs"
 fi
@@ -30,8 +39,10 @@ if has install; then
   cmake -S examples -B build/example-installed -G Ninja -DCMAKE_PREFIX_PATH="$PWD/build/install" >/dev/null
   cmake --build build/example-installed
   build/example-installed/quantize_tensor examples/models/stories260K
+  # With the Release build's warning flags, so that its cached objects serve this build.
   cmake -S examples -B build/example-subdir -G Ninja -DQTOOL_SOURCE_DIR="$PWD" \
-    -DQTOOL_BUILD_TESTS=OFF -DQTOOL_BUILD_BENCH=OFF -DQTOOL_BUILD_TOOLS=OFF >/dev/null
+    -DQTOOL_BUILD_TESTS=OFF -DQTOOL_BUILD_BENCH=OFF -DQTOOL_BUILD_TOOLS=OFF -DQTOOL_WERROR=ON \
+    "${launcher[@]}" >/dev/null
   cmake --build build/example-subdir
   build/example-subdir/quantize_tensor examples/models/stories260K
 fi
@@ -49,8 +60,7 @@ fi
 if has asan; then
   step "Tests under AddressSanitizer and UndefinedBehaviorSanitizer"
   # -O1 with line tables only: the sanitizers' reports keep their file:line frames, and the build
-  # takes half the time of -O2 -g (9 minutes against 16 here) for a sixth more test time. The
-  # tests and the CLI compile as unity builds here (the Release stage compiles each file alone).
+  # takes half the time of -O2 -g (9 minutes against 16 here) for a sixth more test time.
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DQTOOL_BUILD_BENCH=OFF \
     -DQTOOL_UNITY_TESTS=ON \
