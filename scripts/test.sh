@@ -16,10 +16,12 @@ step() { printf '\n==== %s (at %d s)\n' "$*" "$SECONDS"; }
 
 bash scripts/setup.sh
 # The Release build's objects in a compiler cache under build/, from which the add_subdirectory
-# build of the library below (the same sources and flags) takes them.
+# build of the library below (the same sources and flags) takes them. Paths stay absolute: the two
+# build folders are at different depths, so paths made relative to them would differ.
 launcher=()
 if command -v ccache >/dev/null; then
-  export CCACHE_DIR="$PWD/build/ccache" CCACHE_BASEDIR="$PWD"
+  export CCACHE_DIR="$PWD/build/ccache"
+  unset CCACHE_BASEDIR
   launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 fi
 
