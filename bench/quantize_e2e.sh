@@ -3,7 +3,7 @@
 # (about 1.5 GB: hidden 2048, intermediate 5632, 14 layers, vocab 32000), read from the page cache.
 # Reports input GB/s, wall time and peak RSS against the largest tensor. After each run it times
 # the device's ceiling in the same minute: writing as many bytes as the output has with direct I/O
-# as qtool writes (8 MB blocks, two writes in flight: two dd processes, one per half of the file),
+# as qtool writes (8 MB blocks, three writes in flight: three dd processes, one per third of the file),
 # expressed as GB/s of the run's input.
 # Usage: bench/quantize_e2e.sh [WORK_DIR]   (default: build/e2e; needs about 2.2 GB free)
 set -euo pipefail
@@ -31,10 +31,11 @@ for run in 1 2 3 4 5; do
   rm -f "$work/ceiling"
   blocks=$(((bytes_out + 8388607) / 8388608))
   start=$(date +%s.%N)
-  dd if=/dev/zero of="$work/ceiling" bs=8M count=$((blocks / 2)) oflag=direct conv=notrunc \
-    status=none &
-  dd if=/dev/zero of="$work/ceiling" bs=8M seek=$((blocks / 2)) count=$((blocks - blocks / 2)) \
-    oflag=direct conv=notrunc status=none
+  for part in 0 1 2; do
+    first=$((blocks * part / 3))
+    dd if=/dev/zero of="$work/ceiling" bs=8M seek=$first count=$((blocks * (part + 1) / 3 - first)) \
+      oflag=direct conv=notrunc status=none &
+  done
   wait
   end=$(date +%s.%N)
   rm -f "$work/ceiling"

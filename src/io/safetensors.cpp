@@ -332,7 +332,7 @@ void SafetensorsWriter::WriteOut(std::span<const std::byte> bytes, uint64_t offs
     if (r < 0 && errno == EINTR) continue;
 #ifdef O_DIRECT
     // A file system that took O_DIRECT at open but refuses this write (or an unaligned rest after
-    // a short write): go on through the page cache. Both writes in flight may get here.
+    // a short write): go on through the page cache. Each write in flight may get here.
     if (r < 0 && errno == EINVAL && direct_ &&
         ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_DIRECT) == 0) {
       direct_ = false;
