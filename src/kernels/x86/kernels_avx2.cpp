@@ -489,11 +489,14 @@ int64_t StoredGroups(const void* x, int64_t rows, int64_t cols, int64_t glen, co
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g < ng; ++g) {
       const int64_t i0 = r * cols + g * glen, i1 = i0 + std::min(glen, cols - g * glen);
+      const uint32_t m = M::Max(x, i0, i1);
+      if (m >= M::kNonFinite) {
+        for (int64_t i = i0; i < i1; ++i) {
+          if (M::At(x, i) >= M::kNonFinite) return i;
+        }
+      }
       float lo = 0.0f, hi = 0.0f;
-      bool finite;
       if (spec.symmetric) {
-        const uint32_t m = M::Max(x, i0, i1);
-        finite = m < M::kNonFinite;
         hi = M::Value(m);
       } else {
         // MinMax's lanes (from 0, MINPS/MAXPS with the value first) in two chains each; min and
@@ -512,12 +515,6 @@ int64_t StoredGroups(const void* x, int64_t rows, int64_t cols, int64_t glen, co
         for (int k = 0; k < 8; ++k) {
           lo = lanes[0][k] < lo ? lanes[0][k] : lo;
           hi = lanes[1][k] > hi ? lanes[1][k] : hi;
-        }
-        finite = M::Max(x, i0, i1) < M::kNonFinite;
-      }
-      if (!finite) {
-        for (int64_t i = i0; i < i1; ++i) {
-          if (M::At(x, i) >= M::kNonFinite) return i;
         }
       }
       const GroupParams p = qtool::detail::GroupParamsFromRange(lo, hi, spec);
