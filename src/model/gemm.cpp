@@ -41,15 +41,18 @@ void PanelsRef(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, in
   }
 }
 
-PanelKernel BestKernel() {
-  // The kernel family follows the library's ISA selection (QTOOL_ISA), like every other kernel.
-  static const PanelKernel kernel = [] {
+PanelKernel KernelFor(kernels::Isa isa) {
 #if defined(__x86_64__)
-    if (kernels::ActiveIsa() == kernels::Isa::kAvx512) return PanelsAvx512;
+  if (isa == kernels::Isa::kAvx2) return PanelsAvx2;
+  if (isa == kernels::Isa::kAvx512) return PanelsAvx512;
 #endif
-    return PanelsRef;
-  }();
-  return kernel;
+  return PanelsRef;
+}
+
+PanelKernel BestKernel() {
+  // The kernel family follows the library's ISA selection (QTOOL_ISA or SelectIsa), like every
+  // other kernel.
+  return KernelFor(kernels::ActiveIsa());
 }
 
 void MatMul(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, float* y, int64_t ldy,

@@ -5,6 +5,10 @@
 #include <cstdint>
 #include <vector>
 
+namespace qtool::kernels {
+enum class Isa;
+}  // namespace qtool::kernels
+
 namespace qtool::gemm {
 
 /// Columns of Y (rows of B) per packed panel: two AVX-512 vectors.
@@ -34,12 +38,15 @@ using PanelKernel = void (*)(const float* x, int64_t ldx, int64_t m, const Packe
 void PanelsRef(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
                int64_t p1, float* y, int64_t ldy);
 #if defined(__x86_64__)
+void PanelsAvx2(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
+                int64_t p1, float* y, int64_t ldy);
 void PanelsAvx512(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
                   int64_t p1, float* y, int64_t ldy);
 #endif
 
-/// The AVX-512 kernel when the library's active ISA (kernels::ActiveIsa) is AVX-512, else the
-/// reference.
+/// The kernel of a kernel family: AVX2 (with FMA) or AVX-512; the reference for the others.
+PanelKernel KernelFor(kernels::Isa isa);
+/// The kernel of the library's active family (kernels::ActiveIsa).
 PanelKernel BestKernel();
 
 /// Y = X * B^T with `threads` workers splitting the panels (fewer for small products).

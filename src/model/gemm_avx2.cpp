@@ -1,0 +1,89 @@
+// AVX2 + FMA panel kernel (only light headers here, so nothing compiled with AVX2 is shared with
+// the portable code). Sixteen vector registers hold a 6 x 16 tile of Y (12 accumulators), half a
+// packed panel's row (two vectors) and one broadcast element of X, so a panel is two column halves.
+// Blocked over rows (kRowBlock) and k (kDepthBlock) like the AVX-512 kernel, so that a block of X
+// stays in L2 and a panel slice in L1 while it is reused.
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "gemm.hpp"
+
+namespace qtool::gemm {
+namespace {
+
+constexpr int64_t kRowBlock = 120;
+constexpr int64_t kDepthBlock = 256;
+constexpr int kTileRows = 6;
+constexpr int64_t kHalf = kPanel / 2;
+
+// Lanes [0, cols) of an 8-float vector, for VMASKMOVPS.
+__m256i MaskFor(int64_t cols) {
+  const int64_t c = std::clamp<int64_t>(cols, 0, 8);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(c)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Y[kRows, 16] (+)= X[kRows, depth] * the half panel's [depth, 16], columns under the masks.
+template <int kRows>
+void Tile(const float* x, int64_t ldx, const float* half, int64_t depth, float* y, int64_t ldy,
+          __m256i m0, __m256i m1, bool accumulate) {
+  // Two arrays of at most 6 vectors rather than one of 12: GCC keeps arrays up to 256 bytes in
+  // registers, and spills a larger one to the stack on every step.
+  __m256 lo[kRows], hi[kRows];
+#pragma GCC unroll 6
+  for (int r = 0; r < kRows; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+  for (int64_t kk = 0; kk < depth; ++kk) {
+    const __m256 b0 = _mm256_loadu_ps(half + kk * kPanel);
+    const __m256 b1 = _mm256_loadu_ps(half + kk * kPanel + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < kRows; ++r) {
+      const __m256 a = _mm256_broadcast_ss(x + r * ldx + kk);
+      lo[r] = _mm256_fmadd_ps(a, b0, lo[r]);
+      hi[r] = _mm256_fmadd_ps(a, b1, hi[r]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < kRows; ++r) {
+    if (accumulate) {
+      lo[r] = _mm256_add_ps(_mm256_maskload_ps(y + r * ldy, m0), lo[r]);
+      hi[r] = _mm256_add_ps(_mm256_maskload_ps(y + r * ldy + 8, m1), hi[r]);
+    }
+    _mm256_maskstore_ps(y + r * ldy, m0, lo[r]);
+    _mm256_maskstore_ps(y + r * ldy + 8, m1, hi[r]);
+  }
+}
+
+using TileFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, __m256i,
+                        __m256i, bool);
+constexpr TileFn kTiles[kTileRows + 1] = {nullptr, Tile<1>, Tile<2>, Tile<3>,
+                                          Tile<4>, Tile<5>, Tile<6>};
+
+}  // namespace
+
+void PanelsAvx2(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
+                int64_t p1, float* y, int64_t ldy) {
+  for (int64_t i0 = 0; i0 < m; i0 += kRowBlock) {
+    const int64_t i1 = std::min(m, i0 + kRowBlock);
+    for (int64_t k0 = 0; k0 < b.k; k0 += kDepthBlock) {
+      const int64_t depth = std::min(b.k - k0, kDepthBlock);
+      for (int64_t p = p0; p < p1; ++p) {
+        const float* panel = b.data.data() + (p * b.k + k0) * kPanel;
+        const int64_t cols = std::min(kPanel, b.n - p * kPanel);
+        for (int64_t h = 0; h * kHalf < cols; ++h) {
+          const int64_t c = cols - h * kHalf;
+          const __m256i m0 = MaskFor(c), m1 = MaskFor(c - 8);
+          for (int64_t i = i0; i < i1; i += kTileRows) {
+            const int rows = static_cast<int>(std::min<int64_t>(kTileRows, i1 - i));
+            kTiles[rows](x + i * ldx + k0, ldx, panel + h * kHalf, depth,
+                         y + i * ldy + p * kPanel + h * kHalf, ldy, m0, m1, k0 > 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace qtool::gemm
+#endif
