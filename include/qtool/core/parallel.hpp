@@ -1,15 +1,26 @@
-// Minimal fork-join parallelism over index ranges.
+// Fork-join parallelism over index ranges, on threads the library keeps for the process.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <thread>
-#include <vector>
 
 namespace qtool {
+
+namespace detail {
+/// Runs body(0) on the calling thread and body(1) .. body(helpers) on threads of a pool that lives
+/// as long as the process (started on first use, grown to the most helpers any call asked for),
+/// and returns when every call that started has returned. Helpers are the pool's idle threads:
+/// one busy elsewhere (with another caller's work, or an outer level of this caller's) is not
+/// waited for, and its index is then not run. A body that shares its work through a counter, as
+/// ParallelFor's does, therefore finishes with whatever threads join, and nested calls cannot
+/// deadlock. `body` must not throw.
+void RunOnPool(int helpers, const std::function<void(int)>& body);
+}  // namespace detail
 
 /// Threads to use for `requested` (0 or less: every hardware thread).
 inline int ResolveThreads(int requested) {
@@ -17,9 +28,10 @@ inline int ResolveThreads(int requested) {
   return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
-/// Calls fn(begin, end, worker) over [0, n) in chunks of `chunk` taken dynamically by `threads`
-/// workers (worker in [0, threads)). The first exception thrown by any call is rethrown here once
-/// all workers have stopped; the remaining chunks are then skipped.
+/// Calls fn(begin, end, worker) over [0, n) in chunks of `chunk` taken dynamically by up to
+/// `threads` workers (worker in [0, threads); the caller is worker 0, the others come from the
+/// library's thread pool, see detail::RunOnPool). The first exception thrown by any call is
+/// rethrown here once all workers have stopped; the remaining chunks are then skipped.
 template <typename Fn>
 void ParallelFor(int64_t n, int64_t chunk, int threads, Fn&& fn) {
   if (n <= 0) return;
@@ -42,10 +54,11 @@ void ParallelFor(int64_t n, int64_t chunk, int threads, Fn&& fn) {
       failed = true;
     }
   };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
-  work(0);
-  for (auto& t : pool) t.join();
+  if (threads == 1) {
+    work(0);
+  } else {
+    detail::RunOnPool(threads - 1, work);
+  }
   if (error) std::rethrow_exception(error);
 }
 
