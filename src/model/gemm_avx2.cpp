@@ -1,22 +1,16 @@
 // AVX2 + FMA panel kernel (only light headers here, so nothing compiled with AVX2 is shared with
 // the portable code). Sixteen vector registers hold a 6 x 16 tile of Y (12 accumulators), half a
-// packed panel's row (two vectors) and one broadcast element of X, so a panel is two column halves.
-// Blocked over rows (kRowBlock) and k (kDepthBlock) like the AVX-512 kernel, so that a block of X
-// stays in L2 and a panel slice in L1 while it is reused.
+// packed panel's row (two vectors) and one broadcast element of X, so a panel is two column halves;
+// blocked as ForEachTile blocks.
 #if defined(__x86_64__)
 #include <immintrin.h>
-
-#include <algorithm>
 
 #include "gemm.hpp"
 
 namespace qtool::gemm {
 namespace {
 
-constexpr int64_t kRowBlock = 120;
-constexpr int64_t kDepthBlock = 256;
 constexpr int kTileRows = 6;
-constexpr int64_t kHalf = kPanel / 2;
 
 // Lanes [0, cols) of an 8-float vector, for VMASKMOVPS.
 __m256i MaskFor(int64_t cols) {
@@ -64,25 +58,13 @@ constexpr TileFn kTiles[kTileRows + 1] = {nullptr, Tile<1>, Tile<2>, Tile<3>,
 
 void PanelsAvx2(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
                 int64_t p1, float* y, int64_t ldy) {
-  for (int64_t i0 = 0; i0 < m; i0 += kRowBlock) {
-    const int64_t i1 = std::min(m, i0 + kRowBlock);
-    for (int64_t k0 = 0; k0 < b.k; k0 += kDepthBlock) {
-      const int64_t depth = std::min(b.k - k0, kDepthBlock);
-      for (int64_t p = p0; p < p1; ++p) {
-        const float* panel = b.data.data() + (p * b.k + k0) * kPanel;
-        const int64_t cols = std::min(kPanel, b.n - p * kPanel);
-        for (int64_t h = 0; h * kHalf < cols; ++h) {
-          const int64_t c = cols - h * kHalf;
-          const __m256i m0 = MaskFor(c), m1 = MaskFor(c - 8);
-          for (int64_t i = i0; i < i1; i += kTileRows) {
-            const int rows = static_cast<int>(std::min<int64_t>(kTileRows, i1 - i));
-            kTiles[rows](x + i * ldx + k0, ldx, panel + h * kHalf, depth,
-                         y + i * ldy + p * kPanel + h * kHalf, ldy, m0, m1, k0 > 0);
-          }
-        }
-      }
-    }
-  }
+  // Row blocks of 120: a whole number of tiles.
+  ForEachTile<120, kTileRows, kPanel / 2>(
+      x, ldx, m, b, p0, p1, y, ldy,
+      [&](const float* xt, const float* strip, int64_t depth, float* yt, int rows, int64_t cols,
+          bool accumulate) {
+        kTiles[rows](xt, ldx, strip, depth, yt, ldy, MaskFor(cols), MaskFor(cols - 8), accumulate);
+      });
 }
 
 }  // namespace qtool::gemm

@@ -1,19 +1,14 @@
 // AVX-512 panel kernel (only light headers here, so nothing compiled with AVX-512 is shared with
 // the portable code): an 8 x 32 register tile of Y (16 accumulators), X broadcast one element at
-// a time, B read as two vectors per k from its packed panel. Blocked over rows (kRowBlock) and k
-// (kDepthBlock) so that a block of X stays in L2 and a panel slice in L1 while it is reused.
+// a time, B read as two vectors per k from its packed panel; blocked as ForEachTile blocks.
 #if defined(__x86_64__)
 #include <immintrin.h>
-
-#include <algorithm>
 
 #include "gemm.hpp"
 
 namespace qtool::gemm {
 namespace {
 
-constexpr int64_t kRowBlock = 128;
-constexpr int64_t kDepthBlock = 256;
 constexpr int kTileRows = 8;
 
 template <int kRows>
@@ -53,22 +48,12 @@ __mmask16 MaskFor(int64_t cols) {
 
 void PanelsAvx512(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
                   int64_t p1, float* y, int64_t ldy) {
-  for (int64_t i0 = 0; i0 < m; i0 += kRowBlock) {
-    const int64_t i1 = std::min(m, i0 + kRowBlock);
-    for (int64_t k0 = 0; k0 < b.k; k0 += kDepthBlock) {
-      const int64_t depth = std::min(b.k - k0, kDepthBlock);
-      for (int64_t p = p0; p < p1; ++p) {
-        const float* panel = b.data.data() + (p * b.k + k0) * kPanel;
-        const int64_t cols = std::min(kPanel, b.n - p * kPanel);
-        const __mmask16 m0 = MaskFor(cols), m1 = MaskFor(cols - 16);
-        for (int64_t i = i0; i < i1; i += kTileRows) {
-          const int rows = static_cast<int>(std::min<int64_t>(kTileRows, i1 - i));
-          kTiles[rows](x + i * ldx + k0, ldx, panel, depth, y + i * ldy + p * kPanel, ldy, m0, m1,
-                       k0 > 0);
-        }
-      }
-    }
-  }
+  ForEachTile<128, kTileRows, kPanel>(x, ldx, m, b, p0, p1, y, ldy,
+                                      [&](const float* xt, const float* strip, int64_t depth,
+                                          float* yt, int rows, int64_t cols, bool accumulate) {
+                                        kTiles[rows](xt, ldx, strip, depth, yt, ldy, MaskFor(cols),
+                                                     MaskFor(cols - 16), accumulate);
+                                      });
 }
 
 }  // namespace qtool::gemm

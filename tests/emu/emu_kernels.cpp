@@ -1,9 +1,10 @@
 // Every entry of one instruction-set family's kernel table against the scalar reference table, on
 // the inputs of the kernel tests (tests/kernels/kernel_inputs.hpp): the same bits where
 // include/qtool/kernels.hpp promises them, |y - y_ref| <= 1e-5 * sum_k |w_k a_k| for the kernels
-// that accumulate in f32. A plain program (no gtest, no threads, linked statically) so that
-// tests/emu/run_emulated.py can run it on an emulated CPU with AVX-512; on a CPU that has the
-// family it runs as it is.
+// that accumulate in f32. Then the family's panel kernel of the runtime's float GEMM
+// (src/model/gemm.hpp) against the portable one, to the same tolerance. A plain program (no gtest,
+// no threads, linked statically) so that tests/emu/run_emulated.py can run it on an emulated CPU
+// with AVX-512; on a CPU that has the family it runs as it is.
 //
 // Usage: qtool_emu_kernels [avx512|avx2]   (default avx512)
 // Prints a line per operation, one per failed case, and "N passed, M failed" last. Exit status:
@@ -29,6 +30,7 @@
 #include "qtool/quant/int_codec.hpp"
 #include "qtool/quant/minifloat.hpp"
 #include "qtool/quant/pack.hpp"
+#include "src/model/gemm.hpp"
 #include "table.hpp"
 
 namespace qtool::kernels {
@@ -671,6 +673,39 @@ void dequantize_mx(Checker& c) {
 
 }  // namespace op_tests
 
+// The runtime's float GEMM: `panels` against gemm::PanelsRef at shapes around the tiles (6 and 8
+// rows), strips (16 and 32 columns), row blocks (120 and 128) and the depth block (256), each
+// panel on its own into a Y one column wider than the product, whose extra column must stay as it
+// was.
+void PanelGemm(Checker& c, gemm::PanelKernel panels) {
+  for (const int64_t m : {1, 6, 7, 9, 121, 130}) {
+    for (const int64_t n : {1, 9, 17, 32, 33}) {
+      for (const int64_t k : {1, 17, 257}) {
+        const uint32_t seed = static_cast<uint32_t>(m * 10007 + n * 101 + k);
+        const std::vector<float> x = RandomFloats(m * k, seed), b = RandomFloats(n * k, seed + 1);
+        const gemm::PackedMatrix packed = gemm::Pack(b.data(), n, k);
+        const int64_t ldy = n + 1;
+        std::vector<float> got(static_cast<size_t>(m * ldy), -7.0f), want = got;
+        std::vector<double> l1(got.size(), 0.0);
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            for (int64_t kk = 0; kk < k; ++kk) {
+              l1[static_cast<size_t>(i * ldy + j)] +=
+                  std::fabs(static_cast<double>(x[static_cast<size_t>(i * k + kk)]) *
+                            b[static_cast<size_t>(j * k + kk)]);
+            }
+          }
+        }
+        for (int64_t p = 0; p < packed.panels(); ++p) {
+          panels(x.data(), k, m, packed, p, p + 1, got.data(), ldy);
+        }
+        gemm::PanelsRef(x.data(), k, m, packed, 0, packed.panels(), want.data(), ldy);
+        c.Close(fmt::format("{}x{}x{}", m, n, k), got, want, l1);
+      }
+    }
+  }
+}
+
 struct OpTest {
   const char* name;
   bool (*present)(const KernelTable&);
@@ -713,6 +748,9 @@ int Main(int argc, char** argv) {
     op.run(c);
     c.End();
   }
+  c.Begin("float gemm panels");
+  PanelGemm(c, gemm::KernelFor(isa));
+  c.End();
   std::printf("%d passed, %d failed\n", c.passed(), c.failed());
   return c.failed() ? 1 : 0;
 }
