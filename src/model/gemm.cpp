@@ -42,11 +42,16 @@ void PanelsRef(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, in
 }
 
 PanelKernel KernelFor(kernels::Isa isa) {
+  switch (isa) {
 #if defined(__x86_64__)
-  if (isa == kernels::Isa::kAvx2) return PanelsAvx2;
-  if (isa == kernels::Isa::kAvx512) return PanelsAvx512;
+    case kernels::Isa::kAvx2:
+      return PanelsAvx2;
+    case kernels::Isa::kAvx512:
+      return PanelsAvx512;
 #endif
-  return PanelsRef;
+    default:
+      return PanelsRef;
+  }
 }
 
 PanelKernel BestKernel() {
