@@ -66,9 +66,9 @@ void F32ToF16(const float* in, int64_t n, uint16_t* out);
 /// Index of the first NaN or +-Inf among the n values, or -1.
 int64_t FirstNonFinite(const float* x, int64_t n);
 /// Adds the error sums of y against x (n pairs) to *stats, ErrorStats::Add's definition: per block
-/// of 1024 elements, element i of the block goes to f32 lane i % 16 (products rounded, then
-/// added: no fused multiply-add), and at the block's end the 16 lanes are added to the f64 totals
-/// in lane order. Every path gives the same bits.
+/// of 1024 elements, element i of the block goes to f32 lane i % 4 + 4 * (i / 8 % 2) of 8 (each
+/// product added with one rounding, a fused multiply-add), and at the block's end the 8 lanes
+/// are added to the f64 totals in lane order. Every path gives the same bits.
 void AccumulateErrors(const float* x, const float* y, int64_t n, ErrorStats* stats);
 
 // ---- Integer quantisation (the conventions of qtool/quant/spec.hpp and pack.hpp). ----

@@ -47,9 +47,15 @@ class Scratch {
   void* p_;
 };
 
-/// AccumulateErrors' partial sums: lanes and the block after which they are added in f64.
-constexpr int64_t kErrorLanes = 16;
+/// AccumulateErrors' partial sums: 8 lanes, filled 16 values a step, and the block after which
+/// they are added in f64. Element i of a block goes to lane ErrorLane(i): the 16 values of a step
+/// are four runs of 4, and runs 0 and 1 go to lanes 0-3, runs 2 and 3 to lanes 4-7, so that an
+/// 8-lane vector takes a step as two vectors each holding runs 2q + h in its halves q (the order
+/// in which AVX2 widens 16 bf16 values) and a 4-lane one as four runs.
+constexpr int64_t kErrorLanes = 8;
+constexpr int64_t kErrorStep = 16;
 constexpr int64_t kErrorBlock = 1024;
+constexpr int64_t ErrorLane(int64_t i) { return i % 4 + 4 * (i / 8 % 2); }
 
 /// Ends a block of AccumulateErrors: the lanes' partial sums added to the totals in lane order.
 inline void AddErrorLanes(const float* xx, const float* ee, const float* yy, const float* xy,
@@ -65,47 +71,40 @@ inline void AddErrorLanes(const float* xx, const float* ee, const float* yy, con
   s->max_abs_err = std::max(s->max_abs_err, static_cast<double>(max_err));
 }
 
-/// The running lanes of one block of AccumulateErrors on vectors of Ops::kWidth lanes (a divisor
-/// of 16). `Ops` supplies Vec, Zero(), Load(p), Store(p, v), Add, Sub, Mul, Abs, and
+/// The running lanes of one block of AccumulateErrors on vectors of Ops::kWidth lanes, 4 or 8.
+/// `Ops` supplies Vec, Zero(), LoadRuns(p) (the kWidth / 4 runs of 4 floats at p, p + 8, ...),
+/// Store(p, v), Sub, Fma(acc, a, b) = acc + a * b with one rounding, Abs, and
 /// Max(acc, v) = std::max(acc, v).
 template <typename Ops>
 class ErrorLanes {
  public:
   using Vec = typename Ops::Vec;
+  static_assert(Ops::kWidth == 4 || Ops::kWidth == 8);
   ErrorLanes() { Clear(); }
-  /// Adds the 16 pairs at px, py: element j to lane j.
+  /// Adds the 16 pairs at px, py.
   void Step(const float* px, const float* py) {
-    for (int64_t v = 0; v < V; ++v) {
-      Add(v, Ops::Load(px + v * Ops::kWidth), Ops::Load(py + v * Ops::kWidth));
+    for (int64_t h = 0; h < 2; ++h) {
+      for (int64_t v = 0; v < V; ++v) {
+        const int64_t at = 2 * v * Ops::kWidth + 4 * h;
+        Add(v, Ops::LoadRuns(px + at), Ops::LoadRuns(py + at));
+      }
     }
   }
-  /// Adds the 16 pairs a, b held in one vector (families with 16 lanes).
+  /// Adds half a step held in one vector of 8 lanes: run 2q + h of the 16 pairs in half q of a
+  /// and b, for h = 0, then for h = 1.
   void Step(Vec a, Vec b) {
     static_assert(V == 1);
     Add(0, a, b);
   }
-  /// Adds the 16 pairs held in two vectors each: a0, b0 the first 8, a1, b1 the next 8 (families
-  /// with 8 lanes).
-  void Step(Vec a0, Vec b0, Vec a1, Vec b1) {
-    static_assert(V == 2);
-    Add(0, a0, b0);
-    Add(1, a1, b1);
-  }
-  /// Ends the block: its lanes added to *s in lane order, and a new block started. `lane_of`,
-  /// where given, names the lane held at each of the 16 positions of the vectors (for a family
-  /// that steps values in another order than element j to lane j).
-  void Flush(ErrorStats* s, const int8_t* lane_of = nullptr) {
-    alignas(64) float held[5][kErrorLanes];
+  /// Ends the block: its lanes added to *s in lane order, and a new block started.
+  void Flush(ErrorStats* s) {
+    alignas(64) float lanes[5][kErrorLanes];
     for (int64_t v = 0; v < V; ++v) {
-      Ops::Store(held[0] + v * Ops::kWidth, xx_[v]);
-      Ops::Store(held[1] + v * Ops::kWidth, ee_[v]);
-      Ops::Store(held[2] + v * Ops::kWidth, yy_[v]);
-      Ops::Store(held[3] + v * Ops::kWidth, xy_[v]);
-      Ops::Store(held[4] + v * Ops::kWidth, m_[v]);
-    }
-    float lanes[5][kErrorLanes];
-    for (int k = 0; k < 5; ++k) {
-      for (int64_t p = 0; p < kErrorLanes; ++p) lanes[k][lane_of ? lane_of[p] : p] = held[k][p];
+      Ops::Store(lanes[0] + v * Ops::kWidth, xx_[v]);
+      Ops::Store(lanes[1] + v * Ops::kWidth, ee_[v]);
+      Ops::Store(lanes[2] + v * Ops::kWidth, yy_[v]);
+      Ops::Store(lanes[3] + v * Ops::kWidth, xy_[v]);
+      Ops::Store(lanes[4] + v * Ops::kWidth, m_[v]);
     }
     AddErrorLanes(lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], s);
     Clear();
@@ -115,10 +114,10 @@ class ErrorLanes {
   static constexpr int64_t V = kErrorLanes / Ops::kWidth;
   void Add(int64_t v, Vec a, Vec b) {
     const Vec e = Ops::Sub(a, b);
-    xx_[v] = Ops::Add(xx_[v], Ops::Mul(a, a));
-    ee_[v] = Ops::Add(ee_[v], Ops::Mul(e, e));
-    yy_[v] = Ops::Add(yy_[v], Ops::Mul(b, b));
-    xy_[v] = Ops::Add(xy_[v], Ops::Mul(a, b));
+    xx_[v] = Ops::Fma(xx_[v], a, a);
+    ee_[v] = Ops::Fma(ee_[v], e, e);
+    yy_[v] = Ops::Fma(yy_[v], b, b);
+    xy_[v] = Ops::Fma(xy_[v], a, b);
     m_[v] = Ops::Max(m_[v], Ops::Abs(e));
   }
   void Clear() {
@@ -127,7 +126,7 @@ class ErrorLanes {
   Vec xx_[V], ee_[V], yy_[V], xy_[V], m_[V];
 };
 
-/// AccumulateErrors on vectors (see ErrorLanes); the last partial 16 of a block goes through
+/// AccumulateErrors on vectors (see ErrorLanes); the last partial step of a block goes through
 /// zero-padded copies, which add exact zeros.
 template <typename Ops>
 void AccumulateErrorsWith(const float* x, const float* y, int64_t n, ErrorStats* s) {
@@ -135,9 +134,9 @@ void AccumulateErrorsWith(const float* x, const float* y, int64_t n, ErrorStats*
   for (int64_t i0 = 0; i0 < n; i0 += kErrorBlock) {
     const int64_t len = std::min(kErrorBlock, n - i0);
     int64_t i = 0;
-    for (; i + kErrorLanes <= len; i += kErrorLanes) lanes.Step(x + i0 + i, y + i0 + i);
+    for (; i + kErrorStep <= len; i += kErrorStep) lanes.Step(x + i0 + i, y + i0 + i);
     if (i < len) {
-      alignas(64) float tx[kErrorLanes] = {}, ty[kErrorLanes] = {};
+      alignas(64) float tx[kErrorStep] = {}, ty[kErrorStep] = {};
       std::memcpy(tx, x + i0 + i, static_cast<size_t>(len - i) * sizeof(float));
       std::memcpy(ty, y + i0 + i, static_cast<size_t>(len - i) * sizeof(float));
       lanes.Step(tx, ty);
@@ -221,9 +220,9 @@ int64_t QuantizeStoredRowsWith(const void* x, StoredFloat type, int64_t rows, in
       if (zeros) zeros[r * ng + g] = static_cast<uint8_t>(p.zero);
       QuantizeFn(wg, len, p, umax, codes.as<uint8_t>());
       DequantizeFn(codes.as<uint8_t>(), len, p, deq.as<float>());
-      for (int64_t i = 0; i < len; i += kErrorLanes) {
+      for (int64_t i = 0; i < len; i += kErrorStep) {
         lanes.Step(wg + i, deq.as<float>() + i);
-        in_block += kErrorLanes;
+        in_block += kErrorStep;
         if (in_block == kErrorBlock) {
           lanes.Flush(s);
           in_block = 0;
@@ -361,12 +360,3 @@ void GemvNf4With(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, fl
 
 }  // namespace
 }  // namespace qtool::kernels::detail
-
-// The first entries of an x86 family's table, in QTOOL_KERNEL_LIST's order: functions its unit
-// defines under these names, with `Ops` its vector operations (see ErrorLanes). The unit's table
-// goes on with the entries it has of the rest of the list.
-#define QTOOL_X86_TABLE_ENTRIES(Ops)                                                            \
-  Bf16ToF32, F16ToF32, F32ToBf16, F32ToF16, FirstNonFiniteWith<Ops>, AccumulateErrorsWith<Ops>, \
-      MinMax, QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>, QuantizeStoredRows,   \
-      QuantizeCodes, DequantizeCodes, PackCodes, UnpackCodes, QuantizeActivations, GemmW8A8,    \
-      GemmW4A8, GemmW4A16With<Ops>, GemvNf4With<Ops>

@@ -101,7 +101,7 @@ inline std::vector<float> TiedValues(int64_t n) {
   return x;
 }
 
-// Lengths of the error sums: around the 16 lanes and the blocks of 1024 values.
+// Lengths of the error sums: around a step of 16 values and the blocks of 1024.
 inline constexpr int64_t kErrorLengths[] = {0, 1, 15, 17, 1023, 1024, 1025, 3 * 1024 + 33};
 
 // n seeded values x and y = x plus noise, for the error sums.

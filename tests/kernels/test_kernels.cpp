@@ -322,9 +322,10 @@ TEST_P(KernelTest, QuantizeStoredRowsMatchesItsSteps) {
   }
 }
 
-// The error sums' lanes end in lane order, however a family holds them: with one value per lane,
-// 1 in lane 4 and 2^-27 in lanes 8-11, each square 2^-54 added to 1 rounds away (a tie, to even)
-// and the sum of squares is 1; the four added first would make 1 + 2^-52.
+// The error sums' lanes hold the elements the definition gives them and end in lane order,
+// however a family holds them: 1 at element 4 goes to lane 0 and 2^-27 at elements 8-11 to lanes
+// 4-7. Each square 2^-54 added to 1 rounds away and the sum of squares is 1; the four added
+// before the 1, as they would be from lanes 0-3, would make 1 + 2^-52.
 TEST_P(KernelTest, QuantizeStoredRowsEndsLanesInOrder) {
   std::vector<float> x(16, 0.0f);
   x[4] = 1.0f;

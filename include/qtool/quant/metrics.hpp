@@ -17,7 +17,7 @@ struct ErrorStats {
   double max_abs_err = 0;
   int64_t n = 0;
 
-  /// Accumulates n pairs (x, x^): partial sums in f32 over 16 lanes, added in f64 every 1024
+  /// Accumulates n pairs (x, x^): partial sums in f32 over 8 lanes, added in f64 every 1024
   /// elements, so the sums are accurate for any tensor size and vectorised on every CPU
   /// (qtool::kernels::AccumulateErrors).
   void Add(const float* x, const float* y, int64_t count);

@@ -236,11 +236,10 @@ struct NeonOps {
   using Vec = float32x4_t;
   static constexpr int64_t kWidth = 4;
   static Vec Zero() { return vdupq_n_f32(0.0f); }
-  static Vec Load(const float* p) { return vld1q_f32(p); }
+  static Vec LoadRuns(const float* p) { return vld1q_f32(p); }
   static void Store(float* p, Vec v) { vst1q_f32(p, v); }
-  static Vec Add(Vec a, Vec b) { return vaddq_f32(a, b); }
   static Vec Sub(Vec a, Vec b) { return vsubq_f32(a, b); }
-  static Vec Mul(Vec a, Vec b) { return vmulq_f32(a, b); }
+  static Vec Fma(Vec acc, Vec a, Vec b) { return vfmaq_f32(acc, a, b); }
   static Vec Abs(Vec v) { return vabsq_f32(v); }
   // std::max(acc, v): v where it is larger, acc otherwise (NaN in v included).
   static Vec Max(Vec acc, Vec v) { return vbslq_f32(vcgtq_f32(v, acc), v, acc); }

@@ -46,12 +46,12 @@ void RefAccumulateErrors(const float* x, const float* y, int64_t n, ErrorStats* 
     float xx[kErrorLanes] = {}, ee[kErrorLanes] = {}, yy[kErrorLanes] = {}, xy[kErrorLanes] = {},
           m[kErrorLanes] = {};
     for (int64_t i = 0; i < len; ++i) {
-      const int64_t l = i % kErrorLanes;
+      const int64_t l = ErrorLane(i);
       const float a = x[i0 + i], b = y[i0 + i], e = a - b;
-      xx[l] += a * a;
-      ee[l] += e * e;
-      yy[l] += b * b;
-      xy[l] += a * b;
+      xx[l] = std::fma(a, a, xx[l]);
+      ee[l] = std::fma(e, e, ee[l]);
+      yy[l] = std::fma(b, b, yy[l]);
+      xy[l] = std::fma(a, b, xy[l]);
       m[l] = std::max(m[l], std::fabs(e));
     }
     AddErrorLanes(xx, ee, yy, xy, m, s);

@@ -12,6 +12,7 @@
 #include "../float_codes_inl.hpp"
 #include "int_gemm_avx2_inl.hpp"
 #include "qtool/kernels.hpp"
+#include "ymm_ops_inl.hpp"
 
 namespace qtool::kernels::detail {
 namespace {
@@ -231,25 +232,7 @@ struct MaddubsDot {
 
 // ---- W4A16 and NF4: 32 codes (16 bytes) per step against permuted f32 activations ----
 
-struct Avx2Ops {
-  using Vec = __m256;
-  static constexpr int64_t kWidth = 8;
-  static Vec Zero() { return _mm256_setzero_ps(); }
-  static Vec Load(const float* p) { return _mm256_loadu_ps(p); }
-  static void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
-  static Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
-  static Vec Sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
-  static Vec Mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
-  static Vec Abs(Vec v) {
-    return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)));
-  }
-  // MAXPS returns its second operand unless the first is larger: std::max(acc, v).
-  static Vec Max(Vec acc, Vec v) { return _mm256_max_ps(v, acc); }
-  static bool AnyNonFinite(const float* p) {
-    const __m256i e = _mm256_set1_epi32(0x7f800000);
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_and_si256(v, e), e)) != 0;
-  }
+struct Avx2Ops : YmmOps {
   static Vec MulAdd(Vec acc, Vec dot, float s) {
     return _mm256_fmadd_ps(dot, _mm256_set1_ps(s), acc);
   }
@@ -294,8 +277,9 @@ struct Avx2Ops {
 // ---- Quantisation straight from stored rows ----
 
 // 16 stored values from element i of x as f32, in two vectors interleaved by 128-bit lane: `a`
-// holds elements 0-3 and 8-11, `b` 4-7 and 12-15. That is the order in which VPUNPCKLWD and
-// VPUNPCKHWD widen bf16; f16 (F16C, exact for every finite half) and f32 are moved into it.
+// holds elements 0-3 and 8-11, `b` 4-7 and 12-15 (the halves of the error sums' steps, see
+// ErrorLanes). That is the order in which VPUNPCKLWD and VPUNPCKHWD widen bf16; f16 (F16C, exact
+// for every finite half) and f32 are moved into it.
 struct Stored16 {
   __m256 a, b;
 };
@@ -319,11 +303,6 @@ inline Stored16 LoadStored16(const void* x, int64_t i) {
     return {_mm256_permute2f128_ps(v0, v1, 0x20), _mm256_permute2f128_ps(v0, v1, 0x31)};
   }
 }
-
-// The error lane held at each position of the two vectors of ErrorLanes<Avx2Ops> when they are
-// stepped with LoadStored16's halves.
-constexpr int8_t kInterleavedLanes[kErrorLanes] = {0, 1, 2, 3, 8,  9,  10, 11,
-                                                   4, 5, 6, 7, 12, 13, 14, 15};
 
 // The stored type's bits with the sign cleared: magnitudes, ordered as unsigned integers, and
 // NaN or Inf exactly from kNonFinite up.
@@ -395,7 +374,7 @@ class StoredCoder {
   }
   // Ends the call: the last partial block of error sums, and the count of n values.
   void Finish(int64_t n) {
-    if (in_block_ > 0) lanes_.Flush(s_, kInterleavedLanes);
+    if (in_block_ > 0) lanes_.Flush(s_);
     s_->n += n;
   }
 
@@ -420,14 +399,16 @@ class StoredCoder {
     while (n > 0) {
       const int64_t len = std::min(n, kErrorBlock - in_block_);
       // A local copy of the lanes, which the compiler keeps in registers through the run.
-      ErrorLanes<Avx2Ops> lanes = lanes_;
+      ErrorLanes<YmmOps> lanes = lanes_;
       uint8_t* out = out_;
       int64_t j = i;
       for (; j + 32 <= i + len; j += 32) {
         const Stored16 v0 = LoadStored16<kType>(x_, j), v1 = LoadStored16<kType>(x_, j + 16);
         const __m256 r0 = round(v0.a), r1 = round(v0.b), r2 = round(v1.a), r3 = round(v1.b);
-        lanes.Step(v0.a, _mm256_mul_ps(r0, scale), v0.b, _mm256_mul_ps(r1, scale));
-        lanes.Step(v1.a, _mm256_mul_ps(r2, scale), v1.b, _mm256_mul_ps(r3, scale));
+        lanes.Step(v0.a, _mm256_mul_ps(r0, scale));
+        lanes.Step(v0.b, _mm256_mul_ps(r1, scale));
+        lanes.Step(v1.a, _mm256_mul_ps(r2, scale));
+        lanes.Step(v1.b, _mm256_mul_ps(r3, scale));
         // Bytes: codes 0-7 and 16-23 in the low 128-bit lane, 8-15 and 24-31 in the high one.
         const __m256i b = _mm256_packus_epi16(words(r0, r1), words(r2, r3));
         if constexpr (kBits == 8) {
@@ -446,7 +427,8 @@ class StoredCoder {
       if (j < i + len) {
         const Stored16 v = LoadStored16<kType>(x_, j);
         const __m256 r0 = round(v.a), r1 = round(v.b);
-        lanes.Step(v.a, _mm256_mul_ps(r0, scale), v.b, _mm256_mul_ps(r1, scale));
+        lanes.Step(v.a, _mm256_mul_ps(r0, scale));
+        lanes.Step(v.b, _mm256_mul_ps(r1, scale));
         const __m256i w = words(r0, r1);
         const __m128i b =
             _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
@@ -465,7 +447,7 @@ class StoredCoder {
       n -= len;
       in_block_ += len;
       if (in_block_ == kErrorBlock) {
-        lanes_.Flush(s_, kInterleavedLanes);
+        lanes_.Flush(s_);
         in_block_ = 0;
       }
     }
@@ -474,21 +456,29 @@ class StoredCoder {
   const void* x_;
   uint8_t* out_;
   ErrorStats* s_;
-  ErrorLanes<Avx2Ops> lanes_;
+  ErrorLanes<YmmOps> lanes_;
   int64_t in_block_ = 0;
 };
 
 // Each group read twice: its range and finiteness, then (from L1) its codes. A symmetric range
-// needs only max|x|, which the stored bits give as integers.
+// needs only max|x|, which the stored bits give as integers. Groups go in batches of about
+// kBatchValues values: the ranges and parameters of a whole batch first, then its codes, so that
+// no group's coding waits on the latency of its own range and scale.
 template <StoredFloat kType, int kBits>
 int64_t StoredGroups(const void* x, int64_t rows, int64_t cols, int64_t glen, const QuantSpec& spec,
                      uint8_t* packed, float* scales, uint8_t* zeros, ErrorStats* s) {
   using M = Magnitude<kType>;
-  const int64_t ng = (cols + glen - 1) / glen;
+  constexpr int64_t kBatchValues = 4096, kMaxBatch = kBatchValues / 16;
+  const int64_t ng = (cols + glen - 1) / glen, groups = rows * ng;
+  const int64_t batch = std::clamp<int64_t>(kBatchValues / glen, 1, kMaxBatch);
+  GroupParams params[kMaxBatch];
+  int64_t starts[kMaxBatch], lens[kMaxBatch];
   StoredCoder<kType, kBits> coder(x, packed, s);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t i0 = r * cols + g * glen, i1 = i0 + std::min(glen, cols - g * glen);
+  for (int64_t k0 = 0; k0 < groups; k0 += batch) {
+    const int64_t nb = std::min(batch, groups - k0);
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t k = k0 + b, g = k % ng;
+      const int64_t i0 = k / ng * cols + g * glen, i1 = i0 + std::min(glen, cols - g * glen);
       const uint32_t m = M::Max(x, i0, i1);
       if (m >= M::kNonFinite) {
         for (int64_t i = i0; i < i1; ++i) {
@@ -512,15 +502,20 @@ int64_t StoredGroups(const void* x, int64_t rows, int64_t cols, int64_t glen, co
         alignas(32) float lanes[2][8];
         _mm256_store_ps(lanes[0], _mm256_min_ps(lo0, lo1));
         _mm256_store_ps(lanes[1], _mm256_max_ps(hi0, hi1));
-        for (int k = 0; k < 8; ++k) {
-          lo = lanes[0][k] < lo ? lanes[0][k] : lo;
-          hi = lanes[1][k] > hi ? lanes[1][k] : hi;
+        for (int j = 0; j < 8; ++j) {
+          lo = lanes[0][j] < lo ? lanes[0][j] : lo;
+          hi = lanes[1][j] > hi ? lanes[1][j] : hi;
         }
       }
-      const GroupParams p = qtool::detail::GroupParamsFromRange(lo, hi, spec);
-      scales[r * ng + g] = p.scale;
-      if (zeros) zeros[r * ng + g] = static_cast<uint8_t>(p.zero);
-      coder.Code(p, i0, i1 - i0, !spec.symmetric || !(p.scale >= FLT_MIN));
+      params[b] = qtool::detail::GroupParamsFromRange(lo, hi, spec);
+      scales[k] = params[b].scale;
+      if (zeros) zeros[k] = static_cast<uint8_t>(params[b].zero);
+      starts[b] = i0;
+      lens[b] = i1 - i0;
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      const GroupParams p = params[b];
+      coder.Code(p, starts[b], lens[b], !spec.symmetric || !(p.scale >= FLT_MIN));
     }
   }
   coder.Finish(rows * cols);

@@ -10,6 +10,7 @@
 
 #include "../common_inl.hpp"
 #include "qtool/kernels.hpp"
+#include "ymm_ops_inl.hpp"
 
 namespace qtool::kernels::detail {
 namespace {
@@ -569,20 +570,7 @@ void GemmW4A8(const Int8Acts& a, const QuantWeights& w, int64_t n0, int64_t n1, 
 
 struct Avx512Ops {
   using Vec = __m512;
-  static constexpr int64_t kWidth = 16;
   static Vec Zero() { return _mm512_setzero_ps(); }
-  static Vec Load(const float* p) { return _mm512_loadu_ps(p); }
-  static void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
-  static Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
-  static Vec Sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
-  static Vec Mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
-  static Vec Abs(Vec v) { return _mm512_abs_ps(v); }
-  // MAXPS returns its second operand unless the first is larger: std::max(acc, v).
-  static Vec Max(Vec acc, Vec v) { return _mm512_max_ps(v, acc); }
-  static bool AnyNonFinite(const float* p) {
-    const __m512i e = _mm512_set1_epi32(0x7f800000);
-    return _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_loadu_si512(p), e), e) != 0;
-  }
   static Vec MulAdd(Vec acc, Vec dot, float s) {
     return _mm512_fmadd_ps(dot, _mm512_set1_ps(s), acc);
   }
@@ -667,7 +655,11 @@ class StoredCoder {
     const __m512 r =
         _mm512_roundscale_ps(_mm512_min_ps(_mm512_max_ps(_mm512_div_ps(v, scale_), qlo_), qhi_),
                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    lanes_.Step(v, _mm512_mul_ps(r, scale_));
+    const __m512 y = _mm512_mul_ps(r, scale_);
+    // The error sums' halves of the step: runs 0 and 2 of the 16 values, then runs 1 and 3.
+    const __m512 vr = _mm512_shuffle_f32x4(v, v, 0xd8), yr = _mm512_shuffle_f32x4(y, y, 0xd8);
+    lanes_.Step(_mm512_castps512_ps256(vr), _mm512_castps512_ps256(yr));
+    lanes_.Step(_mm512_extractf32x8_ps(vr, 1), _mm512_extractf32x8_ps(yr, 1));
     in_block_ += 16;
     if (in_block_ == kErrorBlock) {
       lanes_.Flush(s_);
@@ -694,7 +686,7 @@ class StoredCoder {
   const QuantSpec& spec_;
   uint8_t* out_;
   ErrorStats* s_;
-  ErrorLanes<Avx512Ops> lanes_;
+  ErrorLanes<YmmOps> lanes_;
   int64_t in_block_ = 0;
   __m512 scale_, qlo_, qhi_;
   __m512i zero_;
@@ -760,7 +752,7 @@ int64_t QuantizeStoredRows(const void* x, StoredFloat type, int64_t rows, int64_
                            int64_t glen, const QuantSpec& spec, uint8_t* packed, float* scales,
                            uint8_t* zeros, ErrorStats* s) {
   if (spec.bits != 4 && spec.bits != 8) {
-    return QuantizeStoredRowsWith<Avx512Ops, Bf16ToF32, F16ToF32, MinMax, QuantizeCodes,
+    return QuantizeStoredRowsWith<YmmOps, Bf16ToF32, F16ToF32, MinMax, QuantizeCodes,
                                   DequantizeCodes, PackCodes>(x, type, rows, cols, glen, spec,
                                                               packed, scales, zeros, s);
   }
