@@ -200,7 +200,8 @@ void CheckpointWriter::Write(std::span<const std::byte> bytes) {
   });
 }
 
-void CheckpointWriter::Write(uint64_t n, const ByteSource& read) {
+void CheckpointWriter::InShards(uint64_t n,
+                                const std::function<void(uint64_t done, uint64_t take)>& part) {
   for (uint64_t done = 0; done < n;) {
     const uint64_t take = std::min(n - done, writer_->remaining());
     if (take == 0) {
@@ -210,11 +211,25 @@ void CheckpointWriter::Write(uint64_t n, const ByteSource& read) {
       OpenShard(shard_ + 1);
       continue;
     }
+    part(done, take);
+    done += take;
+  }
+}
+
+void CheckpointWriter::Write(uint64_t n, const ByteSource& read) {
+  InShards(n, [&](uint64_t done, uint64_t take) {
     writer_->Write(take, [&read, done](uint64_t offset, std::span<std::byte> dst) {
       read(done + offset, dst);
     });
-    done += take;
-  }
+  });
+}
+
+void CheckpointWriter::WriteAside(uint64_t n, const ByteSource& read) {
+  InShards(n, [&](uint64_t done, uint64_t take) {
+    writer_->WriteAside(take, [read, done](uint64_t offset, std::span<std::byte> dst) {
+      read(done + offset, dst);
+    });
+  });
 }
 
 void CheckpointWriter::CopyFile(const fs::path& src, const std::string& name) {
@@ -338,7 +353,7 @@ void BackgroundWriter::Run() {
     try {
       if (!error_) {
         if (job.read) {
-          writer_.Write(job.read_bytes, job.read);
+          writer_.WriteAside(job.read_bytes, job.read);
         } else {
           writer_.Write(job.bytes);
         }

@@ -19,8 +19,9 @@ using json = nlohmann::json;
 namespace {
 
 // Output waiting to be written: enough to overlap a tensor's writing with the next one's
-// quantisation, small enough to keep memory bounded.
-constexpr uint64_t kMaxQueuedBytes = 128ull << 20;
+// quantisation, small enough to keep memory bounded (and fresh pages are slow to get). Tensors
+// copied from the input do not wait here: they are written beside the quantised ones.
+constexpr uint64_t kMaxQueuedBytes = 32ull << 20;
 
 // Output buffers of quantised tensors, reused once the background writer has written them, so that
 // the steady state neither zero-fills nor page-faults fresh memory. A model's tensors come in a

@@ -5,10 +5,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <thread>
 
 #include "qtool/core/error.hpp"
 #include "qtool/io/temp_path.hpp"
@@ -257,8 +261,99 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
 
 void SafetensorsWriter::FreeAligned::operator()(std::byte* p) const { std::free(p); }
 
+// The copies of WriteAside: one thread takes them in order, each in pieces of kWriteBuffer through
+// two buffers of its own, so that one piece is read while the other is written.
+class SafetensorsWriter::AsideCopies {
+ public:
+  explicit AsideCopies(SafetensorsWriter& writer) : writer_(writer), thread_([this] { Run(); }) {}
+  AsideCopies(const AsideCopies&) = delete;
+  AsideCopies& operator=(const AsideCopies&) = delete;
+  // Abandons what is not yet copied; the writes under way finish first.
+  ~AsideCopies() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  // Queues file bytes [begin, end), whole blocks, given by read(first + (offset - begin), ...).
+  void Add(ByteSource read, uint64_t first, uint64_t begin, uint64_t end) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (error_) std::rethrow_exception(error_);
+    jobs_.push_back({std::move(read), first, begin, end});
+    cv_.notify_all();
+  }
+
+  // Waits until every queued copy is written; rethrows the first failure.
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return error_ || (jobs_.empty() && !busy_); });
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  struct Job {
+    ByteSource read;
+    uint64_t first, begin, end;
+  };
+
+  void Run() {
+    std::unique_ptr<std::byte[], FreeAligned> buffers[2];
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+      if (stop_) return;
+      Job job = std::move(jobs_.front());
+      jobs_.pop_front();
+      busy_ = true;
+      lock.unlock();
+      try {
+        std::future<void> writes[2];
+        int k = 0;
+        for (uint64_t at = job.begin; at < job.end && !stop_; at += kWriteBuffer, k ^= 1) {
+          if (writes[k].valid()) writes[k].get();
+          if (!buffers[k]) {
+            buffers[k].reset(
+                static_cast<std::byte*>(std::aligned_alloc(kDirectBlock, kWriteBuffer)));
+            QTOOL_CHECK(buffers[k] != nullptr, IoError, "{}: no memory for the write buffers",
+                        writer_.path_.string());
+          }
+          const std::span<std::byte> piece(buffers[k].get(), static_cast<size_t>(std::min<uint64_t>(
+                                                                 kWriteBuffer, job.end - at)));
+          job.read(job.first + (at - job.begin), piece);
+          writes[k] =
+              std::async(std::launch::async, [this, piece, at] { writer_.WriteOut(piece, at); });
+        }
+        for (auto& w : writes) {
+          if (w.valid()) w.get();
+        }
+      } catch (...) {
+        lock.lock();
+        error_ = std::current_exception();
+        jobs_.clear();
+        lock.unlock();
+      }
+      lock.lock();
+      busy_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  SafetensorsWriter& writer_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  bool busy_ = false;
+  std::atomic<bool> stop_ = false;  // also ends the copy under way, between pieces
+  std::exception_ptr error_;
+  std::thread thread_;  // last: starts once the rest is set up
+};
+
 SafetensorsWriter::~SafetensorsWriter() {
-  WaitForWrites(/*rethrow=*/false);  // no write may run on a closed descriptor
+  aside_.reset();                    // no copy may run on a closed descriptor,
+  WaitForWrites(/*rethrow=*/false);  // nor a write
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) {
     std::error_code ec;
@@ -284,6 +379,26 @@ void SafetensorsWriter::Write(uint64_t n, const ByteSource& read) {
     done += take;
     if (buffered_ == kWriteBuffer) Flush();
   }
+}
+
+void SafetensorsWriter::WriteAside(uint64_t n, ByteSource read) {
+  const uint64_t at = flushed_ + buffered_;  // file offset of the first of the n bytes
+  const uint64_t begin = (at + kDirectBlock - 1) / kDirectBlock * kDirectBlock;
+  const uint64_t end = (at + n) / kDirectBlock * kDirectBlock;
+  // A copy shorter than two pieces is not worth the thread's turn: it goes through the buffer.
+  if (end < begin + 2 * kWriteBuffer || n > remaining()) {
+    Write(n, read);
+    return;
+  }
+  Write(begin - at, read);  // the bytes before the first whole block, which the buffer ends with
+  if (buffered_ > 0) Flush();
+  if (!aside_) aside_ = std::make_unique<AsideCopies>(*this);
+  aside_->Add(read, begin - at, begin, end);
+  written_ += end - begin;
+  flushed_ = end;
+  Write(at + n - end, [&read, skip = end - at](uint64_t offset, std::span<std::byte> dst) {
+    read(skip + offset, dst);
+  });
 }
 
 void SafetensorsWriter::Flush() {
@@ -346,6 +461,7 @@ void SafetensorsWriter::WriteOut(std::span<const std::byte> bytes, uint64_t offs
 void SafetensorsWriter::Commit() {
   QTOOL_CHECK(written_ == total_, ShapeError, "{}: {} of {} tensor bytes were written",
               path_.string(), written_, total_);
+  if (aside_) aside_->Wait();
   FlushAll();
   // Direct writes end on a block boundary: cut the padding off.
   QTOOL_CHECK(::ftruncate(fd_, static_cast<off_t>(file_size_)) == 0, IoError,

@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "qtool/core/error.hpp"
+#include "qtool/core/mapped_file.hpp"
 #include "qtool/io/checkpoint.hpp"
 #include "qtool/io/safetensors.hpp"
 #include "test_support.hpp"
@@ -208,6 +209,68 @@ TEST(Safetensors, FailedWriteIsAnErrorAndLeavesNothing) {
   EXPECT_TRUE(fs::is_empty(dir.path()));
 }
 
+// Bytes n of a seeded pattern, the same for any piece asked.
+void Pattern(uint64_t offset, std::span<std::byte> dst) {
+  for (size_t k = 0; k < dst.size(); ++k) {
+    const uint64_t i = offset + k;
+    dst[k] = static_cast<std::byte>((i * 2654435761u) >> 13);
+  }
+}
+
+// A copy written aside (its whole blocks from the writer's own thread, while the tensors after it
+// go through the buffers) gives the same file as writing everything in order: between unaligned
+// small tensors, two copies in a row, and copies too short to go aside.
+TEST(Safetensors, CopiesWrittenAsideGiveTheSameFile) {
+  const std::vector<TensorSpec> specs = {{"a", DType::kU8, {777}},
+                                         {"big", DType::kU8, {(40 << 20) + 123}},
+                                         {"big2", DType::kU8, {(17 << 20) + 5}},
+                                         {"b", DType::kU8, {4096 * 3 + 1}},
+                                         {"small", DType::kU8, {(15 << 20) + 9}},
+                                         {"c", DType::kU8, {3}}};
+  ScratchDir dir;
+  auto write = [&](const fs::path& path, bool aside) {
+    SafetensorsWriter w(path, specs, {{"format", "pt"}});
+    uint64_t start = 0;
+    for (const TensorSpec& t : specs) {
+      const ByteSource read = [start](uint64_t offset, std::span<std::byte> dst) {
+        Pattern(start + offset, dst);
+      };
+      if (aside && t.nbytes() > 1000) {
+        w.WriteAside(t.nbytes(), read);
+      } else {
+        w.Write(t.nbytes(), read);
+      }
+      start += t.nbytes();
+    }
+    w.Commit();
+  };
+  write(dir / "plain.safetensors", false);
+  write(dir / "aside.safetensors", true);
+  const MappedFile plain(dir / "plain.safetensors"), aside(dir / "aside.safetensors");
+  ASSERT_EQ(plain.bytes().size(), aside.bytes().size());
+  EXPECT_TRUE(std::equal(plain.bytes().begin(), plain.bytes().end(), aside.bytes().begin()));
+}
+
+// A copy that fails (its source cannot be read) is an error from Commit, and leaves no file.
+TEST(Safetensors, FailedCopyAsideIsAnErrorAndLeavesNothing) {
+  ScratchDir dir;
+  const std::vector<TensorSpec> specs = {{"big", DType::kU8, {40 << 20}}, {"c", DType::kU8, {100}}};
+  std::string error;
+  try {
+    SafetensorsWriter w(dir / "a.safetensors", specs, {});
+    w.WriteAside(40 << 20, [](uint64_t offset, std::span<std::byte> dst) {
+      if (offset + dst.size() > (30 << 20)) throw IoError("source.safetensors: cannot read");
+      Pattern(offset, dst);
+    });
+    w.Write(100, Pattern);
+    w.Commit();
+  } catch (const IoError& e) {
+    error = e.what();
+  }
+  EXPECT_EQ(error, "source.safetensors: cannot read");
+  EXPECT_TRUE(fs::is_empty(dir.path()));
+}
+
 TEST(Safetensors, WriterRejectsTooManyAndTooFewBytes) {
   ScratchDir dir;
   SafetensorsWriter w(dir / "a.safetensors", {{"x", DType::kF32, {1}}}, {});
@@ -328,6 +391,46 @@ TEST(Checkpoint, ShardedWriteAndRead) {
   }
   ASSERT_TRUE(ck.config().has_value());
   EXPECT_EQ((*ck.config())["model_type"], "llama");
+}
+
+// Copies queued with EnqueueRead are written aside, in every shard, while the tensors queued after
+// them are written: a shard is complete (its copy included) before the next one opens.
+TEST(Checkpoint, BackgroundCopiesInShards) {
+  const std::vector<TensorSpec> specs = {{"a", DType::kF32, {100}},
+                                         {"big", DType::kU8, {(20 << 20) + 7}},
+                                         {"b", DType::kU8, {5000}},
+                                         {"big2", DType::kU8, {(18 << 20) + 3}},
+                                         {"c", DType::kU8, {10}}};
+  ScratchDir dir;
+  {
+    CheckpointWriterOptions o;
+    o.max_shard_bytes = 21'000'000;  // [a, big, b] [big2, c]
+    CheckpointWriter w(dir / "m", specs, o);
+    BackgroundWriter background(w, 1 << 20);
+    for (const TensorSpec& t : specs) {
+      const uint64_t seed = std::hash<std::string>{}(t.name) % 1000003;
+      if (t.nbytes() > (1 << 20)) {
+        background.EnqueueRead(t.nbytes(), [seed](uint64_t offset, std::span<std::byte> dst) {
+          Pattern(seed + offset, dst);
+        });
+      } else {
+        std::vector<std::byte> bytes(t.nbytes());
+        Pattern(seed, bytes);
+        background.Enqueue(std::move(bytes));
+      }
+    }
+    background.Finish();
+    w.Commit();
+  }
+  const Checkpoint ck = Checkpoint::Open(dir / "m");
+  EXPECT_EQ(ck.files().size(), 2u);
+  for (const TensorSpec& t : specs) {
+    std::vector<std::byte> want(t.nbytes());
+    Pattern(std::hash<std::string>{}(t.name) % 1000003, want);
+    const auto got = ck.Get(t.name).data();
+    ASSERT_EQ(got.size(), want.size()) << t.name;
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin())) << t.name;
+  }
 }
 
 TEST(Checkpoint, SingleFileWhenUnsharded) {

@@ -85,6 +85,8 @@ class CheckpointWriter {
   void Write(std::span<const std::byte> bytes);
   /// Appends n bytes from `read`; see SafetensorsWriter::Write.
   void Write(uint64_t n, const ByteSource& read);
+  /// Appends n bytes copied from `read`; see SafetensorsWriter::WriteAside.
+  void WriteAside(uint64_t n, const ByteSource& read);
   /// Copies a file into the output directory under `name`.
   void CopyFile(const std::filesystem::path& src, const std::string& name);
   /// Writes a text file into the output directory.
@@ -98,6 +100,9 @@ class CheckpointWriter {
 
  private:
   void OpenShard(size_t shard);
+  // Calls part(done, take) for consecutive pieces of n bytes, each inside one shard, moving on to
+  // the next shard where one is full.
+  void InShards(uint64_t n, const std::function<void(uint64_t done, uint64_t take)>& part);
 
   std::filesystem::path dir_;
   std::filesystem::path tmp_dir_;
@@ -125,8 +130,9 @@ class BackgroundWriter {
   void Enqueue(std::vector<std::byte> owned);
   /// Queues bytes that stay valid until `done` runs, right after they are written.
   void Enqueue(std::span<const std::byte> borrowed, std::function<void()> done);
-  /// Queues n bytes that `read` produces when they are written (see SafetensorsWriter::Write),
-  /// such as a file's: they take no memory until then, so they do not count against the bound.
+  /// Queues n bytes copied from `read` when their turn comes (SafetensorsWriter::WriteAside: the
+  /// copy is written beside what is queued after it), such as a file's: they take no memory
+  /// until then, so they do not count against the bound. `read` must stay valid until Finish.
   void EnqueueRead(uint64_t n, ByteSource read);
   /// Waits until every queued byte is written.
   void Finish();

@@ -116,6 +116,12 @@ class SafetensorsWriter {
   /// Appends n bytes that `read` puts straight into the writer's buffer, piece by piece:
   /// read(offset, dst) fills dst with bytes [offset, offset + dst.size()) of the n.
   void Write(uint64_t n, const ByteSource& read);
+  /// Write(n, read) for bytes copied from elsewhere, such as a tensor kept from the input: the
+  /// whole blocks among them go to the file from a thread of the writer, beside what the caller
+  /// writes next, so that the copy's device time overlaps the work that produces the tensors after
+  /// it. `read` is called from that thread until Commit or the destructor has waited for it; a
+  /// failed copy is rethrown by a later WriteAside or by Commit.
+  void WriteAside(uint64_t n, ByteSource read);
   /// Bytes still expected in total.
   uint64_t remaining() const { return total_ - written_; }
   /// Flushes, checks that every announced byte was written, and renames into place.
@@ -138,6 +144,7 @@ class SafetensorsWriter {
   struct FreeAligned {
     void operator()(std::byte* p) const;
   };
+  class AsideCopies;
 
   std::filesystem::path path_;
   std::filesystem::path tmp_path_;
@@ -159,6 +166,7 @@ class SafetensorsWriter {
   size_t buffered_ = 0;
   uint64_t flushed_ = 0;  // file bytes handed to writes so far
   bool committed_ = false;
+  std::unique_ptr<AsideCopies> aside_;  // the copies of WriteAside, once there is one
 };
 
 }  // namespace qtool
