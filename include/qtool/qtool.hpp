@@ -5,6 +5,7 @@
 #include "qtool/core/dtype.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
+#include "qtool/core/job_thread.hpp"
 #include "qtool/core/mapped_file.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/io/checkpoint.hpp"

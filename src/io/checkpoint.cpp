@@ -288,89 +288,39 @@ void CheckpointWriter::Commit() {
 }
 
 BackgroundWriter::BackgroundWriter(CheckpointWriter& writer, uint64_t max_queued_bytes)
-    : writer_(writer), max_queued_(max_queued_bytes), thread_([this] { Run(); }) {}
-
-BackgroundWriter::~BackgroundWriter() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  thread_.join();
-}
-
-void BackgroundWriter::RethrowIfFailed() {
-  if (error_) std::rethrow_exception(error_);
-}
-
-void BackgroundWriter::Push(Job job) {
-  std::unique_lock<std::mutex> lock(mu_);
-  // A job larger than the bound still goes through once the queue is empty.
-  const size_t n = job.bytes.size();
-  cv_.wait(lock, [&] { return error_ || queued_ == 0 || queued_ + n <= max_queued_; });
-  RethrowIfFailed();
-  queued_ += n;
-  jobs_.push_back(std::move(job));
-  cv_.notify_all();
-}
+    : writer_(writer), thread_([this](const Job& job) { Write(job); }, max_queued_bytes) {}
 
 void BackgroundWriter::Enqueue(std::vector<std::byte> owned) {
   Job job;
   job.owned = std::move(owned);
   job.bytes = job.owned;
-  Push(std::move(job));
+  const size_t n = job.bytes.size();
+  thread_.Add(std::move(job), n);
 }
 
 void BackgroundWriter::Enqueue(std::span<const std::byte> borrowed, std::function<void()> done) {
   Job job;
   job.bytes = borrowed;
   job.done = std::move(done);
-  Push(std::move(job));
+  thread_.Add(std::move(job), borrowed.size());
 }
 
 void BackgroundWriter::EnqueueRead(uint64_t n, ByteSource read) {
   Job job;
   job.read_bytes = n;
   job.read = std::move(read);
-  Push(std::move(job));
+  thread_.Add(std::move(job));
 }
 
-void BackgroundWriter::Finish() {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return error_ || (jobs_.empty() && !busy_); });
-  RethrowIfFailed();
-}
+void BackgroundWriter::Finish() { thread_.Wait(); }
 
-void BackgroundWriter::Run() {
-  std::unique_lock<std::mutex> lock(mu_);
-  while (true) {
-    cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
-    if (stop_) return;
-    Job job = std::move(jobs_.front());
-    jobs_.pop_front();
-    busy_ = true;
-    lock.unlock();
-    try {
-      if (!error_) {
-        if (job.read) {
-          writer_.WriteAside(job.read_bytes, job.read);
-        } else {
-          writer_.Write(job.bytes);
-        }
-        if (job.done) job.done();
-      }
-    } catch (...) {
-      lock.lock();
-      error_ = std::current_exception();
-      lock.unlock();
-    }
-    const size_t n = job.bytes.size();
-    job = Job{};  // free the buffer before taking the lock
-    lock.lock();
-    busy_ = false;
-    queued_ -= n;
-    cv_.notify_all();
+void BackgroundWriter::Write(const Job& job) {
+  if (job.read) {
+    writer_.WriteAside(job.read_bytes, job.read);
+  } else {
+    writer_.Write(job.bytes);
   }
+  if (job.done) job.done();
 }
 
 }  // namespace qtool

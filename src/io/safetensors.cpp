@@ -5,16 +5,13 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <thread>
 
 #include "qtool/core/error.hpp"
+#include "qtool/core/job_thread.hpp"
 #include "qtool/io/temp_path.hpp"
 
 namespace qtool {
@@ -261,94 +258,50 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
 
 void SafetensorsWriter::FreeAligned::operator()(std::byte* p) const { std::free(p); }
 
-// The copies of WriteAside: one thread takes them in order, each in pieces of kWriteBuffer through
-// two buffers of its own, so that one piece is read while the other is written.
+// The copies of WriteAside: a thread of their own takes them in order, each in pieces of
+// kWriteBuffer through two buffers, so that one piece is read while the other is written.
 class SafetensorsWriter::AsideCopies {
  public:
-  explicit AsideCopies(SafetensorsWriter& writer) : writer_(writer), thread_([this] { Run(); }) {}
-  AsideCopies(const AsideCopies&) = delete;
-  AsideCopies& operator=(const AsideCopies&) = delete;
-  // Abandons what is not yet copied; the writes under way finish first.
-  ~AsideCopies() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
+  explicit AsideCopies(SafetensorsWriter& writer)
+      : writer_(writer), thread_([this](const Job& job) { Copy(job); }) {}
 
   // Queues file bytes [begin, end), whole blocks, given by read(first + (offset - begin), ...).
   void Add(ByteSource read, uint64_t first, uint64_t begin, uint64_t end) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (error_) std::rethrow_exception(error_);
-    jobs_.push_back({std::move(read), first, begin, end});
-    cv_.notify_all();
+    thread_.Add({std::move(read), first, begin, end});
   }
-
   // Waits until every queued copy is written; rethrows the first failure.
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return error_ || (jobs_.empty() && !busy_); });
-    if (error_) std::rethrow_exception(error_);
-  }
+  void Wait() { thread_.Wait(); }
 
  private:
   struct Job {
     ByteSource read;
-    uint64_t first, begin, end;
+    uint64_t first = 0, begin = 0, end = 0;
   };
 
-  void Run() {
-    std::unique_ptr<std::byte[], FreeAligned> buffers[2];
-    std::unique_lock<std::mutex> lock(mu_);
-    while (true) {
-      cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
-      if (stop_) return;
-      Job job = std::move(jobs_.front());
-      jobs_.pop_front();
-      busy_ = true;
-      lock.unlock();
-      try {
-        std::future<void> writes[2];
-        int k = 0;
-        for (uint64_t at = job.begin; at < job.end && !stop_; at += kWriteBuffer, k ^= 1) {
-          if (writes[k].valid()) writes[k].get();
-          if (!buffers[k]) {
-            buffers[k].reset(
-                static_cast<std::byte*>(std::aligned_alloc(kDirectBlock, kWriteBuffer)));
-            QTOOL_CHECK(buffers[k] != nullptr, IoError, "{}: no memory for the write buffers",
-                        writer_.path_.string());
-          }
-          const std::span<std::byte> piece(buffers[k].get(), static_cast<size_t>(std::min<uint64_t>(
-                                                                 kWriteBuffer, job.end - at)));
-          job.read(job.first + (at - job.begin), piece);
-          writes[k] =
-              std::async(std::launch::async, [this, piece, at] { writer_.WriteOut(piece, at); });
-        }
-        for (auto& w : writes) {
-          if (w.valid()) w.get();
-        }
-      } catch (...) {
-        lock.lock();
-        error_ = std::current_exception();
-        jobs_.clear();
-        lock.unlock();
+  void Copy(const Job& job) {
+    std::future<void> writes[2];
+    int k = 0;
+    for (uint64_t at = job.begin; at < job.end && !thread_.stopping(); at += kWriteBuffer, k ^= 1) {
+      if (writes[k].valid()) writes[k].get();
+      if (!buffers_[k]) {
+        buffers_[k].reset(static_cast<std::byte*>(std::aligned_alloc(kDirectBlock, kWriteBuffer)));
+        QTOOL_CHECK(buffers_[k] != nullptr, IoError, "{}: no memory for the write buffers",
+                    writer_.path_.string());
       }
-      lock.lock();
-      busy_ = false;
-      cv_.notify_all();
+      const std::span<std::byte> piece(
+          buffers_[k].get(), static_cast<size_t>(std::min<uint64_t>(kWriteBuffer, job.end - at)));
+      job.read(job.first + (at - job.begin), piece);
+      writes[k] =
+          std::async(std::launch::async, [this, piece, at] { writer_.WriteOut(piece, at); });
+    }
+    for (auto& w : writes) {
+      if (w.valid()) w.get();
     }
   }
 
   SafetensorsWriter& writer_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Job> jobs_;
-  bool busy_ = false;
-  std::atomic<bool> stop_ = false;  // also ends the copy under way, between pieces
-  std::exception_ptr error_;
-  std::thread thread_;  // last: starts once the rest is set up
+  std::unique_ptr<std::byte[], FreeAligned> buffers_[2];
+  JobThread<Job> thread_;  // last: stopped and joined before the rest goes
 };
 
 SafetensorsWriter::~SafetensorsWriter() {

@@ -3,22 +3,18 @@
 // `config.json`, tokenizer files and the like.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
-#include <exception>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <vector>
 
+#include "qtool/core/job_thread.hpp"
 #include "qtool/io/safetensors.hpp"
 
 namespace qtool {
@@ -121,10 +117,8 @@ class CheckpointWriter {
 class BackgroundWriter {
  public:
   BackgroundWriter(CheckpointWriter& writer, uint64_t max_queued_bytes);
-  BackgroundWriter(const BackgroundWriter&) = delete;
-  BackgroundWriter& operator=(const BackgroundWriter&) = delete;
   /// Stops the thread; anything still queued is dropped (the output is then never committed).
-  ~BackgroundWriter();
+  ~BackgroundWriter() = default;
 
   /// Queues a buffer the writer owns from now on.
   void Enqueue(std::vector<std::byte> owned);
@@ -145,20 +139,10 @@ class BackgroundWriter {
     uint64_t read_bytes = 0;  // with `read`, which takes the place of `bytes`
     ByteSource read;
   };
-  void Push(Job job);
-  void Run();
-  void RethrowIfFailed();
+  void Write(const Job& job);
 
   CheckpointWriter& writer_;
-  uint64_t max_queued_;
-  uint64_t queued_ = 0;
-  std::deque<Job> jobs_;
-  bool stop_ = false;
-  bool busy_ = false;
-  std::exception_ptr error_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::thread thread_;
+  JobThread<Job> thread_;  // last: stopped and joined before the rest goes
 };
 
 }  // namespace qtool
