@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <bit>
 #include <cfloat>
+#include <utility>
 
 #include "../common_inl.hpp"
 #include "../float_codes_inl.hpp"
@@ -471,14 +472,19 @@ int64_t StoredGroups(const void* x, int64_t rows, int64_t cols, int64_t glen, co
   constexpr int64_t kBatchValues = 4096, kMaxBatch = kBatchValues / 16;
   const int64_t ng = (cols + glen - 1) / glen, groups = rows * ng;
   const int64_t batch = std::clamp<int64_t>(kBatchValues / glen, 1, kMaxBatch);
+  // Group k (row k / ng, the (k % ng)-th of the row): its first element and its length.
+  auto group = [&](int64_t k) {
+    const int64_t g = k % ng;
+    return std::pair{k / ng * cols + g * glen, std::min(glen, cols - g * glen)};
+  };
   GroupParams params[kMaxBatch];
-  int64_t starts[kMaxBatch], lens[kMaxBatch];
   StoredCoder<kType, kBits> coder(x, packed, s);
   for (int64_t k0 = 0; k0 < groups; k0 += batch) {
     const int64_t nb = std::min(batch, groups - k0);
     for (int64_t b = 0; b < nb; ++b) {
-      const int64_t k = k0 + b, g = k % ng;
-      const int64_t i0 = k / ng * cols + g * glen, i1 = i0 + std::min(glen, cols - g * glen);
+      const int64_t k = k0 + b;
+      const auto [i0, len] = group(k);
+      const int64_t i1 = i0 + len;
       const uint32_t m = M::Max(x, i0, i1);
       if (m >= M::kNonFinite) {
         for (int64_t i = i0; i < i1; ++i) {
@@ -510,12 +516,11 @@ int64_t StoredGroups(const void* x, int64_t rows, int64_t cols, int64_t glen, co
       params[b] = qtool::detail::GroupParamsFromRange(lo, hi, spec);
       scales[k] = params[b].scale;
       if (zeros) zeros[k] = static_cast<uint8_t>(params[b].zero);
-      starts[b] = i0;
-      lens[b] = i1 - i0;
     }
     for (int64_t b = 0; b < nb; ++b) {
       const GroupParams p = params[b];
-      coder.Code(p, starts[b], lens[b], !spec.symmetric || !(p.scale >= FLT_MIN));
+      const auto [i0, len] = group(k0 + b);
+      coder.Code(p, i0, len, !spec.symmetric || !(p.scale >= FLT_MIN));
     }
   }
   coder.Finish(rows * cols);
