@@ -51,12 +51,12 @@ fi
 
 if has interop; then
   step "qtool's files against the reference safetensors reader and writer"
-  python3 -m pip install --quiet --disable-pip-version-check safetensors numpy
+  py=$(bash scripts/pyenv.sh)
   rm -rf build/interop && mkdir -p build/interop
   # numpy has no bfloat16, so the model for this check is a small synthetic F32 one.
   build/bench/qtool_synth -o build/interop/model --hidden 64 --intermediate 172 --layers 2 \
     --heads 8 --kv-heads 4 --vocab 512 --dtype f32
-  python3 tests/interop/check_safetensors.py build/qtool build/interop/model build/interop
+  "$py" tests/interop/check_safetensors.py build/qtool build/interop/model build/interop
 fi
 
 if has asan; then

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Makes (once) the Python environment of the reference readers and tokenizers that the interop
+# checks run against, from tests/interop/requirements.txt, and prints its interpreter's path.
+# The environment is kept under ~/.cache/qtool, named by the requirements' hash, so a machine
+# that has made it once reuses it, and a changed requirements file makes a new one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+req=tests/interop/requirements.txt
+hash=$(sha256sum "$req" | cut -c1-16)
+venv="${QTOOL_VENV:-$HOME/.cache/qtool/venv-$hash}"
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
+  echo "pyenv: making $venv from $req" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
+  touch "$venv/.complete"
+fi
+echo "$venv/bin/python"
