@@ -7,9 +7,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <utility>
 
 #include "qtool/core/error.hpp"
+#include "qtool/core/input_file.hpp"
 
 namespace qtool {
 namespace {
@@ -23,17 +26,40 @@ void Advise(const std::byte* base, size_t size, size_t offset, size_t len, int a
   ::madvise(const_cast<std::byte*>(base) + start, end - start, advice);
 }
 
+// The live maps, by start address, for FindMappedFile.
+struct MapRegistry {
+  std::mutex mu;
+  std::map<const std::byte*, std::pair<size_t, std::filesystem::path>> maps;
+};
+
+MapRegistry& Maps() {
+  static MapRegistry* r = new MapRegistry;  // never destroyed: a fault may be reported at exit
+  return *r;
+}
+
 }  // namespace
 
+bool FindMappedFile(const void* addr, std::filesystem::path* path, size_t* offset) {
+  MapRegistry& r = Maps();
+  std::lock_guard<std::mutex> lock(r.mu);
+  const auto* p = static_cast<const std::byte*>(addr);
+  auto it = r.maps.upper_bound(p);
+  if (it == r.maps.begin()) return false;
+  --it;
+  const auto delta = static_cast<size_t>(p - it->first);
+  if (delta >= it->second.first) return false;
+  *path = it->second.second;
+  *offset = delta;
+  return true;
+}
+
 MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  QTOOL_CHECK(fd_ >= 0, IoError, "{}: cannot open: {}", path.string(), std::strerror(errno));
+  fd_ = OpenRegularFile(path);
   struct stat st {};
-  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd_, &st) != 0) {
     const int err = errno;
     Reset();
-    throw IoError(fmt::format("{}: not a regular file{}", path.string(),
-                              err ? std::string(": ") + std::strerror(err) : ""));
+    throw IoError(fmt::format("{}: cannot stat: {}", path.string(), std::strerror(err)));
   }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {
@@ -45,6 +71,8 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
                                 std::strerror(err)));
     }
     data_ = static_cast<const std::byte*>(p);
+    std::lock_guard<std::mutex> lock(Maps().mu);
+    Maps().maps[data_] = {size_, path_};
   }
 }
 
@@ -68,7 +96,13 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
 MappedFile::~MappedFile() { Reset(); }
 
 void MappedFile::Reset() noexcept {
-  if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);
+  if (data_ != nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(Maps().mu);
+      Maps().maps.erase(data_);
+    }
+    ::munmap(const_cast<std::byte*>(data_), size_);
+  }
   if (fd_ >= 0) ::close(fd_);
   data_ = nullptr;
   size_ = 0;

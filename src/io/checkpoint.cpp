@@ -1,5 +1,6 @@
 #include "qtool/io/checkpoint.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "qtool/core/error.hpp"
+#include "qtool/core/input_file.hpp"
 #include "qtool/io/temp_path.hpp"
 
 namespace qtool {
@@ -20,16 +22,51 @@ namespace {
 constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
 
-json ReadJsonFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  QTOOL_CHECK(in, IoError, "{}: cannot open", path.string());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::exception& e) {
-    throw FormatError(fmt::format("{}: not valid JSON: {}", path.string(), e.what()));
+// Whether `path` is `root` or lies below it (both absolute and free of symlinks and "..").
+bool IsWithin(const fs::path& path, const fs::path& root) {
+  auto p = path.begin();
+  for (auto r = root.begin(); r != root.end(); ++r, ++p) {
+    if (r->empty() && std::next(r) == root.end()) break;  // a trailing "/"
+    if (p == path.end() || *p != *r) return false;
   }
+  return true;
+}
+
+// `path` with every symlink and ".." resolved (as far as it exists).
+fs::path Resolved(const fs::path& path) {
+  std::error_code ec;
+  fs::path r = fs::weakly_canonical(fs::absolute(path), ec);
+  return ec ? fs::absolute(path).lexically_normal() : r;
+}
+
+// The directory a model directory's files may resolve into: the directory itself or, in a Hugging
+// Face hub cache (REPO/snapshots/REVISION/FILE -> ../../blobs/HASH), the repository's folder.
+fs::path AllowedRoot(const fs::path& dir) {
+  const fs::path d = Resolved(dir);
+  return d.parent_path().filename() == "snapshots" ? d.parent_path().parent_path() : d;
+}
+
+// Refuses a file of the model directory that resolves (through symlinks) to outside `root`: it
+// would be read, and copied into the output, from somewhere the model does not own.
+void CheckInsideModel(const fs::path& file, const fs::path& root) {
+  std::error_code ec;
+  if (!fs::is_symlink(fs::symlink_status(file, ec))) return;
+  const fs::path target = Resolved(file);
+  QTOOL_CHECK(IsWithin(target, root), IoError,
+              "{}: a symlink to {}, outside the model directory; refusing to read it",
+              file.string(), target.string());
+}
+
+json ReadModelJson(const fs::path& file, const fs::path& root) {
+  CheckInsideModel(file, root);
+  return ReadJsonFile(file);
+}
+
+// (device, inode) of `path` following symlinks, or nullopt when it cannot be stat'ed.
+std::optional<std::pair<dev_t, ino_t>> FileId(const fs::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return std::make_pair(st.st_dev, st.st_ino);
 }
 
 std::string ShardName(size_t i, size_t n) {
@@ -38,35 +75,51 @@ std::string ShardName(size_t i, size_t n) {
 
 }  // namespace
 
+std::map<std::string, std::string> ParseShardIndex(std::string_view text,
+                                                   const std::string& label) {
+  const json index = ParseJsonBounded(text, label);
+  const auto wm = index.is_object() ? index.find("weight_map") : index.end();
+  QTOOL_CHECK(wm != index.end() && wm->is_object(), FormatError, "{}: no \"weight_map\" object",
+              label);
+  QTOOL_CHECK(!wm->empty(), FormatError, "{}: \"weight_map\" lists no tensors", label);
+  std::map<std::string, std::string> out;
+  for (const auto& [tensor, file] : wm->items()) {
+    QTOOL_CHECK(file.is_string(), FormatError, "{}: weight_map entry \"{}\" is not a string", label,
+                tensor);
+    const std::string& f = file.get_ref<const std::string&>();
+    QTOOL_CHECK(
+        !f.empty() && fs::path(f).filename() == fs::path(f) && f != "." && f != "..", FormatError,
+        "{}: weight_map entry \"{}\" names \"{}\", not a file in the directory", label, tensor, f);
+    out.emplace(tensor, f);
+  }
+  return out;
+}
+
 Checkpoint Checkpoint::Open(const fs::path& path) {
   Checkpoint ck;
   std::error_code ec;
-  QTOOL_CHECK(fs::exists(path, ec), IoError, "{}: no such file or directory", path.string());
+  const fs::file_status st = fs::status(path, ec);
+  QTOOL_CHECK(fs::exists(st), IoError, "{}: no such file or directory", path.string());
   std::vector<fs::path> weight_files;
   std::map<std::string, std::string> index_map;
-  if (fs::is_directory(path)) {
+  if (fs::is_directory(st)) {
     ck.dir_ = path;
-    if (fs::exists(path / kIndexFile)) {
-      const json index = ReadJsonFile(path / kIndexFile);
-      const auto wm = index.find("weight_map");
-      QTOOL_CHECK(index.is_object() && wm != index.end() && wm->is_object(), FormatError,
-                  "{}: no \"weight_map\" object", (path / kIndexFile).string());
+    ck.is_directory_ = true;
+    const fs::path root = AllowedRoot(path);
+    const fs::path index_path = path / kIndexFile;
+    if (fs::exists(fs::symlink_status(index_path, ec))) {
+      CheckInsideModel(index_path, root);
+      index_map = ParseShardIndex(ReadRegularFile(index_path), index_path.string());
+      ck.source_files_.push_back(index_path);
       std::set<std::string> names;
-      for (const auto& [tensor, file] : wm->items()) {
-        QTOOL_CHECK(file.is_string(), FormatError, "{}: weight_map entry \"{}\" is not a string",
-                    (path / kIndexFile).string(), tensor);
-        const std::string f = file.get<std::string>();
-        QTOOL_CHECK(fs::path(f).filename() == fs::path(f) && f != "." && f != "..", FormatError,
-                    "{}: weight_map entry \"{}\" names \"{}\", not a file in the directory",
-                    (path / kIndexFile).string(), tensor, f);
-        index_map.emplace(tensor, f);
-        if (names.insert(f).second) weight_files.push_back(path / f);
+      for (const auto& [tensor, file] : index_map) {
+        if (names.insert(file).second) weight_files.push_back(path / file);
       }
-    } else if (fs::exists(path / kSingleFile)) {
+    } else if (fs::exists(path / kSingleFile, ec)) {
       weight_files.push_back(path / kSingleFile);
     } else {
       for (const auto& e : fs::directory_iterator(path)) {
-        if (e.is_regular_file() && e.path().extension() == ".safetensors") {
+        if (e.is_regular_file(ec) && e.path().extension() == ".safetensors") {
           weight_files.push_back(e.path());
         }
       }
@@ -76,19 +129,25 @@ Checkpoint Checkpoint::Open(const fs::path& path) {
     }
     for (const auto& e : fs::directory_iterator(path)) {
       const fs::path name = e.path().filename();
-      if (!e.is_regular_file() || name.extension() == ".safetensors" || name == kIndexFile ||
+      // Only regular files (a FIFO or device is never opened) that are not weights.
+      if (!e.is_regular_file(ec) || name.extension() == ".safetensors" || name == kIndexFile ||
           name.string().starts_with(".")) {
         continue;
       }
+      CheckInsideModel(e.path(), root);
       ck.other_files_.push_back(e.path());
     }
     std::sort(ck.other_files_.begin(), ck.other_files_.end());
-    if (fs::exists(path / "config.json")) ck.config_ = ReadJsonFile(path / "config.json");
+    ck.source_files_.insert(ck.source_files_.end(), ck.other_files_.begin(), ck.other_files_.end());
+    if (fs::exists(fs::symlink_status(path / "config.json", ec))) {
+      ck.config_ = ReadModelJson(path / "config.json", root);
+    }
   } else {
     ck.dir_ = path.parent_path().empty() ? fs::path(".") : path.parent_path();
     weight_files.push_back(path);
   }
   std::sort(weight_files.begin(), weight_files.end());
+  ck.source_files_.insert(ck.source_files_.end(), weight_files.begin(), weight_files.end());
 
   std::map<std::string, CheckpointTensor> by_name;
   for (const fs::path& f : weight_files) {
@@ -113,6 +172,47 @@ Checkpoint Checkpoint::Open(const fs::path& path) {
   }
   for (auto& [name, t] : by_name) ck.tensors_.push_back(t);
   return ck;
+}
+
+const std::map<std::string, std::string>& Checkpoint::metadata() const {
+  static const std::map<std::string, std::string> kNone;
+  return files_.empty() ? kNone : files_.front()->metadata();
+}
+
+void CheckOutputSeparate(const Checkpoint& in, const fs::path& out) {
+  const fs::path o = Resolved(out);
+  const auto refuse = [&](const fs::path& what) {
+    const fs::path w = Resolved(what);
+    const char* how = o == w ? "is" : IsWithin(o, w) ? "would lie inside" : "would hold";
+    throw OptionError(fmt::format("{}: the output {} the input {}; choose another output",
+                                  out.string(), how, what.string()));
+  };
+  if (in.is_directory()) {
+    const fs::path d = Resolved(in.dir());
+    if (IsWithin(o, d) || IsWithin(d, o)) refuse(in.dir());
+  }
+  for (const fs::path& f : in.source_files()) {
+    if (IsWithin(Resolved(f), o)) refuse(f);
+  }
+}
+
+void CheckReportPath(const Checkpoint& in, const fs::path& out, const fs::path& report) {
+  const fs::path r = Resolved(report);
+  QTOOL_CHECK(out.empty() || !IsWithin(r, Resolved(out)), OptionError,
+              "--json {}: the report may not be written inside the output {}", report.string(),
+              out.string());
+  QTOOL_CHECK(!in.is_directory() || !IsWithin(r, Resolved(in.dir())), OptionError,
+              "--json {}: the report may not be written inside the model directory {}",
+              report.string(), in.dir().string());
+  const auto id = FileId(report);
+  for (const fs::path& f : in.source_files()) {
+    QTOOL_CHECK(r != Resolved(f) && (!id || id != FileId(f)), OptionError,
+                "--json {}: names the input file {}; refusing to overwrite it", report.string(),
+                f.string());
+  }
+  std::error_code ec;
+  QTOOL_CHECK(!fs::is_directory(report, ec), OptionError, "--json {}: is a directory",
+              report.string());
 }
 
 const CheckpointTensor* Checkpoint::Find(std::string_view name) const {
@@ -152,10 +252,7 @@ void CheckpointWriter::CheckOutputPath(const fs::path& dir, bool overwrite) {
 
 CheckpointWriter::CheckpointWriter(const fs::path& dir, std::vector<TensorSpec> tensors,
                                    CheckpointWriterOptions options)
-    : dir_(dir),
-      tmp_dir_(TempSiblingPath(dir)),
-      tensors_(std::move(tensors)),
-      options_(std::move(options)) {
+    : dir_(dir), tensors_(std::move(tensors)), options_(std::move(options)) {
   CheckOutputPath(dir_, options_.overwrite);
   // Shards are filled in tensor order; a new shard starts when the next tensor would overflow.
   uint64_t in_shard = 0;
@@ -170,18 +267,18 @@ CheckpointWriter::CheckpointWriter(const fs::path& dir, std::vector<TensorSpec> 
     shard_of_.push_back(shard_first_.size() - 1);
   }
   shard_first_.push_back(tensors_.size());
-  std::error_code ec;
-  fs::create_directory(tmp_dir_, ec);
-  QTOOL_CHECK(!ec, IoError, "{}: cannot create: {}", tmp_dir_.string(), ec.message());
-  OpenShard(0);
+  tmp_dir_ = CreateTempSiblingDir(dir_);
+  try {
+    OpenShard(0);
+  } catch (...) {
+    RemoveTemp(tmp_dir_);
+    throw;
+  }
 }
 
 CheckpointWriter::~CheckpointWriter() {
   writer_.reset();
-  if (!committed_) {
-    std::error_code ec;
-    fs::remove_all(tmp_dir_, ec);
-  }
+  if (!committed_ && !tmp_dir_.empty()) RemoveTemp(tmp_dir_);
 }
 
 void CheckpointWriter::OpenShard(size_t shard) {
@@ -265,25 +362,7 @@ void CheckpointWriter::Commit() {
     }
     WriteTextFile(kIndexFile, index.dump(2) + "\n");
   }
-  std::error_code ec;
-  if (fs::exists(fs::symlink_status(dir_))) {
-    QTOOL_CHECK(options_.overwrite, OutputExistsError,
-                "{}: output appeared while writing; refusing to replace it", dir_.string());
-    const fs::path old = TempSiblingPath(dir_);
-    fs::rename(dir_, old, ec);
-    QTOOL_CHECK(!ec, IoError, "{}: cannot move the old output aside: {}", dir_.string(),
-                ec.message());
-    fs::rename(tmp_dir_, dir_, ec);
-    if (ec) {
-      std::error_code restore;
-      fs::rename(old, dir_, restore);
-      throw IoError(fmt::format("{}: cannot rename into place: {}", dir_.string(), ec.message()));
-    }
-    fs::remove_all(old, ec);
-  } else {
-    fs::rename(tmp_dir_, dir_, ec);
-    QTOOL_CHECK(!ec, IoError, "{}: cannot rename into place: {}", dir_.string(), ec.message());
-  }
+  CommitStaged({{tmp_dir_, dir_, options_.overwrite}});
   committed_ = true;
 }
 

@@ -2,13 +2,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <regex>
+#include <span>
 
 #include "qtool/core/convert.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/core/name_pattern.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/quant/codec.hpp"
 
@@ -69,32 +72,25 @@ int64_t ChunkRows(const WeightCodec& codec) {
   return (rows + block - 1) / block * block;
 }
 
-std::vector<std::regex> CompileRules(const std::vector<std::string>& rules, const char* option) {
-  std::vector<std::regex> out;
-  for (const std::string& r : rules) {
-    try {
-      out.emplace_back(r, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      throw OptionError(
-          fmt::format("{} rule \"{}\" is not a valid regular expression: {}", option, r, e.what()));
-    }
-  }
+std::vector<NamePattern> CompileRules(const std::vector<std::string>& rules, const char* option) {
+  std::vector<NamePattern> out;
+  for (const std::string& r : rules) out.emplace_back(r, option);
   return out;
 }
 
-bool AnyMatch(const std::vector<std::regex>& rules, const std::string& name) {
+bool AnyMatch(std::span<const NamePattern> rules, const std::string& name) {
   return std::any_of(rules.begin(), rules.end(),
-                     [&](const std::regex& r) { return std::regex_search(name, r); });
+                     [&](const NamePattern& r) { return r.Search(name); });
 }
 
 struct Rules {
-  std::vector<std::regex> include, exclude;
+  std::vector<NamePattern> include, exclude;
   bool explicit_include;
   explicit Rules(const QuantizeOptions& o)
       : include(CompileRules(o.include, "--include")),
         exclude(CompileRules(o.exclude, "--exclude")),
         explicit_include(!o.include.empty()) {
-    include.emplace_back(kDefaultInclude, std::regex::ECMAScript);
+    include.emplace_back(kDefaultInclude, "the default include rule");
   }
   // 0: keep, 1: quantise, 2: named by an --include rule but not a 2-D float matrix.
   int Decide(const TensorSpec& t) const {
@@ -102,8 +98,7 @@ struct Rules {
     const bool matrix = t.shape.size() == 2 && IsFloatWeightType(t.dtype);
     if (matrix) return 1;
     const bool by_user =
-        explicit_include &&
-        AnyMatch(std::vector<std::regex>(include.begin(), include.end() - 1), t.name);
+        explicit_include && AnyMatch(std::span(include).first(include.size() - 1), t.name);
     return by_user ? 2 : 0;
   }
 };
@@ -116,6 +111,24 @@ struct StoredWeight {
   DType dtype;
   std::vector<int64_t> shape;
 };
+
+// The stored parts in F32 (scales, absmax and their double-quantisation constants) and E8M0 (MX
+// scales, whose byte 0xFF is NaN) must be finite: one NaN or Inf would decode into a row of them.
+void CheckStoredScales(const CheckpointTensor& t) {
+  const std::span<const std::byte> bytes = t.data();
+  if (t.info->dtype == DType::kF32) {
+    for (size_t i = 0; i < bytes.size() / 4; ++i) {
+      float v;
+      std::memcpy(&v, bytes.data() + 4 * i, 4);
+      QTOOL_CHECK(std::isfinite(v), NumericError, "{}: tensor \"{}\" holds {} at index {}",
+                  t.file->path().string(), t.info->name, v, i);
+    }
+  } else if (t.info->dtype == DType::kF8E8M0) {
+    const auto it = std::find(bytes.begin(), bytes.end(), std::byte{0xff});
+    QTOOL_CHECK(it == bytes.end(), NumericError, "{}: tensor \"{}\" holds NaN at index {}",
+                t.file->path().string(), t.info->name, it - bytes.begin());
+  }
+}
 
 StoredWeight OpenStored(const Checkpoint& ck, const std::string& name, const json& rec) {
   StoredWeight s;
@@ -138,6 +151,7 @@ StoredWeight OpenStored(const Checkpoint& ck, const std::string& name, const jso
                 "{}: \"{}\" is {} {} but its quantisation record needs {} {}",
                 t.file->path().string(), part.name, DTypeName(t.info->dtype),
                 json(t.info->shape).dump(), DTypeName(part.dtype), json(part.shape).dump());
+    CheckStoredScales(t);
     s.parts.push_back(t.data().data());
     s.sources.push_back(&t);
   }
@@ -155,6 +169,7 @@ json TensorsRecord(const Checkpoint& ck) {
 
 void DecodeInto(const StoredWeight& s, int threads, float* out) {
   const int64_t cols = s.codec->cols();
+  if (s.codec->rows() == 0 || cols == 0) return;  // nothing to decode (see QuantizeMatrixWith)
   const int64_t block = s.codec->row_block();
   const int64_t chunk =
       std::max<int64_t>(block, (int64_t{1} << 16) / std::max<int64_t>(1, cols) / block * block);
@@ -219,6 +234,13 @@ template <typename Fetch>
 ErrorStats QuantizeMatrixWith(const Fetch& fetch, DType dtype, WeightCodec& codec,
                               std::byte* const* parts, int threads, const std::string& label) {
   const int64_t cols = codec.cols();
+  if (codec.rows() == 0 || cols == 0) {
+    // An empty matrix: nothing to encode (the kernels take rows of at least one element). Its
+    // stored parts, such as a per-tensor scale, are zero-filled.
+    const std::vector<TensorSpec> layout = codec.Layout("");
+    for (size_t k = 0; k < layout.size(); ++k) std::memset(parts[k], 0, layout[k].nbytes());
+    return {};
+  }
   // Element `bad` of the rows from r0 on is not finite.
   auto fail = [&](int64_t r0, int64_t bad, float value) {
     const int64_t idx = r0 * cols + bad;

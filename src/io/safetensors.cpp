@@ -11,6 +11,7 @@
 #include <set>
 
 #include "qtool/core/error.hpp"
+#include "qtool/core/input_file.hpp"
 #include "qtool/core/job_thread.hpp"
 #include "qtool/io/temp_path.hpp"
 
@@ -35,6 +36,8 @@ json ParseHeaderJson(std::string_view text, std::string_view label) {
   std::vector<std::set<std::string>> keys;
   std::string duplicate;
   json::parser_callback_t cb = [&](int depth, json::parse_event_t event, json& parsed) {
+    QTOOL_CHECK(depth < kMaxJsonDepth, FormatError, "{}: header nests deeper than {} levels", label,
+                kMaxJsonDepth);
     if (event == json::parse_event_t::object_start) {
       keys.resize(static_cast<size_t>(depth) + 1);
       keys[static_cast<size_t>(depth)].clear();
@@ -242,17 +245,26 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
   fd_ = ::open(tmp_path_.c_str(), kFlags, 0644);
 #endif
   QTOOL_CHECK(fd_ >= 0, IoError, "{}: cannot create: {}", tmp_path_.string(), std::strerror(errno));
-  for (auto& b : buffers_) {
-    b.reset(static_cast<std::byte*>(std::aligned_alloc(kDirectBlock, kWriteBuffer)));
-    QTOOL_CHECK(b != nullptr, IoError, "{}: no memory for the write buffers", path_.string());
-  }
-  const auto* h = reinterpret_cast<const std::byte*>(header.data());
-  for (size_t done = 0; done < header.size();) {
-    const size_t n = std::min(header.size() - done, kWriteBuffer - buffered_);
-    std::memcpy(buffers_[current_].get() + buffered_, h + done, n);
-    buffered_ += n;
-    done += n;
-    if (buffered_ == kWriteBuffer) Flush();
+  RegisterTemp(tmp_path_);
+  try {
+    for (auto& b : buffers_) {
+      b.reset(static_cast<std::byte*>(std::aligned_alloc(kDirectBlock, kWriteBuffer)));
+      QTOOL_CHECK(b != nullptr, IoError, "{}: no memory for the write buffers", path_.string());
+    }
+    const auto* h = reinterpret_cast<const std::byte*>(header.data());
+    for (size_t done = 0; done < header.size();) {
+      const size_t n = std::min(header.size() - done, kWriteBuffer - buffered_);
+      std::memcpy(buffers_[current_].get() + buffered_, h + done, n);
+      buffered_ += n;
+      done += n;
+      if (buffered_ == kWriteBuffer) Flush();
+    }
+  } catch (...) {  // the destructor does not run for a constructor that throws
+    WaitForWrites(/*rethrow=*/false);
+    ::close(fd_);
+    fd_ = -1;
+    RemoveTemp(tmp_path_);
+    throw;
   }
 }
 
@@ -308,10 +320,7 @@ SafetensorsWriter::~SafetensorsWriter() {
   aside_.reset();                    // no copy may run on a closed descriptor,
   WaitForWrites(/*rethrow=*/false);  // nor a write
   if (fd_ >= 0) ::close(fd_);
-  if (!committed_) {
-    std::error_code ec;
-    std::filesystem::remove(tmp_path_, ec);
-  }
+  if (!committed_) RemoveTemp(tmp_path_);
 }
 
 void SafetensorsWriter::Write(std::span<const std::byte> bytes) {
@@ -426,6 +435,7 @@ void SafetensorsWriter::Commit() {
   std::error_code ec;
   std::filesystem::rename(tmp_path_, path_, ec);
   QTOOL_CHECK(!ec, IoError, "{}: cannot rename into place: {}", path_.string(), ec.message());
+  UnregisterTemp(tmp_path_);
   committed_ = true;
 }
 

@@ -1,6 +1,7 @@
 // qtool dequantize Q -o OUT: a plain float checkpoint any tool can load.
 #include "commands.hpp"
 #include "qtool/io/quantized.hpp"
+#include "staged_output.hpp"
 #include "terminal.hpp"
 
 namespace qtool::cli {
@@ -20,11 +21,14 @@ void RegisterDequantize(CLI::App& app) {
   cmd->add_flag("--force", a->force, "Replace the output directory if it exists");
   cmd->callback([a]() {
     const Checkpoint in = Checkpoint::Open(a->input);
+    StagedRun run(in, a->output, "", a->force);
     Progress progress("dequantize");
-    DequantizeCheckpoint(in, a->output, a->force, a->threads,
+    DequantizeCheckpoint(in, run.output(), /*overwrite=*/false, a->threads,
                          [&](size_t done, size_t total, const std::string& name) {
                            progress.Update(done, total, name);
                          });
+    progress.Done();
+    run.Commit({});
   });
 }
 

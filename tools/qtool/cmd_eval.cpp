@@ -3,9 +3,12 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "qtool/core/checked.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/core/input_file.hpp"
 #include "qtool/model/eval.hpp"
 #include "qtool/model/tokenizer.hpp"
+#include "staged_output.hpp"
 #include "terminal.hpp"
 
 namespace qtool::cli {
@@ -61,16 +64,33 @@ void RegisterEval(CLI::App& app) {
     QTOOL_CHECK(a->threads >= 0, OptionError, "--threads must not be negative");
     QTOOL_CHECK(a->batch_tokens >= 1, OptionError, "--batch-tokens must be at least 1");
     QTOOL_CHECK(a->weight_cache_mb >= -1, OptionError, "--weight-cache-mb must be -1 or more");
-    const ModelOptions mopts{
-        .threads = a->threads,
-        .weight_cache_bytes = a->weight_cache_mb < 0 ? -1 : a->weight_cache_mb * 1000 * 1000};
+    const auto cache_bytes = CheckedMul<int64_t>(a->weight_cache_mb, 1000 * 1000);
+    QTOOL_CHECK(cache_bytes.has_value(), OptionError, "--weight-cache-mb {} is too large",
+                a->weight_cache_mb);
+    const ModelOptions mopts{.threads = a->threads,
+                             .weight_cache_bytes = a->weight_cache_mb < 0 ? -1 : *cache_bytes};
+    // The text and tokenizer readers would block on a FIFO: only regular files are given to them.
+    if (!a->text.empty()) CheckRegularFile(a->text);
+    if (!a->tokenizer.empty()) CheckRegularFile(a->tokenizer);
     const Model model(a->model, mopts);
+    CheckReportPathFor(model.checkpoint(), a->json);
     const std::vector<int32_t> ids =
         a->tokens.empty()
             ? EncodeTextFile(LoadModelTokenizer(model.checkpoint().dir(), a->tokenizer), a->text)
             : ReadTokenIds(a->tokens);
+    if (!a->tokens.empty()) {
+      const int64_t vocab = model.config().vocab_size;
+      for (size_t i = 0; i < ids.size(); ++i) {
+        QTOOL_CHECK(ids[i] >= 0 && ids[i] < vocab, FormatError,
+                    "{}: token {} is {}, outside the model's vocabulary 0..{}", a->tokens, i,
+                    ids[i], vocab - 1);
+      }
+    }
     std::unique_ptr<Model> base;
-    if (!a->ref.empty()) base = std::make_unique<Model>(a->ref, mopts);
+    if (!a->ref.empty()) {
+      base = std::make_unique<Model>(a->ref, mopts);
+      CheckReportPathFor(base->checkpoint(), a->json);
+    }
     Progress progress("eval");
     const EvalReport r = Evaluate(model, ids, {.ctx = a->ctx, .batch_tokens = a->batch_tokens},
                                   base.get(), [&](int64_t done, int64_t total) {

@@ -3,8 +3,10 @@
 
 #include "commands.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/core/input_file.hpp"
 #include "qtool/model/model.hpp"
 #include "qtool/model/tokenizer.hpp"
+#include "staged_output.hpp"
 #include "terminal.hpp"
 
 namespace qtool::cli {
@@ -30,7 +32,9 @@ void RegisterGenerate(CLI::App& app) {
   cmd->add_option("--json", a->json, "Also write the result as JSON to this file (- for stdout)");
   cmd->callback([a]() {
     QTOOL_CHECK(a->n >= 0, OptionError, "-n must not be negative");
+    if (!a->tokenizer.empty()) CheckRegularFile(a->tokenizer);  // its reader would block on a FIFO
     const Model model(a->model, {.threads = a->threads});
+    CheckReportPathFor(model.checkpoint(), a->json);
     const Tokenizer tok = LoadModelTokenizer(model.checkpoint().dir(), a->tokenizer);
     std::vector<int32_t> prompt = {model.config().bos_token_id};
     const std::vector<int32_t> encoded = tok.Encode(a->prompt);

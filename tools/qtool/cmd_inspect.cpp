@@ -2,7 +2,10 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "qtool/core/checked.hpp"
+#include "qtool/core/error.hpp"
 #include "qtool/io/quantized.hpp"
+#include "staged_output.hpp"
 #include "terminal.hpp"
 
 namespace qtool::cli {
@@ -10,9 +13,27 @@ namespace {
 
 using json = nlohmann::json;
 
-int64_t ConfigInt(const json& c, const char* key, int64_t fallback = 0) {
+// Largest size config.json may give (a dimension, a layer count, a vocabulary): products of a few
+// of them stay far from overflowing int64.
+constexpr int64_t kMaxConfigInt = int64_t{1} << 32;
+
+// Integer `key` of config.json `c`, or `fallback` when absent or null. Throws FormatError for a
+// value that is not an integer in 0..kMaxConfigInt.
+int64_t ConfigInt(const Checkpoint& ck, const json& c, const char* key, int64_t fallback = 0) {
   const auto it = c.find(key);
-  return it != c.end() && it->is_number_integer() ? it->get<int64_t>() : fallback;
+  if (it == c.end() || it->is_null()) return fallback;
+  QTOOL_CHECK(
+      it->is_number_integer() && it->get<int64_t>() >= 0 && it->get<int64_t>() <= kMaxConfigInt,
+      FormatError, "{}: \"{}\" is {}, not an integer in 0..{}", (ck.dir() / "config.json").string(),
+      key, it->dump(), kMaxConfigInt);
+  return it->get<int64_t>();
+}
+
+// The product of `factors`; FormatError naming `what` in `ck` when it overflows.
+int64_t Product(const Checkpoint& ck, std::initializer_list<int64_t> factors, const char* what) {
+  const auto p = CheckedProduct<int64_t>(factors);
+  QTOOL_CHECK(p.has_value(), FormatError, "{}: {} overflows 64 bits", ck.dir().string(), what);
+  return *p;
 }
 
 json Inspect(const Checkpoint& ck) {
@@ -22,8 +43,11 @@ json Inspect(const Checkpoint& ck) {
   for (const std::string& name : LogicalTensorNames(ck)) {
     const std::vector<int64_t> shape = LogicalShape(ck, name);
     int64_t n = 1;
-    for (const int64_t d : shape) n *= d;
-    params += n;
+    for (const int64_t d : shape) n = Product(ck, {n, d}, "a tensor's element count");
+    const auto total = CheckedAdd(params, n);
+    QTOOL_CHECK(total.has_value(), FormatError, "{}: the parameter count overflows",
+                ck.dir().string());
+    params = *total;
     json e = {{"name", name}, {"shape", shape}, {"params", n}};
     if (qrec && qrec->at("tensors").contains(name)) {
       const json& r = qrec->at("tensors").at(name);
@@ -51,30 +75,34 @@ json Inspect(const Checkpoint& ck) {
   if (qrec) out["quantization"] = qrec->at("codec");
   if (ck.config()) {
     const json& c = *ck.config();
-    const int64_t hidden = ConfigInt(c, "hidden_size");
-    const int64_t heads = ConfigInt(c, "num_attention_heads");
-    const int64_t kv_heads = ConfigInt(c, "num_key_value_heads", heads);
-    const int64_t layers = ConfigInt(c, "num_hidden_layers");
-    const int64_t head_dim = ConfigInt(c, "head_dim", heads ? hidden / heads : 0);
+    QTOOL_CHECK(c.is_object(), FormatError, "{}: not a JSON object",
+                (ck.dir() / "config.json").string());
+    const int64_t hidden = ConfigInt(ck, c, "hidden_size");
+    const int64_t heads = ConfigInt(ck, c, "num_attention_heads");
+    const int64_t kv_heads = ConfigInt(ck, c, "num_key_value_heads", heads);
+    const int64_t layers = ConfigInt(ck, c, "num_hidden_layers");
+    const int64_t head_dim = ConfigInt(ck, c, "head_dim", heads ? hidden / heads : 0);
     json arch = {{"model_type", c.value("model_type", "")},
                  {"hidden_size", hidden},
-                 {"intermediate_size", ConfigInt(c, "intermediate_size")},
+                 {"intermediate_size", ConfigInt(ck, c, "intermediate_size")},
                  {"num_hidden_layers", layers},
                  {"num_attention_heads", heads},
                  {"num_key_value_heads", kv_heads},
                  {"head_dim", head_dim},
-                 {"vocab_size", ConfigInt(c, "vocab_size")},
-                 {"max_position_embeddings", ConfigInt(c, "max_position_embeddings")},
+                 {"vocab_size", ConfigInt(ck, c, "vocab_size")},
+                 {"max_position_embeddings", ConfigInt(ck, c, "max_position_embeddings")},
                  {"tie_word_embeddings", c.value("tie_word_embeddings", false)}};
     if (c.contains("architectures")) arch["architectures"] = c["architectures"];
     out["architecture"] = arch;
     // KV cache: keys and values (2) for every layer, kv head and head dimension.
-    const int64_t per_token_elems = 2 * layers * kv_heads * head_dim;
+    const int64_t per_token_elems =
+        Product(ck, {2, layers, kv_heads, head_dim}, "the KV cache size");
     json kv = {{"elements_per_token", per_token_elems}};
     for (const auto& [dtype, bytes] : {std::pair{"fp16", 2}, std::pair{"fp8", 1}}) {
       json d = {{"bytes_per_token", per_token_elems * bytes}};
       for (const int64_t ctx : {4096, 32768, 131072}) {
-        d[fmt::format("ctx_{}", ctx)] = per_token_elems * bytes * ctx;
+        d[fmt::format("ctx_{}", ctx)] =
+            Product(ck, {per_token_elems, bytes, ctx}, "the KV cache size");
       }
       kv[dtype] = d;
     }
@@ -143,8 +171,15 @@ void RegisterInspect(CLI::App& app) {
   cmd->add_option("--json", a->json, "Also write the report as JSON to this file (- for stdout)");
   cmd->callback([a]() {
     const Checkpoint ck = Checkpoint::Open(a->input);
-    const json r = Inspect(ck);
-    if (a->json != "-") Print(r);
+    CheckReportPathFor(ck, a->json);
+    json r;
+    try {
+      r = Inspect(ck);
+      if (a->json != "-") Print(r);
+    } catch (const json::exception& e) {  // a value of the wrong type in config.json or a record
+      throw FormatError(
+          fmt::format("{}: config.json or a quantisation record: {}", ck.dir().string(), e.what()));
+    }
     if (!a->json.empty()) WriteJsonReport(a->json, r);
   });
 }

@@ -13,6 +13,7 @@
 #include "qtool/quant/mx_codec.hpp"
 #include "qtool/quant/observer.hpp"
 #include "qtool/quant/spec.hpp"
+#include "staged_output.hpp"
 #include "terminal.hpp"
 
 namespace qtool::cli {
@@ -29,8 +30,13 @@ struct QuantizeArgs {
   std::vector<std::string> include, exclude;
 };
 
+// Bounds of the numeric options: past them the sizes computed from them would overflow.
+constexpr int64_t kMaxGroup = int64_t{1} << 40;
+constexpr int kMaxThreads = 4096;
+
 uint64_t ParseSize(const std::string& s) {
-  static const std::regex re(R"(^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$)");
+  // At most 15 integer digits: std::stod then never overflows.
+  static const std::regex re(R"(^\s*([0-9]{1,15}(?:\.[0-9]{1,9})?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$)");
   std::smatch m;
   QTOOL_CHECK(std::regex_match(s, m, re), OptionError,
               "--max-shard-size \"{}\" is not a size such as 500MB or 5GB", s);
@@ -41,6 +47,7 @@ uint64_t ParseSize(const std::string& s) {
       unit.empty() ? 0 : std::string("kmgt").find(static_cast<char>(std::tolower(unit[0]))) + 1;
   v *= std::pow(base, power);
   QTOOL_CHECK(v >= 1, OptionError, "--max-shard-size must be at least 1 byte");
+  QTOOL_CHECK(v < 0x1p63, OptionError, "--max-shard-size \"{}\" is too large", s);
   return static_cast<uint64_t>(v);
 }
 
@@ -118,7 +125,7 @@ nlohmann::json FpRecord(const QuantizeArgs& a, const std::string& element) {
 nlohmann::json CodecRecord(const QuantizeArgs& a) {
   const std::string& f = a.format;
   std::smatch m;
-  static const std::regex int_re(R"(^int([0-9]+)$)");
+  static const std::regex int_re(R"(^int([0-9]{1,9})$)");  // std::stoi cannot overflow
   const bool is_int = f == "int" || std::regex_match(f, m, int_re);
   const bool is_fp = FpFormats().contains(f);
   QTOOL_CHECK(is_int || a.observer == "minmax", OptionError,
@@ -233,7 +240,10 @@ void RegisterQuantize(CLI::App& app) {
   cmd->callback([a, gran, method]() {
     a->granularity_given = gran->count() > 0;
     QTOOL_CHECK(a->group >= 1, OptionError, "--group must be at least 1, got {}", a->group);
-    QTOOL_CHECK(a->threads >= 0, OptionError, "--threads must not be negative");
+    QTOOL_CHECK(a->group <= kMaxGroup, OptionError, "--group must be at most {}, got {}", kMaxGroup,
+                a->group);
+    QTOOL_CHECK(a->threads >= 0 && a->threads <= kMaxThreads, OptionError,
+                "--threads must be in 0..{}, got {}", kMaxThreads, a->threads);
     QTOOL_CHECK(a->activations == "none" || a->activations == "int8", OptionError,
                 "--activations is none or int8, not \"{}\"", a->activations);
     QuantizeOptions opts;
@@ -241,26 +251,28 @@ void RegisterQuantize(CLI::App& app) {
     opts.include = a->include;
     opts.exclude = a->exclude;
     opts.threads = a->threads;
-    opts.overwrite = a->force;
+    // The output replaces an old one only in StagedRun::Commit, together with the report.
+    opts.overwrite = false;
     if (a->activations == "int8") opts.activations = Int8TokenActivations();
     if (!a->max_shard.empty()) opts.max_shard_bytes = ParseSize(a->max_shard);
     MakeCodec(opts.codec, 1, 1);  // validate the options before opening anything
-    if (auto r = RunQuantizeMethod(*method, opts, a->input, a->output, a->quiet)) {
-      if (!a->quiet && a->json != "-") PrintReport(r->report);
+    const Checkpoint in = Checkpoint::Open(a->input);
+    StagedRun run(in, a->output, a->json, a->force);
+    if (auto r = RunQuantizeMethod(*method, opts, a->input, run.output(), a->quiet)) {
       nlohmann::json j = r->report.ToJson();
       j["solver"] = std::move(r->solver);
-      if (!a->json.empty()) WriteJsonReport(a->json, j);
+      run.Commit(j);
+      if (!a->quiet && a->json != "-") PrintReport(r->report);
       return;
     }
-    const Checkpoint in = Checkpoint::Open(a->input);
     Progress progress("quantize");
     const QuantizeReport report = QuantizeCheckpoint(
-        in, a->output, opts, [&](size_t done, size_t total, const std::string& name) {
+        in, run.output(), opts, [&](size_t done, size_t total, const std::string& name) {
           progress.Update(done, total, name);
         });
     progress.Done();
+    run.Commit(report.ToJson());
     if (!a->quiet && a->json != "-") PrintReport(report);
-    if (!a->json.empty()) WriteJsonReport(a->json, report.ToJson());
   });
 }
 

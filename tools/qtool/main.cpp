@@ -1,16 +1,20 @@
 // qtool: quantise LLM checkpoints, inspect them, and measure what quantisation cost.
 //
 // Exit codes: 0 success, 2 command line error, and one code per qtool::Error class (see
-// qtool/core/error.hpp), 1 for anything unexpected. Errors print one line on stderr.
+// qtool/core/error.hpp), 128 + N when interrupted by signal N, 1 for anything unexpected. Errors
+// print one line on stderr (docs/GUARANTEES.md).
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "commands.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/memory.hpp"
+#include "qtool/io/temp_path.hpp"
 #include "qtool/kernels.hpp"
 
 namespace {
@@ -31,6 +35,8 @@ std::string VersionText() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // First, before any thread starts: an interrupted run removes its temporary output.
+  qtool::CleanUpTempsOnSignals();
   // Solvers and the writer free and allocate buffers of tens of megabytes tensor after tensor.
   qtool::RetainFreedMemory();
   CLI::App app{"qtool: quantise large language models and measure the quality lost"};
@@ -44,11 +50,23 @@ int main(int argc, char** argv) {
   qtool::cli::RegisterGenerate(app);
   try {
     app.parse(argc, argv);
+  } catch (const CLI::ConversionError& e) {
+    // A value that is not a number of the option's type, or does not fit in it.
+    app.exit(e);
+    return static_cast<int>(qtool::ExitCode::kOption);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : static_cast<int>(qtool::ExitCode::kUsage);
   } catch (const qtool::Error& e) {
     std::fprintf(stderr, "qtool: %s: %s\n", e.kind(), e.what());
     return static_cast<int>(e.exit_code());
+  } catch (const nlohmann::json::exception& e) {
+    // A JSON value of the wrong type that a parser did not check: still a bad file, not a bug of
+    // the run (the parsers name the file; this is the last resort).
+    std::fprintf(stderr, "qtool: %s: %s\n", qtool::FormatError("").kind(), e.what());
+    return static_cast<int>(qtool::ExitCode::kFormat);
+  } catch (const std::filesystem::filesystem_error& e) {
+    std::fprintf(stderr, "qtool: %s: %s\n", qtool::IoError("").kind(), e.what());
+    return static_cast<int>(qtool::ExitCode::kIo);
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "qtool: out of memory\n");
     return static_cast<int>(qtool::ExitCode::kInternal);

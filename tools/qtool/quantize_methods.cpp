@@ -2,11 +2,14 @@
 // is the codec path of cmd_quantize.cpp), their options, per-layer progress and solver losses.
 #include <fmt/format.h>
 
+#include <cmath>
 #include <exception>
 #include <string>
 
 #include "commands.hpp"
+#include "qtool/core/checked.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/core/input_file.hpp"
 #include "qtool/solvers/calibrated.hpp"
 #include "terminal.hpp"
 
@@ -54,7 +57,17 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
   c.method = solvers::ParseMethod(m.method);
   QTOOL_CHECK(!solvers::NeedsCalibration(c.method) || !m.calib.empty(), OptionError,
               "--method {} needs --calib FILE", m.method);
-  QTOOL_CHECK(m.damp >= 0, OptionError, "--damp must not be negative");
+  QTOOL_CHECK(std::isfinite(m.damp) && m.damp >= 0, OptionError,
+              "--damp must be a finite number, not negative");
+  // The calibration tokens are held at once: nsamples x seqlen ids, and activations per token.
+  QTOOL_CHECK(m.nsamples >= 1 && m.nsamples <= (int64_t{1} << 20), OptionError,
+              "--nsamples must be in 1..{}, got {}", int64_t{1} << 20, m.nsamples);
+  QTOOL_CHECK(m.seqlen >= 2 && m.seqlen <= (int64_t{1} << 20), OptionError,
+              "--seqlen must be in 2..{}, got {}", int64_t{1} << 20, m.seqlen);
+  const auto tokens = CheckedMul(m.nsamples, m.seqlen);
+  QTOOL_CHECK(tokens && *tokens <= (int64_t{1} << 26), OptionError,
+              "--nsamples {} x --seqlen {} is more than {} calibration tokens", m.nsamples,
+              m.seqlen, int64_t{1} << 26);
   c.alpha_search = m.alpha == "auto";
   if (!c.alpha_search) {
     size_t used = 0;
@@ -66,6 +79,7 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
     QTOOL_CHECK(used == m.alpha.size() && c.alpha >= 0 && c.alpha <= 1, OptionError,
                 "--alpha is a number in [0, 1] or auto, not \"{}\"", m.alpha);
   }
+  if (!m.calib.empty()) CheckRegularFile(m.calib);  // a FIFO would block its reader
   c.calib_text = m.calib;
   c.calib.num_samples = m.nsamples;
   c.calib.seq_len = m.seqlen;

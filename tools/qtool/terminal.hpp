@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -48,18 +47,6 @@ inline std::string HumanBytes(double bytes) {
     ++u;
   }
   return u == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.2f} {}", bytes, units[u]);
-}
-
-/// Writes a JSON report to `path` ("-" for stdout).
-inline void WriteJsonReport(const std::string& path, const nlohmann::json& j) {
-  if (path == "-") {
-    std::fputs((j.dump(2) + "\n").c_str(), stdout);
-    return;
-  }
-  std::ofstream f(path, std::ios::trunc);
-  f << j.dump(2) << "\n";
-  f.close();
-  QTOOL_CHECK(f, IoError, "{}: cannot write the JSON report", path);
 }
 
 }  // namespace qtool::cli

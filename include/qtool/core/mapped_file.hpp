@@ -9,7 +9,7 @@ namespace qtool {
 
 /// A read-only, private memory map of a file, which also stays open for Read. Movable, not
 /// copyable. An empty file maps to an empty span. Throws IoError when the file cannot be opened or
-/// mapped.
+/// mapped, or is not a regular file (a FIFO or device is refused without waiting on it).
 class MappedFile {
  public:
   MappedFile() = default;
@@ -41,5 +41,10 @@ class MappedFile {
   size_t size_ = 0;
   int fd_ = -1;
 };
+
+/// When `addr` lies inside the map of a live MappedFile: that file's path and the offset of
+/// `addr` in it, to name the file after a fault there (SIGBUS: the file was truncated under the
+/// map). False otherwise.
+bool FindMappedFile(const void* addr, std::filesystem::path* path, size_t* offset);
 
 }  // namespace qtool

@@ -27,7 +27,9 @@ struct CheckpointTensor {
 };
 
 /// Read-only view of a checkpoint. Every safetensors file is memory-mapped and validated on open;
-/// an index that names a missing file or a tensor absent from its shard is refused.
+/// an index that names a missing file or a tensor absent from its shard, or no tensor at all, is
+/// refused. Only regular files are read; a non-weight file of a model directory that is a symlink
+/// to outside it (outside the repository folder, in a Hugging Face hub cache) is refused.
 class Checkpoint {
  public:
   /// Opens a .safetensors file or a model directory. Throws IoError or FormatError.
@@ -43,9 +45,13 @@ class Checkpoint {
   const CheckpointTensor& Get(std::string_view name) const;  // throws FormatError if absent
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
   /// The safetensors metadata of the first file (quantised checkpoints record their spec there).
-  const std::map<std::string, std::string>& metadata() const { return files_.front()->metadata(); }
+  const std::map<std::string, std::string>& metadata() const;
   /// Files of the model directory that are not weights (config, tokenizer, ...), by file name.
   const std::vector<std::filesystem::path>& other_files() const { return other_files_; }
+  /// Whether the checkpoint was opened as a model directory (not as a single file).
+  bool is_directory() const { return is_directory_; }
+  /// Every file the checkpoint reads: weights, index, config.json and the other files.
+  const std::vector<std::filesystem::path>& source_files() const { return source_files_; }
   uint64_t total_bytes() const;
 
  private:
@@ -54,7 +60,25 @@ class Checkpoint {
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::vector<CheckpointTensor> tensors_;
   std::vector<std::filesystem::path> other_files_;
+  std::vector<std::filesystem::path> source_files_;
+  bool is_directory_ = false;
 };
+
+/// The weight_map of a sharded checkpoint's index (`model.safetensors.index.json`): tensor name ->
+/// shard file name. Throws FormatError naming `label` for JSON that is not an object with a
+/// non-empty "weight_map" object of file names (plain names: no directory part).
+std::map<std::string, std::string> ParseShardIndex(std::string_view text, const std::string& label);
+
+/// Refuses (OptionError) an output directory that would destroy or mix with the input: `out` is,
+/// holds or lies inside the model directory (or holds a file of the checkpoint, for a single-file
+/// input). Paths are compared after resolving symlinks and "..".
+void CheckOutputSeparate(const Checkpoint& in, const std::filesystem::path& out);
+
+/// Refuses (OptionError) a report path that names a file of the checkpoint (by path, through a
+/// symlink, or as a hard link of it), lies inside the model directory or inside the output `out`
+/// (when not empty), or is a directory.
+void CheckReportPath(const Checkpoint& in, const std::filesystem::path& out,
+                     const std::filesystem::path& report);
 
 struct CheckpointWriterOptions {
   /// Largest shard in bytes of tensor data; 0 writes one `model.safetensors`. A tensor larger than

@@ -22,7 +22,8 @@ inline constexpr int kQtoolFormatVersion = 1;
 
 /// Which tensors are quantised: by default every 2-D floating point weight inside the decoder
 /// blocks (names matching kDefaultInclude). `include` rules add tensors, `exclude` rules remove
-/// them (exclusion wins). Rules are ECMAScript regular expressions searched in the tensor name.
+/// them (exclusion wins). Rules are RE2 regular expressions (core/name_pattern.hpp) searched in the
+/// tensor name.
 inline constexpr const char* kDefaultInclude = R"(\.layers\.\d+\..*\.weight$)";
 
 struct QuantizeOptions {

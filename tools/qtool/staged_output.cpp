@@ -1,0 +1,94 @@
+#include "staged_output.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "qtool/core/error.hpp"
+#include "qtool/io/temp_path.hpp"
+
+namespace qtool::cli {
+namespace fs = std::filesystem;
+namespace {
+
+// Writes `j` to a new temporary sibling of `path` (created exclusively and registered for the
+// signal cleanup) and returns its name.
+fs::path WriteTempReport(const fs::path& path, const nlohmann::json& j) {
+  const std::string text = j.dump(2) + "\n";
+  for (int attempt = 0;; ++attempt) {
+    const fs::path tmp = TempSiblingPath(path);
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      QTOOL_CHECK(errno == EEXIST && attempt < 16, IoError, "{}: cannot create: {}", tmp.string(),
+                  std::strerror(errno));
+      continue;
+    }
+    RegisterTemp(tmp);
+    size_t done = 0;
+    while (done < text.size()) {
+      const ssize_t w = ::write(fd, text.data() + done, text.size() - done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) break;
+      done += static_cast<size_t>(w);
+    }
+    const int err = done < text.size() ? errno : 0;
+    if (::close(fd) != 0 || done < text.size()) {
+      RemoveTemp(tmp);
+      throw IoError(fmt::format("{}: cannot write the JSON report: {}", path.string(),
+                                std::strerror(err ? err : errno)));
+    }
+    return tmp;
+  }
+}
+
+}  // namespace
+
+StagedRun::StagedRun(const Checkpoint& in, const fs::path& out, std::string report, bool force)
+    : out_(out), report_(std::move(report)), force_(force) {
+  CheckOutputSeparate(in, out_);
+  CheckpointWriter::CheckOutputPath(out_, force_);
+  if (!report_.empty() && report_ != "-") CheckReportPath(in, out_, report_);
+  staging_ = CreateTempSiblingDir(out_);
+  fs::path name = fs::absolute(out_).lexically_normal();
+  if (name.filename().empty()) name = name.parent_path();
+  staged_out_ = staging_ / name.filename();
+}
+
+StagedRun::~StagedRun() { RemoveTemp(staging_); }
+
+void StagedRun::Commit(const nlohmann::json& report) {
+  std::vector<StagedOutput> outputs = {{staged_out_, out_, force_}};
+  if (!report_.empty() && report_ != "-") {
+    outputs.push_back({WriteTempReport(report_, report), report_, /*replace=*/true});
+  }
+  try {
+    CommitStaged(outputs);
+  } catch (...) {
+    if (outputs.size() > 1) RemoveTemp(outputs[1].temp);
+    throw;
+  }
+  if (report_ == "-") std::fputs((report.dump(2) + "\n").c_str(), stdout);
+}
+
+void CheckReportPathFor(const Checkpoint& in, const std::string& report) {
+  if (!report.empty() && report != "-") CheckReportPath(in, {}, report);
+}
+
+void WriteJsonReport(const std::string& path, const nlohmann::json& j) {
+  if (path == "-") {
+    std::fputs((j.dump(2) + "\n").c_str(), stdout);
+    return;
+  }
+  const fs::path tmp = WriteTempReport(path, j);
+  try {
+    CommitStaged({{tmp, path, /*replace=*/true}});
+  } catch (...) {
+    RemoveTemp(tmp);
+    throw;
+  }
+}
+
+}  // namespace qtool::cli
