@@ -77,15 +77,22 @@ if has asan; then
 fi
 
 if has fuzz; then
-  step "libFuzzer run of the safetensors parser (${QTOOL_FUZZ_SECONDS:-30} s)"
+  step "libFuzzer runs: safetensors header (${QTOOL_FUZZ_SECONDS:-30} s), config.json, shard index, quantisation records, token ids (${QTOOL_FUZZ_SECONDS_EACH:-12} s each)"
   cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
     -DQTOOL_BUILD_FUZZERS=ON -DQTOOL_BUILD_BENCH=OFF -DQTOOL_BUILD_TOOLS=OFF -DQTOOL_WERROR=OFF \
     -DQTOOL_SANITIZE=address,undefined >/dev/null
-  cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors
-  rm -rf build-fuzz/corpus && mkdir -p build-fuzz/corpus && cp tests/fuzz/corpus/* build-fuzz/corpus/
-  build-fuzz/tests/fuzz_safetensors -max_total_time="${QTOOL_FUZZ_SECONDS:-30}" -max_len=4096 \
-    -print_final_stats=1 build-fuzz/corpus 2>&1 | tail -n 12
+  fuzzers=(safetensors config index quant_record token_ids)
+  cmake --build build-fuzz -j "$jobs" --target "${fuzzers[@]/#/fuzz_}"
+  for f in "${fuzzers[@]}"; do
+    # Each runs on a copy of its seed corpus (tests/fuzz/corpus for the header, corpus_NAME else).
+    seeds=tests/fuzz/corpus_$f seconds=${QTOOL_FUZZ_SECONDS_EACH:-12}
+    [ "$f" = safetensors ] && seeds=tests/fuzz/corpus seconds=${QTOOL_FUZZ_SECONDS:-30}
+    rm -rf "build-fuzz/corpus_$f" && mkdir -p "build-fuzz/corpus_$f" && cp "$seeds"/* "build-fuzz/corpus_$f/"
+    echo "-- fuzz_$f"
+    build-fuzz/tests/fuzz_$f -max_total_time="$seconds" -max_len=4096 -timeout=10 \
+      -print_final_stats=1 "build-fuzz/corpus_$f" 2>&1 | tail -n 6
+  done
 fi
 
 if has arm && [ -f scripts/test-arm.sh ]; then
