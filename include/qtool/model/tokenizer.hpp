@@ -10,29 +10,47 @@
 
 namespace qtool {
 
-/// A SentencePiece tokenizer (`tokenizer.model`), through the system's libsentencepiece.
+namespace tokenizer {
+class Backend;
+}
+
+/// A tokenizer: a Hugging Face `tokenizer.json` (BPE, byte-level or SentencePiece-style, and
+/// Unigram, with their normalizers, pre-tokenizers, added tokens and decoders; see
+/// src/model/tokenizer_json.cpp) or a SentencePiece `tokenizer.model` (through the system's
+/// libsentencepiece). `tokenizer_config.json` beside the file, when present, says whether BOS and
+/// EOS are added (`add_bos_token`, `add_eos_token`); otherwise tokenizer.json's post-processor
+/// template does, and a SentencePiece model adds BOS.
 ///
-///   Tokenizer tok = Tokenizer::Load("model/tokenizer.model");
+///   Tokenizer tok = Tokenizer::Load("model/tokenizer.json");
 ///   std::vector<int32_t> ids = tok.Encode("Once upon a time");  // no BOS/EOS added
 class Tokenizer {
  public:
-  /// Throws IoError when the file is missing, FormatError when it is not a SentencePiece model.
+  /// A file named *.json is read as tokenizer.json, any other as a SentencePiece model. Throws
+  /// IoError when the file is missing, FormatError when it is malformed or uses a component that
+  /// is not implemented (naming the file and the key).
   static Tokenizer Load(const std::filesystem::path& path);
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
-  std::vector<int32_t> Encode(std::string_view text) const;
-  std::string Decode(const std::vector<int32_t>& ids) const;
+  /// Ids of `text`. Added and special tokens written in the text are matched; BOS/EOS are added
+  /// only with `add_special_tokens`. Throws FormatError when the text is not valid UTF-8.
+  std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens = false) const;
+  /// Text of `ids`, special tokens left out with `skip_special_tokens`.
+  std::string Decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
+  /// Number of ids (the model's vocabulary and the added tokens).
   int64_t vocab_size() const;
+  /// Ids put before and after a text by Encode(text, true): BOS, EOS or a template's tokens.
+  const std::vector<int32_t>& special_prefix() const;
+  const std::vector<int32_t>& special_suffix() const;
 
  private:
-  Tokenizer();
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  explicit Tokenizer(std::unique_ptr<tokenizer::Backend> impl);
+  std::unique_ptr<tokenizer::Backend> impl_;
 };
 
-/// `path`, or `model_dir`/tokenizer.model when `path` is empty.
+/// `path` when given; else `model_dir`/tokenizer.model, or `model_dir`/tokenizer.json when there
+/// is no tokenizer.model.
 Tokenizer LoadModelTokenizer(const std::filesystem::path& model_dir,
                              const std::filesystem::path& path = {});
 
