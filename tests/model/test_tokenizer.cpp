@@ -253,5 +253,42 @@ TEST(TokenizerJson, SmolLm2RoundTrips) {
   EXPECT_EQ(t.Decode(chat_ids), chat);
 }
 
+TEST(CalibrationData, TextJsonLinesAndTokenIds) {
+  testing::ScratchDir dir;
+  Write(dir, ByteLevelBpe({"a b", "ab c"}));
+  testing::WriteFile(dir / "calib.txt", "abc ab");
+  CalibrationData d = ReadCalibrationData(dir / "calib.txt", dir.path(), 1);
+  EXPECT_EQ(d.format, "text");
+  EXPECT_EQ(d.tokens, (Ids{6, 3, 4}));
+  EXPECT_EQ(d.bos, -1);  // the tokenizer adds none; config.json's BOS is not used for text
+  testing::WriteFile(dir / "calib.jsonl", "{\"text\": \"abc\"}\n\n{\"text\": \"ab\", \"id\": 2}\n");
+  d = ReadCalibrationData(dir / "calib.jsonl", dir.path(), 1);
+  EXPECT_EQ(d.format, "jsonl");
+  EXPECT_EQ(d.documents, 2);
+  EXPECT_EQ(d.tokens, (Ids{6, 4}));
+  testing::WriteFile(dir / "calib.ids", "5 6\n7\n");
+  d = ReadCalibrationData(dir / "calib.ids", dir.path(), 1);
+  EXPECT_EQ(d.format, "token ids");
+  EXPECT_EQ(d.tokens, (Ids{5, 6, 7}));
+  // The tokenizer's BOS goes first when tokenizer_config.json says so.
+  testing::WriteFile(dir / "tokenizer_config.json",
+                     R"({"add_bos_token": true, "bos_token": "<|end|>"})");
+  EXPECT_EQ(ReadCalibrationData(dir / "calib.txt", dir.path(), 1).bos, 8);
+  // Malformed lines are named.
+  testing::WriteFile(dir / "bad.jsonl", "{\"text\": \"a\"}\n{\"txt\": \"b\"}\n");
+  try {
+    ReadCalibrationData(dir / "bad.jsonl", dir.path(), 1);
+    ADD_FAILURE() << "accepted a line without text";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("line 2"), std::string::npos) << e.what();
+  }
+  testing::WriteFile(dir / "bad.jsonl", "{\"text\": \"a\"\n");
+  EXPECT_THROW(ReadCalibrationData(dir / "bad.jsonl", dir.path(), 1), FormatError);
+  // Token ids without a tokenizer: config.json's BOS.
+  testing::ScratchDir bare;
+  testing::WriteFile(bare / "calib.ids", "5 6\n");
+  EXPECT_EQ(ReadCalibrationData(bare / "calib.ids", bare.path(), 1).bos, 1);
+}
+
 }  // namespace
 }  // namespace qtool

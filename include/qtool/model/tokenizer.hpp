@@ -57,6 +57,24 @@ Tokenizer LoadModelTokenizer(const std::filesystem::path& model_dir,
 /// The whole text file encoded at once (no BOS/EOS added), as the reference perplexities are.
 std::vector<int32_t> EncodeTextFile(const Tokenizer& tokenizer, const std::filesystem::path& path);
 
+/// Calibration data as one token stream.
+struct CalibrationData {
+  std::vector<int32_t> tokens;
+  int32_t bos = -1;       // put before each window: the tokenizer's BOS; -1: none
+  std::string format;     // "text", "jsonl" or "token ids"
+  int64_t documents = 0;  // texts read (JSONL lines; 1 for a text file)
+};
+
+/// Reads calibration data by the file's extension: `.jsonl` (one JSON object per line, each
+/// line's "text" a document; the documents' tokens are concatenated), `.ids`, `.tokens` or `.bin`
+/// (a token-id file, see ReadTokenIds), anything else plain UTF-8 text tokenised as a whole.
+/// Text is tokenised with the model's tokenizer (LoadModelTokenizer) without special tokens; BOS
+/// is the one that tokenizer adds (tokenizer_config.json's add_bos_token, else tokenizer.json's
+/// template, else BOS for a SentencePiece model), or `config_bos` for a token-id file when the
+/// model has no tokenizer. Throws FormatError naming the file and line of a malformed entry.
+CalibrationData ReadCalibrationData(const std::filesystem::path& path,
+                                    const std::filesystem::path& model_dir, int32_t config_bos);
+
 /// Reads a token-id file: text with one integer per line (whitespace separated), or, when the file
 /// holds anything but digits, signs and whitespace, little-endian int32 values. Throws FormatError
 /// naming the file and the offending line or size.
