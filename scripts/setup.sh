@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(cmake ninja-build g++ clang clang-format libclang-rt-14-dev libeigen3-dev libfmt-dev
       libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
-      libsentencepiece-dev libre2-dev pkg-config time ccache)
+      libsentencepiece-dev libre2-dev libpcre2-dev libutf8proc-dev pkg-config time ccache)
 # A package counts only when installed for this machine's architecture (or for all): the Arm
 # script installs some of the same -dev packages for arm64.
 arch=$(dpkg --print-architecture)

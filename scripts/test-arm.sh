@@ -16,7 +16,8 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   $sudo apt-get update -qq
 fi
 pkgs=(g++-aarch64-linux-gnu qemu-user-static libc6:arm64 libstdc++6:arm64 libfmt-dev:arm64
-      libgtest-dev:arm64 libre2-dev:arm64 libeigen3-dev nlohmann-json3-dev libcli11-dev pkg-config cmake ninja-build)
+      libgtest-dev:arm64 libre2-dev:arm64 libpcre2-dev:arm64 libutf8proc-dev:arm64
+      libeigen3-dev nlohmann-json3-dev libcli11-dev pkg-config cmake ninja-build)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

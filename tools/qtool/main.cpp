@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   qtool::cli::RegisterInspect(app);
   qtool::cli::RegisterEval(app);
   qtool::cli::RegisterGenerate(app);
+  qtool::cli::RegisterTokenize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ConversionError& e) {

@@ -107,6 +107,22 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
     fmt::print(stderr, "{} block {:>3} {:<26} loss {:>11.4e} {:>7.2f} s {}\n", m.method, l.block,
                l.name, l.loss, l.seconds, l.detail);
   };
+  c.on_calibration_data = [&](const CalibrationData& d,
+                              const std::vector<std::vector<int32_t>>& windows) {
+    const size_t len = windows.empty() ? 0 : windows[0].size();
+    result.solver["calibration"] = {{"file", m.calib},
+                                    {"format", d.format},
+                                    {"documents", d.documents},
+                                    {"tokens", d.tokens.size()},
+                                    {"windows", windows.size()},
+                                    {"window_tokens", len},
+                                    {"bos", d.bos}};
+    if (quiet) return;
+    fmt::print(stderr,
+               "calibration: {} ({}, {} document(s)): {} tokens, {} windows of {} tokens{}\n",
+               m.calib, d.format, d.documents, d.tokens.size(), windows.size(), len,
+               d.bos >= 0 ? fmt::format(" (BOS {} first)", d.bos) : std::string(" (no BOS)"));
+  };
   result.report = solvers::QuantizeCalibrated(
       input, output, opts, c, on_layer, [&](size_t done, size_t total, const std::string& name) {
         progress.Update(done, total, name);

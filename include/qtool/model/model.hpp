@@ -33,6 +33,7 @@ struct RopeScaling {
   double low_freq_factor = 1.0;                     // llama3
   double high_freq_factor = 4.0;                    // llama3
   int64_t original_max_position_embeddings = 8192;  // llama3
+  bool operator==(const RopeScaling&) const = default;
 };
 
 /// The shape of a Llama-family decoder, as config.json describes it.

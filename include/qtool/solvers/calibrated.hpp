@@ -18,6 +18,7 @@
 
 #include "qtool/io/quantized.hpp"
 #include "qtool/model/capture.hpp"
+#include "qtool/model/tokenizer.hpp"
 #include "qtool/solvers/gptq.hpp"
 #include "qtool/solvers/hqq.hpp"
 
@@ -48,7 +49,10 @@ struct CalibratedOptions {
   double awq_max_shrink = 0.5;
   int64_t awq_clip_tokens = 512;  // calibration rows the clipping search uses
   CalibrationOptions calib;
-  std::filesystem::path calib_text;  // tokenised with the model's tokenizer.model
+  std::filesystem::path calib_text;  // read by ReadCalibrationData (model/tokenizer.hpp)
+  /// Called once with the calibration data read and the windows drawn from it.
+  std::function<void(const CalibrationData&, const std::vector<std::vector<int32_t>>&)>
+      on_calibration_data;
 };
 
 /// One solved layer: its block, short name, solver loss (GPTQ: sum (w-q)^2 L_qq^2/2; AWQ: the
