@@ -7,6 +7,7 @@
 
 #include "commands.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/solvers/calibrated.hpp"
 #include "terminal.hpp"
 
@@ -75,9 +76,11 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
   c.gptq.mse = m.mse;
   c.gptq.damp = m.damp;
   if (c.method == solvers::Method::kSmoothQuant) {
-    opts.codec = {{"codec", "int"}, {"bits", 8}, {"symmetric", true}, {"granularity", "channel"}};
+    opts.codec = FormatToRecord(IntFormat{.bits = 8, .granularity = Granularity::kChannel});
   } else if (c.method == solvers::Method::kHqq) {
-    opts.codec["symmetric"] = false;
+    Format f = FormatFromRecord(opts.codec);
+    if (auto* i = std::get_if<IntFormat>(&f)) i->symmetric = false;  // HQQ fits zero-points
+    opts.codec = FormatToRecord(f);
   }
   MethodResult result;
   result.solver = {{"method", m.method}, {"layers", nlohmann::json::array()}};
