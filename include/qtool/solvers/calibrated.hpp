@@ -47,7 +47,7 @@ struct CalibratedOptions {
   int awq_clip_grid = 20;
   double awq_max_shrink = 0.5;
   int64_t awq_clip_tokens = 512;  // calibration rows the clipping search uses
-  CalibrationOptions calib;
+  CalibrationOptions calib;  // seq_len 0: the smaller of 512 and the model's context
   std::filesystem::path calib_text;  // tokenised with the model's tokenizer.model
 };
 
