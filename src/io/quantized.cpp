@@ -13,6 +13,8 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/name_pattern.hpp"
 #include "qtool/core/parallel.hpp"
+#include "qtool/format/traits.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/quant/codec.hpp"
 
 namespace qtool {
@@ -130,6 +132,22 @@ void CheckStoredScales(const CheckpointTensor& t) {
   }
 }
 
+// The format of tensor `name`'s record (its codec record with the original "shape" and "dtype"):
+// FormatError naming the checkpoint, the tensor and the key for a record FormatFromRecord refuses.
+Format TensorRecordFormat(const Checkpoint& ck, const std::string& name, const json& rec) {
+  const std::string where =
+      fmt::format("{}: quantisation record of \"{}\"", ck.dir().string(), name);
+  QTOOL_CHECK(rec.is_object(), FormatError, "{} is not an object", where);
+  json codec = rec;
+  codec.erase("shape");
+  codec.erase("dtype");
+  try {
+    return FormatFromRecord(codec, where);
+  } catch (const OptionError& e) {
+    throw FormatError(e.what());
+  }
+}
+
 StoredWeight OpenStored(const Checkpoint& ck, const std::string& name, const json& rec) {
   StoredWeight s;
   try {
@@ -144,7 +162,7 @@ StoredWeight OpenStored(const Checkpoint& ck, const std::string& name, const jso
   QTOOL_CHECK(s.shape.size() == 2 && s.shape[0] >= 0 && s.shape[1] >= 0, FormatError,
               "{}: quantised tensor \"{}\" has shape {}, not a matrix", ck.dir().string(), name,
               json(s.shape).dump());
-  s.codec = MakeCodec(rec, s.shape[0], s.shape[1]);
+  s.codec = MakeCodec(TensorRecordFormat(ck, name, rec), s.shape[0], s.shape[1]);
   for (const TensorSpec& part : s.codec->Layout(name)) {
     const CheckpointTensor& t = ck.Get(part.name);
     QTOOL_CHECK(t.info->dtype == part.dtype && t.info->shape == part.shape, FormatError,
@@ -494,8 +512,9 @@ std::vector<std::string> LogicalTensorNames(const Checkpoint& ck) {
   std::map<std::string, bool> hidden;
   for (const auto& [name, rec] : tensors.items()) {
     names[name] = true;
-    const auto codec = MakeCodec(rec, 1, 1);
-    for (const TensorSpec& part : codec->Layout(name)) hidden[part.name] = true;
+    for (const StoredPart& part : Layout(TensorRecordFormat(ck, name, rec), 1, 1)) {
+      hidden[name + part.suffix] = true;
+    }
   }
   for (const CheckpointTensor& t : ck.tensors()) {
     if (!hidden.contains(t.info->name)) names[t.info->name] = true;

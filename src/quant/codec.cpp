@@ -1,11 +1,7 @@
 #include "qtool/quant/codec.hpp"
 
-#include <fmt/ranges.h>
-
-#include <functional>
-#include <map>
-
-#include "qtool/core/error.hpp"
+#include "qtool/format/traits.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/quant/fp_codec.hpp"
 #include "qtool/quant/int_codec.hpp"
 #include "qtool/quant/mx_codec.hpp"
@@ -15,52 +11,50 @@
 namespace qtool {
 namespace {
 
-using Factory =
-    std::function<std::unique_ptr<WeightCodec>(const nlohmann::json&, int64_t, int64_t)>;
-
-// Every codec, by the name its records carry (docs/CODECS.md describes each).
-const std::map<std::string, Factory>& Registry() {
-  static const std::map<std::string, Factory> registry = {
-      {"int",
-       [](const nlohmann::json& r, int64_t rows, int64_t cols) -> std::unique_ptr<WeightCodec> {
-         return std::make_unique<IntCodec>(IntCodec::SpecFromRecord(r), rows, cols,
-                                           IntCodec::ObserverFromRecord(r),
-                                           r.value("g_idx", false));
-       }},
-      {"fp",
-       [](const nlohmann::json& r, int64_t rows, int64_t cols) -> std::unique_ptr<WeightCodec> {
-         return std::make_unique<FpCodec>(FpSpec::FromRecord(r), rows, cols);
-       }},
-      {"mx", &MxCodec::FromRecord},
-      {"nf4", &Nf4Codec::FromRecord},
-      {"ternary", &TernaryCodec::FromRecord},
-  };
-  return registry;
-}
+// The codec of each format family (docs/CODECS.md describes each).
+struct CodecFor {
+  int64_t rows, cols;
+  std::unique_ptr<WeightCodec> operator()(const IntFormat& f) const {
+    return std::make_unique<IntCodec>(IntSpec(f), rows, cols, f.observer, f.g_idx);
+  }
+  std::unique_ptr<WeightCodec> operator()(const TernaryFormat& f) const {
+    return std::make_unique<TernaryCodec>(
+        QuantSpec{.granularity = f.granularity, .group_size = f.group}, rows, cols);
+  }
+  std::unique_ptr<WeightCodec> operator()(const Nf4Format& f) const {
+    return std::make_unique<Nf4Codec>(f.block, f.double_quant, rows, cols);
+  }
+  std::unique_ptr<WeightCodec> operator()(const FloatFormat& f) const {
+    return std::make_unique<FpCodec>(f, rows, cols);
+  }
+  std::unique_ptr<WeightCodec> operator()(const MxFormat& f) const {
+    return std::make_unique<MxCodec>(f, rows, cols);
+  }
+};
 
 }  // namespace
 
-double WeightCodec::BitsPerWeight() const {
-  uint64_t bytes = 0;
-  for (const TensorSpec& t : Layout("w")) bytes += t.nbytes();
-  const double n = static_cast<double>(rows_) * static_cast<double>(cols_);
-  return n > 0 ? 8.0 * static_cast<double>(bytes) / n : 0.0;
+nlohmann::json WeightCodec::Record() const { return FormatToRecord(format()); }
+
+std::vector<TensorSpec> WeightCodec::Layout(const std::string& name) const {
+  std::vector<TensorSpec> out;
+  for (StoredPart& p : qtool::Layout(format(), rows_, cols_)) {
+    out.push_back({name + p.suffix, p.dtype, std::move(p.shape)});
+  }
+  return out;
+}
+
+double WeightCodec::BitsPerWeight() const { return qtool::BitsPerWeight(format(), rows_, cols_); }
+
+std::unique_ptr<WeightCodec> MakeCodec(const Format& format, int64_t rows, int64_t cols) {
+  Validate(format);
+  return std::visit(CodecFor{rows, cols}, format);
 }
 
 std::unique_ptr<WeightCodec> MakeCodec(const nlohmann::json& record, int64_t rows, int64_t cols) {
-  QTOOL_CHECK(record.is_object() && record.contains("codec") && record["codec"].is_string(),
-              OptionError, "codec record {} has no \"codec\" name", record.dump());
-  const std::string name = record["codec"].get<std::string>();
-  const auto it = Registry().find(name);
-  QTOOL_CHECK(it != Registry().end(), OptionError, "unknown codec \"{}\" (known: {})", name,
-              fmt::join(CodecNames(), ", "));
-  return it->second(record, rows, cols);
+  return MakeCodec(FormatFromRecord(record), rows, cols);
 }
 
-std::vector<std::string> CodecNames() {
-  std::vector<std::string> names;
-  for (const auto& [name, f] : Registry()) names.push_back(name);
-  return names;
-}
+std::vector<std::string> CodecNames() { return {"fp", "int", "mx", "nf4", "ternary"}; }
 
 }  // namespace qtool

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "qtool/core/error.hpp"
 #include "qtool/quant/pack.hpp"
@@ -10,10 +11,11 @@
 namespace qtool {
 namespace {
 
-const MinifloatFormat& FormatOrThrow(const std::string& name) {
-  const MinifloatFormat* f = FindMinifloat(name);
-  QTOOL_CHECK(f != nullptr, OptionError,
-              "unknown float format \"{}\" (known: e4m3, e5m2, e3m2, e2m3, e2m1)", name);
+// The minifloat of a float format's element (FormatTraits<FloatFormat>::Validate has refused
+// int8).
+const MinifloatFormat& ElementFormat(Element e) {
+  const MinifloatFormat* f = FindMinifloat(ElementName(e));
+  QTOOL_CHECK(f != nullptr, OptionError, "fp: \"{}\" is not a float element", ElementName(e));
   return *f;
 }
 
@@ -24,76 +26,14 @@ float ScaleForAmax(float amax, const MinifloatFormat& f) {
 
 }  // namespace
 
-FpSpec FpSpec::FromRecord(const nlohmann::json& r) {
-  FpSpec s;
-  try {
-    s.format = &FormatOrThrow(r.at("format").get<std::string>());
-    const std::string g = r.value("scale", std::string("channel"));
-    if (g == "tensor") {
-      s.granularity = ScaleGranularity::kTensor;
-    } else if (g == "channel") {
-      s.granularity = ScaleGranularity::kChannel;
-    } else if (g == "block") {
-      s.granularity = ScaleGranularity::kBlock;
-      const auto b = r.at("block").get<std::vector<int64_t>>();
-      QTOOL_CHECK(b.size() == 2, OptionError, "\"block\" must be [rows, cols]");
-      s.block_rows = b[0];
-      s.block_cols = b[1];
-    } else {
-      throw OptionError(fmt::format("unknown scale granularity \"{}\"", g));
-    }
-    s.saturate = r.value("saturate", true);
-  } catch (const nlohmann::json::exception& e) {
-    throw OptionError(fmt::format("invalid fp codec record {}: {}", r.dump(), e.what()));
-  }
-  QTOOL_CHECK(s.block_rows >= 1 && s.block_cols >= 1, OptionError,
-              "scale blocks must be at least 1 x 1, got {} x {}", s.block_rows, s.block_cols);
-  return s;
-}
-
-nlohmann::json FpSpec::ToRecord() const {
-  nlohmann::json r = {{"codec", "fp"}, {"format", std::string(format->name)}};
-  switch (granularity) {
-    case ScaleGranularity::kTensor:
-      r["scale"] = "tensor";
-      break;
-    case ScaleGranularity::kChannel:
-      r["scale"] = "channel";
-      break;
-    case ScaleGranularity::kBlock:
-      r["scale"] = "block";
-      r["block"] = {block_rows, block_cols};
-      break;
-  }
-  r["saturate"] = saturate;
-  return r;
-}
-
-FpCodec::FpCodec(const FpSpec& spec, int64_t rows, int64_t cols)
-    : WeightCodec(rows, cols), spec_(spec), codes_(*spec.format, spec.saturate) {
-  switch (spec.granularity) {
-    case ScaleGranularity::kTensor:  // one scale (from Observe); chunks need no alignment
-    case ScaleGranularity::kChannel:
-      br_ = 1;
-      bc_ = std::max<int64_t>(cols, 1);
-      break;
-    case ScaleGranularity::kBlock:
-      br_ = spec.block_rows;
-      bc_ = spec.block_cols;
-      break;
-  }
-}
-
-std::vector<TensorSpec> FpCodec::Layout(const std::string& name) const {
-  const MinifloatFormat& f = *spec_.format;
-  TensorSpec q{name + ".qweight", DType::kU8, {rows(), PackedBytes(cols(), f.bits())}};
-  if (&f == &kE4M3) q.dtype = DType::kF8E4M3;
-  if (&f == &kE5M2) q.dtype = DType::kF8E5M2;
-  std::vector<int64_t> sshape = {1, 1};
-  if (spec_.granularity != ScaleGranularity::kTensor) {
-    sshape = {(rows() + br_ - 1) / br_, (cols() + bc_ - 1) / bc_};
-  }
-  return {q, {name + ".scales", DType::kF32, sshape}};
+FpCodec::FpCodec(const FloatFormat& spec, int64_t rows, int64_t cols)
+    : WeightCodec(rows, cols),
+      spec_(spec),
+      format_(&ElementFormat(spec.element)),
+      codes_(*format_, spec.saturate) {
+  FormatTraits<FloatFormat>::Validate(spec);
+  // Per-tensor scales come from Observe; chunks of rows need no alignment.
+  std::tie(br_, bc_) = FormatTraits<FloatFormat>::Block(spec, cols);
 }
 
 void FpCodec::Observe(const float* w, int64_t r0, int64_t nrows) {
@@ -103,10 +43,10 @@ void FpCodec::Observe(const float* w, int64_t r0, int64_t nrows) {
 
 void FpCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
                          float* dequant) const {
-  const MinifloatFormat& f = *spec_.format;
+  const MinifloatFormat& f = *format_;
   const int64_t cols = this->cols(), row_bytes = PackedBytes(cols, f.bits());
   const int64_t nbc = (cols + bc_ - 1) / bc_;
-  const bool tensor = spec_.granularity == ScaleGranularity::kTensor;
+  const bool tensor = spec_.granularity == Granularity::kTensor;
   auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
   std::vector<float> scales(static_cast<size_t>(nbc));
   for (int64_t b0 = r0; b0 < r0 + nrows; b0 += br_) {
@@ -132,9 +72,9 @@ void FpCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* c
 }
 
 void FpCodec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const {
-  const int64_t cols = this->cols(), row_bytes = PackedBytes(cols, spec_.format->bits());
+  const int64_t cols = this->cols(), row_bytes = PackedBytes(cols, format_->bits());
   const int64_t nbc = (cols + bc_ - 1) / bc_;
-  const bool tensor = spec_.granularity == ScaleGranularity::kTensor;
+  const bool tensor = spec_.granularity == Granularity::kTensor;
   const auto* qweight = reinterpret_cast<const uint8_t*>(in[0]);
   std::vector<float> scales(static_cast<size_t>(nbc));
   // Rows in bands that share their scales: all of them for a per-tensor scale, else block rows.

@@ -6,26 +6,11 @@
 #include <vector>
 
 #include "qtool/core/error.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/quant/pack.hpp"
 
 namespace qtool {
-namespace {
-
-const char* GranularityName(Granularity g) {
-  switch (g) {
-    case Granularity::kTensor:
-      return "tensor";
-    case Granularity::kChannel:
-      return "channel";
-    case Granularity::kGroup:
-      return "group";
-  }
-  return "?";
-}
-
-}  // namespace
-
 void MinMaxRange(const float* x, int64_t n, float* lo, float* hi) {
   float a = 0.0f, b = 0.0f;
   for (int64_t i = 0; i < n; ++i) {
@@ -61,64 +46,21 @@ IntCodec::IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols, const Obse
               OptionError, "a g_idx needs groups inside rows");
 }
 
-QuantSpec IntCodec::SpecFromRecord(const nlohmann::json& r) {
-  QuantSpec s;
-  try {
-    s.bits = r.at("bits").get<int>();
-    s.symmetric = r.value("symmetric", true);
-    const std::string g = r.value("granularity", std::string("group"));
-    if (g == "tensor") {
-      s.granularity = Granularity::kTensor;
-    } else if (g == "channel") {
-      s.granularity = Granularity::kChannel;
-    } else if (g == "group") {
-      s.granularity = Granularity::kGroup;
-      s.group_size = r.at("group_size").get<int64_t>();
-      s.flat_groups = r.value("flat_groups", false);
-    } else {
-      throw OptionError(fmt::format("unknown granularity \"{}\"", g));
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw OptionError(fmt::format("invalid int codec record {}: {}", r.dump(), e.what()));
-  }
-  s.Validate();
-  return s;
+QuantSpec IntCodec::SpecFromRecord(const nlohmann::json& record) {
+  const Format f = FormatFromRecord(record);
+  const auto* i = std::get_if<IntFormat>(&f);
+  QTOOL_CHECK(i != nullptr, OptionError, "codec record {}: not an integer format", record.dump());
+  return IntSpec(*i);
 }
 
-ObserverSpec IntCodec::ObserverFromRecord(const nlohmann::json& r) {
-  const auto it = r.find("observer");
-  if (it == r.end()) return {};
-  QTOOL_CHECK(it->is_string(), OptionError, "codec record {}: \"observer\" must be a string",
-              r.dump());
-  return ObserverSpec::Parse(it->get<std::string>());
-}
-
-nlohmann::json IntCodec::Record() const {
-  nlohmann::json r = {{"codec", "int"},
-                      {"bits", spec_.bits},
-                      {"symmetric", spec_.symmetric},
-                      {"granularity", GranularityName(spec_.granularity)}};
-  if (spec_.granularity == Granularity::kGroup) r["group_size"] = spec_.group_size;
-  if (spec_.flat_groups) r["flat_groups"] = true;
-  if (g_idx_) r["g_idx"] = true;
-  if (observer_.kind != ObserverKind::kMinMax) r["observer"] = observer_.ToString();
-  return r;
-}
-
-std::vector<TensorSpec> IntCodec::Layout(const std::string& name) const {
-  const bool tensor = spec_.granularity == Granularity::kTensor;
-  int64_t prow = tensor ? 1 : rows();
-  int64_t pcol = tensor ? 1 : spec_.GroupsPerRow(cols());
-  if (spec_.flat_groups) {
-    prow = (rows() * cols() + spec_.group_size - 1) / spec_.group_size;
-    pcol = 1;
-  }
-  std::vector<TensorSpec> out = {
-      {name + ".qweight", DType::kU8, {rows(), PackedBytes(cols(), spec_.bits)}},
-      {name + ".scales", DType::kF32, {prow, pcol}}};
-  if (!spec_.symmetric) out.push_back({name + ".zeros", DType::kU8, {prow, pcol}});
-  if (g_idx_) out.push_back({name + ".g_idx", DType::kI32, {cols()}});
-  return out;
+Format IntCodec::format() const {
+  return IntFormat{.bits = spec_.bits,
+                   .symmetric = spec_.symmetric,
+                   .granularity = spec_.granularity,
+                   .group = spec_.group_size,
+                   .flat = spec_.flat_groups,
+                   .g_idx = g_idx_,
+                   .observer = observer_};
 }
 
 int64_t IntCodec::row_block() const {

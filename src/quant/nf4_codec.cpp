@@ -98,40 +98,10 @@ const std::array<float, 256>& DynamicMap8() {
 
 Nf4Codec::Nf4Codec(int64_t block, bool double_quant, int64_t rows, int64_t cols)
     : WeightCodec(rows, cols), block_(block), double_quant_(double_quant) {
-  QTOOL_CHECK(block >= 32 && block <= 4096, OptionError, "NF4 block must be in 32..4096, got {}",
-              block);
-}
-
-std::unique_ptr<WeightCodec> Nf4Codec::FromRecord(const nlohmann::json& r, int64_t rows,
-                                                  int64_t cols) {
-  try {
-    return std::make_unique<Nf4Codec>(r.value("block", int64_t{64}), r.value("double_quant", false),
-                                      rows, cols);
-  } catch (const nlohmann::json::exception& e) {
-    throw OptionError(fmt::format("invalid nf4 codec record {}: {}", r.dump(), e.what()));
-  }
-}
-
-nlohmann::json Nf4Codec::Record() const {
-  return {{"codec", "nf4"}, {"block", block_}, {"double_quant", double_quant_}};
+  FormatTraits<Nf4Format>::Validate(Nf4Format{.block = block, .double_quant = double_quant});
 }
 
 int64_t Nf4Codec::num_blocks() const { return (rows() * cols() + block_ - 1) / block_; }
-
-std::vector<TensorSpec> Nf4Codec::Layout(const std::string& name) const {
-  const int64_t nb = num_blocks();
-  std::vector<TensorSpec> out = {{name + ".qweight", DType::kU8, {rows(), (cols() + 1) / 2}}};
-  if (!double_quant_) {
-    out.push_back({name + ".absmax", DType::kF32, {nb}});
-  } else {
-    out.push_back({name + ".absmax", DType::kU8, {nb}});
-    out.push_back({name + ".absmax_scale",
-                   DType::kF32,
-                   {(nb + kNf4DoubleQuantBlock - 1) / kNf4DoubleQuantBlock}});
-    out.push_back({name + ".absmax_offset", DType::kF32, {1}});
-  }
-  return out;
-}
 
 void Nf4Codec::Observe(const float* w, int64_t r0, int64_t nrows) {
   if (r0 == 0) absmax_.assign(static_cast<size_t>(num_blocks()), 0.0f);

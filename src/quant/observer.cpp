@@ -14,14 +14,6 @@ namespace {
 
 constexpr int kMseShrinkSteps = 99;  // alpha = 1 - i / 100 for i in [0, 99]
 
-double ParseNumber(std::string_view text, std::string_view option) {
-  double v = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  QTOOL_CHECK(ec == std::errc() && end == text.data() + text.size(), OptionError,
-              "observer \"{}\": \"{}\" is not a number", option, text);
-  return v;
-}
-
 // Clips the min-max range of the data to [-t, t].
 Range ClipRange(Range r, float t) { return {std::max(r.lo, -t), std::min(r.hi, t)}; }
 
@@ -63,46 +55,6 @@ Range PercentileRange(const float* x, int64_t n, double percentile) {
 }
 
 }  // namespace
-
-ObserverSpec ObserverSpec::Parse(std::string_view text) {
-  ObserverSpec s;
-  const size_t colon = text.find(':');
-  const std::string_view name = text.substr(0, colon);
-  const std::string_view arg = colon == std::string_view::npos ? "" : text.substr(colon + 1);
-  if (name == "minmax" && arg.empty()) {
-    s.kind = ObserverKind::kMinMax;
-  } else if (name == "percentile") {
-    s.kind = ObserverKind::kPercentile;
-    if (!arg.empty()) s.percentile = ParseNumber(arg, text);
-    QTOOL_CHECK(s.percentile > 0 && s.percentile <= 100, OptionError,
-                "observer \"{}\": the percentile must be in (0, 100]", text);
-  } else if (name == "mse") {
-    s.kind = ObserverKind::kMse;
-    if (!arg.empty()) s.norm = ParseNumber(arg, text);
-    QTOOL_CHECK(s.norm > 0 && s.norm <= 16, OptionError,
-                "observer \"{}\": the norm must be in (0, 16]", text);
-  } else if (name == "kl" && arg.empty()) {
-    s.kind = ObserverKind::kKl;
-  } else {
-    throw OptionError(
-        fmt::format("unknown observer \"{}\" (known: minmax, percentile:P, mse, mse:P, kl)", text));
-  }
-  return s;
-}
-
-std::string ObserverSpec::ToString() const {
-  switch (kind) {
-    case ObserverKind::kMinMax:
-      return "minmax";
-    case ObserverKind::kPercentile:
-      return fmt::format("percentile:{}", percentile);
-    case ObserverKind::kMse:
-      return norm == 2.0 ? "mse" : fmt::format("mse:{}", norm);
-    case ObserverKind::kKl:
-      return "kl";
-  }
-  return "?";
-}
 
 Range MinMax(const float* x, int64_t n) {
   Range r;

@@ -11,7 +11,7 @@
 namespace qtool {
 namespace {
 
-constexpr int kTernaryBits = 2;
+constexpr int kTernaryBits = FormatTraits<TernaryFormat>::kBits;
 
 float AbsmeanScale(double abs_sum, int64_t n) {
   const double mean = n > 0 ? abs_sum / static_cast<double>(n) : 0.0;
@@ -25,29 +25,6 @@ TernaryCodec::TernaryCodec(const QuantSpec& spec, int64_t rows, int64_t cols)
   spec_.bits = kTernaryBits;
   spec_.symmetric = true;
   spec_.Validate();
-}
-
-std::unique_ptr<WeightCodec> TernaryCodec::FromRecord(const nlohmann::json& r, int64_t rows,
-                                                      int64_t cols) {
-  nlohmann::json with_bits = r;
-  with_bits["bits"] = kTernaryBits;  // the integer record parser reads the granularity fields
-  return std::make_unique<TernaryCodec>(IntCodec::SpecFromRecord(with_bits), rows, cols);
-}
-
-nlohmann::json TernaryCodec::Record() const {
-  nlohmann::json r = IntCodec(spec_, 1, 1).Record();
-  r.erase("bits");
-  r.erase("symmetric");
-  r["codec"] = "ternary";
-  return r;
-}
-
-std::vector<TensorSpec> TernaryCodec::Layout(const std::string& name) const {
-  const bool tensor = spec_.granularity == Granularity::kTensor;
-  return {{name + ".qweight", DType::kU8, {rows(), PackedBytes(cols(), kTernaryBits)}},
-          {name + ".scales",
-           DType::kF32,
-           {tensor ? 1 : rows(), tensor ? 1 : spec_.GroupsPerRow(cols())}}};
 }
 
 void TernaryCodec::Observe(const float* w, int64_t r0, int64_t nrows) {

@@ -26,6 +26,10 @@ using json = nlohmann::json;
 
 namespace {
 
+// Calibration sample length when none is asked for (seq_len 0), or the model's context when that is
+// shorter.
+constexpr int64_t kDefaultSeqLen = 512;
+
 double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -540,6 +544,9 @@ std::vector<std::vector<int32_t>> CalibrationSamples(const fs::path& model_dir, 
       ReadCalibrationData(method.calib_text, model_dir, model.config().bos_token_id);
   CalibrationOptions c = method.calib;
   c.bos = data.bos;
+  if (c.seq_len == 0) {
+    c.seq_len = std::min<int64_t>(kDefaultSeqLen, model.config().max_position_embeddings);
+  }
   std::vector<std::vector<int32_t>> samples = DrawCalibrationSamples(data.tokens, c);
   if (method.on_calibration_data) method.on_calibration_data(data, samples);
   return samples;

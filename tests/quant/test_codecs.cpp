@@ -259,11 +259,7 @@ TEST(Codecs, FpBlockScalesAreAmaxOverMax) {
   // 4 x 4 matrix with 2 x 2 blocks; block (1, 0) holds the largest value 896 = 2 * 448.
   std::vector<float> w(16, 1.0f);
   w[2 * 4 + 1] = 896.0f;
-  FpSpec spec;
-  spec.granularity = ScaleGranularity::kBlock;
-  spec.block_rows = 2;
-  spec.block_cols = 2;
-  FpCodec codec(spec, 4, 4);
+  FpCodec codec({.granularity = Granularity::kGroup, .block_rows = 2, .block_cols = 2}, 4, 4);
   const auto e = EncodeMatrix(codec, w);
   const auto* scales = reinterpret_cast<const float*>(e.parts[1].data());
   EXPECT_EQ(scales[0], 1.0f / 448);
@@ -282,7 +278,7 @@ TEST(Codecs, MxBlocksFollowTheSpec) {
   w[5] = 6.0f * std::ldexp(1.0f, -3);  // amax 0.75 = 6 * 2^-3: floor(log2) = -1, minus emax 2
   for (int i = 32; i < 64; ++i) w[static_cast<size_t>(i)] = 1.0f;
   w[40] = std::numeric_limits<float>::quiet_NaN();
-  MxCodec codec("e2m1", 32, 1, 64);
+  MxCodec codec({.element = Element::kE2M1, .block = 32}, 1, 64);
   const auto e = EncodeMatrix(codec, w);
   EXPECT_EQ(static_cast<uint8_t>(e.parts[1][0]), 127 - 3);
   EXPECT_EQ(static_cast<uint8_t>(e.parts[1][1]), kE8M0Nan);
@@ -290,7 +286,7 @@ TEST(Codecs, MxBlocksFollowTheSpec) {
     EXPECT_EQ(e.dequant[static_cast<size_t>(i)], w[static_cast<size_t>(i)]);
   for (int i = 32; i < 64; ++i) EXPECT_TRUE(std::isnan(e.dequant[static_cast<size_t>(i)]));
   // MXINT8: elements are q / 64; amax 1.5 gives X = 1 and 1.5 -> 96.
-  MxCodec int8("int8", 32, 1, 2);
+  MxCodec int8({.element = Element::kInt8, .block = 32}, 1, 2);
   const auto e8 = EncodeMatrix(int8, {1.5f, -0.01f});
   EXPECT_EQ(static_cast<uint8_t>(e8.parts[1][0]), 127);
   EXPECT_EQ(static_cast<int8_t>(e8.parts[0][0]), 96);

@@ -18,7 +18,7 @@ namespace {
 
 using json = nlohmann::json;
 
-struct Format {
+struct SqnrFormat {
   std::string label;
   json record;
 };
@@ -31,8 +31,8 @@ json Int(int bits, const char* observer = "minmax") {
 
 // The formats of the table: integers at group 64 (the NF4 block), then every other codec with
 // the defaults `qtool quantize` uses.
-std::vector<Format> Formats() {
-  std::vector<Format> f;
+std::vector<SqnrFormat> Formats() {
+  std::vector<SqnrFormat> f;
   for (int b = 8; b >= 2; --b) f.push_back({fmt::format("int{} g64", b), Int(b)});
   f.push_back({"int4 g64 mse", Int(4, "mse")});
   f.push_back({"int3 g64 mse", Int(3, "mse")});
@@ -60,13 +60,14 @@ struct Result {
 };
 
 // SQNR of every format on every tensor QuantizeCheckpoint would quantise by default.
-std::map<std::string, Result> Measure(const Checkpoint& ck, const std::vector<Format>& formats) {
+std::map<std::string, Result> Measure(const Checkpoint& ck,
+                                      const std::vector<SqnrFormat>& formats) {
   std::map<std::string, Result> out;
   for (const CheckpointTensor& t : ck.tensors()) {
     if (!SelectedForQuantization(*t.info, QuantizeOptions{})) continue;
     const std::vector<float> w = ReadTensorF32(ck, t.info->name);
     const int64_t rows = t.info->shape[0], cols = t.info->shape[1];
-    for (const Format& f : formats) {
+    for (const SqnrFormat& f : formats) {
       auto codec = MakeCodec(f.record, rows, cols);
       const auto enc = testing::EncodeMatrix(*codec, w, 16);
       ErrorStats s;
@@ -85,7 +86,7 @@ TEST(ModelSqnr, EveryFormatOnEverySharedModel) {
   QTOOL_REQUIRE_SHARED();
   const auto models = testing::SharedModels();
   ASSERT_FALSE(models.empty()) << "../shared/models holds no checkpoint";
-  const std::vector<Format> formats = Formats();
+  const std::vector<SqnrFormat> formats = Formats();
   for (const auto& dir : models) {
     const Checkpoint ck = Checkpoint::Open(dir);
     const auto res = Measure(ck, formats);
@@ -94,7 +95,7 @@ TEST(ModelSqnr, EveryFormatOnEverySharedModel) {
         fmt::format("\n{}  ({} tensors, {} weights)\n{:<24} {:>6} {:>9} {:>9} {:>9}\n",
                     dir.string(), res.begin()->second.per_tensor.size(), res.begin()->second.params,
                     "format", "bpw", "sqnr dB", "min dB", "cosine");
-    for (const Format& f : formats) {
+    for (const SqnrFormat& f : formats) {
       const Result& r = res.at(f.label);
       double min_db = 1e9;
       for (const auto& [name, s] : r.per_tensor) min_db = std::min(min_db, s.sqnr_db());
@@ -150,7 +151,7 @@ TEST(ModelSqnr, CheckpointRoundTripForEveryCodec) {
   const auto models = testing::SharedModels();
   ASSERT_FALSE(models.empty());
   const Checkpoint in = Checkpoint::Open(models.front());
-  for (const Format& f : Formats()) {
+  for (const SqnrFormat& f : Formats()) {
     SCOPED_TRACE(f.label);
     testing::ScratchDir dir;
     QuantizeOptions opts;

@@ -8,6 +8,8 @@
 
 #include "commands.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/format/text.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/io/quantized.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/mx_codec.hpp"
@@ -53,22 +55,8 @@ uint64_t ParseSize(const std::string& s) {
 
 constexpr const char* kFormatHelp =
     "Number format: int (with --bits), int2..int8, ternary, nf4, fp4, fp8-e4m3, fp8-e5m2, mxfp4, "
-    "mxfp6-e2m3, mxfp6-e3m2, mxfp8-e4m3, mxfp8-e5m2, mxint8 (docs/CODECS.md)";
-
-// MX format names and their element formats.
-const std::map<std::string, std::string>& MxFormats() {
-  static const std::map<std::string, std::string> m = {
-      {"mxfp4", "e2m1"},      {"mxfp6-e2m3", "e2m3"}, {"mxfp6-e3m2", "e3m2"},
-      {"mxfp8-e4m3", "e4m3"}, {"mxfp8-e5m2", "e5m2"}, {"mxint8", "int8"}};
-  return m;
-}
-
-// Scaled small-float formats and their element formats.
-const std::map<std::string, std::string>& FpFormats() {
-  static const std::map<std::string, std::string> m = {
-      {"fp4", "e2m1"}, {"fp8-e4m3", "e4m3"}, {"fp8-e5m2", "e5m2"}};
-  return m;
-}
+    "mxfp6-e2m3, mxfp6-e3m2, mxfp8-e4m3, mxfp8-e5m2, mxint8; or the text form with its options, "
+    "e.g. int4:g64:asym, nf4:b64:dq, fp8-e4m3:128x128 (docs/CODECS.md)";
 
 int64_t ParsePositive(const std::string& s, const char* what) {
   static const std::regex re(R"(^[0-9]{1,9}$)");
@@ -84,50 +72,48 @@ std::pair<int64_t, int64_t> ParseBlock2d(const std::string& s) {
   return {ParsePositive(s.substr(0, x), "--block rows"), ParsePositive(s.substr(x + 1), "--block")};
 }
 
-nlohmann::json IntRecord(const QuantizeArgs& a, int bits) {
-  QTOOL_CHECK(a.granularity == "group" || a.granularity == "channel" || a.granularity == "tensor",
-              OptionError, "--granularity must be group, channel or tensor, got \"{}\"",
-              a.granularity);
-  nlohmann::json r = {
-      {"codec", "int"}, {"bits", bits}, {"symmetric", !a.asym}, {"granularity", a.granularity}};
-  if (a.granularity == "group") r["group_size"] = a.group;
-  if (a.flat_groups) {
-    QTOOL_CHECK(a.granularity == "group", OptionError, "--flat-groups needs --granularity group");
-    r["flat_groups"] = true;
-  }
-  const ObserverSpec observer = ObserverSpec::Parse(a.observer);
-  if (observer.kind != ObserverKind::kMinMax) r["observer"] = observer.ToString();
-  return r;
+Granularity ParseGranularity(const std::string& g) {
+  QTOOL_CHECK(g == "group" || g == "channel" || g == "tensor", OptionError,
+              "--granularity must be group, channel or tensor, got \"{}\"", g);
+  return g == "group" ? Granularity::kGroup
+                      : (g == "channel" ? Granularity::kChannel : Granularity::kTensor);
 }
 
-nlohmann::json FpRecord(const QuantizeArgs& a, const std::string& element) {
-  nlohmann::json r = {{"codec", "fp"}, {"format", element}, {"saturate", !a.no_saturate}};
+IntFormat IntFromArgs(const QuantizeArgs& a, int bits) {
+  IntFormat f{.bits = bits, .symmetric = !a.asym, .granularity = ParseGranularity(a.granularity)};
+  f.group = a.group;
+  QTOOL_CHECK(!a.flat_groups || f.granularity == Granularity::kGroup, OptionError,
+              "--flat-groups needs --granularity group");
+  f.flat = a.flat_groups;
+  f.observer = ObserverSpec::Parse(a.observer);
+  return f;
+}
+
+FloatFormat FloatFromArgs(const QuantizeArgs& a, Element element) {
+  FloatFormat f{.element = element, .saturate = !a.no_saturate};
   if (!a.block.empty()) {
-    const auto [br, bc] = ParseBlock2d(a.block);
-    r["scale"] = "block";
-    r["block"] = {br, bc};
-  } else if (a.granularity_given && a.granularity == "group") {
-    r["scale"] = "block";
-    r["block"] = {1, a.group};
+    f.granularity = Granularity::kGroup;
+    std::tie(f.block_rows, f.block_cols) = ParseBlock2d(a.block);
   } else if (a.granularity_given) {
-    QTOOL_CHECK(a.granularity == "channel" || a.granularity == "tensor", OptionError,
-                "--granularity must be group, channel or tensor, got \"{}\"", a.granularity);
-    r["scale"] = a.granularity;
-  } else if (element == "e2m1") {
-    r["scale"] = "block";  // FP4 needs fine scales: 1 x 32 by default
-    r["block"] = {1, 32};
-  } else {
-    r["scale"] = "channel";
+    f.granularity = ParseGranularity(a.granularity);
+    f.block_rows = 1;
+    f.block_cols = a.group;
+  } else if (element == Element::kE2M1) {
+    f.granularity = Granularity::kGroup;  // FP4 needs fine scales: 1 x 32 by default
+    f.block_rows = 1;
+    f.block_cols = 32;
   }
-  return r;
+  return f;
 }
 
-nlohmann::json CodecRecord(const QuantizeArgs& a) {
+// The format the legacy flags describe with a --format name that has no options.
+Format FormatFromFlags(const QuantizeArgs& a) {
   const std::string& f = a.format;
   std::smatch m;
-  static const std::regex int_re(R"(^int([0-9]{1,9})$)");  // std::stoi cannot overflow
+  static const std::regex int_re(R"(^int([0-9]{1,3})$)");
   const bool is_int = f == "int" || std::regex_match(f, m, int_re);
-  const bool is_fp = FpFormats().contains(f);
+  const Format named = is_int ? Format(IntFormat{}) : ParseFormat(f);
+  const bool is_fp = std::holds_alternative<FloatFormat>(named);
   QTOOL_CHECK(is_int || a.observer == "minmax", OptionError,
               "--observer applies to the integer formats, not to \"{}\"", f);
   QTOOL_CHECK(f == "nf4" || !a.double_quant, OptionError, "--double-quant applies to nf4 only");
@@ -137,29 +123,34 @@ nlohmann::json CodecRecord(const QuantizeArgs& a) {
   QTOOL_CHECK(is_fp || !a.no_saturate, OptionError, "--no-saturate applies to fp8/fp4 only");
   QTOOL_CHECK(!is_int || a.block.empty(), OptionError,
               "--block applies to nf4, fp4, fp8 and the MX formats; use --group for int");
-  if (is_int) return IntRecord(a, f == "int" ? a.bits : std::stoi(m[1].str()));
-  if (is_fp) return FpRecord(a, FpFormats().at(f));
-  if (f == "nf4") {
-    return {{"codec", "nf4"},
-            {"block", a.block.empty() ? int64_t{64} : ParsePositive(a.block, "--block")},
-            {"double_quant", a.double_quant}};
+  if (is_int) return IntFromArgs(a, f == "int" ? a.bits : std::stoi(m[1].str()));
+  if (const auto* fp = std::get_if<FloatFormat>(&named)) return FloatFromArgs(a, fp->element);
+  if (std::holds_alternative<Nf4Format>(named)) {
+    return Nf4Format{.block = a.block.empty() ? int64_t{64} : ParsePositive(a.block, "--block"),
+                     .double_quant = a.double_quant};
   }
-  if (const auto it = MxFormats().find(f); it != MxFormats().end()) {
-    return {{"codec", "mx"},
-            {"element", it->second},
-            {"block", a.block.empty() ? kMxBlock : ParsePositive(a.block, "--block")}};
+  if (const auto* mx = std::get_if<MxFormat>(&named)) {
+    return MxFormat{.element = mx->element,
+                    .block = a.block.empty() ? kMxBlock : ParsePositive(a.block, "--block")};
   }
-  if (f == "ternary") {
-    QTOOL_CHECK(a.block.empty(), OptionError, "--block does not apply to ternary");
-    QuantizeArgs t = a;
-    if (!a.granularity_given) t.granularity = "tensor";  // BitNet b1.58: one absmean per tensor
-    nlohmann::json r = IntRecord(t, 2);
-    r.erase("bits");
-    r.erase("symmetric");
-    r["codec"] = "ternary";
-    return r;
+  QTOOL_CHECK(a.block.empty(), OptionError, "--block does not apply to ternary");
+  // BitNet b1.58: one absmean per tensor unless --granularity says otherwise.
+  TernaryFormat t{.granularity =
+                      a.granularity_given ? ParseGranularity(a.granularity) : Granularity::kTensor};
+  t.group = a.group;
+  return t;
+}
+
+// --format: the text form when it has options (then the format flags must not be given), else a
+// name completed by the flags as before.
+Format FormatFromArgs(const QuantizeArgs& a, const std::vector<const CLI::Option*>& format_flags) {
+  if (a.format.find(':') == std::string::npos) return FormatFromFlags(a);
+  for (const CLI::Option* o : format_flags) {
+    QTOOL_CHECK(o->count() == 0, OptionError,
+                "{} conflicts with --format \"{}\": give every option in the format text",
+                o->get_name(), a.format);
   }
-  throw OptionError(fmt::format("unknown --format \"{}\"", f));
+  return ParseFormat(a.format);
 }
 
 void PrintReport(const QuantizeReport& r) {
@@ -200,28 +191,38 @@ void RegisterQuantize(CLI::App& app) {
       ->required();
   cmd->add_option("-o,--output", a->output, "Output model directory")->required();
   cmd->add_option("--format", a->format, kFormatHelp)->capture_default_str();
-  cmd->add_option("--bits", a->bits, "Bits per weight for --format int (2..8)")
-      ->capture_default_str();
-  cmd->add_option("--group", a->group, "Group size along the input dimension")
-      ->capture_default_str();
+  std::vector<const CLI::Option*> format_flags;
+  format_flags.push_back(
+      cmd->add_option("--bits", a->bits, "Bits per weight for --format int (2..8)")
+          ->capture_default_str());
+  format_flags.push_back(
+      cmd->add_option("--group", a->group, "Group size along the input dimension")
+          ->capture_default_str());
   CLI::Option* gran =
       cmd->add_option("--granularity", a->granularity, "group, channel (per output row) or tensor")
           ->capture_default_str();
-  cmd->add_option("--block", a->block,
-                  "Block size: nf4 absmax block (default 64); MX block (default 32); fp8/fp4 scale "
-                  "block as COLS (1 x COLS) or ROWSxCOLS, e.g. 128x128");
-  cmd->add_flag("--double-quant", a->double_quant,
-                "nf4: quantise the absmax values to 8 bits (bitsandbytes double quantisation)");
-  cmd->add_flag("--no-saturate", a->no_saturate,
-                "fp8: overflow to Inf (E5M2) or NaN (E4M3) instead of saturating to the max");
-  cmd->add_option("--observer", a->observer,
-                  "Range choice for the integer formats: minmax, percentile:P, mse, mse:P (Lp "
-                  "norm) or kl")
-      ->capture_default_str();
-  cmd->add_flag("--flat-groups", a->flat_groups,
-                "Integer groups run over the flattened matrix and may span rows (the definition "
-                "of reshape(-1, group) reference scripts); default: groups stay inside a row");
-  cmd->add_flag("--asym", a->asym, "Asymmetric (scale and zero-point) instead of symmetric");
+  format_flags.push_back(gran);
+  format_flags.push_back(cmd->add_option(
+      "--block", a->block,
+      "Block size: nf4 absmax block (default 64); MX block (default 32); fp8/fp4 scale "
+      "block as COLS (1 x COLS) or ROWSxCOLS, e.g. 128x128"));
+  format_flags.push_back(cmd->add_flag(
+      "--double-quant", a->double_quant,
+      "nf4: quantise the absmax values to 8 bits (bitsandbytes double quantisation)"));
+  format_flags.push_back(
+      cmd->add_flag("--no-saturate", a->no_saturate,
+                    "fp8: overflow to Inf (E5M2) or NaN (E4M3) instead of saturating to the max"));
+  format_flags.push_back(
+      cmd->add_option("--observer", a->observer,
+                      "Range choice for the integer formats: minmax, percentile:P, mse, mse:P (Lp "
+                      "norm) or kl")
+          ->capture_default_str());
+  format_flags.push_back(cmd->add_flag(
+      "--flat-groups", a->flat_groups,
+      "Integer groups run over the flattened matrix and may span rows (the definition "
+      "of reshape(-1, group) reference scripts); default: groups stay inside a row"));
+  format_flags.push_back(
+      cmd->add_flag("--asym", a->asym, "Asymmetric (scale and zero-point) instead of symmetric"));
   cmd->add_option("--activations", a->activations,
                   "none, or int8: the runtime quantises each quantised Linear's input per token "
                   "(W8A8; --method smoothquant always does)")
@@ -237,7 +238,7 @@ void RegisterQuantize(CLI::App& app) {
   cmd->add_flag("--force", a->force, "Replace the output directory if it exists");
   cmd->add_flag("-q,--quiet", a->quiet, "Print no report");
   const auto method = AddMethodOptions(cmd);
-  cmd->callback([a, gran, method]() {
+  cmd->callback([a, gran, method, format_flags]() {
     a->granularity_given = gran->count() > 0;
     QTOOL_CHECK(a->group >= 1, OptionError, "--group must be at least 1, got {}", a->group);
     QTOOL_CHECK(a->group <= kMaxGroup, OptionError, "--group must be at most {}, got {}", kMaxGroup,
@@ -247,7 +248,9 @@ void RegisterQuantize(CLI::App& app) {
     QTOOL_CHECK(a->activations == "none" || a->activations == "int8", OptionError,
                 "--activations is none or int8, not \"{}\"", a->activations);
     QuantizeOptions opts;
-    opts.codec = CodecRecord(*a);
+    const Format format = FormatFromArgs(*a, format_flags);
+    Validate(format);  // before opening anything
+    opts.codec = FormatToRecord(format);
     opts.include = a->include;
     opts.exclude = a->exclude;
     opts.threads = a->threads;
@@ -255,7 +258,6 @@ void RegisterQuantize(CLI::App& app) {
     opts.overwrite = false;
     if (a->activations == "int8") opts.activations = Int8TokenActivations();
     if (!a->max_shard.empty()) opts.max_shard_bytes = ParseSize(a->max_shard);
-    MakeCodec(opts.codec, 1, 1);  // validate the options before opening anything
     const Checkpoint in = Checkpoint::Open(a->input);
     StagedRun run(in, a->output, a->json, a->force);
     if (auto r = RunQuantizeMethod(*method, opts, a->input, run.output(), a->quiet)) {

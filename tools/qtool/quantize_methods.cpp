@@ -4,12 +4,14 @@
 
 #include <cmath>
 #include <exception>
+#include <optional>
 #include <string>
 
 #include "commands.hpp"
 #include "qtool/core/checked.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/input_file.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/solvers/calibrated.hpp"
 #include "terminal.hpp"
 
@@ -17,7 +19,8 @@ namespace qtool::cli {
 
 struct MethodArgs {
   std::string method = "rtn", calib, alpha = "0.5";
-  int64_t nsamples = 128, seqlen = 512;
+  int64_t nsamples = 128;
+  std::optional<int64_t> seqlen;  // default: the smaller of 512 and the model's context
   uint64_t seed = 0;
   bool act_order = false, static_groups = false, mse = false;
   double damp = 0.01;
@@ -31,8 +34,9 @@ std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd) {
       ->capture_default_str();
   cmd->add_option("--calib", m->calib, "Calibration text (gptq, awq, smoothquant)");
   cmd->add_option("--nsamples", m->nsamples, "Calibration samples")->capture_default_str();
-  cmd->add_option("--seqlen", m->seqlen, "Tokens per calibration sample (BOS included)")
-      ->capture_default_str();
+  cmd->add_option("--seqlen", m->seqlen,
+                  "Tokens per calibration sample, BOS included (default: the smaller of 512 and "
+                  "the model's context)");
   cmd->add_option("--seed", m->seed, "Seed of the calibration sample draw")->capture_default_str();
   cmd->add_flag("--act-order", m->act_order,
                 "GPTQ: columns in order of decreasing Hessian diagonal (each column's group is "
@@ -82,16 +86,20 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
   if (!m.calib.empty()) CheckRegularFile(m.calib);  // a FIFO would block its reader
   c.calib_text = m.calib;
   c.calib.num_samples = m.nsamples;
-  c.calib.seq_len = m.seqlen;
+  QTOOL_CHECK(!m.seqlen || *m.seqlen >= 2, OptionError,
+              "--seqlen must be at least 2 (BOS and one token), got {}", m.seqlen.value_or(0));
+  c.calib.seq_len = m.seqlen.value_or(0);
   c.calib.seed = m.seed;
   c.gptq.act_order = m.act_order;
   c.gptq.static_groups = m.static_groups;
   c.gptq.mse = m.mse;
   c.gptq.damp = m.damp;
   if (c.method == solvers::Method::kSmoothQuant) {
-    opts.codec = {{"codec", "int"}, {"bits", 8}, {"symmetric", true}, {"granularity", "channel"}};
+    opts.codec = FormatToRecord(IntFormat{.bits = 8, .granularity = Granularity::kChannel});
   } else if (c.method == solvers::Method::kHqq) {
-    opts.codec["symmetric"] = false;
+    Format f = FormatFromRecord(opts.codec);
+    if (auto* i = std::get_if<IntFormat>(&f)) i->symmetric = false;  // HQQ fits zero-points
+    opts.codec = FormatToRecord(f);
   }
   MethodResult result;
   result.solver = {{"method", m.method}, {"layers", nlohmann::json::array()}};

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "qtool/format/format.hpp"
 #include "qtool/io/safetensors.hpp"
 #include "qtool/quant/metrics.hpp"
 
@@ -23,11 +24,13 @@ class WeightCodec {
  public:
   virtual ~WeightCodec() = default;
 
-  /// {"codec": NAME, parameters...}: what MakeCodec needs, with the matrix shape, to rebuild it.
-  virtual nlohmann::json Record() const = 0;
-  /// Stored tensors of weight `name`: their names, dtypes and shapes, in the order EncodeRows and
-  /// DecodeRows take their buffers.
-  virtual std::vector<TensorSpec> Layout(const std::string& name) const = 0;
+  /// The format this codec writes: what MakeCodec needs, with the matrix shape, to rebuild it.
+  virtual Format format() const = 0;
+  /// FormatToRecord(format()): {"codec": NAME, parameters...}, as checkpoints store it.
+  nlohmann::json Record() const;
+  /// Stored tensors of weight `name` (FormatTraits' layout): their names, dtypes and shapes, in
+  /// the order EncodeRows and DecodeRows take their buffers.
+  std::vector<TensorSpec> Layout(const std::string& name) const;
   /// Chunks of rows passed to EncodeRows/DecodeRows start at multiples of this.
   virtual int64_t row_block() const { return 1; }
   /// True when Observe must see every row before the first EncodeRows (tensor-wide statistics).
@@ -67,8 +70,11 @@ class WeightCodec {
   int64_t rows_, cols_;
 };
 
-/// Builds the codec a record describes for a [rows, cols] matrix. Throws OptionError for an unknown
-/// codec or invalid parameters (records come from options or from a checkpoint's metadata).
+/// Builds the codec of `format` for a [rows, cols] matrix. Throws OptionError for invalid
+/// parameters (FormatTraits<F>::Validate).
+std::unique_ptr<WeightCodec> MakeCodec(const Format& format, int64_t rows, int64_t cols);
+/// MakeCodec(FormatFromRecord(record), rows, cols): OptionError naming the key of a record with an
+/// unknown key, a value of the wrong type or out of range (io/format_record.hpp).
 std::unique_ptr<WeightCodec> MakeCodec(const nlohmann::json& record, int64_t rows, int64_t cols);
 
 /// Names of the registered codecs, for help texts and error messages.

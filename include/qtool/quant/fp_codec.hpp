@@ -20,33 +20,22 @@
 
 namespace qtool {
 
-enum class ScaleGranularity { kTensor, kChannel, kBlock };
-
-struct FpSpec {
-  const MinifloatFormat* format = &kE4M3;
-  ScaleGranularity granularity = ScaleGranularity::kChannel;
-  int64_t block_rows = 128, block_cols = 128;  // kBlock
-  bool saturate = true;
-
-  static FpSpec FromRecord(const nlohmann::json& record);
-  nlohmann::json ToRecord() const;
-};
-
 class FpCodec final : public WeightCodec {
  public:
-  FpCodec(const FpSpec& spec, int64_t rows, int64_t cols);
+  /// Scale blocks: FloatFormat's granularity (kGroup: block_rows x block_cols).
+  FpCodec(const FloatFormat& spec, int64_t rows, int64_t cols);
 
-  nlohmann::json Record() const override { return spec_.ToRecord(); }
-  std::vector<TensorSpec> Layout(const std::string& name) const override;
+  Format format() const override { return spec_; }
   int64_t row_block() const override { return br_; }
-  bool needs_observe() const override { return spec_.granularity == ScaleGranularity::kTensor; }
+  bool needs_observe() const override { return spec_.granularity == Granularity::kTensor; }
   void Observe(const float* w, int64_t r0, int64_t nrows) override;
   void EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
                   float* dequant) const override;
   void DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const override;
 
  private:
-  FpSpec spec_;
+  FloatFormat spec_;
+  const MinifloatFormat* format_;
   int64_t br_, bc_;  // effective block shape
   float tensor_amax_ = 0;
   kernels::MinifloatCodes codes_;

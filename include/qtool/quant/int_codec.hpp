@@ -39,8 +39,7 @@ class IntCodec final : public WeightCodec {
   IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols, const ObserverSpec& observer = {},
            bool g_idx = false);
 
-  nlohmann::json Record() const override;
-  std::vector<TensorSpec> Layout(const std::string& name) const override;
+  Format format() const override;
   bool needs_observe() const override { return spec_.granularity == Granularity::kTensor; }
   int64_t row_block() const override;
   void Observe(const float* w, int64_t r0, int64_t nrows) override;
@@ -53,8 +52,8 @@ class IntCodec final : public WeightCodec {
   void DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const override;
 
   const QuantSpec& spec() const { return spec_; }
+  /// The QuantSpec of an integer record (OptionError for any other record, or a bad one).
   static QuantSpec SpecFromRecord(const nlohmann::json& record);
-  static ObserverSpec ObserverFromRecord(const nlohmann::json& record);
 
  private:
   // A run of `n` consecutive elements, the first being element `e0` of a numbering in which groups

@@ -15,37 +15,23 @@
 // Record: {"codec": "mx", "element": "e4m3"|"e5m2"|"e2m3"|"e3m2"|"e2m1"|"int8", "block": 32}.
 #pragma once
 
-#include <algorithm>
-
+#include "qtool/format/traits.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/minifloat.hpp"
 
 namespace qtool {
 
-inline constexpr int64_t kMxBlock = 32;
-inline constexpr float kMxInt8Unit = 64.0f;  // MXINT8 element = q * 2^-6
+inline constexpr int64_t kMxBlock = FormatTraits<MxFormat>::kDefaultBlock;
 
-/// MXINT8 element code of P = V / X: the two's complement byte of clamp(rne(P * 64), -128, 127).
-inline uint8_t EncodeMxInt8(float p) {
-  const float q = std::clamp(p * kMxInt8Unit, -128.0f, 127.0f);
-  return static_cast<uint8_t>(static_cast<int8_t>(RoundHalfEvenSmall(q)));
-}
-
-/// Element value of an MXINT8 code (before multiplying by X): q / 64.
-inline float MxInt8Value(uint8_t code) {
-  return static_cast<float>(static_cast<int8_t>(code)) / kMxInt8Unit;
-}
+/// MXINT8's scalar reference (FormatTraits<MxFormat>) under the names the kernels use.
+inline uint8_t EncodeMxInt8(float p) { return FormatTraits<MxFormat>::EncodeInt8(p); }
+inline float MxInt8Value(uint8_t code) { return FormatTraits<MxFormat>::DecodeInt8(code); }
 
 class MxCodec final : public WeightCodec {
  public:
-  /// `element`: a minifloat name (minifloat.hpp) or "int8".
-  MxCodec(const std::string& element, int64_t block, int64_t rows, int64_t cols);
-  static std::unique_ptr<WeightCodec> FromRecord(const nlohmann::json& r, int64_t rows,
-                                                 int64_t cols);
-
-  nlohmann::json Record() const override;
-  std::vector<TensorSpec> Layout(const std::string& name) const override;
+  MxCodec(const MxFormat& format, int64_t rows, int64_t cols);
+  Format format() const override { return format_desc_; }
   void EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
                   float* dequant) const override;
   void DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const override;
@@ -54,7 +40,7 @@ class MxCodec final : public WeightCodec {
   int emax_elem() const { return format_ ? format_->emax() : 0; }
 
  private:
-  std::string element_;
+  MxFormat format_desc_;
   const MinifloatFormat* format_;  // nullptr for int8
   int64_t block_;
   kernels::MinifloatCodes codes_;  // the element format, saturating

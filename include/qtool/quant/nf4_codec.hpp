@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <array>
 
+#include "qtool/format/traits.hpp"
 #include "qtool/quant/codec.hpp"
 
 namespace qtool {
@@ -41,7 +42,7 @@ const std::array<float, 16>& Nf4Values();
 /// bitsandbytes' signed dynamic 8-bit map (create_dynamic_map(signed=True)), 256 ascending values.
 const std::array<float, 256>& DynamicMap8();
 
-inline constexpr int64_t kNf4DoubleQuantBlock = 256;
+inline constexpr int64_t kNf4DoubleQuantBlock = FormatTraits<Nf4Format>::kDoubleQuantBlock;
 
 /// Midpoints between consecutive NF4 values, computed in f32 as bitsandbytes does.
 const std::array<float, 15>& Nf4Midpoints();
@@ -69,11 +70,9 @@ inline uint8_t Nf4Code(float x, float absmax, bool whole_block) {
 class Nf4Codec final : public WeightCodec {
  public:
   Nf4Codec(int64_t block, bool double_quant, int64_t rows, int64_t cols);
-  static std::unique_ptr<WeightCodec> FromRecord(const nlohmann::json& r, int64_t rows,
-                                                 int64_t cols);
-
-  nlohmann::json Record() const override;
-  std::vector<TensorSpec> Layout(const std::string& name) const override;
+  Format format() const override {
+    return Nf4Format{.block = block_, .double_quant = double_quant_};
+  }
   bool needs_observe() const override { return true; }
   void Observe(const float* w, int64_t r0, int64_t nrows) override;
   void EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,

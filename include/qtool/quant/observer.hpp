@@ -25,22 +25,10 @@
 #include <string_view>
 #include <vector>
 
+#include "qtool/format/observer.hpp"
 #include "qtool/quant/spec.hpp"
 
 namespace qtool {
-
-enum class ObserverKind { kMinMax, kPercentile, kMse, kKl };
-
-struct ObserverSpec {
-  ObserverKind kind = ObserverKind::kMinMax;
-  double percentile = 99.99;  // kPercentile, in (0, 100]
-  double norm = 2.0;          // kMse: the p of the Lp error, > 0
-
-  /// Parses "minmax", "percentile:P", "mse", "mse:P" or "kl"; throws OptionError otherwise.
-  static ObserverSpec Parse(std::string_view text);
-  /// The text Parse reads back.
-  std::string ToString() const;
-};
 
 inline constexpr int kHistogramBins = 2048;
 

@@ -11,9 +11,9 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace qtool {
+#include "qtool/format/traits.hpp"  // PackedBytes
 
-constexpr int64_t PackedBytes(int64_t n, int bits) { return (n * bits + 7) / 8; }
+namespace qtool {
 
 /// Packs n codes (each < 2^bits) into PackedBytes(n, bits) bytes.
 inline void PackCodes(const uint8_t* codes, int64_t n, int bits, uint8_t* out) {

@@ -19,9 +19,10 @@
 #include <cstdint>
 #include <string>
 
-namespace qtool {
+#include "qtool/format/format.hpp"
+#include "qtool/format/traits.hpp"
 
-enum class Granularity { kTensor, kChannel, kGroup };
+namespace qtool {
 
 struct QuantSpec {
   int bits = 4;
@@ -52,36 +53,27 @@ struct QuantSpec {
   std::string ToString() const;
 };
 
-/// Scale and zero-point of one group. `zero` is in stored-code units: x^ = (u - zero) * scale.
-struct GroupParams {
-  float scale = 1.0f;
-  int32_t zero = 0;
-};
-
 /// Parameters for a group whose chosen range is [lo, hi] (lo <= 0 <= hi is enforced by widening).
 /// Symmetric specs use max(|lo|, |hi|). Observers choose the range; min-max uses the data's range.
 GroupParams ParamsFromRange(float lo, float hi, const QuantSpec& spec);
 
-/// Round half to even of a value already clamped to a small integer range (|v| < 2^22).
-/// Adding and subtracting 1.5 * 2^23 makes the FPU round at the units bit, in the current (default,
-/// to-nearest-even) rounding mode; this vectorises on every x86-64 CPU, unlike nearbyint.
-inline float RoundHalfEvenSmall(float v) {
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
-  return (v + kMagic) - kMagic;
-}
-
-/// Stored code of `x` under `p`: u = clamp(rne(x / scale) + zero, 0, umax). The zero-point is added
-/// after rounding (adding it before could round x / scale + zero differently than x / scale).
-/// Clamping before rounding is equivalent because the bounds are integers.
+/// The integer format's scalar reference (format/traits.hpp, FormatTraits<IntFormat>) under the
+/// names the kernels and solvers use.
+inline float RoundHalfEvenSmall(float v) { return FormatTraits<IntFormat>::RoundHalfEven(v); }
 inline uint8_t QuantizeValue(float x, GroupParams p, int32_t umax) {
-  const float lo = static_cast<float>(-p.zero), hi = static_cast<float>(umax - p.zero);
-  float v = x / p.scale;
-  v = v < lo ? lo : (v > hi ? hi : v);
-  return static_cast<uint8_t>(static_cast<int32_t>(RoundHalfEvenSmall(v)) + p.zero);
+  return FormatTraits<IntFormat>::Encode(x, p, umax);
+}
+inline float DequantizeValue(uint8_t u, GroupParams p) {
+  return FormatTraits<IntFormat>::Decode(u, p);
 }
 
-inline float DequantizeValue(uint8_t u, GroupParams p) {
-  return static_cast<float>(static_cast<int32_t>(u) - p.zero) * p.scale;
+/// The QuantSpec of an integer format (its observer and g_idx aside).
+inline QuantSpec IntSpec(const IntFormat& f) {
+  return {.bits = f.bits,
+          .symmetric = f.symmetric,
+          .granularity = f.granularity,
+          .group_size = f.group,
+          .flat_groups = f.flat};
 }
 
 }  // namespace qtool

@@ -20,11 +20,9 @@ class TernaryCodec final : public WeightCodec {
  public:
   /// Only spec.granularity and spec.group_size are used.
   TernaryCodec(const QuantSpec& spec, int64_t rows, int64_t cols);
-  static std::unique_ptr<WeightCodec> FromRecord(const nlohmann::json& r, int64_t rows,
-                                                 int64_t cols);
-
-  nlohmann::json Record() const override;
-  std::vector<TensorSpec> Layout(const std::string& name) const override;
+  Format format() const override {
+    return TernaryFormat{.granularity = spec_.granularity, .group = spec_.group_size};
+  }
   bool needs_observe() const override { return spec_.granularity == Granularity::kTensor; }
   void Observe(const float* w, int64_t r0, int64_t nrows) override;
   void EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,

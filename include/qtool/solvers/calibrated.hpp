@@ -48,7 +48,7 @@ struct CalibratedOptions {
   int awq_clip_grid = 20;
   double awq_max_shrink = 0.5;
   int64_t awq_clip_tokens = 512;  // calibration rows the clipping search uses
-  CalibrationOptions calib;
+  CalibrationOptions calib;  // seq_len 0: the smaller of 512 and the model's context
   std::filesystem::path calib_text;  // read by ReadCalibrationData (model/tokenizer.hpp)
   /// Called once with the calibration data read and the windows drawn from it.
   std::function<void(const CalibrationData&, const std::vector<std::vector<int32_t>>&)>

@@ -298,18 +298,30 @@ const float* Nf4MidpointTable() { return Nf4Midpoints().data(); }
 
 const KernelTable* ScalarTable() {
   static constexpr KernelTable kTable{
-      RefBf16ToF32,          RefF16ToF32,
-      RefF32ToBf16,          RefF32ToF16,
-      RefFirstNonFinite,     RefAccumulateErrors,
-      MinMaxRange,           QuantizeGroupsWith<MinMaxRange, RefQuantizeCodes, RefDequantizeCodes>,
-      RefQuantizeStoredRows, RefQuantizeCodes,
-      RefDequantizeCodes,    RefPackCodes,
-      RefUnpackCodes,        RefQuantizeActivations,
-      RefGemmW8A8,           RefGemmW4A8,
-      RefGemmW4A16,          RefGemvNf4,
-      RefQuantizeNf4,        RefDequantizeNf4,
-      RefQuantizeMinifloat,  RefDequantizeMinifloat,
-      RefQuantizeMx,         RefDequantizeMx};
+      .bf16_to_f32 = RefBf16ToF32,
+      .f16_to_f32 = RefF16ToF32,
+      .f32_to_bf16 = RefF32ToBf16,
+      .f32_to_f16 = RefF32ToF16,
+      .first_non_finite = RefFirstNonFinite,
+      .accumulate_errors = RefAccumulateErrors,
+      .min_max = MinMaxRange,
+      .quantize_groups = QuantizeGroupsWith<MinMaxRange, RefQuantizeCodes, RefDequantizeCodes>,
+      .quantize_stored_rows = RefQuantizeStoredRows,
+      .quantize_codes = RefQuantizeCodes,
+      .dequantize_codes = RefDequantizeCodes,
+      .pack_codes = RefPackCodes,
+      .unpack_codes = RefUnpackCodes,
+      .quantize_activations = RefQuantizeActivations,
+      .gemm_w8a8 = RefGemmW8A8,
+      .gemm_w4a8 = RefGemmW4A8,
+      .gemm_w4a16 = RefGemmW4A16,
+      .gemv_nf4 = RefGemvNf4,
+      .quantize_nf4 = RefQuantizeNf4,
+      .dequantize_nf4 = RefDequantizeNf4,
+      .quantize_minifloat = RefQuantizeMinifloat,
+      .dequantize_minifloat = RefDequantizeMinifloat,
+      .quantize_mx = RefQuantizeMx,
+      .dequantize_mx = RefDequantizeMx};
   return &kTable;
 }
 

@@ -719,10 +719,13 @@ constexpr auto GemmW4A8 = GemmW4A8With<MaddubsDot>;
 // With AVX-VNNI the integer GEMMs take VPDPBUSD steps (kernels_avxvnni.cpp).
 const KernelTable* Avx2Table(bool avx_vnni) {
   static constexpr KernelTable kTable{
-      QTOOL_X86_TABLE_ENTRIES(Avx2Ops),   QuantizeNf4With<Avx2Codes>,
-      DequantizeNf4With<Avx2Codes>,       QuantizeMinifloatWith<Avx2Codes>,
-      DequantizeMinifloatWith<Avx2Codes>, QuantizeMxWith<Avx2Codes>,
-      DequantizeMxWith<Avx2Codes>,
+      QTOOL_X86_TABLE_ENTRIES(Avx2Ops),
+      .quantize_nf4 = QuantizeNf4With<Avx2Codes>,
+      .dequantize_nf4 = DequantizeNf4With<Avx2Codes>,
+      .quantize_minifloat = QuantizeMinifloatWith<Avx2Codes>,
+      .dequantize_minifloat = DequantizeMinifloatWith<Avx2Codes>,
+      .quantize_mx = QuantizeMxWith<Avx2Codes>,
+      .dequantize_mx = DequantizeMxWith<Avx2Codes>,
   };
   static const KernelTable kAvxVnni = WithAvxVnniGemms(kTable);
   return avx_vnni ? &kAvxVnni : &kTable;

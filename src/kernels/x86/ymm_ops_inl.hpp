@@ -34,12 +34,15 @@ struct YmmOps {
 }  // namespace
 }  // namespace qtool::kernels::detail
 
-// The first entries of an x86 family's table, in QTOOL_KERNEL_LIST's order: functions its unit
-// defines under these names, with `Ops` its vector operations (see GemmW4A16With). The unit's
-// table goes on with the entries it has of the rest of the list.
+// The first entries of an x86 family's table, by name: functions its unit defines under these
+// names, with `Ops` its vector operations (see GemmW4A16With). The unit's table goes on with the
+// entries it has of the rest of QTOOL_KERNEL_LIST (designated initialisers keep the list's order).
 #define QTOOL_X86_TABLE_ENTRIES(Ops)                                                         \
-  Bf16ToF32, F16ToF32, F32ToBf16, F32ToF16, FirstNonFiniteWith<YmmOps>,                      \
-      AccumulateErrorsWith<YmmOps>, MinMax,                                                  \
-      QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>, QuantizeStoredRows,        \
-      QuantizeCodes, DequantizeCodes, PackCodes, UnpackCodes, QuantizeActivations, GemmW8A8, \
-      GemmW4A8, GemmW4A16With<Ops>, GemvNf4With<Ops>
+  .bf16_to_f32 = Bf16ToF32, .f16_to_f32 = F16ToF32, .f32_to_bf16 = F32ToBf16,                \
+  .f32_to_f16 = F32ToF16, .first_non_finite = FirstNonFiniteWith<YmmOps>,                    \
+  .accumulate_errors = AccumulateErrorsWith<YmmOps>, .min_max = MinMax,                      \
+  .quantize_groups = QuantizeGroupsWith<MinMax, QuantizeCodes, DequantizeCodes>,             \
+  .quantize_stored_rows = QuantizeStoredRows, .quantize_codes = QuantizeCodes,               \
+  .dequantize_codes = DequantizeCodes, .pack_codes = PackCodes, .unpack_codes = UnpackCodes, \
+  .quantize_activations = QuantizeActivations, .gemm_w8a8 = GemmW8A8, .gemm_w4a8 = GemmW4A8, \
+  .gemm_w4a16 = GemmW4A16With<Ops>, .gemv_nf4 = GemvNf4With<Ops>

@@ -1,0 +1,264 @@
+// FormatTraits<F>: what defines each format family in one place. Every specialisation has
+//   kCodec                   the family's name in checkpoint records ("int", "nf4", ...)
+//   Validate(f)              OptionError naming the parameter outside its range
+//   Layout(f, rows, cols)    the stored tensors of a [rows, cols] matrix (suffix, dtype, shape),
+//                            in the order the codecs fill them
+// and, where the element code is a formula rather than a table, its scalar reference (Encode,
+// Decode). BitsPerWeight(format, rows, cols) follows from the layout. docs/CODECS.md describes
+// each layout; quant/ holds the codecs that fill them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "qtool/core/dtype.hpp"
+#include "qtool/core/error.hpp"
+#include "qtool/format/format.hpp"
+
+namespace qtool {
+
+/// One stored tensor of a quantised weight NAME: NAME + suffix, its dtype and shape.
+struct StoredPart {
+  std::string suffix;
+  DType dtype;
+  std::vector<int64_t> shape;
+};
+
+/// Bytes of n codes of `bits` bits packed as a bit stream (quant/pack.hpp).
+constexpr int64_t PackedBytes(int64_t n, int bits) { return (n * bits + 7) / 8; }
+
+/// Largest group, block or block side any format accepts (keeps every size product in int64).
+inline constexpr int64_t kMaxFormatBlock = int64_t{1} << 30;
+
+template <class F>
+struct FormatTraits;
+
+namespace detail {
+
+inline void CheckGroup(Granularity g, int64_t group, const char* what) {
+  QTOOL_CHECK(g != Granularity::kGroup || (group >= 1 && group <= kMaxFormatBlock), OptionError,
+              "{}: group size must be in 1..{}, got {}", what, kMaxFormatBlock, group);
+}
+
+// Elements per group along a row of `cols` (cols for per-channel/per-tensor).
+inline int64_t GroupLen(Granularity g, int64_t group, int64_t cols) {
+  return g == Granularity::kGroup && group < cols ? group : cols;
+}
+
+inline int64_t GroupsPerRow(Granularity g, int64_t group, int64_t cols) {
+  const int64_t len = GroupLen(g, group, cols);
+  return len == 0 ? 0 : (cols + len - 1) / len;
+}
+
+}  // namespace detail
+
+template <>
+struct FormatTraits<IntFormat> {
+  static constexpr const char* kCodec = "int";
+
+  static void Validate(const IntFormat& f) {
+    QTOOL_CHECK(f.bits >= 2 && f.bits <= 8, OptionError, "int: bits must be in 2..8, got {}",
+                f.bits);
+    detail::CheckGroup(f.granularity, f.group, "int");
+    QTOOL_CHECK(!f.flat || f.granularity == Granularity::kGroup, OptionError,
+                "int: flat groups need per-group granularity");
+    QTOOL_CHECK(!f.g_idx || (f.granularity == Granularity::kGroup && !f.flat), OptionError,
+                "int: g_idx needs groups inside rows");
+  }
+
+  /// qweight U8 [rows, ceil(cols * bits / 8)]; scales F32 [rows, groups per row] ([1, 1] per
+  /// tensor, [ceil(rows * cols / g), 1] with flat groups); zeros U8 likewise (asymmetric only);
+  /// g_idx I32 [cols] (with g_idx only).
+  static std::vector<StoredPart> Layout(const IntFormat& f, int64_t rows, int64_t cols) {
+    const bool tensor = f.granularity == Granularity::kTensor;
+    int64_t prow = tensor ? 1 : rows;
+    int64_t pcol = tensor ? 1 : detail::GroupsPerRow(f.granularity, f.group, cols);
+    if (f.flat) {
+      prow = (rows * cols + f.group - 1) / f.group;
+      pcol = 1;
+    }
+    std::vector<StoredPart> out = {{".qweight", DType::kU8, {rows, PackedBytes(cols, f.bits)}},
+                                   {".scales", DType::kF32, {prow, pcol}}};
+    if (!f.symmetric) out.push_back({".zeros", DType::kU8, {prow, pcol}});
+    if (f.g_idx) out.push_back({".g_idx", DType::kI32, {cols}});
+    return out;
+  }
+
+  /// Round half to even of a value already clamped to a small integer range (|v| < 2^22).
+  /// Adding and subtracting 1.5 * 2^23 makes the FPU round at the units bit, in the current
+  /// (default, to-nearest-even) rounding mode; this vectorises on every x86-64 CPU, unlike
+  /// nearbyint.
+  static float RoundHalfEven(float v) {
+    constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+    return (v + kMagic) - kMagic;
+  }
+
+  /// Stored code of `x` under `p`: u = clamp(rne(x / scale) + zero, 0, umax). The zero-point is
+  /// added after rounding (adding it before could round x / scale + zero differently than
+  /// x / scale). Clamping before rounding is equivalent because the bounds are integers.
+  static uint8_t Encode(float x, GroupParams p, int32_t umax) {
+    const float lo = static_cast<float>(-p.zero), hi = static_cast<float>(umax - p.zero);
+    float v = x / p.scale;
+    v = v < lo ? lo : (v > hi ? hi : v);
+    return static_cast<uint8_t>(static_cast<int32_t>(RoundHalfEven(v)) + p.zero);
+  }
+
+  static float Decode(uint8_t u, GroupParams p) {
+    return static_cast<float>(static_cast<int32_t>(u) - p.zero) * p.scale;
+  }
+};
+
+template <>
+struct FormatTraits<TernaryFormat> {
+  static constexpr const char* kCodec = "ternary";
+  static constexpr int kBits = 2;  // stored code u = q + 1
+
+  static void Validate(const TernaryFormat& f) {
+    detail::CheckGroup(f.granularity, f.group, "ternary");
+  }
+
+  /// qweight U8 [rows, ceil(cols / 4)]; scales F32 [rows, groups per row] ([1, 1] per tensor).
+  static std::vector<StoredPart> Layout(const TernaryFormat& f, int64_t rows, int64_t cols) {
+    const bool tensor = f.granularity == Granularity::kTensor;
+    return {{".qweight", DType::kU8, {rows, PackedBytes(cols, kBits)}},
+            {".scales",
+             DType::kF32,
+             {tensor ? 1 : rows, tensor ? 1 : detail::GroupsPerRow(f.granularity, f.group, cols)}}};
+  }
+};
+
+template <>
+struct FormatTraits<Nf4Format> {
+  static constexpr const char* kCodec = "nf4";
+  static constexpr int64_t kMinBlock = 32, kMaxBlock = 4096;
+  /// Absmax values per chunk of double quantisation.
+  static constexpr int64_t kDoubleQuantBlock = 256;
+
+  static void Validate(const Nf4Format& f) {
+    QTOOL_CHECK(f.block >= kMinBlock && f.block <= kMaxBlock, OptionError,
+                "nf4: block must be in {}..{}, got {}", kMinBlock, kMaxBlock, f.block);
+  }
+
+  static int64_t NumBlocks(const Nf4Format& f, int64_t rows, int64_t cols) {
+    return (rows * cols + f.block - 1) / f.block;
+  }
+
+  /// qweight U8 [rows, ceil(cols / 2)]; absmax F32 [N], or with double quantisation absmax U8
+  /// [N], absmax_scale F32 [ceil(N / 256)], absmax_offset F32 [1]; N = NumBlocks.
+  static std::vector<StoredPart> Layout(const Nf4Format& f, int64_t rows, int64_t cols) {
+    const int64_t nb = NumBlocks(f, rows, cols);
+    std::vector<StoredPart> out = {{".qweight", DType::kU8, {rows, (cols + 1) / 2}}};
+    if (!f.double_quant) {
+      out.push_back({".absmax", DType::kF32, {nb}});
+    } else {
+      out.push_back({".absmax", DType::kU8, {nb}});
+      out.push_back(
+          {".absmax_scale", DType::kF32, {(nb + kDoubleQuantBlock - 1) / kDoubleQuantBlock}});
+      out.push_back({".absmax_offset", DType::kF32, {1}});
+    }
+    return out;
+  }
+};
+
+template <>
+struct FormatTraits<FloatFormat> {
+  static constexpr const char* kCodec = "fp";
+
+  static void Validate(const FloatFormat& f) {
+    QTOOL_CHECK(f.element != Element::kInt8, OptionError,
+                "fp: the element must be a float format (e4m3, e5m2, e3m2, e2m3, e2m1), not int8");
+    QTOOL_CHECK(f.granularity != Granularity::kGroup ||
+                    (f.block_rows >= 1 && f.block_rows <= kMaxFormatBlock && f.block_cols >= 1 &&
+                     f.block_cols <= kMaxFormatBlock),
+                OptionError, "fp: scale blocks must be 1..{} on each side, got {} x {}",
+                kMaxFormatBlock, f.block_rows, f.block_cols);
+  }
+
+  /// The scale block [rows, cols] of a [rows, cols] matrix: one row for per-tensor and
+  /// per-channel scales (a per-tensor scale comes from a pass over the whole matrix).
+  static std::pair<int64_t, int64_t> Block(const FloatFormat& f, int64_t cols) {
+    if (f.granularity == Granularity::kGroup) return {f.block_rows, f.block_cols};
+    return {1, cols > 1 ? cols : 1};
+  }
+
+  /// qweight F8_E4M3 / F8_E5M2 [rows, cols], or U8 [rows, ceil(cols * bits / 8)] packed for the
+  /// 4- and 6-bit elements; scales F32 [ceil(rows / br), ceil(cols / bc)] ([1, 1] per tensor).
+  static std::vector<StoredPart> Layout(const FloatFormat& f, int64_t rows, int64_t cols) {
+    StoredPart q{".qweight", DType::kU8, {rows, PackedBytes(cols, ElementBits(f.element))}};
+    if (f.element == Element::kE4M3) q.dtype = DType::kF8E4M3;
+    if (f.element == Element::kE5M2) q.dtype = DType::kF8E5M2;
+    std::vector<int64_t> scales = {1, 1};
+    if (f.granularity != Granularity::kTensor) {
+      const auto [br, bc] = Block(f, cols);
+      scales = {(rows + br - 1) / br, (cols + bc - 1) / bc};
+    }
+    return {q, {".scales", DType::kF32, scales}};
+  }
+};
+
+template <>
+struct FormatTraits<MxFormat> {
+  static constexpr const char* kCodec = "mx";
+  static constexpr int64_t kDefaultBlock = 32;  // the spec's k
+  static constexpr int64_t kMaxBlock = 4096;
+  static constexpr float kInt8Unit = 64.0f;  // MXINT8 element = q * 2^-6
+
+  static void Validate(const MxFormat& f) {
+    QTOOL_CHECK(ElementBits(f.element) >= 4, OptionError, "mx: unknown element");
+    QTOOL_CHECK(f.block >= 1 && f.block <= kMaxBlock, OptionError,
+                "mx: block must be in 1..{}, got {}", kMaxBlock, f.block);
+  }
+
+  /// qweight U8 [rows, ceil(cols * bits / 8)]; scales F8_E8M0 [rows, ceil(cols / block)].
+  static std::vector<StoredPart> Layout(const MxFormat& f, int64_t rows, int64_t cols) {
+    return {{".qweight", DType::kU8, {rows, PackedBytes(cols, ElementBits(f.element))}},
+            {".scales", DType::kF8E8M0, {rows, (cols + f.block - 1) / f.block}}};
+  }
+
+  /// MXINT8 element code of P = V / X: the two's complement byte of clamp(rne(P * 64), -128,
+  /// 127).
+  static uint8_t EncodeInt8(float p) {
+    float q = p * kInt8Unit;
+    q = q < -128.0f ? -128.0f : (q > 127.0f ? 127.0f : q);
+    return static_cast<uint8_t>(static_cast<int8_t>(FormatTraits<IntFormat>::RoundHalfEven(q)));
+  }
+
+  /// Element value of an MXINT8 code (before multiplying by X): q / 64.
+  static float DecodeInt8(uint8_t code) {
+    return static_cast<float>(static_cast<int8_t>(code)) / kInt8Unit;
+  }
+};
+
+/// Validates any format (FormatTraits<F>::Validate of its family).
+inline void Validate(const Format& f) {
+  std::visit([](const auto& x) { FormatTraits<std::decay_t<decltype(x)>>::Validate(x); }, f);
+}
+
+/// The record name of a format's family ("int", "nf4", ...).
+inline const char* CodecName(const Format& f) {
+  return std::visit([](const auto& x) { return FormatTraits<std::decay_t<decltype(x)>>::kCodec; },
+                    f);
+}
+
+/// The stored tensors of a [rows, cols] matrix in format `f`.
+inline std::vector<StoredPart> Layout(const Format& f, int64_t rows, int64_t cols) {
+  return std::visit(
+      [&](const auto& x) { return FormatTraits<std::decay_t<decltype(x)>>::Layout(x, rows, cols); },
+      f);
+}
+
+/// Stored bits per weight of a [rows, cols] matrix, scales and zero-points included.
+inline double BitsPerWeight(const Format& f, int64_t rows, int64_t cols) {
+  uint64_t bits = 0;
+  for (const StoredPart& p : Layout(f, rows, cols)) {
+    uint64_t n = 1;
+    for (const int64_t d : p.shape) n *= static_cast<uint64_t>(d);
+    bits += n * static_cast<uint64_t>(BitsOf(p.dtype));
+  }
+  const double n = static_cast<double>(rows) * static_cast<double>(cols);
+  return n > 0 ? static_cast<double>(bits) / n : 0.0;
+}
+
+}  // namespace qtool
