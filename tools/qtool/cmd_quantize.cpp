@@ -106,13 +106,22 @@ FloatFormat FloatFromArgs(const QuantizeArgs& a, Element element) {
   return f;
 }
 
+// ParseFormat with its error naming the option.
+Format ParseFormatOption(const std::string& text) {
+  try {
+    return ParseFormat(text);
+  } catch (const OptionError& e) {
+    throw OptionError(fmt::format("--format: {}", e.what()));
+  }
+}
+
 // The format the legacy flags describe with a --format name that has no options.
 Format FormatFromFlags(const QuantizeArgs& a) {
   const std::string& f = a.format;
   std::smatch m;
   static const std::regex int_re(R"(^int([0-9]{1,3})$)");
   const bool is_int = f == "int" || std::regex_match(f, m, int_re);
-  const Format named = is_int ? Format(IntFormat{}) : ParseFormat(f);
+  const Format named = is_int ? Format(IntFormat{}) : ParseFormatOption(f);
   const bool is_fp = std::holds_alternative<FloatFormat>(named);
   QTOOL_CHECK(is_int || a.observer == "minmax", OptionError,
               "--observer applies to the integer formats, not to \"{}\"", f);
@@ -150,7 +159,7 @@ Format FormatFromArgs(const QuantizeArgs& a, const std::vector<const CLI::Option
                 "{} conflicts with --format \"{}\": give every option in the format text",
                 o->get_name(), a.format);
   }
-  return ParseFormat(a.format);
+  return ParseFormatOption(a.format);
 }
 
 void PrintReport(const QuantizeReport& r) {

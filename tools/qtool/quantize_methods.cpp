@@ -66,12 +66,15 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
   // The calibration tokens are held at once: nsamples x seqlen ids, and activations per token.
   QTOOL_CHECK(m.nsamples >= 1 && m.nsamples <= (int64_t{1} << 20), OptionError,
               "--nsamples must be in 1..{}, got {}", int64_t{1} << 20, m.nsamples);
-  QTOOL_CHECK(m.seqlen >= 2 && m.seqlen <= (int64_t{1} << 20), OptionError,
-              "--seqlen must be in 2..{}, got {}", int64_t{1} << 20, m.seqlen);
-  const auto tokens = CheckedMul(m.nsamples, m.seqlen);
+  // Without --seqlen the sample length is the smaller of 512 and the model's context.
+  const int64_t seqlen = m.seqlen.value_or(512);
+  QTOOL_CHECK(seqlen >= 2 && seqlen <= (int64_t{1} << 20), OptionError,
+              "--seqlen must be in 2..{} (BOS and one token at least), got {}", int64_t{1} << 20,
+              seqlen);
+  const auto tokens = CheckedMul(m.nsamples, seqlen);
   QTOOL_CHECK(tokens && *tokens <= (int64_t{1} << 26), OptionError,
               "--nsamples {} x --seqlen {} is more than {} calibration tokens", m.nsamples,
-              m.seqlen, int64_t{1} << 26);
+              seqlen, int64_t{1} << 26);
   c.alpha_search = m.alpha == "auto";
   if (!c.alpha_search) {
     size_t used = 0;
@@ -86,8 +89,6 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
   if (!m.calib.empty()) CheckRegularFile(m.calib);  // a FIFO would block its reader
   c.calib_text = m.calib;
   c.calib.num_samples = m.nsamples;
-  QTOOL_CHECK(!m.seqlen || *m.seqlen >= 2, OptionError,
-              "--seqlen must be at least 2 (BOS and one token), got {}", m.seqlen.value_or(0));
   c.calib.seq_len = m.seqlen.value_or(0);
   c.calib.seed = m.seed;
   c.gptq.act_order = m.act_order;
