@@ -9,6 +9,7 @@
 #include "commands.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/quantized.hpp"
+#include "qtool/io/temp_path.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/mx_codec.hpp"
 #include "qtool/quant/observer.hpp"
@@ -230,7 +231,9 @@ void RegisterQuantize(CLI::App& app) {
   cmd->add_flag("--force", a->force, "Replace the output directory if it exists");
   cmd->add_flag("-q,--quiet", a->quiet, "Print no report");
   const auto method = AddMethodOptions(cmd);
-  cmd->callback([a, gran, method]() {
+  auto out_format = std::make_shared<OutputFormatArgs>();
+  AddOutputFormatOptions(cmd, *out_format);
+  cmd->callback([a, gran, method, out_format]() {
     a->granularity_given = gran->count() > 0;
     QTOOL_CHECK(a->group >= 1, OptionError, "--group must be at least 1, got {}", a->group);
     QTOOL_CHECK(a->threads >= 0, OptionError, "--threads must not be negative");
@@ -245,21 +248,34 @@ void RegisterQuantize(CLI::App& app) {
     if (a->activations == "int8") opts.activations = Int8TokenActivations();
     if (!a->max_shard.empty()) opts.max_shard_bytes = ParseSize(a->max_shard);
     MakeCodec(opts.codec, 1, 1);  // validate the options before opening anything
-    if (auto r = RunQuantizeMethod(*method, opts, a->input, a->output, a->quiet)) {
+    // Another output format: quantise into a temporary qtool checkpoint, then convert it.
+    const bool export_to = ParseExportFormat(out_format->format) != ExportFormat::kQtool;
+    if (export_to) CheckpointWriter::CheckOutputPath(a->output, a->force);
+    const std::string out = export_to ? TempSiblingPath(a->output).string() : a->output;
+    struct RemoveTemp {
+      std::string dir;
+      ~RemoveTemp() {
+        std::error_code ec;
+        if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+      }
+    } remove_temp{export_to ? out : std::string()};
+    if (auto r = RunQuantizeMethod(*method, opts, a->input, out, a->quiet)) {
       if (!a->quiet && a->json != "-") PrintReport(r->report);
       nlohmann::json j = r->report.ToJson();
       j["solver"] = std::move(r->solver);
+      if (export_to) RunConvert(out, a->output, *out_format, a->force, a->quiet || a->json == "-");
       if (!a->json.empty()) WriteJsonReport(a->json, j);
       return;
     }
     const Checkpoint in = Checkpoint::Open(a->input);
     Progress progress("quantize");
-    const QuantizeReport report = QuantizeCheckpoint(
-        in, a->output, opts, [&](size_t done, size_t total, const std::string& name) {
+    const QuantizeReport report =
+        QuantizeCheckpoint(in, out, opts, [&](size_t done, size_t total, const std::string& name) {
           progress.Update(done, total, name);
         });
     progress.Done();
     if (!a->quiet && a->json != "-") PrintReport(report);
+    if (export_to) RunConvert(out, a->output, *out_format, a->force, a->quiet || a->json == "-");
     if (!a->json.empty()) WriteJsonReport(a->json, report.ToJson());
   });
 }

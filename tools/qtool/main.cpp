@@ -42,6 +42,8 @@ int main(int argc, char** argv) {
   qtool::cli::RegisterInspect(app);
   qtool::cli::RegisterEval(app);
   qtool::cli::RegisterGenerate(app);
+  qtool::cli::RegisterConvert(app);
+  qtool::cli::RegisterLogits(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
