@@ -30,6 +30,10 @@ std::vector<TensorSpec> CompressedTensorsIntLayout(const IntWeight& w, const std
               "weight \"{}\": compressed-tensors 0.20 has no g_idx, so it cannot hold act-order "
               "groups; use GPTQ",
               w.name);
+  QTOOL_CHECK(w.cols % w.group_size == 0, OptionError,
+              "weight \"{}\": compressed-tensors needs whole groups, and group size {} does not "
+              "divide {} columns",
+              w.name, w.group_size, w.cols);
   std::vector<TensorSpec> out;
   if (b == 8) {
     out.push_back({prefix + ".weight", DType::kI8, {w.rows, w.cols}});

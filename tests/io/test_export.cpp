@@ -204,7 +204,8 @@ TEST(ExportLayouts, CompressedTensorsRoundTrips) {
     for (const bool sym : {true, false}) {
       for (const int64_t group : {int64_t{16}, int64_t{0}}) {
         SCOPED_TRACE(fmt::format("bits {} sym {} group {}", bits, sym, group));
-        const Quantised q(IntRecord(bits, sym, group), 21, 50, 7);  // partial groups and words
+        // 21 rows: partial zero-point words; 50 columns (per channel): partial weight words.
+        const Quantised q(IntRecord(bits, sym, group), 21, group ? 48 : 50, 7);
         const IntWeight w = q.Int();
         const IntWeight back =
             UnpackCompressedTensorsInt(PackCompressedTensorsInt(w, "m"), bits, sym, w.group_size);
@@ -251,6 +252,8 @@ TEST(ExportLayouts, RefusesWhatATargetCannotHold) {
   EXPECT_NE(OptionErrorOf([&] { PackAwq(partial, "m"); }).find("whole groups"), std::string::npos);
   const IntWeight odd_rows = Quantised(IntRecord(4, true, 32), 12, 64).Int();
   EXPECT_NE(OptionErrorOf([&] { PackAwq(odd_rows, "m"); }).find("multiple of 8"),
+            std::string::npos);
+  EXPECT_NE(OptionErrorOf([&] { PackCompressedTensorsInt(partial, "m"); }).find("whole groups"),
             std::string::npos);
   Quantised act(IntRecord(4, true, 32, true), 32, 64);
   EXPECT_NE(OptionErrorOf([&] { PackCompressedTensorsInt(act.Int(), "m"); }).find("g_idx"),
