@@ -88,7 +88,7 @@ class Target {
                     "weight \"{}\": AWQ has no g_idx, so it cannot hold act-order groups", s.name);
         return AwqLayout(w, s.module);
       }
-      return CompressedTensorsIntLayout(w, s.module);
+      return CompressedTensorsIntLayout(w, s.module, !activations_.is_null());
     }
     if (codec == "nf4") {
       return BnbNf4Layout(s.name, s.rows, s.cols, s.rec.at("block").get<int64_t>(),
@@ -113,7 +113,7 @@ class Target {
       }
       if (format_ == ExportFormat::kGptq) return PackGptq(w, s.module, v2_);
       if (format_ == ExportFormat::kAwq) return PackAwq(w, s.module);
-      return PackCompressedTensorsInt(w, s.module);
+      return PackCompressedTensorsInt(w, s.module, !activations_.is_null());
     }
     if (codec == "nf4") {
       return PackBnbNf4(s.name, s.rows, s.cols, s.rec.at("block").get<int64_t>(),
@@ -185,7 +185,9 @@ class Target {
                  {"actorder", desc_act_ ? json("group") : json(nullptr)},
                  {"observer", "minmax"}};
       if (gran == "group") weights["group_size"] = scheme_.at("group_size");
-      fmt = bits == 8 ? "int-quantized" : "pack-quantized";
+      // Weight-only checkpoints pack every width (as llm-compressor writes W8A16); W8A8 keeps
+      // its INT8 weights unpacked, the layout of compressed-tensors' INT8 kernels.
+      fmt = activations_.is_null() ? "pack-quantized" : "int-quantized";
     } else {
       const std::string scale = scheme_.at("scale").get<std::string>();
       weights = {{"num_bits", 8},

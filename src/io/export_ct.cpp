@@ -22,7 +22,8 @@ ExportTensor F32Tensor(std::string name, const std::vector<float>& v, std::vecto
 
 }  // namespace
 
-std::vector<TensorSpec> CompressedTensorsIntLayout(const IntWeight& w, const std::string& prefix) {
+std::vector<TensorSpec> CompressedTensorsIntLayout(const IntWeight& w, const std::string& prefix,
+                                                   bool int_quantized) {
   const int b = w.bits;
   QTOOL_CHECK(b >= 2 && b <= 8, OptionError,
               "weight \"{}\": compressed-tensors holds 2 to 8 bits, not {}", w.name, b);
@@ -34,8 +35,11 @@ std::vector<TensorSpec> CompressedTensorsIntLayout(const IntWeight& w, const std
               "weight \"{}\": compressed-tensors needs whole groups, and group size {} does not "
               "divide {} columns",
               w.name, w.group_size, w.cols);
+  QTOOL_CHECK(!int_quantized || b == 8, OptionError,
+              "weight \"{}\": compressed-tensors' int-quantized (W8A8) layout holds 8 bits, not {}",
+              w.name, b);
   std::vector<TensorSpec> out;
-  if (b == 8) {
+  if (int_quantized) {
     out.push_back({prefix + ".weight", DType::kI8, {w.rows, w.cols}});
     out.push_back({prefix + ".weight_scale", DType::kF32, {w.rows, w.groups}});
     if (!w.symmetric)
@@ -48,15 +52,16 @@ std::vector<TensorSpec> CompressedTensorsIntLayout(const IntWeight& w, const std
           {prefix + ".weight_zero_point", DType::kI32, {(w.rows * b + 31) / 32, w.groups}});
     }
   }
-  if (b != 8) out.push_back({prefix + ".weight_shape", DType::kI64, {2}});
+  if (!int_quantized) out.push_back({prefix + ".weight_shape", DType::kI64, {2}});
   return out;
 }
 
-std::vector<ExportTensor> PackCompressedTensorsInt(const IntWeight& w, const std::string& prefix) {
-  const std::vector<TensorSpec> layout = CompressedTensorsIntLayout(w, prefix);
+std::vector<ExportTensor> PackCompressedTensorsInt(const IntWeight& w, const std::string& prefix,
+                                                   bool int_quantized) {
+  const std::vector<TensorSpec> layout = CompressedTensorsIntLayout(w, prefix, int_quantized);
   const int b = w.bits;
   std::vector<ExportTensor> out;
-  if (b == 8) {
+  if (int_quantized) {
     ExportTensor q = MakeTensor(layout[0]);
     auto* qi = reinterpret_cast<int8_t*>(q.data.data());
     for (size_t i = 0; i < w.codes.size(); ++i) qi[i] = static_cast<int8_t>(w.codes[i] - 128);
@@ -89,7 +94,7 @@ std::vector<ExportTensor> PackCompressedTensorsInt(const IntWeight& w, const std
       out.push_back(std::move(z));
     }
   }
-  if (b != 8) {
+  if (!int_quantized) {
     ExportTensor s = MakeTensor(layout.back());
     const int64_t shape[2] = {w.rows, w.cols};
     std::memcpy(s.data.data(), shape, sizeof(shape));
@@ -99,7 +104,7 @@ std::vector<ExportTensor> PackCompressedTensorsInt(const IntWeight& w, const std
 }
 
 IntWeight UnpackCompressedTensorsInt(const std::vector<ExportTensor>& t, int bits, bool symmetric,
-                                     int64_t group_size) {
+                                     int64_t group_size, bool int_quantized) {
   IntWeight w;
   w.bits = bits;
   w.symmetric = symmetric;
@@ -113,7 +118,7 @@ IntWeight UnpackCompressedTensorsInt(const std::vector<ExportTensor>& t, int bit
   std::memcpy(w.scales.data(), s.data.data(), s.data.size());
   const ExportTensor* z = symmetric ? nullptr : &t[next++];
   w.zeros.assign(static_cast<size_t>(w.rows * w.groups), static_cast<uint8_t>(1u << (bits - 1)));
-  if (bits == 8) {
+  if (int_quantized) {
     w.cols = q.spec.shape[1];
     const auto* qi = reinterpret_cast<const int8_t*>(q.data.data());
     w.codes.resize(static_cast<size_t>(w.rows * w.cols));

@@ -211,6 +211,11 @@ TEST(ExportLayouts, CompressedTensorsRoundTrips) {
             UnpackCompressedTensorsInt(PackCompressedTensorsInt(w, "m"), bits, sym, w.group_size);
         ExpectSameGrid(back, w);
         ExpectSameBits(back.Decode(), q.Decode());
+        if (bits == 8) {  // the W8A8 layout: I8 values, unpacked
+          const auto t = PackCompressedTensorsInt(w, "m", true);
+          EXPECT_EQ(t[0].spec.dtype, DType::kI8);
+          ExpectSameGrid(UnpackCompressedTensorsInt(t, bits, sym, w.group_size, true), w);
+        }
       }
     }
   }

@@ -84,23 +84,25 @@ std::vector<TensorSpec> AwqLayout(const IntWeight& w, const std::string& prefix)
 std::vector<ExportTensor> PackAwq(const IntWeight& w, const std::string& prefix);
 IntWeight UnpackAwq(const std::vector<ExportTensor>& t, int64_t group_size);
 
-/// compressed-tensors (0.20) "pack-quantized" (2..7 bits): signed values q = u - 2^(bits-1)
-/// stored offset-binary (that is, u), each row a dense little-endian bit stream of I32 words as
-/// in GPTQ (element c in stream bits [c*bits, (c+1)*bits)), the last word zero padded:
+/// compressed-tensors (0.20) "pack-quantized" (2..8 bits, weight-only): signed values q = u -
+/// 2^(bits-1) stored offset-binary (that is, u), each row a dense little-endian bit stream of I32
+/// words as in GPTQ (element c in stream bits [c*bits, (c+1)*bits)), the last word zero padded:
 ///   PREFIX.weight_packed     I32 [rows, ceil(cols * bits / 32)]
 ///   PREFIX.weight_scale      F32 [rows, groups]
 ///   PREFIX.weight_zero_point I32 [ceil(rows * bits / 32), groups]  asymmetric only: zero-points
 ///                                (signed z - 2^(bits-1), offset-binary, so z) packed along the
 ///                                output dimension, each column of groups one stream
 ///   PREFIX.weight_shape      I64 [2]                               [rows, cols]
-/// "int-quantized" (8 bits): PREFIX.weight I8 [rows, cols] = u - 128, PREFIX.weight_scale F32
-/// [rows, groups], PREFIX.weight_zero_point I8 [rows, groups] = z - 128 (asymmetric only).
-/// compressed-tensors 0.20 has no g_idx (its act-order "group" was removed), so act-order
-/// weights are refused.
-std::vector<TensorSpec> CompressedTensorsIntLayout(const IntWeight& w, const std::string& prefix);
-std::vector<ExportTensor> PackCompressedTensorsInt(const IntWeight& w, const std::string& prefix);
+/// "int-quantized" (`int_quantized`: 8 bits, the W8A8 layout): PREFIX.weight I8 [rows, cols] = u -
+/// 128, PREFIX.weight_scale F32 [rows, groups], PREFIX.weight_zero_point I8 [rows, groups] = z -
+/// 128 (asymmetric only). compressed-tensors 0.20 has no g_idx (its act-order "group" was removed),
+/// so act-order weights are refused.
+std::vector<TensorSpec> CompressedTensorsIntLayout(const IntWeight& w, const std::string& prefix,
+                                                   bool int_quantized = false);
+std::vector<ExportTensor> PackCompressedTensorsInt(const IntWeight& w, const std::string& prefix,
+                                                   bool int_quantized = false);
 IntWeight UnpackCompressedTensorsInt(const std::vector<ExportTensor>& t, int bits, bool symmetric,
-                                     int64_t group_size);
+                                     int64_t group_size, bool int_quantized = false);
 
 /// bitsandbytes 4-bit (Linear4bit / Params4bit, as transformers saves it) from qtool's NF4
 /// stored tensors (`parts` in Nf4Codec::Layout order) of a weight [rows, cols]:
