@@ -388,5 +388,37 @@ TEST(ExportCheckpoint, Nf4ToBitsandbytes) {
   ExpectSameBits(DecodeBnbNf4(t, 64, 64), ReadTensorF32(q, "model.layers.0.mlp.up_proj.weight"));
 }
 
+TEST(ExportCli, QuantizeWithOutputFormatEqualsQuantizeThenConvert) {
+  QTOOL_REQUIRE_SHARED();
+  const fs::path model = *testing::SharedDir() / "models" / "stories260K" / "hf";
+  ScratchDir d;
+  const auto q = [&](const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"quantize",      model.string(), "--format", "int4",
+                                     "--granularity", "channel",      "--asym",   "-q"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return testing::RunCli(args);
+  };
+  ASSERT_EQ(q({"-o", (d / "qtool").string()}).exit_code, 0);
+  ASSERT_EQ(testing::RunCli({"convert", (d / "qtool").string(), "-o", (d / "ct").string(),
+                             "--output-format", "compressed-tensors", "-q"})
+                .exit_code,
+            0);
+  const auto direct = q({"-o", (d / "direct").string(), "--output-format", "compressed-tensors"});
+  ASSERT_EQ(direct.exit_code, 0) << direct.err;
+  EXPECT_EQ(testing::ReadFile(d / "direct" / "model.safetensors"),
+            testing::ReadFile(d / "ct" / "model.safetensors"));
+  EXPECT_EQ(testing::ReadFile(d / "direct" / "config.json"),
+            testing::ReadFile(d / "ct" / "config.json"));
+  // stories260K's 172-column down_proj cannot be packed by GPTQ at 4 bits: exit 3, the tensor
+  // named, no output and no temporary left beside it.
+  const auto gptq = q({"-o", (d / "gptq").string(), "--output-format", "gptq"});
+  EXPECT_EQ(gptq.exit_code, 3);
+  EXPECT_NE(gptq.err.find("down_proj.weight"), std::string::npos) << gptq.err;
+  EXPECT_NE(gptq.err.find("multiples of 8"), std::string::npos) << gptq.err;
+  size_t entries = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(d.path())) ++entries;
+  EXPECT_EQ(entries, 3u);  // qtool, ct, direct
+}
+
 }  // namespace
 }  // namespace qtool
