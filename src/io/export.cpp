@@ -130,7 +130,9 @@ class Target {
     return out;
   }
 
-  json QuantizationConfig(const std::vector<std::string>& kept, const std::string& dtype) const {
+  json QuantizationConfig(const std::vector<std::string>& kept,
+                          const std::vector<std::string>& quantised,
+                          const std::string& dtype) const {
     const std::string codec = scheme_.at("codec").get<std::string>();
     switch (format_) {
       case ExportFormat::kGptq: {
@@ -143,7 +145,13 @@ class Target {
             {"sym", scheme_.at("symmetric")}, {"checkpoint_format", v2_ ? "gptq_v2" : "gptq"},
             {"pack_dtype", "int32"},          {"true_sequential", true},
             {"static_groups", false},         {"lm_head", false}};
-        if (!kept.empty()) qc["dynamic"] = dynamic;
+        if (!kept.empty()) {
+          // transformers (through optimum) replaces only the modules listed here when the list
+          // is given (a module is matched by the end of its name); gptqmodel's own loader reads
+          // the dynamic rules.
+          qc["dynamic"] = dynamic;
+          qc["modules_in_block_to_quantize"] = json::array({quantised});
+        }
         return qc;
       }
       case ExportFormat::kAwq:
@@ -463,7 +471,9 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
     }
     if (progress) progress(++done, copies.size(), name);
   }
-  CopyModelFiles(in, target.QuantizationConfig(kept, dtype), writer);
+  std::vector<std::string> quantised;
+  for (const Source& s : sources) quantised.push_back(s.module);
+  CopyModelFiles(in, target.QuantizationConfig(kept, quantised, dtype), writer);
   writer.Commit();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;

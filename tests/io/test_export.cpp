@@ -319,6 +319,9 @@ TEST(ExportCheckpoint, EveryFormatWithItsConfig) {
   EXPECT_EQ(gc.at("group_size"), 32);
   EXPECT_EQ(gc.at("sym"), false);
   EXPECT_TRUE(gc.at("dynamic").contains("-:^model\\.layers\\.1\\.mlp\\.down_proj$"));
+  const json& listed = gc.at("modules_in_block_to_quantize").at(0);
+  EXPECT_EQ(listed.size(), 5u);
+  EXPECT_EQ(std::count(listed.begin(), listed.end(), "model.layers.1.mlp.down_proj"), 0);
   EXPECT_EQ(g.Get("model.layers.0.mlp.up_proj.qweight").info->shape, (std::vector<int64_t>{8, 64}));
   EXPECT_EQ(g.Get("model.layers.1.mlp.down_proj.weight").info->dtype, DType::kF32);
   EXPECT_EQ(g.Find("model.layers.0.mlp.up_proj.weight"), nullptr);
