@@ -322,6 +322,8 @@ def main():
                 failures.append(tag + " " + vname)
         del model
         gc.collect()
+        for done in (qdir.removesuffix("-f16"), qdir, out):  # SmolLM2's are 170 MB each
+            shutil.rmtree(done, ignore_errors=True)
     print("\n| model | qtool quantize | format | reader run | load s | logits rel diff | "
           "ppl qtool | ppl reader | file MB | bits/weight |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
