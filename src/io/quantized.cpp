@@ -132,22 +132,6 @@ void CheckStoredScales(const CheckpointTensor& t) {
   }
 }
 
-// The format of tensor `name`'s record (its codec record with the original "shape" and "dtype"):
-// FormatError naming the checkpoint, the tensor and the key for a record FormatFromRecord refuses.
-Format TensorRecordFormat(const Checkpoint& ck, const std::string& name, const json& rec) {
-  const std::string where =
-      fmt::format("{}: quantisation record of \"{}\"", ck.dir().string(), name);
-  QTOOL_CHECK(rec.is_object(), FormatError, "{} is not an object", where);
-  json codec = rec;
-  codec.erase("shape");
-  codec.erase("dtype");
-  try {
-    return FormatFromRecord(codec, where);
-  } catch (const OptionError& e) {
-    throw FormatError(e.what());
-  }
-}
-
 StoredWeight OpenStored(const Checkpoint& ck, const std::string& name, const json& rec) {
   StoredWeight s;
   try {
@@ -197,6 +181,22 @@ void DecodeInto(const StoredWeight& s, int threads, float* out) {
 }
 
 }  // namespace
+
+// The format of tensor `name`'s record (its codec record with the original "shape" and "dtype"):
+// FormatError naming the checkpoint, the tensor and the key for a record FormatFromRecord refuses.
+Format TensorRecordFormat(const Checkpoint& ck, const std::string& name, const json& rec) {
+  const std::string where =
+      fmt::format("{}: quantisation record of \"{}\"", ck.dir().string(), name);
+  QTOOL_CHECK(rec.is_object(), FormatError, "{} is not an object", where);
+  json codec = rec;
+  codec.erase("shape");
+  codec.erase("dtype");
+  try {
+    return FormatFromRecord(codec, where);
+  } catch (const OptionError& e) {
+    throw FormatError(e.what());
+  }
+}
 
 json QuantizedTensorRecord(const WeightCodec& codec, const TensorSpec& original) {
   json rec = codec.Record();

@@ -247,7 +247,9 @@ void RegisterQuantize(CLI::App& app) {
   cmd->add_flag("--force", a->force, "Replace the output directory if it exists");
   cmd->add_flag("-q,--quiet", a->quiet, "Print no report");
   const auto method = AddMethodOptions(cmd);
-  cmd->callback([a, gran, method, format_flags]() {
+  auto out_format = std::make_shared<OutputFormatArgs>();
+  AddOutputFormatOptions(cmd, *out_format);
+  cmd->callback([a, gran, method, format_flags, out_format]() {
     a->granularity_given = gran->count() > 0;
     QTOOL_CHECK(a->group >= 1, OptionError, "--group must be at least 1, got {}", a->group);
     QTOOL_CHECK(a->group <= kMaxGroup, OptionError, "--group must be at most {}, got {}", kMaxGroup,
@@ -267,21 +269,35 @@ void RegisterQuantize(CLI::App& app) {
     opts.overwrite = false;
     if (a->activations == "int8") opts.activations = Int8TokenActivations();
     if (!a->max_shard.empty()) opts.max_shard_bytes = ParseSize(a->max_shard);
+    // Another output format: quantise into a qtool checkpoint inside the staging directory (so
+    // that a failure or a signal removes it with the rest), then convert it into the staged output.
+    const bool export_to = ParseExportFormat(out_format->format) != ExportFormat::kQtool;
     const Checkpoint in = Checkpoint::Open(a->input);
     StagedRun run(in, a->output, a->json, a->force);
-    if (auto r = RunQuantizeMethod(*method, opts, a->input, run.output(), a->quiet)) {
+    const std::filesystem::path quantized =
+        export_to ? run.output().parent_path() / (run.output().filename().string() + ".qtool")
+                  : run.output();
+    const auto convert = [&] {
+      if (!export_to) return;
+      RunConvert(quantized.string(), run.output().string(), *out_format, false,
+                 a->quiet || a->json == "-");
+      std::filesystem::remove_all(quantized);
+    };
+    if (auto r = RunQuantizeMethod(*method, opts, a->input, quantized.string(), a->quiet)) {
       nlohmann::json j = r->report.ToJson();
       j["solver"] = std::move(r->solver);
+      convert();
       run.Commit(j);
       if (!a->quiet && a->json != "-") PrintReport(r->report);
       return;
     }
     Progress progress("quantize");
     const QuantizeReport report = QuantizeCheckpoint(
-        in, run.output(), opts, [&](size_t done, size_t total, const std::string& name) {
+        in, quantized, opts, [&](size_t done, size_t total, const std::string& name) {
           progress.Update(done, total, name);
         });
     progress.Done();
+    convert();
     run.Commit(report.ToJson());
     if (!a->quiet && a->json != "-") PrintReport(report);
   });

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "qtool/io/export.hpp"
 #include "qtool/io/quantized.hpp"
 
 namespace qtool::cli {
@@ -18,6 +19,17 @@ void RegisterInspect(CLI::App& app);
 void RegisterEval(CLI::App& app);
 void RegisterGenerate(CLI::App& app);
 void RegisterTokenize(CLI::App& app);
+void RegisterConvert(CLI::App& app);
+void RegisterLogits(CLI::App& app);
+
+/// --output-format and its options (cmd_convert.cpp), shared by quantize and convert.
+struct OutputFormatArgs {
+  std::string format = "qtool", gptq_format = "gptq";
+};
+void AddOutputFormatOptions(CLI::App* cmd, OutputFormatArgs& a);
+/// Converts the qtool checkpoint `input` to `output` in a's format, printing a report unless quiet.
+ExportReport RunConvert(const std::string& input, const std::string& output,
+                        const OutputFormatArgs& a, bool overwrite, bool quiet);
 
 /// `qtool quantize --method ...` (quantize_methods.cpp): the calibrated methods' options, added to
 /// the quantize command, and their run. RunQuantizeMethod returns nullopt for --method rtn.

@@ -49,6 +49,8 @@ int main(int argc, char** argv) {
   qtool::cli::RegisterEval(app);
   qtool::cli::RegisterGenerate(app);
   qtool::cli::RegisterTokenize(app);
+  qtool::cli::RegisterConvert(app);
+  qtool::cli::RegisterLogits(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ConversionError& e) {

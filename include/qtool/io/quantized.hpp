@@ -125,6 +125,11 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const std::filesystem::p
 
 /// The quantisation record of a checkpoint written by qtool (nullopt for a plain checkpoint).
 std::optional<nlohmann::json> QuantizationRecord(const Checkpoint& ck);
+/// The format of quantised tensor `name` from its record in ck's quantisation metadata (the codec
+/// record with the original "shape" and "dtype"): FormatError naming the checkpoint, the tensor
+/// and the key when the record is not one FormatFromRecord accepts.
+Format TensorRecordFormat(const Checkpoint& ck, const std::string& name,
+                          const nlohmann::json& record);
 
 /// Names of the weights a checkpoint holds, as the original model named them (quantised weights
 /// under their original names, their stored parts hidden).

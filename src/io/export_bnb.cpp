@@ -1,0 +1,123 @@
+// bitsandbytes 4-bit (NF4) layout of qtool's NF4 weights (qtool/io/export_layouts.hpp).
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "qtool/core/error.hpp"
+#include "qtool/io/export_layouts.hpp"
+#include "qtool/quant/nf4_codec.hpp"
+
+namespace qtool {
+namespace {
+
+float F32At(const ExportTensor& t, int64_t i) {
+  float v;
+  std::memcpy(&v, t.data.data() + i * 4, 4);
+  return v;
+}
+
+// The quant_state JSON, padded with spaces (which JSON readers skip) to a length that does not
+// depend on the offset's digits, so that the layout is known before the data.
+std::string QuantStateJson(int64_t rows, int64_t cols, int64_t block, bool double_quant,
+                           const std::string& dtype, float offset) {
+  nlohmann::json state = {
+      {"quant_type", "nf4"}, {"blocksize", block}, {"dtype", dtype}, {"shape", {rows, cols}}};
+  if (double_quant) {
+    state["nested_blocksize"] = kNf4DoubleQuantBlock;
+    state["nested_dtype"] = "float32";
+    state["nested_offset"] = 0;
+  }
+  const size_t size = state.dump().size() + 32;  // room for any f32 in place of the 0
+  if (double_quant) state["nested_offset"] = offset;
+  std::string s = state.dump();
+  s.resize(size, ' ');
+  return s;
+}
+
+void CheckBnb(const std::string& name, int64_t cols, int64_t block) {
+  QTOOL_CHECK(cols % 2 == 0, OptionError,
+              "weight \"{}\": bitsandbytes packs the flattened tensor two codes a byte, so a row "
+              "of {} (odd) columns would share a byte with the next; qtool pads rows instead",
+              name, cols);
+  QTOOL_CHECK(block >= 64 && block <= 4096 && (block & (block - 1)) == 0, OptionError,
+              "weight \"{}\": bitsandbytes has NF4 blocks of 64 to 4096 (powers of two), not {}",
+              name, block);
+}
+
+}  // namespace
+
+std::vector<TensorSpec> BnbNf4Layout(const std::string& name, int64_t rows, int64_t cols,
+                                     int64_t block, bool double_quant, const std::string& prefix,
+                                     const std::string& dtype) {
+  CheckBnb(name, cols, block);
+  const int64_t n = rows * cols, nb = (n + block - 1) / block;
+  const std::string w = prefix + ".weight";
+  std::vector<TensorSpec> out = {{w, DType::kU8, {n / 2, 1}}};
+  if (!double_quant) {
+    out.push_back({w + ".absmax", DType::kF32, {nb}});
+    out.push_back({w + ".quant_map", DType::kF32, {16}});
+  } else {
+    out.push_back({w + ".absmax", DType::kU8, {nb}});
+    out.push_back({w + ".quant_map", DType::kF32, {16}});
+    out.push_back({w + ".nested_absmax",
+                   DType::kF32,
+                   {(nb + kNf4DoubleQuantBlock - 1) / kNf4DoubleQuantBlock}});
+    out.push_back({w + ".nested_quant_map", DType::kF32, {256}});
+  }
+  const int64_t js =
+      static_cast<int64_t>(QuantStateJson(rows, cols, block, double_quant, dtype, 0.0f).size());
+  out.push_back({w + ".quant_state.bitsandbytes__nf4", DType::kU8, {js}});
+  return out;
+}
+
+std::vector<ExportTensor> PackBnbNf4(const std::string& name, int64_t rows, int64_t cols,
+                                     int64_t block, bool double_quant,
+                                     const std::byte* const* parts, const std::string& prefix,
+                                     const std::string& dtype) {
+  const std::vector<TensorSpec> layout =
+      BnbNf4Layout(name, rows, cols, block, double_quant, prefix, dtype);
+  float offset = 0;
+  if (double_quant) std::memcpy(&offset, parts[3], 4);
+  const std::string js = QuantStateJson(rows, cols, block, double_quant, dtype, offset);
+  // The sources of the layout's tensors, in its order.
+  std::vector<const void*> src = {parts[0], parts[1], Nf4Values().data()};
+  if (double_quant) {
+    src.push_back(parts[2]);
+    src.push_back(DynamicMap8().data());
+  }
+  src.push_back(js.data());
+  std::vector<ExportTensor> out;
+  for (size_t k = 0; k < layout.size(); ++k) {
+    ExportTensor t{layout[k], {}};
+    t.data.resize(t.spec.nbytes());
+    std::memcpy(t.data.data(), src[k], t.data.size());
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+std::vector<float> DecodeBnbNf4(const std::vector<ExportTensor>& t, int64_t rows, int64_t cols) {
+  const nlohmann::json state = nlohmann::json::parse(
+      std::string(reinterpret_cast<const char*>(t.back().data.data()), t.back().data.size()));
+  const int64_t block = state.at("blocksize").get<int64_t>();
+  const bool nested = state.contains("nested_offset");
+  const ExportTensor& absmax = t[1];
+  const ExportTensor& quant_map = t[2];
+  std::vector<float> out(static_cast<size_t>(rows * cols));
+  const auto* packed = reinterpret_cast<const uint8_t*>(t[0].data.data());
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const int64_t b = i / block;
+    float a;
+    if (nested) {
+      const uint8_t q = static_cast<uint8_t>(absmax.data[static_cast<size_t>(b)]);
+      a = F32At(t[4], q) * F32At(t[3], b / state.at("nested_blocksize").get<int64_t>()) +
+          state.at("nested_offset").get<float>();
+    } else {
+      a = F32At(absmax, b);
+    }
+    const int code = (packed[i / 2] >> ((i % 2) ? 0 : 4)) & 0xf;
+    out[static_cast<size_t>(i)] = F32At(quant_map, code) * a;
+  }
+  return out;
+}
+
+}  // namespace qtool

