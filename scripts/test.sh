@@ -86,6 +86,12 @@ if has fuzz; then
   rm -rf build-fuzz/corpus && mkdir -p build-fuzz/corpus && cp tests/fuzz/corpus/* build-fuzz/corpus/
   build-fuzz/tests/fuzz_safetensors -max_total_time="${QTOOL_FUZZ_SECONDS:-30}" -max_len=4096 \
     -print_final_stats=1 build-fuzz/corpus 2>&1 | tail -n 12
+  step "libFuzzer run of the GGUF parser (${QTOOL_FUZZ_SECONDS:-30} s)"
+  cmake --build build-fuzz -j "$jobs" --target fuzz_gguf
+  rm -rf build-fuzz/gguf-corpus && mkdir -p build-fuzz/gguf-corpus
+  cp tests/fuzz/gguf-corpus/* build-fuzz/gguf-corpus/
+  build-fuzz/tests/fuzz_gguf -max_total_time="${QTOOL_FUZZ_SECONDS:-30}" -max_len=4096 \
+    -print_final_stats=1 build-fuzz/gguf-corpus 2>&1 | tail -n 12
 fi
 
 if has arm && [ -f scripts/test-arm.sh ]; then
