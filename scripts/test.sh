@@ -57,6 +57,8 @@ if has interop; then
   build/bench/qtool_synth -o build/interop/model --hidden 64 --intermediate 172 --layers 2 \
     --heads 8 --kv-heads 4 --vocab 512 --dtype f32
   "$py" tests/interop/check_safetensors.py build/qtool build/interop/model build/interop
+  step "qtool's GGUF files against llama.cpp's gguf package"
+  "$py" tests/interop/check_gguf.py build/qtool examples/models/stories260K build/interop
 fi
 
 if has asan; then

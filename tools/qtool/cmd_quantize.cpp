@@ -7,6 +7,7 @@
 #include <regex>
 
 #include "commands.hpp"
+#include "gguf_output.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/quantized.hpp"
 #include "qtool/quant/codec.hpp"
@@ -230,12 +231,16 @@ void RegisterQuantize(CLI::App& app) {
   cmd->add_flag("--force", a->force, "Replace the output directory if it exists");
   cmd->add_flag("-q,--quiet", a->quiet, "Print no report");
   const auto method = AddMethodOptions(cmd);
-  cmd->callback([a, gran, method]() {
+  const auto gguf = AddGgufOptions(cmd);
+  cmd->callback([a, gran, method, gguf]() {
     a->granularity_given = gran->count() > 0;
     QTOOL_CHECK(a->group >= 1, OptionError, "--group must be at least 1, got {}", a->group);
     QTOOL_CHECK(a->threads >= 0, OptionError, "--threads must not be negative");
     QTOOL_CHECK(a->activations == "none" || a->activations == "int8", OptionError,
                 "--activations is none or int8, not \"{}\"", a->activations);
+    if (RunGgufQuantize(*gguf, a->input, a->output, a->threads, a->force, a->quiet, a->json)) {
+      return;
+    }
     QuantizeOptions opts;
     opts.codec = CodecRecord(*a);
     opts.include = a->include;

@@ -1,0 +1,139 @@
+#include "gguf_output.hpp"
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "qtool/core/error.hpp"
+#include "qtool/io/checkpoint.hpp"
+#include "qtool/io/gguf.hpp"
+#include "qtool/io/gguf_export.hpp"
+#include "terminal.hpp"
+
+namespace qtool::cli {
+
+namespace {
+
+constexpr const char* kGgufTypeHelp =
+    "With --output-format gguf: a llama-quantize type, whose per-tensor recipe llama.cpp's "
+    "quantiser follows (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M, "
+    "Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0), or Q3_K, Q4_K, "
+    "Q5_K, MXFP4 for that type throughout";
+
+// Options of the safetensors path that GGUF output does not take.
+constexpr const char* kNotForGguf[] = {
+    "--format",      "--bits",     "--group",   "--granularity",   "--asym",
+    "--flat-groups", "--observer", "--block",   "--double-quant",  "--method",
+    "--activations", "--include",  "--exclude", "--max-shard-size"};
+
+}  // namespace
+
+std::shared_ptr<GgufArgs> AddGgufOptions(CLI::App* cmd) {
+  auto g = std::make_shared<GgufArgs>();
+  g->cmd = cmd;
+  cmd->add_option("--output-format", g->output_format,
+                  "safetensors (a model directory) or gguf (one llama.cpp file)")
+      ->capture_default_str();
+  cmd->add_option("--gguf-type", g->gguf_type, kGgufTypeHelp)->capture_default_str();
+  cmd->add_flag("--gguf-pure", g->pure,
+                "Every 2-D weight in the --gguf-type's base type (llama-quantize --pure)");
+  return g;
+}
+
+bool RunGgufQuantize(const GgufArgs& g, const std::string& input, const std::string& output,
+                     int threads, bool force, bool quiet, const std::string& json) {
+  QTOOL_CHECK(g.output_format == "safetensors" || g.output_format == "gguf", OptionError,
+              "--output-format is safetensors or gguf, not \"{}\"", g.output_format);
+  if (g.output_format != "gguf") {
+    QTOOL_CHECK(g.cmd->get_option("--gguf-type")->count() == 0 && !g.pure, OptionError,
+                "--gguf-type and --gguf-pure apply to --output-format gguf only");
+    return false;
+  }
+  for (const char* name : kNotForGguf) {
+    const CLI::Option* o = g.cmd->get_option_no_throw(name);
+    QTOOL_CHECK(o == nullptr || o->count() == 0, OptionError,
+                "{} does not apply to --output-format gguf (the format is --gguf-type)", name);
+  }
+  const auto recipe = gguf::FindRecipe(g.gguf_type);
+  QTOOL_CHECK(recipe.has_value(), OptionError, "unknown --gguf-type \"{}\" (known: {})",
+              g.gguf_type, gguf::RecipeNames());
+  gguf::ExportOptions opts;
+  opts.type = g.gguf_type;
+  opts.pure = g.pure;
+  opts.threads = threads;
+  opts.overwrite = force;
+  const Checkpoint in = Checkpoint::Open(input);
+  Progress progress("quantize");
+  const gguf::ExportReport r =
+      gguf::ExportGguf(in, output, opts, [&](size_t done, size_t total, const std::string& name) {
+        progress.Update(done, total, name);
+      });
+  progress.Done();
+  nlohmann::json j = {{"output", output},
+                      {"architecture", r.architecture},
+                      {"tokenizer_model", r.tokenizer_model},
+                      {"gguf_type", std::string(recipe->name)},
+                      {"pure", g.pure},
+                      {"input_bytes", r.input_bytes},
+                      {"output_bytes", r.output_bytes},
+                      {"seconds", r.seconds},
+                      {"tensors", nlohmann::json::array()}};
+  uint64_t params = 0;
+  for (const gguf::ExportedTensor& t : r.tensors) {
+    uint64_t n = 1;
+    for (uint64_t d : t.ne) n *= d;
+    params += n;
+    j["tensors"].push_back({{"name", t.name},
+                            {"source", t.source},
+                            {"type", std::string(ggml::Traits(t.type).name)},
+                            {"ne", t.ne},
+                            {"bytes", t.bytes},
+                            {"rel_rms_error", t.rel_rms_error}});
+  }
+  if (!quiet && json != "-") {
+    fmt::print("{:<28} {:>7} {:>14} {:>12} {:>10}\n", "tensor", "type", "ne", "bytes", "rel rms");
+    for (const gguf::ExportedTensor& t : r.tensors) {
+      fmt::print("{:<28} {:>7} {:>14} {:>12} {:>10.3e}\n", t.name, ggml::Traits(t.type).name,
+                 fmt::format("{}", fmt::join(t.ne, "x")), t.bytes, t.rel_rms_error);
+    }
+    fmt::print("\n{}: {} ({}) for {} parameters, {:.3f} bits per weight, {} tokenizer, {:.2f} s\n",
+               output, HumanBytes(static_cast<double>(r.output_bytes)), r.architecture, params,
+               8.0 * static_cast<double>(r.output_bytes) / static_cast<double>(params),
+               r.tokenizer_model.empty() ? "no" : r.tokenizer_model, r.seconds);
+  }
+  if (!json.empty()) WriteJsonReport(json, j);
+  return true;
+}
+
+bool IsGgufFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  char magic[4] = {};
+  return f.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
+}
+
+void DequantizeGguf(const std::string& input, const std::string& output, bool force) {
+  const gguf::File f(input);
+  std::vector<TensorSpec> specs;
+  for (const gguf::TensorInfo& t : f.tensors()) {
+    TensorSpec s{t.name, DType::kF32, {}};
+    for (auto it = t.ne.rbegin(); it != t.ne.rend(); ++it) {
+      s.shape.push_back(static_cast<int64_t>(*it));
+    }
+    specs.push_back(std::move(s));
+  }
+  CheckpointWriterOptions opts;
+  opts.overwrite = force;
+  opts.metadata = {{"format", "pt"}, {"source", "gguf"}};
+  CheckpointWriter w(output, specs, opts);
+  std::vector<float> values;
+  for (const gguf::TensorInfo& t : f.tensors()) {
+    values.resize(t.numel());
+    f.Dequantize(t, values);
+    w.Write(std::as_bytes(std::span(values)));
+  }
+  w.Commit();
+}
+
+}  // namespace qtool::cli

@@ -1,0 +1,33 @@
+// GGUF on the command line: `quantize --output-format gguf --gguf-type T`, and `dequantize` of a
+// .gguf file.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+namespace qtool::cli {
+
+struct GgufArgs {
+  std::string output_format = "safetensors";
+  std::string gguf_type = "F16";
+  bool pure = false;
+  CLI::App* cmd = nullptr;
+};
+
+/// Adds --output-format and --gguf-type to the quantize command.
+std::shared_ptr<GgufArgs> AddGgufOptions(CLI::App* cmd);
+
+/// Writes the GGUF file when --output-format is gguf and returns true; false otherwise. Refuses
+/// (OptionError) the quantize options that do not apply to GGUF output.
+bool RunGgufQuantize(const GgufArgs& g, const std::string& input, const std::string& output,
+                     int threads, bool force, bool quiet, const std::string& json);
+
+/// True when `path` names a GGUF file (by its first four bytes).
+bool IsGgufFile(const std::string& path);
+
+/// Decodes every tensor of a GGUF file to F32 into a model directory (model.safetensors, GGUF
+/// tensor names, shapes as [rows, row length]).
+void DequantizeGguf(const std::string& input, const std::string& output, bool force);
+
+}  // namespace qtool::cli
