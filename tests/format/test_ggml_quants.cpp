@@ -296,22 +296,25 @@ TEST(GgmlQuality, ErrorBandsPerType) {
   EXPECT_LT(at17[Type::kIQ4_NL], at17[Type::kQ4_0]);
 }
 
-// The weighted IQ4 search with uniform importances equals the x^2-weighted one only in its
-// scale rule; both must stay within band, and large importances on a column must lower its error.
+// The importance-weighted quantisers (IQ4_NL, IQ4_XS, Q3_K): large importances on some columns
+// must lower the importance-weighted error against the unweighted reference quantiser.
 TEST(GgmlQuality, Iq4ImportanceWeightsLowerWeightedError) {
   const size_t n = 64 * kQKK;
   const std::vector<float> x = Gaussian(n, 99);
   std::vector<float> imp(n);
   for (size_t i = 0; i < n; ++i) imp[i] = (i % 7 == 0) ? 50.f : 1.f;
-  for (Type type : {Type::kIQ4_NL, Type::kIQ4_XS}) {
+  for (Type type : {Type::kIQ4_NL, Type::kIQ4_XS, Type::kQ3_K}) {
     std::vector<uint8_t> plain(RowBytes(type, n));
     std::vector<uint8_t> weighted(RowBytes(type, n));
     if (type == Type::kIQ4_NL) {
       QuantizeIQ4_NL(x.data(), reinterpret_cast<BlockIQ4_NL*>(plain.data()), n);
       QuantizeIQ4_NL(x.data(), reinterpret_cast<BlockIQ4_NL*>(weighted.data()), n, imp.data());
-    } else {
+    } else if (type == Type::kIQ4_XS) {
       QuantizeIQ4_XS(x.data(), reinterpret_cast<BlockIQ4_XS*>(plain.data()), n);
       QuantizeIQ4_XS(x.data(), reinterpret_cast<BlockIQ4_XS*>(weighted.data()), n, imp.data());
+    } else {
+      QuantizeQ3_K(x.data(), reinterpret_cast<BlockQ3_K*>(plain.data()), n);
+      QuantizeQ3_K(x.data(), reinterpret_cast<BlockQ3_K*>(weighted.data()), n, imp.data());
     }
     const std::vector<float> yp = Decoded(type, plain, n);
     const std::vector<float> yw = Decoded(type, weighted, n);

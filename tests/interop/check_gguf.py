@@ -3,7 +3,8 @@ quantisers), independently of qtool's parser and decoders:
 
 1. For every type qtool writes, the file opens with gguf.GGUFReader, its metadata describe the
    model (llama architecture keys, file type, tokenizer when the model has one), and every tensor,
-   dequantised by gguf, equals bit for bit what `qtool dequantize` decodes from the same file.
+   dequantised by gguf, equals bit for bit what `qtool dequantize` decodes from the same file
+   (a Hugging Face checkpoint, whose names and query/key row order are mapped back here).
 2. The query/key rows of the F32 file are the source weights permuted as llama.cpp's converter
    permutes them (rotate-half pairs to adjacent rows); tied embeddings have no output.weight.
 3. Quantising the F32 file's weights with gguf's quantisers gives the bytes qtool wrote for
@@ -70,6 +71,25 @@ def tensor_values(t):
     """gguf's decoding of a tensor, as float32 of shape [rows, ne0]."""
     ne0 = int(t.shape[0])
     return quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1, ne0)
+
+
+BLOCK_NAMES = {"attn_norm.weight": "input_layernorm.weight",
+               "attn_q.weight": "self_attn.q_proj.weight",
+               "attn_k.weight": "self_attn.k_proj.weight",
+               "attn_v.weight": "self_attn.v_proj.weight",
+               "attn_output.weight": "self_attn.o_proj.weight",
+               "ffn_norm.weight": "post_attention_layernorm.weight",
+               "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
+               "ffn_down.weight": "mlp.down_proj.weight"}
+TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
+             "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+
+
+def hf_name(name):
+    if name in TOP_NAMES:
+        return TOP_NAMES[name]
+    _, layer, rest = name.split(".", 2)
+    return f"model.layers.{layer}.{BLOCK_NAMES[rest]}"
 
 
 def permute(w, heads):
@@ -153,7 +173,14 @@ def check_model(qtool, model, work):
         types = set()
         for t in r.tensors:
             theirs = tensor_values(t)
-            mine = ours[t.name].reshape(theirs.shape)
+            # qtool dequantize writes a Hugging Face checkpoint: names mapped back, query/key
+            # rows back in rotate-half order (permuted here into GGUF's order again).
+            mine = ours[hf_name(t.name)]
+            if t.name.endswith("attn_q.weight"):
+                mine = permute(mine, config["num_attention_heads"])
+            elif t.name.endswith("attn_k.weight"):
+                mine = permute(mine, config["num_key_value_heads"])
+            mine = mine.reshape(theirs.shape)
             if not np.array_equal(theirs.view(np.uint32), mine.view(np.uint32)):
                 bad = np.argwhere(theirs.view(np.uint32) != mine.view(np.uint32))[0]
                 sys.exit(f"{ty}: tensor {t.name} ({t.tensor_type.name}): gguf decodes "

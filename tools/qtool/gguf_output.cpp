@@ -10,6 +10,7 @@
 #include "qtool/io/checkpoint.hpp"
 #include "qtool/io/gguf.hpp"
 #include "qtool/io/gguf_export.hpp"
+#include "qtool/io/gguf_import.hpp"
 #include "terminal.hpp"
 
 namespace qtool::cli {
@@ -114,26 +115,7 @@ bool IsGgufFile(const std::string& path) {
 }
 
 void DequantizeGguf(const std::string& input, const std::string& output, bool force) {
-  const gguf::File f(input);
-  std::vector<TensorSpec> specs;
-  for (const gguf::TensorInfo& t : f.tensors()) {
-    TensorSpec s{t.name, DType::kF32, {}};
-    for (auto it = t.ne.rbegin(); it != t.ne.rend(); ++it) {
-      s.shape.push_back(static_cast<int64_t>(*it));
-    }
-    specs.push_back(std::move(s));
-  }
-  CheckpointWriterOptions opts;
-  opts.overwrite = force;
-  opts.metadata = {{"format", "pt"}, {"source", "gguf"}};
-  CheckpointWriter w(output, specs, opts);
-  std::vector<float> values;
-  for (const gguf::TensorInfo& t : f.tensors()) {
-    values.resize(t.numel());
-    f.Dequantize(t, values);
-    w.Write(std::as_bytes(std::span(values)));
-  }
-  w.Commit();
+  gguf::ImportGguf(gguf::File(input), output, force);
 }
 
 }  // namespace qtool::cli

@@ -26,8 +26,7 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& input, const std::str
 /// True when `path` names a GGUF file (by its first four bytes).
 bool IsGgufFile(const std::string& path);
 
-/// Decodes every tensor of a GGUF file to F32 into a model directory (model.safetensors, GGUF
-/// tensor names, shapes as [rows, row length]).
+/// Decodes a GGUF file to a Hugging Face model directory in F32 (see gguf::ImportGguf).
 void DequantizeGguf(const std::string& input, const std::string& output, bool force);
 
 }  // namespace qtool::cli

@@ -768,34 +768,63 @@ inline void QuantizeQ2_K(const float* x, BlockQ2_K* b, int64_t n) {
   }
 }
 
-inline void QuantizeQ3_K(const float* x, BlockQ3_K* b, int64_t n) {
+/// imatrix: optional importance of each of the n columns. Without it this is ggml's reference
+/// quantiser; with it, llama.cpp's importance-weighted one: sub-block codes by the symmetric
+/// search weighted by imatrix[i] * sqrt(sigma^2 + x^2) (sigma^2 = twice the super-block's mean
+/// square), and the 6-bit sub-block scales themselves by the same search over the scales, each
+/// weighted by its sub-block's total weight.
+inline void QuantizeQ3_K(const float* x, BlockQ3_K* b, int64_t n, const float* imatrix = nullptr) {
   int8_t L[kQKK];
   float scales[kQKK / 16];
+  float weight[16];
+  float sw[kQKK / 16];
+  int8_t Ls[kQKK / 16];
   for (int64_t i = 0; i < n / kQKK; ++i, x += kQKK) {
-    float max_scale = 0;
-    float amax = 0;
-    for (int j = 0; j < kQKK / 16; ++j) {
-      scales[j] = detail::Q3Search(16, 4, x + 16 * j, L + 16 * j);
-      if (std::fabs(scales[j]) > amax) {
-        amax = std::fabs(scales[j]);
-        max_scale = scales[j];
-      }
-    }
     std::memset(b[i].scales, 0, 12);
-    if (max_scale != 0) {
-      const float iscale = -32.f / max_scale;
-      for (int j = 0; j < kQKK / 16; ++j) {
-        const int l = std::clamp(detail::NearestInt(iscale * scales[j]), -32, 31) + 32;
-        if (j < 8) {
-          b[i].scales[j] = static_cast<uint8_t>(l & 0xF);
-        } else {
-          b[i].scales[j - 8] |= static_cast<uint8_t>((l & 0xF) << 4);
-        }
-        b[i].scales[j % 4 + 8] |= static_cast<uint8_t>((l >> 4) << (2 * (j / 4)));
+    auto set_scale = [&b, i](int j, int l) {  // l: 6-bit scale with its offset of 32
+      if (j < 8) {
+        b[i].scales[j] = static_cast<uint8_t>(l & 0xF);
+      } else {
+        b[i].scales[j - 8] |= static_cast<uint8_t>((l & 0xF) << 4);
       }
-      b[i].d = F32ToF16(1 / iscale);
+      b[i].scales[j % 4 + 8] |= static_cast<uint8_t>((l >> 4) << (2 * (j / 4)));
+    };
+    if (imatrix != nullptr) {
+      const float* qw_block = imatrix + i * kQKK;
+      float sumx2 = 0;
+      for (int j = 0; j < kQKK; ++j) sumx2 += x[j] * x[j];
+      const float sigma2 = 2 * sumx2 / kQKK;
+      for (int j = 0; j < kQKK / 16; ++j) {
+        for (int l = 0; l < 16; ++l) {
+          weight[l] = qw_block[16 * j + l] * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+        }
+        float sumw = 0;
+        for (int l = 0; l < 16; ++l) sumw += weight[l];
+        sw[j] = sumw;
+        scales[j] = detail::SymmetricSearch(16, 4, x + 16 * j, L + 16 * j, weight);
+      }
+      const float d_block = detail::SymmetricSearch(kQKK / 16, 32, scales, Ls, sw);
+      for (int j = 0; j < kQKK / 16; ++j) set_scale(j, Ls[j]);
+      b[i].d = F32ToF16(d_block);
     } else {
-      b[i].d = F32ToF16(0.f);
+      float max_scale = 0;
+      float amax = 0;
+      for (int j = 0; j < kQKK / 16; ++j) {
+        scales[j] = detail::Q3Search(16, 4, x + 16 * j, L + 16 * j);
+        if (std::fabs(scales[j]) > amax) {
+          amax = std::fabs(scales[j]);
+          max_scale = scales[j];
+        }
+      }
+      if (max_scale != 0) {
+        const float iscale = -32.f / max_scale;
+        for (int j = 0; j < kQKK / 16; ++j) {
+          set_scale(j, std::clamp(detail::NearestInt(iscale * scales[j]), -32, 31) + 32);
+        }
+        b[i].d = F32ToF16(1 / iscale);
+      } else {
+        b[i].d = F32ToF16(0.f);
+      }
     }
     for (int j = 0; j < kQKK / 16; ++j) {
       const float d = F16ToF32(b[i].d) * detail::Q3Scale(b[i].scales, j);
@@ -1109,7 +1138,7 @@ inline void Quantize(Type type, const float* x, void* dst, int64_t n) {
     case Type::kQ2_K:
       return QuantizeQ2_K(x, static_cast<BlockQ2_K*>(dst), n);
     case Type::kQ3_K:
-      return QuantizeQ3_K(x, static_cast<BlockQ3_K*>(dst), n);
+      return QuantizeQ3_K(x, static_cast<BlockQ3_K*>(dst), n, nullptr);
     case Type::kQ4_K:
       return QuantizeQ4_K(x, static_cast<BlockQ4_K*>(dst), n);
     case Type::kQ5_K:
