@@ -303,6 +303,14 @@ TEST(GgufCli, QuantizeToGgufAndDequantize) {
             (std::vector<int64_t>{64, 64}));
   const File f(out);
   EXPECT_EQ(SourceF32(deq, "model.layers.0.mlp.up_proj.weight"), Decoded(f, "blk.0.ffn_up.weight"));
+  r = testing::RunCli({"inspect", out, "--json", (dir / "i.json").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("tokenizer.ggml.tokens"), std::string::npos) << r.out;
+  const nlohmann::json ij = nlohmann::json::parse(testing::ReadFile(dir / "i.json"));
+  EXPECT_EQ(ij["tensors"].size(), 47u);
+  EXPECT_EQ(ij["metadata"]["general.architecture"]["value"], "llama");
+  EXPECT_EQ(ij["metadata"]["tokenizer.ggml.tokens"]["length"], 512);
+  EXPECT_EQ(ij["params"], 260032);  // stories260K's parameters, tied embeddings once
   // Errors: exit codes 3 (option), 8 (output exists).
   EXPECT_EQ(testing::RunCli({"quantize", Stories().string(), "-o", out, "--output-format", "gguf",
                              "--gguf-type", "Q4_K_X"})

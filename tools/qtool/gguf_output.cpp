@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "qtool/core/error.hpp"
@@ -112,6 +113,79 @@ bool IsGgufFile(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   char magic[4] = {};
   return f.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
+}
+
+namespace {
+
+nlohmann::json ScalarJson(const gguf::Scalar& s) {
+  return std::visit([](const auto& v) { return nlohmann::json(v); }, s);
+}
+
+}  // namespace
+
+void InspectGguf(const std::string& path, const std::string& json) {
+  const gguf::File f(path);
+  const gguf::Header& h = f.header();
+  nlohmann::json r = {{"path", path},
+                      {"format", "gguf"},
+                      {"version", h.version},
+                      {"alignment", h.alignment},
+                      {"metadata", nlohmann::json::object()},
+                      {"tensors", nlohmann::json::array()}};
+  for (const auto& [key, v] : h.kv) {
+    if (v.is_array) {
+      // Arrays (token lists) are summarised: type, length and the first few items.
+      nlohmann::json head = nlohmann::json::array();
+      for (size_t i = 0; i < std::min<size_t>(v.items.size(), 4); ++i) {
+        head.push_back(ScalarJson(v.items[i]));
+      }
+      r["metadata"][key] = {{"type", fmt::format("array[{}]", gguf::ValueTypeName(v.elem_type))},
+                            {"length", v.items.size()},
+                            {"first", head}};
+    } else {
+      r["metadata"][key] = {{"type", std::string(gguf::ValueTypeName(v.type()))},
+                            {"value", ScalarJson(v.scalar)}};
+    }
+  }
+  uint64_t params = 0;
+  uint64_t bytes = 0;
+  std::map<std::string, uint64_t> by_type;
+  for (const gguf::TensorInfo& t : h.tensors) {
+    params += t.numel();
+    bytes += t.nbytes;
+    by_type[std::string(ggml::Traits(t.type).name)] += t.numel();
+    r["tensors"].push_back({{"name", t.name},
+                            {"type", std::string(ggml::Traits(t.type).name)},
+                            {"ne", t.ne},
+                            {"bytes", t.nbytes},
+                            {"offset", h.data_offset + t.offset}});
+  }
+  r["params"] = params;
+  r["bytes"] = bytes;
+  r["params_by_type"] = by_type;
+  if (json != "-") {
+    fmt::print(
+        "{}: GGUF v{}, {} keys, {} tensors, {} parameters, {} of tensor data ({:.3f} bits "
+        "per weight)\n\n",
+        path, h.version, h.kv.size(), h.tensors.size(), params,
+        HumanBytes(static_cast<double>(bytes)),
+        params ? 8.0 * static_cast<double>(bytes) / static_cast<double>(params) : 0.0);
+    for (const auto& [key, v] : r["metadata"].items()) {
+      std::string shown = v.contains("value") ? v["value"].dump() : v["first"].dump() + " ...";
+      if (shown.size() > 80) shown = shown.substr(0, 77) + "...";
+      fmt::print("{:<44} {:>14} {}\n", key,
+                 v.contains("length")
+                     ? fmt::format("{}x{}", v["type"].get<std::string>(), v["length"].get<size_t>())
+                     : v["type"].get<std::string>(),
+                 shown);
+    }
+    fmt::print("\n{:<32} {:>7} {:>16} {:>12}\n", "tensor", "type", "ne", "bytes");
+    for (const gguf::TensorInfo& t : h.tensors) {
+      fmt::print("{:<32} {:>7} {:>16} {:>12}\n", t.name, ggml::Traits(t.type).name,
+                 fmt::format("{}", fmt::join(t.ne, "x")), t.nbytes);
+    }
+  }
+  if (!json.empty()) WriteJsonReport(json, r);
 }
 
 void DequantizeGguf(const std::string& input, const std::string& output, bool force) {

@@ -26,6 +26,9 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& input, const std::str
 /// True when `path` names a GGUF file (by its first four bytes).
 bool IsGgufFile(const std::string& path);
 
+/// Prints (and with `json`, writes as JSON) a GGUF file's metadata and tensors.
+void InspectGguf(const std::string& path, const std::string& json);
+
 /// Decodes a GGUF file to a Hugging Face model directory in F32 (see gguf::ImportGguf).
 void DequantizeGguf(const std::string& input, const std::string& output, bool force);
 
