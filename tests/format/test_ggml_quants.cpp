@@ -296,14 +296,14 @@ TEST(GgmlQuality, ErrorBandsPerType) {
   EXPECT_LT(at17[Type::kIQ4_NL], at17[Type::kQ4_0]);
 }
 
-// The importance-weighted quantisers (IQ4_NL, IQ4_XS, Q3_K): large importances on some columns
-// must lower the importance-weighted error against the unweighted reference quantiser.
+// The importance-weighted quantisers (IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_K): large importances on some
+// columns must lower the importance-weighted error against the unweighted reference quantiser.
 TEST(GgmlQuality, Iq4ImportanceWeightsLowerWeightedError) {
   const size_t n = 64 * kQKK;
   const std::vector<float> x = Gaussian(n, 99);
   std::vector<float> imp(n);
   for (size_t i = 0; i < n; ++i) imp[i] = (i % 7 == 0) ? 50.f : 1.f;
-  for (Type type : {Type::kIQ4_NL, Type::kIQ4_XS, Type::kQ3_K}) {
+  for (Type type : {Type::kIQ4_NL, Type::kIQ4_XS, Type::kQ3_K, Type::kQ2_K, Type::kQ4_K}) {
     std::vector<uint8_t> plain(RowBytes(type, n));
     std::vector<uint8_t> weighted(RowBytes(type, n));
     if (type == Type::kIQ4_NL) {
@@ -312,9 +312,15 @@ TEST(GgmlQuality, Iq4ImportanceWeightsLowerWeightedError) {
     } else if (type == Type::kIQ4_XS) {
       QuantizeIQ4_XS(x.data(), reinterpret_cast<BlockIQ4_XS*>(plain.data()), n);
       QuantizeIQ4_XS(x.data(), reinterpret_cast<BlockIQ4_XS*>(weighted.data()), n, imp.data());
-    } else {
+    } else if (type == Type::kQ3_K) {
       QuantizeQ3_K(x.data(), reinterpret_cast<BlockQ3_K*>(plain.data()), n);
       QuantizeQ3_K(x.data(), reinterpret_cast<BlockQ3_K*>(weighted.data()), n, imp.data());
+    } else if (type == Type::kQ2_K) {
+      QuantizeQ2_K(x.data(), reinterpret_cast<BlockQ2_K*>(plain.data()), n);
+      QuantizeQ2_K(x.data(), reinterpret_cast<BlockQ2_K*>(weighted.data()), n, imp.data());
+    } else {
+      QuantizeQ4_K(x.data(), reinterpret_cast<BlockQ4_K*>(plain.data()), n);
+      QuantizeQ4_K(x.data(), reinterpret_cast<BlockQ4_K*>(weighted.data()), n, imp.data());
     }
     const std::vector<float> yp = Decoded(type, plain, n);
     const std::vector<float> yw = Decoded(type, weighted, n);

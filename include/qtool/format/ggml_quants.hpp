@@ -222,6 +222,70 @@ inline float ScaleMinSearch(int n, int nmax, const float* x, const float* weight
   return scale;
 }
 
+// Non-negative values x (sub-block scales or mins) on nmax + 1 levels of one scale, weighted by
+// w (ggml's make_qp_quants): from nmax / max, 8 more candidate inverse scales (nmax + 0.1 is) /
+// max by weighted squared error, then up to 5 passes moving single codes as Q3Search does.
+// Returns the scale; L gets the codes.
+inline float PositiveSearch(int n, int nmax, const float* x, uint8_t* L, const float* w) {
+  float max = 0;
+  for (int i = 0; i < n; ++i) max = std::max(max, x[i]);
+  if (max < kGroupMaxEps) {
+    std::fill(L, L + n, uint8_t{0});
+    return 0.f;
+  }
+  float iscale = nmax / max;
+  for (int i = 0; i < n; ++i) L[i] = static_cast<uint8_t>(NearestInt(iscale * x[i]));
+  const float scale = 1 / iscale;
+  float best_mse = 0;
+  for (int i = 0; i < n; ++i) {
+    const float diff = x[i] - scale * L[i];
+    best_mse += w[i] * diff * diff;
+  }
+  for (int is = -4; is <= 4; ++is) {
+    if (is == 0) continue;
+    const float iscale_is = (0.1f * is + nmax) / max;
+    const float scale_is = 1 / iscale_is;
+    float mse = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::min(nmax, NearestInt(iscale_is * x[i]));
+      const float diff = x[i] - scale_is * l;
+      mse += w[i] * diff * diff;
+    }
+    if (mse < best_mse) {
+      best_mse = mse;
+      iscale = iscale_is;
+    }
+  }
+  float sumlx = 0;
+  float suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::min(nmax, NearestInt(iscale * x[i]));
+    L[i] = static_cast<uint8_t>(l);
+    sumlx += w[i] * x[i] * l;
+    suml2 += w[i] * l * l;
+  }
+  for (int pass = 0; pass < 5; ++pass) {
+    int changed = 0;
+    for (int i = 0; i < n; ++i) {
+      float slx = sumlx - w[i] * x[i] * L[i];
+      float sl2 = suml2 - w[i] * L[i] * L[i];
+      if (slx <= 0 || sl2 <= 0) continue;
+      const int l = std::min(nmax, NearestInt(x[i] * sl2 / slx));
+      if (l == L[i]) continue;
+      slx += w[i] * x[i] * l;
+      sl2 += w[i] * l * l;
+      if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+        L[i] = static_cast<uint8_t>(l);
+        sumlx = slx;
+        suml2 = sl2;
+        ++changed;
+      }
+    }
+    if (changed == 0) break;
+  }
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
 // Scale and min of sub-block j of a Q4_K/Q5_K block (6 bits each; layout in BlockQ4_K).
 inline void ScaleMinK4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
   if (j < 4) {
@@ -720,40 +784,67 @@ inline void QuantizeQ8_0(const float* x, BlockQ8_0* b, int64_t n) {
   }
 }
 
-inline void QuantizeQ2_K(const float* x, BlockQ2_K* b, int64_t n) {
+/// imatrix: optional importance of each of the n columns. Without it, ggml's reference
+/// quantiser; with it, llama.cpp's importance-weighted one (weights imatrix[i] * sqrt(sigma^2 +
+/// x^2), sigma^2 the super-block's mean square; a longer scale/min sweep; the 4-bit scales and
+/// mins by PositiveSearch weighted by each sub-block's total weight).
+inline void QuantizeQ2_K(const float* x, BlockQ2_K* b, int64_t n, const float* imatrix = nullptr) {
   uint8_t L[kQKK];
   uint8_t Laux[16];
   float weights[16];
   float mins[kQKK / 16];
   float scales[kQKK / 16];
+  float sw[kQKK / 16];
+  uint8_t Ls[kQKK / 16];
+  uint8_t Lm[kQKK / 16];
   for (int64_t i = 0; i < n / kQKK; ++i, x += kQKK) {
-    float max_scale = 0;
-    float max_min = 0;
-    for (int j = 0; j < kQKK / 16; ++j) {
-      for (int l = 0; l < 16; ++l) weights[l] = std::fabs(x[16 * j + l]);
-      scales[j] = detail::ScaleMinSearch(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux,
-                                         -0.5f, 0.1f, 15, true);
-      max_scale = std::max(max_scale, scales[j]);
-      max_min = std::max(max_min, mins[j]);
-    }
-    if (max_scale > 0) {
-      const float iscale = 15.f / max_scale;
+    if (imatrix != nullptr) {
+      float sumx2 = 0;
+      for (int j = 0; j < kQKK; ++j) sumx2 += x[j] * x[j];
+      const float sigma2 = sumx2 / kQKK;
       for (int j = 0; j < kQKK / 16; ++j) {
-        b[i].scales[j] = static_cast<uint8_t>(detail::NearestInt(iscale * scales[j]));
+        const float* qw = imatrix + i * kQKK + 16 * j;
+        sw[j] = 0;
+        for (int l = 0; l < 16; ++l) {
+          weights[l] = qw[l] * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+        }
+        for (int l = 0; l < 16; ++l) sw[j] += weights[l];
+        scales[j] = detail::ScaleMinSearch(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux,
+                                           -0.9f, 0.05f, 36, false);
       }
-      b[i].d = F32ToF16(max_scale / 15.f);
+      b[i].d = F32ToF16(detail::PositiveSearch(kQKK / 16, 15, scales, Ls, sw));
+      b[i].dmin = F32ToF16(detail::PositiveSearch(kQKK / 16, 15, mins, Lm, sw));
+      for (int j = 0; j < kQKK / 16; ++j)
+        b[i].scales[j] = static_cast<uint8_t>(Ls[j] | (Lm[j] << 4));
     } else {
-      std::fill(b[i].scales, b[i].scales + kQKK / 16, uint8_t{0});
-      b[i].d = F32ToF16(0.f);
-    }
-    if (max_min > 0) {
-      const float iscale = 15.f / max_min;
+      float max_scale = 0;
+      float max_min = 0;
       for (int j = 0; j < kQKK / 16; ++j) {
-        b[i].scales[j] |= static_cast<uint8_t>(detail::NearestInt(iscale * mins[j]) << 4);
+        for (int l = 0; l < 16; ++l) weights[l] = std::fabs(x[16 * j + l]);
+        scales[j] = detail::ScaleMinSearch(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux,
+                                           -0.5f, 0.1f, 15, true);
+        max_scale = std::max(max_scale, scales[j]);
+        max_min = std::max(max_min, mins[j]);
       }
-      b[i].dmin = F32ToF16(max_min / 15.f);
-    } else {
-      b[i].dmin = F32ToF16(0.f);
+      if (max_scale > 0) {
+        const float iscale = 15.f / max_scale;
+        for (int j = 0; j < kQKK / 16; ++j) {
+          b[i].scales[j] = static_cast<uint8_t>(detail::NearestInt(iscale * scales[j]));
+        }
+        b[i].d = F32ToF16(max_scale / 15.f);
+      } else {
+        std::fill(b[i].scales, b[i].scales + kQKK / 16, uint8_t{0});
+        b[i].d = F32ToF16(0.f);
+      }
+      if (max_min > 0) {
+        const float iscale = 15.f / max_min;
+        for (int j = 0; j < kQKK / 16; ++j) {
+          b[i].scales[j] |= static_cast<uint8_t>(detail::NearestInt(iscale * mins[j]) << 4);
+        }
+        b[i].dmin = F32ToF16(max_min / 15.f);
+      } else {
+        b[i].dmin = F32ToF16(0.f);
+      }
     }
     for (int j = 0; j < kQKK / 16; ++j) {
       const float d = F16ToF32(b[i].d) * (b[i].scales[j] & 0xF);
@@ -848,35 +939,62 @@ inline void QuantizeQ3_K(const float* x, BlockQ3_K* b, int64_t n, const float* i
 namespace detail {
 
 // Q4_K and Q5_K share everything but the code width (nmax 15 / 31) and the sweep.
+// With `imatrix` (Q4_K only): llama.cpp's importance-weighted variant (see QuantizeQ4_K).
 inline void QuantizeScaleMinK(const float* x, uint16_t* d_out, uint16_t* dmin_out,
-                              uint8_t* scales_out, uint8_t* L, int nmax, float rmin, int nstep) {
+                              uint8_t* scales_out, uint8_t* L, int nmax, float rmin, int nstep,
+                              const float* imatrix = nullptr) {
   uint8_t Laux[32];
   float weights[32];
   float mins[kQKK / 32];
   float scales[kQKK / 32];
-  float max_scale = 0;
-  float max_min = 0;
-  for (int j = 0; j < kQKK / 32; ++j) {
-    float sum_x2 = 0;
-    for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
-    const float av_x = std::sqrt(sum_x2 / 32);
-    for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
-    scales[j] = ScaleMinSearch(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin,
-                               0.1f, nstep, false);
-    max_scale = std::max(max_scale, scales[j]);
-    max_min = std::max(max_min, mins[j]);
-  }
-  const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
-  const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
   std::memset(scales_out, 0, 12);
-  for (int j = 0; j < kQKK / 32; ++j) {
-    // ggml stores nearest_int into a uint8_t before the clamp (mod 256; never hit for finite x).
-    const auto ls = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_scale * scales[j])));
-    const auto lm = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_min * mins[j])));
-    SetScaleMinK4(j, ls, lm, scales_out);
+  if (imatrix != nullptr) {
+    float sum_x2 = 0;
+    for (int l = 0; l < kQKK; ++l) sum_x2 += x[l] * x[l];
+    const float sigma2 = 2 * sum_x2 / kQKK;
+    float sw[kQKK / 32];
+    uint8_t Ls[kQKK / 32];
+    uint8_t Lm[kQKK / 32];
+    for (int j = 0; j < kQKK / 32; ++j) {
+      for (int l = 0; l < 32; ++l) {
+        weights[l] = imatrix[32 * j + l] * std::sqrt(sigma2 + x[32 * j + l] * x[32 * j + l]);
+      }
+      float sumw = 0;
+      for (int l = 0; l < 32; ++l) sumw += weights[l];
+      sw[j] = sumw;
+      scales[j] = ScaleMinSearch(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f,
+                                 0.05f, 36, false);
+    }
+    const float d_block = PositiveSearch(kQKK / 32, 63, scales, Ls, sw);
+    const float m_block = PositiveSearch(kQKK / 32, 63, mins, Lm, sw);
+    for (int j = 0; j < kQKK / 32; ++j) SetScaleMinK4(j, Ls[j], Lm[j], scales_out);
+    *d_out = F32ToF16(d_block);
+    *dmin_out = F32ToF16(m_block);
+  } else {
+    float max_scale = 0;
+    float max_min = 0;
+    for (int j = 0; j < kQKK / 32; ++j) {
+      float sum_x2 = 0;
+      for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+      const float av_x = std::sqrt(sum_x2 / 32);
+      for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
+      scales[j] = ScaleMinSearch(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin,
+                                 0.1f, nstep, false);
+      max_scale = std::max(max_scale, scales[j]);
+      max_min = std::max(max_min, mins[j]);
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    for (int j = 0; j < kQKK / 32; ++j) {
+      // ggml stores nearest_int into a uint8_t before the clamp (mod 256; never hit for finite x).
+      const auto ls =
+          std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_scale * scales[j])));
+      const auto lm = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_min * mins[j])));
+      SetScaleMinK4(j, ls, lm, scales_out);
+    }
+    *d_out = F32ToF16(max_scale / 63.f);
+    *dmin_out = F32ToF16(max_min / 63.f);
   }
-  *d_out = F32ToF16(max_scale / 63.f);
-  *dmin_out = F32ToF16(max_min / 63.f);
   for (int j = 0; j < kQKK / 32; ++j) {
     uint8_t sc;
     uint8_t m;
@@ -893,10 +1011,15 @@ inline void QuantizeScaleMinK(const float* x, uint16_t* d_out, uint16_t* dmin_ou
 
 }  // namespace detail
 
-inline void QuantizeQ4_K(const float* x, BlockQ4_K* b, int64_t n) {
+/// imatrix: optional importance of each of the n columns. Without it, ggml's reference
+/// quantiser; with it, llama.cpp's importance-weighted one (weights imatrix[i] * sqrt(sigma^2 +
+/// x^2), sigma^2 twice the super-block's mean square; a longer scale/min sweep; 6-bit scales and
+/// mins by PositiveSearch weighted by each sub-block's total weight).
+inline void QuantizeQ4_K(const float* x, BlockQ4_K* b, int64_t n, const float* imatrix = nullptr) {
   uint8_t L[kQKK];
   for (int64_t i = 0; i < n / kQKK; ++i, x += kQKK) {
-    detail::QuantizeScaleMinK(x, &b[i].d, &b[i].dmin, b[i].scales, L, 15, -1.f, 20);
+    detail::QuantizeScaleMinK(x, &b[i].d, &b[i].dmin, b[i].scales, L, 15, -1.f, 20,
+                              imatrix ? imatrix + i * kQKK : nullptr);
     for (int j = 0; j < kQKK; j += 64) {
       for (int l = 0; l < 32; ++l) {
         b[i].qs[j / 2 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
@@ -1136,11 +1259,11 @@ inline void Quantize(Type type, const float* x, void* dst, int64_t n) {
     case Type::kQ8_0:
       return QuantizeQ8_0(x, static_cast<BlockQ8_0*>(dst), n);
     case Type::kQ2_K:
-      return QuantizeQ2_K(x, static_cast<BlockQ2_K*>(dst), n);
+      return QuantizeQ2_K(x, static_cast<BlockQ2_K*>(dst), n, nullptr);
     case Type::kQ3_K:
       return QuantizeQ3_K(x, static_cast<BlockQ3_K*>(dst), n, nullptr);
     case Type::kQ4_K:
-      return QuantizeQ4_K(x, static_cast<BlockQ4_K*>(dst), n);
+      return QuantizeQ4_K(x, static_cast<BlockQ4_K*>(dst), n, nullptr);
     case Type::kQ5_K:
       return QuantizeQ5_K(x, static_cast<BlockQ5_K*>(dst), n);
     case Type::kQ6_K:
