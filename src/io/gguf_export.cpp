@@ -116,6 +116,62 @@ void AddSpecialTokens(const std::filesystem::path& dir, const nlohmann::json& co
   if (tmpl) kv.emplace_back("tokenizer.chat_template", *tmpl);
 }
 
+// add_dummy_prefix and remove_extra_whitespaces of a serialized SentencePiece ModelProto
+// (normalizer_spec is its field 3; those two are fields 3 and 4 of NormalizerSpec, both true
+// when absent). llama.cpp reads them as tokenizer.ggml.add_space_prefix and
+// remove_extra_whitespaces. Throws FormatError on a malformed message.
+std::pair<bool, bool> NormalizerFlags(std::string_view proto, const std::filesystem::path& path) {
+  struct Field {
+    uint64_t number;
+    uint64_t wire;
+    uint64_t value;          // varints
+    std::string_view bytes;  // length-delimited
+  };
+  auto next = [&path](std::string_view& b) {
+    auto varint = [&]() {
+      uint64_t r = 0;
+      for (int shift = 0; shift < 64; shift += 7) {
+        QTOOL_CHECK(!b.empty(), FormatError, "{}: truncated SentencePiece model", path.string());
+        const auto c = static_cast<uint8_t>(b.front());
+        b.remove_prefix(1);
+        r |= static_cast<uint64_t>(c & 0x7f) << shift;
+        if (c < 0x80) return r;
+      }
+      throw FormatError(fmt::format("{}: bad varint in SentencePiece model", path.string()));
+    };
+    Field f{};
+    const uint64_t key = varint();
+    f.number = key >> 3;
+    f.wire = key & 7;
+    const uint64_t fixed = f.wire == 1 ? 8 : f.wire == 5 ? 4 : 0;
+    if (f.wire == 0) {
+      f.value = varint();
+    } else if (f.wire == 2 || fixed > 0) {
+      const uint64_t n = fixed > 0 ? fixed : varint();
+      QTOOL_CHECK(n <= b.size(), FormatError, "{}: truncated SentencePiece model", path.string());
+      f.bytes = b.substr(0, n);
+      b.remove_prefix(n);
+    } else {
+      throw FormatError(fmt::format("{}: unsupported protobuf wire type {} in SentencePiece model",
+                                    path.string(), f.wire));
+    }
+    return f;
+  };
+  bool add_prefix = true;
+  bool remove_spaces = true;
+  for (std::string_view b = proto; !b.empty();) {
+    const Field f = next(b);
+    if (f.number != 3 || f.wire != 2) continue;
+    for (std::string_view n = f.bytes; !n.empty();) {
+      const Field g = next(n);
+      if (g.wire != 0) continue;
+      if (g.number == 3) add_prefix = g.value != 0;
+      if (g.number == 4) remove_spaces = g.value != 0;
+    }
+  }
+  return {add_prefix, remove_spaces};
+}
+
 KV SentencePieceMetadata(const std::filesystem::path& dir, int64_t vocab_size,
                          const nlohmann::json& config) {
   const std::filesystem::path path = dir / "tokenizer.model";
@@ -153,6 +209,9 @@ KV SentencePieceMetadata(const std::filesystem::path& dir, int64_t vocab_size,
   kv.emplace_back("tokenizer.ggml.tokens", Value::Array(ValueType::kString, std::move(tokens)));
   kv.emplace_back("tokenizer.ggml.scores", Value::Array(ValueType::kF32, std::move(scores)));
   kv.emplace_back("tokenizer.ggml.token_type", Value::Array(ValueType::kI32, std::move(types)));
+  const auto [add_prefix, remove_spaces] = NormalizerFlags(sp.serialized_model_proto(), path);
+  kv.emplace_back("tokenizer.ggml.add_space_prefix", add_prefix);
+  kv.emplace_back("tokenizer.ggml.remove_extra_whitespaces", remove_spaces);
   std::map<std::string, int64_t> ids = {{"bos_token_id", sp.bos_id()},
                                         {"eos_token_id", sp.eos_id()},
                                         {"unk_token_id", sp.unk_id()},

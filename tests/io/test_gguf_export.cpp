@@ -170,6 +170,9 @@ TEST(GgufExport, StoriesAsF32KeepsWeightsPermutesQueryAndKeyRows) {
   EXPECT_EQ(std::get<int32_t>(types->items[3]), 6);  // <0x00>: byte
   EXPECT_EQ(h.Find("tokenizer.ggml.bos_token_id")->AsInt(), 1);
   EXPECT_EQ(h.Find("tokenizer.ggml.eos_token_id")->AsInt(), 2);
+  // Its normalizer spec sets neither flag: both default to true.
+  EXPECT_EQ(h.Find("tokenizer.ggml.add_space_prefix")->scalar, Scalar(true));
+  EXPECT_EQ(h.Find("tokenizer.ggml.remove_extra_whitespaces")->scalar, Scalar(true));
 }
 
 TEST(GgufExport, QuantisedTypesAndFallbacksWithinErrorBands) {
