@@ -392,12 +392,12 @@ ggml::Type FallbackType(ggml::Type type, uint64_t ne0) {
   if (ne0 % static_cast<uint64_t>(ggml::Traits(type).block_size) == 0) return type;
   Type t = Type::kF16;
   switch (type) {
+    case Type::kQ2_K:
+    case Type::kQ3_K:
     case Type::kTQ1_0:
     case Type::kTQ2_0:
       t = Type::kQ4_0;
       break;
-    case Type::kQ2_K:
-    case Type::kQ3_K:
     case Type::kIQ4_XS:
       t = Type::kIQ4_NL;
       break;

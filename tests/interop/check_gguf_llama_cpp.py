@@ -10,8 +10,14 @@ For each type: `qtool quantize --output-format gguf`, then llama.cpp loads the f
  - for F32, when reference logits are given (BOS + the first tokens of the text, from transformers),
    the maximum difference of llama.cpp's logits from them.
 
-Usage: check_gguf_llama_cpp.py QTOOL MODEL_DIR TEXT WORK_DIR [REF_LOGITS] [--types T,T,...]
-(llama_cpp must be importable: pip install llama-cpp-python, a source build of llama.cpp.)
+Then llama.cpp's own quantiser (llama_model_quantize, as llama-quantize runs it) requantises
+qtool's F32 file to each llama-quantize type, and every tensor must have the type and the bytes
+that qtool wrote for that type: the per-tensor recipe, the fallbacks and the block quantisers.
+
+Usage: check_gguf_llama_cpp.py QTOOL MODEL_DIR TEXT WORK_DIR [REF_LOGITS] [--types=T,T,...]
+       [--quantize-types=T,T,...]
+(llama_cpp must be importable: pip install llama-cpp-python, a source build of llama.cpp; and
+gguf, numpy, safetensors.)
 """
 import json
 import os
@@ -60,12 +66,53 @@ def llama_ppl(llm, tokens, ctx, bos):
     return float(np.exp(nll / n)), n
 
 
+LLAMA_FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11,
+                "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16,
+                "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30, "TQ1_0": 36, "TQ2_0": 37}
+
+
+def compare_with_llama_quantize(qtool, model, work, names):
+    """llama.cpp requantises qtool's F32 file; each tensor must match qtool's file byte for byte."""
+    from gguf import GGUFReader
+    f32 = os.path.join(work, "F32.gguf")
+    subprocess.run([qtool, "quantize", model, "-o", f32, "--output-format", "gguf",
+                    "--gguf-type", "F32", "--force", "-q"], check=True)
+    failed = []
+    for name in names:
+        ours = os.path.join(work, f"{name}.gguf")
+        theirs = os.path.join(work, f"{name}-llama-quantize.gguf")
+        subprocess.run([qtool, "quantize", model, "-o", ours, "--output-format", "gguf",
+                        "--gguf-type", name, "--force", "-q"], check=True)
+        params = llama_capi.llama_model_quantize_default_params()
+        params.ftype = LLAMA_FTYPES[name]
+        params.nthread = 2
+        if llama_capi.llama_model_quantize(f32.encode(), theirs.encode(), params) != 0:
+            sys.exit(f"{name}: llama_model_quantize failed")
+        a = {t.name: t for t in GGUFReader(ours).tensors}
+        b = {t.name: t for t in GGUFReader(theirs).tensors}
+        differ = []
+        for n, tb in b.items():
+            ta = a.get(n)
+            if ta is None or ta.tensor_type != tb.tensor_type or not np.array_equal(
+                    np.asarray(ta.data).view(np.uint8).reshape(-1),
+                    np.asarray(tb.data).view(np.uint8).reshape(-1)):
+                differ.append(n)
+        print(json.dumps({"llama_quantize": name, "tensors": len(b),
+                          "identical": len(b) - len(differ), "differ": differ[:5]}))
+        if differ or len(a) != len(b):
+            failed.append(name)
+    return failed
+
+
 def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--types")]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
     types = ["F32", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q2_K"]
+    quantize_types = list(LLAMA_FTYPES)
     for a in sys.argv[1:]:
         if a.startswith("--types="):
             types = a.split("=", 1)[1].split(",")
+        if a.startswith("--quantize-types="):
+            quantize_types = a.split("=", 1)[1].split(",")
     qtool, model, text, work = args[:4]
     ref = args[4] if len(args) > 4 else None
     os.makedirs(work, exist_ok=True)
@@ -114,6 +161,9 @@ def main():
     bad = [r["type"] for r in rows if r["tokenisation_equal"] is False]
     if bad:
         sys.exit(f"tokenisations differ for {bad}")
+    failed = compare_with_llama_quantize(qtool, model, work, quantize_types)
+    if failed:
+        sys.exit(f"llama.cpp's quantiser writes other tensors for {failed}")
 
 
 if __name__ == "__main__":

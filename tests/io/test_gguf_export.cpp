@@ -48,8 +48,8 @@ TEST(GgufExport, FallbackTypesFollowLlamaCpp) {
   EXPECT_EQ(FallbackType(Type::kQ4_K, 64), Type::kQ5_0);
   EXPECT_EQ(FallbackType(Type::kQ5_K, 96), Type::kQ5_1);
   EXPECT_EQ(FallbackType(Type::kQ6_K, 160), Type::kQ8_0);
-  EXPECT_EQ(FallbackType(Type::kQ2_K, 32), Type::kIQ4_NL);
-  EXPECT_EQ(FallbackType(Type::kQ3_K, 32), Type::kIQ4_NL);
+  EXPECT_EQ(FallbackType(Type::kQ2_K, 32), Type::kQ4_0);
+  EXPECT_EQ(FallbackType(Type::kQ3_K, 32), Type::kQ4_0);
   EXPECT_EQ(FallbackType(Type::kIQ4_XS, 32), Type::kIQ4_NL);
   EXPECT_EQ(FallbackType(Type::kTQ1_0, 64), Type::kQ4_0);
   EXPECT_EQ(FallbackType(Type::kQ4_K, 172), Type::kF16);
@@ -179,7 +179,7 @@ TEST(GgufExport, QuantisedTypesAndFallbacksWithinErrorBands) {
   const Checkpoint ck = Checkpoint::Open(Stories());
   for (const auto& [type, attn_type, band] :
        {std::tuple{"Q8_0", ggml::Type::kQ8_0, 0.01}, std::tuple{"Q4_K", ggml::Type::kQ5_0, 0.08},
-        std::tuple{"Q2_K", ggml::Type::kIQ4_NL, 0.15}}) {
+        std::tuple{"Q2_K", ggml::Type::kQ4_0, 0.15}}) {
     testing::ScratchDir dir;
     const ExportReport r =
         ExportGguf(ck, dir / "m.gguf", {.type = type, .pure = true, .threads = 2});

@@ -84,9 +84,10 @@ struct ExportReport {
 };
 
 /// The type llama.cpp's quantiser uses for a weight whose row length `ne0` is not a multiple of
-/// `type`'s block size: TQ1_0/TQ2_0 -> Q4_0; Q2_K, Q3_K, IQ4_XS -> IQ4_NL; Q4_K -> Q5_0;
-/// Q5_K -> Q5_1; Q6_K -> Q8_0; and F16 when that does not fit either (llama.cpp has no fallback
-/// for the legacy types and MXFP4 and refuses such models; qtool stores those rows as F16).
+/// `type`'s block size (tensor_type_fallback of the llama.cpp in llama-cpp-python 0.3.36):
+/// Q2_K, Q3_K, TQ1_0, TQ2_0 -> Q4_0; IQ4_XS -> IQ4_NL; Q4_K -> Q5_0;
+/// Q5_K -> Q5_1; Q6_K -> Q8_0; and F16 when that does not fit either (so also for the 32-block
+/// types, which have nothing smaller to fall back to).
 ggml::Type FallbackType(ggml::Type type, uint64_t ne0);
 
 /// Writes `in` (a Llama, Mistral or Qwen2 checkpoint with config.json) as a GGUF file at `out`.
