@@ -84,6 +84,8 @@ if has interop; then
   else
     echo "SKIPPED: $shared/models/smollm2-135m is absent (set QTOOL_SHARED_DIR)"
   fi
+  step "qtool's GGUF files against llama.cpp's gguf package"
+  "$py" tests/interop/check_gguf.py build/qtool examples/models/stories260K build/interop
 fi
 
 if has asan; then
@@ -104,17 +106,18 @@ if has asan; then
 fi
 
 if has fuzz; then
-  step "libFuzzer runs: safetensors header (${QTOOL_FUZZ_SECONDS:-30} s), config.json, shard index, quantisation records, token ids (${QTOOL_FUZZ_SECONDS_EACH:-12} s each)"
+  step "libFuzzer runs: safetensors header (${QTOOL_FUZZ_SECONDS:-30} s), config.json, shard index, quantisation records, token ids, GGUF (${QTOOL_FUZZ_SECONDS_EACH:-12} s each)"
   cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
     -DQTOOL_BUILD_FUZZERS=ON -DQTOOL_BUILD_BENCH=OFF -DQTOOL_BUILD_TOOLS=OFF -DQTOOL_WERROR=OFF \
     -DQTOOL_SANITIZE=address,undefined >/dev/null
-  fuzzers=(safetensors config index quant_record token_ids)
+  fuzzers=(safetensors config index quant_record token_ids gguf)
   cmake --build build-fuzz -j "$jobs" --target "${fuzzers[@]/#/fuzz_}"
   for f in "${fuzzers[@]}"; do
     # Each runs on a copy of its seed corpus (tests/fuzz/corpus for the header, corpus_NAME else).
     seeds=tests/fuzz/corpus_$f seconds=${QTOOL_FUZZ_SECONDS_EACH:-12}
     [ "$f" = safetensors ] && seeds=tests/fuzz/corpus seconds=${QTOOL_FUZZ_SECONDS:-30}
+    [ "$f" = gguf ] && seeds=tests/fuzz/gguf-corpus
     rm -rf "build-fuzz/corpus_$f" && mkdir -p "build-fuzz/corpus_$f" && cp "$seeds"/* "build-fuzz/corpus_$f/"
     echo "-- fuzz_$f"
     build-fuzz/tests/fuzz_$f -max_total_time="$seconds" -max_len=4096 -timeout=10 \

@@ -1,5 +1,6 @@
 // qtool dequantize Q -o OUT: a plain float checkpoint any tool can load.
 #include "commands.hpp"
+#include "gguf_output.hpp"
 #include "qtool/io/quantized.hpp"
 #include "staged_output.hpp"
 #include "terminal.hpp"
@@ -20,6 +21,7 @@ void RegisterDequantize(CLI::App& app) {
   cmd->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
   cmd->add_flag("--force", a->force, "Replace the output directory if it exists");
   cmd->callback([a]() {
+    if (IsGgufFile(a->input)) return DequantizeGguf(a->input, a->output, a->force);
     const Checkpoint in = Checkpoint::Open(a->input);
     StagedRun run(in, a->output, "", a->force);
     Progress progress("dequantize");

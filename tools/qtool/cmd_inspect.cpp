@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "gguf_output.hpp"
 #include "qtool/core/checked.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/quantized.hpp"
@@ -170,6 +171,7 @@ void RegisterInspect(CLI::App& app) {
       ->required();
   cmd->add_option("--json", a->json, "Also write the report as JSON to this file (- for stdout)");
   cmd->callback([a]() {
+    if (IsGgufFile(a->input)) return InspectGguf(a->input, a->json);
     const Checkpoint ck = Checkpoint::Open(a->input);
     CheckReportPathFor(ck, a->json);
     json r;

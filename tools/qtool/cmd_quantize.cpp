@@ -7,6 +7,7 @@
 #include <regex>
 
 #include "commands.hpp"
+#include "gguf_output.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/format/text.hpp"
 #include "qtool/io/format_record.hpp"
@@ -249,7 +250,8 @@ void RegisterQuantize(CLI::App& app) {
   const auto method = AddMethodOptions(cmd);
   auto out_format = std::make_shared<OutputFormatArgs>();
   AddOutputFormatOptions(cmd, *out_format);
-  cmd->callback([a, gran, method, format_flags, out_format]() {
+  const auto gguf = AddGgufOptions(cmd);
+  cmd->callback([a, gran, method, format_flags, out_format, gguf]() {
     a->granularity_given = gran->count() > 0;
     QTOOL_CHECK(a->group >= 1, OptionError, "--group must be at least 1, got {}", a->group);
     QTOOL_CHECK(a->group <= kMaxGroup, OptionError, "--group must be at most {}, got {}", kMaxGroup,
@@ -258,6 +260,10 @@ void RegisterQuantize(CLI::App& app) {
                 "--threads must be in 0..{}, got {}", kMaxThreads, a->threads);
     QTOOL_CHECK(a->activations == "none" || a->activations == "int8", OptionError,
                 "--activations is none or int8, not \"{}\"", a->activations);
+    if (RunGgufQuantize(*gguf, out_format->format, a->input, a->output, a->threads, a->force,
+                        a->quiet, a->json)) {
+      return;
+    }
     QuantizeOptions opts;
     const Format format = FormatFromArgs(*a, format_flags);
     Validate(format);  // before opening anything

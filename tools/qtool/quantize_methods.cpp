@@ -73,8 +73,8 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
               seqlen);
   const auto tokens = CheckedMul(m.nsamples, seqlen);
   QTOOL_CHECK(tokens && *tokens <= (int64_t{1} << 26), OptionError,
-              "--nsamples {} x --seqlen {} is more than {} calibration tokens", m.nsamples,
-              seqlen, int64_t{1} << 26);
+              "--nsamples {} x --seqlen {} is more than {} calibration tokens", m.nsamples, seqlen,
+              int64_t{1} << 26);
   c.alpha_search = m.alpha == "auto";
   if (!c.alpha_search) {
     size_t used = 0;

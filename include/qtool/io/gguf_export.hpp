@@ -1,0 +1,108 @@
+// Hugging Face Llama-family checkpoints to GGUF files that llama.cpp runs.
+//
+// The file holds what llama.cpp's loader reads for the `llama` architecture (also used for
+// Mistral) and `qwen2`: the shape keys (`<arch>.block_count`, `.embedding_length`, ...), RoPE
+// (`<arch>.rope.freq_base`, linear scaling keys, or a `rope_freqs.weight` tensor of per-frequency
+// factors for Llama 3 scaling), `general.file_type` and `general.quantization_version`, and the
+// tokenizer: a SentencePiece `tokenizer.model` as the `llama` tokenizer model (tokens, scores,
+// token types) or a byte-level BPE `tokenizer.json` as `gpt2` (tokens, types, merges and the
+// pre-tokenizer's name), the special-token ids and the chat template when the model has one.
+// Tensors get ggml's names (blk.N.attn_q.weight, ...); the rows of the Llama query and key
+// projections are permuted from Hugging Face's rotate-half order to ggml's interleaved RoPE pairs;
+// tied embeddings are stored once (no output.weight). Tensors are converted one at a time and
+// streamed to the file, so memory stays at about two copies of the largest tensor.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "qtool/format/ggml.hpp"
+#include "qtool/io/checkpoint.hpp"
+#include "qtool/io/gguf.hpp"
+
+namespace qtool::gguf {
+
+/// A llama-quantize file type: its default ggml type, `general.file_type` (llama_ftype) and
+/// whether llama.cpp's per-tensor recipe applies (the ggml types that are no llama_ftype, Q3_K,
+/// Q4_K, Q5_K and MXFP4, are stored "pure": the type everywhere).
+struct Recipe {
+  std::string_view name;  // as llama-quantize spells it: "Q4_K_M", "IQ4_XS", ...
+  ggml::Type base;
+  uint32_t file_type;
+  bool mix;
+};
+
+/// The recipe named `name` (case-insensitive), or nothing.
+std::optional<Recipe> FindRecipe(std::string_view name);
+
+/// The names FindRecipe knows, comma separated (for help and errors).
+std::string RecipeNames();
+
+/// What llama.cpp's quantiser (llama_tensor_get_type, for dense Llama-family models) stores the
+/// 2-D weight `name` as: the output head (or the tied embeddings) Q6_K (Q8_0 when its rows do not
+/// fit 256-blocks or the type is Q8_0); attn_v, ffn_down and attn_output raised for the mixes
+/// (Q2_K: Q3_K, or Q4_K for attn_v at 4+ query heads per kv head; Q3_K_M: attn_v Q5_K in the
+/// first two layers then Q4_K, ffn_down Q5_K in the first 1/16 then Q4_K, attn_output Q4_K;
+/// Q3_K_L: Q5_K; Q4_K_M/Q5_K_M: Q6_K in the layers use_more_bits picks (the first and last
+/// eighth, and every third between); Q4_K_S: Q5_K in the first layers; IQ4_*: attn_v Q5_K at 4+
+/// query heads per kv head, ffn_down Q5_K in the first eighth; TQ*: embeddings Q4_K), then
+/// FallbackType for rows that are not whole blocks. `pure` applies the base type everywhere
+/// (llama-quantize --pure). 1-D tensors are not asked about (they stay F32).
+ggml::Type TensorType(const Recipe& r, bool pure, const std::string& name, uint64_t ne0,
+                      int64_t layer, int64_t n_layers, int64_t n_gqa, bool has_output);
+
+struct ExportOptions {
+  /// A recipe name (see FindRecipe): a llama-quantize file type or a ggml type.
+  std::string type = "F16";
+  bool pure = false;       // the base type for every 2-D weight
+  int threads = 0;         // 0: all cores
+  bool overwrite = false;  // replace an existing output file
+};
+
+/// One tensor of the written file and its round-trip error.
+struct ExportedTensor {
+  std::string name;          // GGUF name
+  std::string source;        // checkpoint name ("" for computed tensors)
+  std::vector<uint64_t> ne;  // GGUF shape, ne[0] = row length
+  ggml::Type type = ggml::Type::kF32;
+  uint64_t bytes = 0;
+  double rel_rms_error = 0;  // sqrt(sum (dequant - x)^2 / sum x^2)
+};
+
+struct ExportReport {
+  std::vector<ExportedTensor> tensors;
+  std::string architecture;     // GGUF architecture name
+  std::string tokenizer_model;  // "llama", "gpt2" or "" (none found)
+  uint64_t input_bytes = 0;
+  uint64_t output_bytes = 0;  // file size
+  double seconds = 0;
+};
+
+/// The type llama.cpp's quantiser uses for a weight whose row length `ne0` is not a multiple of
+/// `type`'s block size (tensor_type_fallback of the llama.cpp in llama-cpp-python 0.3.36):
+/// Q2_K, Q3_K, TQ1_0, TQ2_0 -> Q4_0; IQ4_XS -> IQ4_NL; Q4_K -> Q5_0;
+/// Q5_K -> Q5_1; Q6_K -> Q8_0; and F16 when that does not fit either (so also for the 32-block
+/// types, which have nothing smaller to fall back to).
+ggml::Type FallbackType(ggml::Type type, uint64_t ne0);
+
+/// Writes `in` (a Llama, Mistral or Qwen2 checkpoint with config.json) as a GGUF file at `out`.
+/// `progress` (optional) is called after each tensor. Throws FormatError for a missing or
+/// unsupported config or tokenizer, NumericError for a non-finite weight (naming the tensor),
+/// OutputExistsError when `out` exists without `overwrite`, OptionError for an unknown type.
+ExportReport ExportGguf(
+    const Checkpoint& in, const std::filesystem::path& out, const ExportOptions& options,
+    const std::function<void(size_t, size_t, const std::string&)>& progress = {});
+
+/// The tokenizer metadata (tokenizer.* keys) of the model directory `dir` with `vocab_size`
+/// entries: from tokenizer.model (SentencePiece) when present, else tokenizer.json (byte-level
+/// BPE); empty when neither exists. `config` supplies fallback special-token ids.
+std::vector<std::pair<std::string, Value>> TokenizerMetadata(const std::filesystem::path& dir,
+                                                             int64_t vocab_size,
+                                                             const nlohmann::json& config);
+
+}  // namespace qtool::gguf

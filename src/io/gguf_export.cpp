@@ -1,0 +1,730 @@
+#include "qtool/io/gguf_export.hpp"
+
+#include <sentencepiece_processor.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <numbers>
+#include <regex>
+#include <sstream>
+
+#include "qtool/core/convert.hpp"
+#include "qtool/core/error.hpp"
+#include "qtool/core/parallel.hpp"
+#include "qtool/format/ggml_quants.hpp"
+#include "qtool/model/model.hpp"
+
+namespace qtool::gguf {
+
+namespace {
+
+using KV = std::vector<std::pair<std::string, Value>>;
+
+// llama.cpp's token types (llama_token_type), the same numbers as SentencePiece's piece types.
+enum TokenType : int32_t {
+  kNormal = 1,
+  kUnknown = 2,
+  kControl = 3,
+  kUserDefined = 4,
+  kUnused = 5,
+  kByte = 6,
+};
+
+std::string ReadText(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  QTOOL_CHECK(f.good(), IoError, "{}: cannot open", p.string());
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+nlohmann::json ReadJson(const std::filesystem::path& p) {
+  try {
+    return nlohmann::json::parse(ReadText(p));
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(fmt::format("{}: invalid JSON: {}", p.string(), e.what()));
+  }
+}
+
+// A special token of tokenizer_config.json: a string or {"content": string}.
+std::optional<std::string> TokenContent(const nlohmann::json& cfg, const char* key) {
+  if (!cfg.contains(key)) return std::nullopt;
+  const nlohmann::json& v = cfg[key];
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string()) {
+    return v["content"].get<std::string>();
+  }
+  return std::nullopt;
+}
+
+// Special-token ids, add_bos/add_eos flags and the chat template from tokenizer_config.json,
+// chat_template.jinja and config.json; `id_of` maps a token's text to its id.
+void AddSpecialTokens(const std::filesystem::path& dir, const nlohmann::json& config,
+                      const std::function<std::optional<int64_t>(const std::string&)>& id_of,
+                      std::map<std::string, int64_t> ids, KV& kv) {
+  nlohmann::json tcfg = nlohmann::json::object();
+  if (std::filesystem::exists(dir / "tokenizer_config.json")) {
+    tcfg = ReadJson(dir / "tokenizer_config.json");
+  }
+  for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"}) {
+    if (config.contains(key) && config[key].is_number_integer())
+      ids[key] = config[key].get<int64_t>();
+  }
+  const std::pair<const char*, const char*> names[] = {{"bos_token", "bos_token_id"},
+                                                       {"eos_token", "eos_token_id"},
+                                                       {"pad_token", "pad_token_id"},
+                                                       {"unk_token", "unk_token_id"}};
+  for (const auto& [tok, id_key] : names) {
+    if (const auto content = TokenContent(tcfg, tok)) {
+      if (const auto id = id_of(*content)) ids[id_key] = *id;
+    }
+  }
+  const std::pair<const char*, const char*> keys[] = {
+      {"bos_token_id", "tokenizer.ggml.bos_token_id"},
+      {"eos_token_id", "tokenizer.ggml.eos_token_id"},
+      {"unk_token_id", "tokenizer.ggml.unknown_token_id"},
+      {"pad_token_id", "tokenizer.ggml.padding_token_id"}};
+  for (const auto& [id_key, gguf_key] : keys) {
+    const auto it = ids.find(id_key);
+    if (it != ids.end() && it->second >= 0)
+      kv.emplace_back(gguf_key, static_cast<uint32_t>(it->second));
+  }
+  for (const char* flag : {"add_bos_token", "add_eos_token"}) {
+    if (tcfg.contains(flag) && tcfg[flag].is_boolean()) {
+      kv.emplace_back(fmt::format("tokenizer.ggml.{}", flag), tcfg[flag].get<bool>());
+    }
+  }
+  std::optional<std::string> tmpl;
+  if (tcfg.contains("chat_template")) {
+    const nlohmann::json& t = tcfg["chat_template"];
+    if (t.is_string()) {
+      tmpl = t.get<std::string>();
+    } else if (t.is_array()) {  // [{"name": ..., "template": ...}]: the default one
+      for (const auto& e : t) {
+        if (e.value("name", "") == "default" && e.contains("template")) {
+          tmpl = e["template"].get<std::string>();
+        }
+      }
+    }
+  }
+  if (!tmpl && std::filesystem::exists(dir / "chat_template.jinja")) {
+    tmpl = ReadText(dir / "chat_template.jinja");
+  }
+  if (tmpl) kv.emplace_back("tokenizer.chat_template", *tmpl);
+}
+
+// add_dummy_prefix and remove_extra_whitespaces of a serialized SentencePiece ModelProto
+// (normalizer_spec is its field 3; those two are fields 3 and 4 of NormalizerSpec, both true
+// when absent). llama.cpp reads them as tokenizer.ggml.add_space_prefix and
+// remove_extra_whitespaces. Throws FormatError on a malformed message.
+std::pair<bool, bool> NormalizerFlags(std::string_view proto, const std::filesystem::path& path) {
+  struct Field {
+    uint64_t number;
+    uint64_t wire;
+    uint64_t value;          // varints
+    std::string_view bytes;  // length-delimited
+  };
+  auto next = [&path](std::string_view& b) {
+    auto varint = [&]() {
+      uint64_t r = 0;
+      for (int shift = 0; shift < 64; shift += 7) {
+        QTOOL_CHECK(!b.empty(), FormatError, "{}: truncated SentencePiece model", path.string());
+        const auto c = static_cast<uint8_t>(b.front());
+        b.remove_prefix(1);
+        r |= static_cast<uint64_t>(c & 0x7f) << shift;
+        if (c < 0x80) return r;
+      }
+      throw FormatError(fmt::format("{}: bad varint in SentencePiece model", path.string()));
+    };
+    Field f{};
+    const uint64_t key = varint();
+    f.number = key >> 3;
+    f.wire = key & 7;
+    const uint64_t fixed = f.wire == 1 ? 8 : f.wire == 5 ? 4 : 0;
+    if (f.wire == 0) {
+      f.value = varint();
+    } else if (f.wire == 2 || fixed > 0) {
+      const uint64_t n = fixed > 0 ? fixed : varint();
+      QTOOL_CHECK(n <= b.size(), FormatError, "{}: truncated SentencePiece model", path.string());
+      f.bytes = b.substr(0, n);
+      b.remove_prefix(n);
+    } else {
+      throw FormatError(fmt::format("{}: unsupported protobuf wire type {} in SentencePiece model",
+                                    path.string(), f.wire));
+    }
+    return f;
+  };
+  bool add_prefix = true;
+  bool remove_spaces = true;
+  for (std::string_view b = proto; !b.empty();) {
+    const Field f = next(b);
+    if (f.number != 3 || f.wire != 2) continue;
+    for (std::string_view n = f.bytes; !n.empty();) {
+      const Field g = next(n);
+      if (g.wire != 0) continue;
+      if (g.number == 3) add_prefix = g.value != 0;
+      if (g.number == 4) remove_spaces = g.value != 0;
+    }
+  }
+  return {add_prefix, remove_spaces};
+}
+
+KV SentencePieceMetadata(const std::filesystem::path& dir, int64_t vocab_size,
+                         const nlohmann::json& config) {
+  const std::filesystem::path path = dir / "tokenizer.model";
+  sentencepiece::SentencePieceProcessor sp;
+  const auto status = sp.Load(path.string());
+  QTOOL_CHECK(status.ok(), FormatError, "{}: not a SentencePiece model: {}", path.string(),
+              status.ToString());
+  const int n = sp.GetPieceSize();
+  QTOOL_CHECK(n <= vocab_size, FormatError, "{}: {} pieces, more than the model's vocab_size {}",
+              path.string(), n, vocab_size);
+  std::vector<Scalar> tokens, scores, types;
+  for (int i = 0; i < vocab_size; ++i) {
+    if (i >= n) {  // rows of the embedding without a piece, as llama.cpp's converter pads them
+      tokens.emplace_back(fmt::format("[PAD{}]", i));
+      scores.emplace_back(-1000.0f);
+      types.emplace_back(int32_t{kUnused});
+      continue;
+    }
+    tokens.emplace_back(sp.IdToPiece(i));
+    scores.emplace_back(sp.GetScore(i));
+    int32_t type = kNormal;
+    if (sp.IsUnknown(i)) {
+      type = kUnknown;
+    } else if (sp.IsControl(i)) {
+      type = kControl;
+    } else if (sp.IsUnused(i)) {
+      type = kUnused;
+    } else if (sp.IsByte(i)) {
+      type = kByte;
+    }
+    types.emplace_back(type);
+  }
+  KV kv;
+  kv.emplace_back("tokenizer.ggml.model", std::string("llama"));
+  kv.emplace_back("tokenizer.ggml.tokens", Value::Array(ValueType::kString, std::move(tokens)));
+  kv.emplace_back("tokenizer.ggml.scores", Value::Array(ValueType::kF32, std::move(scores)));
+  kv.emplace_back("tokenizer.ggml.token_type", Value::Array(ValueType::kI32, std::move(types)));
+  const auto [add_prefix, remove_spaces] = NormalizerFlags(sp.serialized_model_proto(), path);
+  kv.emplace_back("tokenizer.ggml.add_space_prefix", add_prefix);
+  kv.emplace_back("tokenizer.ggml.remove_extra_whitespaces", remove_spaces);
+  std::map<std::string, int64_t> ids = {{"bos_token_id", sp.bos_id()},
+                                        {"eos_token_id", sp.eos_id()},
+                                        {"unk_token_id", sp.unk_id()},
+                                        {"pad_token_id", sp.pad_id()}};
+  AddSpecialTokens(
+      dir, config,
+      [&sp](const std::string& s) -> std::optional<int64_t> {
+        const int id = sp.PieceToId(s);  // the unknown piece's id when s is not a piece
+        return sp.IdToPiece(id) == s ? std::optional<int64_t>(id) : std::nullopt;
+      },
+      ids, kv);
+  return kv;
+}
+
+// llama.cpp's name for the pre-tokenizer (its regular expressions for splitting text before BPE),
+// from the structure of tokenizer.json's "pre_tokenizer".
+std::string PreTokenizerName(const nlohmann::json& pre, const std::filesystem::path& path) {
+  auto is_byte_level = [](const nlohmann::json& p) {
+    return p.value("type", "") == "ByteLevel" && p.value("use_regex", true);
+  };
+  if (pre.is_object() && is_byte_level(pre)) return "gpt-2";  // the GPT-2 regex alone
+  if (pre.is_object() && pre.value("type", "") == "Sequence" && pre.contains("pretokenizers")) {
+    const nlohmann::json& seq = pre["pretokenizers"];
+    if (seq.size() == 2 && seq[0].value("type", "") == "Digits" &&
+        seq[0].value("individual_digits", false) && is_byte_level(seq[1])) {
+      return "smollm";  // single digits, then the GPT-2 regex
+    }
+  }
+  throw FormatError(fmt::format(
+      "{}: the pre-tokenizer {} has no known llama.cpp equivalent (known: ByteLevel with its "
+      "regex, and Digits(individual) then ByteLevel)",
+      path.string(), pre.dump().substr(0, 200)));
+}
+
+KV BpeMetadata(const std::filesystem::path& dir, int64_t vocab_size, const nlohmann::json& config) {
+  const std::filesystem::path path = dir / "tokenizer.json";
+  const nlohmann::json tj = ReadJson(path);
+  QTOOL_CHECK(tj.contains("model") && tj["model"].value("type", "") == "BPE" &&
+                  tj["model"].contains("vocab") && tj["model"]["vocab"].is_object(),
+              FormatError, "{}: not a BPE tokenizer", path.string());
+  const std::string pre = PreTokenizerName(tj.value("pre_tokenizer", nlohmann::json()), path);
+  std::vector<std::string> text(static_cast<size_t>(vocab_size));
+  std::vector<int32_t> type(static_cast<size_t>(vocab_size), kUnused);
+  std::map<std::string, int64_t> id_of;
+  auto put = [&](const std::string& s, int64_t id, int32_t t) {
+    QTOOL_CHECK(id >= 0 && id < vocab_size, FormatError,
+                "{}: token '{}' has id {}, outside the model's vocab_size {}", path.string(), s, id,
+                vocab_size);
+    text[id] = s;
+    type[id] = t;
+    id_of[s] = id;
+  };
+  for (const auto& [s, id] : tj["model"]["vocab"].items()) put(s, id.get<int64_t>(), kNormal);
+  if (tj.contains("added_tokens")) {
+    for (const auto& t : tj["added_tokens"]) {
+      put(t.at("content").get<std::string>(), t.at("id").get<int64_t>(),
+          t.value("special", false) ? kControl : kUserDefined);
+    }
+  }
+  std::vector<Scalar> tokens, types;
+  for (int64_t i = 0; i < vocab_size; ++i) {
+    tokens.emplace_back(type[i] == kUnused && text[i].empty() ? fmt::format("[PAD{}]", i)
+                                                              : text[i]);
+    types.emplace_back(type[i]);
+  }
+  std::vector<Scalar> merges;
+  if (tj["model"].contains("merges")) {
+    for (const auto& m : tj["model"]["merges"]) {
+      // Older files write "a b", newer ones ["a", "b"].
+      merges.emplace_back(m.is_string()
+                              ? m.get<std::string>()
+                              : m.at(0).get<std::string>() + " " + m.at(1).get<std::string>());
+    }
+  }
+  KV kv;
+  kv.emplace_back("tokenizer.ggml.model", std::string("gpt2"));
+  kv.emplace_back("tokenizer.ggml.pre", pre);
+  kv.emplace_back("tokenizer.ggml.tokens", Value::Array(ValueType::kString, std::move(tokens)));
+  kv.emplace_back("tokenizer.ggml.token_type", Value::Array(ValueType::kI32, std::move(types)));
+  kv.emplace_back("tokenizer.ggml.merges", Value::Array(ValueType::kString, std::move(merges)));
+  AddSpecialTokens(
+      dir, config,
+      [&id_of](const std::string& s) -> std::optional<int64_t> {
+        const auto it = id_of.find(s);
+        return it == id_of.end() ? std::nullopt : std::optional<int64_t>(it->second);
+      },
+      {}, kv);
+  return kv;
+}
+
+// GGUF name of a Hugging Face tensor, or "" for tensors the file does not keep.
+std::string GgufName(const std::string& hf, int64_t* layer) {
+  static const std::map<std::string, std::string> kTop = {
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"}};
+  static const std::map<std::string, std::string> kBlock = {
+      {"input_layernorm.weight", "attn_norm.weight"},
+      {"self_attn.q_proj.weight", "attn_q.weight"},
+      {"self_attn.k_proj.weight", "attn_k.weight"},
+      {"self_attn.v_proj.weight", "attn_v.weight"},
+      {"self_attn.o_proj.weight", "attn_output.weight"},
+      {"self_attn.q_proj.bias", "attn_q.bias"},
+      {"self_attn.k_proj.bias", "attn_k.bias"},
+      {"self_attn.v_proj.bias", "attn_v.bias"},
+      {"post_attention_layernorm.weight", "ffn_norm.weight"},
+      {"mlp.gate_proj.weight", "ffn_gate.weight"},
+      {"mlp.up_proj.weight", "ffn_up.weight"},
+      {"mlp.down_proj.weight", "ffn_down.weight"}};
+  *layer = -1;
+  if (const auto it = kTop.find(hf); it != kTop.end()) return it->second;
+  static const std::regex kLayer(R"(model\.layers\.(\d+)\.(.+))");
+  std::smatch m;
+  if (std::regex_match(hf, m, kLayer)) {
+    if (hf.ends_with("rotary_emb.inv_freq")) return "";
+    const auto it = kBlock.find(m[2].str());
+    QTOOL_CHECK(it != kBlock.end(), FormatError, "tensor '{}' has no GGUF name", hf);
+    *layer = std::stoll(m[1].str());
+    return fmt::format("blk.{}.{}", *layer, it->second);
+  }
+  QTOOL_CHECK(hf.ends_with("rotary_emb.inv_freq"), FormatError, "tensor '{}' has no GGUF name", hf);
+  return "";
+}
+
+// Hugging Face stores each head's query/key rows as [first halves of the rotary pairs | second
+// halves] (rotate_half); ggml's RoPE rotates adjacent rows (2i, 2i + 1). Row 2i + j of a head in
+// the output is row j * head_dim / 2 + i of the input (llama.cpp's converter does the same).
+void PermuteRopeRows(std::vector<float>& w, int64_t rows, int64_t cols, int64_t heads) {
+  const int64_t hd = rows / heads;
+  std::vector<float> out(w.size());
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      for (int64_t j = 0; j < 2; ++j) {
+        const float* src = w.data() + (h * hd + j * (hd / 2) + i) * cols;
+        std::copy(src, src + cols, out.data() + (h * hd + 2 * i + j) * cols);
+      }
+    }
+  }
+  w.swap(out);
+}
+
+// Llama 3 RoPE scaling as a tensor of per-frequency divisors (llama.cpp reads `rope_freqs`):
+// 1 for wavelengths below original_context / high_freq_factor, `factor` above original_context /
+// low_freq_factor, and a smooth blend between.
+std::vector<float> Llama3RopeFactors(const LlamaConfig& c) {
+  const RopeScaling& s = c.rope_scaling;
+  const double low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+  const double high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+  std::vector<float> f;
+  for (int64_t i = 0; i < c.head_dim; i += 2) {
+    const double freq = 1.0 / std::pow(c.rope_theta, static_cast<double>(i) / c.head_dim);
+    const double wavelen = 2 * std::numbers::pi / freq;
+    if (wavelen < high_wavelen) {
+      f.push_back(1.0f);
+    } else if (wavelen > low_wavelen) {
+      f.push_back(static_cast<float>(s.factor));
+    } else {
+      const double smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) /
+                            (s.high_freq_factor - s.low_freq_factor);
+      f.push_back(static_cast<float>(1 / ((1 - smooth) / s.factor + smooth)));
+    }
+  }
+  return f;
+}
+
+struct Planned {
+  ExportedTensor out;
+  const CheckpointTensor* src = nullptr;  // nullptr: `values` holds the data
+  std::vector<float> values;
+  int64_t layer = -1;
+  int64_t permute_heads = 0;  // > 0: permute rows for RoPE with this many heads
+};
+
+}  // namespace
+
+ggml::Type FallbackType(ggml::Type type, uint64_t ne0) {
+  using ggml::Type;
+  if (ne0 % static_cast<uint64_t>(ggml::Traits(type).block_size) == 0) return type;
+  Type t = Type::kF16;
+  switch (type) {
+    case Type::kQ2_K:
+    case Type::kQ3_K:
+    case Type::kTQ1_0:
+    case Type::kTQ2_0:
+      t = Type::kQ4_0;
+      break;
+    case Type::kIQ4_XS:
+      t = Type::kIQ4_NL;
+      break;
+    case Type::kQ4_K:
+      t = Type::kQ5_0;
+      break;
+    case Type::kQ5_K:
+      t = Type::kQ5_1;
+      break;
+    case Type::kQ6_K:
+      t = Type::kQ8_0;
+      break;
+    default:
+      break;
+  }
+  return ne0 % static_cast<uint64_t>(ggml::Traits(t).block_size) == 0 ? t : Type::kF16;
+}
+
+namespace {
+
+using ggml::Type;
+
+// llama_ftype values.
+enum FileType : uint32_t {
+  kAllF32 = 0,
+  kF16 = 1,
+  kQ4_0 = 2,
+  kQ4_1 = 3,
+  kQ8_0 = 7,
+  kQ5_0 = 8,
+  kQ5_1 = 9,
+  kQ2_K = 10,
+  kQ3_K_S = 11,
+  kQ3_K_M = 12,
+  kQ3_K_L = 13,
+  kQ4_K_S = 14,
+  kQ4_K_M = 15,
+  kQ5_K_S = 16,
+  kQ5_K_M = 17,
+  kQ6_K = 18,
+  kIQ4_NL = 25,
+  kIQ4_XS = 30,
+  kBF16 = 32,
+  kTQ1_0 = 36,
+  kTQ2_0 = 37,
+  kMXFP4_MOE = 38,
+};
+
+constexpr Recipe kRecipes[] = {
+    {"F32", Type::kF32, kAllF32, true},
+    {"F16", Type::kF16, kF16, true},
+    {"BF16", Type::kBF16, kBF16, true},
+    {"Q8_0", Type::kQ8_0, kQ8_0, true},
+    {"Q4_0", Type::kQ4_0, kQ4_0, true},
+    {"Q4_1", Type::kQ4_1, kQ4_1, true},
+    {"Q5_0", Type::kQ5_0, kQ5_0, true},
+    {"Q5_1", Type::kQ5_1, kQ5_1, true},
+    {"Q2_K", Type::kQ2_K, kQ2_K, true},
+    {"Q3_K_S", Type::kQ3_K, kQ3_K_S, true},
+    {"Q3_K_M", Type::kQ3_K, kQ3_K_M, true},
+    {"Q3_K_L", Type::kQ3_K, kQ3_K_L, true},
+    {"Q4_K_S", Type::kQ4_K, kQ4_K_S, true},
+    {"Q4_K_M", Type::kQ4_K, kQ4_K_M, true},
+    {"Q5_K_S", Type::kQ5_K, kQ5_K_S, true},
+    {"Q5_K_M", Type::kQ5_K, kQ5_K_M, true},
+    {"Q6_K", Type::kQ6_K, kQ6_K, true},
+    {"IQ4_NL", Type::kIQ4_NL, kIQ4_NL, true},
+    {"IQ4_XS", Type::kIQ4_XS, kIQ4_XS, true},
+    {"TQ1_0", Type::kTQ1_0, kTQ1_0, true},
+    {"TQ2_0", Type::kTQ2_0, kTQ2_0, true},
+    // ggml types without a llama_ftype of their own: the type everywhere.
+    {"Q3_K", Type::kQ3_K, kQ3_K_S, false},
+    {"Q4_K", Type::kQ4_K, kQ4_K_S, false},
+    {"Q5_K", Type::kQ5_K, kQ5_K_S, false},
+    {"MXFP4", Type::kMXFP4, kMXFP4_MOE, false},
+};
+
+// llama.cpp's use_more_bits: the first and last eighth of the layers and every third between.
+bool UseMoreBits(int64_t i, int64_t n) {
+  return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+}
+
+bool IsQuantized(Type t) { return t != Type::kF32 && t != Type::kF16 && t != Type::kBF16; }
+
+}  // namespace
+
+std::optional<Recipe> FindRecipe(std::string_view name) {
+  auto upper = [](char c) { return c >= 'a' && c <= 'z' ? static_cast<char>(c - 32) : c; };
+  for (const Recipe& r : kRecipes) {
+    if (r.name.size() == name.size() && std::equal(name.begin(), name.end(), r.name.begin(),
+                                                   [&](char a, char b) { return upper(a) == b; })) {
+      return r;
+    }
+  }
+  return std::nullopt;
+}
+
+std::string RecipeNames() {
+  std::string s;
+  for (const Recipe& r : kRecipes) s += (s.empty() ? "" : ", ") + std::string(r.name);
+  return s;
+}
+
+ggml::Type TensorType(const Recipe& r, bool pure, const std::string& name, uint64_t ne0,
+                      int64_t layer, int64_t n_layers, int64_t n_gqa, bool has_output) {
+  Type t = r.base;
+  if (r.mix && !pure && IsQuantized(r.base)) {
+    const uint32_t f = r.file_type;
+    auto has = [&name](const char* part) { return name.find(part) != std::string::npos; };
+    if (name == "output.weight" || (!has_output && name == "token_embd.weight")) {
+      if (ne0 % static_cast<uint64_t>(ggml::Traits(t).block_size) != 0) {
+        t = Type::kQ8_0;
+      } else if (t != Type::kQ8_0) {
+        t = Type::kQ6_K;
+      }
+    } else if (name == "token_embd.weight") {
+      if (f == kTQ1_0 || f == kTQ2_0) t = Type::kQ4_K;
+    } else if (has("attn_v.weight")) {
+      if (f == kQ2_K) {
+        t = n_gqa >= 4 ? Type::kQ4_K : Type::kQ3_K;
+      } else if (f == kQ3_K_M) {
+        t = layer < 2 ? Type::kQ5_K : Type::kQ4_K;
+      } else if (f == kQ3_K_L) {
+        t = Type::kQ5_K;
+      } else if ((f == kIQ4_NL || f == kIQ4_XS) && n_gqa >= 4) {
+        t = Type::kQ5_K;
+      } else if ((f == kQ4_K_M || f == kQ5_K_M) && UseMoreBits(layer, n_layers)) {
+        t = Type::kQ6_K;
+      } else if (f == kQ4_K_S && layer < 4) {
+        t = Type::kQ5_K;
+      }
+    } else if (has("ffn_down")) {
+      if (f == kQ2_K) {
+        t = Type::kQ3_K;
+      } else if (f == kQ3_K_M) {
+        t = layer < n_layers / 16 ? Type::kQ5_K : Type::kQ4_K;
+      } else if (f == kQ3_K_L) {
+        t = Type::kQ5_K;
+      } else if (f == kQ4_K_M) {
+        if (UseMoreBits(layer, n_layers)) t = Type::kQ6_K;
+      } else if (layer < n_layers / 8 && (f == kIQ4_NL || f == kIQ4_XS)) {
+        t = Type::kQ5_K;  // llama.cpp: without an importance matrix
+      } else if (f == kQ5_K_M && UseMoreBits(layer, n_layers)) {
+        t = Type::kQ6_K;
+      } else if (f == kQ4_K_S && layer < n_layers / 8) {
+        t = Type::kQ5_K;
+      }
+    } else if (has("attn_output.weight")) {
+      if (f == kQ2_K) {
+        t = Type::kQ3_K;
+      } else if (f == kQ3_K_M) {
+        t = Type::kQ4_K;
+      } else if (f == kQ3_K_L) {
+        t = Type::kQ5_K;
+      }
+    }
+  }
+  return FallbackType(t, ne0);
+}
+
+KV TokenizerMetadata(const std::filesystem::path& dir, int64_t vocab_size,
+                     const nlohmann::json& config) {
+  if (std::filesystem::exists(dir / "tokenizer.model")) {
+    return SentencePieceMetadata(dir, vocab_size, config);
+  }
+  if (std::filesystem::exists(dir / "tokenizer.json")) return BpeMetadata(dir, vocab_size, config);
+  return {};
+}
+
+ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
+                        const ExportOptions& options,
+                        const std::function<void(size_t, size_t, const std::string&)>& progress) {
+  const auto start = std::chrono::steady_clock::now();
+  QTOOL_CHECK(in.config().has_value(), FormatError,
+              "{}: config.json is needed to write GGUF metadata", in.dir().string());
+  QTOOL_CHECK(options.overwrite || !std::filesystem::exists(out), OutputExistsError,
+              "{} exists (use --force to replace it)", out.string());
+  const std::optional<Recipe> recipe = FindRecipe(options.type);
+  QTOOL_CHECK(recipe.has_value(), OptionError, "unknown GGUF type \"{}\" (known: {})", options.type,
+              RecipeNames());
+  const LlamaConfig c = LlamaConfig::FromJson(*in.config());
+  ExportReport report;
+  report.architecture = c.model_type == "qwen2" ? "qwen2" : "llama";  // Mistral runs as llama
+  const std::string& arch = report.architecture;
+  const bool permute = arch == "llama";
+
+  KV kv;
+  kv.emplace_back("general.architecture", arch);
+  kv.emplace_back("general.name", in.dir().filename().string());
+  kv.emplace_back("general.file_type", recipe->file_type);
+  kv.emplace_back("general.quantization_version", uint32_t{2});  // GGML_QNT_VERSION
+  auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
+  kv.emplace_back(arch + ".vocab_size", u32(c.vocab_size));
+  kv.emplace_back(arch + ".context_length", u32(c.max_position_embeddings));
+  kv.emplace_back(arch + ".embedding_length", u32(c.hidden_size));
+  kv.emplace_back(arch + ".block_count", u32(c.num_layers));
+  kv.emplace_back(arch + ".feed_forward_length", u32(c.intermediate_size));
+  kv.emplace_back(arch + ".attention.head_count", u32(c.num_heads));
+  kv.emplace_back(arch + ".attention.head_count_kv", u32(c.num_kv_heads));
+  kv.emplace_back(arch + ".attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
+  kv.emplace_back(arch + ".rope.dimension_count", u32(c.head_dim));
+  kv.emplace_back(arch + ".rope.freq_base", static_cast<float>(c.rope_theta));
+  if (c.head_dim * c.num_heads != c.hidden_size) {
+    kv.emplace_back(arch + ".attention.key_length", u32(c.head_dim));
+    kv.emplace_back(arch + ".attention.value_length", u32(c.head_dim));
+  }
+  if (c.rope_scaling.type == RopeScaling::Type::kLinear) {
+    kv.emplace_back(arch + ".rope.scaling.type", std::string("linear"));
+    kv.emplace_back(arch + ".rope.scaling.factor", static_cast<float>(c.rope_scaling.factor));
+  }
+  KV tok = TokenizerMetadata(in.dir(), c.vocab_size, *in.config());
+  for (auto& e : tok) {
+    if (e.first == "tokenizer.ggml.model") report.tokenizer_model = *e.second.AsString();
+  }
+  std::move(tok.begin(), tok.end(), std::back_inserter(kv));
+
+  // The tensors, in ggml's usual order: embeddings, output norm and head, then block by block.
+  std::vector<Planned> plan;
+  for (const CheckpointTensor& t : in.tensors()) {
+    const std::string& hf = t.info->name;
+    Planned p;
+    const std::string name = GgufName(hf, &p.layer);
+    if (name.empty()) continue;
+    if (name == "output.weight" && c.tie_word_embeddings) continue;  // stored once, as token_embd
+    const auto& shape = t.info->shape;
+    QTOOL_CHECK(shape.size() == 1 || shape.size() == 2, ShapeError,
+                "{}: tensor '{}' has {} dimensions; GGUF export takes 1 or 2", in.dir().string(),
+                hf, shape.size());
+    p.src = &t;
+    p.out.source = hf;
+    p.out.name = name;
+    for (auto it = shape.rbegin(); it != shape.rend(); ++it) {
+      p.out.ne.push_back(static_cast<uint64_t>(*it));
+    }
+    plan.push_back(std::move(p));
+  }
+  bool has_output = false;
+  for (const Planned& p : plan) has_output |= p.out.name == "output.weight";
+  for (Planned& p : plan) {
+    const std::string& name = p.out.name;
+    p.out.type = p.out.ne.size() == 1
+                     ? ggml::Type::kF32
+                     : TensorType(*recipe, options.pure, name, p.out.ne[0], p.layer, c.num_layers,
+                                  c.num_heads / std::max<int64_t>(1, c.num_kv_heads), has_output);
+    if (permute && name.ends_with("attn_q.weight")) p.permute_heads = c.num_heads;
+    if (permute && name.ends_with("attn_k.weight")) p.permute_heads = c.num_kv_heads;
+  }
+  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
+    Planned p;
+    p.out.name = "rope_freqs.weight";
+    p.values = Llama3RopeFactors(c);
+    p.out.ne = {p.values.size()};
+    p.out.type = ggml::Type::kF32;
+    plan.push_back(std::move(p));
+  }
+  auto rank = [](const Planned& p) {
+    static const std::map<std::string, int> kOrder = {{"token_embd.weight", 0},
+                                                      {"rope_freqs.weight", 1},
+                                                      {"output_norm.weight", 2},
+                                                      {"output.weight", 3}};
+    const auto it = kOrder.find(p.out.name);
+    return std::make_pair(p.layer < 0 ? -1 : p.layer, it == kOrder.end() ? 4 : it->second);
+  };
+  std::stable_sort(plan.begin(), plan.end(),
+                   [&](const Planned& a, const Planned& b) { return rank(a) < rank(b); });
+
+  std::vector<TensorSpec> specs;
+  for (const Planned& p : plan) specs.push_back({p.out.name, p.out.ne, p.out.type});
+  Writer writer(out, kv, specs);
+  const int threads = ResolveThreads(options.threads);
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Planned& p = plan[i];
+    const int64_t cols = static_cast<int64_t>(p.out.ne[0]);
+    const int64_t rows = p.out.ne.size() > 1 ? static_cast<int64_t>(p.out.ne[1]) : 1;
+    std::vector<float> x;
+    if (p.src != nullptr) {
+      x.resize(static_cast<size_t>(rows * cols));
+      const int64_t bad =
+          ConvertToF32(p.src->data().data(), p.src->info->dtype, rows * cols, x.data());
+      QTOOL_CHECK(bad < 0, NumericError, "{}: tensor '{}': non-finite value at index {}",
+                  in.dir().string(), p.out.source, bad);
+      report.input_bytes += p.src->info->nbytes();
+      if (p.permute_heads > 0) {
+        QTOOL_CHECK(rows % (2 * p.permute_heads) == 0, ShapeError,
+                    "tensor '{}': {} rows do not split into {} heads of rotary pairs", p.out.source,
+                    rows, p.permute_heads);
+        PermuteRopeRows(x, rows, cols, p.permute_heads);
+      }
+    } else {
+      x = std::move(p.values);
+    }
+    const uint64_t row_bytes = ggml::RowBytes(p.out.type, static_cast<uint64_t>(cols));
+    std::vector<std::byte> q(row_bytes * static_cast<uint64_t>(rows));
+    std::vector<double> err(static_cast<size_t>(threads), 0.0);
+    std::vector<double> energy(static_cast<size_t>(threads), 0.0);
+    ParallelFor(rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1)), threads,
+                [&](int64_t r0, int64_t r1, int worker) {
+                  std::vector<float> back(static_cast<size_t>(cols));
+                  for (int64_t r = r0; r < r1; ++r) {
+                    const float* xr = x.data() + r * cols;
+                    std::byte* qr = q.data() + static_cast<uint64_t>(r) * row_bytes;
+                    ggml::Quantize(p.out.type, xr, qr, cols);
+                    ggml::Dequantize(p.out.type, qr, back.data(), cols);
+                    for (int64_t j = 0; j < cols; ++j) {
+                      const double d = static_cast<double>(back[j]) - xr[j];
+                      err[worker] += d * d;
+                      energy[worker] += static_cast<double>(xr[j]) * xr[j];
+                    }
+                  }
+                });
+    double se = 0;
+    double sx = 0;
+    for (int w = 0; w < threads; ++w) {
+      se += err[w];
+      sx += energy[w];
+    }
+    p.out.rel_rms_error = sx > 0 ? std::sqrt(se / sx) : 0.0;
+    p.out.bytes = q.size();
+    writer.Write(q);
+    if (p.src != nullptr) p.src->file->Release(*p.src->info);
+    report.tensors.push_back(p.out);
+    if (progress) progress(i + 1, plan.size(), p.out.name);
+  }
+  writer.Commit();
+  report.output_bytes = std::filesystem::file_size(out);
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+}  // namespace qtool::gguf

@@ -1,0 +1,200 @@
+#include "gguf_output.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "qtool/core/error.hpp"
+#include "qtool/io/checkpoint.hpp"
+#include "qtool/io/gguf.hpp"
+#include "qtool/io/gguf_export.hpp"
+#include "qtool/io/gguf_import.hpp"
+#include "staged_output.hpp"
+#include "terminal.hpp"
+
+namespace qtool::cli {
+
+namespace {
+
+constexpr const char* kGgufTypeHelp =
+    "With --output-format gguf: a llama-quantize type, whose per-tensor recipe llama.cpp's "
+    "quantiser follows (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M, "
+    "Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0), or Q3_K, Q4_K, "
+    "Q5_K, MXFP4 for that type throughout";
+
+// Options of the safetensors path that GGUF output does not take.
+constexpr const char* kNotForGguf[] = {
+    "--format",      "--bits",     "--group",   "--granularity",   "--asym",
+    "--flat-groups", "--observer", "--block",   "--double-quant",  "--method",
+    "--activations", "--include",  "--exclude", "--max-shard-size"};
+
+}  // namespace
+
+std::shared_ptr<GgufArgs> AddGgufOptions(CLI::App* cmd) {
+  auto g = std::make_shared<GgufArgs>();
+  g->cmd = cmd;
+  cmd->add_option("--gguf-type", g->gguf_type, kGgufTypeHelp)->capture_default_str();
+  cmd->add_flag("--gguf-pure", g->pure,
+                "Every 2-D weight in the --gguf-type's base type (llama-quantize --pure)");
+  return g;
+}
+
+bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const std::string& input,
+                     const std::string& output, int threads, bool force, bool quiet,
+                     const std::string& json) {
+  if (output_format != "gguf") {
+    QTOOL_CHECK(g.cmd->get_option("--gguf-type")->count() == 0 && !g.pure, OptionError,
+                "--gguf-type and --gguf-pure apply to --output-format gguf only");
+    return false;
+  }
+  for (const char* name : kNotForGguf) {
+    const CLI::Option* o = g.cmd->get_option_no_throw(name);
+    QTOOL_CHECK(o == nullptr || o->count() == 0, OptionError,
+                "{} does not apply to --output-format gguf (the format is --gguf-type)", name);
+  }
+  const auto recipe = gguf::FindRecipe(g.gguf_type);
+  QTOOL_CHECK(recipe.has_value(), OptionError, "unknown --gguf-type \"{}\" (known: {})",
+              g.gguf_type, gguf::RecipeNames());
+  gguf::ExportOptions opts;
+  opts.type = g.gguf_type;
+  opts.pure = g.pure;
+  opts.threads = threads;
+  opts.overwrite = false;  // the staged output replaces an old one in StagedRun::Commit
+  const Checkpoint in = Checkpoint::Open(input);
+  StagedRun run(in, output, json, force);
+  Progress progress("quantize");
+  const gguf::ExportReport r = gguf::ExportGguf(
+      in, run.output(), opts, [&](size_t done, size_t total, const std::string& name) {
+        progress.Update(done, total, name);
+      });
+  progress.Done();
+  nlohmann::json j = {{"output", output},
+                      {"architecture", r.architecture},
+                      {"tokenizer_model", r.tokenizer_model},
+                      {"gguf_type", std::string(recipe->name)},
+                      {"pure", g.pure},
+                      {"input_bytes", r.input_bytes},
+                      {"output_bytes", r.output_bytes},
+                      {"seconds", r.seconds},
+                      {"tensors", nlohmann::json::array()}};
+  uint64_t params = 0;
+  for (const gguf::ExportedTensor& t : r.tensors) {
+    uint64_t n = 1;
+    for (uint64_t d : t.ne) n *= d;
+    params += n;
+    j["tensors"].push_back({{"name", t.name},
+                            {"source", t.source},
+                            {"type", std::string(ggml::Traits(t.type).name)},
+                            {"ne", t.ne},
+                            {"bytes", t.bytes},
+                            {"rel_rms_error", t.rel_rms_error}});
+  }
+  if (!quiet && json != "-") {
+    fmt::print("{:<28} {:>7} {:>14} {:>12} {:>10}\n", "tensor", "type", "ne", "bytes", "rel rms");
+    for (const gguf::ExportedTensor& t : r.tensors) {
+      fmt::print("{:<28} {:>7} {:>14} {:>12} {:>10.3e}\n", t.name, ggml::Traits(t.type).name,
+                 fmt::format("{}", fmt::join(t.ne, "x")), t.bytes, t.rel_rms_error);
+    }
+    fmt::print("\n{}: {} ({}) for {} parameters, {:.3f} bits per weight, {} tokenizer, {:.2f} s\n",
+               output, HumanBytes(static_cast<double>(r.output_bytes)), r.architecture, params,
+               8.0 * static_cast<double>(r.output_bytes) / static_cast<double>(params),
+               r.tokenizer_model.empty() ? "no" : r.tokenizer_model, r.seconds);
+  }
+  run.Commit(j);
+  return true;
+}
+
+bool IsGgufFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  char magic[4] = {};
+  return f.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
+}
+
+namespace {
+
+nlohmann::json ScalarJson(const gguf::Scalar& s) {
+  return std::visit([](const auto& v) { return nlohmann::json(v); }, s);
+}
+
+}  // namespace
+
+void InspectGguf(const std::string& path, const std::string& json) {
+  const gguf::File f(path);
+  const gguf::Header& h = f.header();
+  nlohmann::json r = {{"path", path},
+                      {"format", "gguf"},
+                      {"version", h.version},
+                      {"alignment", h.alignment},
+                      {"metadata", nlohmann::json::object()},
+                      {"tensors", nlohmann::json::array()}};
+  for (const auto& [key, v] : h.kv) {
+    if (v.is_array) {
+      // Arrays (token lists) are summarised: type, length and the first few items.
+      nlohmann::json head = nlohmann::json::array();
+      for (size_t i = 0; i < std::min<size_t>(v.items.size(), 4); ++i) {
+        head.push_back(ScalarJson(v.items[i]));
+      }
+      r["metadata"][key] = {{"type", fmt::format("array[{}]", gguf::ValueTypeName(v.elem_type))},
+                            {"length", v.items.size()},
+                            {"first", head}};
+    } else {
+      r["metadata"][key] = {{"type", std::string(gguf::ValueTypeName(v.type()))},
+                            {"value", ScalarJson(v.scalar)}};
+    }
+  }
+  uint64_t params = 0;
+  uint64_t bytes = 0;
+  std::map<std::string, uint64_t> by_type;
+  for (const gguf::TensorInfo& t : h.tensors) {
+    params += t.numel();
+    bytes += t.nbytes;
+    by_type[std::string(ggml::Traits(t.type).name)] += t.numel();
+    r["tensors"].push_back({{"name", t.name},
+                            {"type", std::string(ggml::Traits(t.type).name)},
+                            {"ne", t.ne},
+                            {"bytes", t.nbytes},
+                            {"offset", h.data_offset + t.offset}});
+  }
+  r["params"] = params;
+  r["bytes"] = bytes;
+  r["params_by_type"] = by_type;
+  if (json != "-") {
+    fmt::print(
+        "{}: GGUF v{}, {} keys, {} tensors, {} parameters, {} of tensor data ({:.3f} bits "
+        "per weight)\n\n",
+        path, h.version, h.kv.size(), h.tensors.size(), params,
+        HumanBytes(static_cast<double>(bytes)),
+        params ? 8.0 * static_cast<double>(bytes) / static_cast<double>(params) : 0.0);
+    for (const auto& [key, v] : r["metadata"].items()) {
+      std::string shown = v.contains("value") ? v["value"].dump() : v["first"].dump() + " ...";
+      if (shown.size() > 80) shown = shown.substr(0, 77) + "...";
+      fmt::print("{:<44} {:>14} {}\n", key,
+                 v.contains("length")
+                     ? fmt::format("{}x{}", v["type"].get<std::string>(), v["length"].get<size_t>())
+                     : v["type"].get<std::string>(),
+                 shown);
+    }
+    fmt::print("\n{:<32} {:>7} {:>16} {:>12}\n", "tensor", "type", "ne", "bytes");
+    for (const gguf::TensorInfo& t : h.tensors) {
+      fmt::print("{:<32} {:>7} {:>16} {:>12}\n", t.name, ggml::Traits(t.type).name,
+                 fmt::format("{}", fmt::join(t.ne, "x")), t.nbytes);
+    }
+  }
+  if (!json.empty()) WriteJsonReport(json, r);
+}
+
+void DequantizeGguf(const std::string& input, const std::string& output, bool force) {
+  namespace fs = std::filesystem;
+  const fs::path in = fs::weakly_canonical(input), out = fs::weakly_canonical(output);
+  const auto [end, _] = std::mismatch(out.begin(), out.end(), in.begin(), in.end());
+  QTOOL_CHECK(end != out.end(), OptionError,
+              "-o {} is or holds the input {}: it would be destroyed", output, input);
+  gguf::ImportGguf(gguf::File(input), output, force);
+}
+
+}  // namespace qtool::cli
