@@ -4,12 +4,59 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "qtool/core/error.hpp"
 
 namespace qtool {
+namespace {
+
+struct ReadInput {
+  dev_t dev;
+  ino_t ino;
+  std::filesystem::path path;  // resolved
+};
+
+std::mutex& InputsMutex() {
+  static std::mutex m;
+  return m;
+}
+
+std::vector<ReadInput>& Inputs() {
+  static std::vector<ReadInput> inputs;
+  return inputs;
+}
+
+void RememberInput(const std::filesystem::path& path, const struct stat& st) {
+  std::error_code ec;
+  std::filesystem::path resolved = std::filesystem::weakly_canonical(path, ec);
+  if (ec) resolved = std::filesystem::absolute(path, ec).lexically_normal();
+  const std::lock_guard<std::mutex> lock(InputsMutex());
+  for (const ReadInput& i : Inputs()) {
+    if (i.dev == st.st_dev && i.ino == st.st_ino) return;
+  }
+  Inputs().push_back({st.st_dev, st.st_ino, std::move(resolved)});
+}
+
+}  // namespace
+
+bool NamesReadInput(const std::filesystem::path& path, bool or_within) {
+  struct stat st {};
+  const bool exists = ::stat(path.c_str(), &st) == 0;
+  std::error_code ec;
+  const std::filesystem::path root = std::filesystem::weakly_canonical(path, ec);
+  const std::lock_guard<std::mutex> lock(InputsMutex());
+  return std::any_of(Inputs().begin(), Inputs().end(), [&](const ReadInput& i) {
+    if (exists && i.dev == st.st_dev && i.ino == st.st_ino) return true;
+    if (!or_within || ec) return false;
+    const auto [r, _] = std::mismatch(root.begin(), root.end(), i.path.begin(), i.path.end());
+    return r == root.end();
+  });
+}
 
 int OpenRegularFile(const std::filesystem::path& path) {
   // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
@@ -22,6 +69,7 @@ int OpenRegularFile(const std::filesystem::path& path) {
     throw IoError(fmt::format("{}: not a regular file{}", path.string(),
                               err ? std::string(": ") + std::strerror(err) : ""));
   }
+  RememberInput(path, st);
   // Reads of a regular file never block; clear the flag so that they behave as usual.
   const int flags = ::fcntl(fd, F_GETFL);
   if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
@@ -33,6 +81,7 @@ void CheckRegularFile(const std::filesystem::path& path) {
   QTOOL_CHECK(::stat(path.c_str(), &st) == 0, IoError, "{}: cannot open: {}", path.string(),
               std::strerror(errno));
   QTOOL_CHECK(S_ISREG(st.st_mode), IoError, "{}: not a regular file", path.string());
+  RememberInput(path, st);
 }
 
 std::string ReadRegularFile(const std::filesystem::path& path, uint64_t max_bytes) {

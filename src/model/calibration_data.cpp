@@ -4,18 +4,14 @@
 #include <sstream>
 
 #include "qtool/core/error.hpp"
+#include "qtool/core/input_file.hpp"
 #include "qtool/model/tokenizer.hpp"
 
 namespace qtool {
 namespace {
 
-std::string ReadText(const std::filesystem::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  QTOOL_CHECK(f.good(), IoError, "{}: cannot read the calibration data", path.string());
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+// Only a regular file is read (a FIFO is refused, never waited on); see core/input_file.hpp.
+std::string ReadText(const std::filesystem::path& path) { return ReadRegularFile(path); }
 
 // The single BOS id the tokenizer puts before a text, or -1.
 int32_t TokenizerBos(const Tokenizer& tok, const std::filesystem::path& path) {

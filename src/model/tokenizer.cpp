@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "qtool/core/error.hpp"
+#include "qtool/core/input_file.hpp"
 #include "qtool/core/mapped_file.hpp"
 #include "tokenizer_backend.hpp"
 
@@ -59,13 +60,7 @@ std::string ConfigToken(const nlohmann::json& v, const std::string& file, const 
 // around a text (as transformers' tokenizers do), replacing the tokenizer file's own choice.
 void ApplyTokenizerConfig(const std::filesystem::path& config, tokenizer::Backend& b) {
   if (!std::filesystem::is_regular_file(config)) return;
-  std::ifstream f(config, std::ios::binary);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(fmt::format("{}: not valid JSON ({})", config.string(), e.what()));
-  }
+  const nlohmann::json j = ReadJsonFile(config);
   QTOOL_CHECK(j.is_object(), FormatError, "{}: not a JSON object", config.string());
   for (const auto& [flag, token, dst] : {std::tuple{"add_bos_token", "bos_token", &b.prefix},
                                          std::tuple{"add_eos_token", "eos_token", &b.suffix}}) {
@@ -138,11 +133,7 @@ Tokenizer LoadModelTokenizer(const std::filesystem::path& model_dir,
 }
 
 std::vector<int32_t> EncodeTextFile(const Tokenizer& tokenizer, const std::filesystem::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  QTOOL_CHECK(f, IoError, "{}: cannot open the text file", path.string());
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return tokenizer.Encode(ss.str());
+  return tokenizer.Encode(ReadRegularFile(path));
 }
 
 std::vector<int32_t> ReadTokenIds(const std::filesystem::path& path) {

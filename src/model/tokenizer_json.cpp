@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <array>
 #include <cstdlib>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -26,6 +25,7 @@
 #include <unordered_map>
 
 #include "qtool/core/error.hpp"
+#include "qtool/core/input_file.hpp"
 #include "tokenizer_backend.hpp"
 
 namespace qtool::tokenizer {
@@ -1276,14 +1276,7 @@ void ParsePostProcessor(const json& j, const Ctx& ctx, const std::string& key,
 
 std::unique_ptr<Backend> LoadJson(const std::filesystem::path& path) {
   const Ctx ctx{path.string()};
-  std::ifstream f(path, std::ios::binary);
-  QTOOL_CHECK(f.good(), IoError, "{}: cannot open the tokenizer file", path.string());
-  json j;
-  try {
-    j = json::parse(f);
-  } catch (const json::exception& e) {
-    throw FormatError(fmt::format("{}: not valid JSON ({})", path.string(), e.what()));
-  }
+  const json j = ReadJsonFile(path);
   if (!j.is_object()) ctx.Fail("", "the file must hold a JSON object");
   auto tok = std::make_unique<JsonTokenizer>();
   auto present = [&](const char* k) { return j.contains(k) && !j[k].is_null(); };

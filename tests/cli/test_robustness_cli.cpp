@@ -212,6 +212,41 @@ TEST(RobustnessCli, ReportThatWouldOverwriteTheModelOrOutputIsRefused) {
   EXPECT_TRUE(Temporaries(dir.path()).empty());
 }
 
+// Neither the report nor the output may replace a file the run reads outside the model
+// (calibration data, an evaluation text), nor a directory holding one, with or without --force.
+TEST(RobustnessCli, OutputsThatWouldReplaceAFileTheRunReadsAreRefused) {
+  QTOOL_REQUIRE_SHARED();  // the calibrated methods need a model that runs
+  ScratchDir dir;
+  const fs::path model = testing::SharedDir().value() / "models" / "stories260K" / "hf";
+  const fs::path data = dir / "data";
+  fs::create_directory(data);
+  testing::WriteFile(data / "calib.txt", "one two three four five six seven eight nine ten");
+  fs::create_hard_link(data / "calib.txt", dir / "calib-hard.txt");
+  const auto before = Snapshot(data);
+  const std::string calib = (data / "calib.txt").string();
+  for (const char* method : {"gptq", "awq"}) {
+    for (const bool force : {false, true}) {
+      for (const fs::path& report : {data / "calib.txt", dir / "calib-hard.txt"}) {
+        std::vector<std::string> args = {
+            "quantize", model.string(), "-o",     (dir / "out").string(), "--method", method,
+            "--calib",  calib,          "--json", report.string(),        "-q",       "--nsamples",
+            "1",        "--seqlen",     "16"};
+        if (force) args.push_back("--force");
+        EXPECT_FAILS(RunQtool(args), 3, "a file this run reads");
+        EXPECT_FALSE(fs::exists(dir / "out")) << method;
+      }
+    }
+    EXPECT_FAILS(RunQtool({"quantize", model.string(), "-o", data.string(), "--force", "--method",
+                           method, "--calib", calib, "-q", "--nsamples", "1", "--seqlen", "16"}),
+                 3, "a file this run read");
+    EXPECT_EQ(Snapshot(data), before) << method;
+  }
+  EXPECT_FAILS(RunQtool({"eval", model.string(), "--text", calib, "--json", calib}), 3,
+               "a file this run reads");
+  EXPECT_EQ(Snapshot(data), before);
+  EXPECT_TRUE(Temporaries(dir.path()).empty());
+}
+
 // A non-weight file (or config.json, or the index) that resolves to outside the model directory
 // is neither read nor copied; a Hugging Face hub cache's snapshot links into its blobs are fine.
 TEST(RobustnessCli, FilesLinkedFromOutsideTheModelAreRefused) {

@@ -137,7 +137,7 @@ def synthetic_model(path, tokenizer_dir):
 
 def main():
     qtool, stories, work = sys.argv[1:4]
-    synth = os.path.join(work, "gguf-synthetic")
+    synth = os.path.join(work, "gguf-synthetic-model")
     synthetic_model(synth, stories)
     for name, model in [("synthetic", synth), ("stories260K", stories)]:
         out = os.path.join(work, f"gguf-{name}")

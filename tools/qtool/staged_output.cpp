@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "qtool/core/error.hpp"
+#include "qtool/core/input_file.hpp"
 #include "qtool/io/temp_path.hpp"
 
 namespace qtool::cli {
@@ -17,6 +18,8 @@ namespace {
 // Writes `j` to a new temporary sibling of `path` (created exclusively and registered for the
 // signal cleanup) and returns its name.
 fs::path WriteTempReport(const fs::path& path, const nlohmann::json& j) {
+  QTOOL_CHECK(!NamesReadInput(path), OptionError,
+              "--json {}: names a file this run reads; refusing to overwrite it", path.string());
   const std::string text = j.dump(2) + "\n";
   for (int attempt = 0;; ++attempt) {
     const fs::path tmp = TempSiblingPath(path);
@@ -60,6 +63,9 @@ StagedRun::StagedRun(const Checkpoint& in, const fs::path& out, std::string repo
 StagedRun::~StagedRun() { RemoveTemp(staging_); }
 
 void StagedRun::Commit(const nlohmann::json& report) {
+  QTOOL_CHECK(!NamesReadInput(out_, /*or_within=*/true), OptionError,
+              "{}: the output is or holds a file this run read; choose another output",
+              out_.string());
   std::vector<StagedOutput> outputs = {{staged_out_, out_, force_}};
   if (!report_.empty() && report_ != "-") {
     outputs.push_back({WriteTempReport(report_, report), report_, /*replace=*/true});

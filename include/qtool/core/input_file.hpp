@@ -24,6 +24,12 @@ int OpenRegularFile(const std::filesystem::path& path);
 /// reader outside this library will open, which must not block on a FIFO.
 void CheckRegularFile(const std::filesystem::path& path);
 
+/// Every file opened or checked by the two functions above is remembered for the life of the
+/// process, so that no output of the run can replace what the run read (--calib, --text, --tokens,
+/// a tokenizer, a shard). True when `path` names one of those files (the same file, through any
+/// link), or, with `or_within`, when one of them lies inside the directory `path`.
+bool NamesReadInput(const std::filesystem::path& path, bool or_within = false);
+
 /// The whole content of the regular file `path`. Throws IoError as OpenRegularFile does, or when
 /// the file is larger than `max_bytes` or cannot be read.
 std::string ReadRegularFile(const std::filesystem::path& path,
