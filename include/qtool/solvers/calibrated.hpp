@@ -47,8 +47,8 @@ struct CalibratedOptions {
   int awq_grid = 20;  // AWQ: alpha in {0, 1/grid, ..., (grid-1)/grid}
   int awq_clip_grid = 20;
   double awq_max_shrink = 0.5;
-  int64_t awq_clip_tokens = 512;  // calibration rows the clipping search uses
-  CalibrationOptions calib;  // seq_len 0: the smaller of 512 and the model's context
+  int64_t awq_clip_tokens = 512;     // calibration rows the clipping search uses
+  CalibrationOptions calib;          // seq_len 0: the smaller of 512 and the model's context
   std::filesystem::path calib_text;  // read by ReadCalibrationData (model/tokenizer.hpp)
   /// Called once with the calibration data read and the windows drawn from it.
   std::function<void(const CalibrationData&, const std::vector<std::vector<int32_t>>&)>
