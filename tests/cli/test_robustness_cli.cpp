@@ -569,6 +569,23 @@ TEST(RobustnessCli, NonFiniteStoredScalesAreRefused) {
     EXPECT_NE(r.err.find("model.safetensors"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(dir / "d"));
   }
+  // eval decodes through the same check (instead of printing "ppl nan").
+  const auto shared = testing::SharedDir();
+  if (!shared) return;
+  const fs::path q = dir / "q";
+  ASSERT_EQ(RunQtool({"quantize", (*shared / "models/stories260K/hf").string(), "-o", q.string(),
+                      "--force", "-q"})
+                .code,
+            0);
+  const std::string part = "model.layers.0.mlp.down_proj.weight.scales";
+  const uint64_t at = DataOffset(q / "model.safetensors", part);
+  std::string bytes = testing::ReadFile(q / "model.safetensors");
+  bytes.replace(at, 4, FloatBytes({inf}));
+  testing::WriteFile(q / "model.safetensors", bytes);
+  testing::WriteFile(dir / "ids.txt", "1 2 3 4 5 6 7 8\n");
+  const Result r = RunQtool({"eval", q.string(), "--tokens", (dir / "ids.txt").string()});
+  EXPECT_EQ(r.code, 6) << r.err;
+  EXPECT_NE(r.err.find(part), std::string::npos) << r.err;
 }
 
 }  // namespace
