@@ -438,12 +438,22 @@ TEST(RobustnessCli, FifosAreRefusedWithoutBlocking) {
       RunQtool({"quantize", (dir / "in.safetensors").string(), "-o", (dir / "out").string()}, 20),
       7, "not a regular file");
   ASSERT_EQ(::mkfifo((dir / "ids").c_str(), 0644), 0);
+  MakeModelDir(dir / "m");
+  EXPECT_FAILS(RunQtool({"quantize", (dir / "m").string(), "-o", (dir / "out").string(), "--method",
+                         "gptq", "--calib", (dir / "ids").string()},
+                        20),
+               7, "not a regular file");
   const auto shared = testing::SharedDir();
   if (shared) {
-    EXPECT_FAILS(RunQtool({"eval", (*shared / "models/stories260K/hf").string(), "--tokens",
-                           (dir / "ids").string()},
-                          20),
-                 7, "not a regular file");
+    for (const char* option : {"--tokens", "--text", "--tokenizer"}) {
+      std::vector<std::string> args = {"eval", (*shared / "models/stories260K/hf").string(), option,
+                                       (dir / "ids").string()};
+      if (std::string(option) == "--tokenizer") {
+        testing::WriteFile(dir / "text.txt", "Once upon a time");
+        args.insert(args.end(), {"--text", (dir / "text.txt").string()});
+      }
+      EXPECT_FAILS(RunQtool(args, 20), 7, "not a regular file");
+    }
   }
   EXPECT_FALSE(fs::exists(dir / "out"));
 }
