@@ -129,8 +129,9 @@ TEST(EvalCli, GenerateAndErrors) {
   testing::WriteFile(tmp / "ids.txt", "1\n2\n999999\n");
   const testing::CliResult bad_id =
       RunCli({"eval", dir.string(), "--tokens", (tmp / "ids.txt").string()});
-  EXPECT_EQ(bad_id.exit_code, 3) << bad_id.err;
+  EXPECT_EQ(bad_id.exit_code, 4) << bad_id.err;
   EXPECT_NE(bad_id.err.find("999999"), std::string::npos) << bad_id.err;
+  EXPECT_NE(bad_id.err.find("ids.txt"), std::string::npos) << bad_id.err;
 }
 
 }  // namespace
