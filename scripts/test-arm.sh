@@ -16,8 +16,7 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   $sudo apt-get update -qq
 fi
 pkgs=(g++-aarch64-linux-gnu qemu-user-static libc6:arm64 libstdc++6:arm64 libfmt-dev:arm64
-      libgtest-dev:arm64 libre2-dev:arm64 libpcre2-dev:arm64 libutf8proc-dev:arm64
-      libeigen3-dev nlohmann-json3-dev libcli11-dev pkg-config cmake ninja-build)
+      libgtest-dev:arm64 libeigen3-dev nlohmann-json3-dev libcli11-dev pkg-config cmake ninja-build)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,14 +29,16 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # libsentencepiece-dev cannot be installed for two architectures at once (installing the arm64
-# one removes the host's), so its arm64 packages are unpacked into the build directory instead.
+# one removes the host's), so its arm64 packages are unpacked into the build directory instead;
+# so are RE2's, since pkg-config looks for the arm64 libraries there only.
 export QTOOL_ARM_DEPS="$build/deps/root"
-if [ ! -f "$build/deps/.unpacked" ]; then
+if [ ! -f "$build/deps/.unpacked-re2" ]; then
   mkdir -p "$build/deps/debs" "$QTOOL_ARM_DEPS"
   (cd "$build/deps/debs" &&
-    apt-get download -qq libsentencepiece-dev:arm64 libsentencepiece0:arm64 libprotobuf-lite32:arm64)
+    apt-get download -qq libsentencepiece-dev:arm64 libsentencepiece0:arm64 libprotobuf-lite32:arm64 \
+      libre2-dev:arm64 libre2-9:arm64)
   for deb in "$build"/deps/debs/*.deb; do dpkg-deb -x "$deb" "$QTOOL_ARM_DEPS"; done
-  touch "$build/deps/.unpacked"
+  touch "$build/deps/.unpacked-re2"
 fi
 
 cmake -S "$root" -B "$build" -G Ninja \

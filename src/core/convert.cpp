@@ -26,7 +26,7 @@ T LoadUnaligned(const std::byte* p) {
 int64_t ConvertToF32(const std::byte* src, DType type, int64_t n, float* dst) {
   switch (type) {
     case DType::kF32:
-      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * 4);  // an empty one may be null
       break;
     case DType::kBF16:
       if (Aligned2(src)) {
@@ -55,7 +55,7 @@ int64_t ConvertToF32(const std::byte* src, DType type, int64_t n, float* dst) {
 void ConvertFromF32(const float* src, DType type, int64_t n, std::byte* dst) {
   switch (type) {
     case DType::kF32:
-      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * 4);  // an empty one may be null
       return;
     case DType::kBF16:
       if (Aligned2(dst)) return kernels::F32ToBf16(src, n, reinterpret_cast<uint16_t*>(dst));

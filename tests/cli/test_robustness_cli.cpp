@@ -473,12 +473,22 @@ TEST(RobustnessCli, FifosAreRefusedWithoutBlocking) {
       RunQtool({"quantize", (dir / "in.safetensors").string(), "-o", (dir / "out").string()}, 20),
       7, "not a regular file");
   ASSERT_EQ(::mkfifo((dir / "ids").c_str(), 0644), 0);
+  MakeModelDir(dir / "m");
+  EXPECT_FAILS(RunQtool({"quantize", (dir / "m").string(), "-o", (dir / "out").string(), "--method",
+                         "gptq", "--calib", (dir / "ids").string()},
+                        20),
+               7, "not a regular file");
   const auto shared = testing::SharedDir();
   if (shared) {
-    EXPECT_FAILS(RunQtool({"eval", (*shared / "models/stories260K/hf").string(), "--tokens",
-                           (dir / "ids").string()},
-                          20),
-                 7, "not a regular file");
+    for (const char* option : {"--tokens", "--text", "--tokenizer"}) {
+      std::vector<std::string> args = {"eval", (*shared / "models/stories260K/hf").string(), option,
+                                       (dir / "ids").string()};
+      if (std::string(option) == "--tokenizer") {
+        testing::WriteFile(dir / "text.txt", "Once upon a time");
+        args.insert(args.end(), {"--text", (dir / "text.txt").string()});
+      }
+      EXPECT_FAILS(RunQtool(args, 20), 7, "not a regular file");
+    }
   }
   EXPECT_FALSE(fs::exists(dir / "out"));
 }
@@ -604,6 +614,23 @@ TEST(RobustnessCli, NonFiniteStoredScalesAreRefused) {
     EXPECT_NE(r.err.find("model.safetensors"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(dir / "d"));
   }
+  // eval decodes through the same check (instead of printing "ppl nan").
+  const auto shared = testing::SharedDir();
+  if (!shared) return;
+  const fs::path q = dir / "q";
+  ASSERT_EQ(RunQtool({"quantize", (*shared / "models/stories260K/hf").string(), "-o", q.string(),
+                      "--force", "-q"})
+                .code,
+            0);
+  const std::string part = "model.layers.0.mlp.down_proj.weight.scales";
+  const uint64_t at = DataOffset(q / "model.safetensors", part);
+  std::string bytes = testing::ReadFile(q / "model.safetensors");
+  bytes.replace(at, 4, FloatBytes({inf}));
+  testing::WriteFile(q / "model.safetensors", bytes);
+  testing::WriteFile(dir / "ids.txt", "1 2 3 4 5 6 7 8\n");
+  const Result r = RunQtool({"eval", q.string(), "--tokens", (dir / "ids.txt").string()});
+  EXPECT_EQ(r.code, 6) << r.err;
+  EXPECT_NE(r.err.find(part), std::string::npos) << r.err;
 }
 
 }  // namespace
