@@ -28,15 +28,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${missing[@]}" >/dev/null
 fi
 
-# libsentencepiece-dev cannot be installed for two architectures at once (installing the arm64
+# libsentencepiece-dev (and the tokenizer's PCRE2 and utf8proc, alike) cannot be installed for two architectures at once (installing the arm64
 # one removes the host's), so its arm64 packages are unpacked into the build directory instead.
 export QTOOL_ARM_DEPS="$build/deps/root"
-if [ ! -f "$build/deps/.unpacked" ]; then
+if [ ! -f "$build/deps/.unpacked-2" ]; then
   mkdir -p "$build/deps/debs" "$QTOOL_ARM_DEPS"
   (cd "$build/deps/debs" &&
-    apt-get download -qq libsentencepiece-dev:arm64 libsentencepiece0:arm64 libprotobuf-lite32:arm64)
+    apt-get download -qq libsentencepiece-dev:arm64 libsentencepiece0:arm64 libprotobuf-lite32:arm64 \
+      libpcre2-dev:arm64 libpcre2-8-0:arm64 libutf8proc-dev:arm64 libutf8proc2:arm64)
   for deb in "$build"/deps/debs/*.deb; do dpkg-deb -x "$deb" "$QTOOL_ARM_DEPS"; done
-  touch "$build/deps/.unpacked"
+  touch "$build/deps/.unpacked-2"
 fi
 
 cmake -S "$root" -B "$build" -G Ninja \
