@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <limits>
@@ -1024,14 +1025,12 @@ class ByteFallbackDecoder : public Decoder {
       nbytes = 0;
     };
     for (const std::string& s : t) {
-      if (s.size() == 6 && s.rfind("<0x", 0) == 0 && s[5] == '>') {
-        char* end = nullptr;
-        const long v = std::strtol(s.substr(3, 2).c_str(), &end, 16);
-        if (end != nullptr && *end == '\0') {
-          bytes += static_cast<char>(v);
-          ++nbytes;
-          continue;
-        }
+      if (s.size() == 6 && s.rfind("<0x", 0) == 0 && s[5] == '>' &&
+          std::isxdigit(static_cast<unsigned char>(s[3])) &&
+          std::isxdigit(static_cast<unsigned char>(s[4]))) {
+        bytes += static_cast<char>(std::stoi(s.substr(3, 2), nullptr, 16));
+        ++nbytes;
+        continue;
       }
       flush();
       out.push_back(s);
@@ -1380,7 +1379,8 @@ void ParsePostProcessor(const json& j, const Ctx& ctx, const std::string& key,
     ctx.Fail(key + ".type", fmt::format("post-processor \"{}\" is not implemented", type));
   }
   const json& single = ctx.At(j, key, "single");
-  const json& specials = j.value("special_tokens", json::object());
+  const json specials = j.value("special_tokens", json::object());
+  if (!specials.is_object()) ctx.Fail(key + ".special_tokens", "must be an object");
   if (!single.is_array()) ctx.Fail(key + ".single", "must be an array");
   bool seen_sequence = false;
   for (size_t i = 0; i < single.size(); ++i) {
@@ -1393,9 +1393,14 @@ void ParsePostProcessor(const json& j, const Ctx& ctx, const std::string& key,
     if (!item.is_object() || !item.contains("SpecialToken")) ctx.Fail(k, "not a template item");
     const std::string name = ctx.Str(item["SpecialToken"], k, "id");
     std::vector<int32_t> ids;
-    if (specials.contains(name) && specials[name].contains("ids")) {
-      for (const json& id : specials[name]["ids"]) {
-        if (!id.is_number_integer()) ctx.Fail(k, "special token ids must be integers");
+    if (specials.contains(name) && specials[name].is_object() && specials[name].contains("ids")) {
+      const json& list = specials[name]["ids"];
+      if (!list.is_array()) ctx.Fail(key + ".special_tokens", "ids must be an array");
+      for (const json& id : list) {
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
+            id.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
+          ctx.Fail(k, "special token ids must be non-negative 32-bit integers");
+        }
         ids.push_back(id.get<int32_t>());
       }
     } else {
