@@ -28,17 +28,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${missing[@]}" >/dev/null
 fi
 
-# libsentencepiece-dev cannot be installed for two architectures at once (installing the arm64
-# one removes the host's), so its arm64 packages are unpacked into the build directory instead;
-# so are RE2's, since pkg-config looks for the arm64 libraries there only.
+# libsentencepiece-dev, RE2, PCRE2 and utf8proc cannot be installed for two architectures at once
+# (installing the arm64 one removes the host's), and pkg-config looks for the arm64 libraries in
+# the build directory only, so their arm64 packages are unpacked there.
 export QTOOL_ARM_DEPS="$build/deps/root"
-if [ ! -f "$build/deps/.unpacked-re2" ]; then
+if [ ! -f "$build/deps/.unpacked-3" ]; then
   mkdir -p "$build/deps/debs" "$QTOOL_ARM_DEPS"
   (cd "$build/deps/debs" &&
     apt-get download -qq libsentencepiece-dev:arm64 libsentencepiece0:arm64 libprotobuf-lite32:arm64 \
-      libre2-dev:arm64 libre2-9:arm64)
+      libre2-dev:arm64 libre2-9:arm64 libpcre2-dev:arm64 libpcre2-8-0:arm64 libutf8proc-dev:arm64 \
+      libutf8proc2:arm64)
   for deb in "$build"/deps/debs/*.deb; do dpkg-deb -x "$deb" "$QTOOL_ARM_DEPS"; done
-  touch "$build/deps/.unpacked-re2"
+  touch "$build/deps/.unpacked-3"
 fi
 
 cmake -S "$root" -B "$build" -G Ninja \

@@ -17,8 +17,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstdlib>
 #include <limits>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <queue>
@@ -605,17 +607,56 @@ std::string ByteToken(unsigned char b) { return fmt::format("<0x{:02X}>", b); }
 
 // BPE as tokenizers' Word::merge_all: the pair of lowest merge rank (then leftmost) is merged
 // first, through a priority queue over a linked list of symbols: O(n log n) per word.
+// Merge rules: (left id, right id) -> (rank, merged id) in an open-addressing table (linear
+// probing, power-of-two size, at most half full), the hot lookup of BPE.
+class MergeTable {
+ public:
+  static uint64_t Key(int32_t a, int32_t b) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+  }
+  void Build(const std::vector<std::pair<uint64_t, std::pair<int32_t, int32_t>>>& entries) {
+    int bits = 4;
+    while ((size_t{1} << bits) < 2 * entries.size() + 2) ++bits;
+    shift_ = 64 - bits;
+    slots_.assign(size_t{1} << bits, Slot{kEmpty, {0, 0}});
+    for (const auto& [key, value] : entries) {
+      size_t i = Index(key);
+      while (slots_[i].key != kEmpty && slots_[i].key != key) i = (i + 1) & (slots_.size() - 1);
+      slots_[i] = {key, value};  // a later duplicate replaces the earlier rule
+    }
+  }
+  /// (rank, merged id), or nullptr.
+  const std::pair<int32_t, int32_t>* Find(int32_t a, int32_t b) const {
+    const uint64_t key = Key(a, b);
+    for (size_t i = Index(key);; i = (i + 1) & (slots_.size() - 1)) {
+      if (slots_[i].key == key) return &slots_[i].value;
+      if (slots_[i].key == kEmpty) return nullptr;
+    }
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t{0};
+  struct Slot {
+    uint64_t key;
+    std::pair<int32_t, int32_t> value;
+  };
+  size_t Index(uint64_t key) const {
+    return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
+  }
+  std::vector<Slot> slots_ = std::vector<Slot>(1, Slot{kEmpty, {0, 0}});
+  int shift_ = 64;
+};
+
 class BpeModel : public Model {
  public:
-  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;  // pair -> (rank, new id)
+  MergeTable merges;
+  // Ids of single characters below U+0800 (the byte-level alphabet among them), -1 where absent;
+  // used when there is no subword prefix or suffix.
+  std::vector<int32_t> char_ids;
   std::optional<int32_t> unk;
   bool fuse_unk = false, byte_fallback = false, ignore_merges = false;
   std::string prefix, suffix;           // continuing_subword_prefix, end_of_word_suffix
   std::array<int32_t, 256> byte_ids{};  // <0xXX> tokens, -1 where absent
-
-  static uint64_t Key(int32_t a, int32_t b) {
-    return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
-  }
 
   void Tokenize(std::string_view w, std::vector<int32_t>& out) const override {
     if (w.empty()) return;
@@ -640,14 +681,24 @@ class BpeModel : public Model {
     std::string s;
     for (size_t i = 0; i < w.size();) {
       const size_t n = std::min(CharLen(static_cast<unsigned char>(w[i])), w.size() - i);
-      s.assign(i > 0 ? prefix : std::string());
-      s.append(w.substr(i, n));
-      if (i + n == w.size()) s += suffix;
+      int32_t id = -1;
+      const auto c0 = static_cast<unsigned char>(w[i]);
+      if (!char_ids.empty() && n <= 2 && (n == 1 || c0 < 0xE0)) {
+        const int32_t cp =
+            n == 1 ? c0 : ((c0 & 0x1F) << 6) | (static_cast<unsigned char>(w[i + 1]) & 0x3F);
+        id = char_ids[static_cast<size_t>(cp)];
+        s.assign(w.substr(i, n));
+      } else {
+        s.assign(i > 0 ? prefix : std::string());
+        s.append(w.substr(i, n));
+        if (i + n == w.size()) s += suffix;
+        const auto it = vocab.find(s);
+        if (it != vocab.end()) id = it->second;
+      }
       i += n;
-      const auto it = vocab.find(s);
-      if (it != vocab.end()) {
+      if (id >= 0) {
         if (pending_unk) add(*std::exchange(pending_unk, std::nullopt));
-        add(it->second);
+        add(id);
         continue;
       }
       if (byte_fallback && std::all_of(s.begin(), s.end(), [&](char c) {
@@ -673,9 +724,9 @@ class BpeModel : public Model {
     auto push = [&](int32_t pos) {
       const int32_t next = sym[static_cast<size_t>(pos)].next;
       if (next < 0) return;
-      const auto it =
-          merges.find(Key(sym[static_cast<size_t>(pos)].id, sym[static_cast<size_t>(next)].id));
-      if (it != merges.end()) queue.push({it->second.first, pos, it->second.second});
+      const auto* m =
+          merges.Find(sym[static_cast<size_t>(pos)].id, sym[static_cast<size_t>(next)].id);
+      if (m != nullptr) queue.push({m->first, pos, m->second});
     };
     for (int32_t i = 0; i + 1 < static_cast<int32_t>(sym.size()); ++i) push(i);
     while (!queue.empty()) {
@@ -684,8 +735,8 @@ class BpeModel : public Model {
       Symbol& left = sym[static_cast<size_t>(top.pos)];
       if (left.id < 0 || left.next < 0) continue;
       Symbol& right = sym[static_cast<size_t>(left.next)];
-      const auto it = merges.find(Key(left.id, right.id));
-      if (it == merges.end() || it->second.second != top.new_id) continue;  // stale entry
+      const auto* m = merges.Find(left.id, right.id);
+      if (m == nullptr || m->second != top.new_id) continue;  // stale entry
       left.id = top.new_id;
       right.id = -1;  // removed
       left.next = right.next;
@@ -813,6 +864,8 @@ std::unique_ptr<Model> ParseBpe(const json& j, const Ctx& ctx, const std::string
     }
     return it->second;
   };
+  std::vector<std::pair<uint64_t, std::pair<int32_t, int32_t>>> entries;
+  entries.reserve(merges.size());
   for (size_t r = 0; r < merges.size(); ++r) {
     const json& e = merges[r];
     std::string a, b;
@@ -831,7 +884,15 @@ std::unique_ptr<Model> ParseBpe(const json& j, const Ctx& ctx, const std::string
     }
     const size_t cut = !m->prefix.empty() && b.rfind(m->prefix, 0) == 0 ? m->prefix.size() : 0;
     const int32_t ia = id_of(a, r), ib = id_of(b, r), merged = id_of(a + b.substr(cut), r);
-    m->merges[BpeModel::Key(ia, ib)] = {static_cast<int32_t>(r), merged};
+    entries.emplace_back(MergeTable::Key(ia, ib), std::make_pair(static_cast<int32_t>(r), merged));
+  }
+  m->merges.Build(entries);
+  if (m->prefix.empty() && m->suffix.empty()) {
+    m->char_ids.assign(0x800, -1);
+    for (int32_t cp = 0; cp < 0x800; ++cp) {
+      const auto it = m->vocab.find(EncodeUtf8(cp));
+      if (it != m->vocab.end()) m->char_ids[static_cast<size_t>(cp)] = it->second;
+    }
   }
   return m;
 }
@@ -964,14 +1025,12 @@ class ByteFallbackDecoder : public Decoder {
       nbytes = 0;
     };
     for (const std::string& s : t) {
-      if (s.size() == 6 && s.rfind("<0x", 0) == 0 && s[5] == '>') {
-        char* end = nullptr;
-        const long v = std::strtol(s.substr(3, 2).c_str(), &end, 16);
-        if (end != nullptr && *end == '\0') {
-          bytes += static_cast<char>(v);
-          ++nbytes;
-          continue;
-        }
+      if (s.size() == 6 && s.rfind("<0x", 0) == 0 && s[5] == '>' &&
+          std::isxdigit(static_cast<unsigned char>(s[3])) &&
+          std::isxdigit(static_cast<unsigned char>(s[4]))) {
+        bytes += static_cast<char>(std::stoi(s.substr(3, 2), nullptr, 16));
+        ++nbytes;
+        continue;
       }
       flush();
       out.push_back(s);
@@ -1081,7 +1140,7 @@ class AddedMatcher {
   }
 
   // Splits `text` into (text, -1) and (token content, id) parts.
-  std::vector<std::pair<std::string, int32_t>> Split(const std::string& text) const {
+  std::vector<std::pair<std::string, int32_t>> Split(std::string text) const {
     std::vector<std::pair<std::string, int32_t>> out;
     size_t last = 0;
     for (size_t i = 0; i < text.size();) {
@@ -1111,7 +1170,11 @@ class AddedMatcher {
       last = e;
       i = e;
     }
-    if (last < text.size()) out.emplace_back(text.substr(last), -1);
+    if (last == 0 && !text.empty()) {
+      out.emplace_back(std::move(text), -1);  // no added token: the text as it is
+    } else if (last < text.size()) {
+      out.emplace_back(text.substr(last), -1);
+    }
     return out;
   }
 
@@ -1134,6 +1197,18 @@ class AddedMatcher {
 
 // ---------------------------------------------------------------------------------------------
 
+// Words already tokenised (a text has few distinct words): word -> span of `ids`. Looked up by
+// string_view without a copy.
+struct WordCache {
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
+  };
+  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, Hash, std::equal_to<>> spans;
+  std::vector<int32_t> ids;
+  std::string mapped;  // scratch: a word in the byte-level alphabet
+};
+
 class JsonTokenizer : public Backend {
  public:
   std::unique_ptr<Normalizer> normalizer;
@@ -1146,12 +1221,45 @@ class JsonTokenizer : public Backend {
   std::unordered_map<std::string, int32_t> added_by_content;
   int64_t size = 0;
 
+  // Byte-level pre-tokenisation without a general pipeline: the pre-tokenizer is ByteLevel with
+  // its regex, or a Split (Isolated) followed by ByteLevel without one. Words are then cut from
+  // the text in place and cached by their raw bytes (the byte-to-character map is a bijection).
+  const Regex* byte_level_split = nullptr;
+  bool byte_level_prefix_space = false;
+
+  void FindByteLevelFastPath() {
+    if (const auto* b = dynamic_cast<const ByteLevelPreTokenizer*>(pre_tokenizer.get());
+        b != nullptr && b->regex) {
+      byte_level_split = b->regex.get();
+      byte_level_prefix_space = b->add_prefix_space;
+    }
+    if (const auto* seq = dynamic_cast<const SequencePreTokenizer*>(pre_tokenizer.get());
+        seq != nullptr && seq->parts.size() == 2) {
+      const auto* split = dynamic_cast<const SplitPreTokenizer*>(seq->parts[0].get());
+      const auto* b = dynamic_cast<const ByteLevelPreTokenizer*>(seq->parts[1].get());
+      if (split != nullptr && split->behavior == Behavior::kIsolated && b != nullptr && !b->regex &&
+          !b->add_prefix_space) {
+        byte_level_split = split->regex.get();
+      }
+    }
+  }
+
+  // Words seen by earlier calls, kept across calls (cleared when it grows past kMaxCachedWords);
+  // one Encode at a time uses it.
+  static constexpr size_t kMaxCachedWords = size_t{1} << 18;
+  mutable std::mutex cache_mutex;
+  mutable WordCache word_cache;
+
   std::vector<int32_t> Encode(std::string_view text) const override {
     QTOOL_CHECK(ValidUtf8(text), FormatError, "text is not valid UTF-8");
     std::vector<int32_t> ids;
-    // Words seen in this call: pre-tokens repeat (a text has few distinct words).
-    std::unordered_map<std::string, std::pair<size_t, size_t>> cache;
-    std::vector<int32_t> cached;
+    ids.reserve(text.size() / 3);  // English runs at about 4.5 bytes per token
+    const std::lock_guard<std::mutex> lock(cache_mutex);
+    WordCache& cache = word_cache;
+    if (cache.spans.size() > kMaxCachedWords) {
+      cache.spans.clear();
+      cache.ids.clear();
+    }
     bool first = true;
     for (auto& [part, id] : raw_added.Split(std::string(text))) {
       if (id >= 0) {
@@ -1161,32 +1269,30 @@ class JsonTokenizer : public Backend {
       }
       std::string s = std::move(part);
       if (normalizer) normalizer->Apply(s);
-      for (auto& [sub, sub_id] : normalized_added.Split(s)) {
+      for (auto& [sub, sub_id] : normalized_added.Split(std::move(s))) {
         if (sub_id >= 0) {
           ids.push_back(sub_id);
+          first = false;
+          continue;
+        }
+        if (byte_level_split != nullptr) {
+          if (byte_level_prefix_space && !sub.empty() && sub[0] != ' ') sub.insert(0, " ");
+          // Isolated: the matches and the text between them are words.
+          const std::string_view v = sub;
+          size_t last = 0;
+          byte_level_split->ForEachMatch(v, [&](size_t b, size_t e) {
+            if (b > last) EncodeWord(v.substr(last, b - last), true, cache, ids);
+            EncodeWord(v.substr(b, e - b), true, cache, ids);
+            last = e;
+          });
+          if (last < v.size()) EncodeWord(v.substr(last), true, cache, ids);
           first = false;
           continue;
         }
         Pieces pieces = {{std::move(sub), first}};
         first = false;
         if (pre_tokenizer) pre_tokenizer->Apply(pieces);
-        for (const Piece& p : pieces) {
-          if (p.text.empty()) continue;
-          if (p.text.size() > 64) {
-            model->Tokenize(p.text, ids);
-            continue;
-          }
-          const auto it = cache.find(p.text);
-          if (it != cache.end()) {
-            ids.insert(ids.end(), cached.begin() + static_cast<ptrdiff_t>(it->second.first),
-                       cached.begin() + static_cast<ptrdiff_t>(it->second.second));
-            continue;
-          }
-          const size_t b = cached.size();
-          model->Tokenize(p.text, cached);
-          cache.emplace(p.text, std::make_pair(b, cached.size()));
-          ids.insert(ids.end(), cached.begin() + static_cast<ptrdiff_t>(b), cached.end());
-        }
+        for (const Piece& p : pieces) EncodeWord(p.text, false, cache, ids);
       }
     }
     return ids;
@@ -1219,6 +1325,35 @@ class JsonTokenizer : public Backend {
 
   int64_t vocab_size() const override { return size; }
 
+  // Appends the ids of one pre-tokenized word; `raw` words are mapped to the byte-level alphabet
+  // first. Words longer than 64 bytes are not cached.
+  void EncodeWord(std::string_view word, bool raw, WordCache& cache,
+                  std::vector<int32_t>& ids) const {
+    if (word.empty()) return;
+    const auto it = word.size() <= 64 ? cache.spans.find(word) : cache.spans.end();
+    if (it != cache.spans.end()) {
+      ids.insert(ids.end(), cache.ids.begin() + it->second.first,
+                 cache.ids.begin() + it->second.second);
+      return;
+    }
+    std::string_view w = word;
+    if (raw) {
+      const auto& map = ByteChars();
+      cache.mapped.clear();
+      for (const char c : word) cache.mapped += map[static_cast<unsigned char>(c)];
+      w = cache.mapped;
+    }
+    if (word.size() > 64) {
+      model->Tokenize(w, ids);
+      return;
+    }
+    const auto b = static_cast<uint32_t>(cache.ids.size());
+    model->Tokenize(w, cache.ids);
+    cache.spans.emplace(std::string(word),
+                        std::make_pair(b, static_cast<uint32_t>(cache.ids.size())));
+    ids.insert(ids.end(), cache.ids.begin() + b, cache.ids.end());
+  }
+
   int32_t TokenId(std::string_view token) const override {
     const std::string t(token);
     if (const auto it = added_by_content.find(t); it != added_by_content.end()) return it->second;
@@ -1244,7 +1379,8 @@ void ParsePostProcessor(const json& j, const Ctx& ctx, const std::string& key,
     ctx.Fail(key + ".type", fmt::format("post-processor \"{}\" is not implemented", type));
   }
   const json& single = ctx.At(j, key, "single");
-  const json& specials = j.value("special_tokens", json::object());
+  const json specials = j.value("special_tokens", json::object());
+  if (!specials.is_object()) ctx.Fail(key + ".special_tokens", "must be an object");
   if (!single.is_array()) ctx.Fail(key + ".single", "must be an array");
   bool seen_sequence = false;
   for (size_t i = 0; i < single.size(); ++i) {
@@ -1257,9 +1393,14 @@ void ParsePostProcessor(const json& j, const Ctx& ctx, const std::string& key,
     if (!item.is_object() || !item.contains("SpecialToken")) ctx.Fail(k, "not a template item");
     const std::string name = ctx.Str(item["SpecialToken"], k, "id");
     std::vector<int32_t> ids;
-    if (specials.contains(name) && specials[name].contains("ids")) {
-      for (const json& id : specials[name]["ids"]) {
-        if (!id.is_number_integer()) ctx.Fail(k, "special token ids must be integers");
+    if (specials.contains(name) && specials[name].is_object() && specials[name].contains("ids")) {
+      const json& list = specials[name]["ids"];
+      if (!list.is_array()) ctx.Fail(key + ".special_tokens", "ids must be an array");
+      for (const json& id : list) {
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
+            id.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
+          ctx.Fail(k, "special token ids must be non-negative 32-bit integers");
+        }
         ids.push_back(id.get<int32_t>());
       }
     } else {
@@ -1333,6 +1474,7 @@ std::unique_ptr<Backend> LoadJson(const std::filesystem::path& path) {
     }
   }
   tok->size = max_id + 1;
+  tok->FindByteLevelFastPath();
   if (present("decoder")) tok->decoder = ParseDecoder(j["decoder"], ctx, "decoder");
   if (present("post_processor")) {
     ParsePostProcessor(j["post_processor"], ctx, "post_processor", *tok, *tok);

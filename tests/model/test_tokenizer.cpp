@@ -147,6 +147,8 @@ TEST(TokenizerJson, MetaspaceBpeWithByteFallback) {
   const Ids ids = t.Encode("hi \xC3\xA9");
   EXPECT_EQ(ids, (Ids{5, 1, 6 + 0xC3, 6 + 0xA9}));
   EXPECT_EQ(t.Decode(ids), "hi \xC3\xA9");
+  // A byte token that is not valid UTF-8 on its own decodes to U+FFFD.
+  EXPECT_EQ(t.Decode({6 + 0xC3}), "\xEF\xBF\xBD");
 }
 
 // Unigram: the segmentation of highest total score wins, not the longest first piece.

@@ -46,8 +46,10 @@ void RegisterEval(CLI::App& app) {
   auto* tokens = cmd->add_option("--tokens", a->tokens,
                                  "Token-id file instead of text (one id per line, or int32)");
   text->excludes(tokens);
-  cmd->add_option("--tokenizer", a->tokenizer,
-                  "SentencePiece model (default MODEL/tokenizer.model)");
+  cmd->add_option(
+      "--tokenizer", a->tokenizer,
+      "Tokenizer file: tokenizer.model or tokenizer.json (default: MODEL/tokenizer.model, else "
+      "MODEL/tokenizer.json)");
   cmd->add_option("--ctx", a->ctx, "Window length including BOS (default: the model's context)");
   cmd->add_option("--ref", a->ref, "Base model: also report KL divergence, top-1 agreement, dPPL");
   cmd->add_option("--batch-tokens", a->batch_tokens, "Tokens run together per pass")

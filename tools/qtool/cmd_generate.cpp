@@ -26,8 +26,10 @@ void RegisterGenerate(CLI::App& app) {
   cmd->add_option("model", a->model, "Model directory (plain or quantised by qtool)")->required();
   cmd->add_option("-p,--prompt", a->prompt, "Prompt text (empty: start from BOS alone)");
   cmd->add_option("-n", a->n, "Tokens to generate")->capture_default_str();
-  cmd->add_option("--tokenizer", a->tokenizer,
-                  "SentencePiece model (default MODEL/tokenizer.model)");
+  cmd->add_option(
+      "--tokenizer", a->tokenizer,
+      "Tokenizer file: tokenizer.model or tokenizer.json (default: MODEL/tokenizer.model, else "
+      "MODEL/tokenizer.json)");
   cmd->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
   cmd->add_option("--json", a->json, "Also write the result as JSON to this file (- for stdout)");
   cmd->callback([a]() {
