@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -1200,9 +1201,17 @@ inline void Dequantize(Type type, const void* src, float* y, int64_t n) {
       std::memcpy(y, src, static_cast<size_t>(n) * 4);
       return;
     case Type::kF16:
-      return F16ToF32(static_cast<const uint16_t*>(src), y, static_cast<size_t>(n));
-    case Type::kBF16:
-      return Bf16ToF32(static_cast<const uint16_t*>(src), y, static_cast<size_t>(n));
+    case Type::kBF16: {
+      // Element by element through memcpy: a GGUF file's alignment may be 1, so `src` need not
+      // be 2-byte aligned.
+      const auto* bytes = static_cast<const std::byte*>(src);
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, bytes + 2 * i, 2);
+        y[i] = type == Type::kF16 ? F16ToF32(h) : Bf16ToF32(h);
+      }
+      return;
+    }
     case Type::kQ4_0:
       return DequantizeQ4_0(static_cast<const BlockQ4_0*>(src), y, n);
     case Type::kQ4_1:
