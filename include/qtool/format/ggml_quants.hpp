@@ -32,6 +32,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
@@ -1196,6 +1197,16 @@ inline void QuantizeMXFP4(const float* x, BlockMXFP4* b, int64_t n) {
 /// Decodes `n` values of `type` (a multiple of its block size) from `src` into `y`.
 inline void Dequantize(Type type, const void* src, float* y, int64_t n) {
   QTOOL_DASSERT(n % Traits(type).block_size == 0);
+  // The block structs hold fp16 and fp32 fields, but a GGUF file's alignment may be 1: blocks at
+  // an address that is not 4-byte aligned are decoded from an aligned copy.
+  if (type != Type::kF32 && type != Type::kF16 && type != Type::kBF16 &&
+      reinterpret_cast<std::uintptr_t>(src) % alignof(float) != 0) {
+    const size_t bytes = static_cast<size_t>(n / Traits(type).block_size) *
+                         static_cast<size_t>(Traits(type).type_size);
+    std::vector<float> aligned((bytes + sizeof(float) - 1) / sizeof(float));
+    std::memcpy(aligned.data(), src, bytes);
+    return Dequantize(type, aligned.data(), y, n);
+  }
   switch (type) {
     case Type::kF32:
       std::memcpy(y, src, static_cast<size_t>(n) * 4);
