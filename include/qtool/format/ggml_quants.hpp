@@ -1197,6 +1197,7 @@ inline void QuantizeMXFP4(const float* x, BlockMXFP4* b, int64_t n) {
 /// Decodes `n` values of `type` (a multiple of its block size) from `src` into `y`.
 inline void Dequantize(Type type, const void* src, float* y, int64_t n) {
   QTOOL_DASSERT(n % Traits(type).block_size == 0);
+  if (n == 0) return;  // an empty tensor: `y` may be null
   // The block structs hold fp16 and fp32 fields, but a GGUF file's alignment may be 1: blocks at
   // an address that is not 4-byte aligned are decoded from an aligned copy.
   if (type != Type::kF32 && type != Type::kF16 && type != Type::kBF16 &&
