@@ -699,6 +699,12 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
     const std::vector<std::string>& layers = groups[f.group];
     Eigen::VectorXf mean = stats[f.group]->MeanAbs().cast<float>();
     const bool v_to_o = f.prev == "self_attn.v_proj";
+    if (v_to_o && ctx.ck.Find(BlockTensorName(b, f.prev) + ".bias") != nullptr) {
+      // Folding 1/s into v's rows would need its bias scaled too (Qwen2); this fold is left out.
+      input_scale[f.group] = Eigen::VectorXf::Ones(o_in);
+      ctx.Report({b, layers.front(), 0, Since(t0), "no scaling: v_proj has a bias"});
+      continue;
+    }
     Eigen::VectorXf mean_prev = mean;  // per output channel of the preceding op
     if (v_to_o) {
       mean_prev = Eigen::VectorXf::Zero(kv_dim);
