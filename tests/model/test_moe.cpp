@@ -385,6 +385,44 @@ TEST(Moe, AwqCalibratesAnExpertNoTokenReachesOnAllTokens) {
   EXPECT_LT((b - a).norm(), (r - a).norm());
 }
 
+TEST(Moe, AwqLeavesOutTheValueFoldWhenValuesHaveABias) {
+  // Qwen2-MoE (qkv_bias): scaling v_proj's rows by 1/s would need its bias scaled too.
+  testing::ScratchDir tmp;
+  std::mt19937 rng(8);
+  Tensors t = Trunk(rng);
+  for (const char* p : {"q_proj", "k_proj", "v_proj"}) {
+    const int64_t n = std::string(p) == "q_proj" ? kHidden : 16;
+    t.Add(std::string("model.layers.0.self_attn.") + p + ".bias", {n}, Random(rng, n, 0.5f));
+  }
+  t.Add("model.layers.0.mlp.gate_proj.weight", {kFfn, kHidden}, Random(rng, kFfn * kHidden, 0.2f));
+  t.Add("model.layers.0.mlp.up_proj.weight", {kFfn, kHidden}, Random(rng, kFfn * kHidden, 0.2f));
+  t.Add("model.layers.0.mlp.down_proj.weight", {kHidden, kFfn}, Random(rng, kHidden * kFfn, 0.2f));
+  const fs::path model = t.Write(tmp / "qwen2", BaseConfig("Qwen2ForCausalLM", "qwen2"));
+  {
+    std::ofstream f(tmp / "calib.tokens");
+    for (const int32_t id : Sequence(1000, 12)) f << id << "\n";
+  }
+  solvers::CalibratedOptions c;
+  c.method = solvers::Method::kAwq;
+  c.calib_text = tmp / "calib.tokens";
+  c.calib.num_samples = 8;
+  c.calib.seq_len = 32;
+  std::vector<solvers::LayerReport> layers;
+  QuantizeOptions q8;
+  q8.codec["bits"] = 8;
+  q8.codec["group_size"] = 16;
+  solvers::QuantizeCalibrated(model, tmp / "awq", q8, c,
+                              [&](const solvers::LayerReport& l) { layers.push_back(l); });
+  bool skipped = false;
+  for (const auto& l : layers) {
+    if (l.name == "self_attn.o_proj") skipped = l.detail == "no scaling: v_proj has a bias";
+  }
+  EXPECT_TRUE(skipped);
+  // At 8 bits AWQ's model is the original up to rounding.
+  const auto tokens = Sequence(24, 13);
+  EXPECT_LT(MaxRel(Model(tmp / "awq").Logits(tokens), Model(model).Logits(tokens)), 0.02);
+}
+
 TEST(Moe, SmoothQuantRefusesMoeBlocks) {
   Starved s;
   std::vector<solvers::ExpertReport> experts;
