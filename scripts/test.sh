@@ -84,6 +84,9 @@ if has interop; then
   else
     echo "SKIPPED: $shared/models/smollm2-135m is absent (set QTOOL_SHARED_DIR)"
   fi
+  step "Mixtral, Qwen2-MoE and Qwen3-MoE: logits against transformers, GPTQ/AWQ per-expert reports"
+  rm -rf build/interop/moe && mkdir -p build/interop/moe
+  HF_HUB_OFFLINE=1 "$py" tests/interop/check_moe.py build/qtool build/interop/moe
   step "qtool's GGUF files against llama.cpp's gguf package"
   "$py" tests/interop/check_gguf.py build/qtool examples/models/stories260K build/interop
 fi

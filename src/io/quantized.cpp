@@ -95,12 +95,14 @@ struct Rules {
     include.emplace_back(kDefaultInclude, "the default include rule");
   }
   // 0: keep, 1: quantise, 2: named by an --include rule but not a 2-D float matrix.
+  NamePattern default_exclude{kDefaultExclude, "the default exclude rule"};
   int Decide(const TensorSpec& t) const {
     if (AnyMatch(exclude, t.name) || !AnyMatch(include, t.name)) return 0;
-    const bool matrix = t.shape.size() == 2 && IsFloatWeightType(t.dtype);
-    if (matrix) return 1;
     const bool by_user =
         explicit_include && AnyMatch(std::span(include).first(include.size() - 1), t.name);
+    if (!by_user && default_exclude.Search(t.name)) return 0;
+    const bool matrix = t.shape.size() == 2 && IsFloatWeightType(t.dtype);
+    if (matrix) return 1;
     return by_user ? 2 : 0;
   }
 };

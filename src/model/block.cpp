@@ -7,6 +7,7 @@
 #include <tuple>
 #include <vector>
 
+#include "moe.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/io/quantized.hpp"
@@ -32,6 +33,10 @@ uint64_t Linear::bytes() const {
 }
 
 const Linear* BlockWeights::Find(const std::string& name) const {
+  if (moe) {
+    if (const Linear* l = moe->Find(name)) return l;
+    if (name.starts_with("mlp.")) return nullptr;  // no dense feed-forward in a MoE block
+  }
   const std::pair<const char*, const Linear*> table[] = {
       {"self_attn.q_proj", &q}, {"self_attn.k_proj", &k}, {"self_attn.v_proj", &v},
       {"self_attn.o_proj", &o}, {"mlp.gate_proj", &gate}, {"mlp.up_proj", &up},
@@ -47,12 +52,15 @@ Linear* BlockWeights::Find(const std::string& name) {
 }
 
 uint64_t BlockWeights::bytes() const {
-  uint64_t total = static_cast<uint64_t>(input_norm.size() + post_attention_norm.size()) * 4;
-  for (const std::string& n : BlockLinearNames()) total += Find(n)->bytes();
-  return total;
+  uint64_t total = static_cast<uint64_t>(input_norm.size() + post_attention_norm.size() +
+                                         q_norm.size() + k_norm.size()) *
+                   4;
+  for (const Linear* l : {&q, &k, &v, &o, &gate, &up, &down}) total += l->bytes();
+  return total + (moe ? moe->bytes() : 0);
 }
 
 void BlockWeights::Apply(const WeightOverrides& overrides) {
+  if (moe && !overrides.empty()) moe = std::make_shared<MoeWeights>(*moe);  // this copy's own
   for (const auto& [name, m] : overrides) {
     if (Linear* l = Find(name)) {
       QTOOL_CHECK(m.rows() == l->out() && m.cols() == l->in(), ShapeError,
@@ -84,6 +92,8 @@ Eigen::VectorXf ToVector(const std::vector<float>& v) {
   return Eigen::Map<const Eigen::VectorXf>(v.data(), static_cast<Eigen::Index>(v.size()));
 }
 
+}  // namespace
+
 Linear LoadLinear(const Checkpoint& ck, const std::string& prefix, int64_t out, int64_t in,
                   bool w8a8, int threads) {
   Linear l;
@@ -97,8 +107,6 @@ Linear LoadLinear(const Checkpoint& ck, const std::string& prefix, int64_t out, 
   return l;
 }
 
-}  // namespace
-
 BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, int threads) {
   const int64_t h = cfg.hidden_size, f = cfg.intermediate_size;
   const int64_t q = cfg.num_heads * cfg.head_dim, kv = cfg.num_kv_heads * cfg.head_dim;
@@ -108,7 +116,14 @@ BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, 
   b.input_norm = ToVector(ReadShaped(ck, name("input_layernorm.weight"), {h}, threads));
   b.post_attention_norm =
       ToVector(ReadShaped(ck, name("post_attention_layernorm.weight"), {h}, threads));
-  // The seven layers are decoded and packed in parallel, largest first.
+  if (cfg.qk_norm) {
+    b.q_norm = ToVector(ReadShaped(ck, name("self_attn.q_norm.weight"), {cfg.head_dim}, threads));
+    b.k_norm = ToVector(ReadShaped(ck, name("self_attn.k_norm.weight"), {cfg.head_dim}, threads));
+  }
+  const bool moe = cfg.IsMoeLayer(i);
+  if (moe) b.moe = std::make_shared<MoeWeights>(LoadMoe(ck, cfg, i, w8a8, threads));
+  // The seven layers are decoded and packed in parallel, largest first (a MoE block has no
+  // dense mlp ones).
   const std::tuple<Linear*, const char*, int64_t, int64_t> layers[] = {
       {&b.gate, "mlp.gate_proj", f, h}, {&b.up, "mlp.up_proj", f, h},
       {&b.down, "mlp.down_proj", h, f}, {&b.q, "self_attn.q_proj", q, h},
@@ -117,6 +132,7 @@ BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, 
   ParallelFor(std::size(layers), 1, threads, [&](int64_t l0, int64_t l1, int) {
     for (int64_t l = l0; l < l1; ++l) {
       const auto& [layer, short_name, out, in] = layers[l];
+      if (moe && std::string_view(short_name).starts_with("mlp.")) continue;
       *layer = LoadLinear(ck, name(short_name), out, in, w8a8, 1);
     }
   });
@@ -170,6 +186,18 @@ void RmsNorm(const RowMatrixXf& x, const Eigen::VectorXf& w, double eps, RowMatr
 }
 
 namespace {
+
+// RMSNorm of each head's d values of x [tokens, heads * d], in place (Qwen3's q/k norms).
+void HeadRmsNorm(RowMatrixXf& x, int64_t heads, int64_t d, const Eigen::VectorXf& w, double eps) {
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    for (int64_t hd = 0; hd < heads; ++hd) {
+      auto v = x.row(r).segment(hd * d, d);
+      const float var = static_cast<float>(v.cast<double>().squaredNorm() / static_cast<double>(d));
+      const float scale = 1.0f / std::sqrt(var + static_cast<float>(eps));
+      v = (v * scale).cwiseProduct(w.transpose());
+    }
+  }
+}
 
 // Rotate-half rotary embedding of every head of x [tokens, heads * d], in place.
 // Each sequence's first token is at position `past`.
@@ -250,7 +278,7 @@ void RunBlock(const BlockWeights& w, const LlamaConfig& cfg, const RopeTable& ro
               const std::vector<int64_t>& lengths, RowMatrixXf& x, int threads,
               const LinearInputFn& observe, KvCache* kv, const std::string& stop_after) {
   // Shows a layer's input; true when the block can stop there.
-  auto see = [&](const char* name, const RowMatrixXf& in) {
+  auto see = [&](const std::string& name, const RowMatrixXf& in) {
     if (observe) observe(name, in);
     return stop_after == name;
   };
@@ -262,6 +290,10 @@ void RunBlock(const BlockWeights& w, const LlamaConfig& cfg, const RopeTable& ro
   w.q.Apply(h, q, threads);
   w.k.Apply(h, k, threads);
   w.v.Apply(h, v, threads);
+  if (w.q_norm.size() != 0) {
+    HeadRmsNorm(q, cfg.num_heads, cfg.head_dim, w.q_norm, cfg.rms_norm_eps);
+    HeadRmsNorm(k, cfg.num_kv_heads, cfg.head_dim, w.k_norm, cfg.rms_norm_eps);
+  }
   if (kv == nullptr) {
     ApplyRope(q, cfg.num_heads, cfg.head_dim, rope, lengths, 0);
     ApplyRope(k, cfg.num_kv_heads, cfg.head_dim, rope, lengths, 0);
@@ -282,6 +314,10 @@ void RunBlock(const BlockWeights& w, const LlamaConfig& cfg, const RopeTable& ro
   w.o.Apply(attn, y, threads);
   x += y;
   RmsNorm(x, w.post_attention_norm, cfg.rms_norm_eps, h);
+  if (w.moe) {
+    if (RunMoe(*w.moe, cfg, h, y, threads, see)) x += y;
+    return;
+  }
   if (see("mlp.gate_proj", h) || see("mlp.up_proj", h)) return;
   w.gate.Apply(h, q, threads);
   w.up.Apply(h, k, threads);

@@ -4,6 +4,7 @@
 #include <Eigen/Core>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -27,10 +28,16 @@ struct Linear {
   uint64_t bytes() const;
 };
 
+struct MoeWeights;  // moe.hpp
+
 /// One decoder block, decoded to float.
 struct BlockWeights {
   Eigen::VectorXf input_norm, post_attention_norm;
+  Eigen::VectorXf q_norm, k_norm;  // per-head query/key RMSNorm weights [head_dim]; empty: none
   Linear q, k, v, o, gate, up, down;
+  // A mixture-of-experts feed-forward in place of gate/up/down (which are then empty). Shared
+  // between copies of the block until Apply() changes one of its layers.
+  std::shared_ptr<MoeWeights> moe;
 
   /// The Linear named by its short name ("self_attn.q_proj", ...); nullptr when unknown.
   const Linear* Find(const std::string& name) const;
@@ -39,6 +46,11 @@ struct BlockWeights {
   /// Replaces the tensors named in `overrides` (checked against their shapes).
   void Apply(const WeightOverrides& overrides);
 };
+
+/// Reads the Linear `prefix`.weight (and `prefix`.bias where the checkpoint has it), checking its
+/// shape [out, in]; `w8a8` as for LoadBlock.
+Linear LoadLinear(const Checkpoint& ck, const std::string& prefix, int64_t out, int64_t in,
+                  bool w8a8, int threads);
 
 /// Reads block `i` through ReadTensorF32 (quantised or not). In a W8A8 checkpoint
 /// (QuantizesActivations) its quantised Linear layers quantise their inputs.

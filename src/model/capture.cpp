@@ -7,6 +7,7 @@
 
 #include "gemm.hpp"
 #include "model_impl.hpp"
+#include "moe.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 
@@ -17,6 +18,32 @@ const std::vector<std::string>& BlockLinearNames() {
       "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
       "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
   return names;
+}
+
+std::vector<std::string> BlockLinearNames(const LlamaConfig& cfg, int64_t block) {
+  if (!cfg.IsMoeLayer(block)) return BlockLinearNames();
+  std::vector<std::string> names(BlockLinearNames().begin(), BlockLinearNames().begin() + 4);
+  for (std::string& n : runtime::MoeLinearNames(cfg)) names.push_back(std::move(n));
+  return names;
+}
+
+MoeLayerNames MoeNames(const LlamaConfig& cfg) {
+  using runtime::ExpertPart;
+  MoeLayerNames n;
+  n.router = runtime::RouterName(cfg);
+  for (int64_t e = 0; e < cfg.moe.num_experts; ++e) {
+    n.experts.push_back({runtime::ExpertLinearName(cfg, e, ExpertPart::kGate),
+                         runtime::ExpertLinearName(cfg, e, ExpertPart::kUp),
+                         runtime::ExpertLinearName(cfg, e, ExpertPart::kDown)});
+  }
+  n.has_shared = cfg.moe.shared_intermediate_size > 0;
+  if (n.has_shared) {
+    n.shared = {runtime::SharedExpertLinearName(ExpertPart::kGate),
+                runtime::SharedExpertLinearName(ExpertPart::kUp),
+                runtime::SharedExpertLinearName(ExpertPart::kDown)};
+    n.shared_gate = runtime::kSharedExpertGateName;
+  }
+  return n;
 }
 
 std::string BlockTensorName(int64_t block, const std::string& name) {
@@ -131,8 +158,18 @@ RowMatrixXf CalibrationRunner::Weight(const std::string& name) const {
   return w;
 }
 
+std::vector<std::string> CalibrationRunner::LinearNames() const {
+  return BlockLinearNames(model_.config(), block_);
+}
+
 int64_t CalibrationRunner::in_features(const std::string& linear) const {
   const LlamaConfig& c = model_.config();
+  if (c.IsMoeLayer(block_) && !linear.starts_with("self_attn.")) {
+    const int64_t in = runtime::MoeLinearShape(c, linear).second;
+    QTOOL_CHECK(in > 0, OptionError, "\"{}\" is not a Linear layer of MoE block {}", linear,
+                block_);
+    return in;
+  }
   if (linear == "self_attn.o_proj") return c.num_heads * c.head_dim;
   if (linear == "mlp.down_proj") return c.intermediate_size;
   QTOOL_CHECK(std::count(BlockLinearNames().begin(), BlockLinearNames().end(), linear) == 1,
@@ -142,6 +179,12 @@ int64_t CalibrationRunner::in_features(const std::string& linear) const {
 
 int64_t CalibrationRunner::out_features(const std::string& linear) const {
   const LlamaConfig& c = model_.config();
+  if (c.IsMoeLayer(block_) && !linear.starts_with("self_attn.")) {
+    const int64_t out = runtime::MoeLinearShape(c, linear).first;
+    QTOOL_CHECK(out > 0, OptionError, "\"{}\" is not a Linear layer of MoE block {}", linear,
+                block_);
+    return out;
+  }
   if (linear == "self_attn.q_proj") return c.num_heads * c.head_dim;
   if (linear == "self_attn.k_proj" || linear == "self_attn.v_proj") {
     return c.num_kv_heads * c.head_dim;
@@ -163,7 +206,7 @@ void CalibrationRunner::Capture(const ConsumerMap& consumers,
                                 const WeightOverrides& overrides) const {
   if (consumers.empty()) return;
   std::string last;
-  for (const std::string& name : BlockLinearNames()) {
+  for (const std::string& name : LinearNames()) {
     if (consumers.count(name)) last = name;
   }
   // Forward() refuses unknown names (with `last` empty, every name is one).
@@ -181,7 +224,8 @@ void CalibrationRunner::Forward(const ConsumerMap& consumers, const WeightOverri
     auto changed = std::make_shared<runtime::BlockWeights>(*block);
     changed->Apply(overrides);
     if (int8_inputs) {
-      for (const std::string& name : BlockLinearNames()) changed->Find(name)->int8_inputs = true;
+      if (changed->moe) changed->moe = std::make_shared<runtime::MoeWeights>(*changed->moe);
+      for (const std::string& name : LinearNames()) changed->Find(name)->int8_inputs = true;
     }
     block = std::move(changed);
   }

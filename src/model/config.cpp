@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "moe.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/model/model.hpp"
 
@@ -27,10 +28,13 @@ namespace {
 using nlohmann::json;
 
 // Architectures whose config.json and tensor names this runtime implements.
-constexpr std::array<std::pair<const char*, const char*>, 3> kArchitectures = {{
+constexpr std::array<std::pair<const char*, const char*>, 6> kArchitectures = {{
     {"LlamaForCausalLM", "llama"},
     {"MistralForCausalLM", "mistral"},
     {"Qwen2ForCausalLM", "qwen2"},
+    {"MixtralForCausalLM", "mixtral"},
+    {"Qwen2MoeForCausalLM", "qwen2_moe"},
+    {"Qwen3MoeForCausalLM", "qwen3_moe"},
 }};
 
 // Keys that do not change the forward pass: identifiers, dtypes and transformers bookkeeping,
@@ -299,7 +303,7 @@ std::vector<Attention> LayerTypes(const json& j, const std::string& model_type, 
   const json* window = Find(j, "sliding_window");
   bool sliding = window != nullptr;
   int64_t first_sliding = 0;
-  if (model_type == "qwen2") {
+  if (model_type == "qwen2" || model_type == "qwen2_moe" || model_type == "qwen3_moe") {
     const json* use = Find(j, "use_sliding_window");
     sliding = sliding && use != nullptr && ToBool(*use, "use_sliding_window");
     if (const json* m = Find(j, "max_window_layers")) {
@@ -331,12 +335,14 @@ LlamaConfig LlamaConfig::FromJson(const json& j) {
   }
   QTOOL_CHECK(known, OptionError,
               "architecture \"{}\" (model_type \"{}\") is not supported; the runtime runs "
-              "LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM",
+              "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM, "
+              "Qwen2MoeForCausalLM and Qwen3MoeForCausalLM",
               c.architecture, c.model_type);
   const bool has_sliding = c.model_type != "llama";
   for (const auto& [k, v] : j.items()) {
     const bool accounted = kHarmlessKeys.count(k) != 0 || kImplementedKeys.count(k) != 0 ||
-                           (has_sliding && kSlidingKeys.count(k) != 0);
+                           (has_sliding && kSlidingKeys.count(k) != 0) ||
+                           runtime::MoeConfigKeys(c.model_type).count(k) != 0;
     QTOOL_CHECK(accounted || IsNeutral(k, v), OptionError,
                 "config.json: \"{}\" = {} is not implemented by the {} runtime", k, v.dump(),
                 c.model_type);
@@ -463,6 +469,8 @@ LlamaConfig LlamaConfig::FromJson(const json& j) {
           static_cast<int32_t>(ToInt(*v, "eos_token_id", 0, std::numeric_limits<int32_t>::max()));
     }
   }
+  c.moe = runtime::ParseMoeConfig(j, c.model_type, c.intermediate_size);
+  c.qk_norm = c.model_type == "qwen3_moe";
   QTOOL_CHECK(c.num_heads % c.num_kv_heads == 0, FormatError,
               "config.json: num_attention_heads {} is not a multiple of num_key_value_heads {}",
               c.num_heads, c.num_kv_heads);
@@ -473,10 +481,20 @@ LlamaConfig LlamaConfig::FromJson(const json& j) {
 double LlamaConfig::FlopsPerToken(int64_t pos) const {
   const double h = static_cast<double>(hidden_size), d = static_cast<double>(head_dim);
   const double q = static_cast<double>(num_heads) * d, kv = static_cast<double>(num_kv_heads) * d;
-  const double linear = h * (q + 2 * kv) + q * h + 3 * h * static_cast<double>(intermediate_size);
   const double attention = 2 * static_cast<double>(num_heads) * d * static_cast<double>(pos + 1);
-  return 2 * (static_cast<double>(num_layers) * (linear + attention) +
-              h * static_cast<double>(vocab_size));
+  double layers = 0;
+  for (int64_t i = 0; i < num_layers; ++i) {
+    // A MoE layer: the router, top_k experts and the shared expert with its gate.
+    const double mlp =
+        IsMoeLayer(i) ? h * static_cast<double>(moe.num_experts) +
+                            3 * h * static_cast<double>(moe.expert_intermediate_size * moe.top_k) +
+                            (moe.shared_intermediate_size > 0
+                                 ? 3 * h * static_cast<double>(moe.shared_intermediate_size) + h
+                                 : 0.0)
+                      : 3 * h * static_cast<double>(intermediate_size);
+    layers += h * (q + 2 * kv) + q * h + mlp + attention;
+  }
+  return 2 * (layers + h * static_cast<double>(vocab_size));
 }
 
 }  // namespace qtool

@@ -263,15 +263,171 @@ struct Context {
   int threads;
   QuantSpec spec;
   bool Selected(const std::string& name) const {
-    const auto& ts = ck.tensors();
-    return std::any_of(ts.begin(), ts.end(), [&](const CheckpointTensor& t) {
-      return t.info->name == name && SelectedForQuantization(*t.info, options);
-    });
+    const CheckpointTensor* t = ck.Find(name);
+    return t != nullptr && SelectedForQuantization(*t->info, options);
   }
   void Report(LayerReport r) const {
     if (on_layer) on_layer(r);
   }
 };
+
+// Mixture-of-experts blocks. GPTQ holds the Hessians of this many bytes of experts at once (at
+// least one expert's).
+constexpr int64_t kMoeHessianBytes = int64_t{1} << 30;
+
+// Counts the rows a layer is shown.
+class RowCounter final : public ActivationConsumer {
+ public:
+  void Consume(const Eigen::Ref<const RowMatrixXf>& x) override { rows_ += x.rows(); }
+  int64_t rows() const { return rows_; }
+
+ private:
+  int64_t rows_ = 0;
+};
+
+// Shows `next` an expert's intermediate activations silu(x Wg^T) * (x Wu^T) of the rows x it is
+// given: what the expert's down projection would see if every row were routed to it (the
+// fallback of an expert with too few tokens; x is the router's input).
+class ExpertIntermediate final : public ActivationConsumer {
+ public:
+  ExpertIntermediate(RowMatrixXf gate, RowMatrixXf up, std::vector<ActivationConsumer*> next)
+      : gate_(std::move(gate)), up_(std::move(up)), next_(std::move(next)) {}
+  void Consume(const Eigen::Ref<const RowMatrixXf>& x) override {
+    const RowMatrixXf g = x * gate_.transpose(), u = x * up_.transpose();
+    const RowMatrixXf a = (g.array() / (1.0f + (-g.array()).exp()) * u.array()).matrix();
+    for (ActivationConsumer* c : next_) c->Consume(a);
+  }
+
+ private:
+  RowMatrixXf gate_, up_;
+  std::vector<ActivationConsumer*> next_;
+};
+
+// Tokens routed to each expert of the current MoE block, and which experts take the fallback.
+struct MoeRouting {
+  std::vector<int64_t> tokens;
+  std::vector<bool> fallback;
+  int64_t all = 0;  // tokens of the block
+  std::string Detail(size_t e, int64_t min_tokens) const {
+    return fallback[e] ? fmt::format("expert {}: {} tokens < {}, fallback: all {} tokens", e,
+                                     tokens[e], min_tokens, all)
+                       : fmt::format("expert {}: {} tokens", e, tokens[e]);
+  }
+};
+
+// Runs the block to its experts (with `overrides`) to count each expert's tokens; reports them.
+MoeRouting RouteExperts(const Context& ctx, const CalibrationRunner& run,
+                        const MoeLayerNames& names, const WeightOverrides& overrides) {
+  std::vector<RowCounter> counters(names.experts.size());
+  ConsumerMap consumers;
+  for (size_t e = 0; e < names.experts.size(); ++e) consumers[names.experts[e][0]] = {&counters[e]};
+  run.Capture(consumers, overrides);
+  MoeRouting r;
+  r.all = run.num_samples() * run.seq_len();
+  for (size_t e = 0; e < counters.size(); ++e) {
+    r.tokens.push_back(counters[e].rows());
+    r.fallback.push_back(counters[e].rows() < ctx.method.moe_min_tokens);
+    if (ctx.method.on_expert) {
+      ctx.method.on_expert({run.block(), static_cast<int64_t>(e), r.tokens.back(),
+                            r.fallback.back(), r.fallback.back() ? r.all : 0});
+    }
+  }
+  return r;
+}
+
+// GPTQ on the feed-forward of a MoE block, after its attention: the router and the shared
+// expert's gate/up/gate (all reading every token), then the experts in batches (gate/up from
+// their tokens' inputs; down from the intermediate activations of the quantised gate/up), then
+// the shared expert's down. Each step's inputs come from the block with the earlier steps
+// quantised.
+void GptqMoe(const Context& ctx, CalibrationRunner& run, const IntGrid& grid,
+             const GptqOptions& opt, WeightOverrides* overrides, BlockSolution& sol) {
+  const int64_t b = run.block();
+  const MoeLayerNames names = MoeNames(ctx.cfg);
+  auto selected = [&](const std::vector<std::string>& group) {
+    return std::any_of(group.begin(), group.end(),
+                       [&](const std::string& n) { return ctx.Selected(WeightName(b, n)); });
+  };
+  // Quantises the selected layers of `group` with the Hessian of their shared input.
+  auto solve = [&](const std::vector<std::string>& group, const HessianConsumer& h,
+                   const std::string& detail) {
+    std::optional<GptqHessian> hessian;
+    for (const std::string& name : group) {
+      const std::string full = WeightName(b, name);
+      if (!ctx.Selected(full)) continue;
+      const auto t0 = std::chrono::steady_clock::now();
+      if (!hessian) hessian = PrepareGptq(h.Hessian(), opt);
+      GptqResult r = Gptq(run.Weight(name), *hessian, grid, opt);
+      std::string d = detail;
+      if (r.stats.damp_retries)
+        d += fmt::format("{}damp {:g}", d.empty() ? "" : ", ", r.stats.damp);
+      ctx.Report({b, name, r.stats.loss, Since(t0), d});
+      (*overrides)[name] = r.q.dequant;
+      sol.exact.emplace(full, std::move(r.q));
+    }
+  };
+  auto current = [&](const std::string& name) {
+    const auto it = overrides->find(name);
+    return it != overrides->end() ? it->second : run.Weight(name);
+  };
+  const int64_t hidden = ctx.cfg.hidden_size, f = ctx.cfg.moe.expert_intermediate_size;
+  std::vector<std::string> dense_in = {names.router};
+  if (names.has_shared) {
+    dense_in.insert(dense_in.end(), {names.shared[0], names.shared[1], names.shared_gate});
+  }
+  if (selected(dense_in)) {
+    HessianConsumer h(hidden, ctx.threads);
+    run.Capture({{names.router, {&h}}}, *overrides);
+    solve(dense_in, h, "");
+  }
+  const MoeRouting routing = RouteExperts(ctx, run, names, *overrides);
+  const int64_t width = std::max(hidden, f);
+  const auto n = static_cast<int64_t>(names.experts.size());
+  const int64_t batch = std::max<int64_t>(1, kMoeHessianBytes / (width * width * 8));
+  for (int64_t e0 = 0; e0 < n; e0 += batch) {
+    const int64_t e1 = std::min(n, e0 + batch);
+    std::vector<std::unique_ptr<HessianConsumer>> hs;
+    ConsumerMap consumers;
+    for (int64_t e = e0; e < e1; ++e) {
+      const auto i = static_cast<size_t>(e);
+      hs.push_back(std::make_unique<HessianConsumer>(hidden, ctx.threads));
+      consumers[routing.fallback[i] ? names.router : names.experts[i][0]].push_back(
+          hs.back().get());
+    }
+    run.Capture(consumers, *overrides);
+    for (int64_t e = e0; e < e1; ++e) {
+      const auto i = static_cast<size_t>(e);
+      solve({names.experts[i][0], names.experts[i][1]}, *hs[i - static_cast<size_t>(e0)],
+            routing.Detail(i, ctx.method.moe_min_tokens));
+    }
+    hs.clear();
+    consumers.clear();
+    std::vector<std::unique_ptr<ExpertIntermediate>> fallbacks;
+    for (int64_t e = e0; e < e1; ++e) {
+      const auto i = static_cast<size_t>(e);
+      hs.push_back(std::make_unique<HessianConsumer>(f, ctx.threads));
+      if (routing.fallback[i]) {
+        fallbacks.push_back(std::make_unique<ExpertIntermediate>(
+            current(names.experts[i][0]), current(names.experts[i][1]),
+            std::vector<ActivationConsumer*>{hs.back().get()}));
+        consumers[names.router].push_back(fallbacks.back().get());
+      } else {
+        consumers[names.experts[i][2]].push_back(hs.back().get());
+      }
+    }
+    run.Capture(consumers, *overrides);
+    for (int64_t e = e0; e < e1; ++e) {
+      const auto i = static_cast<size_t>(e);
+      solve({names.experts[i][2]}, *hs[i - static_cast<size_t>(e0)],
+            routing.Detail(i, ctx.method.moe_min_tokens));
+    }
+  }
+  if (names.has_shared && selected({names.shared[2]})) {
+    HessianConsumer h(ctx.cfg.moe.shared_intermediate_size, ctx.threads);
+    run.Capture({{names.shared[2], {&h}}}, *overrides);
+    solve({names.shared[2]}, h, "");
+  }
+}
 
 BlockSolution GptqBlock(const Context& ctx, CalibrationRunner& run, WeightOverrides* overrides) {
   const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric);
@@ -280,7 +436,12 @@ BlockSolution GptqBlock(const Context& ctx, CalibrationRunner& run, WeightOverri
   opt.threads = ctx.threads;
   const int64_t b = run.block();
   BlockSolution sol;
+  const bool moe = ctx.cfg.IsMoeLayer(b);
   for (const auto& group : InputGroups()) {
+    if (moe && group[0].starts_with("mlp.")) {
+      GptqMoe(ctx, run, grid, opt, overrides, sol);
+      break;
+    }
     HessianConsumer h(run.in_features(group[0]), ctx.threads);
     run.Capture({{group[0], {&h}}}, *overrides);
     std::optional<GptqHessian> hessian;  // factored once for the layers sharing the input
@@ -306,7 +467,7 @@ BlockSolution HqqBlock(const Context& ctx, int64_t b) {
   opt.threads = ctx.threads;
   opt.integer_zero = true;
   BlockSolution sol;
-  for (const std::string& name : BlockLinearNames()) {
+  for (const std::string& name : BlockLinearNames(ctx.cfg, b)) {
     const std::string full = WeightName(b, name);
     if (!ctx.Selected(full)) continue;
     const auto t0 = std::chrono::steady_clock::now();
@@ -351,6 +512,8 @@ class RowSampler final : public ActivationConsumer {
 // it: every Linear's input quantised per token, every weight rounded as the codec rounds it.
 BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
   const int64_t b = run.block();
+  QTOOL_CHECK(!ctx.cfg.IsMoeLayer(b), OptionError,
+              "SmoothQuant is not implemented for mixture-of-experts blocks (block {})", b);
   const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
   const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
   const std::vector<std::pair<std::string, std::vector<std::string>>> folds = {
@@ -438,20 +601,83 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   // The codec rounds AWQ's output, so the search rounds as the codec does.
   const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
   const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
-  const auto& groups = InputGroups();
   const int64_t total_rows = run.num_samples() * run.seq_len();
+  struct Fold {
+    std::string prev;
+    size_t group;
+    bool local = false;  // scored by the group's own output error, not the block's
+  };
+  std::vector<std::vector<std::string>> groups = InputGroups();
+  std::vector<Fold> folds = {{"input_layernorm", 0},
+                             {"self_attn.v_proj", 1},
+                             {"post_attention_layernorm", 2},
+                             {"mlp.up_proj", 3}};
+  const bool moe = ctx.cfg.IsMoeLayer(b);
+  MoeLayerNames names;
+  MoeRouting routing;
+  if (moe) {
+    // The post-attention norm feeds the router, every expert and the shared expert; each
+    // expert's (and the shared expert's) up -> down pair is scaled on its own tokens.
+    names = MoeNames(ctx.cfg);
+    routing = RouteExperts(ctx, run, names, {});
+    groups.resize(2);
+    folds.resize(2);
+    std::vector<std::string> in = {names.router};
+    for (const auto& e : names.experts) in.insert(in.end(), {e[0], e[1]});
+    if (names.has_shared)
+      in.insert(in.end(), {names.shared[0], names.shared[1], names.shared_gate});
+    groups.push_back(in);
+    folds.push_back({"post_attention_layernorm", 2});
+    for (const auto& e : names.experts) {
+      groups.push_back({e[2]});
+      folds.push_back({e[1], groups.size() - 1, true});
+    }
+    if (names.has_shared) {
+      groups.push_back({names.shared[2]});
+      folds.push_back({names.shared[1], groups.size() - 1, true});
+    }
+  }
+  // Per group: statistics and a sample of its input rows. Per expert gate/up (MoE): a sample of
+  // the expert's own input rows for the clipping search.
   std::vector<std::unique_ptr<ChannelStats>> stats;
   std::vector<std::unique_ptr<RowSampler>> samples;
+  std::vector<std::unique_ptr<ExpertIntermediate>> fallbacks;
+  std::map<std::string, RowSampler*> clip_rows;
   ConsumerMap consumers;
-  for (const auto& group : groups) {
-    stats.push_back(std::make_unique<ChannelStats>(run.in_features(group[0])));
-    samples.push_back(std::make_unique<RowSampler>(total_rows, ctx.method.awq_clip_tokens));
-    consumers[group[0]] = {stats.back().get(), samples.back().get()};
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const std::string& first = groups[gi][0];
+    stats.push_back(std::make_unique<ChannelStats>(run.in_features(first)));
+    // An expert's down projection sees its tokens, or with the fallback every token.
+    int64_t rows = total_rows;
+    size_t expert = names.experts.size();
+    for (size_t e = 0; e < names.experts.size(); ++e) {
+      if (first == names.experts[e][2]) expert = e;
+    }
+    const bool fallback = expert < names.experts.size() && routing.fallback[expert];
+    if (expert < names.experts.size() && !fallback) rows = routing.tokens[expert];
+    samples.push_back(std::make_unique<RowSampler>(rows, ctx.method.awq_clip_tokens));
+    if (fallback) {
+      fallbacks.push_back(std::make_unique<ExpertIntermediate>(
+          run.Weight(names.experts[expert][0]), run.Weight(names.experts[expert][1]),
+          std::vector<ActivationConsumer*>{stats.back().get(), samples.back().get()}));
+      consumers[names.router].push_back(fallbacks.back().get());
+    } else {
+      consumers[first].insert(consumers[first].end(), {stats.back().get(), samples.back().get()});
+    }
+    for (const std::string& l : groups[gi]) clip_rows[l] = samples.back().get();
+  }
+  std::vector<std::unique_ptr<RowSampler>> expert_samples;
+  for (size_t e = 0; e < names.experts.size(); ++e) {
+    if (routing.fallback[e]) continue;  // the router's sample: every token
+    expert_samples.push_back(
+        std::make_unique<RowSampler>(routing.tokens[e], ctx.method.awq_clip_tokens));
+    consumers[names.experts[e][0]].push_back(expert_samples.back().get());
+    clip_rows[names.experts[e][0]] = clip_rows[names.experts[e][1]] = expert_samples.back().get();
   }
   const RowMatrixXf ref = run.Run(consumers);
   WeightOverrides cur;  // every weight of the block, in the current (rescaled) basis
   std::map<std::string, Rescaling> rescaled;
-  for (const std::string& n : BlockLinearNames()) {
+  for (const std::string& n : run.LinearNames()) {
     cur[n] = run.Weight(n);
     rescaled[n] = {Eigen::VectorXf::Ones(cur[n].rows()), Eigen::VectorXf::Ones(cur[n].cols())};
   }
@@ -466,21 +692,19 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
     kv_of[static_cast<size_t>(j)] = (j / cfg.head_dim / rep) * cfg.head_dim + j % cfg.head_dim;
   }
   const int64_t kv_dim = run.out_features("self_attn.v_proj");
-
-  struct Fold {
-    std::string prev;
-    size_t group;
-  };
-  const std::vector<Fold> folds = {{"input_layernorm", 0},
-                                   {"self_attn.v_proj", 1},
-                                   {"post_attention_layernorm", 2},
-                                   {"mlp.up_proj", 3}};
+  auto selected = [&](const std::string& l) { return ctx.Selected(WeightName(b, l)); };
   std::vector<Eigen::VectorXf> input_scale(groups.size());
   for (const Fold& f : folds) {
     const auto t0 = std::chrono::steady_clock::now();
     const std::vector<std::string>& layers = groups[f.group];
     Eigen::VectorXf mean = stats[f.group]->MeanAbs().cast<float>();
     const bool v_to_o = f.prev == "self_attn.v_proj";
+    if (v_to_o && ctx.ck.Find(BlockTensorName(b, f.prev) + ".bias") != nullptr) {
+      // Folding 1/s into v's rows would need its bias scaled too (Qwen2); this fold is left out.
+      input_scale[f.group] = Eigen::VectorXf::Ones(o_in);
+      ctx.Report({b, layers.front(), 0, Since(t0), "no scaling: v_proj has a bias"});
+      continue;
+    }
     Eigen::VectorXf mean_prev = mean;  // per output channel of the preceding op
     if (v_to_o) {
       mean_prev = Eigen::VectorXf::Zero(kv_dim);
@@ -500,10 +724,20 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
       const Eigen::RowVectorXf s = expand(s_prev).transpose();
       WeightOverrides trial = cur;
       for (const std::string& l : layers) {
+        if (!selected(l)) continue;  // kept in full precision: the scaling is exact
         const RowMatrixXf scaled = cur[l].array().rowwise() * s.array();
         trial[l] = QuantizeRtn(scaled, grid, g).dequant.array().rowwise() / s.array();
       }
-      const double err = (run.Run({}, trial) - ref).squaredNorm() / static_cast<double>(ref.size());
+      double err = 0;
+      if (f.local) {
+        const RowMatrixXf x = samples[f.group]->Rows();
+        for (const std::string& l : layers) {
+          err += (x * (cur[l] - trial[l]).transpose()).squaredNorm() /
+                 static_cast<double>(std::max<Eigen::Index>(1, x.rows() * cur[l].rows()));
+        }
+      } else {
+        err = (run.Run({}, trial) - ref).squaredNorm() / static_cast<double>(ref.size());
+      }
       if (err < best) {
         best = err;
         best_alpha = alpha;
@@ -522,13 +756,19 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
       rescaled[f.prev].rows.array() /= best_s.array();
     }
     input_scale[f.group] = s.transpose();
-    ctx.Report({b, layers.front(), best, Since(t0), fmt::format("alpha {:.2f}", best_alpha)});
+    std::string detail = fmt::format("alpha {:.2f}", best_alpha);
+    for (size_t e = 0; e < names.experts.size(); ++e) {
+      if (layers.front() == names.experts[e][2]) {
+        detail += ", " + routing.Detail(e, ctx.method.moe_min_tokens);
+      }
+    }
+    ctx.Report({b, layers.front(), best, Since(t0), detail});
   }
   for (size_t gi = 0; gi < groups.size(); ++gi) {
-    const RowMatrixXf x =
-        samples[gi]->Rows().array().rowwise() / input_scale[gi].transpose().array();
     for (const std::string& l : groups[gi]) {
-      if (l == "self_attn.q_proj" || l == "self_attn.k_proj") continue;
+      if (l == "self_attn.q_proj" || l == "self_attn.k_proj" || !selected(l)) continue;
+      const RowMatrixXf x =
+          clip_rows[l]->Rows().array().rowwise() / input_scale[gi].transpose().array();
       cur[l] = AwqClip(cur[l], x, grid, g, ctx.method.awq_clip_grid, ctx.method.awq_max_shrink);
     }
   }
@@ -592,6 +832,9 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
               MethodName(method.method));
   QTOOL_CHECK(method.method != Method::kHqq || !spec.symmetric, OptionError,
               "HQQ optimises zero-points: use an asymmetric format (--asym)");
+  QTOOL_CHECK(method.moe_min_tokens >= 1, OptionError,
+              "the minimum of calibration tokens per expert must be at least 1, got {}",
+              method.moe_min_tokens);
   CheckpointWriter::CheckOutputPath(out, options.overwrite);
   ModelOptions mopts;
   mopts.threads = options.threads;

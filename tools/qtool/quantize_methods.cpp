@@ -24,6 +24,7 @@ struct MethodArgs {
   uint64_t seed = 0;
   bool act_order = false, static_groups = false, mse = false;
   double damp = 0.01;
+  int64_t moe_min_tokens = solvers::kDefaultMoeMinTokens;
 };
 
 std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd) {
@@ -50,6 +51,10 @@ std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd) {
                   "SmoothQuant: migration strength in [0, 1], or auto (per norm, the one, or no "
                   "smoothing, with the smallest output error of the block run as W8A8)")
       ->capture_default_str();
+  cmd->add_option("--moe-min-tokens", m->moe_min_tokens,
+                  "Mixture-of-experts models (gptq, awq): an expert the router sends fewer "
+                  "calibration tokens is calibrated on all the block's tokens as if routed to it")
+      ->capture_default_str();
   return m;
 }
 
@@ -75,6 +80,9 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
   QTOOL_CHECK(tokens && *tokens <= (int64_t{1} << 26), OptionError,
               "--nsamples {} x --seqlen {} is more than {} calibration tokens", m.nsamples, seqlen,
               int64_t{1} << 26);
+  QTOOL_CHECK(m.moe_min_tokens >= 1, OptionError, "--moe-min-tokens must be at least 1, got {}",
+              m.moe_min_tokens);
+  c.moe_min_tokens = m.moe_min_tokens;
   c.alpha_search = m.alpha == "auto";
   if (!c.alpha_search) {
     size_t used = 0;
@@ -115,6 +123,23 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
     progress.Done();
     fmt::print(stderr, "{} block {:>3} {:<26} loss {:>11.4e} {:>7.2f} s {}\n", m.method, l.block,
                l.name, l.loss, l.seconds, l.detail);
+  };
+  c.on_expert = [&](const solvers::ExpertReport& e) {
+    if (!result.solver.contains("experts")) result.solver["experts"] = nlohmann::json::array();
+    nlohmann::json entry = {
+        {"block", e.block}, {"expert", e.expert}, {"tokens", e.tokens}, {"fallback", e.fallback}};
+    if (e.fallback) {
+      entry["fallback_method"] = "all block tokens";
+      entry["fallback_tokens"] = e.fallback_tokens;
+    }
+    result.solver["experts"].push_back(std::move(entry));
+    if (quiet) return;
+    progress.Done();
+    fmt::print(stderr, "{} block {:>3} expert {:>3}: {:>8} tokens{}\n", m.method, e.block, e.expert,
+               e.tokens,
+               e.fallback ? fmt::format(" < {}: fallback, calibrated on all {} tokens of the block",
+                                        m.moe_min_tokens, e.fallback_tokens)
+                          : std::string());
   };
   c.on_calibration_data = [&](const CalibrationData& d,
                               const std::vector<std::vector<int32_t>>& windows) {

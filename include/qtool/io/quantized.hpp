@@ -25,6 +25,11 @@ inline constexpr int kQtoolFormatVersion = 1;
 /// them (exclusion wins). Rules are RE2 regular expressions (core/name_pattern.hpp) searched in the
 /// tensor name.
 inline constexpr const char* kDefaultInclude = R"(\.layers\.\d+\..*\.weight$)";
+/// Mixture-of-experts routers and Qwen2-MoE's shared-expert gate: tiny layers whose rounding would
+/// move the routing (and that the Python quantisers keep in full precision). They are kept unless
+/// an `include` rule names them.
+inline constexpr const char* kDefaultExclude =
+    R"(\.layers\.\d+\.(mlp\.gate|block_sparse_moe\.gate|mlp\.shared_expert_gate)\.weight$)";
 
 struct QuantizeOptions {
   nlohmann::json codec = {{"codec", "int"},

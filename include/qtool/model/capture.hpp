@@ -32,6 +32,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <array>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -46,6 +47,22 @@ inline constexpr int64_t kCaptureChunkTokens = 4096;
 
 /// Short names of the Linear layers of a decoder block, in execution order.
 const std::vector<std::string>& BlockLinearNames();
+/// The same for block `block` of a model with `cfg`: in a mixture-of-experts block, the attention's
+/// four, then the router, each expert's gate, up and down projections, and the shared expert's
+/// ("mlp.gate", "mlp.experts.0.gate_proj", ..., "mlp.shared_expert_gate"; Mixtral's are
+/// "block_sparse_moe.gate", "block_sparse_moe.experts.0.w1", ...). An expert's layers are shown the
+/// rows of the tokens the router sends to it (possibly none), in token order.
+std::vector<std::string> BlockLinearNames(const LlamaConfig& cfg, int64_t block);
+
+/// Block-relative names of the layers of a mixture-of-experts block of a model with `cfg`.
+struct MoeLayerNames {
+  std::string router;                               // "mlp.gate", "block_sparse_moe.gate"
+  std::vector<std::array<std::string, 3>> experts;  // gate, up, down of each expert
+  bool has_shared = false;                          // Qwen2-MoE's shared expert:
+  std::array<std::string, 3> shared;                //   its gate, up, down
+  std::string shared_gate;                          //   and its sigmoid gate
+};
+MoeLayerNames MoeNames(const LlamaConfig& cfg);
 
 /// "model.layers.{block}.{name}": the checkpoint name of a block tensor without ".weight"/".bias".
 std::string BlockTensorName(int64_t block, const std::string& name);
@@ -132,6 +149,8 @@ class CalibrationRunner {
   RowMatrixXf Weight(const std::string& name) const;
   int64_t in_features(const std::string& linear) const;
   int64_t out_features(const std::string& linear) const;
+  /// BlockLinearNames of the current block.
+  std::vector<std::string> LinearNames() const;
 
   /// Runs the current block on inputs() with `overrides` applied, shows each Linear's inputs to
   /// its consumers, and returns the block's outputs (same shape as inputs()). Call it as often as

@@ -1,4 +1,5 @@
-// The model runtime: a Llama-family decoder (Llama, Llama 3, Mistral, Qwen2) in float32, used to
+// The model runtime: a Llama-family decoder (Llama, Llama 3, Mistral, Qwen2, and the
+// mixture-of-experts Mixtral, Qwen2-MoE and Qwen3-MoE) in float32, used to
 // evaluate checkpoints and to produce calibration activations. Weights are read through
 // ReadTensorF32, so a checkpoint quantised by qtool runs with its weights decoded on load.
 //
@@ -36,6 +37,22 @@ struct RopeScaling {
   bool operator==(const RopeScaling&) const = default;
 };
 
+/// The mixture-of-experts feed-forward of Mixtral, Qwen2-MoE and Qwen3-MoE (src/model/moe.hpp):
+/// a router picks `top_k` of `num_experts` SwiGLU experts per token, weighted by their softmax
+/// probabilities (renormalised over the chosen ones when `norm_topk_prob`); Qwen2-MoE adds a
+/// shared expert that every token passes through, scaled by sigmoid(shared_expert_gate x).
+struct MoeConfig {
+  int64_t num_experts = 0;  // 0: a dense model
+  int64_t top_k = 0;
+  int64_t expert_intermediate_size = 0;
+  bool norm_topk_prob = false;
+  int64_t shared_intermediate_size = 0;  // 0: no shared expert
+  // Qwen: layer i is sparse unless listed in mlp_only_layers, when (i + 1) % step == 0.
+  int64_t decoder_sparse_step = 1;
+  std::vector<int64_t> mlp_only_layers;
+  bool operator==(const MoeConfig&) const = default;
+};
+
 /// The shape of a Llama-family decoder, as config.json describes it.
 struct LlamaConfig {
   std::string architecture;  // e.g. "LlamaForCausalLM"
@@ -55,7 +72,11 @@ struct LlamaConfig {
   bool tie_word_embeddings = false;
   int32_t bos_token_id = 1;
   int32_t eos_token_id = 2;
+  bool qk_norm = false;  // RMSNorm of each query and key head before RoPE (Qwen3-MoE)
+  MoeConfig moe;
 
+  /// True when decoder layer `layer` has a mixture-of-experts feed-forward.
+  bool IsMoeLayer(int64_t layer) const;
   /// Parses config.json. Throws FormatError for a missing or inconsistent field and OptionError
   /// naming the architecture when it is not one the runtime implements.
   static LlamaConfig FromJson(const nlohmann::json& j);

@@ -9,6 +9,15 @@
 //
 // Memory: the calibration activations, one block's weights and its solver state (a Hessian of
 // in_features^2 floats per group), and the checkpoint's memory map; the output is streamed.
+//
+// Mixture-of-experts blocks (Mixtral, Qwen2-MoE, Qwen3-MoE): each expert is calibrated on the
+// tokens the router sends it (its own Hessians and activation statistics), an expert with fewer
+// than moe_min_tokens on all the block's tokens (reported through on_expert). GPTQ holds the
+// Hessians of a batch of experts at once, at most kMoeHessianBytes (or one). AWQ scales the shared
+// post-attention norm over the router, every expert and the shared expert (the router and the
+// shared expert's gate keep their full-precision values, rescaled exactly), and each expert's
+// up -> down pair by that expert's output error on its own tokens. SmoothQuant refuses MoE blocks.
+// The routers stay unquantised unless --include names them (quantized.hpp's default exclusion).
 #pragma once
 
 #include <cstdint>
@@ -34,6 +43,22 @@ inline constexpr int kSmoothAlphaGrid = 20;
 /// True for the methods that need calibration text.
 inline bool NeedsCalibration(Method m) { return m != Method::kHqq; }
 
+/// Calibration of one expert of a mixture-of-experts block: the calibration tokens its router sent
+/// it and, when that is fewer than CalibratedOptions::moe_min_tokens, the fallback used instead:
+/// its layers were calibrated on all `fallback_tokens` tokens of the block as if each had been
+/// routed to it.
+struct ExpertReport {
+  int64_t block = 0;
+  int64_t expert = 0;
+  int64_t tokens = 0;
+  bool fallback = false;
+  int64_t fallback_tokens = 0;
+};
+using ExpertFn = std::function<void(const ExpertReport&)>;
+
+/// Default of CalibratedOptions::moe_min_tokens.
+inline constexpr int64_t kDefaultMoeMinTokens = 128;
+
 struct CalibratedOptions {
   Method method = Method::kGptq;
   /// GPTQ's options; group_size and threads are taken from the codec record and QuantizeOptions.
@@ -50,6 +75,13 @@ struct CalibratedOptions {
   int64_t awq_clip_tokens = 512;     // calibration rows the clipping search uses
   CalibrationOptions calib;          // seq_len 0: the smaller of 512 and the model's context
   std::filesystem::path calib_text;  // read by ReadCalibrationData (model/tokenizer.hpp)
+  /// Mixture-of-experts blocks: an expert routed fewer calibration tokens than this is calibrated
+  /// on all the block's tokens as if routed to it (GPTQ's Hessians, AWQ's statistics), never left
+  /// to plain rounding. GPTQ's Hessian of an expert's input is full rank only from about as many
+  /// tokens as the input has features; 128 keeps the fallback for experts that are truly starved.
+  int64_t moe_min_tokens = kDefaultMoeMinTokens;
+  /// Called for every expert of each MoE block, in order, before the block is solved.
+  ExpertFn on_expert;
   /// Called once with the calibration data read and the windows drawn from it.
   std::function<void(const CalibrationData&, const std::vector<std::vector<int32_t>>&)>
       on_calibration_data;
