@@ -8,6 +8,7 @@
 
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
+#include "qtool/core/parallel.hpp"
 #include "qtool/io/export_layouts.hpp"
 #include "qtool/io/import.hpp"
 #include "qtool/quant/pack.hpp"
@@ -490,7 +491,24 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
   if (options.format == ExportFormat::kQtool)
     wo = QuantizedWriterOptions(qtool_options, codec_record, tensors);
   CheckpointWriter writer(out, specs, wo);
-  size_t next_source = 0, next_spec = 0, done = 0;
+  // Weights are packed in parallel, a window of them at a time (each by one thread: packing is
+  // a pass over memory), and written in file order; memory holds one window's tensors.
+  const int threads = ResolveThreads(0);
+  const size_t window = static_cast<size_t>(2 * threads);
+  std::vector<std::vector<ExportTensor>> packed(sources.size());
+  std::vector<double> rounding(sources.size(), 0.0);
+  const auto pack = [&](size_t i) {
+    Source& s = sources[i];
+    std::vector<std::vector<std::byte>> owned;
+    if (imported) {
+      owned = imported->Stored(s.name);
+      s.parts.clear();
+      for (const auto& p : owned) s.parts.push_back(p.data());
+    }
+    packed[i] = target.Pack(s, &rounding[i]);
+    s.parts.clear();
+  };
+  size_t next_source = 0, next_spec = 0, done = 0, packed_until = 0;
   for (const CheckpointTensor* copy : copies) {
     std::string name;
     if (copy) {
@@ -503,14 +521,15 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
       ++next_spec;
       name = copy->info->name;
     } else {
-      Source& s = sources[next_source++];
-      std::vector<std::vector<std::byte>> owned;
-      if (imported) {
-        owned = imported->Stored(s.name);
-        s.parts.clear();
-        for (const auto& p : owned) s.parts.push_back(p.data());
+      const size_t i = next_source++;
+      if (i == packed_until) {
+        packed_until = std::min(sources.size(), i + window);
+        ParallelFor(static_cast<int64_t>(packed_until - i), 1, threads,
+                    [&](int64_t b, int64_t e, int) {
+                      for (int64_t k = b; k < e; ++k) pack(i + static_cast<size_t>(k));
+                    });
       }
-      for (const ExportTensor& t : target.Pack(s, &report.max_scale_rounding)) {
+      for (const ExportTensor& t : packed[i]) {
         const TensorSpec& planned = specs[next_spec++];
         QTOOL_CHECK(t.spec.name == planned.name && t.spec.dtype == planned.dtype &&
                         t.spec.shape == planned.shape && t.data.size() == planned.nbytes(),
@@ -519,9 +538,10 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
         writer.Write(t.data);
         report.bytes_out += t.data.size();
       }
-      s.parts.clear();
+      packed[i].clear();
+      report.max_scale_rounding = std::max(report.max_scale_rounding, rounding[i]);
       ++report.weights_converted;
-      name = s.name;
+      name = sources[i].name;
     }
     if (progress) progress(++done, copies.size(), name);
   }
