@@ -84,6 +84,13 @@ if has interop; then
   else
     echo "SKIPPED: $shared/models/smollm2-135m is absent (set QTOOL_SHARED_DIR)"
   fi
+  step "checkpoints written by the tools' own writers (gptqmodel GPTQ, bitsandbytes NF4/FP4)" \
+    "read by qtool; logits against the readers'"
+  if [ -d "$shared/models/smollm2-135m" ]; then
+    "$py" tests/interop/check_import.py build/qtool "$shared" build/interop/import
+  else
+    echo "SKIPPED: $shared/models/smollm2-135m is absent (set QTOOL_SHARED_DIR)"
+  fi
   step "qtool's GGUF files against llama.cpp's gguf package"
   "$py" tests/interop/check_gguf.py build/qtool examples/models/stories260K build/interop
 fi
