@@ -35,8 +35,8 @@ from safetensors.numpy import load_file  # noqa: E402
 
 F32_TOL = 1e-4  # logits, relative, where the reader computes in f32 as qtool does
 
-QTOOL, SHARED, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
-CACHE = sys.argv[4] if len(sys.argv) > 4 else os.path.expanduser("~/.cache/qtool")
+QTOOL, SHARED, WORK = (os.path.abspath(a) for a in sys.argv[1:4])
+CACHE = os.path.abspath(sys.argv[4]) if len(sys.argv) > 4 else os.path.expanduser("~/.cache/qtool")
 torch.set_num_threads(os.cpu_count() or 1)
 
 
@@ -172,6 +172,7 @@ def gptq_case(src, tokens, calib_text):
 
 def main():
     os.makedirs(WORK, exist_ok=True)
+    os.chdir(WORK)  # gptqmodel writes its logs under ./logs
     cases = os.environ.get("QTOOL_IMPORT_CASES", "bnb,gptq").split(",")
     failures = []
     started = time.time()
