@@ -84,8 +84,8 @@ if has interop; then
   else
     echo "SKIPPED: $shared/models/smollm2-135m is absent (set QTOOL_SHARED_DIR)"
   fi
-  step "checkpoints written by the tools' own writers (gptqmodel GPTQ, bitsandbytes NF4/FP4)" \
-    "read by qtool; logits against the readers'"
+  step "checkpoints written by the tools' own writers (gptqmodel GPTQ and AWQ, bitsandbytes" \
+    "NF4/FP4/LLM.int8) read by qtool; logits against the readers'"
   if [ -d "$shared/models/smollm2-135m" ]; then
     "$py" tests/interop/check_import.py build/qtool "$shared" build/interop/import
   else

@@ -406,9 +406,9 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
     for (const std::string& name : imported->QuantizedNames()) {
       json rec = imported->Record(name);
       QTOOL_CHECK(!rec.is_null(), OptionError,
-                  "weight \"{}\" is on a bitsandbytes 4-bit map that no qtool codec holds (its "
-                  "FP4, or a map other than NF4's), so {} cannot hold it without going through "
-                  "float; dequantize it and quantise again",
+                  "weight \"{}\" is on a bitsandbytes grid that no qtool codec holds (FP4, a "
+                  "4-bit map other than NF4's, or LLM.int8), so {} cannot hold it without going "
+                  "through float; dequantize it and quantise again",
                   name, ExportFormatName(options.format));
       tensors[name] = std::move(rec);
     }

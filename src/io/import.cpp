@@ -163,8 +163,12 @@ ImportScheme CompressedTensorsScheme(const json& qc, const ConfigReader& in) {
 ImportScheme BnbScheme(const ConfigReader& in) {
   ImportScheme s;
   s.format = ImportFormat::kBnb;
+  if (in.Get<bool>("load_in_8bit", false)) {
+    s.bits = 8;  // LLM.int8: int8 rows with their absmax SCB
+    return s;
+  }
   in.Require(in.Get<bool>("load_in_4bit", false), "load_in_4bit",
-             "qtool reads bitsandbytes' 4-bit checkpoints (not LLM.int8)");
+             "qtool reads bitsandbytes' 4-bit and LLM.int8 checkpoints");
   s.bits = 4;
   const std::string storage = in.Get<std::string>("bnb_4bit_quant_storage", "uint8");
   in.Require(storage == "uint8", "bnb_4bit_quant_storage", "qtool reads uint8 storage");
@@ -260,7 +264,7 @@ std::string ImportScheme::Describe() const {
       if (int8_activations) s += ", int8 per-token activations";
       break;
     case ImportFormat::kBnb:
-      s += " 4-bit";
+      s += bits == 8 ? " LLM.int8 (SCB)" : " 4-bit";
       break;
     case ImportFormat::kFp8:
       s += fmt::format(" e4m3, {}x{} block scales (weight_scale_inv)", block[0], block[1]);
@@ -332,7 +336,7 @@ ImportedCheckpoint::ImportedCheckpoint(const Checkpoint& ck, ImportScheme scheme
                                                        : strip(".weight_scale");
         break;
       case ImportFormat::kBnb:
-        module = strip(".weight.absmax");
+        module = scheme_.bits == 8 ? strip(".SCB") : strip(".weight.absmax");
         break;
       case ImportFormat::kFp8:
         module = strip(".weight_scale_inv");
@@ -395,7 +399,7 @@ void ImportedCheckpoint::AddWeight(const std::string& module) {
                   Where(qw), w.rows, b);
       const int64_t groups = groups_of(scheme_.group_size);
       expect(get(".qzeros"), {DType::kI32}, {groups, w.rows * b / 32});
-      expect(get(".scales"), {DType::kF16}, {groups, w.rows});
+      expect(get(".scales"), {DType::kF16, DType::kBF16, DType::kF32}, {groups, w.rows});
       if (const CheckpointTensor* gi = find(".g_idx")) {
         expect(*gi, {DType::kI32}, {w.cols});
         const int64_t g = scheme_.group_size ? scheme_.group_size : w.cols;
@@ -416,7 +420,7 @@ void ImportedCheckpoint::AddWeight(const std::string& module) {
       w.rows = qw.info->shape[1] * 8;
       const int64_t groups = groups_of(scheme_.group_size);
       expect(get(".qzeros"), {DType::kI32}, {groups, w.rows / 8});
-      expect(get(".scales"), {DType::kF16}, {groups, w.rows});
+      expect(get(".scales"), {DType::kF16, DType::kBF16, DType::kF32}, {groups, w.rows});
       break;
     }
     case ImportFormat::kCompressedTensors: {
@@ -478,6 +482,17 @@ void ImportedCheckpoint::AddWeight(const std::string& module) {
       break;
     }
     case ImportFormat::kBnb: {
+      if (b == 8) {
+        // LLM.int8: weight I8 [out, in], SCB F32 [out] (each row's absmax); transformers also
+        // saves a weight_format tensor, which says nothing here.
+        const CheckpointTensor& q = get(".weight");
+        rank2(q, DType::kI8);
+        w.rows = q.info->shape[0];
+        w.cols = q.info->shape[1];
+        expect(get(".SCB"), {DType::kF32}, {w.rows});
+        find(".weight_format");
+        break;
+      }
       const CheckpointTensor& q = get(".weight");
       const CheckpointTensor& absmax = get(".weight.absmax");
       const CheckpointTensor& map = get(".weight.quant_map");
@@ -667,8 +682,8 @@ std::vector<std::vector<std::byte>> IntParts(const IntGrid& g, bool symmetric, b
 std::vector<std::vector<std::byte>> ImportedCheckpoint::Stored(const std::string& name) const {
   const Weight& w = weights_.at(name);
   QTOOL_CHECK(!w.codec.is_null(), FormatError,
-              "{}: weight \"{}\" is on a bitsandbytes 4-bit map that no qtool codec holds (its "
-              "FP4, or a map other than NF4's); it can only be decoded",
+              "{}: weight \"{}\" is on a bitsandbytes grid that no qtool codec holds (FP4, a "
+              "4-bit map other than NF4's, or LLM.int8); it can only be decoded",
               ck_->dir().string(), name);
   const int b = scheme_.bits;
   const std::string codec = w.codec.at("codec").get<std::string>();
@@ -885,6 +900,23 @@ std::vector<float> ImportedCheckpoint::ReadF32(const std::string& name, int thre
         std::max<int64_t>(block, (int64_t{1} << 16) / std::max<int64_t>(1, w.cols) / block * block);
     ParallelFor(w.rows, chunk, threads, [&](int64_t r0, int64_t r1, int) {
       codec->DecodeRows(parts.data(), r0, r1 - r0, out.data() + r0 * w.cols);
+    });
+  } else if (scheme_.bits == 8) {
+    // LLM.int8 as bitsandbytes dequantises it (int8_vectorwise_dequant): q * SCB[row], then times
+    // the f32 constant 1/127 it uses; two f32 roundings, which no qtool codec's single product
+    // reproduces, so the weight is only decoded.
+    const std::vector<float> scb = ScalesF32(*w.parts[1], Where(*w.parts[1]));
+    const std::span<const std::byte> q = w.parts[0]->data();
+    constexpr float kInv127 = 7.874015718698502e-3f;
+    ParallelFor(w.rows, 64, threads, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t c = 0; c < w.cols; ++c) {
+          const size_t i = static_cast<size_t>(r * w.cols + c);
+          const float v =
+              static_cast<float>(static_cast<int8_t>(q[i])) * scb[static_cast<size_t>(r)];
+          out[i] = v * kInv127;
+        }
+      }
     });
   } else {
     // bitsandbytes 4-bit through its stored maps: quant_map[code] * absmax of the element's

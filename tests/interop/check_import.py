@@ -10,14 +10,22 @@ and compares the reader's logits on a fixed sequence with `qtool logits` of the 
   compared with `qtool dequantize`'s bit for bit. The model is saved before any forward
   (bitsandbytes 0.50 corrupts absmax when saving after one), and SmolLM2's widths (576, 1536) are
   multiples of 64 (its CPU 4-bit path decodes other widths wrongly).
+- bitsandbytes LLM.int8: BitsAndBytesConfig(load_in_8bit=True) on SmolLM2-135M, run as f32
+  products of the weights bitsandbytes dequantises (int8_vectorwise_dequant), which qtool's
+  decoding must equal bit for bit.
 - GPTQ: gptqmodel quantises babyllama-tok105 on CPU (4 bits, group 32, calibration from
   stories-calib.txt) and saves it (checkpoint_format gptq: zero-points stored minus one). It is
   loaded with transformers + gptqmodel's torch kernel with its scales widened to f32, so that the
   reader computes the grid in f32 as qtool does (tolerance F32_TOL), and the weights it
   dequantises, rounded to the checkpoint's dtype (gptqmodel saves bf16), are compared with
   `qtool dequantize`'s bit for bit.
+- AWQ: gptqmodel quantises babyllama-tok105 the same way (GEMM, asymmetric; bf16 scales, as
+  gptqmodel saves them) with its clip search off (it asserts output widths that are multiples
+  of 64; 352 is not). Its torch kernel computes in f16 whatever the scales, so each AWQ layer
+  runs as an f32 product of the weight the reader dequantises (with f32 scales): F32_TOL.
 
 Usage: check_import.py QTOOL_BINARY SHARED_DIR WORK_DIR [CACHE_DIR]
+(QTOOL_IMPORT_CASES=bnb,int8,gptq,awq: the cases to run; all by default.)
 """
 import os
 import shutil
@@ -94,6 +102,35 @@ def compare(tag, reader_logits, model, tokens, checked, bad, started):
     return ok
 
 
+def bnb_int8_case(src, tokens):
+    """LLM.int8 (weight I8 with its row absmax SCB), run as f32 products of the weights
+    bitsandbytes dequantises (int8_vectorwise_dequant); outliers are not split off (threshold 0)."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    started = time.time()
+    tag = "bitsandbytes-int8"
+    out = os.path.join(WORK, tag)
+    shutil.rmtree(out, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        src, dtype=torch.float32,
+        quantization_config=BitsAndBytesConfig(load_in_8bit=True)).eval()
+    model.save_pretrained(out)
+    deq = qtool_weights(out)
+    checked = bad = 0
+    for name, m in model.named_modules():
+        if isinstance(m, bnb.nn.Linear8bitLt):
+            with torch.no_grad():
+                w = bnb.functional.int8_vectorwise_dequant(m.weight.data, m.weight.SCB).float()
+            bad += differing_bytes(w, deq[name + ".weight"])
+            checked += 1
+            m.forward = lambda x, w=w, b=m.bias: torch.nn.functional.linear(x, w, b)
+    with torch.no_grad():
+        logits = model(torch.tensor([tokens])).logits[0].float().numpy()
+    ok = compare(tag, logits, out, tokens, checked, bad, started)
+    shutil.rmtree(out, ignore_errors=True)
+    return ok
+
+
 def bnb_case(src, tokens, quant_type, nested):
     import bitsandbytes as bnb
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -123,11 +160,11 @@ def bnb_case(src, tokens, quant_type, nested):
     return ok
 
 
-def gptq_case(src, tokens, calib_text):
+def gptqmodel_case(src, tokens, calib_text, method):
     from gptqmodel import GPTQModel, QuantizeConfig
-    from transformers import AutoModelForCausalLM, GPTQConfig
+    from transformers import AutoModelForCausalLM, AwqConfig, GPTQConfig
     started = time.time()
-    tag = "gptqmodel-int4-g32"
+    tag = f"gptqmodel-{method}-int4-g32"
     out = os.path.join(WORK, tag)
     shutil.rmtree(out, ignore_errors=True)
     # gptqmodel loads a tokenizer from the model folder, and babyllama-tok105's SentencePiece
@@ -146,21 +183,46 @@ def gptq_case(src, tokens, calib_text):
     calib = [{"input_ids": torch.tensor([ids[i:i + 128]]),
               "attention_mask": torch.ones(1, 128, dtype=torch.long)}
              for i in range(0, len(ids) - 128, 128)]
-    qmodel = GPTQModel.load(src, QuantizeConfig(bits=4, group_size=32, desc_act=False),
-                            device="cpu")
+    if method == "gptq":
+        qcfg = QuantizeConfig(bits=4, group_size=32, desc_act=False)
+    else:
+        # AWQ's clip search takes output channels 64 at a time and asserts that they divide
+        # babyllama-tok105's 352: it is switched off (the scale search and the GEMM packing, the
+        # layout read here, are unchanged).
+        import gptqmodel.looper.awq_processor as awq_processor
+        init = awq_processor.AWQProcessor.__init__
+
+        def no_clip_init(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self.apply_clip = False
+        awq_processor.AWQProcessor.__init__ = no_clip_init
+        qcfg = QuantizeConfig(bits=4, group_size=32, sym=False, quant_method="awq",
+                              format="gemm")
+    qmodel = GPTQModel.load(src, qcfg, device="cpu")
     qmodel.quantize(calib, batch_size=1)
     qmodel.save(out)
     del qmodel
     deq = qtool_weights(out)
-    model = AutoModelForCausalLM.from_pretrained(
-        out, dtype=torch.float32,
-        quantization_config=GPTQConfig(bits=4, backend="gptq_torch")).eval()
+    qc = (GPTQConfig(bits=4, backend="gptq_torch") if method == "gptq"
+          else AwqConfig(bits=4, backend="torch_awq"))
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
+                                                 quantization_config=qc).eval()
     checked = bad = 0
     for name, m in model.named_modules():
         if hasattr(m, "qweight"):
             m.scales = m.scales.float()
             with torch.no_grad():
-                got = m.dequantize_weight().T.float()
+                if method == "gptq":
+                    got = m.dequantize_weight().T.float()
+                else:
+                    dequantize_gemm = sys.modules[type(m).__module__].dequantize_gemm
+                    w = dequantize_gemm(qweight=m.qweight, qzeros=m.qzeros, scales=m.scales,
+                                        bits=m.bits, group_size=m.group_size).float()
+                    got = w.T
+                    # The AWQ kernel casts to f16 whatever the scales: run the layer as an f32
+                    # product of the weight the reader dequantises.
+                    m.forward = lambda x, w=got.contiguous(), b=m.bias: (
+                        torch.nn.functional.linear(x, w, b))
             bad += differing_bytes(got, deq[name + ".weight"])
             checked += 1
     with torch.no_grad():
@@ -173,7 +235,7 @@ def gptq_case(src, tokens, calib_text):
 def main():
     os.makedirs(WORK, exist_ok=True)
     os.chdir(WORK)  # gptqmodel writes its logs under ./logs
-    cases = os.environ.get("QTOOL_IMPORT_CASES", "bnb,gptq").split(",")
+    cases = os.environ.get("QTOOL_IMPORT_CASES", "bnb,int8,gptq,awq").split(",")
     failures = []
     started = time.time()
     if "bnb" in cases:
@@ -187,13 +249,21 @@ def main():
         for quant_type, nested in (("nf4", True), ("fp4", False)):
             if not bnb_case(smol, tokens, quant_type, nested):
                 failures.append(f"bitsandbytes {quant_type} nested={nested}")
-    if "gptq" in cases:
+    if "int8" in cases:
+        smol = smollm2()
+        ref = load_file(os.path.join(SHARED,
+                                     "models/smollm2-135m/ref/smollm2-hf-f32-logits64.safetensors"))
+        if not bnb_int8_case(smol, ref["tokens"].tolist()):
+            failures.append("bitsandbytes int8")
+    if "gptq" in cases or "awq" in cases:
         tiny = os.path.join(SHARED, "models/babyllama-tok105/hf")
         ref = load_file(os.path.join(SHARED,
                                      "models/babyllama-tok105/ref/hf-logits-eval64.safetensors"))
         calib = open(os.path.join(SHARED, "data/stories-calib.txt")).read()
-        if not gptq_case(tiny, ref["tokens"].tolist(), calib):
-            failures.append("gptqmodel GPTQ")
+        for method in ("gptq", "awq"):
+            if method in cases and not gptqmodel_case(tiny, ref["tokens"].tolist(), calib,
+                                                      method):
+                failures.append("gptqmodel " + method)
     print(f"check_import: {time.time() - started:.0f} s")
     if failures:
         sys.exit("check_import: failed: " + ", ".join(failures))

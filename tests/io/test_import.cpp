@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <random>
+#include <span>
 
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
@@ -386,6 +387,44 @@ TEST(ImportBnb, Fp4DecodesThroughItsMap) {
   EXPECT_NE(e.find("no qtool codec holds"), std::string::npos) << e;
 }
 
+// bitsandbytes LLM.int8 (weight I8, SCB F32 per row): decoded as int8_vectorwise_dequant does,
+// q * SCB[row] * f32(1/127), and refused by convert.
+TEST(ImportBnb, Int8DecodesAsBitsandbytes) {
+  ScratchDir d;
+  const int64_t rows = 8, cols = 40;
+  std::vector<int8_t> q(static_cast<size_t>(rows * cols));
+  std::vector<float> scb(static_cast<size_t>(rows));
+  std::mt19937 rng(3);
+  for (int8_t& v : q) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+  for (float& v : scb) v = 0.01f + static_cast<float>(rng() % 1000) / 997.0f;
+  const std::string m = "model.layers.0.mlp.up_proj";
+  std::vector<TensorSpec> specs = {{m + ".SCB", DType::kF32, {rows}},
+                                   {m + ".weight", DType::kI8, {rows, cols}},
+                                   {m + ".weight_format", DType::kU8, {1}}};
+  CheckpointWriterOptions o;
+  CheckpointWriter w(d / "int8", specs, o);
+  w.Write(std::as_bytes(std::span(scb)));
+  w.Write(std::as_bytes(std::span(q)));
+  w.Write(std::vector<std::byte>{std::byte{0}});
+  w.WriteTextFile(
+      "config.json",
+      json({{"model_type", "llama"},
+            {"quantization_config",
+             {{"quant_method", "bitsandbytes"}, {"load_in_8bit", true}, {"load_in_4bit", false}}}})
+          .dump());
+  w.Commit();
+  const Checkpoint ck = Checkpoint::Open(d / "int8");
+  EXPECT_EQ(LogicalTensorNames(ck), std::vector<std::string>{m + ".weight"});
+  const std::vector<float> x = ReadTensorF32(ck, m + ".weight");
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float v = static_cast<float>(q[i]) * scb[i / static_cast<size_t>(cols)];
+    ASSERT_EQ(x[i], v * 7.874015718698502e-3f) << i;
+  }
+  const std::string e =
+      ErrorOf<OptionError>([&] { Convert(d / "int8", d / "x", ExportFormat::kQtool); });
+  EXPECT_NE(e.find("LLM.int8"), std::string::npos) << e;
+}
+
 // Hostile or damaged input: one FormatError (or NumericError) naming the file or config key, the
 // tensor and what is wrong, on open or on decoding the weight.
 TEST(ImportErrors, NameTheTensorAndTheFault) {
@@ -414,16 +453,16 @@ TEST(ImportErrors, NameTheTensorAndTheFault) {
       same);
   EXPECT_NE(e.find(w + ".qzeros"), std::string::npos) << e;
   EXPECT_NE(e.find("needs I32 [3,8]"), std::string::npos) << e;
-  // scales of the wrong dtype.
+  // scales of a type GPTQ does not store (I32 in the bytes of [3, 64] F16).
   e = open_error(
-      [&](TensorSpec& s, std::vector<std::byte>& b) {
+      [&](TensorSpec& s, std::vector<std::byte>&) {
         if (s.name == w + ".scales") {
-          s.dtype = DType::kBF16;
-          (void)b;
+          s.dtype = DType::kI32;
+          s.shape = {3, 32};
         }
       },
       same);
-  EXPECT_NE(e.find("is BF16 [3,64]"), std::string::npos) << e;
+  EXPECT_NE(e.find("is I32 [3,32]"), std::string::npos) << e;
   // A g_idx entry outside the groups.
   e = open_error(
       [&](TensorSpec& s, std::vector<std::byte>& b) {

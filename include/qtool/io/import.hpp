@@ -61,7 +61,7 @@ class ImportedCheckpoint {
   std::vector<int64_t> Shape(const std::string& name) const;
   /// The qtool tensor record of quantised weight `name` (codec record with the original "shape"
   /// and "dtype"), or null where no qtool codec holds its grid (bitsandbytes' FP4, a 4-bit map
-  /// other than NF4's): such a weight is only decoded.
+  /// other than NF4's, LLM.int8): such a weight is only decoded.
   nlohmann::json Record(const std::string& name) const;
   /// qtool's stored tensors of quantised weight `name`, in its codec's Layout order, transcoded
   /// from the checkpoint's own (FormatError for a zero-point or index outside the grid,
