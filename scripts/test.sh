@@ -87,6 +87,13 @@ if has interop; then
   step "Mixtral, Qwen2-MoE and Qwen3-MoE: logits against transformers, GPTQ/AWQ per-expert reports"
   rm -rf build/interop/moe && mkdir -p build/interop/moe
   HF_HUB_OFFLINE=1 "$py" tests/interop/check_moe.py build/qtool build/interop/moe
+  step "checkpoints written by the tools' own writers (gptqmodel GPTQ and AWQ, bitsandbytes" \
+    "NF4/FP4/LLM.int8) read by qtool; logits against the readers'"
+  if [ -d "$shared/models/smollm2-135m" ]; then
+    "$py" tests/interop/check_import.py build/qtool "$shared" build/interop/import
+  else
+    echo "SKIPPED: $shared/models/smollm2-135m is absent (set QTOOL_SHARED_DIR)"
+  fi
   step "qtool's GGUF files against llama.cpp's gguf package"
   "$py" tests/interop/check_gguf.py build/qtool examples/models/stories260K build/interop
 fi

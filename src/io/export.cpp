@@ -8,7 +8,9 @@
 
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
+#include "qtool/core/parallel.hpp"
 #include "qtool/io/export_layouts.hpp"
+#include "qtool/io/import.hpp"
 #include "qtool/quant/pack.hpp"
 
 namespace qtool {
@@ -36,6 +38,7 @@ struct Source {
   json rec;
   int64_t rows = 0, cols = 0;
   std::vector<const std::byte*> parts;
+  std::vector<TensorSpec> stored;  // qtool's stored tensors of the weight
 };
 
 // One target format: the tensors of a weight (layout, then bytes) and config.json's
@@ -50,16 +53,19 @@ class Target {
     const std::string codec = scheme.at("codec").get<std::string>();
     const char* name = ExportFormatName(f);
     const bool ok =
+        f == ExportFormat::kQtool ||
         (codec == "int" && (f == ExportFormat::kGptq || f == ExportFormat::kAwq ||
                             f == ExportFormat::kCompressedTensors)) ||
         (codec == "nf4" && f == ExportFormat::kBnb) ||
         (codec == "fp" && f == ExportFormat::kCompressedTensors && scheme.at("format") == "e4m3");
     QTOOL_CHECK(ok, OptionError, "{} cannot hold qtool's {} weights ({}); {}", name, codec,
                 scheme.dump(), Holds(f));
-    QTOOL_CHECK(activations.is_null() || f == ExportFormat::kCompressedTensors, OptionError,
-                "{} has no activation quantisation; the checkpoint asks for {} (W8A8): use "
-                "compressed-tensors",
-                name, activations.dump());
+    QTOOL_CHECK(
+        activations.is_null() || f == ExportFormat::kCompressedTensors || f == ExportFormat::kQtool,
+        OptionError,
+        "{} has no activation quantisation; the checkpoint asks for {} (W8A8): use "
+        "compressed-tensors",
+        name, activations.dump());
   }
 
   static const char* Holds(ExportFormat f) {
@@ -80,6 +86,7 @@ class Target {
 
   std::vector<TensorSpec> Layout(const Source& s) const {
     const std::string& codec = s.rec.at("codec").get_ref<const std::string&>();
+    if (format_ == ExportFormat::kQtool) return s.stored;
     if (codec == "int") {
       const IntWeight w = IntWeightFromQtool(s.name, s.rec, s.rows, s.cols, nullptr, false);
       if (format_ == ExportFormat::kGptq) return GptqLayout(w, s.module);
@@ -101,6 +108,7 @@ class Target {
 
   std::vector<ExportTensor> Pack(const Source& s, double* max_scale_rounding) const {
     const std::string& codec = s.rec.at("codec").get_ref<const std::string&>();
+    if (format_ == ExportFormat::kQtool) return Copied(s);
     if (codec == "int") {
       const IntWeight w = IntWeightFromQtool(s.name, s.rec, s.rows, s.cols, s.parts.data());
       if (format_ == ExportFormat::kGptq || format_ == ExportFormat::kAwq) {
@@ -121,6 +129,11 @@ class Target {
                         TorchDType(s.rec.at("dtype").get<std::string>()));
     }
     // FP8 E4M3: the codes as they are, the f32 scales in compressed-tensors' shape.
+    return Copied(s);
+  }
+
+  // The weight's stored tensors as they are, under the names and shapes of Layout(s).
+  std::vector<ExportTensor> Copied(const Source& s) const {
     std::vector<ExportTensor> out;
     for (const TensorSpec& spec : Layout(s)) {
       ExportTensor t{spec, std::vector<std::byte>(spec.nbytes())};
@@ -367,10 +380,12 @@ std::vector<float> IntWeight::Decode() const {
 ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
                                const ExportOptions& options, const ProgressFn& progress) {
   const auto start = std::chrono::steady_clock::now();
+  // Another tool's checkpoint is read through the qtool codecs that hold its grids.
+  const auto imported = ImportedCheckpoint::Open(in);
   const auto record = QuantizationRecord(in);
-  QTOOL_CHECK(record.has_value(), FormatError,
-              "{}: not a checkpoint quantised by qtool (no \"{}\" metadata); convert reads qtool "
-              "checkpoints",
+  QTOOL_CHECK(record.has_value() || imported.has_value(), FormatError,
+              "{}: not a quantised checkpoint (no \"{}\" metadata, no quantization_config of a "
+              "format qtool reads); convert reads quantised checkpoints",
               in.dir().string(), kQtoolMetadataKey);
   QTOOL_CHECK(in.config().has_value(), FormatError, "{}: has no config.json", in.dir().string());
   std::error_code ec;
@@ -378,17 +393,32 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
               "{}: output is the input checkpoint's directory", out.string());
   CheckpointWriter::CheckOutputPath(out, options.overwrite);
   ExportReport report;
-  if (options.format == ExportFormat::kQtool) {
+  if (options.format == ExportFormat::kQtool && !imported) {
     CopyCheckpoint(in, out, options, report);
     report.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return report;
   }
 
-  const json& tensors = record->at("tensors");
+  json tensors = json::object();
+  json activations;
+  if (imported) {
+    for (const std::string& name : imported->QuantizedNames()) {
+      json rec = imported->Record(name);
+      QTOOL_CHECK(!rec.is_null(), OptionError,
+                  "weight \"{}\" is on a bitsandbytes grid that no qtool codec holds (FP4, a "
+                  "4-bit map other than NF4's, or LLM.int8), so {} cannot hold it without going "
+                  "through float; dequantize it and quantise again",
+                  name, ExportFormatName(options.format));
+      tensors[name] = std::move(rec);
+    }
+    if (imported->scheme().int8_activations) activations = Int8TokenActivations();
+  } else {
+    tensors = record->at("tensors");
+    activations = record->value("activations", json(nullptr));
+  }
   QTOOL_CHECK(!tensors.empty(), FormatError, "{}: the quantisation record lists no tensor",
               in.dir().string());
-  const json activations = record->value("activations", json(nullptr));
   const std::string first = tensors.begin().key();
   const json scheme = Scheme(tensors.begin().value());
   Target target(options.format, options, scheme, activations);
@@ -400,7 +430,9 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
   std::vector<TensorSpec> specs;
   std::vector<std::string> kept;
   std::string dtype = "float32";
-  for (const std::string& name : LogicalTensorNames(in)) {
+  const std::vector<std::string> names =
+      imported ? imported->LogicalNames() : LogicalTensorNames(in);
+  for (const std::string& name : names) {
     const auto it = tensors.find(name);
     if (it == tensors.end()) {
       const CheckpointTensor& t = in.Get(name);
@@ -414,7 +446,9 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
                 "weight \"{}\" is quantised as {} but \"{}\" as {}: {} holds one scheme per "
                 "checkpoint",
                 name, Scheme(*it).dump(), first, scheme.dump(), ExportFormatName(options.format));
-    QTOOL_CHECK(name.ends_with(".weight") && std::regex_search(name, in_block), OptionError,
+    QTOOL_CHECK(options.format == ExportFormat::kQtool ||
+                    (name.ends_with(".weight") && std::regex_search(name, in_block)),
+                OptionError,
                 "weight \"{}\" is quantised but is not a Linear weight inside the decoder blocks, "
                 "the only ones {} readers replace",
                 name, ExportFormatName(options.format));
@@ -427,24 +461,54 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
     s.cols = shape.at(1);
     dtype = TorchDType(it->at("dtype").get<std::string>());
     target.NoteActOrder(*it);
-    for (const TensorSpec& part :
-         MakeCodec(TensorRecordFormat(in, name, *it), s.rows, s.cols)->Layout(name)) {
-      const CheckpointTensor& t = in.Get(part.name);
-      QTOOL_CHECK(t.info->dtype == part.dtype && t.info->shape == part.shape, FormatError,
-                  "{}: \"{}\" is {} {} but its quantisation record needs {} {}",
-                  t.file->path().string(), part.name, DTypeName(t.info->dtype),
-                  json(t.info->shape).dump(), DTypeName(part.dtype), json(part.shape).dump());
-      s.parts.push_back(t.data().data());
-      report.bytes_in += t.info->nbytes();
+    s.stored = MakeCodec(TensorRecordFormat(in, name, *it), s.rows, s.cols)->Layout(name);
+    if (imported) {
+      report.bytes_in += imported->StoredBytes(name);
+    } else {
+      for (const TensorSpec& part : s.stored) {
+        const CheckpointTensor& t = in.Get(part.name);
+        QTOOL_CHECK(t.info->dtype == part.dtype && t.info->shape == part.shape, FormatError,
+                    "{}: \"{}\" is {} {} but its quantisation record needs {} {}",
+                    t.file->path().string(), part.name, DTypeName(t.info->dtype),
+                    json(t.info->shape).dump(), DTypeName(part.dtype), json(part.shape).dump());
+        s.parts.push_back(t.data().data());
+        report.bytes_in += t.info->nbytes();
+      }
     }
     for (TensorSpec& spec : target.Layout(s)) specs.push_back(std::move(spec));
     sources.push_back(std::move(s));
     copies.push_back(nullptr);
   }
 
+  // A qtool output records its codec as QuantizeCheckpoint does.
+  QuantizeOptions qtool_options;
+  qtool_options.activations = activations;
+  qtool_options.max_shard_bytes = options.max_shard_bytes;
+  qtool_options.overwrite = options.overwrite;
+  const json codec_record =
+      options.format == ExportFormat::kQtool ? MakeCodec(scheme, 1, 1)->Record() : json();
   CheckpointWriterOptions wo{options.max_shard_bytes, {{"format", "pt"}}, options.overwrite};
+  if (options.format == ExportFormat::kQtool)
+    wo = QuantizedWriterOptions(qtool_options, codec_record, tensors);
   CheckpointWriter writer(out, specs, wo);
-  size_t next_source = 0, next_spec = 0, done = 0;
+  // Weights are packed in parallel, a window of them at a time (each by one thread: packing is
+  // a pass over memory), and written in file order; memory holds one window's tensors.
+  const int threads = ResolveThreads(0);
+  const size_t window = static_cast<size_t>(2 * threads);
+  std::vector<std::vector<ExportTensor>> packed(sources.size());
+  std::vector<double> rounding(sources.size(), 0.0);
+  const auto pack = [&](size_t i) {
+    Source& s = sources[i];
+    std::vector<std::vector<std::byte>> owned;
+    if (imported) {
+      owned = imported->Stored(s.name);
+      s.parts.clear();
+      for (const auto& p : owned) s.parts.push_back(p.data());
+    }
+    packed[i] = target.Pack(s, &rounding[i]);
+    s.parts.clear();
+  };
+  size_t next_source = 0, next_spec = 0, done = 0, packed_until = 0;
   for (const CheckpointTensor* copy : copies) {
     std::string name;
     if (copy) {
@@ -457,8 +521,15 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
       ++next_spec;
       name = copy->info->name;
     } else {
-      const Source& s = sources[next_source++];
-      for (const ExportTensor& t : target.Pack(s, &report.max_scale_rounding)) {
+      const size_t i = next_source++;
+      if (i == packed_until) {
+        packed_until = std::min(sources.size(), i + window);
+        ParallelFor(static_cast<int64_t>(packed_until - i), 1, threads,
+                    [&](int64_t b, int64_t e, int) {
+                      for (int64_t k = b; k < e; ++k) pack(i + static_cast<size_t>(k));
+                    });
+      }
+      for (const ExportTensor& t : packed[i]) {
         const TensorSpec& planned = specs[next_spec++];
         QTOOL_CHECK(t.spec.name == planned.name && t.spec.dtype == planned.dtype &&
                         t.spec.shape == planned.shape && t.data.size() == planned.nbytes(),
@@ -467,14 +538,20 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
         writer.Write(t.data);
         report.bytes_out += t.data.size();
       }
+      packed[i].clear();
+      report.max_scale_rounding = std::max(report.max_scale_rounding, rounding[i]);
       ++report.weights_converted;
-      name = s.name;
+      name = sources[i].name;
     }
     if (progress) progress(++done, copies.size(), name);
   }
   std::vector<std::string> quantised;
   for (const Source& s : sources) quantised.push_back(s.module);
-  CopyModelFiles(in, target.QuantizationConfig(kept, quantised, dtype), writer);
+  CopyModelFiles(in,
+                 options.format == ExportFormat::kQtool
+                     ? QuantizationConfig(codec_record, qtool_options)
+                     : target.QuantizationConfig(kept, quantised, dtype),
+                 writer);
   writer.Commit();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;

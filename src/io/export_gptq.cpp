@@ -1,4 +1,5 @@
 // GPTQ (v1 and v2) and AWQ GEMM layouts of an integer weight (qtool/io/export_layouts.hpp).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -87,9 +88,29 @@ std::vector<ExportTensor> PackGptq(const IntWeight& w, const std::string& prefix
   const int b = w.bits;
   ExportTensor qweight = MakeTensor(layout[0]);
   uint32_t* qw = WordsOf(qweight);
-  for (int64_t r = 0; r < w.rows; ++r) {
-    const uint8_t* codes = w.codes.data() + r * w.cols;
-    for (int64_t c = 0; c < w.cols; ++c) PutBits32(qw + r, w.rows, c * b, b, codes[c]);
+  if (32 % b == 0) {
+    // Whole codes per word (2, 4, 8 bits): word k of column r holds codes [k * per, (k + 1) *
+    // per) of row r. Rows go in tiles whose codes stay in cache while the words of every k are
+    // written, each k's words of the tile being contiguous.
+    const int per = 32 / b;
+    const int64_t words = w.cols / per, tile = 64;
+    for (int64_t r0 = 0; r0 < w.rows; r0 += tile) {
+      const int64_t r1 = std::min(w.rows, r0 + tile);
+      for (int64_t k = 0; k < words; ++k) {
+        uint32_t* dst = qw + k * w.rows;
+        for (int64_t r = r0; r < r1; ++r) {
+          const uint8_t* codes = w.codes.data() + r * w.cols + k * per;
+          uint32_t v = 0;
+          for (int j = 0; j < per; ++j) v |= static_cast<uint32_t>(codes[j]) << (j * b);
+          dst[r] = v;
+        }
+      }
+    }
+  } else {
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const uint8_t* codes = w.codes.data() + r * w.cols;
+      for (int64_t c = 0; c < w.cols; ++c) PutBits32(qw + r, w.rows, c * b, b, codes[c]);
+    }
   }
   ExportTensor qzeros = MakeTensor(layout[1]);
   uint32_t* qz = WordsOf(qzeros);

@@ -15,6 +15,7 @@
 #include "qtool/core/parallel.hpp"
 #include "qtool/format/traits.hpp"
 #include "qtool/io/format_record.hpp"
+#include "qtool/io/import.hpp"
 #include "qtool/quant/codec.hpp"
 
 namespace qtool {
@@ -389,6 +390,10 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
   const int threads = ResolveThreads(options.threads);
   QTOOL_CHECK(!QuantizationRecord(in).has_value(), OptionError,
               "{}: already quantised by qtool; dequantize it first", in.dir().string());
+  if (const auto imported = DetectImportScheme(in)) {
+    throw OptionError(fmt::format("{}: quantised as {}; dequantize it first", in.dir().string(),
+                                  imported->Describe()));
+  }
   std::error_code ec;
   QTOOL_CHECK(!fs::exists(out) || !fs::equivalent(out, in.dir(), ec), OptionError,
               "{}: output is the input checkpoint's directory", out.string());
@@ -499,6 +504,7 @@ std::optional<json> QuantizationRecord(const Checkpoint& ck) {
 }
 
 bool QuantizesActivations(const Checkpoint& ck) {
+  if (const auto imported = DetectImportScheme(ck)) return imported->int8_activations;
   const auto rec = QuantizationRecord(ck);
   if (!rec || !rec->contains("activations")) return false;
   const json& a = (*rec)["activations"];
@@ -509,6 +515,7 @@ bool QuantizesActivations(const Checkpoint& ck) {
 }
 
 std::vector<std::string> LogicalTensorNames(const Checkpoint& ck) {
+  if (const auto imported = ImportedCheckpoint::Open(ck)) return imported->LogicalNames();
   const json tensors = TensorsRecord(ck);
   std::map<std::string, bool> names;
   std::map<std::string, bool> hidden;
@@ -527,6 +534,7 @@ std::vector<std::string> LogicalTensorNames(const Checkpoint& ck) {
 }
 
 std::vector<int64_t> LogicalShape(const Checkpoint& ck, const std::string& name) {
+  if (const auto imported = ImportedCheckpoint::Open(ck)) return imported->Shape(name);
   const json tensors = TensorsRecord(ck);
   if (tensors.contains(name)) return OpenStored(ck, name, tensors[name]).shape;
   return ck.Get(name).info->shape;
@@ -536,6 +544,7 @@ std::vector<int64_t> LogicalShape(const Checkpoint& ck, const std::string& name)
 // page cache): reading a checkpoint tensor by tensor keeps the resident set at what the caller
 // holds, however large the file.
 std::vector<float> ReadTensorF32(const Checkpoint& ck, const std::string& name, int threads) {
+  if (const auto imported = ImportedCheckpoint::Open(ck)) return imported->ReadF32(name, threads);
   const json tensors = TensorsRecord(ck);
   if (tensors.contains(name)) {
     const StoredWeight s = OpenStored(ck, name, tensors[name]);
@@ -555,7 +564,10 @@ void DequantizeCheckpoint(const Checkpoint& in, const fs::path& out, bool overwr
                           const ProgressFn& progress) {
   threads = ResolveThreads(threads);
   const json tensors = TensorsRecord(in);
-  QTOOL_CHECK(!tensors.empty(), OptionError, "{}: not a checkpoint quantised by qtool",
+  const auto imported = ImportedCheckpoint::Open(in);
+  QTOOL_CHECK(!tensors.empty() || imported, OptionError,
+              "{}: not a quantised checkpoint (neither qtool's nor one of the formats "
+              "docs/EXPORT.md lists)",
               in.dir().string());
   std::error_code ec;
   QTOOL_CHECK(!fs::exists(out) || !fs::equivalent(out, in.dir(), ec), OptionError,
@@ -565,7 +577,9 @@ void DequantizeCheckpoint(const Checkpoint& in, const fs::path& out, bool overwr
   std::vector<TensorSpec> specs;
   std::map<std::string, StoredWeight> stored;
   for (const std::string& n : names) {
-    if (tensors.contains(n)) {
+    if (imported && imported->IsQuantized(n)) {
+      specs.push_back({n, imported->scheme().dtype, imported->Shape(n)});
+    } else if (tensors.contains(n)) {
       StoredWeight s = OpenStored(in, n, tensors[n]);
       specs.push_back({n, s.dtype, s.shape});
       stored.emplace(n, std::move(s));
@@ -580,7 +594,13 @@ void DequantizeCheckpoint(const Checkpoint& in, const fs::path& out, bool overwr
   BackgroundWriter background(writer, kMaxQueuedBytes);
   for (size_t i = 0; i < names.size(); ++i) {
     const auto it = stored.find(names[i]);
-    if (it == stored.end()) {
+    if (imported && imported->IsQuantized(names[i])) {
+      const std::vector<float> values = imported->ReadF32(names[i], threads);
+      std::vector<std::byte> bytes(specs[i].nbytes());
+      ConvertFromF32(values.data(), specs[i].dtype, static_cast<int64_t>(values.size()),
+                     bytes.data());
+      background.Enqueue(std::move(bytes));
+    } else if (it == stored.end()) {
       background.Enqueue(in.Get(names[i]).data(), {});
     } else {
       const StoredWeight& s = it->second;

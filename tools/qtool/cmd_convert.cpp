@@ -1,5 +1,6 @@
-// qtool convert IN -o OUT --output-format qtool|gptq|awq|compressed-tensors|bnb: a qtool quantised
-// checkpoint written in the format of a serving stack, code for code (docs/EXPORT.md).
+// qtool convert IN -o OUT --output-format qtool|gptq|awq|compressed-tensors|bnb: a quantised
+// checkpoint (qtool's, or GPTQ, AWQ, compressed-tensors, bitsandbytes, FP8) written in the format
+// of a serving stack, code for code (docs/EXPORT.md).
 #include <fmt/format.h>
 
 #include "commands.hpp"
@@ -54,9 +55,12 @@ void RegisterConvert(CLI::App& app) {
   auto a = std::make_shared<Args>();
   CLI::App* cmd =
       app.add_subcommand("convert",
-                         "Write a qtool quantised checkpoint as GPTQ, AWQ, compressed-tensors or "
+                         "Write a quantised checkpoint as qtool, GPTQ, AWQ, compressed-tensors or "
                          "bitsandbytes, without going through float");
-  cmd->add_option("input", a->input, "Checkpoint quantised by qtool")->required();
+  cmd->add_option(
+         "input", a->input,
+         "Quantised checkpoint: qtool's, GPTQ, AWQ, compressed-tensors, bitsandbytes or FP8")
+      ->required();
   cmd->add_option("-o,--output", a->output, "Output model directory")->required();
   AddOutputFormatOptions(cmd, a->format);
   cmd->add_flag("--force", a->force, "Replace the output directory if it exists");

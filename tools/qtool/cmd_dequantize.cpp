@@ -15,7 +15,9 @@ void RegisterDequantize(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
-      "dequantize", "Decode a qtool-quantised checkpoint to plain floats in the original dtype");
+      "dequantize",
+      "Decode a quantised checkpoint (qtool, GPTQ, AWQ, compressed-tensors, bitsandbytes, FP8) to "
+      "plain floats in the original dtype");
   cmd->add_option("input", a->input, "Quantised checkpoint (file or directory)")->required();
   cmd->add_option("-o,--output", a->output, "Output model directory")->required();
   cmd->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();

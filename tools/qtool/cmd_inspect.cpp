@@ -5,6 +5,7 @@
 #include "gguf_output.hpp"
 #include "qtool/core/checked.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/io/import.hpp"
 #include "qtool/io/quantized.hpp"
 #include "staged_output.hpp"
 #include "terminal.hpp"
@@ -41,6 +42,7 @@ json Inspect(const Checkpoint& ck) {
   json tensors = json::array();
   int64_t params = 0;
   const auto qrec = QuantizationRecord(ck);
+  const auto imported = ImportedCheckpoint::Open(ck);  // GPTQ, AWQ, ... (docs/EXPORT.md)
   for (const std::string& name : LogicalTensorNames(ck)) {
     const std::vector<int64_t> shape = LogicalShape(ck, name);
     int64_t n = 1;
@@ -59,6 +61,11 @@ json Inspect(const Checkpoint& ck) {
         if (t.info->name.starts_with(name + ".") && t.info->name != name) bytes += t.info->nbytes();
       }
       e["bytes"] = bytes;
+    } else if (imported && imported->IsQuantized(name)) {
+      const json r = imported->Record(name);
+      e["dtype"] = std::string(DTypeName(imported->scheme().dtype));
+      if (!r.is_null()) e["quantized"] = r;
+      e["bytes"] = imported->StoredBytes(name);
     } else {
       const TensorInfo& t = *ck.Get(name).info;
       e["dtype"] = std::string(DTypeName(t.dtype));
@@ -74,6 +81,7 @@ json Inspect(const Checkpoint& ck) {
   const double p = static_cast<double>(params);
   out["weight_memory_bytes"] = {{"fp32", p * 4}, {"fp16", p * 2}, {"int8", p}, {"int4", p / 2}};
   if (qrec) out["quantization"] = qrec->at("codec");
+  if (imported) out["quantization"] = imported->scheme().Describe();
   if (ck.config()) {
     const json& c = *ck.config();
     QTOOL_CHECK(c.is_object(), FormatError, "{}: not a JSON object",
@@ -130,7 +138,10 @@ void Print(const json& r) {
     fmt::print("{:<56} {:>8} {:>16} {:>12}\n", t["name"].get<std::string>(), dtype, shape,
                t["bytes"].get<uint64_t>());
   }
-  if (r.contains("quantization")) fmt::print("\nquantisation: {}\n", r["quantization"].dump());
+  if (r.contains("quantization")) {
+    const json& q = r["quantization"];
+    fmt::print("\nquantisation: {}\n", q.is_string() ? q.get<std::string>() : q.dump());
+  }
   if (r.contains("architecture")) {
     const json& a = r["architecture"];
     fmt::print(

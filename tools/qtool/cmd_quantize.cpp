@@ -11,6 +11,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/format/text.hpp"
 #include "qtool/io/format_record.hpp"
+#include "qtool/io/import.hpp"
 #include "qtool/io/quantized.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/mx_codec.hpp"
@@ -278,18 +279,27 @@ void RegisterQuantize(CLI::App& app) {
     // Another output format: quantise into a qtool checkpoint inside the staging directory (so
     // that a failure or a signal removes it with the rest), then convert it into the staged output.
     const bool export_to = ParseExportFormat(out_format->format) != ExportFormat::kQtool;
-    const Checkpoint in = Checkpoint::Open(a->input);
-    StagedRun run(in, a->output, a->json, a->force);
+    const Checkpoint original = Checkpoint::Open(a->input);
+    StagedRun run(original, a->output, a->json, a->force);
+    // Another tool's quantised checkpoint (an FP8 model with block scales, GPTQ, ...): decoded
+    // into the staging directory first, and quantised from there.
+    std::string input = a->input;
+    if (DetectImportScheme(original)) {
+      input = (run.output().parent_path() / (run.output().filename().string() + ".float")).string();
+      DequantizeCheckpoint(original, input, false, a->threads);
+    }
+    const Checkpoint in = input == a->input ? Checkpoint::Open(a->input) : Checkpoint::Open(input);
     const std::filesystem::path quantized =
         export_to ? run.output().parent_path() / (run.output().filename().string() + ".qtool")
                   : run.output();
     const auto convert = [&] {
+      if (input != a->input) std::filesystem::remove_all(input);
       if (!export_to) return;
       RunConvert(quantized.string(), run.output().string(), *out_format, false,
                  a->quiet || a->json == "-");
       std::filesystem::remove_all(quantized);
     };
-    if (auto r = RunQuantizeMethod(*method, opts, a->input, quantized.string(), a->quiet)) {
+    if (auto r = RunQuantizeMethod(*method, opts, input, quantized.string(), a->quiet)) {
       nlohmann::json j = r->report.ToJson();
       j["solver"] = std::move(r->solver);
       convert();
