@@ -12,6 +12,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <variant>
 #include <vector>
@@ -149,6 +150,25 @@ struct FormatTraits<TernaryFormat> {
   static constexpr int kBits = 2;  // stored code u = q + 1
   /// Smallest absmean scale (an all-zero group scales by it and stores 0).
   static constexpr float kMinScale = 1e-5f;
+
+  /// Absmean scale of a group: max(sum |x| / n, kMinScale), the mean taken in f64.
+  static float Scale(double abs_sum, int64_t n) {
+    const double mean = n > 0 ? abs_sum / static_cast<double>(n) : 0.0;
+    return std::max(static_cast<float>(mean), kMinScale);
+  }
+  static float GroupScale(const float* x, int64_t n) {
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += std::fabs(x[i]);
+    return Scale(sum, n);
+  }
+  /// Stored code u = q + 1 of x, q = rne(clamp(x / scale, -1, 1)).
+  static uint8_t Encode(float x, float scale) {
+    const float q = FormatTraits<IntFormat>::RoundHalfEven(std::clamp(x / scale, -1.0f, 1.0f));
+    return static_cast<uint8_t>(static_cast<int>(q) + 1);
+  }
+  static float Decode(uint8_t u, float scale) {
+    return static_cast<float>(static_cast<int>(u) - 1) * scale;
+  }
 
   static void Validate(const TernaryFormat& f) {
     detail::CheckGroup(f.granularity, f.group, "ternary");
@@ -318,6 +338,17 @@ struct FormatTraits<MxFormat> {
   static std::vector<StoredPart> Layout(const MxFormat& f, int64_t rows, int64_t cols) {
     return {{".qweight", DType::kU8, {rows, PackedBytes(cols, ElementBits(f.element))}},
             {".scales", DType::kF8E8M0, {rows, (cols + f.block - 1) / f.block}}};
+  }
+
+  /// The absmax that chooses a block's scale: max |x|, or NaN where the block holds a NaN.
+  static float BlockAmax(const float* x, int64_t n) {
+    float amax = 0;
+    bool nan = false;
+    for (int64_t i = 0; i < n; ++i) {
+      amax = std::max(amax, std::fabs(x[i]));
+      nan |= std::isnan(x[i]);
+    }
+    return nan ? std::numeric_limits<float>::quiet_NaN() : amax;
   }
 
   /// MXINT8 element code of P = V / X: the two's complement byte of clamp(rne(P * 64), -128,

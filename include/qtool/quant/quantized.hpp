@@ -341,47 +341,29 @@ inline void Decode(const IntFormat& f, int64_t rows, int64_t cols, const std::by
   }
 }
 
-// Absmean scale of a group: max(mean |x|, kMinScale).
-inline float AbsmeanScale(double abs_sum, int64_t n) {
-  const double mean = n > 0 ? abs_sum / static_cast<double>(n) : 0.0;
-  return std::max(static_cast<float>(mean), FormatTraits<TernaryFormat>::kMinScale);
-}
-
 inline void Encode(const TernaryFormat& f, int64_t rows, int64_t cols, const float* w,
                    std::byte* const* out, float* deq) {
-  constexpr int kBits = FormatTraits<TernaryFormat>::kBits;
+  using T = FormatTraits<TernaryFormat>;
   const bool tensor = f.granularity == Granularity::kTensor;
   const int64_t glen = detail::GroupLen(f.granularity, f.group, cols);
   const int64_t ng = detail::GroupsPerRow(f.granularity, f.group, cols);
   auto* scales = reinterpret_cast<float*>(out[1]);
-  float tensor_scale = 0.0f;
-  if (tensor) {
-    double sum = 0;
-    for (int64_t i = 0; i < rows * cols; ++i) sum += std::fabs(w[i]);
-    tensor_scale = AbsmeanScale(sum, rows * cols);
-    scales[0] = tensor_scale;
-  }
+  const float tensor_scale = tensor ? T::GroupScale(w, rows * cols) : 0.0f;
+  if (tensor) scales[0] = tensor_scale;
   std::vector<uint8_t> codes(static_cast<size_t>(cols));
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = w + r * cols;
     for (int64_t g = 0; g < ng; ++g) {
       const int64_t c0 = g * glen, c1 = std::min(cols, c0 + glen);
-      float scale = tensor_scale;
-      if (!tensor) {
-        double sum = 0;
-        for (int64_t c = c0; c < c1; ++c) sum += std::fabs(x[c]);
-        scale = AbsmeanScale(sum, c1 - c0);
-        scales[r * ng + g] = scale;
-      }
+      const float scale = tensor ? tensor_scale : T::GroupScale(x + c0, c1 - c0);
+      if (!tensor) scales[r * ng + g] = scale;
       for (int64_t c = c0; c < c1; ++c) {
-        const float q =
-            FormatTraits<IntFormat>::RoundHalfEven(std::clamp(x[c] / scale, -1.0f, 1.0f));
-        codes[static_cast<size_t>(c)] = static_cast<uint8_t>(static_cast<int>(q) + 1);
-        if (deq) deq[r * cols + c] = q * scale;
+        codes[static_cast<size_t>(c)] = T::Encode(x[c], scale);
+        if (deq) deq[r * cols + c] = T::Decode(codes[static_cast<size_t>(c)], scale);
       }
     }
-    PackCodes(codes.data(), cols, kBits,
-              reinterpret_cast<uint8_t*>(out[0]) + r * PackedBytes(cols, kBits));
+    PackCodes(codes.data(), cols, T::kBits,
+              reinterpret_cast<uint8_t*>(out[0]) + r * PackedBytes(cols, T::kBits));
   }
 }
 
@@ -398,8 +380,7 @@ inline void Decode(const TernaryFormat& f, int64_t rows, int64_t cols, const std
                 codes.data());
     for (int64_t c = 0; c < cols; ++c) {
       const float scale = scales[tensor ? 0 : r * ng + c / glen];
-      out[r * cols + c] =
-          static_cast<float>(static_cast<int>(codes[static_cast<size_t>(c)]) - 1) * scale;
+      out[r * cols + c] = FormatTraits<TernaryFormat>::Decode(codes[static_cast<size_t>(c)], scale);
     }
   }
 }
@@ -554,61 +535,63 @@ inline void Decode(const FloatFormat& f, int64_t rows, int64_t cols, const std::
   }
 }
 
+// An MX format's element: a minifloat, or MXINT8 (q / 64).
+struct MxElement {
+  explicit MxElement(const MxFormat& f)
+      : int8(f.element == Element::kInt8),
+        e(ElementFormat(f.element)),
+        table(e),
+        bits(int8 ? 8 : e.bits()) {}
+  uint8_t Code(float p) const {
+    return int8 ? FormatTraits<MxFormat>::EncodeInt8(p)
+                : static_cast<uint8_t>(EncodeMinifloat(p, e, true));
+  }
+  float Value(uint8_t code) const {
+    return int8 ? FormatTraits<MxFormat>::DecodeInt8(code) : table.value[code];
+  }
+
+  bool int8;
+  const MinifloatFormat& e;
+  MinifloatTable table;
+  int bits;
+};
+
 inline void Encode(const MxFormat& f, int64_t rows, int64_t cols, const float* w,
                    std::byte* const* out, float* deq) {
-  const bool int8 = f.element == Element::kInt8;
-  const MinifloatFormat& e = ElementFormat(f.element);
-  const MinifloatTable table(e);
-  const int bits = int8 ? 8 : e.bits();
-  const int64_t nb = (cols + f.block - 1) / f.block, row_bytes = PackedBytes(cols, bits);
+  const MxElement el(f);
+  const int64_t nb = (cols + f.block - 1) / f.block, row_bytes = PackedBytes(cols, el.bits);
   std::vector<uint8_t> codes(static_cast<size_t>(cols));
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = w + r * cols;
     for (int64_t j = 0; j < nb; ++j) {
       const int64_t c0 = j * f.block, c1 = std::min(cols, c0 + f.block);
-      float amax = 0;
-      bool nan = false;
-      for (int64_t c = c0; c < c1; ++c) {
-        amax = std::max(amax, std::fabs(x[c]));
-        nan |= std::isnan(x[c]);
-      }
-      if (nan) amax = std::numeric_limits<float>::quiet_NaN();
-      const uint8_t s = E8M0ScaleForBlock(amax, int8 ? 0 : e.emax());
+      const float amax = FormatTraits<MxFormat>::BlockAmax(x + c0, c1 - c0);
+      const uint8_t s = E8M0ScaleForBlock(amax, el.int8 ? 0 : el.e.emax());
       reinterpret_cast<uint8_t*>(out[1])[r * nb + j] = s;
       const float scale = DecodeE8M0(s);
       for (int64_t c = c0; c < c1; ++c) {
         // Division by a power of two is exact; a NaN scale leaves code 0 (decoded as NaN).
-        uint8_t code = 0;
-        if (s != kE8M0Nan) {
-          code = int8 ? FormatTraits<MxFormat>::EncodeInt8(x[c] / scale)
-                      : static_cast<uint8_t>(EncodeMinifloat(x[c] / scale, e, true));
-        }
+        const uint8_t code = s == kE8M0Nan ? 0 : el.Code(x[c] / scale);
         codes[static_cast<size_t>(c)] = code;
-        if (deq) {
-          deq[r * cols + c] =
-              (int8 ? FormatTraits<MxFormat>::DecodeInt8(code) : table.value[code]) * scale;
-        }
+        if (deq) deq[r * cols + c] = el.Value(code) * scale;
       }
     }
-    PackCodes(codes.data(), cols, bits, reinterpret_cast<uint8_t*>(out[0]) + r * row_bytes);
+    PackCodes(codes.data(), cols, el.bits, reinterpret_cast<uint8_t*>(out[0]) + r * row_bytes);
   }
 }
 
 inline void Decode(const MxFormat& f, int64_t rows, int64_t cols, const std::byte* const* in,
                    float* out) {
-  const bool int8 = f.element == Element::kInt8;
-  const MinifloatFormat& e = ElementFormat(f.element);
-  const MinifloatTable table(e);
-  const int bits = int8 ? 8 : e.bits();
-  const int64_t nb = (cols + f.block - 1) / f.block, row_bytes = PackedBytes(cols, bits);
+  const MxElement el(f);
+  const int64_t nb = (cols + f.block - 1) / f.block, row_bytes = PackedBytes(cols, el.bits);
+  const auto* scales = reinterpret_cast<const uint8_t*>(in[1]);
   std::vector<uint8_t> codes(static_cast<size_t>(cols));
   for (int64_t r = 0; r < rows; ++r) {
-    UnpackCodes(reinterpret_cast<const uint8_t*>(in[0]) + r * row_bytes, cols, bits, codes.data());
+    UnpackCodes(reinterpret_cast<const uint8_t*>(in[0]) + r * row_bytes, cols, el.bits,
+                codes.data());
     for (int64_t c = 0; c < cols; ++c) {
-      const uint8_t code = codes[static_cast<size_t>(c)];
-      const float scale = DecodeE8M0(reinterpret_cast<const uint8_t*>(in[1])[r * nb + c / f.block]);
-      out[r * cols + c] =
-          (int8 ? FormatTraits<MxFormat>::DecodeInt8(code) : table.value[code]) * scale;
+      const float scale = DecodeE8M0(scales[r * nb + c / f.block]);
+      out[r * cols + c] = el.Value(codes[static_cast<size_t>(c)]) * scale;
     }
   }
 }
