@@ -55,12 +55,14 @@ if has install; then
   cmake -S examples -B build/example-installed -G Ninja -DCMAKE_PREFIX_PATH="$PWD/build/install" >/dev/null
   cmake --build build/example-installed
   build/example-installed/quantize_tensor examples/models/stories260K
+  build/example-installed/quantize_core nf4:b64:dq mxfp4
   # With the Release build's warning flags, so that its cached objects serve this build.
   cmake -S examples -B build/example-subdir -G Ninja -DQTOOL_SOURCE_DIR="$PWD" \
     -DQTOOL_BUILD_TESTS=OFF -DQTOOL_BUILD_BENCH=OFF -DQTOOL_BUILD_TOOLS=OFF -DQTOOL_WERROR=ON \
     "${launcher[@]}" >/dev/null
   cmake --build build/example-subdir
   build/example-subdir/quantize_tensor examples/models/stories260K
+  build/example-subdir/quantize_core nf4:b64:dq mxfp4
 fi
 
 if has interop; then

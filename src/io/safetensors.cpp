@@ -120,16 +120,6 @@ TensorInfo ParseEntry(const std::string& name, const json& e, uint64_t data_size
 
 }  // namespace
 
-int64_t TensorSpec::numel() const {
-  int64_t n = 1;
-  for (const int64_t d : shape) n *= d;
-  return n;
-}
-
-uint64_t TensorSpec::nbytes() const {
-  return static_cast<uint64_t>(numel()) * static_cast<uint64_t>(BitsOf(dtype)) / 8;
-}
-
 SafetensorsHeader ParseSafetensors(std::span<const std::byte> file, std::string_view label) {
   QTOOL_CHECK(file.size() >= 8, FormatError,
               "{}: truncated: {} bytes, fewer than the 8-byte header length", label, file.size());

@@ -1,7 +1,6 @@
 #include "qtool/quant/codec.hpp"
 
 #include "qtool/format/traits.hpp"
-#include "qtool/io/format_record.hpp"
 #include "qtool/quant/fp_codec.hpp"
 #include "qtool/quant/int_codec.hpp"
 #include "qtool/quant/mx_codec.hpp"
@@ -34,8 +33,6 @@ struct CodecFor {
 
 }  // namespace
 
-nlohmann::json WeightCodec::Record() const { return FormatToRecord(format()); }
-
 std::vector<TensorSpec> WeightCodec::Layout(const std::string& name) const {
   std::vector<TensorSpec> out;
   for (StoredPart& p : qtool::Layout(format(), rows_, cols_)) {
@@ -49,10 +46,6 @@ double WeightCodec::BitsPerWeight() const { return qtool::BitsPerWeight(format()
 std::unique_ptr<WeightCodec> MakeCodec(const Format& format, int64_t rows, int64_t cols) {
   Validate(format);
   return std::visit(CodecFor{rows, cols}, format);
-}
-
-std::unique_ptr<WeightCodec> MakeCodec(const nlohmann::json& record, int64_t rows, int64_t cols) {
-  return MakeCodec(FormatFromRecord(record), rows, cols);
 }
 
 std::vector<std::string> CodecNames() { return {"fp", "int", "mx", "nf4", "ternary"}; }

@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "qtool/core/error.hpp"
-#include "qtool/io/format_record.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/quant/pack.hpp"
 
@@ -44,13 +43,6 @@ IntCodec::IntCodec(const QuantSpec& spec, int64_t rows, int64_t cols, const Obse
   spec_.Validate();
   QTOOL_CHECK(!g_idx_ || (spec_.granularity == Granularity::kGroup && !spec_.flat_groups),
               OptionError, "a g_idx needs groups inside rows");
-}
-
-QuantSpec IntCodec::SpecFromRecord(const nlohmann::json& record) {
-  const Format f = FormatFromRecord(record);
-  const auto* i = std::get_if<IntFormat>(&f);
-  QTOOL_CHECK(i != nullptr, OptionError, "codec record {}: not an integer format", record.dump());
-  return IntSpec(*i);
 }
 
 Format IntCodec::format() const {

@@ -33,68 +33,14 @@ const std::array<float, 255>& DynamicMidpoints() {
 
 }  // namespace
 
-const std::array<float, 16>& Nf4Values() {
-  // QLoRA appendix E / bitsandbytes: quantiles of N(0, 1) normalised to [-1, 1], with an exact 0.
-  static const std::array<float, 16> v = {-1.0f,
-                                          -0.6961928009986877f,
-                                          -0.5250730514526367f,
-                                          -0.39491748809814453f,
-                                          -0.28444138169288635f,
-                                          -0.18477343022823334f,
-                                          -0.09105003625154495f,
-                                          0.0f,
-                                          0.07958029955625534f,
-                                          0.16093020141124725f,
-                                          0.24611230194568634f,
-                                          0.33791524171829224f,
-                                          0.44070982933044434f,
-                                          0.5626170039176941f,
-                                          0.7229568362236023f,
-                                          1.0f};
-  return v;
-}
+const std::array<float, 16>& Nf4Values() { return FormatTraits<Nf4Format>::kValues; }
 
 const std::array<float, 15>& Nf4Midpoints() {
   static const std::array<float, 15> m = Midpoints(Nf4Values());
   return m;
 }
 
-const std::array<float, 256>& DynamicMap8() {
-  // bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8) (Dettmers,
-  // "8-Bit Approximations for Parallelism in Deep Learning", arXiv:1511.04561): for i = 0..6 the
-  // 2^i midpoints of linspace(0.1, 1, 2^i + 1) times +-10^(i-6), plus 0 and 1, sorted. Arithmetic
-  // is f32 as in torch: linspace(start, end, n) gives start + step * k for k < n / 2 and
-  // end - step * (n - 1 - k) above, with step = (end - start) / (n - 1) in f32.
-  static const std::array<float, 256> map = [] {
-    constexpr double kPow10[7] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
-    std::vector<float> data;
-    for (int i = 0; i < 7; ++i) {
-      const int n = (1 << i) + 1;
-      const float start = 0.1f, end = 1.0f;
-      const float step = (end - start) / static_cast<float>(n - 1);
-      std::vector<float> b(static_cast<size_t>(n));
-      for (int k = 0; k < n; ++k) {
-        // Evaluated in double (the product is exact) and rounded once, as torch's vectorised
-        // kernel does with a fused multiply-add.
-        const double sd = step, kd = k < n / 2 ? k : n - 1 - k;
-        b[static_cast<size_t>(k)] = static_cast<float>(k < n / 2 ? start + sd * kd : end - sd * kd);
-      }
-      const auto p = static_cast<float>(kPow10[i]);
-      for (int k = 0; k + 1 < n; ++k) {
-        const float mean = (b[static_cast<size_t>(k)] + b[static_cast<size_t>(k) + 1]) / 2.0f;
-        data.push_back(p * mean);
-        data.push_back(-p * mean);
-      }
-    }
-    data.push_back(0.0f);
-    data.push_back(1.0f);
-    std::sort(data.begin(), data.end());
-    std::array<float, 256> out{};
-    std::copy(data.begin(), data.end(), out.begin());
-    return out;
-  }();
-  return map;
-}
+const std::array<float, 256>& DynamicMap8() { return FormatTraits<Nf4Format>::DynamicMap8(); }
 
 Nf4Codec::Nf4Codec(int64_t block, bool double_quant, int64_t rows, int64_t cols)
     : WeightCodec(rows, cols), block_(block), double_quant_(double_quant) {

@@ -13,11 +13,6 @@ namespace {
 
 constexpr int kTernaryBits = FormatTraits<TernaryFormat>::kBits;
 
-float AbsmeanScale(double abs_sum, int64_t n) {
-  const double mean = n > 0 ? abs_sum / static_cast<double>(n) : 0.0;
-  return std::max(static_cast<float>(mean), kTernaryMinScale);
-}
-
 }  // namespace
 
 TernaryCodec::TernaryCodec(const QuantSpec& spec, int64_t rows, int64_t cols)
@@ -37,7 +32,7 @@ void TernaryCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::by
   const int64_t cols = this->cols(), glen = spec_.GroupLen(cols);
   const int64_t ngroups = spec_.GroupsPerRow(cols), row_bytes = PackedBytes(cols, kTernaryBits);
   const bool tensor = spec_.granularity == Granularity::kTensor;
-  const float tensor_scale = AbsmeanScale(tensor_abs_sum_, rows() * cols);
+  const float tensor_scale = FormatTraits<TernaryFormat>::Scale(tensor_abs_sum_, rows() * cols);
   if (tensor && r0 == 0) std::memcpy(out[1], &tensor_scale, 4);
   auto* qweight = reinterpret_cast<uint8_t*>(out[0]);
   std::vector<uint8_t> codes(static_cast<size_t>(cols));
@@ -48,15 +43,13 @@ void TernaryCodec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::by
       const int64_t c0 = g * glen, c1 = std::min(cols, c0 + glen);
       float scale = tensor_scale;
       if (!tensor) {
-        double sum = 0;
-        for (int64_t c = c0; c < c1; ++c) sum += std::fabs(x[c]);
-        scale = AbsmeanScale(sum, c1 - c0);
+        scale = FormatTraits<TernaryFormat>::GroupScale(x + c0, c1 - c0);
         std::memcpy(out[1] + (r * ngroups + g) * 4, &scale, 4);
       }
       for (int64_t c = c0; c < c1; ++c) {
-        const float q = RoundHalfEvenSmall(std::clamp(x[c] / scale, -1.0f, 1.0f));
-        codes[static_cast<size_t>(c)] = static_cast<uint8_t>(static_cast<int>(q) + 1);
-        y[c] = q * scale;
+        const uint8_t u = FormatTraits<TernaryFormat>::Encode(x[c], scale);
+        codes[static_cast<size_t>(c)] = u;
+        y[c] = FormatTraits<TernaryFormat>::Decode(u, scale);
       }
     }
     PackCodes(codes.data(), cols, kTernaryBits, qweight + r * row_bytes);
@@ -76,7 +69,7 @@ void TernaryCodec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nr
     for (int64_t c = 0; c < cols; ++c) {
       float scale;
       std::memcpy(&scale, in[1] + (tensor ? 0 : r * ngroups + c / glen) * 4, 4);
-      y[c] = static_cast<float>(static_cast<int>(codes[static_cast<size_t>(c)]) - 1) * scale;
+      y[c] = FormatTraits<TernaryFormat>::Decode(codes[static_cast<size_t>(c)], scale);
     }
   }
 }

@@ -27,16 +27,17 @@ constexpr int64_t kNc = 1024;
 // Column block of the blocked Cholesky factorisation.
 constexpr int64_t kNb = 128;
 
+// The kernel family follows the library's ISA selection at each call (QTOOL_ISA, or a later
+// SelectIsa), like every other kernel.
 detail::MicroKernel SelectKernel() {
-  // The kernel family follows the library's ISA selection (QTOOL_ISA), like every other kernel.
-  static const detail::MicroKernel kernel = [] {
 #if defined(__x86_64__) || defined(_M_X64)
-    if (kernels::ActiveIsa() == kernels::Isa::kAvx512) return &detail::MicroKernelAvx512;
+  if (kernels::ActiveIsa() == kernels::Isa::kAvx512) return &detail::MicroKernelAvx512;
 #endif
-    return &detail::MicroKernelRef;
-  }();
-  return kernel;
+  return &detail::MicroKernelRef;
 }
+
+// The SSE2 transposes (x86-64's baseline) run unless the scalar family is selected.
+bool VectorTranspose() { return kernels::ActiveIsa() != kernels::Isa::kScalar; }
 
 // Packs rows [i0, i0 + mc) x columns [p0, p0 + kc) of A as panels of kMr rows (zero padded).
 void PackA(StridedView a, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* out) {
@@ -150,6 +151,12 @@ void TransposeTiled(const T* src, int64_t src_stride, int64_t rows, int64_t cols
 void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
                int64_t dst_stride) {
 #if defined(__SSE2__)
+  if (!VectorTranspose()) {
+    TransposeTiled<64>(src, src_stride, rows, cols, dst, dst_stride, [&](const float* s, float* d) {
+      TransposeRef(s, src_stride, 64, 64, d, dst_stride);
+    });
+    return;
+  }
   TransposeTiled<4>(src, src_stride, rows, cols, dst, dst_stride, [&](const float* s, float* d) {
     __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + src_stride);
     __m128 r2 = _mm_loadu_ps(s + 2 * src_stride), r3 = _mm_loadu_ps(s + 3 * src_stride);
@@ -169,6 +176,10 @@ void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols,
 void Transpose(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint8_t* dst,
                int64_t dst_stride) {
 #if defined(__SSE2__)
+  if (!VectorTranspose()) {
+    TransposeRef(src, src_stride, rows, cols, dst, dst_stride);
+    return;
+  }
   TransposeTiled<16>(
       src, src_stride, rows, cols, dst, dst_stride, [&](const uint8_t* s, uint8_t* d) {
         // Four rounds of interleaving row i with row i + 8: each rotates the bits of (row, column)

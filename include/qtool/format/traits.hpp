@@ -8,7 +8,11 @@
 // each layout; quant/ holds the codecs that fill them.
 #pragma once
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <variant>
 #include <vector>
@@ -108,12 +112,63 @@ struct FormatTraits<IntFormat> {
   static float Decode(uint8_t u, GroupParams p) {
     return static_cast<float>(static_cast<int32_t>(u) - p.zero) * p.scale;
   }
+
+  /// Parameters of a group whose chosen range is [lo, hi], widened to include 0 (docs/CODECS.md):
+  /// symmetric scale = max(-lo, hi) / (2^(b-1) - 1) with zero 2^(b-1); asymmetric scale =
+  /// (hi - lo) / (2^b - 1) with zero = rne(min(-lo / scale, 2^b - 1)). A range of 0, or one too
+  /// small to give a positive finite scale, gets scale 1 (any finite scale is exact for it).
+  static GroupParams Params(float lo, float hi, int bits, bool symmetric) {
+    const int32_t offset = symmetric ? 1 << (bits - 1) : 0;
+    lo = std::min(lo, 0.0f);
+    hi = std::max(hi, 0.0f);
+    GroupParams p;
+    if (symmetric) {
+      p.scale = std::max(-lo, hi) / static_cast<float>(offset - 1);
+      p.zero = offset;
+    } else {
+      const int32_t umax = (1 << bits) - 1;
+      p.scale = (hi - lo) / static_cast<float>(umax);
+      if (std::isinf(p.scale)) {  // hi - lo overflowed float; the quotient itself is finite
+        p.scale = static_cast<float>((static_cast<double>(hi) - lo) / umax);
+      }
+      if (p.scale > 0.0f && std::isfinite(p.scale)) {
+        p.zero =
+            static_cast<int32_t>(RoundHalfEven(std::min(-lo / p.scale, static_cast<float>(umax))));
+      }
+    }
+    if (!(p.scale > 0.0f) || !std::isfinite(p.scale)) {
+      p.scale = 1.0f;
+      p.zero = offset;
+    }
+    return p;
+  }
 };
 
 template <>
 struct FormatTraits<TernaryFormat> {
   static constexpr const char* kCodec = "ternary";
   static constexpr int kBits = 2;  // stored code u = q + 1
+  /// Smallest absmean scale (an all-zero group scales by it and stores 0).
+  static constexpr float kMinScale = 1e-5f;
+
+  /// Absmean scale of a group: max(sum |x| / n, kMinScale), the mean taken in f64.
+  static float Scale(double abs_sum, int64_t n) {
+    const double mean = n > 0 ? abs_sum / static_cast<double>(n) : 0.0;
+    return std::max(static_cast<float>(mean), kMinScale);
+  }
+  static float GroupScale(const float* x, int64_t n) {
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += std::fabs(x[i]);
+    return Scale(sum, n);
+  }
+  /// Stored code u = q + 1 of x, q = rne(clamp(x / scale, -1, 1)).
+  static uint8_t Encode(float x, float scale) {
+    const float q = FormatTraits<IntFormat>::RoundHalfEven(std::clamp(x / scale, -1.0f, 1.0f));
+    return static_cast<uint8_t>(static_cast<int>(q) + 1);
+  }
+  static float Decode(uint8_t u, float scale) {
+    return static_cast<float>(static_cast<int>(u) - 1) * scale;
+  }
 
   static void Validate(const TernaryFormat& f) {
     detail::CheckGroup(f.granularity, f.group, "ternary");
@@ -135,6 +190,74 @@ struct FormatTraits<Nf4Format> {
   static constexpr int64_t kMinBlock = 32, kMaxBlock = 4096;
   /// Absmax values per chunk of double quantisation.
   static constexpr int64_t kDoubleQuantBlock = 256;
+  /// The 16 NF4 values, ascending: quantiles of N(0, 1) normalised to [-1, 1], with an exact 0
+  /// (QLoRA appendix E; bitsandbytes' NF4 table).
+  static constexpr std::array<float, 16> kValues = {-1.0f,
+                                                    -0.6961928009986877f,
+                                                    -0.5250730514526367f,
+                                                    -0.39491748809814453f,
+                                                    -0.28444138169288635f,
+                                                    -0.18477343022823334f,
+                                                    -0.09105003625154495f,
+                                                    0.0f,
+                                                    0.07958029955625534f,
+                                                    0.16093020141124725f,
+                                                    0.24611230194568634f,
+                                                    0.33791524171829224f,
+                                                    0.44070982933044434f,
+                                                    0.5626170039176941f,
+                                                    0.7229568362236023f,
+                                                    1.0f};
+
+  /// bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8) (Dettmers,
+  /// "8-Bit Approximations for Parallelism in Deep Learning", arXiv:1511.04561), the map of double
+  /// quantisation: for i = 0..6 the 2^i midpoints of linspace(0.1, 1, 2^i + 1) times +-10^(i-6),
+  /// plus 0 and 1, sorted. Arithmetic is f32 as in torch: linspace(start, end, n) gives
+  /// start + step * k for k < n / 2 and end - step * (n - 1 - k) above, with
+  /// step = (end - start) / (n - 1) in f32.
+  static const std::array<float, 256>& DynamicMap8() {
+    static const std::array<float, 256> map = [] {
+      constexpr double kPow10[7] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+      std::vector<float> data;
+      for (int i = 0; i < 7; ++i) {
+        const int n = (1 << i) + 1;
+        const float start = 0.1f, end = 1.0f;
+        const float step = (end - start) / static_cast<float>(n - 1);
+        std::vector<float> b(static_cast<size_t>(n));
+        for (int k = 0; k < n; ++k) {
+          // Evaluated in double (the product is exact) and rounded once, as torch's vectorised
+          // kernel does with a fused multiply-add.
+          const double sd = step, kd = k < n / 2 ? k : n - 1 - k;
+          b[static_cast<size_t>(k)] =
+              static_cast<float>(k < n / 2 ? start + sd * kd : end - sd * kd);
+        }
+        const auto p = static_cast<float>(kPow10[i]);
+        for (int k = 0; k + 1 < n; ++k) {
+          const float mean = (b[static_cast<size_t>(k)] + b[static_cast<size_t>(k) + 1]) / 2.0f;
+          data.push_back(p * mean);
+          data.push_back(-p * mean);
+        }
+      }
+      data.push_back(0.0f);
+      data.push_back(1.0f);
+      std::sort(data.begin(), data.end());
+      std::array<float, 256> out{};
+      std::copy(data.begin(), data.end(), out.begin());
+      return out;
+    }();
+    return map;
+  }
+
+  /// Smallest absmax used as a divisor: an all-zero block scales by 1e38 and stores code 7 (0.0).
+  static constexpr float kMinAbsmax = 1e-38f;
+
+  /// x scaled into its block: x * (1 / absmax) in a whole block, x / absmax in the shorter last
+  /// block (bitsandbytes computes the two cases so), clamped to [-1, 1].
+  static float ScaleToUnit(float x, float absmax, bool whole_block) {
+    const float a = std::max(absmax, kMinAbsmax);
+    const float v = whole_block ? x * (1.0f / a) : x / a;
+    return std::clamp(v, -1.0f, 1.0f);
+  }
 
   static void Validate(const Nf4Format& f) {
     QTOOL_CHECK(f.block >= kMinBlock && f.block <= kMaxBlock, OptionError,
@@ -215,6 +338,17 @@ struct FormatTraits<MxFormat> {
   static std::vector<StoredPart> Layout(const MxFormat& f, int64_t rows, int64_t cols) {
     return {{".qweight", DType::kU8, {rows, PackedBytes(cols, ElementBits(f.element))}},
             {".scales", DType::kF8E8M0, {rows, (cols + f.block - 1) / f.block}}};
+  }
+
+  /// The absmax that chooses a block's scale: max |x|, or NaN where the block holds a NaN.
+  static float BlockAmax(const float* x, int64_t n) {
+    float amax = 0;
+    bool nan = false;
+    for (int64_t i = 0; i < n; ++i) {
+      amax = std::max(amax, std::fabs(x[i]));
+      nan |= std::isnan(x[i]);
+    }
+    return nan ? std::numeric_limits<float>::quiet_NaN() : amax;
   }
 
   /// MXINT8 element code of P = V / X: the two's complement byte of clamp(rne(P * 64), -128,

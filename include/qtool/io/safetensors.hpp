@@ -22,21 +22,12 @@
 
 #include "qtool/core/dtype.hpp"
 #include "qtool/core/mapped_file.hpp"
+#include "qtool/core/tensor_spec.hpp"
 
 namespace qtool {
 
 /// Largest header the reader accepts (the reference implementation's limit).
 inline constexpr uint64_t kMaxSafetensorsHeader = 100'000'000;
-
-/// Name, type and shape of a tensor, as written in a header.
-struct TensorSpec {
-  std::string name;
-  DType dtype = DType::kF32;
-  std::vector<int64_t> shape;
-
-  int64_t numel() const;
-  uint64_t nbytes() const;
-};
 
 /// A tensor of a parsed file: its spec and where its bytes lie in the data section.
 struct TensorInfo : TensorSpec {

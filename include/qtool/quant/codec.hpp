@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "qtool/core/tensor_spec.hpp"
 #include "qtool/format/format.hpp"
-#include "qtool/io/safetensors.hpp"
 #include "qtool/quant/metrics.hpp"
 
 namespace qtool {

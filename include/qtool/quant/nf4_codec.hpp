@@ -47,15 +47,12 @@ inline constexpr int64_t kNf4DoubleQuantBlock = FormatTraits<Nf4Format>::kDouble
 /// Midpoints between consecutive NF4 values, computed in f32 as bitsandbytes does.
 const std::array<float, 15>& Nf4Midpoints();
 
-/// Smallest absmax used as a divisor: an all-zero block scales by 1e38 and stores code 7 (0.0).
-inline constexpr float kNf4MinAbsmax = 1e-38f;
+/// Smallest absmax used as a divisor (FormatTraits<Nf4Format>::kMinAbsmax).
+inline constexpr float kNf4MinAbsmax = FormatTraits<Nf4Format>::kMinAbsmax;
 
-/// x scaled into its block: x * (1 / absmax) in a whole block, x / absmax in the shorter last
-/// block (bitsandbytes computes the two cases so), clamped to [-1, 1].
+/// FormatTraits<Nf4Format>::ScaleToUnit: x scaled into its block, clamped to [-1, 1].
 inline float Nf4ScaleToUnit(float x, float absmax, bool whole_block) {
-  const float a = std::max(absmax, kNf4MinAbsmax);
-  const float v = whole_block ? x * (1.0f / a) : x / a;
-  return std::clamp(v, -1.0f, 1.0f);
+  return FormatTraits<Nf4Format>::ScaleToUnit(x, absmax, whole_block);
 }
 
 /// NF4 code of x in a block with this absmax: the number of midpoints strictly below the scaled

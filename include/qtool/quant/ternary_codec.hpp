@@ -14,7 +14,7 @@
 
 namespace qtool {
 
-inline constexpr float kTernaryMinScale = 1e-5f;
+inline constexpr float kTernaryMinScale = FormatTraits<TernaryFormat>::kMinScale;
 
 class TernaryCodec final : public WeightCodec {
  public:

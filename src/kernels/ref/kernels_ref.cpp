@@ -259,13 +259,7 @@ void RefQuantizeMx(const float* x, int64_t n, int64_t block, const MinifloatCode
   Scratch codes(0, n);
   for (int64_t c0 = 0, j = 0; c0 < n; c0 += block, ++j) {
     const int64_t c1 = std::min(n, c0 + block);
-    float amax = 0;
-    bool nan = false;
-    for (int64_t c = c0; c < c1; ++c) {
-      amax = std::max(amax, std::fabs(x[c]));
-      nan |= std::isnan(x[c]);
-    }
-    if (nan) amax = std::numeric_limits<float>::quiet_NaN();
+    const float amax = FormatTraits<MxFormat>::BlockAmax(x + c0, c1 - c0);
     const uint8_t s = E8M0ScaleForBlock(amax, e ? e->emax : 0);
     scales[j] = s;
     const float scale = DecodeE8M0(s);
