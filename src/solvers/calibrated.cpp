@@ -245,13 +245,29 @@ class HessianConsumer final : public ActivationConsumer {
 };
 
 // The Linear layers of a block in the groups that share an input, in execution order.
-const std::vector<std::vector<std::string>>& InputGroups() {
+const std::vector<std::vector<std::string>>& InputGroups(const LlamaConfig& cfg) {
   static const std::vector<std::vector<std::string>> groups = {
       {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"},
       {"self_attn.o_proj"},
       {"mlp.gate_proj", "mlp.up_proj"},
       {"mlp.down_proj"}};
-  return groups;
+  static const std::vector<std::vector<std::string>> fused = {
+      {"self_attn.qkv_proj"}, {"self_attn.o_proj"}, {"mlp.gate_up_proj"}, {"mlp.down_proj"}};
+  return cfg.fused_projections ? fused : groups;
+}
+
+// The norm whose output is the MLP's input: Gemma's pre_feedforward_layernorm (its
+// post_attention_layernorm normalises the attention's output before the residual add, so no scale
+// folds into it).
+std::string MlpNorm(const LlamaConfig& cfg) {
+  return cfg.sandwich_norms ? "pre_feedforward_layernorm" : "post_attention_layernorm";
+}
+
+// A norm's weight as the checkpoint stores it, from the form the runtime multiplies by: Gemma's
+// (1 + w) norms store w, so folding 1/s into one stores (1 + w) / s - 1.
+RowMatrixXf StoredNorm(const LlamaConfig& cfg, RowMatrixXf effective) {
+  if (cfg.norm_plus_one) effective.array() -= 1.0f;
+  return effective;
 }
 
 struct Context {
@@ -280,7 +296,7 @@ BlockSolution GptqBlock(const Context& ctx, CalibrationRunner& run, WeightOverri
   opt.threads = ctx.threads;
   const int64_t b = run.block();
   BlockSolution sol;
-  for (const auto& group : InputGroups()) {
+  for (const auto& group : InputGroups(ctx.cfg)) {
     HessianConsumer h(run.in_features(group[0]), ctx.threads);
     run.Capture({{group[0], {&h}}}, *overrides);
     std::optional<GptqHessian> hessian;  // factored once for the layers sharing the input
@@ -306,7 +322,7 @@ BlockSolution HqqBlock(const Context& ctx, int64_t b) {
   opt.threads = ctx.threads;
   opt.integer_zero = true;
   BlockSolution sol;
-  for (const std::string& name : BlockLinearNames()) {
+  for (const std::string& name : BlockLinearNames(ctx.cfg)) {
     const std::string full = WeightName(b, name);
     if (!ctx.Selected(full)) continue;
     const auto t0 = std::chrono::steady_clock::now();
@@ -353,8 +369,9 @@ BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
   const int64_t b = run.block();
   const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
   const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
+  const auto& groups = InputGroups(ctx.cfg);
   const std::vector<std::pair<std::string, std::vector<std::string>>> folds = {
-      {"input_layernorm", InputGroups()[0]}, {"post_attention_layernorm", InputGroups()[2]}};
+      {"input_layernorm", groups[0]}, {MlpNorm(ctx.cfg), groups[2]}};
   std::vector<std::unique_ptr<ChannelStats>> stats;
   ConsumerMap consumers;
   for (const auto& [norm, layers] : folds) {
@@ -371,7 +388,7 @@ BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
   // The block as the search runs it: every Linear rounded, in the basis of the folds so far.
   WeightOverrides rounded;
   if (search) {
-    for (const std::string& n : BlockLinearNames()) {
+    for (const std::string& n : BlockLinearNames(ctx.cfg)) {
       rounded[n] = QuantizeRtn(run.Weight(n), grid, g).dequant;
     }
   }
@@ -413,7 +430,7 @@ BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
     }
     RowMatrixXf nw = norm_w.array().rowwise() / s.transpose().array();
     if (search) rounded[norm] = nw;
-    sol.values[BlockTensorName(b, norm) + ".weight"] = std::move(nw);
+    sol.values[BlockTensorName(b, norm) + ".weight"] = StoredNorm(ctx.cfg, nw);
     for (size_t i = 0; i < layers.size(); ++i) {
       w[i].array().rowwise() *= s.transpose().array();
       if (search) rounded[layers[i]] = QuantizeRtn(w[i], grid, g).dequant;
@@ -438,7 +455,7 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   // The codec rounds AWQ's output, so the search rounds as the codec does.
   const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
   const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
-  const auto& groups = InputGroups();
+  const auto& groups = InputGroups(ctx.cfg);
   const int64_t total_rows = run.num_samples() * run.seq_len();
   std::vector<std::unique_ptr<ChannelStats>> stats;
   std::vector<std::unique_ptr<RowSampler>> samples;
@@ -451,11 +468,12 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   const RowMatrixXf ref = run.Run(consumers);
   WeightOverrides cur;  // every weight of the block, in the current (rescaled) basis
   std::map<std::string, Rescaling> rescaled;
-  for (const std::string& n : BlockLinearNames()) {
+  for (const std::string& n : BlockLinearNames(ctx.cfg)) {
     cur[n] = run.Weight(n);
     rescaled[n] = {Eigen::VectorXf::Ones(cur[n].rows()), Eigen::VectorXf::Ones(cur[n].cols())};
   }
-  for (const char* n : {"input_layernorm", "post_attention_layernorm"}) cur[n] = run.Weight(n);
+  const std::string mlp_norm = MlpNorm(ctx.cfg);
+  for (const std::string& n : {std::string("input_layernorm"), mlp_norm}) cur[n] = run.Weight(n);
 
   // o_proj input channel j reads v_proj output channel kv_of[j].
   const LlamaConfig& cfg = ctx.cfg;
@@ -465,22 +483,29 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   for (int64_t j = 0; j < o_in; ++j) {
     kv_of[static_cast<size_t>(j)] = (j / cfg.head_dim / rep) * cfg.head_dim + j % cfg.head_dim;
   }
-  const int64_t kv_dim = run.out_features("self_attn.v_proj");
+  const int64_t kv_dim = cfg.num_kv_heads * cfg.head_dim;
 
+  // The op before each group: a norm, or the Linear whose output rows [row0, row0 + n) are the
+  // group's input (v in Phi-3's fused qkv_proj follows q and k; up in gate_up_proj follows gate).
   struct Fold {
     std::string prev;
     size_t group;
+    bool norm;
+    int64_t row0;
   };
-  const std::vector<Fold> folds = {{"input_layernorm", 0},
-                                   {"self_attn.v_proj", 1},
-                                   {"post_attention_layernorm", 2},
-                                   {"mlp.up_proj", 3}};
+  const bool fused = cfg.fused_projections;
+  const std::vector<Fold> folds = {
+      {"input_layernorm", 0, true, 0},
+      {fused ? "self_attn.qkv_proj" : "self_attn.v_proj", 1, false,
+       fused ? cfg.num_heads * cfg.head_dim + kv_dim : 0},
+      {mlp_norm, 2, true, 0},
+      {fused ? "mlp.gate_up_proj" : "mlp.up_proj", 3, false, fused ? cfg.intermediate_size : 0}};
   std::vector<Eigen::VectorXf> input_scale(groups.size());
   for (const Fold& f : folds) {
     const auto t0 = std::chrono::steady_clock::now();
     const std::vector<std::string>& layers = groups[f.group];
     Eigen::VectorXf mean = stats[f.group]->MeanAbs().cast<float>();
-    const bool v_to_o = f.prev == "self_attn.v_proj";
+    const bool v_to_o = f.group == 1;
     Eigen::VectorXf mean_prev = mean;  // per output channel of the preceding op
     if (v_to_o) {
       mean_prev = Eigen::VectorXf::Zero(kv_dim);
@@ -515,11 +540,13 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
       cur[l].array().rowwise() *= s.array();
       rescaled[l].cols.array() *= s.transpose().array();
     }
-    if (f.prev == "input_layernorm" || f.prev == "post_attention_layernorm") {
+    if (f.norm) {
       cur[f.prev].array().rowwise() /= best_s.transpose().array();
     } else {
-      cur[f.prev].array().colwise() /= best_s.array();  // the preceding Linear's output rows
-      rescaled[f.prev].rows.array() /= best_s.array();
+      // The preceding Linear's output rows.
+      const auto n = static_cast<int64_t>(best_s.size());
+      cur[f.prev].middleRows(f.row0, n).array().colwise() /= best_s.array();
+      rescaled[f.prev].rows.segment(f.row0, n).array() /= best_s.array();
     }
     input_scale[f.group] = s.transpose();
     ctx.Report({b, layers.front(), best, Since(t0), fmt::format("alpha {:.2f}", best_alpha)});
@@ -528,12 +555,16 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
     const RowMatrixXf x =
         samples[gi]->Rows().array().rowwise() / input_scale[gi].transpose().array();
     for (const std::string& l : groups[gi]) {
-      if (l == "self_attn.q_proj" || l == "self_attn.k_proj") continue;
+      if (l == "self_attn.q_proj" || l == "self_attn.k_proj" || l == "self_attn.qkv_proj") continue;
       cur[l] = AwqClip(cur[l], x, grid, g, ctx.method.awq_clip_grid, ctx.method.awq_max_shrink);
     }
   }
   BlockSolution sol;
-  for (auto& [name, w] : cur) sol.values[BlockTensorName(b, name) + ".weight"] = std::move(w);
+  for (auto& [name, w] : cur) {
+    const bool is_norm = name == "input_layernorm" || name == mlp_norm;
+    sol.values[BlockTensorName(b, name) + ".weight"] =
+        is_norm ? StoredNorm(cfg, std::move(w)) : std::move(w);
+  }
   for (auto& [name, r] : rescaled) sol.rescaled[WeightName(b, name)] = std::move(r);
   return sol;
 }

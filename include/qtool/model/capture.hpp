@@ -46,6 +46,9 @@ inline constexpr int64_t kCaptureChunkTokens = 4096;
 
 /// Short names of the Linear layers of a decoder block, in execution order.
 const std::vector<std::string>& BlockLinearNames();
+/// The same for a model of `cfg`'s architecture: Phi-3's fused layers are "self_attn.qkv_proj"
+/// (rows q, k, v) and "mlp.gate_up_proj" (rows gate, up), each shown its own input.
+const std::vector<std::string>& BlockLinearNames(const LlamaConfig& cfg);
 
 /// "model.layers.{block}.{name}": the checkpoint name of a block tensor without ".weight"/".bias".
 std::string BlockTensorName(int64_t block, const std::string& name);
@@ -94,8 +97,9 @@ class ChannelStats : public ActivationConsumer {
 using ConsumerMap = std::map<std::string, std::vector<ActivationConsumer*>>;
 
 /// Replacement tensors of the current block by short name: a Linear's weight as [out, in]
-/// ("mlp.down_proj"), or a norm's weight as [1, hidden] ("input_layernorm",
-/// "post_attention_layernorm"). Anything not named keeps the checkpoint's value.
+/// ("mlp.down_proj"), or a norm's weight as [1, size] ("input_layernorm",
+/// "post_attention_layernorm", Gemma's "pre_feedforward_layernorm", ...) in the form the runtime
+/// multiplies by (Gemma's 1 + w). Anything not named keeps the checkpoint's value.
 using WeightOverrides = std::map<std::string, RowMatrixXf>;
 
 struct CalibrationOptions {
@@ -127,8 +131,9 @@ class CalibrationRunner {
 
   /// Inputs of the current block: [num_samples * seq_len, hidden_size], sample after sample.
   const RowMatrixXf& inputs() const { return inputs_; }
-  /// The current block's tensor `name` (a Linear's weight [out, in] or a norm's [1, hidden]) as
-  /// the checkpoint holds it, decoded to float.
+  /// The current block's tensor `name` (a Linear's weight [out, in] or a norm's [1, size]) as
+  /// the checkpoint holds it, decoded to float; a norm in the form the runtime multiplies by
+  /// (Gemma's stored w as 1 + w).
   RowMatrixXf Weight(const std::string& name) const;
   int64_t in_features(const std::string& linear) const;
   int64_t out_features(const std::string& linear) const;
