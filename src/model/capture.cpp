@@ -20,8 +20,14 @@ const std::vector<std::string>& BlockLinearNames() {
   return names;
 }
 
+const std::vector<std::string>& BlockLinearNames(const LlamaConfig& cfg) {
+  static const std::vector<std::string> fused = {"self_attn.qkv_proj", "self_attn.o_proj",
+                                                 "mlp.gate_up_proj", "mlp.down_proj"};
+  return cfg.fused_projections ? fused : BlockLinearNames();
+}
+
 std::vector<std::string> BlockLinearNames(const LlamaConfig& cfg, int64_t block) {
-  if (!cfg.IsMoeLayer(block)) return BlockLinearNames();
+  if (!cfg.IsMoeLayer(block)) return BlockLinearNames(cfg);
   std::vector<std::string> names(BlockLinearNames().begin(), BlockLinearNames().begin() + 4);
   for (std::string& n : runtime::MoeLinearNames(cfg)) names.push_back(std::move(n));
   return names;
@@ -147,11 +153,7 @@ const runtime::Linear& FindLinear(const runtime::BlockWeights& b, const std::str
 RowMatrixXf CalibrationRunner::Weight(const std::string& name) const {
   QTOOL_CHECK(!done(), OptionError, "every block has been calibrated");
   const auto block = model_.impl_->Block(block_);
-  if (name == "input_layernorm" || name == "post_attention_layernorm") {
-    const Eigen::VectorXf& n =
-        name == "input_layernorm" ? block->input_norm : block->post_attention_norm;
-    return n.transpose();
-  }
+  if (const Eigen::VectorXf* n = block->FindNorm(name)) return n->transpose();
   const runtime::Linear& l = FindLinear(*block, name);
   RowMatrixXf w(l.out(), l.in());
   for (int64_t r = 0; r < l.out(); ++r) l.w.UnpackRow(r, &w(r, 0));
@@ -172,8 +174,9 @@ int64_t CalibrationRunner::in_features(const std::string& linear) const {
   }
   if (linear == "self_attn.o_proj") return c.num_heads * c.head_dim;
   if (linear == "mlp.down_proj") return c.intermediate_size;
-  QTOOL_CHECK(std::count(BlockLinearNames().begin(), BlockLinearNames().end(), linear) == 1,
-              OptionError, "\"{}\" is not a Linear layer of a decoder block", linear);
+  const std::vector<std::string>& names = BlockLinearNames(c);
+  QTOOL_CHECK(std::count(names.begin(), names.end(), linear) == 1, OptionError,
+              "\"{}\" is not a Linear layer of a decoder block", linear);
   return c.hidden_size;
 }
 
@@ -190,6 +193,9 @@ int64_t CalibrationRunner::out_features(const std::string& linear) const {
     return c.num_kv_heads * c.head_dim;
   }
   if (linear == "mlp.gate_proj" || linear == "mlp.up_proj") return c.intermediate_size;
+  if (linear == "self_attn.qkv_proj") return (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+  if (linear == "mlp.gate_up_proj") return 2 * c.intermediate_size;
+  in_features(linear);  // refuses a name of another architecture
   QTOOL_CHECK(linear == "self_attn.o_proj" || linear == "mlp.down_proj", OptionError,
               "\"{}\" is not a Linear layer of a decoder block", linear);
   return c.hidden_size;
@@ -238,8 +244,8 @@ void CalibrationRunner::Forward(const ConsumerMap& consumers, const WeightOverri
   for (int64_t s0 = 0; s0 < num_samples(); s0 += per_chunk) {
     const int64_t count = std::min(per_chunk, num_samples() - s0);
     RowMatrixXf x = inputs_.middleRows(s0 * seq_len_, count * seq_len_);
-    runtime::RunBlock(*block, m.cfg, m.rope, std::vector<int64_t>(count, seq_len_), x, m.threads,
-                      observe, nullptr, stop_after);
+    runtime::RunBlock(*block, m.cfg, m.Rope(block_), std::vector<int64_t>(count, seq_len_), x,
+                      m.threads, observe, nullptr, stop_after);
     if (out) out->middleRows(s0 * seq_len_, count * seq_len_) = x;
   }
 }

@@ -1,4 +1,4 @@
-// config.json of the Llama-family decoders, in both styles transformers writes: the older top-level
+// config.json of the dense decoders, in both styles transformers writes: the older top-level
 // `rope_theta` / `rope_scaling` and transformers 5's `rope_parameters` (also per layer type).
 //
 // Every key is accounted for: it is read and implemented, known to leave the computation alone
@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "moe.hpp"
@@ -28,10 +29,14 @@ namespace {
 using nlohmann::json;
 
 // Architectures whose config.json and tensor names this runtime implements.
-constexpr std::array<std::pair<const char*, const char*>, 6> kArchitectures = {{
+constexpr std::array<std::pair<const char*, const char*>, 10> kArchitectures = {{
     {"LlamaForCausalLM", "llama"},
     {"MistralForCausalLM", "mistral"},
     {"Qwen2ForCausalLM", "qwen2"},
+    {"Qwen3ForCausalLM", "qwen3"},
+    {"Gemma2ForCausalLM", "gemma2"},
+    {"Gemma3ForCausalLM", "gemma3_text"},
+    {"Phi3ForCausalLM", "phi3"},
     {"MixtralForCausalLM", "mixtral"},
     {"Qwen2MoeForCausalLM", "qwen2_moe"},
     {"Qwen3MoeForCausalLM", "qwen3_moe"},
@@ -55,6 +60,8 @@ const std::set<std::string_view> kHarmlessKeys = {
     "initializer_range",
     "attention_dropout",
     "hidden_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
     "pretraining_tp",
     "use_cache",
     "pad_token_id",
@@ -133,8 +140,35 @@ const std::set<std::string_view> kImplementedKeys = {
     "attention_bias",
     "mlp_bias",
 };
-const std::set<std::string_view> kSlidingKeys = {"sliding_window", "use_sliding_window",
-                                                 "max_window_layers", "layer_types"};
+// The keys of each architecture beyond kImplementedKeys, as its transformers config class reads
+// them (sliding windows, Gemma's scalings and soft-capping, Phi-3's partial rotary embedding).
+// cache_implementation names a generation cache and leaves the logits alone; Gemma 2's older
+// configs repeat sliding_window as sliding_window_size, which must agree with it; Phi-3's
+// original_max_position_embeddings is read only by the longrope scaling, which is refused.
+const std::set<std::string_view>& ArchitectureKeys(const std::string& model_type) {
+  static const std::map<std::string, std::set<std::string_view>, std::less<>> m = {
+      {"llama", {}},
+      {"mistral", {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
+      {"qwen2", {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
+      {"qwen3", {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
+      {"gemma2",
+       {"sliding_window", "sliding_window_size", "layer_types", "query_pre_attn_scalar",
+        "attn_logit_softcapping", "final_logit_softcapping", "cache_implementation"}},
+      {"gemma3_text",
+       {"sliding_window", "layer_types", "sliding_window_pattern", "_sliding_window_pattern",
+        "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+        "rope_local_base_freq", "cache_implementation"}},
+      {"phi3", {"sliding_window", "partial_rotary_factor", "original_max_position_embeddings"}},
+      {"mixtral", {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
+      {"qwen2_moe", {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
+      {"qwen3_moe", {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
+  };
+  return m.at(model_type);
+}
+
+bool IsGemma(const std::string& model_type) {
+  return model_type == "gemma2" || model_type == "gemma3_text";
+}
 
 // Keys of other architectures that this runtime does not implement, with the value that means
 // "off". Any other unknown key is refused unless it is null.
@@ -225,10 +259,19 @@ constexpr int64_t kMaxRopeTable = int64_t{1} << 28;
 struct Rope {
   std::optional<double> theta;
   RopeScaling scaling;
+  std::optional<double> partial_rotary_factor;  // Phi-3 only
   bool operator==(const Rope&) const = default;
 };
 
-Rope ParseRope(const json& r, const std::string& where) {
+double ToRotaryFactor(const json& v, const std::string& where) {
+  const double f = ToDouble(v, where, 0, 1);
+  QTOOL_CHECK(f > 0, FormatError, "config.json: \"{}\" = {} must be above 0", where, v.dump());
+  return f;
+}
+
+// `partial_rotary` admits partial_rotary_factor (Phi-3, which transformers 5 writes inside
+// rope_parameters).
+Rope ParseRope(const json& r, const std::string& where, bool partial_rotary = false) {
   QTOOL_CHECK(r.is_object(), FormatError, "config.json: \"{}\" must be an object, got {}", where,
               r.dump());
   auto key = [&](const char* k) { return where + "." + k; };
@@ -239,6 +282,7 @@ Rope ParseRope(const json& r, const std::string& where) {
   const json* t = Find(r, type_key);
   const std::string type = t ? ToString(*t, key(type_key)) : "default";
   std::set<std::string_view> allowed = {"rope_type", "type", "rope_theta"};
+  if (partial_rotary) allowed.insert("partial_rotary_factor");
   if (type == "default") {
     s.type = RopeScaling::Type::kNone;
   } else if (type == "linear") {
@@ -260,6 +304,9 @@ Rope ParseRope(const json& r, const std::string& where) {
   }
   if (const json* v = Find(r, "rope_theta"))
     out.theta = ToDouble(*v, key("rope_theta"), 1e-6, 1e30);
+  if (const json* v = Find(r, "partial_rotary_factor"); v && partial_rotary) {
+    out.partial_rotary_factor = ToRotaryFactor(*v, key("partial_rotary_factor"));
+  }
   if (const json* f = Find(r, "factor")) s.factor = ToDouble(*f, key("factor"), 1e-6, 1e9);
   if (s.type == RopeScaling::Type::kLlama3) {
     if (const json* v = Find(r, "low_freq_factor"))
@@ -276,8 +323,7 @@ Rope ParseRope(const json& r, const std::string& where) {
   return out;
 }
 
-// Layer types as transformers 5 names them; the runtime implements a model whose layers are all
-// of one kind.
+// Layer types as transformers 5 names them.
 enum class Attention { kFull, kSliding };
 
 Attention ParseLayerType(const json& v, size_t i) {
@@ -288,9 +334,11 @@ Attention ParseLayerType(const json& v, size_t i) {
   return Attention::kSliding;
 }
 
-// The kind of attention of every layer, or nullopt for a model with no sliding-window settings.
-// Qwen2 (transformers): layer i slides when use_sliding_window and sliding_window are set and
-// i >= max_window_layers; Mistral: every layer slides when sliding_window is set.
+// The kind of attention of every layer. Without layer_types, as transformers' config classes
+// derive them: Qwen2/Qwen3: layer i slides when use_sliding_window and sliding_window are set and
+// i >= max_window_layers; Mistral and Phi-3: every layer slides when sliding_window is set;
+// Gemma 2: layers 0, 2, 4, ... slide; Gemma 3: every layer but each sliding_window_pattern-th
+// (default 6) slides.
 std::vector<Attention> LayerTypes(const json& j, const std::string& model_type, int64_t layers) {
   std::vector<Attention> types;
   if (const json* lt = Find(j, "layer_types")) {
@@ -300,10 +348,24 @@ std::vector<Attention> LayerTypes(const json& j, const std::string& model_type, 
     for (size_t i = 0; i < lt->size(); ++i) types.push_back(ParseLayerType((*lt)[i], i));
     return types;
   }
+  if (IsGemma(model_type)) {
+    int64_t pattern = 2;
+    if (model_type == "gemma3_text") {
+      pattern = 6;
+      for (const char* key : {"sliding_window_pattern", "_sliding_window_pattern"}) {
+        if (const json* v = Find(j, key)) pattern = ToInt(*v, key, 1, kMaxCount);
+      }
+    }
+    for (int64_t i = 0; i < layers; ++i) {
+      types.push_back((i + 1) % pattern != 0 ? Attention::kSliding : Attention::kFull);
+    }
+    return types;
+  }
   const json* window = Find(j, "sliding_window");
   bool sliding = window != nullptr;
   int64_t first_sliding = 0;
-  if (model_type == "qwen2" || model_type == "qwen2_moe" || model_type == "qwen3_moe") {
+  if (model_type == "qwen2" || model_type == "qwen3" || model_type == "qwen2_moe" ||
+      model_type == "qwen3_moe") {
     const json* use = Find(j, "use_sliding_window");
     sliding = sliding && use != nullptr && ToBool(*use, "use_sliding_window");
     if (const json* m = Find(j, "max_window_layers")) {
@@ -335,26 +397,39 @@ LlamaConfig LlamaConfig::FromJson(const json& j) {
   }
   QTOOL_CHECK(known, OptionError,
               "architecture \"{}\" (model_type \"{}\") is not supported; the runtime runs "
-              "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM, "
+              "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
+              "Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, MixtralForCausalLM, "
               "Qwen2MoeForCausalLM and Qwen3MoeForCausalLM",
               c.architecture, c.model_type);
-  const bool has_sliding = c.model_type != "llama";
+  const std::string& type = c.model_type;
+  const bool gemma = IsGemma(type), phi3 = type == "phi3";
+  const std::set<std::string_view>& arch_keys = ArchitectureKeys(type);
   for (const auto& [k, v] : j.items()) {
     const bool accounted = kHarmlessKeys.count(k) != 0 || kImplementedKeys.count(k) != 0 ||
-                           (has_sliding && kSlidingKeys.count(k) != 0) ||
-                           runtime::MoeConfigKeys(c.model_type).count(k) != 0;
+                           arch_keys.count(k) != 0 || runtime::MoeConfigKeys(type).count(k) != 0;
     QTOOL_CHECK(accounted || IsNeutral(k, v), OptionError,
-                "config.json: \"{}\" = {} is not implemented by the {} runtime", k, v.dump(),
-                c.model_type);
+                "config.json: \"{}\" = {} is not implemented by the {} runtime", k, v.dump(), type);
   }
 
-  // Activation: transformers reads hidden_act (hidden_activation in Gemma's configs); "swish" is
-  // its other name for SiLU.
-  for (const char* key : {"hidden_act", "hidden_activation"}) {
-    if (const json* v = Find(j, key)) {
-      const std::string a = ToString(*v, key);
-      QTOOL_CHECK(a == "silu" || a == "swish", OptionError,
-                  "config.json: \"{}\" = \"{}\" is not implemented (silu only)", key, a);
+  if (gemma) {
+    // transformers' Gemma classes read hidden_activation only (default gelu_pytorch_tanh); the
+    // hidden_act that older Gemma configs also carry is not read.
+    const json* v = Find(j, "hidden_activation");
+    const std::string a = v ? ToString(*v, "hidden_activation") : "gelu_pytorch_tanh";
+    QTOOL_CHECK(a == "gelu_pytorch_tanh", OptionError,
+                "config.json: \"hidden_activation\" = \"{}\" is not implemented (gelu_pytorch_tanh "
+                "only)",
+                a);
+    if (const json* h = Find(j, "hidden_act")) ToString(*h, "hidden_act");
+    c.activation = Activation::kGeluTanh;
+  } else {
+    // transformers reads hidden_act; "swish" is its other name for SiLU.
+    for (const char* key : {"hidden_act", "hidden_activation"}) {
+      if (const json* v = Find(j, key)) {
+        const std::string a = ToString(*v, key);
+        QTOOL_CHECK(a == "silu" || a == "swish", OptionError,
+                    "config.json: \"{}\" = \"{}\" is not implemented (silu only)", key, a);
+      }
     }
   }
 
@@ -367,6 +442,8 @@ LlamaConfig LlamaConfig::FromJson(const json& j) {
                        : c.num_heads;
   if (Find(j, "head_dim")) {
     c.head_dim = RequireInt(j, "head_dim", 1, kMaxCount);
+  } else if (gemma || type == "qwen3") {
+    c.head_dim = gemma ? 256 : 128;  // the config classes' defaults
   } else {
     QTOOL_CHECK(c.hidden_size % c.num_heads == 0, FormatError,
                 "config.json: no \"head_dim\" and hidden_size {} is not a multiple of "
@@ -384,28 +461,34 @@ LlamaConfig LlamaConfig::FromJson(const json& j) {
   for (const char* key : {"attention_bias", "mlp_bias"}) {
     if (const json* v = Find(j, key)) ToBool(*v, key);  // biases are loaded where tensors exist
   }
+  if (const json* v = Find(j, "original_max_position_embeddings")) {
+    ToInt(*v, "original_max_position_embeddings", 1, kMaxContext);
+  }
 
   // RoPE. transformers 5 reads rope_parameters (one set, or one per layer type); older configs
-  // give rope_theta and rope_scaling at the top level. Where both styles are present they must
+  // give rope_theta and rope_scaling at the top level (Gemma 3: rope_scaling for the full-attention
+  // layers and rope_local_base_freq for the sliding ones). Where both styles are present they must
   // agree.
-  std::optional<Rope> rope;
+  std::optional<Rope> rope, local;
   if (const json* p = Find(j, "rope_parameters")) {
     QTOOL_CHECK(p->is_object(), FormatError, "config.json: \"rope_parameters\" must be an object");
     const bool per_layer_type = !p->empty() && std::all_of(p->begin(), p->end(), [](const json& v) {
       return v.is_object();
     });
+    QTOOL_CHECK(per_layer_type || type != "gemma3_text", FormatError,
+                "config.json: Gemma 3's \"rope_parameters\" must hold one object per layer type");
     if (!per_layer_type) {
-      rope = ParseRope(*p, "rope_parameters");
+      rope = ParseRope(*p, "rope_parameters", phi3);
     } else {
-      // One set per layer type: the runtime has one RoPE table, so the sets that layers use must
-      // be identical.
-      for (const auto& [type, params] : p->items()) {
-        const Rope r = ParseRope(params, "rope_parameters." + type);
-        QTOOL_CHECK(!rope || r == *rope, OptionError,
-                    "config.json: \"rope_parameters\" differ between layer types, which this "
-                    "runtime does not implement");
-        rope = r;
+      for (const auto& [t, params] : p->items()) {
+        QTOOL_CHECK(t == "full_attention" || t == "sliding_attention", OptionError,
+                    "config.json: \"rope_parameters.{}\" names a layer type this runtime does not "
+                    "implement",
+                    t);
+        (t == "full_attention" ? rope : local) = ParseRope(params, "rope_parameters." + t, phi3);
       }
+      if (!rope) rope = local;
+      if (!local) local = rope;
     }
   }
   const json* top_theta = Find(j, "rope_theta");
@@ -423,34 +506,104 @@ LlamaConfig LlamaConfig::FromJson(const json& j) {
                   "config.json: \"rope_scaling\" and \"rope_parameters\" disagree");
     }
   } else {
-    rope = top_scaling ? ParseRope(*top_scaling, "rope_scaling") : Rope{};
+    rope = top_scaling ? ParseRope(*top_scaling, "rope_scaling", phi3) : Rope{};
     QTOOL_CHECK(!rope->theta, OptionError,
                 "config.json: \"rope_scaling.rope_theta\" is not read by transformers; give it as "
                 "\"rope_theta\"");
     if (top_theta) rope->theta = ToDouble(*top_theta, "rope_theta", 1e-6, 1e30);
   }
-  c.rope_theta = rope->theta.value_or(10000.0);
+  c.rope_theta = rope->theta.value_or(type == "gemma3_text" ? 1e6 : 10000.0);
   c.rope_scaling = rope->scaling;
+  c.rope_local_theta = c.rope_theta;
+  c.rope_local_scaling = c.rope_scaling;
+  if (type == "gemma3_text") {
+    std::optional<double> base;
+    if (const json* v = Find(j, "rope_local_base_freq")) {
+      base = ToDouble(*v, "rope_local_base_freq", 1e-6, 1e30);
+    }
+    if (!local) local = Rope{};  // older configs: rope_scaling is the full-attention layers' only
+    QTOOL_CHECK(!base || !local->theta || *local->theta == *base, FormatError,
+                "config.json: \"rope_local_base_freq\" {} and "
+                "\"rope_parameters.sliding_attention.rope_theta\" {} disagree",
+                base.value_or(0), local->theta.value_or(0));
+    c.rope_local_theta = local->theta.value_or(base.value_or(10000.0));
+    c.rope_local_scaling = local->scaling;
+  } else if (local) {
+    c.rope_local_theta = local->theta.value_or(c.rope_theta);
+    c.rope_local_scaling = local->scaling;
+  }
+  c.rope_local = c.rope_local_theta != c.rope_theta || !(c.rope_local_scaling == c.rope_scaling);
 
-  if (has_sliding) {
-    const std::vector<Attention> types = LayerTypes(j, c.model_type, c.num_layers);
-    const bool any_sliding =
-        std::find(types.begin(), types.end(), Attention::kSliding) != types.end();
-    const bool all_sliding = std::find(types.begin(), types.end(), Attention::kFull) == types.end();
-    QTOOL_CHECK(!any_sliding || all_sliding, OptionError,
-                "config.json: sliding-window attention in some layers and full attention in "
-                "others is not implemented");
-    if (any_sliding) {
-      const json* w = Find(j, "sliding_window");
+  // Partial rotary embedding (Phi-3): rope_parameters' factor, or the older top-level one.
+  std::optional<double> rotary = rope->partial_rotary_factor;
+  if (const json* v = Find(j, "partial_rotary_factor"); v && phi3) {
+    const double f = ToRotaryFactor(*v, "partial_rotary_factor");
+    QTOOL_CHECK(!rotary || *rotary == f, FormatError,
+                "config.json: \"partial_rotary_factor\" and "
+                "\"rope_parameters.partial_rotary_factor\" disagree");
+    rotary = f;
+  }
+  // transformers: int(head_dim * partial_rotary_factor) dimensions.
+  c.rotary_dim = static_cast<int64_t>(static_cast<double>(c.head_dim) * rotary.value_or(1.0));
+  QTOOL_CHECK(
+      c.rotary_dim >= 2 && c.rotary_dim % 2 == 0, FormatError,
+      "config.json: the partial rotary factor leaves {} of head_dim {} rotated, which is not "
+      "a positive even number",
+      c.rotary_dim, c.head_dim);
+
+  const std::vector<Attention> types = LayerTypes(j, type, c.num_layers);
+  for (const Attention a : types) c.sliding_layers.push_back(a == Attention::kSliding);
+  if (std::find(types.begin(), types.end(), Attention::kSliding) != types.end()) {
+    const json* w = Find(j, "sliding_window");
+    if (w == nullptr && gemma && !j.contains("sliding_window")) {
+      c.sliding_window = 4096;  // the config classes' default
+    } else {
       QTOOL_CHECK(w != nullptr, FormatError,
                   "config.json: sliding-window layers but no \"sliding_window\"");
       c.sliding_window = ToInt(*w, "sliding_window", 1, std::numeric_limits<int64_t>::max());
     }
+  } else {
+    c.rope_local = false;
   }
+  if (const json* w = Find(j, "sliding_window_size")) {
+    QTOOL_CHECK(ToInt(*w, "sliding_window_size", 1, std::numeric_limits<int64_t>::max()) ==
+                    c.sliding_window,
+                FormatError,
+                "config.json: \"sliding_window_size\" and \"sliding_window\" disagree");
+  }
+
+  if (gemma) {
+    c.norm_plus_one = c.scale_embeddings = c.sandwich_norms = true;
+    c.query_pre_attn_scalar = 256;
+    if (const json* v = Find(j, "query_pre_attn_scalar")) {
+      c.query_pre_attn_scalar = ToDouble(*v, "query_pre_attn_scalar", 1e-6, 1e12);
+      QTOOL_CHECK(c.query_pre_attn_scalar > 0, FormatError,
+                  "config.json: \"query_pre_attn_scalar\" must be above 0");
+    }
+    // Absent: the config class's default (Gemma 2: 50 and 30; Gemma 3: none); null: none.
+    const bool g2 = type == "gemma2";
+    for (auto [key, cap, dflt] :
+         {std::tuple{"attn_logit_softcapping", &c.attn_logit_softcapping, g2 ? 50.0 : 0.0},
+          std::tuple{"final_logit_softcapping", &c.final_logit_softcapping, g2 ? 30.0 : 0.0}}) {
+      if (!j.contains(key)) {
+        *cap = dflt;
+      } else if (const json* v = Find(j, key)) {
+        *cap = ToDouble(*v, key, 1e-6, 1e12);
+        QTOOL_CHECK(*cap > 0, FormatError, "config.json: \"{}\" must be above 0", key);
+      }
+    }
+  }
+  c.qk_norm = type == "qwen3" || type == "gemma3_text" || type == "qwen3_moe";
+  c.fused_projections = phi3;
+
   if (const json* v = Find(j, "tie_word_embeddings")) {
     c.tie_word_embeddings = ToBool(*v, "tie_word_embeddings");
   } else {
-    c.tie_word_embeddings = c.model_type == "qwen2";
+    c.tie_word_embeddings = type == "qwen2" || gemma;
+  }
+  if (gemma) {
+    c.bos_token_id = 2;  // the config classes' defaults
+    c.eos_token_id = 1;
   }
   if (const json* v = Find(j, "bos_token_id")) {
     c.bos_token_id = static_cast<int32_t>(ToInt(*v, "bos_token_id", 0, c.vocab_size - 1));
@@ -470,7 +623,6 @@ LlamaConfig LlamaConfig::FromJson(const json& j) {
     }
   }
   c.moe = runtime::ParseMoeConfig(j, c.model_type, c.intermediate_size);
-  c.qk_norm = c.model_type == "qwen3_moe";
   QTOOL_CHECK(c.num_heads % c.num_kv_heads == 0, FormatError,
               "config.json: num_attention_heads {} is not a multiple of num_key_value_heads {}",
               c.num_heads, c.num_kv_heads);
@@ -481,7 +633,7 @@ LlamaConfig LlamaConfig::FromJson(const json& j) {
 double LlamaConfig::FlopsPerToken(int64_t pos) const {
   const double h = static_cast<double>(hidden_size), d = static_cast<double>(head_dim);
   const double q = static_cast<double>(num_heads) * d, kv = static_cast<double>(num_kv_heads) * d;
-  const double attention = 2 * static_cast<double>(num_heads) * d * static_cast<double>(pos + 1);
+  const double attention_linear = h * (q + 2 * kv) + q * h;
   double layers = 0;
   for (int64_t i = 0; i < num_layers; ++i) {
     // A MoE layer: the router, top_k experts and the shared expert with its gate.
@@ -492,7 +644,10 @@ double LlamaConfig::FlopsPerToken(int64_t pos) const {
                                  ? 3 * h * static_cast<double>(moe.shared_intermediate_size) + h
                                  : 0.0)
                       : 3 * h * static_cast<double>(intermediate_size);
-    layers += h * (q + 2 * kv) + q * h + mlp + attention;
+    // Attention over the positions the layer sees (a sliding-window layer: at most the window).
+    const int64_t seen = Sliding(i) ? std::min(pos + 1, sliding_window) : pos + 1;
+    layers += attention_linear + mlp + 2 * static_cast<double>(num_heads) * d *
+                                           static_cast<double>(seen);
   }
   return 2 * (layers + h * static_cast<double>(vocab_size));
 }

@@ -1,6 +1,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "model_impl.hpp"
 #include "qtool/core/error.hpp"
@@ -39,7 +40,8 @@ Model::Impl::Impl(const std::filesystem::path& path, const ModelOptions& options
   const std::vector<float> n = ReadTensorF32(ck, "model.norm.weight", threads);
   QTOOL_CHECK(static_cast<int64_t>(n.size()) == h, ShapeError,
               "model.norm.weight has {} values, not {}", n.size(), h);
-  final_norm = Eigen::Map<const Eigen::VectorXf>(n.data(), h);
+  final_norm = runtime::EffectiveNorm(Eigen::Map<const Eigen::VectorXf>(n.data(), h), cfg);
+  if (cfg.rope_local) rope_local.emplace(cfg, cfg.max_position_embeddings, /*local=*/true);
   const std::vector<std::string> names = LogicalTensorNames(ck);
   if (std::find(names.begin(), names.end(), "lm_head.weight") != names.end()) {
     const std::vector<float> w = ReadTensorF32(ck, "lm_head.weight", threads);
@@ -85,14 +87,30 @@ RowMatrixXf Model::Impl::Embed(const std::vector<std::vector<int32_t>>& sequence
   }
   RowMatrixXf x(total, cfg.hidden_size);
   int64_t row = 0;
+  // Gemma: transformers multiplies by sqrt(hidden_size) rounded to the embedding's dtype, float32
+  // here.
+  const auto scale = static_cast<float>(std::sqrt(static_cast<double>(cfg.hidden_size)));
   for (const auto& s : sequences) {
     for (const int32_t t : s) {
       QTOOL_CHECK(t >= 0 && t < cfg.vocab_size, OptionError,
                   "token id {} is outside the vocabulary of {}", t, cfg.vocab_size);
-      x.row(row++) = embed.row(t);
+      if (cfg.scale_embeddings) {
+        x.row(row++) = embed.row(t) * scale;
+      } else {
+        x.row(row++) = embed.row(t);
+      }
     }
   }
   return x;
+}
+
+void Model::Impl::Head(const RowMatrixXf& x, RowMatrixXf& logits) const {
+  RowMatrixXf h;
+  runtime::RmsNorm(x, final_norm, cfg.rms_norm_eps, h);
+  head.Apply(h, logits, threads);
+  if (cfg.final_logit_softcapping > 0) {
+    runtime::SoftCap(logits.data(), logits.size(), static_cast<float>(cfg.final_logit_softcapping));
+  }
 }
 
 Model::Model(const std::filesystem::path& path, ModelOptions options)
@@ -112,14 +130,12 @@ void Model::Forward(const std::vector<std::vector<int32_t>>& sequences,
   std::vector<int64_t> lengths;
   for (const auto& s : sequences) lengths.push_back(static_cast<int64_t>(s.size()));
   for (int64_t i = 0; i < m.cfg.num_layers; ++i) {
-    runtime::RunBlock(*m.Block(i), m.cfg, m.rope, lengths, x, m.threads);
+    runtime::RunBlock(*m.Block(i), m.cfg, m.Rope(i), lengths, x, m.threads);
   }
-  RowMatrixXf h, logits;
+  RowMatrixXf logits;
   int64_t row = 0;
   for (size_t s = 0; s < sequences.size(); ++s) {
-    const RowMatrixXf xs = x.middleRows(row, lengths[s]);
-    runtime::RmsNorm(xs, m.final_norm, m.cfg.rms_norm_eps, h);
-    m.head.Apply(h, logits, m.threads);
+    m.Head(x.middleRows(row, lengths[s]), logits);
     on_logits(s, logits);
     row += lengths[s];
   }
@@ -145,13 +161,12 @@ std::vector<int32_t> GenerateGreedy(const Model& model, const std::vector<int32_
     RowMatrixXf x = m.Embed({step});
     const std::vector<int64_t> lengths = {static_cast<int64_t>(step.size())};
     for (int64_t i = 0; i < m.cfg.num_layers; ++i) {
-      runtime::RunBlock(*m.Block(i), m.cfg, m.rope, lengths, x, m.threads, {},
+      runtime::RunBlock(*m.Block(i), m.cfg, m.Rope(i), lengths, x, m.threads, {},
                         &kv[static_cast<size_t>(i)]);
     }
     len += lengths[0];
-    RowMatrixXf h, logits;
-    runtime::RmsNorm(x.bottomRows(1), m.final_norm, m.cfg.rms_norm_eps, h);
-    m.head.Apply(h, logits, m.threads);
+    RowMatrixXf logits;
+    m.Head(x.bottomRows(1), logits);
     Eigen::Index next = 0;
     logits.row(0).maxCoeff(&next);
     out.push_back(static_cast<int32_t>(next));

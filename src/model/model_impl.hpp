@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "block.hpp"
@@ -17,6 +18,8 @@ struct Model::Impl {
   Eigen::VectorXf final_norm;
   runtime::Linear head;
   runtime::RopeTable rope;
+  std::optional<runtime::RopeTable>
+      rope_local;  // the sliding-window layers' (LlamaConfig::rope_local)
   // Decoded blocks kept while their total stays within the budget; the rest are decoded per use.
   mutable std::vector<std::shared_ptr<const runtime::BlockWeights>> cache;
   mutable uint64_t cached_bytes = 0;
@@ -24,7 +27,15 @@ struct Model::Impl {
 
   Impl(const std::filesystem::path& path, const ModelOptions& options);
   std::shared_ptr<const runtime::BlockWeights> Block(int64_t i) const;
-  /// Embedding rows of the concatenated sequences [tokens, hidden]; checks every id.
+  /// The RoPE table of block i.
+  const runtime::RopeTable& Rope(int64_t i) const {
+    return rope_local && cfg.Sliding(i) ? *rope_local : rope;
+  }
+  /// The final norm and the output head on x [tokens, hidden]: logits [tokens, vocab] (soft-capped
+  /// where the config says so).
+  void Head(const RowMatrixXf& x, RowMatrixXf& logits) const;
+  /// Embedding rows of the concatenated sequences [tokens, hidden] (times sqrt(hidden) in float32
+  /// where the config says so); checks every id.
   RowMatrixXf Embed(const std::vector<std::vector<int32_t>>& sequences) const;
 };
 

@@ -245,13 +245,29 @@ class HessianConsumer final : public ActivationConsumer {
 };
 
 // The Linear layers of a block in the groups that share an input, in execution order.
-const std::vector<std::vector<std::string>>& InputGroups() {
+const std::vector<std::vector<std::string>>& InputGroups(const LlamaConfig& cfg) {
   static const std::vector<std::vector<std::string>> groups = {
       {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"},
       {"self_attn.o_proj"},
       {"mlp.gate_proj", "mlp.up_proj"},
       {"mlp.down_proj"}};
-  return groups;
+  static const std::vector<std::vector<std::string>> fused = {
+      {"self_attn.qkv_proj"}, {"self_attn.o_proj"}, {"mlp.gate_up_proj"}, {"mlp.down_proj"}};
+  return cfg.fused_projections ? fused : groups;
+}
+
+// The norm whose output is the MLP's input: Gemma's pre_feedforward_layernorm (its
+// post_attention_layernorm normalises the attention's output before the residual add, so no scale
+// folds into it).
+std::string MlpNorm(const LlamaConfig& cfg) {
+  return cfg.sandwich_norms ? "pre_feedforward_layernorm" : "post_attention_layernorm";
+}
+
+// A norm's weight as the checkpoint stores it, from the form the runtime multiplies by: Gemma's
+// (1 + w) norms store w, so folding 1/s into one stores (1 + w) / s - 1.
+RowMatrixXf StoredNorm(const LlamaConfig& cfg, RowMatrixXf effective) {
+  if (cfg.norm_plus_one) effective.array() -= 1.0f;
+  return effective;
 }
 
 struct Context {
@@ -437,7 +453,7 @@ BlockSolution GptqBlock(const Context& ctx, CalibrationRunner& run, WeightOverri
   const int64_t b = run.block();
   BlockSolution sol;
   const bool moe = ctx.cfg.IsMoeLayer(b);
-  for (const auto& group : InputGroups()) {
+  for (const auto& group : InputGroups(ctx.cfg)) {
     if (moe && group[0].starts_with("mlp.")) {
       GptqMoe(ctx, run, grid, opt, overrides, sol);
       break;
@@ -467,8 +483,7 @@ BlockSolution HqqBlock(const Context& ctx, int64_t b) {
   opt.threads = ctx.threads;
   opt.integer_zero = true;
   BlockSolution sol;
-  for (const std::string& name : BlockLinearNames(ctx.cfg, b)) {
-    const std::string full = WeightName(b, name);
+ours    const std::string full = WeightName(b, name);
     if (!ctx.Selected(full)) continue;
     const auto t0 = std::chrono::steady_clock::now();
     const std::vector<int64_t> shape = ctx.ck.Get(full).info->shape;
@@ -516,8 +531,9 @@ BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
               "SmoothQuant is not implemented for mixture-of-experts blocks (block {})", b);
   const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
   const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
+  const auto& groups = InputGroups(ctx.cfg);
   const std::vector<std::pair<std::string, std::vector<std::string>>> folds = {
-      {"input_layernorm", InputGroups()[0]}, {"post_attention_layernorm", InputGroups()[2]}};
+      {"input_layernorm", groups[0]}, {MlpNorm(ctx.cfg), groups[2]}};
   std::vector<std::unique_ptr<ChannelStats>> stats;
   ConsumerMap consumers;
   for (const auto& [norm, layers] : folds) {
@@ -534,7 +550,7 @@ BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
   // The block as the search runs it: every Linear rounded, in the basis of the folds so far.
   WeightOverrides rounded;
   if (search) {
-    for (const std::string& n : BlockLinearNames()) {
+    for (const std::string& n : BlockLinearNames(ctx.cfg)) {
       rounded[n] = QuantizeRtn(run.Weight(n), grid, g).dequant;
     }
   }
@@ -576,7 +592,7 @@ BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
     }
     RowMatrixXf nw = norm_w.array().rowwise() / s.transpose().array();
     if (search) rounded[norm] = nw;
-    sol.values[BlockTensorName(b, norm) + ".weight"] = std::move(nw);
+    sol.values[BlockTensorName(b, norm) + ".weight"] = StoredNorm(ctx.cfg, nw);
     for (size_t i = 0; i < layers.size(); ++i) {
       w[i].array().rowwise() *= s.transpose().array();
       if (search) rounded[layers[i]] = QuantizeRtn(w[i], grid, g).dequant;
@@ -602,16 +618,26 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
   const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
   const int64_t total_rows = run.num_samples() * run.seq_len();
+  const LlamaConfig& cfg = ctx.cfg;
+  const std::string mlp_norm = MlpNorm(cfg);
+  const int64_t kv_dim = cfg.num_kv_heads * cfg.head_dim;
+  // The op before each group: a norm, or the Linear whose output rows [row0, row0 + n) are the
+  // group's input (v in Phi-3's fused qkv_proj follows q and k; up in gate_up_proj follows gate).
   struct Fold {
     std::string prev;
     size_t group;
+    bool norm;
+    int64_t row0 = 0;
     bool local = false;  // scored by the group's own output error, not the block's
   };
-  std::vector<std::vector<std::string>> groups = InputGroups();
-  std::vector<Fold> folds = {{"input_layernorm", 0},
-                             {"self_attn.v_proj", 1},
-                             {"post_attention_layernorm", 2},
-                             {"mlp.up_proj", 3}};
+  const bool fused = cfg.fused_projections;
+  std::vector<std::vector<std::string>> groups = InputGroups(cfg);
+  std::vector<Fold> folds = {
+      {"input_layernorm", 0, true},
+      {fused ? "self_attn.qkv_proj" : "self_attn.v_proj", 1, false,
+       fused ? cfg.num_heads * cfg.head_dim + kv_dim : 0},
+      {mlp_norm, 2, true},
+      {fused ? "mlp.gate_up_proj" : "mlp.up_proj", 3, false, fused ? cfg.intermediate_size : 0}};
   const bool moe = ctx.cfg.IsMoeLayer(b);
   MoeLayerNames names;
   MoeRouting routing;
@@ -627,14 +653,14 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
     if (names.has_shared)
       in.insert(in.end(), {names.shared[0], names.shared[1], names.shared_gate});
     groups.push_back(in);
-    folds.push_back({"post_attention_layernorm", 2});
+    folds.push_back({mlp_norm, 2, true});
     for (const auto& e : names.experts) {
       groups.push_back({e[2]});
-      folds.push_back({e[1], groups.size() - 1, true});
+      folds.push_back({e[1], groups.size() - 1, false, 0, true});
     }
     if (names.has_shared) {
       groups.push_back({names.shared[2]});
-      folds.push_back({names.shared[1], groups.size() - 1, true});
+      folds.push_back({names.shared[1], groups.size() - 1, false, 0, true});
     }
   }
   // Per group: statistics and a sample of its input rows. Per expert gate/up (MoE): a sample of
@@ -677,32 +703,29 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   const RowMatrixXf ref = run.Run(consumers);
   WeightOverrides cur;  // every weight of the block, in the current (rescaled) basis
   std::map<std::string, Rescaling> rescaled;
-  for (const std::string& n : run.LinearNames()) {
-    cur[n] = run.Weight(n);
+ours    cur[n] = run.Weight(n);
     rescaled[n] = {Eigen::VectorXf::Ones(cur[n].rows()), Eigen::VectorXf::Ones(cur[n].cols())};
   }
-  for (const char* n : {"input_layernorm", "post_attention_layernorm"}) cur[n] = run.Weight(n);
+  for (const std::string& n : {std::string("input_layernorm"), mlp_norm}) cur[n] = run.Weight(n);
 
   // o_proj input channel j reads v_proj output channel kv_of[j].
-  const LlamaConfig& cfg = ctx.cfg;
   const int64_t o_in = run.in_features("self_attn.o_proj");
   std::vector<int64_t> kv_of(static_cast<size_t>(o_in));
   const int64_t rep = std::max<int64_t>(1, cfg.num_heads / std::max<int64_t>(cfg.num_kv_heads, 1));
   for (int64_t j = 0; j < o_in; ++j) {
     kv_of[static_cast<size_t>(j)] = (j / cfg.head_dim / rep) * cfg.head_dim + j % cfg.head_dim;
   }
-  const int64_t kv_dim = run.out_features("self_attn.v_proj");
   auto selected = [&](const std::string& l) { return ctx.Selected(WeightName(b, l)); };
   std::vector<Eigen::VectorXf> input_scale(groups.size());
   for (const Fold& f : folds) {
     const auto t0 = std::chrono::steady_clock::now();
     const std::vector<std::string>& layers = groups[f.group];
     Eigen::VectorXf mean = stats[f.group]->MeanAbs().cast<float>();
-    const bool v_to_o = f.prev == "self_attn.v_proj";
+    const bool v_to_o = f.group == 1;
     if (v_to_o && ctx.ck.Find(BlockTensorName(b, f.prev) + ".bias") != nullptr) {
       // Folding 1/s into v's rows would need its bias scaled too (Qwen2); this fold is left out.
       input_scale[f.group] = Eigen::VectorXf::Ones(o_in);
-      ctx.Report({b, layers.front(), 0, Since(t0), "no scaling: v_proj has a bias"});
+      ctx.Report({b, layers.front(), 0, Since(t0), fmt::format("no scaling: {} has a bias", f.prev)});
       continue;
     }
     Eigen::VectorXf mean_prev = mean;  // per output channel of the preceding op
@@ -749,11 +772,13 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
       cur[l].array().rowwise() *= s.array();
       rescaled[l].cols.array() *= s.transpose().array();
     }
-    if (f.prev == "input_layernorm" || f.prev == "post_attention_layernorm") {
+    if (f.norm) {
       cur[f.prev].array().rowwise() /= best_s.transpose().array();
     } else {
-      cur[f.prev].array().colwise() /= best_s.array();  // the preceding Linear's output rows
-      rescaled[f.prev].rows.array() /= best_s.array();
+      // The preceding Linear's output rows.
+      const auto n = static_cast<int64_t>(best_s.size());
+      cur[f.prev].middleRows(f.row0, n).array().colwise() /= best_s.array();
+      rescaled[f.prev].rows.segment(f.row0, n).array() /= best_s.array();
     }
     input_scale[f.group] = s.transpose();
     std::string detail = fmt::format("alpha {:.2f}", best_alpha);
@@ -766,14 +791,21 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   }
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     for (const std::string& l : groups[gi]) {
-      if (l == "self_attn.q_proj" || l == "self_attn.k_proj" || !selected(l)) continue;
+      if (l == "self_attn.q_proj" || l == "self_attn.k_proj" || l == "self_attn.qkv_proj" ||
+          !selected(l)) {
+        continue;
+      }
       const RowMatrixXf x =
           clip_rows[l]->Rows().array().rowwise() / input_scale[gi].transpose().array();
       cur[l] = AwqClip(cur[l], x, grid, g, ctx.method.awq_clip_grid, ctx.method.awq_max_shrink);
     }
   }
   BlockSolution sol;
-  for (auto& [name, w] : cur) sol.values[BlockTensorName(b, name) + ".weight"] = std::move(w);
+  for (auto& [name, w] : cur) {
+    const bool is_norm = name == "input_layernorm" || name == mlp_norm;
+    sol.values[BlockTensorName(b, name) + ".weight"] =
+        is_norm ? StoredNorm(cfg, std::move(w)) : std::move(w);
+  }
   for (auto& [name, r] : rescaled) sol.rescaled[WeightName(b, name)] = std::move(r);
   return sol;
 }

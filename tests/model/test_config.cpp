@@ -118,9 +118,15 @@ TEST(ModelConfig, RopeParametersCarryTheScaling) {
   c = LlamaConfig::FromJson(j);
   EXPECT_EQ(c.rope_theta, 500000.0);
   EXPECT_EQ(c.rope_scaling.type, RopeScaling::Type::kLlama3);
-  // Different bases per layer type are not implemented.
+  EXPECT_FALSE(c.rope_local);
+  // The sliding layers' set is read (a model without sliding layers never uses it).
   j["rope_parameters"]["sliding_attention"]["rope_theta"] = 10000.0;
-  EXPECT_NE(ErrorOf<OptionError>(j).find("rope_parameters"), std::string::npos);
+  c = LlamaConfig::FromJson(j);
+  EXPECT_EQ(c.rope_local_theta, 10000.0);
+  EXPECT_FALSE(c.rope_local);
+  // A layer type the runtime does not know.
+  j["rope_parameters"]["chunked_attention"] = params;
+  EXPECT_NE(ErrorOf<OptionError>(j).find("rope_parameters.chunked_attention"), std::string::npos);
   // YaRN is not implemented: refused, naming the key and the value.
   j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 10000.0}, {"factor", 4.0}};
   const std::string e = ErrorOf<OptionError>(j);
@@ -209,12 +215,14 @@ TEST(ModelConfig, Qwen2SlidingWindowFollowsLayerTypes) {
   j["sliding_window"] = 4096;
   EXPECT_EQ(LlamaConfig::FromJson(j).sliding_window, 4096);
   j["layer_types"] = {"full_attention", "sliding_attention"};
-  EXPECT_NE(ErrorOf<OptionError>(j).find("sliding-window"), std::string::npos);
+  EXPECT_EQ(LlamaConfig::FromJson(j).sliding_layers, std::vector<bool>({false, true}));
+  j["layer_types"] = {"full_attention", "chunked_attention"};
+  EXPECT_NE(ErrorOf<OptionError>(j).find("layer_types[1]"), std::string::npos);
   // Without layer_types: layers from max_window_layers on slide when use_sliding_window is set.
   j.erase("layer_types");
   j["use_sliding_window"] = true;
   j["max_window_layers"] = 1;
-  ErrorOf<OptionError>(j);
+  EXPECT_EQ(LlamaConfig::FromJson(j).sliding_layers, std::vector<bool>({false, true}));
   j["max_window_layers"] = 0;
   EXPECT_EQ(LlamaConfig::FromJson(j).sliding_window, 4096);
   j["max_window_layers"] = 2;

@@ -1,12 +1,15 @@
 // qtool inspect CKPT: tensors, parameter count, architecture, weight and KV-cache memory.
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "commands.hpp"
 #include "gguf_output.hpp"
 #include "qtool/core/checked.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/import.hpp"
 #include "qtool/io/quantized.hpp"
+#include "qtool/model/model.hpp"
 #include "staged_output.hpp"
 #include "terminal.hpp"
 
@@ -103,15 +106,34 @@ json Inspect(const Checkpoint& ck) {
                  {"tie_word_embeddings", c.value("tie_word_embeddings", false)}};
     if (c.contains("architectures")) arch["architectures"] = c["architectures"];
     out["architecture"] = arch;
-    // KV cache: keys and values (2) for every layer, kv head and head dimension.
-    const int64_t per_token_elems =
-        Product(ck, {2, layers, kv_heads, head_dim}, "the KV cache size");
+    // KV cache: keys and values (2) for every layer, kv head and head dimension. A
+    // sliding-window layer keeps at most sliding_window positions; which layers slide is read
+    // through the runtime's config parser, for the architectures it runs (others count every
+    // layer at the full context).
+    int64_t sliding = 0, window = 0, cache_head_dim = head_dim;
+    try {
+      const LlamaConfig rc = LlamaConfig::FromJson(c);
+      window = rc.sliding_window;
+      cache_head_dim = rc.head_dim;
+      for (int64_t i = 0; i < rc.num_layers; ++i) sliding += rc.Sliding(i) ? 1 : 0;
+    } catch (const Error&) {
+    }
+    const int64_t per_layer_elems = Product(ck, {2, kv_heads, cache_head_dim}, "the KV cache size");
+    const int64_t per_token_elems = Product(ck, {per_layer_elems, layers}, "the KV cache size");
     json kv = {{"elements_per_token", per_token_elems}};
+    if (sliding > 0) {
+      kv["sliding_window"] = window;
+      kv["sliding_window_layers"] = sliding;
+    }
     for (const auto& [dtype, bytes] : {std::pair{"fp16", 2}, std::pair{"fp8", 1}}) {
       json d = {{"bytes_per_token", per_token_elems * bytes}};
       for (const int64_t ctx : {4096, 32768, 131072}) {
+        // Positions cached over all layers at this context.
+        const int64_t positions =
+            Product(ck, {layers - sliding, ctx}, "the KV cache size") +
+            Product(ck, {sliding, std::min<int64_t>(ctx, window)}, "the KV cache size");
         d[fmt::format("ctx_{}", ctx)] =
-            Product(ck, {per_token_elems, bytes, ctx}, "the KV cache size");
+            Product(ck, {per_layer_elems, bytes, positions}, "the KV cache size");
       }
       kv[dtype] = d;
     }
@@ -166,6 +188,10 @@ void Print(const json& r) {
                  HumanBytes(k["bytes_per_token"].get<double>()),
                  HumanBytes(k["ctx_4096"].get<double>()), HumanBytes(k["ctx_32768"].get<double>()),
                  HumanBytes(k["ctx_131072"].get<double>()));
+    }
+    if (kv.contains("sliding_window")) {
+      fmt::print("kv cache: {} of the layers keep only their last {} positions\n",
+                 kv["sliding_window_layers"].get<int64_t>(), kv["sliding_window"].get<int64_t>());
     }
   }
 }

@@ -47,6 +47,9 @@ inline constexpr int64_t kCaptureChunkTokens = 4096;
 
 /// Short names of the Linear layers of a decoder block, in execution order.
 const std::vector<std::string>& BlockLinearNames();
+/// The same for a model of `cfg`'s architecture: Phi-3's fused layers are "self_attn.qkv_proj"
+/// (rows q, k, v) and "mlp.gate_up_proj" (rows gate, up), each shown its own input.
+const std::vector<std::string>& BlockLinearNames(const LlamaConfig& cfg);
 /// The same for block `block` of a model with `cfg`: in a mixture-of-experts block, the attention's
 /// four, then the router, each expert's gate, up and down projections, and the shared expert's
 /// ("mlp.gate", "mlp.experts.0.gate_proj", ..., "mlp.shared_expert_gate"; Mixtral's are
@@ -111,8 +114,9 @@ class ChannelStats : public ActivationConsumer {
 using ConsumerMap = std::map<std::string, std::vector<ActivationConsumer*>>;
 
 /// Replacement tensors of the current block by short name: a Linear's weight as [out, in]
-/// ("mlp.down_proj"), or a norm's weight as [1, hidden] ("input_layernorm",
-/// "post_attention_layernorm"). Anything not named keeps the checkpoint's value.
+/// ("mlp.down_proj"), or a norm's weight as [1, size] ("input_layernorm",
+/// "post_attention_layernorm", Gemma's "pre_feedforward_layernorm", ...) in the form the runtime
+/// multiplies by (Gemma's 1 + w). Anything not named keeps the checkpoint's value.
 using WeightOverrides = std::map<std::string, RowMatrixXf>;
 
 struct CalibrationOptions {
@@ -144,8 +148,9 @@ class CalibrationRunner {
 
   /// Inputs of the current block: [num_samples * seq_len, hidden_size], sample after sample.
   const RowMatrixXf& inputs() const { return inputs_; }
-  /// The current block's tensor `name` (a Linear's weight [out, in] or a norm's [1, hidden]) as
-  /// the checkpoint holds it, decoded to float.
+  /// The current block's tensor `name` (a Linear's weight [out, in] or a norm's [1, size]) as
+  /// the checkpoint holds it, decoded to float; a norm in the form the runtime multiplies by
+  /// (Gemma's stored w as 1 + w).
   RowMatrixXf Weight(const std::string& name) const;
   int64_t in_features(const std::string& linear) const;
   int64_t out_features(const std::string& linear) const;

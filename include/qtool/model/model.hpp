@@ -1,7 +1,7 @@
-// The model runtime: a Llama-family decoder (Llama, Llama 3, Mistral, Qwen2, and the
-// mixture-of-experts Mixtral, Qwen2-MoE and Qwen3-MoE) in float32, used to
-// evaluate checkpoints and to produce calibration activations. Weights are read through
-// ReadTensorF32, so a checkpoint quantised by qtool runs with its weights decoded on load.
+// The model runtime: a decoder (Llama, Llama 3, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text,
+// Phi-3, and the mixture-of-experts Mixtral, Qwen2-MoE and Qwen3-MoE) in float32, used to evaluate
+// checkpoints and to produce calibration activations. Weights are read through ReadTensorF32, so a
+// checkpoint quantised by qtool runs with its weights decoded on load.
 //
 // Memory: the token embedding, the final norm and the output head stay resident; decoder blocks are
 // decoded from the memory map when they are needed and kept only while the decoded total fits
@@ -53,10 +53,14 @@ struct MoeConfig {
   bool operator==(const MoeConfig&) const = default;
 };
 
-/// The shape of a Llama-family decoder, as config.json describes it.
+/// The MLP's activation: SiLU (SwiGLU) or GELU with the tanh approximation (GeGLU, Gemma's
+/// gelu_pytorch_tanh).
+enum class Activation { kSilu, kGeluTanh };
+
+/// The shape of a dense decoder, as config.json describes it.
 struct LlamaConfig {
   std::string architecture;  // e.g. "LlamaForCausalLM"
-  std::string model_type;    // "llama", "mistral" or "qwen2"
+  std::string model_type;  // "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
   int64_t num_layers = 0;
@@ -68,11 +72,35 @@ struct LlamaConfig {
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
-  int64_t sliding_window = 0;  // 0: full causal attention
+  int64_t rotary_dim = 0;  // leading dimensions of each head that RoPE rotates (Phi-3's partial
+                           // rotary factor); head_dim unless the config says otherwise
+  // Sliding-window layers: `sliding_window` is the number of positions a query sees (itself
+  // included) in the layers marked in sliding_layers; 0 when no layer slides.
+  int64_t sliding_window = 0;
+  std::vector<bool> sliding_layers;  // num_layers entries
+  // RoPE of the sliding-window layers where it differs from the others' (Gemma 3's local base).
+  double rope_local_theta = 10000.0;
+  RopeScaling rope_local_scaling;
+  bool rope_local = false;  // the sliding-window layers use rope_local_theta / rope_local_scaling
+  Activation activation = Activation::kSilu;
+  // Gemma: every RMSNorm multiplies by (1 + w), and the embeddings are scaled by sqrt(hidden_size)
+  // rounded to float32 (the runtime's dtype; transformers rounds it to the embedding's dtype).
+  bool norm_plus_one = false;
+  bool scale_embeddings = false;
+  // Gemma 2/3: a norm on the attention's and the MLP's outputs before each residual add
+  // (post_attention_layernorm, post_feedforward_layernorm); the MLP's input norm is
+  // pre_feedforward_layernorm.
+  bool sandwich_norms = false;
+  bool qk_norm = false;  // Qwen3(-MoE), Gemma 3: RMSNorm of each query and key head before RoPE
+  bool fused_projections = false;  // Phi-3: self_attn.qkv_proj and mlp.gate_up_proj
+  double query_pre_attn_scalar = 0;  // attention scores scaled by its -1/2 power; 0: head_dim's
+  // Soft-capping (Gemma 2): x -> cap * tanh(x / cap) on the attention scores and on the logits;
+  // 0: none.
+  double attn_logit_softcapping = 0;
+  double final_logit_softcapping = 0;
   bool tie_word_embeddings = false;
   int32_t bos_token_id = 1;
   int32_t eos_token_id = 2;
-  bool qk_norm = false;  // RMSNorm of each query and key head before RoPE (Qwen3-MoE)
   MoeConfig moe;
 
   /// True when decoder layer `layer` has a mixture-of-experts feed-forward.
@@ -83,6 +111,10 @@ struct LlamaConfig {
   /// Multiply-adds x2 of one forward pass per token at context position `pos` (0-based):
   /// every Linear layer, the output head and the attention products.
   double FlopsPerToken(int64_t pos) const;
+  /// Whether layer `i` uses sliding-window attention.
+  bool Sliding(int64_t i) const {
+    return sliding_window > 0 && sliding_layers[static_cast<size_t>(i)];
+  }
 };
 
 struct ModelOptions {
