@@ -46,12 +46,14 @@ perplexity() {  # FILE -> "mean_kld p99_kld ppl"
     return 1
   }
   local kld p99 ppl
-  kld=$(grep -m1 '^Mean    KLD:' "$work/ppl.log" | awk '{print $3}')
-  p99=$(grep -m1 '^99.0%   KLD:' "$work/ppl.log" | awk '{print $3}')
-  ppl=$(grep -m1 '^Mean PPL(Q)' "$work/ppl.log" | awk '{print $4}')
+  kld=$(grep -m1 'Mean    KLD:' "$work/ppl.log" | awk '{print $3}' || true)
+  p99=$(grep -m1 '99.0%   KLD:' "$work/ppl.log" | awk '{print $3}' || true)
+  ppl=$(grep -m1 'Mean PPL(Q) ' "$work/ppl.log" | awk '{print $4}' || true)
   echo "$kld $p99 $ppl"
 }
 
+# (qtool's --force replaces an output directory, not a file: files are removed first)
+rm -f "$work"/*.gguf
 f32="$work/smollm2-F32.gguf"
 "$qtool" quantize "$smollm2" -o "$f32" --output-format gguf --gguf-type F32 --force -q
 "$tools/llama-perplexity" -m "$f32" -f "$eval_text" -c "$ctx" -t 2 -nr \
@@ -59,9 +61,9 @@ f32="$work/smollm2-F32.gguf"
   tail -20 "$work/base.log" >&2
   exit 1
 }
-base_ppl=$(grep -o 'Final estimate: PPL = [0-9.]*' "$work/base.log" | awk '{print $5}')
-tokens=$(grep -o 'tokenizing the input .*\|[0-9]* chunks, n_ctx=[0-9]*' "$work/base.log" | head -2 |
-  tr '\n' ' ')
+base_ppl=$(grep -o 'Final estimate: PPL = [0-9.]*' "$work/base.log" | awk '{print $5}' || true)
+chunks=$(grep -o 'calculating perplexity over [0-9]* chunks' "$work/base.log" | awk '{print $4}' ||
+  true)
 
 "$tools/llama-imatrix" -m "$f32" -f "$calib_text" -o "$work/imatrix-llama.gguf" -c 256 -t 2 -nr \
   --no-ppl >"$work/imatrix-llama.log" 2>&1 || {
@@ -87,7 +89,7 @@ rm -f "$out"
 table="$work/table.md"
 {
   echo "SmolLM2-135M, llama-perplexity -c $ctx on $(basename "$eval_text") (F32 base PPL $base_ppl;" \
-    "$tokens)"
+    "$chunks chunks of $ctx tokens, the second half of each scored)"
   echo
   echo "| type | quantiser | size (MB) | mean KLD | KLD p99 | PPL |"
   echo "| --- | --- | --- | --- | --- | --- |"
@@ -100,17 +102,21 @@ row() {  # TYPE LABEL FILE
 }
 for t in "${types[@]}"; do
   q="$work/q.gguf"
+  rm -f "$q"
   "$tools/llama-quantize" "$f32" "$q" "$t" 2 >"$work/quantize.log" 2>&1
   row "$t" "llama.cpp" "$q"
   "$tools/llama-quantize" --imatrix "$work/imatrix-llama.gguf" "$f32" "$q" "$t" 2 \
     >"$work/quantize.log" 2>&1
   row "$t" "llama.cpp + imatrix" "$q"
+  rm -f "$q"
   "$qtool" quantize "$smollm2" -o "$q" --output-format gguf --gguf-type "$t" --force -q \
     --threads 2
   row "$t" "qtool RTN" "$q"
+  rm -f "$q"
   "$qtool" quantize "$smollm2" -o "$q" --output-format gguf --gguf-type "$t" --force -q \
     --threads 2 --imatrix "$work/imatrix-qtool.gguf"
   row "$t" "qtool + imatrix" "$q"
+  rm -f "$q"
   if [ "$gptq_available" = 1 ]; then
     "$qtool" quantize "$smollm2" -o "$q" --output-format gguf --gguf-type "$t" --force -q \
       --threads 2 --method gptq --calib "$calib_text"
@@ -129,6 +135,7 @@ if [ "${SKIP_SPEED:-0}" != 1 ]; then
     build/bench/qtool_synth -o "$synth" --hidden 2048 --intermediate 5632 --layers 22 --heads 32 \
       --kv-heads 4 --vocab 32000 --dtype f32 --force
   fi
+  rm -f "$work/synth-F32.gguf"
   "$qtool" quantize "$synth" -o "$work/synth-F32.gguf" --output-format gguf --gguf-type F32 \
     --force -q
   speed() {  # LABEL COMMAND...

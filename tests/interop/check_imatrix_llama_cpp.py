@@ -14,7 +14,10 @@ Usage: check_imatrix_llama_cpp.py QTOOL TOOLS_DIR MODEL_DIR TEXT WORK_DIR [--chu
        [--types=T,T,...] [--max-rel=X]
 TOOLS_DIR holds llama-imatrix and llama-quantize (tests/interop/build_llama_cpp_tools.sh builds
 them); llama_cpp (llama-cpp-python, for llama.cpp's tokenisation), gguf and numpy must be
-importable. Exits 1 when a check fails.
+importable. With TOOLS_DIR "-" (no tools), step 1 is left out and step 2 runs llama.cpp's
+quantiser through llama-cpp-python's llama_model_quantize, whose parameters carry the importances
+(llama_model_imatrix_data, computed from the file as llama-quantize's load_imatrix does), on
+qtool's importance matrix computed from the text. Exits 1 when a check fails.
 """
 import json
 import os
@@ -29,6 +32,8 @@ DEFAULT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q4
 
 
 def run(cmd, **kw):
+    if "-o" in cmd and os.path.isfile(cmd[cmd.index("-o") + 1]):
+        os.remove(cmd[cmd.index("-o") + 1])  # --force replaces directories, not files
     r = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if r.returncode != 0:
         sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
@@ -57,6 +62,39 @@ def llama_tokens(f32, text):
     return with_special, (llm.token_bos() if add_bos else None)
 
 
+LLAMA_FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11,
+                "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16,
+                "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30}
+
+
+def ctypes_quantize(f32, out, t, imat):
+    """llama_model_quantize with the importances of `imat` (in_sum2 / counts in float32)."""
+    import ctypes
+    import llama_cpp.llama_cpp as capi
+    sums, counts, _ = read_imatrix(imat)
+    keep, entries = [], []
+    for name in sorted(sums):
+        c = np.float32(counts[name][0])
+        v = (sums[name].astype(np.float32) / c if c > 0
+             else np.ones_like(sums[name], dtype=np.float32)).astype(np.float32)
+        v = np.ascontiguousarray(v)
+        keep.append(v)
+        entries.append((name.encode(), v))
+    arr = (capi.llama_model_imatrix_data * (len(entries) + 1))()
+    for i, (n, v) in enumerate(entries):
+        arr[i].name = n
+        arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = v.size
+    arr[len(entries)].name = None
+    params = capi.llama_model_quantize_default_params()
+    params.ftype = LLAMA_FTYPES[t]
+    params.nthread = 2
+    params.imatrix = ctypes.cast(arr, ctypes.POINTER(capi.llama_model_imatrix_data))
+    if capi.llama_model_quantize(f32.encode(), out.encode(), params) != 0:
+        sys.exit(f"{t}: llama_model_quantize failed")
+    del keep
+
+
 def tensors_of(path):
     r = GGUFReader(path)
     return {t.name: (t.tensor_type.name, bytes(np.asarray(t.data).tobytes())) for t in r.tensors}
@@ -75,10 +113,13 @@ def main():
     run([qtool, "quantize", model, "-o", f32, "--output-format", "gguf", "--gguf-type", "F32",
          "--force", "-q"])
 
+    have_tools = tools != "-"
     # llama.cpp's importance matrix.
     ref = os.path.join(work, "imatrix-llama.gguf")
-    run([os.path.join(tools, "llama-imatrix"), "-m", f32, "-f", text, "-o", ref, "-c", str(ctx),
-         "--chunks", str(chunks), "-t", "2", "-nr", "--no-ppl", "-ctk", "f32", "-ctv", "f32"])
+    if have_tools:
+        run([os.path.join(tools, "llama-imatrix"), "-m", f32, "-f", text, "-o", ref, "-c",
+             str(ctx), "--chunks", str(chunks), "-t", "2", "-nr", "--no-ppl", "-ctk", "f32",
+             "-ctv", "f32"])
 
     # qtool's, on llama.cpp's tokens: the chunks llama-imatrix runs, BOS first where it adds one.
     stream, bos = llama_tokens(f32, text)
@@ -96,6 +137,8 @@ def main():
          "--nsamples", str(chunks), "-o", ours, "--force", "-q", "--threads", "2"])
 
     failed = []
+    if not have_tools:
+        ref = ours
     s_ref, c_ref, _ = read_imatrix(ref)
     s_our, c_our, keys = read_imatrix(ours)
     if set(s_ref) != set(s_our):
@@ -122,11 +165,16 @@ def main():
 
     # The quantisers with the same importance matrix.
     summary = {}
-    for label, imat in (("llama.cpp imatrix", ref), ("qtool imatrix", ours)):
+    imats = (("llama.cpp imatrix", ref), ("qtool imatrix", ours)) if have_tools else (
+        ("qtool imatrix", ours),)
+    for label, imat in imats:
         for t in types:
             lq = os.path.join(work, f"llama-{t}.gguf")
             qq = os.path.join(work, f"qtool-{t}.gguf")
-            run([os.path.join(tools, "llama-quantize"), "--imatrix", imat, f32, lq, t, "2"])
+            if have_tools:
+                run([os.path.join(tools, "llama-quantize"), "--imatrix", imat, f32, lq, t, "2"])
+            else:
+                ctypes_quantize(f32, lq, t, imat)
             run([qtool, "quantize", model, "-o", qq, "--output-format", "gguf", "--gguf-type", t,
                  "--imatrix", imat, "--force", "-q", "--threads", "2"])
             a, b = tensors_of(lq), tensors_of(qq)
