@@ -15,6 +15,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/format/ggml_quants.hpp"
+#include "qtool/format/ggml_quants_imatrix.hpp"
 #include "qtool/model/model.hpp"
 
 namespace qtool::gguf {
@@ -387,6 +388,11 @@ struct Planned {
 
 }  // namespace
 
+std::string TensorName(const std::string& hf) {
+  int64_t layer = -1;
+  return GgufName(hf, &layer);
+}
+
 ggml::Type FallbackType(ggml::Type type, uint64_t ne0) {
   using ggml::Type;
   if (ne0 % static_cast<uint64_t>(ggml::Traits(type).block_size) == 0) return type;
@@ -502,7 +508,8 @@ std::string RecipeNames() {
 }
 
 ggml::Type TensorType(const Recipe& r, bool pure, const std::string& name, uint64_t ne0,
-                      int64_t layer, int64_t n_layers, int64_t n_gqa, bool has_output) {
+                      int64_t layer, int64_t n_layers, int64_t n_gqa, bool has_output,
+                      bool has_imatrix) {
   Type t = r.base;
   if (r.mix && !pure && IsQuantized(r.base)) {
     const uint32_t f = r.file_type;
@@ -538,12 +545,14 @@ ggml::Type TensorType(const Recipe& r, bool pure, const std::string& name, uint6
         t = Type::kQ5_K;
       } else if (f == kQ4_K_M) {
         if (UseMoreBits(layer, n_layers)) t = Type::kQ6_K;
-      } else if (layer < n_layers / 8 && (f == kIQ4_NL || f == kIQ4_XS)) {
-        t = Type::kQ5_K;  // llama.cpp: without an importance matrix
+      } else if (layer < n_layers / 8 && (f == kIQ4_NL || f == kIQ4_XS) && !has_imatrix) {
+        t = Type::kQ5_K;
       } else if (f == kQ5_K_M && UseMoreBits(layer, n_layers)) {
         t = Type::kQ6_K;
       } else if (f == kQ4_K_S && layer < n_layers / 8) {
         t = Type::kQ5_K;
+      } else if ((f == kQ4_0 || f == kQ5_0) && has_imatrix && layer < n_layers / 8) {
+        t = f == kQ4_0 ? Type::kQ4_1 : Type::kQ5_1;
       }
     } else if (has("attn_output.weight")) {
       if (f == kQ2_K) {
@@ -613,6 +622,17 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
     if (e.first == "tokenizer.ggml.model") report.tokenizer_model = *e.second.AsString();
   }
   std::move(tok.begin(), tok.end(), std::back_inserter(kv));
+  const imatrix::Matrix* imat = options.imatrix;
+  if (imat != nullptr) {  // the keys llama-quantize writes
+    kv.emplace_back("quantize.imatrix.file", options.imatrix_file.substr(0, 127));
+    if (!imat->datasets.empty()) {
+      kv.emplace_back("quantize.imatrix.dataset", imat->datasets.front().substr(0, 127));
+    }
+    kv.emplace_back("quantize.imatrix.entries_count", static_cast<int32_t>(imat->entries.size()));
+    if (imat->chunk_count > 0) {
+      kv.emplace_back("quantize.imatrix.chunks_count", static_cast<int32_t>(imat->chunk_count));
+    }
+  }
 
   // The tensors, in ggml's usual order: embeddings, output norm and head, then block by block.
   std::vector<Planned> plan;
@@ -641,7 +661,8 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
     p.out.type = p.out.ne.size() == 1
                      ? ggml::Type::kF32
                      : TensorType(*recipe, options.pure, name, p.out.ne[0], p.layer, c.num_layers,
-                                  c.num_heads / std::max<int64_t>(1, c.num_kv_heads), has_output);
+                                  c.num_heads / std::max<int64_t>(1, c.num_kv_heads), has_output,
+                                  imat != nullptr);
     if (permute && name.ends_with("attn_q.weight")) p.permute_heads = c.num_heads;
     if (permute && name.ends_with("attn_k.weight")) p.permute_heads = c.num_kv_heads;
   }
@@ -689,6 +710,20 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
     } else {
       x = std::move(p.values);
     }
+    // The importances of this weight's columns (llama.cpp reads none for token_embd).
+    std::vector<float> importance;
+    if (imat != nullptr && p.out.ne.size() == 2 && IsQuantized(p.out.type)) {
+      const auto it = imat->entries.find(p.out.name);
+      if (it != imat->entries.end()) {
+        const bool fits = it->second.ncols * it->second.nmat == cols;
+        QTOOL_CHECK(fits || p.out.name == "token_embd.weight", ShapeError,
+                    "{}: importance matrix entry '{}' has {} x {} values, the weight's rows {}",
+                    options.imatrix_file, p.out.name, it->second.nmat, it->second.ncols, cols);
+        if (fits) importance = it->second.Importance();
+      }
+    }
+    p.out.imatrix = !importance.empty();
+    const float* qw = p.out.imatrix ? importance.data() : nullptr;
     const uint64_t row_bytes = ggml::RowBytes(p.out.type, static_cast<uint64_t>(cols));
     std::vector<std::byte> q(row_bytes * static_cast<uint64_t>(rows));
     std::vector<double> err(static_cast<size_t>(threads), 0.0);
@@ -699,7 +734,7 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
                   for (int64_t r = r0; r < r1; ++r) {
                     const float* xr = x.data() + r * cols;
                     std::byte* qr = q.data() + static_cast<uint64_t>(r) * row_bytes;
-                    ggml::Quantize(p.out.type, xr, qr, cols);
+                    ggml::QuantizeWeighted(p.out.type, xr, qr, cols, qw);
                     ggml::Dequantize(p.out.type, qr, back.data(), cols);
                     for (int64_t j = 0; j < cols; ++j) {
                       const double d = static_cast<double>(back[j]) - xr[j];

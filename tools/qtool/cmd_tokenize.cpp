@@ -9,6 +9,7 @@
 #include "commands.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/model/tokenizer.hpp"
+#include "staged_output.hpp"
 #include "terminal.hpp"
 
 namespace qtool::cli {

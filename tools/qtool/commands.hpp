@@ -21,6 +21,7 @@ void RegisterGenerate(CLI::App& app);
 void RegisterTokenize(CLI::App& app);
 void RegisterConvert(CLI::App& app);
 void RegisterLogits(CLI::App& app);
+void RegisterImatrix(CLI::App& app);
 
 /// --output-format and its options (cmd_convert.cpp), shared by quantize and convert.
 struct OutputFormatArgs {

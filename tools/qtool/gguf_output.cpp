@@ -8,12 +8,14 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "qtool/core/error.hpp"
 #include "qtool/io/checkpoint.hpp"
 #include "qtool/io/gguf.hpp"
 #include "qtool/io/gguf_export.hpp"
 #include "qtool/io/gguf_import.hpp"
+#include "qtool/io/imatrix.hpp"
 #include "staged_output.hpp"
 #include "terminal.hpp"
 
@@ -41,6 +43,10 @@ std::shared_ptr<GgufArgs> AddGgufOptions(CLI::App* cmd) {
   cmd->add_option("--gguf-type", g->gguf_type, kGgufTypeHelp)->capture_default_str();
   cmd->add_flag("--gguf-pure", g->pure,
                 "Every 2-D weight in the --gguf-type's base type (llama-quantize --pure)");
+  cmd->add_option("--imatrix", g->imatrix,
+                  "With --output-format gguf: an importance matrix (llama.cpp's GGUF or legacy "
+                  ".dat format, from qtool imatrix or llama-imatrix) that weights the k-, i- and "
+                  "legacy quants' scale searches, as llama-quantize --imatrix");
   return g;
 }
 
@@ -48,8 +54,9 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const 
                      const std::string& output, int threads, bool force, bool quiet,
                      const std::string& json) {
   if (output_format != "gguf") {
-    QTOOL_CHECK(g.cmd->get_option("--gguf-type")->count() == 0 && !g.pure, OptionError,
-                "--gguf-type and --gguf-pure apply to --output-format gguf only");
+    QTOOL_CHECK(g.cmd->get_option("--gguf-type")->count() == 0 && !g.pure && g.imatrix.empty(),
+                OptionError,
+                "--gguf-type, --gguf-pure and --imatrix apply to --output-format gguf only");
     return false;
   }
   for (const char* name : kNotForGguf) {
@@ -65,6 +72,12 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const 
   opts.pure = g.pure;
   opts.threads = threads;
   opts.overwrite = false;  // the staged output replaces an old one in StagedRun::Commit
+  std::optional<imatrix::Matrix> imat;
+  if (!g.imatrix.empty()) {
+    imat = imatrix::Read(g.imatrix);
+    opts.imatrix = &*imat;
+    opts.imatrix_file = g.imatrix;
+  }
   const Checkpoint in = Checkpoint::Open(input);
   StagedRun run(in, output, json, force);
   Progress progress("quantize");
@@ -78,6 +91,7 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const 
                       {"tokenizer_model", r.tokenizer_model},
                       {"gguf_type", std::string(recipe->name)},
                       {"pure", g.pure},
+                      {"imatrix", g.imatrix},
                       {"input_bytes", r.input_bytes},
                       {"output_bytes", r.output_bytes},
                       {"seconds", r.seconds},
@@ -92,7 +106,8 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const 
                             {"type", std::string(ggml::Traits(t.type).name)},
                             {"ne", t.ne},
                             {"bytes", t.bytes},
-                            {"rel_rms_error", t.rel_rms_error}});
+                            {"rel_rms_error", t.rel_rms_error},
+                            {"imatrix", t.imatrix}});
   }
   if (!quiet && json != "-") {
     fmt::print("{:<28} {:>7} {:>14} {:>12} {:>10}\n", "tensor", "type", "ne", "bytes", "rel rms");

@@ -11,11 +11,12 @@ namespace qtool::cli {
 struct GgufArgs {
   std::string gguf_type = "F16";
   bool pure = false;
+  std::string imatrix;  // importance matrix file (GGUF or legacy .dat), "" for none
   CLI::App* cmd = nullptr;
 };
 
-/// Adds --gguf-type and --gguf-pure to the quantize command (its --output-format is shared with
-/// the other output formats: AddOutputFormatOptions).
+/// Adds --gguf-type, --gguf-pure and --imatrix to the quantize command (its --output-format is
+/// shared with the other output formats: AddOutputFormatOptions).
 std::shared_ptr<GgufArgs> AddGgufOptions(CLI::App* cmd);
 
 /// Writes the GGUF file when `output_format` is gguf and returns true; false otherwise. Refuses

@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   qtool::cli::RegisterTokenize(app);
   qtool::cli::RegisterConvert(app);
   qtool::cli::RegisterLogits(app);
+  qtool::cli::RegisterImatrix(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ConversionError& e) {

@@ -24,6 +24,7 @@
 #include "qtool/format/ggml.hpp"
 #include "qtool/io/checkpoint.hpp"
 #include "qtool/io/gguf.hpp"
+#include "qtool/io/imatrix.hpp"
 
 namespace qtool::gguf {
 
@@ -52,9 +53,12 @@ std::string RecipeNames();
 /// eighth, and every third between); Q4_K_S: Q5_K in the first layers; IQ4_*: attn_v Q5_K at 4+
 /// query heads per kv head, ffn_down Q5_K in the first eighth; TQ*: embeddings Q4_K), then
 /// FallbackType for rows that are not whole blocks. `pure` applies the base type everywhere
-/// (llama-quantize --pure). 1-D tensors are not asked about (they stay F32).
+/// (llama-quantize --pure). 1-D tensors are not asked about (they stay F32). `has_imatrix` (an
+/// importance matrix is given) changes two ffn_down rules as in llama.cpp: IQ4_NL/IQ4_XS keep
+/// their type in the first eighth of the layers, and Q4_0/Q5_0 store those layers as Q4_1/Q5_1.
 ggml::Type TensorType(const Recipe& r, bool pure, const std::string& name, uint64_t ne0,
-                      int64_t layer, int64_t n_layers, int64_t n_gqa, bool has_output);
+                      int64_t layer, int64_t n_layers, int64_t n_gqa, bool has_output,
+                      bool has_imatrix = false);
 
 struct ExportOptions {
   /// A recipe name (see FindRecipe): a llama-quantize file type or a ggml type.
@@ -62,6 +66,12 @@ struct ExportOptions {
   bool pure = false;       // the base type for every 2-D weight
   int threads = 0;         // 0: all cores
   bool overwrite = false;  // replace an existing output file
+  /// Importances (llama.cpp's imatrix, by GGUF tensor name) for the weighted searches of the k-,
+  /// i- and legacy quants (ggml::QuantizeWeighted), or nullptr. A weight without an entry is
+  /// quantised without one, as llama-quantize does; an entry whose length is not the weight's row
+  /// length is a ShapeError (except for token_embd, which llama.cpp never reads one for).
+  const imatrix::Matrix* imatrix = nullptr;
+  std::string imatrix_file = {};  // its name, for the quantize.imatrix.file key
 };
 
 /// One tensor of the written file and its round-trip error.
@@ -72,6 +82,7 @@ struct ExportedTensor {
   ggml::Type type = ggml::Type::kF32;
   uint64_t bytes = 0;
   double rel_rms_error = 0;  // sqrt(sum (dequant - x)^2 / sum x^2)
+  bool imatrix = false;      // quantised with importances
 };
 
 struct ExportReport {
@@ -89,6 +100,11 @@ struct ExportReport {
 /// Q5_K -> Q5_1; Q6_K -> Q8_0; and F16 when that does not fit either (so also for the 32-block
 /// types, which have nothing smaller to fall back to).
 ggml::Type FallbackType(ggml::Type type, uint64_t ne0);
+
+/// The GGUF name of a Hugging Face tensor of a Llama-family checkpoint
+/// ("model.layers.3.mlp.down_proj .weight" -> "blk.3.ffn_down.weight"), "" for a tensor GGUF does
+/// not keep (rotary inv_freq). Throws FormatError for a name without a GGUF equivalent.
+std::string TensorName(const std::string& hf);
 
 /// Writes `in` (a Llama, Mistral or Qwen2 checkpoint with config.json) as a GGUF file at `out`.
 /// `progress` (optional) is called after each tensor. Throws FormatError for a missing or
