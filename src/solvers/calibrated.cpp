@@ -483,7 +483,8 @@ BlockSolution HqqBlock(const Context& ctx, int64_t b) {
   opt.threads = ctx.threads;
   opt.integer_zero = true;
   BlockSolution sol;
-ours    const std::string full = WeightName(b, name);
+  for (const std::string& name : BlockLinearNames(ctx.cfg, b)) {
+    const std::string full = WeightName(b, name);
     if (!ctx.Selected(full)) continue;
     const auto t0 = std::chrono::steady_clock::now();
     const std::vector<int64_t> shape = ctx.ck.Get(full).info->shape;
@@ -703,7 +704,8 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   const RowMatrixXf ref = run.Run(consumers);
   WeightOverrides cur;  // every weight of the block, in the current (rescaled) basis
   std::map<std::string, Rescaling> rescaled;
-ours    cur[n] = run.Weight(n);
+  for (const std::string& n : run.LinearNames()) {
+    cur[n] = run.Weight(n);
     rescaled[n] = {Eigen::VectorXf::Ones(cur[n].rows()), Eigen::VectorXf::Ones(cur[n].cols())};
   }
   for (const std::string& n : {std::string("input_layernorm"), mlp_norm}) cur[n] = run.Weight(n);
