@@ -108,7 +108,8 @@ if has interop; then
     echo "SKIPPED: $shared/models/smollm2-135m is absent (set QTOOL_SHARED_DIR)"
   fi
   step "qtool's GGUF files against llama.cpp's gguf package"
-  "$py" tests/interop/check_gguf.py build/qtool examples/models/stories260K build/interop
+  "$py" tests/interop/check_gguf.py build/qtool examples/models/stories260K build/interop \
+    $([ -f "$shared/data/stories-calib.txt" ] && echo "$shared/data/stories-calib.txt")
 fi
 
 if has asan; then

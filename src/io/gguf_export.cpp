@@ -340,13 +340,14 @@ std::string GgufName(const std::string& hf, int64_t* layer) {
 // Hugging Face stores each head's query/key rows as [first halves of the rotary pairs | second
 // halves] (rotate_half); ggml's RoPE rotates adjacent rows (2i, 2i + 1). Row 2i + j of a head in
 // the output is row j * head_dim / 2 + i of the input (llama.cpp's converter does the same).
-void PermuteRopeRows(std::vector<float>& w, int64_t rows, int64_t cols, int64_t heads) {
+template <class T>
+void PermuteRopeRows(std::vector<T>& w, int64_t rows, int64_t cols, int64_t heads) {
   const int64_t hd = rows / heads;
-  std::vector<float> out(w.size());
+  std::vector<T> out(w.size());
   for (int64_t h = 0; h < heads; ++h) {
     for (int64_t i = 0; i < hd / 2; ++i) {
       for (int64_t j = 0; j < 2; ++j) {
-        const float* src = w.data() + (h * hd + j * (hd / 2) + i) * cols;
+        const T* src = w.data() + (h * hd + j * (hd / 2) + i) * cols;
         std::copy(src, src + cols, out.data() + (h * hd + 2 * i + j) * cols);
       }
     }
@@ -392,6 +393,7 @@ std::string TensorName(const std::string& hf) {
   int64_t layer = -1;
   return GgufName(hf, &layer);
 }
+std::string GgufTensorName(const std::string& hf, int64_t* layer) { return GgufName(hf, layer); }
 
 ggml::Type FallbackType(ggml::Type type, uint64_t ne0) {
   using ggml::Type;
@@ -725,7 +727,19 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
     p.out.imatrix = !importance.empty();
     const float* qw = p.out.imatrix ? importance.data() : nullptr;
     const uint64_t row_bytes = ggml::RowBytes(p.out.type, static_cast<uint64_t>(cols));
-    std::vector<std::byte> q(row_bytes * static_cast<uint64_t>(rows));
+    std::vector<std::byte> q;
+    const bool given =
+        p.src != nullptr && options.quantized && options.quantized(p.out.source, p.out.type, q);
+    if (given) {
+      QTOOL_CHECK(q.size() == row_bytes * static_cast<uint64_t>(rows), ShapeError,
+                  "tensor '{}': {} bytes given for {} rows of {} bytes", p.out.source, q.size(),
+                  rows, row_bytes);
+      if (p.permute_heads > 0) {
+        PermuteRopeRows(q, rows, static_cast<int64_t>(row_bytes), p.permute_heads);
+      }
+    } else {
+      q.resize(row_bytes * static_cast<uint64_t>(rows));
+    }
     std::vector<double> err(static_cast<size_t>(threads), 0.0);
     std::vector<double> energy(static_cast<size_t>(threads), 0.0);
     ParallelFor(rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1)), threads,
@@ -734,7 +748,7 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
                   for (int64_t r = r0; r < r1; ++r) {
                     const float* xr = x.data() + r * cols;
                     std::byte* qr = q.data() + static_cast<uint64_t>(r) * row_bytes;
-                    ggml::QuantizeWeighted(p.out.type, xr, qr, cols, qw);
+                    if (!given) ggml::QuantizeWeighted(p.out.type, xr, qr, cols, qw);
                     ggml::Dequantize(p.out.type, qr, back.data(), cols);
                     for (int64_t j = 0; j < cols; ++j) {
                       const double d = static_cast<double>(back[j]) - xr[j];

@@ -13,11 +13,14 @@
 #include "qtool/core/convert.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
+#include "qtool/format/ggml_quants.hpp"
 #include "qtool/model/tokenizer.hpp"
 #include "qtool/quant/activation.hpp"
 #include "qtool/quant/int_codec.hpp"
 #include "qtool/quant/pack.hpp"
 #include "qtool/solvers/awq.hpp"
+#include "qtool/solvers/ggml_grid.hpp"
+#include "qtool/solvers/gguf_calibrated.hpp"
 #include "qtool/solvers/hessian.hpp"
 
 namespace qtool::solvers {
@@ -725,9 +728,10 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
     Eigen::VectorXf mean = stats[f.group]->MeanAbs().cast<float>();
     const bool v_to_o = f.group == 1;
     if (v_to_o && ctx.ck.Find(BlockTensorName(b, f.prev) + ".bias") != nullptr) {
-      // Folding 1/s into v's rows would need its bias scaled too (Qwen2); this fold is left out.
+      // Folding 1/s into v's rows (in qkv_proj's with fused layers) would need its bias scaled
+      // too (Qwen2); this fold is left out.
       input_scale[f.group] = Eigen::VectorXf::Ones(o_in);
-      ctx.Report({b, layers.front(), 0, Since(t0), fmt::format("no scaling: {} has a bias", f.prev)});
+      ctx.Report({b, layers.front(), 0, Since(t0), "no scaling: v_proj has a bias"});
       continue;
     }
     Eigen::VectorXf mean_prev = mean;  // per output channel of the preceding op
@@ -916,6 +920,93 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
     run.Advance(overrides);
   }
   return writer.Finish(start);
+}
+
+void SolveGgufCalibrated(const Model& model, const fs::path& model_dir,
+                         const CalibratedOptions& method, int threads, const GgmlTypeFn& type_of,
+                         const GgmlBlocksFn& sink, const LayerFn& on_layer) {
+  QTOOL_CHECK(method.method == Method::kGptq || method.method == Method::kAwq, OptionError,
+              "--method {} cannot write GGUF (gptq and awq can)", MethodName(method.method));
+  QTOOL_CHECK(!method.gptq.act_order, OptionError,
+              "--act-order cannot be written to GGUF: a block's scales belong to consecutive "
+              "columns and llama.cpp has no column permutation (g_idx)");
+  GptqOptions opt = method.gptq;
+  opt.static_groups = false;
+  opt.threads = ResolveThreads(threads);
+  CalibrationRunner run(model, CalibrationSamples(model_dir, model, method));
+  if (method.method == Method::kAwq) {
+    // AWQ's scale and clipping searches round with the int grid of as many bits as the query
+    // projection's type has per weight (rounded down), asymmetric, in groups of 32 (a proxy of each
+    // ggml type's rounding); the rescaled weights are then written by each tensor's reference
+    // quantiser and the rescaled norms in F32.
+    const RowMatrixXf q0 = run.Weight("self_attn.q_proj");
+    const ggml::Type t0 = type_of(WeightName(0, "self_attn.q_proj"), q0.rows(), q0.cols());
+    QuantSpec spec;
+    const ggml::TypeTraits& tr = ggml::Traits(t0);
+    spec.bits = std::clamp(8 * tr.type_size / tr.block_size, 2, 8);  // bits per weight, floor
+    spec.symmetric = false;
+    spec.group_size = 32;
+    QuantizeOptions qopts;
+    qopts.threads = threads;
+    const Context ctx{model.checkpoint(), model.config(), qopts, method,
+                      on_layer,           opt.threads,    spec};
+    while (!run.done()) {
+      BlockSolution sol = AwqBlock(ctx, run);
+      for (const auto& [full, w] : sol.values) {
+        const ggml::Type type =
+            w.rows() == 1 ? ggml::Type::kF32 : type_of(full, w.rows(), w.cols());
+        const size_t row_bytes = ggml::RowBytes(type, static_cast<uint64_t>(w.cols()));
+        std::vector<std::byte> blocks(row_bytes * static_cast<size_t>(w.rows()));
+        for (int64_t r = 0; r < w.rows(); ++r) {
+          ggml::Quantize(type, &w(r, 0), blocks.data() + static_cast<size_t>(r) * row_bytes,
+                         w.cols());
+        }
+        sink(full, type, std::move(blocks));
+      }
+      run.Advance();
+    }
+    return;
+  }
+  while (!run.done()) {
+    const int64_t b = run.block();
+    WeightOverrides overrides;
+    QTOOL_CHECK(!model.config().IsMoeLayer(b), OptionError,
+                "--method gptq with --output-format gguf does not handle mixture-of-experts blocks "
+                "(block {})",
+                b);
+    for (const auto& group : InputGroups(model.config())) {
+      HessianConsumer h(run.in_features(group[0]), opt.threads);
+      run.Capture({{group[0], {&h}}}, overrides);
+      std::optional<GptqHessian> hessian;  // factored once for the layers sharing the input
+      for (const std::string& name : group) {
+        const std::string full = WeightName(b, name);
+        const RowMatrixXf w = run.Weight(name);
+        const ggml::Type type = type_of(full, w.rows(), w.cols());
+        const auto t0 = std::chrono::steady_clock::now();
+        if (!GgmlGrid::Supports(type)) {
+          // Stored as the export writes it: later layers see those values.
+          RowMatrixXf back(w.rows(), w.cols());
+          std::vector<std::byte> q(ggml::RowBytes(type, static_cast<uint64_t>(w.cols())));
+          for (int64_t r = 0; r < w.rows(); ++r) {
+            ggml::Quantize(type, &w(r, 0), q.data(), w.cols());
+            ggml::Dequantize(type, q.data(), &back(r, 0), w.cols());
+          }
+          overrides[name] = std::move(back);
+          if (on_layer) on_layer({b, name, 0, Since(t0), std::string(ggml::Traits(type).name)});
+          continue;
+        }
+        if (!hessian) hessian = PrepareGptq(h.Hessian(), opt);
+        GgmlGrid grid(type, w.rows(), w.cols());
+        GptqResult r = Gptq(w, *hessian, grid, opt);
+        std::string detail(ggml::Traits(type).name);
+        if (r.stats.damp_retries) detail += fmt::format(", damp {:g}", r.stats.damp);
+        if (on_layer) on_layer({b, name, r.stats.loss, Since(t0), detail});
+        sink(full, type, grid.Write(r.q.codes));
+        overrides[name] = std::move(r.q.dequant);
+      }
+    }
+    run.Advance(overrides);
+  }
 }
 
 }  // namespace qtool::solvers

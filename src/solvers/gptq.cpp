@@ -18,6 +18,9 @@ double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+GptqResult GptqSweep(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessian,
+                     const Grid* grid, BlockGrid* block_grid, const GptqOptions& options);
+
 }  // namespace
 
 GptqHessian PrepareGptq(const Eigen::Ref<const RowMatrixXf>& h, const GptqOptions& options) {
@@ -109,14 +112,35 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const Eigen::Ref<const R
 
 GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessian,
                 const Grid& grid, const GptqOptions& options) {
+  return GptqSweep(w, hessian, &grid, nullptr, options);
+}
+
+GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessian, BlockGrid& grid,
+                const GptqOptions& options) {
+  QTOOL_CHECK(!options.act_order && !options.static_groups, OptionError,
+              "GPTQ against a block grid takes neither act-order nor static groups");
+  QTOOL_CHECK(grid.block() >= 1 && w.cols() % grid.block() == 0, ShapeError,
+              "GPTQ: {} columns are not a whole number of blocks of {}", w.cols(), grid.block());
+  GptqOptions opt = options;
+  opt.group_size = grid.block();
+  return GptqSweep(w, hessian, nullptr, &grid, opt);
+}
+
+namespace {
+
+// The sweep, against a Grid (parameters per group, FitGroups) or a BlockGrid (block_grid set:
+// options.group_size is its block, fitted on the way).
+GptqResult GptqSweep(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessian,
+                     const Grid* grid, BlockGrid* block_grid, const GptqOptions& options) {
   const int64_t rows = w.rows(), cols = w.cols();
   QTOOL_CHECK(hessian.cols == cols, ShapeError,
               "GPTQ of a [{}, {}] weight needs a [{}, {}] Hessian, got [{}, {}]", rows, cols, cols,
               cols, hessian.cols, hessian.cols);
   const int threads = ResolveThreads(options.threads);
-  const bool grouped = options.group_size > 0 && options.group_size < cols;
+  const bool grouped =
+      block_grid != nullptr || (options.group_size > 0 && options.group_size < cols);
   const int64_t g = grouped ? options.group_size : std::max<int64_t>(cols, 1);
-  const bool static_params = options.static_groups || !grouped;
+  const bool static_params = !grouped || (options.static_groups && block_grid == nullptr);
   const int64_t bs = options.block_size;
   const Eigen::Map<const RowMatrixXf> lt = hessian.lt();
   const std::vector<int64_t>& perm = hessian.perm;
@@ -126,7 +150,7 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
   GptqStats& st = result.stats;
   QuantizedMatrix& q = result.q;
   q.groups = (cols + g - 1) / g;
-  q.params.resize(static_cast<size_t>(rows * q.groups));
+  if (block_grid == nullptr) q.params.resize(static_cast<size_t>(rows * q.groups));
   q.g_idx.resize(static_cast<size_t>(cols));
   for (int64_t j = 0; j < cols; ++j) {
     q.g_idx[static_cast<size_t>(perm[j])] =
@@ -175,7 +199,7 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
     };
     if (static_params) {
       for (int64_t gi = 0; gi < q.groups; ++gi) {
-        FitGroups(grid, wt_storage.as<float>() + gi * g * nr, nr, std::min(g, cols - gi * g), nr,
+        FitGroups(*grid, wt_storage.as<float>() + gi * g * nr, nr, std::min(g, cols - gi * g), nr,
                   options.mse, cur.data());
         for (int64_t r = 0; r < nr; ++r) params(r, gi) = cur[r];
       }
@@ -205,8 +229,12 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
             snap.topRows(len) = wt.middleRows(j, len);
             Gemm(len, nr, len, 1.0f, {inv_unit[static_cast<size_t>(group)].data(), len, 1},
                  {&cd(j, 0), nr, 1}, snap.data(), nr, 1);
-            FitGroups(grid, snap.data(), nr, len, nr, options.mse, cur.data());
-            for (int64_t r = 0; r < nr; ++r) params(r, group) = cur[r];
+            if (block_grid != nullptr) {
+              block_grid->Fit(group, snap.data(), nr, r0, nr);
+            } else {
+              FitGroups(*grid, snap.data(), nr, len, nr, options.mse, cur.data());
+              for (int64_t r = 0; r < nr; ++r) params(r, group) = cur[r];
+            }
           } else if (static_params && group != cur_group) {
             for (int64_t r = 0; r < nr; ++r) cur[r] = params(r, group);
           }
@@ -221,7 +249,11 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
             for (int64_t r = 0; r < nr; ++r) dj[r] += c * dk[r];
           }
           for (int64_t r = 0; r < nr; ++r) cur_w[r] = wj[r] + dj[r];
-          grid.Quantize(cur_w.data(), nr, cur.data(), codes + j * nr, deq.data());
+          if (block_grid != nullptr) {
+            block_grid->Quantize(j, cur_w.data(), r0, nr, codes + j * nr, deq.data());
+          } else {
+            grid->Quantize(cur_w.data(), nr, cur.data(), codes + j * nr, deq.data());
+          }
           // Squared rounding errors summed in eight float lanes (so that the loop vectorises),
           // the lanes added in double.
           constexpr int64_t kLanes = 8;
@@ -281,5 +313,7 @@ GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessi
   st.flop_sweep = static_cast<double>(rows) * cols * cols;
   return result;
 }
+
+}  // namespace
 
 }  // namespace qtool::solvers

@@ -15,7 +15,11 @@ The models: a synthetic F32 Llama checkpoint made here (hidden 256, so that the 
 k-quant blocks fit, and feed-forward 544, a multiple of 32 but not of 256, so that llama.cpp's
 fallback types appear), with stories260K's SentencePiece tokenizer, and stories260K itself.
 
-Usage: check_gguf.py QTOOL_BINARY STORIES260K_DIR WORK_DIR
+4. With a calibration text: GPTQ-GGUF files (`--method gptq`) of the synthetic model in
+   several types and mixes decode with gguf identically to `qtool dequantize`, with the RTN
+   file's tensor types.
+
+Usage: check_gguf.py QTOOL_BINARY STORIES260K_DIR WORK_DIR [CALIBRATION_TEXT]
 """
 import json
 import os
@@ -144,7 +148,48 @@ def main():
         os.makedirs(out, exist_ok=True)
         print(f"== {name}")
         check_model(qtool, model, out)
+    if len(sys.argv) > 4:
+        print("== synthetic, GPTQ")
+        check_gptq(qtool, synth, sys.argv[4], os.path.join(work, "gguf-synthetic"))
     print("GGUF files: all checks passed")
+
+
+GPTQ_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+              "IQ4_NL", "IQ4_XS", "Q3_K_M", "Q4_K_M"]
+
+
+def check_gptq(qtool, model, calib, work):
+    """GPTQ-GGUF files (next to check_model's RTN files in `work`): gguf decodes every tensor as
+    qtool does, the tensor types are the RTN file's, and the Linear layers' blocks differ."""
+    config = json.load(open(os.path.join(model, "config.json")))
+    for ty in GPTQ_TYPES:
+        out = os.path.join(work, f"GPTQ-{ty}.gguf")
+        subprocess.run([qtool, "quantize", model, "-o", out, "--output-format", "gguf",
+                        "--gguf-type", ty, "--method", "gptq", "--calib", calib,
+                        "--nsamples", "8", "--seqlen", "64", "--force", "-q"], check=True)
+        deq = os.path.join(work, f"GPTQ-{ty}-deq")
+        subprocess.run([qtool, "dequantize", out, "-o", deq, "--force"], check=True)
+        ours = load_file(os.path.join(deq, "model.safetensors"))
+        rtn = {t.name: t for t in GGUFReader(os.path.join(work, f"{ty}.gguf")).tensors} \
+            if os.path.exists(os.path.join(work, f"{ty}.gguf")) else None
+        differ = 0
+        for t in GGUFReader(out).tensors:
+            theirs = tensor_values(t)
+            mine = ours[hf_name(t.name)]
+            if t.name.endswith("attn_q.weight"):
+                mine = permute(mine, config["num_attention_heads"])
+            elif t.name.endswith("attn_k.weight"):
+                mine = permute(mine, config["num_key_value_heads"])
+            mine = mine.reshape(theirs.shape)
+            if not np.array_equal(theirs.view(np.uint32), mine.view(np.uint32)):
+                sys.exit(f"GPTQ {ty}: tensor {t.name} ({t.tensor_type.name}): gguf and qtool "
+                         "decode it differently")
+            if rtn is not None:
+                if rtn[t.name].tensor_type != t.tensor_type:
+                    sys.exit(f"GPTQ {ty}: tensor {t.name} is {t.tensor_type.name}, RTN's "
+                             f"{rtn[t.name].tensor_type.name}")
+                differ += not np.array_equal(rtn[t.name].data, t.data)
+        print(f"GPTQ {ty}: decodes identically, RTN's types, {differ} tensors differ from RTN's")
 
 
 def check_model(qtool, model, work):

@@ -12,10 +12,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <regex>
 #include <span>
-#include <sstream>
 #include <vector>
 
 #include "qtool/model/eval.hpp"
@@ -27,13 +25,6 @@ namespace qtool::solvers {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string ReadText(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 nlohmann::json IntRecord(int bits, int64_t group, bool symmetric = true) {
   nlohmann::json r = {{"codec", "int"}, {"bits", bits}, {"symmetric", symmetric}};
@@ -53,7 +44,7 @@ class QualityTest : public ::testing::TestWithParam<std::string> {
     model_ = testing::SharedDir().value() / "models" / GetParam() / "hf";
     data_ = testing::SharedDir().value() / "data";
     const Tokenizer tok = LoadModelTokenizer(model_);
-    eval_tokens_ = tok.Encode(ReadText(data_ / "stories-eval.txt"));
+    eval_tokens_ = tok.Encode(testing::ReadFile(data_ / "stories-eval.txt"));
     fp_ = Perplexity(model_);
   }
 

@@ -262,7 +262,7 @@ void RegisterQuantize(CLI::App& app) {
     QTOOL_CHECK(a->activations == "none" || a->activations == "int8", OptionError,
                 "--activations is none or int8, not \"{}\"", a->activations);
     if (RunGgufQuantize(*gguf, out_format->format, a->input, a->output, a->threads, a->force,
-                        a->quiet, a->json)) {
+                        a->quiet, a->json, *method)) {
       return;
     }
     QuantizeOptions opts;

@@ -3,12 +3,14 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
 #include "qtool/io/export.hpp"
+#include "qtool/io/gguf_export.hpp"
 #include "qtool/io/quantized.hpp"
 
 namespace qtool::cli {
@@ -43,5 +45,15 @@ std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd);
 std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptions opts,
                                               const std::string& input, const std::string& output,
                                               bool quiet);
+/// --output-format gguf with --method gptq or awq (gguf_output.cpp): writes the GGUF file `output`
+/// with their blocks (solvers/gguf_calibrated.hpp); nullopt for --method rtn.
+struct GgufMethodResult {
+  gguf::ExportReport report;
+  nlohmann::json solver;
+};
+std::optional<GgufMethodResult> RunGgufMethod(
+    const MethodArgs& m, const gguf::ExportOptions& opts, const std::string& input,
+    const std::string& output, bool quiet,
+    const std::function<void(size_t, size_t, const std::string&)>& progress);
 
 }  // namespace qtool::cli

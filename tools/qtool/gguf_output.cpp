@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "commands.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/checkpoint.hpp"
 #include "qtool/io/gguf.hpp"
@@ -31,9 +32,9 @@ constexpr const char* kGgufTypeHelp =
 
 // Options of the safetensors path that GGUF output does not take.
 constexpr const char* kNotForGguf[] = {
-    "--format",      "--bits",     "--group",   "--granularity",   "--asym",
-    "--flat-groups", "--observer", "--block",   "--double-quant",  "--method",
-    "--activations", "--include",  "--exclude", "--max-shard-size"};
+    "--format",      "--bits",     "--group",         "--granularity",  "--asym",
+    "--flat-groups", "--observer", "--block",         "--double-quant", "--activations",
+    "--include",     "--exclude",  "--max-shard-size"};
 
 }  // namespace
 
@@ -52,7 +53,7 @@ std::shared_ptr<GgufArgs> AddGgufOptions(CLI::App* cmd) {
 
 bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const std::string& input,
                      const std::string& output, int threads, bool force, bool quiet,
-                     const std::string& json) {
+                     const std::string& json, const MethodArgs& method) {
   if (output_format != "gguf") {
     QTOOL_CHECK(g.cmd->get_option("--gguf-type")->count() == 0 && !g.pure && g.imatrix.empty(),
                 OptionError,
@@ -81,10 +82,13 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const 
   const Checkpoint in = Checkpoint::Open(input);
   StagedRun run(in, output, json, force);
   Progress progress("quantize");
-  const gguf::ExportReport r = gguf::ExportGguf(
-      in, run.output(), opts, [&](size_t done, size_t total, const std::string& name) {
-        progress.Update(done, total, name);
-      });
+  const auto on_tensor = [&](size_t done, size_t total, const std::string& name) {
+    progress.Update(done, total, name);
+  };
+  std::optional<GgufMethodResult> solved =
+      RunGgufMethod(method, opts, input, run.output().string(), quiet || json == "-", on_tensor);
+  const gguf::ExportReport r =
+      solved ? std::move(solved->report) : gguf::ExportGguf(in, run.output(), opts, on_tensor);
   progress.Done();
   nlohmann::json j = {{"output", output},
                       {"architecture", r.architecture},
@@ -96,6 +100,7 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const 
                       {"output_bytes", r.output_bytes},
                       {"seconds", r.seconds},
                       {"tensors", nlohmann::json::array()}};
+  if (solved) j["solver"] = std::move(solved->solver);
   uint64_t params = 0;
   for (const gguf::ExportedTensor& t : r.tensors) {
     uint64_t n = 1;

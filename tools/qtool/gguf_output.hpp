@@ -8,6 +8,8 @@
 
 namespace qtool::cli {
 
+struct MethodArgs;
+
 struct GgufArgs {
   std::string gguf_type = "F16";
   bool pure = false;
@@ -22,9 +24,10 @@ std::shared_ptr<GgufArgs> AddGgufOptions(CLI::App* cmd);
 /// Writes the GGUF file when `output_format` is gguf and returns true; false otherwise. Refuses
 /// (OptionError) the quantize options that do not apply to GGUF output. The output and the report
 /// are staged and committed together, as every command's (StagedRun).
+/// With --method gptq or awq, the Linear layers are solved first (RunGgufMethod).
 bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const std::string& input,
                      const std::string& output, int threads, bool force, bool quiet,
-                     const std::string& json);
+                     const std::string& json, const MethodArgs& method);
 
 /// True when `path` names a GGUF file (by its first four bytes).
 bool IsGgufFile(const std::string& path);

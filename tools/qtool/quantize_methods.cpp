@@ -13,6 +13,7 @@
 #include "qtool/core/input_file.hpp"
 #include "qtool/io/format_record.hpp"
 #include "qtool/solvers/calibrated.hpp"
+#include "qtool/solvers/gguf_calibrated.hpp"
 #include "terminal.hpp"
 
 namespace qtool::cli {
@@ -58,10 +59,10 @@ std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd) {
   return m;
 }
 
-std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptions opts,
-                                              const std::string& input, const std::string& output,
-                                              bool quiet) {
-  if (m.method == "rtn") return std::nullopt;
+namespace {
+
+// The method's options from the command line, checked (m.method is not rtn).
+solvers::CalibratedOptions CalibratedFromArgs(const MethodArgs& m) {
   solvers::CalibratedOptions c;
   c.method = solvers::ParseMethod(m.method);
   QTOOL_CHECK(!solvers::NeedsCalibration(c.method) || !m.calib.empty(), OptionError,
@@ -103,36 +104,39 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
   c.gptq.static_groups = m.static_groups;
   c.gptq.mse = m.mse;
   c.gptq.damp = m.damp;
-  if (c.method == solvers::Method::kSmoothQuant) {
-    opts.codec = FormatToRecord(IntFormat{.bits = 8, .granularity = Granularity::kChannel});
-  } else if (c.method == solvers::Method::kHqq) {
-    Format f = FormatFromRecord(opts.codec);
-    if (auto* i = std::get_if<IntFormat>(&f)) i->symmetric = false;  // HQQ fits zero-points
-    opts.codec = FormatToRecord(f);
-  }
-  MethodResult result;
-  result.solver = {{"method", m.method}, {"layers", nlohmann::json::array()}};
-  Progress progress("quantize");
-  const auto on_layer = [&](const solvers::LayerReport& l) {
-    result.solver["layers"].push_back({{"block", l.block},
-                                       {"name", l.name},
-                                       {"loss", l.loss},
-                                       {"seconds", l.seconds},
-                                       {"detail", l.detail}});
+  return c;
+}
+
+// Per-layer progress on stderr (unless quiet) and into solver["layers"], the calibration data
+// into solver["calibration"].
+solvers::LayerFn ReportLayers(const MethodArgs& m, bool quiet, Progress& progress,
+                              nlohmann::json& solver, solvers::CalibratedOptions& c) {
+  solver = {{"method", m.method}, {"layers", nlohmann::json::array()}};
+  c.on_calibration_data = [&m, &solver, quiet](const CalibrationData& d,
+                                               const std::vector<std::vector<int32_t>>& windows) {
+    const size_t len = windows.empty() ? 0 : windows[0].size();
+    solver["calibration"] = {{"file", m.calib},
+                             {"format", d.format},
+                             {"documents", d.documents},
+                             {"tokens", d.tokens.size()},
+                             {"windows", windows.size()},
+                             {"window_tokens", len},
+                             {"bos", d.bos}};
     if (quiet) return;
-    progress.Done();
-    fmt::print(stderr, "{} block {:>3} {:<26} loss {:>11.4e} {:>7.2f} s {}\n", m.method, l.block,
-               l.name, l.loss, l.seconds, l.detail);
+    fmt::print(stderr,
+               "calibration: {} ({}, {} document(s)): {} tokens, {} windows of {} tokens{}\n",
+               m.calib, d.format, d.documents, d.tokens.size(), windows.size(), len,
+               d.bos >= 0 ? fmt::format(" (BOS {} first)", d.bos) : std::string(" (no BOS)"));
   };
-  c.on_expert = [&](const solvers::ExpertReport& e) {
-    if (!result.solver.contains("experts")) result.solver["experts"] = nlohmann::json::array();
+  c.on_expert = [&m, &solver, &progress, quiet](const solvers::ExpertReport& e) {
+    if (!solver.contains("experts")) solver["experts"] = nlohmann::json::array();
     nlohmann::json entry = {
         {"block", e.block}, {"expert", e.expert}, {"tokens", e.tokens}, {"fallback", e.fallback}};
     if (e.fallback) {
       entry["fallback_method"] = "all block tokens";
       entry["fallback_tokens"] = e.fallback_tokens;
     }
-    result.solver["experts"].push_back(std::move(entry));
+    solver["experts"].push_back(std::move(entry));
     if (quiet) return;
     progress.Done();
     fmt::print(stderr, "{} block {:>3} expert {:>3}: {:>8} tokens{}\n", m.method, e.block, e.expert,
@@ -141,27 +145,57 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
                                         m.moe_min_tokens, e.fallback_tokens)
                           : std::string());
   };
-  c.on_calibration_data = [&](const CalibrationData& d,
-                              const std::vector<std::vector<int32_t>>& windows) {
-    const size_t len = windows.empty() ? 0 : windows[0].size();
-    result.solver["calibration"] = {{"file", m.calib},
-                                    {"format", d.format},
-                                    {"documents", d.documents},
-                                    {"tokens", d.tokens.size()},
-                                    {"windows", windows.size()},
-                                    {"window_tokens", len},
-                                    {"bos", d.bos}};
+  return [&m, &solver, &progress, quiet](const solvers::LayerReport& l) {
+    solver["layers"].push_back({{"block", l.block},
+                                {"name", l.name},
+                                {"loss", l.loss},
+                                {"seconds", l.seconds},
+                                {"detail", l.detail}});
     if (quiet) return;
-    fmt::print(stderr,
-               "calibration: {} ({}, {} document(s)): {} tokens, {} windows of {} tokens{}\n",
-               m.calib, d.format, d.documents, d.tokens.size(), windows.size(), len,
-               d.bos >= 0 ? fmt::format(" (BOS {} first)", d.bos) : std::string(" (no BOS)"));
+    progress.Done();
+    fmt::print(stderr, "{} block {:>3} {:<26} loss {:>11.4e} {:>7.2f} s {}\n", m.method, l.block,
+               l.name, l.loss, l.seconds, l.detail);
   };
+}
+
+}  // namespace
+
+std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptions opts,
+                                              const std::string& input, const std::string& output,
+                                              bool quiet) {
+  if (m.method == "rtn") return std::nullopt;
+  solvers::CalibratedOptions c = CalibratedFromArgs(m);
+  if (c.method == solvers::Method::kSmoothQuant) {
+    opts.codec = FormatToRecord(IntFormat{.bits = 8, .granularity = Granularity::kChannel});
+  } else if (c.method == solvers::Method::kHqq) {
+    Format f = FormatFromRecord(opts.codec);
+    if (auto* i = std::get_if<IntFormat>(&f)) i->symmetric = false;  // HQQ fits zero-points
+    opts.codec = FormatToRecord(f);
+  }
+  MethodResult result;
+  Progress progress("quantize");
+  const solvers::LayerFn on_layer = ReportLayers(m, quiet, progress, result.solver, c);
   result.report = solvers::QuantizeCalibrated(
       input, output, opts, c, on_layer, [&](size_t done, size_t total, const std::string& name) {
         progress.Update(done, total, name);
       });
   progress.Done();
+  return result;
+}
+
+std::optional<GgufMethodResult> RunGgufMethod(
+    const MethodArgs& m, const gguf::ExportOptions& opts, const std::string& input,
+    const std::string& output, bool quiet,
+    const std::function<void(size_t, size_t, const std::string&)>& progress) {
+  if (m.method == "rtn") return std::nullopt;
+  solvers::CalibratedOptions c = CalibratedFromArgs(m);
+  QTOOL_CHECK(!m.static_groups && !m.mse, OptionError,
+              "--static-groups and --mse do not apply to --output-format gguf (each block's "
+              "scales are the GGUF type's own search, fitted as GPTQ reaches the block)");
+  GgufMethodResult result;
+  Progress layer_progress("quantize");
+  const solvers::LayerFn on_layer = ReportLayers(m, quiet, layer_progress, result.solver, c);
+  result.report = solvers::QuantizeCalibratedGguf(input, output, opts, c, on_layer, progress);
   return result;
 }
 

@@ -72,6 +72,12 @@ struct ExportOptions {
   /// length is a ShapeError (except for token_embd, which llama.cpp never reads one for).
   const imatrix::Matrix* imatrix = nullptr;
   std::string imatrix_file = {};  // its name, for the quantize.imatrix.file key
+  /// Optional: called for each weight of the checkpoint with its name and the type the recipe
+  /// stores it in; returning true with `data` holding the tensor in that type (rows in the
+  /// checkpoint's order; the export permutes them as it permutes the weights) writes `data`
+  /// instead of the reference quantiser's blocks (GPTQ's, see solvers/gguf_calibrated.hpp).
+  std::function<bool(const std::string& source, ggml::Type type, std::vector<std::byte>& data)>
+      quantized = nullptr;
 };
 
 /// One tensor of the written file and its round-trip error.
@@ -93,6 +99,10 @@ struct ExportReport {
   uint64_t output_bytes = 0;  // file size
   double seconds = 0;
 };
+
+/// The GGUF name of the checkpoint tensor `hf` ("" when GGUF has none) and its layer (-1 outside
+/// the blocks).
+std::string GgufTensorName(const std::string& hf, int64_t* layer);
 
 /// The type llama.cpp's quantiser uses for a weight whose row length `ne0` is not a multiple of
 /// `type`'s block size (tensor_type_fallback of the llama.cpp in llama-cpp-python 0.3.36):

@@ -87,6 +87,31 @@ GptqHessian PrepareGptq(const Eigen::Ref<const RowMatrixXf>& h, const GptqOption
 GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessian,
                 const Grid& grid, const GptqOptions& options);
 
+/// A grid whose parameters belong to blocks of block() consecutive columns and may vary inside a
+/// block (ggml's k-quants: a super-block scale over sub-block scales): GPTQ fits a block's
+/// parameters for every row at the block's first column, from the weights updated by then, and
+/// then quantises the block's columns one by one against them. Rows are split between threads:
+/// Fit and Quantize are called concurrently for disjoint row ranges.
+class BlockGrid {
+ public:
+  virtual ~BlockGrid() = default;
+  virtual int64_t block() const = 0;
+  /// Fits block `b` (columns [b * block(), (b + 1) * block())) for rows [r0, r0 + n): value c of
+  /// row r0 + i is wt[c * ld + i].
+  virtual void Fit(int64_t b, const float* wt, int64_t ld, int64_t r0, int64_t n) = 0;
+  /// Codes and decoded values of column `col` for rows [r0, r0 + n), x[i] being row r0 + i's value,
+  /// under the parameters of the block `col` is in (fitted before).
+  virtual void Quantize(int64_t col, const float* x, int64_t r0, int64_t n, uint8_t* codes,
+                        float* deq) const = 0;
+};
+
+/// GPTQ against a BlockGrid: columns in order (no act-order, which would need a column's block
+/// stored with it), every block fitted on the way. The result has codes and decoded values, no
+/// params. Throws OptionError with act_order or static_groups, ShapeError on mismatched shapes or
+/// a column count that is not a whole number of blocks.
+GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& hessian, BlockGrid& grid,
+                const GptqOptions& options);
+
 /// PrepareGptq and Gptq in one call.
 GptqResult Gptq(const Eigen::Ref<const RowMatrixXf>& w, const Eigen::Ref<const RowMatrixXf>& h,
                 const Grid& grid, const GptqOptions& options);
