@@ -646,8 +646,8 @@ double LlamaConfig::FlopsPerToken(int64_t pos) const {
                       : 3 * h * static_cast<double>(intermediate_size);
     // Attention over the positions the layer sees (a sliding-window layer: at most the window).
     const int64_t seen = Sliding(i) ? std::min(pos + 1, sliding_window) : pos + 1;
-    layers += attention_linear + mlp + 2 * static_cast<double>(num_heads) * d *
-                                           static_cast<double>(seen);
+    layers +=
+        attention_linear + mlp + 2 * static_cast<double>(num_heads) * d * static_cast<double>(seen);
   }
   return 2 * (layers + h * static_cast<double>(vocab_size));
 }

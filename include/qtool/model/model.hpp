@@ -92,7 +92,7 @@ struct LlamaConfig {
   // pre_feedforward_layernorm.
   bool sandwich_norms = false;
   bool qk_norm = false;  // Qwen3(-MoE), Gemma 3: RMSNorm of each query and key head before RoPE
-  bool fused_projections = false;  // Phi-3: self_attn.qkv_proj and mlp.gate_up_proj
+  bool fused_projections = false;    // Phi-3: self_attn.qkv_proj and mlp.gate_up_proj
   double query_pre_attn_scalar = 0;  // attention scores scaled by its -1/2 power; 0: head_dim's
   // Soft-capping (Gemma 2): x -> cap * tanh(x / cap) on the attention scores and on the logits;
   // 0: none.
