@@ -119,7 +119,7 @@ for t in "${types[@]}"; do
   rm -f "$q"
   if [ "$gptq_available" = 1 ]; then
     "$qtool" quantize "$smollm2" -o "$q" --output-format gguf --gguf-type "$t" --force -q \
-      --threads 2 --method gptq --calib "$calib_text"
+      --threads 2 --method gptq --calib "$calib_text" --nsamples 32 --seqlen 256
     row "$t" "qtool GPTQ" "$q"
   else
     echo "| $t | qtool GPTQ | not available | | | |" | tee -a "$table"
