@@ -36,8 +36,10 @@ detail::MicroKernel SelectKernel() {
   return &detail::MicroKernelRef;
 }
 
+#if defined(__SSE2__)
 // The SSE2 transposes (x86-64's baseline) run unless the scalar family is selected.
 bool VectorTranspose() { return kernels::ActiveIsa() != kernels::Isa::kScalar; }
+#endif
 
 // Packs rows [i0, i0 + mc) x columns [p0, p0 + kc) of A as panels of kMr rows (zero padded).
 void PackA(StridedView a, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* out) {
