@@ -253,7 +253,7 @@ TEST(ImatrixQuants, Q6KWithSquaresAsImportancesIsTheReference) {
   }
   std::vector<ggml::BlockQ6_K> a(4), b(4);
   ggml::QuantizeQ6_K(x.data(), a.data(), 1024);
-  ggml::QuantizeQ6_KWeighted(x.data(), b.data(), 1024, x2.data());
+  ggml::QuantizeQ6_K(x.data(), b.data(), 1024, x2.data());
   EXPECT_EQ(std::memcmp(a.data(), b.data(), sizeof(ggml::BlockQ6_K) * 4), 0);
 }
 

@@ -1046,14 +1046,18 @@ inline void QuantizeQ5_K(const float* x, BlockQ5_K* b, int64_t n) {
   }
 }
 
-inline void QuantizeQ6_K(const float* x, BlockQ6_K* b, int64_t n) {
+/// imatrix: optional importance of each of the n columns. Without it ggml's reference quantiser;
+/// with it llama.cpp's weighted one: each sub-block's symmetric search weighted by its 16
+/// importances themselves (llama.cpp leaves the sigma term out for Q6_K).
+inline void QuantizeQ6_K(const float* x, BlockQ6_K* b, int64_t n, const float* imatrix = nullptr) {
   int8_t L[kQKK];
   float scales[kQKK / 16];
   for (int64_t i = 0; i < n / kQKK; ++i, x += kQKK) {
     float max_scale = 0;
     float max_abs_scale = 0;
     for (int ib = 0; ib < kQKK / 16; ++ib) {
-      scales[ib] = detail::SymmetricSearch(16, 32, x + 16 * ib, L + 16 * ib, nullptr);
+      const float* qw = imatrix != nullptr ? imatrix + i * kQKK + 16 * ib : nullptr;
+      scales[ib] = detail::SymmetricSearch(16, 32, x + 16 * ib, L + 16 * ib, qw);
       if (std::fabs(scales[ib]) > max_abs_scale) {
         max_abs_scale = std::fabs(scales[ib]);
         max_scale = scales[ib];

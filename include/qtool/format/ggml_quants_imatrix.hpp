@@ -11,8 +11,7 @@
 //  - Q4_1/Q5_1: the scale-and-min search (make_qkx3_quants: rmin -0.9, step 0.05, 36 steps) with
 //    the same weights;
 //  - Q5_K: Q4_K's weighted search with 31 levels (see QuantizeQ4_K);
-//  - Q6_K: each sub-block's symmetric search weighted by the importances themselves (llama.cpp
-//    leaves the sigma term out for Q6_K).
+//  - Q6_K: QuantizeQ6_K's own imatrix argument.
 // Q8_0, TQ1_0, TQ2_0, MXFP4 and the float types ignore importances in llama.cpp too.
 //
 // The row-wide sigma^2 makes a row the unit: `n` is one row's length (a multiple of the block
@@ -140,53 +139,6 @@ inline void QuantizeQ5_KWeighted(const float* x, BlockQ5_K* b, int64_t n, const 
   }
 }
 
-/// Q6_K with importances: each sub-block of 16 by the symmetric search weighted by its 16
-/// importances, then Q6_K's scale quantisation and requantisation.
-inline void QuantizeQ6_KWeighted(const float* x, BlockQ6_K* b, int64_t n, const float* imatrix) {
-  int8_t L[kQKK];
-  float scales[kQKK / 16];
-  for (int64_t i = 0; i < n / kQKK; ++i, x += kQKK) {
-    float max_scale = 0;
-    float max_abs_scale = 0;
-    for (int ib = 0; ib < kQKK / 16; ++ib) {
-      scales[ib] =
-          detail::SymmetricSearch(16, 32, x + 16 * ib, L + 16 * ib, imatrix + i * kQKK + 16 * ib);
-      if (std::fabs(scales[ib]) > max_abs_scale) {
-        max_abs_scale = std::fabs(scales[ib]);
-        max_scale = scales[ib];
-      }
-    }
-    if (max_abs_scale < detail::kGroupMaxEps) {
-      std::memset(&b[i], 0, sizeof(BlockQ6_K));
-      continue;
-    }
-    const float iscale = -128.f / max_scale;
-    b[i].d = F32ToF16(1 / iscale);
-    for (int ib = 0; ib < kQKK / 16; ++ib) {
-      b[i].scales[ib] = static_cast<int8_t>(std::min(127, detail::NearestInt(iscale * scales[ib])));
-    }
-    for (int j = 0; j < kQKK / 16; ++j) {
-      const float d = F16ToF32(b[i].d) * b[i].scales[j];
-      if (d == 0) continue;
-      for (int l = 0; l < 16; ++l) {
-        L[16 * j + l] =
-            static_cast<int8_t>(std::clamp(detail::NearestInt(x[16 * j + l] / d), -32, 31) + 32);
-      }
-    }
-    for (int half = 0; half < 2; ++half) {
-      const int8_t* Lh = L + 128 * half;
-      uint8_t* ql = b[i].ql + 64 * half;
-      uint8_t* qh = b[i].qh + 32 * half;
-      for (int l = 0; l < 32; ++l) {
-        ql[l] = static_cast<uint8_t>((Lh[l] & 0xF) | ((Lh[l + 64] & 0xF) << 4));
-        ql[l + 32] = static_cast<uint8_t>((Lh[l + 32] & 0xF) | ((Lh[l + 96] & 0xF) << 4));
-        qh[l] = static_cast<uint8_t>((Lh[l] >> 4) | ((Lh[l + 32] >> 4) << 2) |
-                                     ((Lh[l + 64] >> 4) << 4) | ((Lh[l + 96] >> 4) << 6));
-      }
-    }
-  }
-}
-
 /// Encodes one row of `n` values as `type` into `dst` as llama.cpp's quantiser does: with
 /// `imatrix` (n importances) the importance-weighted search of the types that have one, the
 /// reference quantiser (Quantize) for the others and when `imatrix` is null.
@@ -212,7 +164,7 @@ inline void QuantizeWeighted(Type type, const float* x, void* dst, int64_t n,
     case Type::kQ5_K:
       return QuantizeQ5_KWeighted(x, static_cast<BlockQ5_K*>(dst), n, imatrix);
     case Type::kQ6_K:
-      return QuantizeQ6_KWeighted(x, static_cast<BlockQ6_K*>(dst), n, imatrix);
+      return QuantizeQ6_K(x, static_cast<BlockQ6_K*>(dst), n, imatrix);
     case Type::kIQ4_NL:
       return QuantizeIQ4_NL(x, static_cast<BlockIQ4_NL*>(dst), n, imatrix);
     case Type::kIQ4_XS:
