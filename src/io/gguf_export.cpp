@@ -15,7 +15,6 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/format/ggml_quants.hpp"
-#include "qtool/format/ggml_quants_imatrix.hpp"
 #include "qtool/model/model.hpp"
 
 namespace qtool::gguf {
@@ -748,7 +747,7 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
                   for (int64_t r = r0; r < r1; ++r) {
                     const float* xr = x.data() + r * cols;
                     std::byte* qr = q.data() + static_cast<uint64_t>(r) * row_bytes;
-                    if (!given) ggml::QuantizeWeighted(p.out.type, xr, qr, cols, qw);
+                    if (!given) ggml::Quantize(p.out.type, xr, qr, cols, qw);
                     ggml::Dequantize(p.out.type, qr, back.data(), cols);
                     for (int64_t j = 0; j < cols; ++j) {
                       const double d = static_cast<double>(back[j]) - xr[j];

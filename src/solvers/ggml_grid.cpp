@@ -148,53 +148,13 @@ void SetCode(Type t, std::byte* block, int e, int v) {
 }
 
 // ggml's unrounded IQ4 scale of each 32 values of x[0..n) (n = 32 or 256), as
-// ggml::detail::Iq4Search computes it without an importance matrix (weights x^2): the best of a
-// sweep of 15 candidate inverse scales, each followed by the least-squares scale of its codes.
+// ggml::detail::Iq4Search computes it without an importance matrix (weights x^2).
 void Iq4Scales(const float* x, int n, float* scales) {
-  constexpr int kTries = 7;
-  const int8_t* values = ggml::kIq4nlValues;
+  float weight[32];
   for (int ib = 0; ib < n / 32; ++ib) {
     const float* xb = x + 32 * ib;
-    float amax = 0;
-    float max = 0;
-    for (int j = 0; j < 32; ++j) {
-      const float ax = std::fabs(xb[j]);
-      if (ax > amax) {
-        amax = ax;
-        max = xb[j];
-      }
-    }
-    if (amax < ggml::detail::kGroupMaxEps) {
-      scales[ib] = 0;
-      continue;
-    }
-    float d = -max / values[0];
-    float id = 1 / d;
-    float sumqx = 0;
-    float sumq2 = 0;
-    for (int j = 0; j < 32; ++j) {
-      const float q = values[ggml::detail::NearestIq4(id * xb[j])];
-      const float w = xb[j] * xb[j];
-      sumqx += w * q * xb[j];
-      sumq2 += w * q * q;
-    }
-    d = sumqx / sumq2;
-    float best = d * sumqx;
-    for (int t = -kTries; t <= kTries; ++t) {
-      id = (t + values[0]) / max;
-      sumqx = sumq2 = 0;
-      for (int j = 0; j < 32; ++j) {
-        const float q = values[ggml::detail::NearestIq4(id * xb[j])];
-        const float w = xb[j] * xb[j];
-        sumqx += w * q * xb[j];
-        sumq2 += w * q * q;
-      }
-      if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-        d = sumqx / sumq2;
-        best = d * sumqx;
-      }
-    }
-    scales[ib] = d;
+    for (int j = 0; j < 32; ++j) weight[j] = xb[j] * xb[j];
+    scales[ib] = ggml::detail::Iq4BlockScale(xb, weight);
   }
 }
 

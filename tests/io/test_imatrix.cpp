@@ -10,7 +10,7 @@
 #include <random>
 
 #include "qtool/core/error.hpp"
-#include "qtool/format/ggml_quants_imatrix.hpp"
+#include "qtool/format/ggml_quants.hpp"
 #include "qtool/io/gguf.hpp"
 #include "qtool/io/gguf_export.hpp"
 #include "qtool/io/imatrix.hpp"
@@ -206,7 +206,7 @@ double WeightedError(ggml::Type t, const std::vector<float>& x, const std::vecto
   double err = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x.data() + r * cols;
-    ggml::QuantizeWeighted(t, xr, q.data(), cols, weighted ? imp.data() : nullptr);
+    ggml::Quantize(t, xr, q.data(), cols, weighted ? imp.data() : nullptr);
     ggml::Dequantize(t, q.data(), back.data(), cols);
     for (int64_t j = 0; j < cols; ++j) {
       const double d = static_cast<double>(back[j]) - xr[j];

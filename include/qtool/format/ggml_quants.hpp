@@ -19,6 +19,12 @@
 //    sqrt(sigma^2 + x^2) (sigma^2 = twice the mean square of the super-block), as llama.cpp.
 //  - TQ1_0/TQ2_0: scale = max |x|, codes round(x / scale) in {-1, 0, 1}.
 //  - MXFP4: shared exponent floor(log2 max|x|) - 2, then the nearest E2M1 value.
+// With an importance matrix (an optional `imatrix` argument: one importance per column), the
+// quantisers follow llama.cpp's importance-weighted searches (`quantize_row_*_impl`) instead:
+//  - Q4_0/Q5_0: the symmetric search (SymmetricSearch, make_qx_quants) on 8/16 levels each side,
+//    weights imatrix[j] * sqrt(sigma^2 + x^2), sigma^2 the mean square of the whole row;
+//  - Q4_1/Q5_1: the scale-and-min search (make_qkx3_quants) with the same weights;
+//  - Q2_K–Q6_K, IQ4_NL, IQ4_XS: as each function's comment says.
 // Rounding: ggml's nearest_int rounds half to even (here std::lrint in the default rounding mode),
 // Q8_0 uses roundf and TQ* lroundf (half away from zero); the legacy types truncate x + 0.5.
 //
@@ -346,17 +352,59 @@ inline int NearestIq4(float x) {
   return x - v[hi - 1] < v[hi] - x ? hi - 1 : hi;
 }
 
+// The unrounded IQ4 scale of one block of 32 values with weights `weight`: the best of a sweep
+// of 15 candidate inverse scales, each followed by the weighted least-squares scale of its codes;
+// 0 for a block whose absolute maximum is below kGroupMaxEps.
+inline float Iq4BlockScale(const float* xb, const float* weight) {
+  constexpr int kBlock = 32;
+  constexpr int kTries = 7;
+  const int8_t* values = kIq4nlValues;
+  float amax = 0;
+  float max = 0;
+  for (int j = 0; j < kBlock; ++j) {
+    const float ax = std::fabs(xb[j]);
+    if (ax > amax) {
+      amax = ax;
+      max = xb[j];
+    }
+  }
+  if (amax < kGroupMaxEps) return 0;
+  float d = -max / values[0];
+  float id = 1 / d;
+  float sumqx = 0;
+  float sumq2 = 0;
+  for (int j = 0; j < kBlock; ++j) {
+    const float q = values[NearestIq4(id * xb[j])];
+    sumqx += weight[j] * q * xb[j];
+    sumq2 += weight[j] * q * q;
+  }
+  d = sumqx / sumq2;
+  float best = d * sumqx;
+  for (int t = -kTries; t <= kTries; ++t) {
+    id = (t + values[0]) / max;
+    sumqx = sumq2 = 0;
+    for (int j = 0; j < kBlock; ++j) {
+      const float q = values[NearestIq4(id * xb[j])];
+      sumqx += weight[j] * q * xb[j];
+      sumq2 += weight[j] * q * q;
+    }
+    if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+      d = sumqx / sumq2;
+      best = d * sumqx;
+    }
+  }
+  return d;
+}
+
 // IQ4_NL (super = 32, one sub-block) and IQ4_XS (super = 256, sub-blocks of 32) share this
 // search. Writes the codes into q4, the fp16 scale into *dh and, for IQ4_XS, the 6-bit sub-block
 // scales into scales_h/scales_l. imatrix (optional) has `super` importances.
 inline void Iq4Search(int super, const float* x, uint16_t* dh, uint8_t* q4, uint16_t* scales_h,
                       uint8_t* scales_l, const float* imatrix) {
   constexpr int kBlock = 32;
-  constexpr int kTries = 7;
   float scales[kQKK / kBlock] = {};
   float weight[kBlock];
   uint8_t L[kQKK];
-  const int8_t* values = kIq4nlValues;
   float sigma2 = 0;
   for (int j = 0; j < super; ++j) sigma2 += x[j] * x[j];
   sigma2 *= 2.f / super;
@@ -366,50 +414,11 @@ inline void Iq4Search(int super, const float* x, uint16_t* dh, uint8_t* q4, uint
   float amax_scale = 0;
   for (int ib = 0; ib < super / kBlock; ++ib) {
     const float* xb = x + ib * kBlock;
-    uint8_t* Lb = L + ib * kBlock;
     for (int j = 0; j < kBlock; ++j) {
       weight[j] =
           imatrix ? imatrix[ib * kBlock + j] * std::sqrt(sigma2 + xb[j] * xb[j]) : xb[j] * xb[j];
     }
-    float amax = 0;
-    float max = 0;
-    for (int j = 0; j < kBlock; ++j) {
-      const float ax = std::fabs(xb[j]);
-      if (ax > amax) {
-        amax = ax;
-        max = xb[j];
-      }
-    }
-    if (amax < kGroupMaxEps) {
-      scales[ib] = 0;
-      continue;
-    }
-    float d = -max / values[0];
-    float id = 1 / d;
-    float sumqx = 0;
-    float sumq2 = 0;
-    for (int j = 0; j < kBlock; ++j) {
-      const int l = NearestIq4(id * xb[j]);
-      Lb[j] = static_cast<uint8_t>(l);
-      const float q = values[l];
-      sumqx += weight[j] * q * xb[j];
-      sumq2 += weight[j] * q * q;
-    }
-    d = sumqx / sumq2;
-    float best = d * sumqx;
-    for (int t = -kTries; t <= kTries; ++t) {
-      id = (t + values[0]) / max;
-      sumqx = sumq2 = 0;
-      for (int j = 0; j < kBlock; ++j) {
-        const float q = values[NearestIq4(id * xb[j])];
-        sumqx += weight[j] * q * xb[j];
-        sumq2 += weight[j] * q * q;
-      }
-      if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-        d = sumqx / sumq2;
-        best = d * sumqx;
-      }
-    }
+    const float d = Iq4BlockScale(xb, weight);
     scales[ib] = d;
     if (std::fabs(d) > amax_scale) {
       amax_scale = std::fabs(d);
@@ -690,89 +699,144 @@ inline void DequantizeMXFP4(const BlockMXFP4* b, float* y, int64_t n) {
 // ---------------------------------------------------------------------------------------------
 // Reference quantisers: `n` finite values of `x` into blocks at `b`.
 
-inline void QuantizeQ4_0(const float* x, BlockQ4_0* b, int64_t n) {
-  for (int64_t i = 0; i < n / kQK32; ++i, x += kQK32) {
-    float amax = 0.0f;
-    float max = 0.0f;
-    for (int j = 0; j < kQK32; ++j) {
-      if (amax < std::fabs(x[j])) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
+namespace detail {
+
+// Mean square of a row, summed in float in order (llama.cpp's sigma2 for the legacy types).
+inline float RowMeanSquare(const float* x, int64_t n) {
+  float sum_x2 = 0;
+  for (int64_t j = 0; j < n; ++j) sum_x2 += x[j] * x[j];
+  return sum_x2 / static_cast<float>(n);
+}
+
+// weight[j] = imatrix[j] * sqrt(sigma2 + x[j]^2) for one block of 32.
+inline void LegacyWeights(const float* x, const float* imatrix, float sigma2, float* weight) {
+  for (int j = 0; j < kQK32; ++j) weight[j] = imatrix[j] * std::sqrt(sigma2 + x[j] * x[j]);
+}
+
+// The symmetric legacy types (Q4_0: levels = 8, Q5_0: 16): the block's scale and codes 0..2 *
+// levels - 1 into L. Without importances ggml's reference: d = (signed absolute maximum) /
+// -levels, codes by truncating x / d + levels + 0.5 (x / d is in [-levels, levels], so this
+// rounds ties up). With them llama.cpp's weighted SymmetricSearch.
+inline float LegacySymmetricBlock(const float* x, int levels, const float* weight, uint8_t* L) {
+  if (weight != nullptr) {
+    int8_t Ls[kQK32];
+    const float d = SymmetricSearch(kQK32, levels, x, Ls, weight);
+    for (int j = 0; j < kQK32; ++j) L[j] = static_cast<uint8_t>(Ls[j]);
+    return d;
+  }
+  float amax = 0.0f;
+  float max = 0.0f;
+  for (int j = 0; j < kQK32; ++j) {
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
     }
-    const float d = max / -8;
-    const float id = d != 0 ? 1.0f / d : 0.0f;
-    b[i].d = F32ToF16(d);
-    for (int j = 0; j < 16; ++j) {
-      // x * id is in [-8, 8]: truncating x * id + 8.5 rounds it (ties up) into 0..16.
-      const int q0 = std::min(15, static_cast<int>(x[j] * id + 8.5f));
-      const int q1 = std::min(15, static_cast<int>(x[j + 16] * id + 8.5f));
-      b[i].qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
-    }
+  }
+  const float d = max / static_cast<float>(-levels);
+  const float id = d != 0 ? 1.0f / d : 0.0f;
+  const float offset = static_cast<float>(levels) + 0.5f;
+  for (int j = 0; j < kQK32; ++j) {
+    L[j] = static_cast<uint8_t>(std::min(2 * levels - 1, static_cast<int>(x[j] * id + offset)));
+  }
+  return d;
+}
+
+// The legacy types with a min (Q4_1: nmax = 15, Q5_1: 31): the block's scale into *d and min
+// into *min, codes into L. Without importances ggml's reference: the range over nmax, codes by
+// truncating (x - min) / d + 0.5 (Q4_1 clamps to 15; Q5_1 does not, as in ggml, whose fifth bit
+// keeps the code mod 32). With them llama.cpp's weighted make_qkx3_quants (rmin -0.9, step 0.05,
+// 36 steps).
+inline void LegacyScaleMinBlock(const float* x, int nmax, const float* weight, float* d, float* min,
+                                uint8_t* L) {
+  if (weight != nullptr) {
+    uint8_t Laux[kQK32];
+    float neg_min = 0;
+    *d = ScaleMinSearch(kQK32, nmax, x, weight, L, &neg_min, Laux, -0.9f, 0.05f, 36, false);
+    *min = -neg_min;
+    return;
+  }
+  const auto [lo, hi] = std::minmax_element(x, x + kQK32);
+  *min = *lo;
+  *d = (*hi - *min) / static_cast<float>(nmax);
+  const float id = *d != 0 ? 1.0f / *d : 0.0f;
+  for (int j = 0; j < kQK32; ++j) {
+    const auto q = static_cast<uint8_t>((x[j] - *min) * id + 0.5f);
+    L[j] = nmax == 15 ? std::min<uint8_t>(15, q) : q;
   }
 }
 
-inline void QuantizeQ4_1(const float* x, BlockQ4_1* b, int64_t n) {
-  for (int64_t i = 0; i < n / kQK32; ++i, x += kQK32) {
-    const auto [lo, hi] = std::minmax_element(x, x + kQK32);
-    const float min = *lo;
-    const float d = (*hi - min) / 15;
-    const float id = d != 0 ? 1.0f / d : 0.0f;
-    b[i].d = F32ToF16(d);
-    b[i].m = F32ToF16(min);
-    for (int j = 0; j < 16; ++j) {
-      const int q0 = std::min(15, static_cast<int>((x[j] - min) * id + 0.5f));
-      const int q1 = std::min(15, static_cast<int>((x[j + 16] - min) * id + 0.5f));
-      b[i].qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
-    }
+// Four-bit codes: L[j] in the low and L[j + 16] in the high nibble of qs[j].
+inline void PackNibbles(const uint8_t* L, uint8_t* qs) {
+  for (int j = 0; j < 16; ++j)
+    qs[j] = static_cast<uint8_t>((L[j] & 0xF) | ((L[j + 16] & 0xF) << 4));
+}
+
+// Five-bit codes: the low four bits as PackNibbles, the fifth bit of L[j] at bit j of qh.
+inline void PackFiveBits(const uint8_t* L, uint8_t* qs, uint8_t* qh) {
+  PackNibbles(L, qs);
+  uint32_t bits = 0;
+  for (int j = 0; j < kQK32; ++j) bits |= static_cast<uint32_t>((L[j] >> 4) & 1) << j;
+  std::memcpy(qh, &bits, 4);
+}
+
+// The legacy quantisers' loop: one block of 32 at a time, with the block's importance weights
+// (imatrix[j] * sqrt(sigma2 + x^2), sigma2 the row's mean square) when imatrix is given.
+template <typename Block, typename QuantizeBlock>
+void QuantizeLegacy(const float* x, Block* b, int64_t n, const float* imatrix,
+                    QuantizeBlock quantize_block) {
+  const float sigma2 = imatrix != nullptr ? RowMeanSquare(x, n) : 0.0f;
+  float weight[kQK32];
+  for (int64_t i = 0; i < n / kQK32; ++i) {
+    if (imatrix != nullptr) LegacyWeights(x + i * kQK32, imatrix + i * kQK32, sigma2, weight);
+    quantize_block(x + i * kQK32, imatrix != nullptr ? weight : nullptr, b[i]);
   }
 }
 
-inline void QuantizeQ5_0(const float* x, BlockQ5_0* b, int64_t n) {
-  for (int64_t i = 0; i < n / kQK32; ++i, x += kQK32) {
-    float amax = 0.0f;
-    float max = 0.0f;
-    for (int j = 0; j < kQK32; ++j) {
-      if (amax < std::fabs(x[j])) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
-    const float d = max / -16;
-    const float id = d != 0 ? 1.0f / d : 0.0f;
-    b[i].d = F32ToF16(d);
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; ++j) {
-      const int q0 = std::min(31, static_cast<int>(x[j] * id + 16.5f));
-      const int q1 = std::min(31, static_cast<int>(x[j + 16] * id + 16.5f));
-      b[i].qs[j] = static_cast<uint8_t>((q0 & 0xF) | ((q1 & 0xF) << 4));
-      qh |= static_cast<uint32_t>(q0 >> 4) << j;
-      qh |= static_cast<uint32_t>(q1 >> 4) << (j + 16);
-    }
-    std::memcpy(b[i].qh, &qh, 4);
-  }
+}  // namespace detail
+
+// The legacy quantisers below take an optional `imatrix`: the importance of each of the n
+// columns (llama.cpp's in_sum2 / counts). Without it ggml's reference quantiser; with it
+// llama.cpp's weighted search, whose weights use the mean square of the whole of `x`, so `x` is
+// then one row (n its length).
+
+inline void QuantizeQ4_0(const float* x, BlockQ4_0* b, int64_t n, const float* imatrix = nullptr) {
+  detail::QuantizeLegacy(x, b, n, imatrix, [](const float* xb, const float* w, BlockQ4_0& out) {
+    uint8_t L[kQK32];
+    out.d = F32ToF16(detail::LegacySymmetricBlock(xb, 8, w, L));
+    detail::PackNibbles(L, out.qs);
+  });
 }
 
-inline void QuantizeQ5_1(const float* x, BlockQ5_1* b, int64_t n) {
-  for (int64_t i = 0; i < n / kQK32; ++i, x += kQK32) {
-    const auto [lo, hi] = std::minmax_element(x, x + kQK32);
-    const float min = *lo;
-    const float d = (*hi - min) / 31;
-    const float id = d != 0 ? 1.0f / d : 0.0f;
-    b[i].d = F32ToF16(d);
-    b[i].m = F32ToF16(min);
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; ++j) {
-      // (x - min) * id is in [0, 31] up to rounding: no clamp, as in ggml (the high bit is kept
-      // mod 32).
-      const int q0 = static_cast<uint8_t>((x[j] - min) * id + 0.5f);
-      const int q1 = static_cast<uint8_t>((x[j + 16] - min) * id + 0.5f);
-      b[i].qs[j] = static_cast<uint8_t>((q0 & 0xF) | ((q1 & 0xF) << 4));
-      qh |= static_cast<uint32_t>((q0 >> 4) & 1) << j;
-      qh |= static_cast<uint32_t>((q1 >> 4) & 1) << (j + 16);
-    }
-    std::memcpy(b[i].qh, &qh, 4);
-  }
+inline void QuantizeQ4_1(const float* x, BlockQ4_1* b, int64_t n, const float* imatrix = nullptr) {
+  detail::QuantizeLegacy(x, b, n, imatrix, [](const float* xb, const float* w, BlockQ4_1& out) {
+    uint8_t L[kQK32];
+    float d = 0;
+    float min = 0;
+    detail::LegacyScaleMinBlock(xb, 15, w, &d, &min, L);
+    out.d = F32ToF16(d);
+    out.m = F32ToF16(min);
+    detail::PackNibbles(L, out.qs);
+  });
+}
+
+inline void QuantizeQ5_0(const float* x, BlockQ5_0* b, int64_t n, const float* imatrix = nullptr) {
+  detail::QuantizeLegacy(x, b, n, imatrix, [](const float* xb, const float* w, BlockQ5_0& out) {
+    uint8_t L[kQK32];
+    out.d = F32ToF16(detail::LegacySymmetricBlock(xb, 16, w, L));
+    detail::PackFiveBits(L, out.qs, out.qh);
+  });
+}
+
+inline void QuantizeQ5_1(const float* x, BlockQ5_1* b, int64_t n, const float* imatrix = nullptr) {
+  detail::QuantizeLegacy(x, b, n, imatrix, [](const float* xb, const float* w, BlockQ5_1& out) {
+    uint8_t L[kQK32];
+    float d = 0;
+    float min = 0;
+    detail::LegacyScaleMinBlock(xb, 31, w, &d, &min, L);
+    out.d = F32ToF16(d);
+    out.m = F32ToF16(min);
+    detail::PackFiveBits(L, out.qs, out.qh);
+  });
 }
 
 inline void QuantizeQ8_0(const float* x, BlockQ8_0* b, int64_t n) {
@@ -1030,10 +1094,13 @@ inline void QuantizeQ4_K(const float* x, BlockQ4_K* b, int64_t n, const float* i
   }
 }
 
-inline void QuantizeQ5_K(const float* x, BlockQ5_K* b, int64_t n) {
+/// imatrix: optional importances as for QuantizeQ4_K (llama.cpp's weighted search on 32 levels).
+inline void QuantizeQ5_K(const float* x, BlockQ5_K* b, int64_t n, const float* imatrix = nullptr) {
   uint8_t L[kQKK];
   for (int64_t i = 0; i < n / kQKK; ++i, x += kQKK) {
-    detail::QuantizeScaleMinK(x, &b[i].d, &b[i].dmin, b[i].scales, L, 31, -0.5f, 15);
+    // rmin and nstep are the reference search's; the weighted branch uses its own sweep.
+    detail::QuantizeScaleMinK(x, &b[i].d, &b[i].dmin, b[i].scales, L, 31, -0.5f, 15,
+                              imatrix ? imatrix + i * kQKK : nullptr);
     std::memset(b[i].qh, 0, sizeof(b[i].qh));
     for (int g = 0; g < 4; ++g) {  // groups of 64 values: fifth bits at bits 2g and 2g + 1
       const uint8_t* Lg = L + 64 * g;
@@ -1262,8 +1329,12 @@ inline void Dequantize(Type type, const void* src, float* y, int64_t n) {
 }
 
 /// Encodes `n` values of `x` (a multiple of the block size) as `type` into `dst`
-/// (RowBytes(type, n) bytes) with the reference quantiser. F16/BF16 round to nearest even.
-inline void Quantize(Type type, const float* x, void* dst, int64_t n) {
+/// (RowBytes(type, n) bytes) as llama.cpp's quantiser does: the reference quantiser, or with
+/// `imatrix` (n importances; `x` is then one row) the importance-weighted search of the types that
+/// have one. Q8_0, TQ1_0, TQ2_0, MXFP4 and the float types ignore importances, as in llama.cpp.
+/// F16/BF16 round to nearest even.
+inline void Quantize(Type type, const float* x, void* dst, int64_t n,
+                     const float* imatrix = nullptr) {
   QTOOL_DASSERT(n % Traits(type).block_size == 0);
   switch (type) {
     case Type::kF32:
@@ -1274,29 +1345,29 @@ inline void Quantize(Type type, const float* x, void* dst, int64_t n) {
     case Type::kBF16:
       return F32ToBf16(x, static_cast<uint16_t*>(dst), static_cast<size_t>(n));
     case Type::kQ4_0:
-      return QuantizeQ4_0(x, static_cast<BlockQ4_0*>(dst), n);
+      return QuantizeQ4_0(x, static_cast<BlockQ4_0*>(dst), n, imatrix);
     case Type::kQ4_1:
-      return QuantizeQ4_1(x, static_cast<BlockQ4_1*>(dst), n);
+      return QuantizeQ4_1(x, static_cast<BlockQ4_1*>(dst), n, imatrix);
     case Type::kQ5_0:
-      return QuantizeQ5_0(x, static_cast<BlockQ5_0*>(dst), n);
+      return QuantizeQ5_0(x, static_cast<BlockQ5_0*>(dst), n, imatrix);
     case Type::kQ5_1:
-      return QuantizeQ5_1(x, static_cast<BlockQ5_1*>(dst), n);
+      return QuantizeQ5_1(x, static_cast<BlockQ5_1*>(dst), n, imatrix);
     case Type::kQ8_0:
       return QuantizeQ8_0(x, static_cast<BlockQ8_0*>(dst), n);
     case Type::kQ2_K:
-      return QuantizeQ2_K(x, static_cast<BlockQ2_K*>(dst), n, nullptr);
+      return QuantizeQ2_K(x, static_cast<BlockQ2_K*>(dst), n, imatrix);
     case Type::kQ3_K:
-      return QuantizeQ3_K(x, static_cast<BlockQ3_K*>(dst), n, nullptr);
+      return QuantizeQ3_K(x, static_cast<BlockQ3_K*>(dst), n, imatrix);
     case Type::kQ4_K:
-      return QuantizeQ4_K(x, static_cast<BlockQ4_K*>(dst), n, nullptr);
+      return QuantizeQ4_K(x, static_cast<BlockQ4_K*>(dst), n, imatrix);
     case Type::kQ5_K:
-      return QuantizeQ5_K(x, static_cast<BlockQ5_K*>(dst), n);
+      return QuantizeQ5_K(x, static_cast<BlockQ5_K*>(dst), n, imatrix);
     case Type::kQ6_K:
-      return QuantizeQ6_K(x, static_cast<BlockQ6_K*>(dst), n);
+      return QuantizeQ6_K(x, static_cast<BlockQ6_K*>(dst), n, imatrix);
     case Type::kIQ4_NL:
-      return QuantizeIQ4_NL(x, static_cast<BlockIQ4_NL*>(dst), n);
+      return QuantizeIQ4_NL(x, static_cast<BlockIQ4_NL*>(dst), n, imatrix);
     case Type::kIQ4_XS:
-      return QuantizeIQ4_XS(x, static_cast<BlockIQ4_XS*>(dst), n);
+      return QuantizeIQ4_XS(x, static_cast<BlockIQ4_XS*>(dst), n, imatrix);
     case Type::kTQ1_0:
       return QuantizeTQ1_0(x, static_cast<BlockTQ1_0*>(dst), n);
     case Type::kTQ2_0:

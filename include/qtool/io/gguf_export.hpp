@@ -67,9 +67,10 @@ struct ExportOptions {
   int threads = 0;         // 0: all cores
   bool overwrite = false;  // replace an existing output file
   /// Importances (llama.cpp's imatrix, by GGUF tensor name) for the weighted searches of the k-,
-  /// i- and legacy quants (ggml::QuantizeWeighted), or nullptr. A weight without an entry is
-  /// quantised without one, as llama-quantize does; an entry whose length is not the weight's row
-  /// length is a ShapeError (except for token_embd, which llama.cpp never reads one for).
+  /// i- and legacy quants (ggml::Quantize with an importance matrix), or nullptr. A weight without
+  /// an entry is quantised without one, as llama-quantize does; an entry whose length is not the
+  /// weight's row length is a ShapeError (except for token_embd, which llama.cpp never reads one
+  /// for).
   const imatrix::Matrix* imatrix = nullptr;
   std::string imatrix_file = {};  // its name, for the quantize.imatrix.file key
   /// Optional: called for each weight of the checkpoint with its name and the type the recipe
