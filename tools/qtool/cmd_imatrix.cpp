@@ -11,7 +11,6 @@
 #include <optional>
 
 #include "commands.hpp"
-#include "qtool/core/checked.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/gguf_export.hpp"
 #include "qtool/io/imatrix.hpp"
@@ -71,10 +70,8 @@ std::vector<std::vector<int32_t>> SequentialChunks(const std::vector<int32_t>& t
 
 void RegisterImatrix(CLI::App& app) {
   struct Args {
-    std::string model, calib, output, json;
-    int64_t nsamples = 128;
-    std::optional<int64_t> seqlen;
-    uint64_t seed = 0;
+    std::string model, output, json;
+    CalibrationArgs data;
     bool sequential = false, force = false, quiet = false;
     int threads = 0;
   };
@@ -82,18 +79,13 @@ void RegisterImatrix(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "imatrix", "Compute llama.cpp's importance matrix of a model on calibration data");
   cmd->add_option("model", a->model, "Model directory (plain or quantised by qtool)")->required();
-  cmd->add_option("--calib", a->calib,
-                  "Calibration data: text, .jsonl, or token ids (.ids, .tokens, .bin)")
-      ->required();
   cmd->add_option("-o,--output", a->output,
                   "Output imatrix file: GGUF (llama.cpp's current format), or legacy .dat when "
                   "the name ends in .dat")
       ->required();
-  cmd->add_option("--nsamples", a->nsamples, "Calibration samples (chunks)")->capture_default_str();
-  cmd->add_option("--seqlen", a->seqlen,
-                  "Tokens per sample, BOS included (default: the smaller of 512 and the model's "
-                  "context)");
-  cmd->add_option("--seed", a->seed, "Seed of the calibration sample draw")->capture_default_str();
+  AddCalibrationOptions(cmd, a->data,
+                        "Calibration data: text, .jsonl, or token ids (.ids, .tokens, .bin)");
+  cmd->get_option("--calib")->required();
   cmd->add_flag("--sequential", a->sequential,
                 "Consecutive chunks of --seqlen tokens from the start of the data, the first "
                 "token of each replaced by BOS (llama-imatrix's chunks), instead of a random draw");
@@ -104,40 +96,32 @@ void RegisterImatrix(CLI::App& app) {
   cmd->callback([a]() {
     const auto start = std::chrono::steady_clock::now();
     QTOOL_CHECK(a->threads >= 0, OptionError, "--threads must not be negative");
-    QTOOL_CHECK(a->nsamples >= 1 && a->nsamples <= (int64_t{1} << 20), OptionError,
-                "--nsamples must be in 1..{}, got {}", int64_t{1} << 20, a->nsamples);
-    const int64_t seqlen_opt = a->seqlen.value_or(512);
-    QTOOL_CHECK(seqlen_opt >= 2 && seqlen_opt <= (int64_t{1} << 20), OptionError,
-                "--seqlen must be in 2..{} (BOS and one token at least), got {}", int64_t{1} << 20,
-                seqlen_opt);
-    const auto total = CheckedMul(a->nsamples, seqlen_opt);
-    QTOOL_CHECK(total && *total <= (int64_t{1} << 26), OptionError,
-                "--nsamples {} x --seqlen {} is more than {} calibration tokens", a->nsamples,
-                seqlen_opt, int64_t{1} << 26);
+    CheckCalibrationArgs(a->data);
     const Model model(a->model, {.threads = a->threads});
     const Checkpoint& in = model.checkpoint();
     StagedRun run_out(in, a->output, a->json, a->force);
     const int64_t seqlen =
-        a->seqlen.value_or(std::min<int64_t>(512, model.config().max_position_embeddings));
+        a->data.seqlen.value_or(std::min<int64_t>(512, model.config().max_position_embeddings));
     const CalibrationData data =
-        ReadCalibrationData(a->calib, in.dir(), model.config().bos_token_id);
+        ReadCalibrationData(a->data.file, in.dir(), model.config().bos_token_id);
     std::vector<std::vector<int32_t>> samples =
-        a->sequential ? SequentialChunks(data.tokens, seqlen, data.bos, a->nsamples, a->calib)
-                      : DrawCalibrationSamples(data.tokens, {.num_samples = a->nsamples,
-                                                             .seq_len = seqlen,
-                                                             .seed = a->seed,
-                                                             .bos = data.bos});
+        a->sequential
+            ? SequentialChunks(data.tokens, seqlen, data.bos, a->data.nsamples, a->data.file)
+            : DrawCalibrationSamples(data.tokens, {.num_samples = a->data.nsamples,
+                                                   .seq_len = seqlen,
+                                                   .seed = a->data.seed,
+                                                   .bos = data.bos});
     const int64_t nchunks = static_cast<int64_t>(samples.size());
     for (const auto& s : samples) {
       for (const int32_t t : s) {
         QTOOL_CHECK(t >= 0 && t < model.config().vocab_size, FormatError,
-                    "{}: token {} is outside the model's vocabulary 0..{}", a->calib, t,
+                    "{}: token {} is outside the model's vocabulary 0..{}", a->data.file, t,
                     model.config().vocab_size - 1);
       }
     }
 
     imatrix::Matrix m;
-    m.datasets = {a->calib};
+    m.datasets = {a->data.file};
     m.chunk_count = static_cast<uint32_t>(nchunks);
     m.chunk_size = static_cast<uint32_t>(seqlen);
     CalibrationRunner run(model, std::move(samples));
@@ -176,7 +160,7 @@ void RegisterImatrix(CLI::App& app) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const nlohmann::json report = {
         {"output", a->output},         {"format", dat ? "dat" : "gguf"},
-        {"calibration", a->calib},     {"calibration_format", data.format},
+        {"calibration", a->data.file}, {"calibration_format", data.format},
         {"chunks", nchunks},           {"chunk_size", seqlen},
         {"sequential", a->sequential}, {"entries", m.entries.size()},
         {"seconds", seconds}};
@@ -184,7 +168,7 @@ void RegisterImatrix(CLI::App& app) {
       fmt::print(
           "{}: importance matrix of {} weights from {} chunks of {} tokens of {} ({}), "
           "{:.1f} s\n",
-          a->output, m.entries.size(), nchunks, seqlen, a->calib, data.format, seconds);
+          a->output, m.entries.size(), nchunks, seqlen, a->data.file, data.format, seconds);
     }
     run_out.Commit(report);
   });

@@ -34,6 +34,20 @@ void AddOutputFormatOptions(CLI::App* cmd, OutputFormatArgs& a);
 ExportReport RunConvert(const std::string& input, const std::string& output,
                         const OutputFormatArgs& a, bool overwrite, bool quiet);
 
+/// The calibration data options that `quantize --method` and `imatrix` share
+/// (quantize_methods.cpp).
+struct CalibrationArgs {
+  std::string file;
+  int64_t nsamples = 128;
+  std::optional<int64_t> seqlen;  // default: the smaller of 512 and the model's context
+  uint64_t seed = 0;
+};
+/// Adds --calib (described by calib_help), --nsamples, --seqlen and --seed.
+void AddCalibrationOptions(CLI::App* cmd, CalibrationArgs& a, const std::string& calib_help);
+/// Checks their ranges: the tokens are held at once (nsamples x seqlen ids, and activations per
+/// token), so at most 2^20 samples, 2^20 tokens each and 2^26 in all.
+void CheckCalibrationArgs(const CalibrationArgs& a);
+
 /// `qtool quantize --method ...` (quantize_methods.cpp): the calibrated methods' options, added to
 /// the quantize command, and their run. RunQuantizeMethod returns nullopt for --method rtn.
 struct MethodArgs;

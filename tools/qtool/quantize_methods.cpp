@@ -19,14 +19,36 @@
 namespace qtool::cli {
 
 struct MethodArgs {
-  std::string method = "rtn", calib, alpha = "0.5";
-  int64_t nsamples = 128;
-  std::optional<int64_t> seqlen;  // default: the smaller of 512 and the model's context
-  uint64_t seed = 0;
+  std::string method = "rtn", alpha = "0.5";
+  CalibrationArgs data;
   bool act_order = false, static_groups = false, mse = false;
   double damp = 0.01;
   int64_t moe_min_tokens = solvers::kDefaultMoeMinTokens;
 };
+
+void AddCalibrationOptions(CLI::App* cmd, CalibrationArgs& a, const std::string& calib_help) {
+  cmd->add_option("--calib", a.file, calib_help);
+  cmd->add_option("--nsamples", a.nsamples, "Calibration samples")->capture_default_str();
+  cmd->add_option("--seqlen", a.seqlen,
+                  "Tokens per calibration sample, BOS included (default: the smaller of 512 and "
+                  "the model's context)");
+  cmd->add_option("--seed", a.seed, "Seed of the calibration sample draw")->capture_default_str();
+}
+
+void CheckCalibrationArgs(const CalibrationArgs& a) {
+  constexpr int64_t kMaxSamples = int64_t{1} << 20, kMaxTokens = int64_t{1} << 26;
+  QTOOL_CHECK(a.nsamples >= 1 && a.nsamples <= kMaxSamples, OptionError,
+              "--nsamples must be in 1..{}, got {}", kMaxSamples, a.nsamples);
+  // Without --seqlen the sample length is the smaller of 512 and the model's context.
+  const int64_t seqlen = a.seqlen.value_or(512);
+  QTOOL_CHECK(seqlen >= 2 && seqlen <= kMaxSamples, OptionError,
+              "--seqlen must be in 2..{} (BOS and one token at least), got {}", kMaxSamples,
+              seqlen);
+  const auto tokens = CheckedMul(a.nsamples, seqlen);
+  QTOOL_CHECK(tokens && *tokens <= kMaxTokens, OptionError,
+              "--nsamples {} x --seqlen {} is more than {} calibration tokens", a.nsamples, seqlen,
+              kMaxTokens);
+}
 
 std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd) {
   auto m = std::make_shared<MethodArgs>();
@@ -34,12 +56,9 @@ std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd) {
                   "rtn (round to nearest), gptq, awq, smoothquant (W8A8: int8 per-channel "
                   "weights after smoothing) or hqq (asymmetric, calibration-free)")
       ->capture_default_str();
-  cmd->add_option("--calib", m->calib, "Calibration text (gptq, awq, smoothquant)");
-  cmd->add_option("--nsamples", m->nsamples, "Calibration samples")->capture_default_str();
-  cmd->add_option("--seqlen", m->seqlen,
-                  "Tokens per calibration sample, BOS included (default: the smaller of 512 and "
-                  "the model's context)");
-  cmd->add_option("--seed", m->seed, "Seed of the calibration sample draw")->capture_default_str();
+  AddCalibrationOptions(cmd, m->data,
+                        "Calibration data (gptq, awq, smoothquant): text, .jsonl, or token ids "
+                        "(.ids, .tokens, .bin)");
   cmd->add_flag("--act-order", m->act_order,
                 "GPTQ: columns in order of decreasing Hessian diagonal (each column's group is "
                 "stored, g_idx, unless --static-groups)");
@@ -65,22 +84,11 @@ namespace {
 solvers::CalibratedOptions CalibratedFromArgs(const MethodArgs& m) {
   solvers::CalibratedOptions c;
   c.method = solvers::ParseMethod(m.method);
-  QTOOL_CHECK(!solvers::NeedsCalibration(c.method) || !m.calib.empty(), OptionError,
+  QTOOL_CHECK(!solvers::NeedsCalibration(c.method) || !m.data.file.empty(), OptionError,
               "--method {} needs --calib FILE", m.method);
   QTOOL_CHECK(std::isfinite(m.damp) && m.damp >= 0, OptionError,
               "--damp must be a finite number, not negative");
-  // The calibration tokens are held at once: nsamples x seqlen ids, and activations per token.
-  QTOOL_CHECK(m.nsamples >= 1 && m.nsamples <= (int64_t{1} << 20), OptionError,
-              "--nsamples must be in 1..{}, got {}", int64_t{1} << 20, m.nsamples);
-  // Without --seqlen the sample length is the smaller of 512 and the model's context.
-  const int64_t seqlen = m.seqlen.value_or(512);
-  QTOOL_CHECK(seqlen >= 2 && seqlen <= (int64_t{1} << 20), OptionError,
-              "--seqlen must be in 2..{} (BOS and one token at least), got {}", int64_t{1} << 20,
-              seqlen);
-  const auto tokens = CheckedMul(m.nsamples, seqlen);
-  QTOOL_CHECK(tokens && *tokens <= (int64_t{1} << 26), OptionError,
-              "--nsamples {} x --seqlen {} is more than {} calibration tokens", m.nsamples, seqlen,
-              int64_t{1} << 26);
+  CheckCalibrationArgs(m.data);
   QTOOL_CHECK(m.moe_min_tokens >= 1, OptionError, "--moe-min-tokens must be at least 1, got {}",
               m.moe_min_tokens);
   c.moe_min_tokens = m.moe_min_tokens;
@@ -95,11 +103,11 @@ solvers::CalibratedOptions CalibratedFromArgs(const MethodArgs& m) {
     QTOOL_CHECK(used == m.alpha.size() && c.alpha >= 0 && c.alpha <= 1, OptionError,
                 "--alpha is a number in [0, 1] or auto, not \"{}\"", m.alpha);
   }
-  if (!m.calib.empty()) CheckRegularFile(m.calib);  // a FIFO would block its reader
-  c.calib_text = m.calib;
-  c.calib.num_samples = m.nsamples;
-  c.calib.seq_len = m.seqlen.value_or(0);
-  c.calib.seed = m.seed;
+  if (!m.data.file.empty()) CheckRegularFile(m.data.file);  // a FIFO would block its reader
+  c.calib_text = m.data.file;
+  c.calib.num_samples = m.data.nsamples;
+  c.calib.seq_len = m.data.seqlen.value_or(0);
+  c.calib.seed = m.data.seed;
   c.gptq.act_order = m.act_order;
   c.gptq.static_groups = m.static_groups;
   c.gptq.mse = m.mse;
@@ -115,7 +123,7 @@ solvers::LayerFn ReportLayers(const MethodArgs& m, bool quiet, Progress& progres
   c.on_calibration_data = [&m, &solver, quiet](const CalibrationData& d,
                                                const std::vector<std::vector<int32_t>>& windows) {
     const size_t len = windows.empty() ? 0 : windows[0].size();
-    solver["calibration"] = {{"file", m.calib},
+    solver["calibration"] = {{"file", m.data.file},
                              {"format", d.format},
                              {"documents", d.documents},
                              {"tokens", d.tokens.size()},
@@ -125,7 +133,7 @@ solvers::LayerFn ReportLayers(const MethodArgs& m, bool quiet, Progress& progres
     if (quiet) return;
     fmt::print(stderr,
                "calibration: {} ({}, {} document(s)): {} tokens, {} windows of {} tokens{}\n",
-               m.calib, d.format, d.documents, d.tokens.size(), windows.size(), len,
+               m.data.file, d.format, d.documents, d.tokens.size(), windows.size(), len,
                d.bos >= 0 ? fmt::format(" (BOS {} first)", d.bos) : std::string(" (no BOS)"));
   };
   c.on_expert = [&m, &solver, &progress, quiet](const solvers::ExpertReport& e) {
