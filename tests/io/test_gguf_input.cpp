@@ -399,6 +399,24 @@ TEST(GgufCli, ForceReplacesAnExistingGgufFile) {
   EXPECT_EQ(testing::RunCli(forced).exit_code, 8);
   EXPECT_TRUE(fs::is_directory(dir / "d.gguf"));
 }
+
+// --imatrix with a calibrated method is refused before any calibration.
+TEST(GgufCli, ImatrixWithGptqOrAwqIsRefused) {
+  testing::ScratchDir dir;
+  const std::string imatrix = (dir / "i.gguf").string();
+  testing::WriteFile(dir / "calib.txt", kStory);
+  auto r = testing::RunCli({"imatrix", Stories().string(), "--calib", (dir / "calib.txt").string(),
+                            "-o", imatrix, "--nsamples", "2", "--seqlen", "32"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* method : {"gptq", "awq"}) {
+    r = testing::RunCli({"quantize", Stories().string(), "-o", (dir / "m.gguf").string(),
+                         "--output-format", "gguf", "--gguf-type", "Q4_0", "--method", method,
+                         "--calib", (dir / "calib.txt").string(), "--imatrix", imatrix});
+    EXPECT_EQ(r.exit_code, 3) << method << ": " << r.err;
+    EXPECT_NE(r.err.find("--imatrix applies to --method rtn only"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir / "m.gguf"));
+  }
+}
 #endif
 
 }  // namespace
