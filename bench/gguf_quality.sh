@@ -5,7 +5,7 @@
 # For Q3_K_M, Q4_K_M, Q2_K and IQ4_XS: llama-quantize without and with an importance matrix
 # (llama-imatrix's), qtool RTN, qtool with an importance matrix (qtool imatrix's) and qtool's
 # GPTQ into GGUF (`--method gptq --output-format gguf`, reported "not available" when this build
-# refuses it). Each file's size, and llama-perplexity's KL divergence (mean, and 99th percentile)
+# refuses it), and AWQ into GGUF for the types in AWQ_TYPES (default Q4_K_M; the same calibration). Each file's size, and llama-perplexity's KL divergence (mean, and 99th percentile)
 # and perplexity against the F32 model (--kl-divergence-base, --kl-divergence) on the eval text.
 # Both importance matrices come from the same calibration text (consecutive chunks of 256 tokens,
 # BOS first: llama-imatrix's convention, `qtool imatrix --sequential`).
@@ -17,7 +17,8 @@
 # Environment: QTOOL_SMOLLM2_DIR (default ~/.cache/qtool/smollm2-135m-f32, materialised from
 # ../shared/models/smollm2-135m when absent), LLAMA_TOOLS (default: what
 # tests/interop/build_llama_cpp_tools.sh builds), EVAL_TEXT, CALIB_TEXT, CTX (default 128),
-# SKIP_SPEED=1 to leave the 1B timing out.
+# AWQ_TYPES (space separated, default "Q4_K_M"; "" for none), SKIP_SPEED=1 to leave the 1B timing
+# out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-build/gguf-quality}
@@ -27,6 +28,7 @@ eval_text=${EVAL_TEXT:-../shared/data/stories-eval.txt}
 calib_text=${CALIB_TEXT:-../shared/data/stories-calib.txt}
 ctx=${CTX:-128}
 types=(Q3_K_M Q4_K_M Q2_K IQ4_XS)
+awq_types=" ${AWQ_TYPES-Q4_K_M} "
 
 cmake --build build --target qtool_cli >/dev/null
 qtool=$(pwd)/build/qtool
@@ -52,7 +54,7 @@ perplexity() {  # FILE -> "mean_kld p99_kld ppl"
   echo "$kld $p99 $ppl"
 }
 
-# (qtool's --force replaces an output directory, not a file: files are removed first)
+# Old outputs are removed first, so that no file of an earlier run is measured.
 rm -f "$work"/*.gguf
 f32="$work/smollm2-F32.gguf"
 "$qtool" quantize "$smollm2" -o "$f32" --output-format gguf --gguf-type F32 --force -q
@@ -125,6 +127,12 @@ for t in "${types[@]}"; do
     echo "| $t | qtool GPTQ | not available | | | |" | tee -a "$table"
   fi
   rm -f "$q"
+  if [[ "$awq_types" == *" $t "* ]]; then
+    "$qtool" quantize "$smollm2" -o "$q" --output-format gguf --gguf-type "$t" --force -q \
+      --threads 2 --method awq --calib "$calib_text" --nsamples 32 --seqlen 256
+    row "$t" "qtool AWQ" "$q"
+    rm -f "$q"
+  fi
 done
 
 if [ "${SKIP_SPEED:-0}" != 1 ]; then

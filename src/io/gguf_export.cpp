@@ -15,7 +15,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/format/ggml_quants.hpp"
-#include "qtool/model/model.hpp"
+#include "qtool/io/gguf_split.hpp"
 
 namespace qtool::gguf {
 
@@ -354,30 +354,6 @@ void PermuteRopeRows(std::vector<T>& w, int64_t rows, int64_t cols, int64_t head
   w.swap(out);
 }
 
-// Llama 3 RoPE scaling as a tensor of per-frequency divisors (llama.cpp reads `rope_freqs`):
-// 1 for wavelengths below original_context / high_freq_factor, `factor` above original_context /
-// low_freq_factor, and a smooth blend between.
-std::vector<float> Llama3RopeFactors(const LlamaConfig& c) {
-  const RopeScaling& s = c.rope_scaling;
-  const double low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
-  const double high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
-  std::vector<float> f;
-  for (int64_t i = 0; i < c.head_dim; i += 2) {
-    const double freq = 1.0 / std::pow(c.rope_theta, static_cast<double>(i) / c.head_dim);
-    const double wavelen = 2 * std::numbers::pi / freq;
-    if (wavelen < high_wavelen) {
-      f.push_back(1.0f);
-    } else if (wavelen > low_wavelen) {
-      f.push_back(static_cast<float>(s.factor));
-    } else {
-      const double smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) /
-                            (s.high_freq_factor - s.low_freq_factor);
-      f.push_back(static_cast<float>(1 / ((1 - smooth) / s.factor + smooth)));
-    }
-  }
-  return f;
-}
-
 struct Planned {
   ExportedTensor out;
   const CheckpointTensor* src = nullptr;  // nullptr: `values` holds the data
@@ -577,20 +553,22 @@ KV TokenizerMetadata(const std::filesystem::path& dir, int64_t vocab_size,
   return {};
 }
 
-ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
-                        const ExportOptions& options,
+ExportReport ExportGguf(const Checkpoint& in, const ModelParams& c,
+                        const std::filesystem::path& out, const ExportOptions& options,
                         const std::function<void(size_t, size_t, const std::string&)>& progress) {
   const auto start = std::chrono::steady_clock::now();
   QTOOL_CHECK(in.config().has_value(), FormatError,
               "{}: config.json is needed to write GGUF metadata", in.dir().string());
-  QTOOL_CHECK(options.overwrite || !std::filesystem::exists(out), OutputExistsError,
-              "{} exists (use --force to replace it)", out.string());
+  QTOOL_CHECK(options.split_max_bytes > 0 || options.overwrite || !std::filesystem::exists(out),
+              OutputExistsError, "{} exists (use --force to replace it)", out.string());
   const std::optional<Recipe> recipe = FindRecipe(options.type);
   QTOOL_CHECK(recipe.has_value(), OptionError, "unknown GGUF type \"{}\" (known: {})", options.type,
               RecipeNames());
-  const LlamaConfig c = LlamaConfig::FromJson(*in.config());
+  QTOOL_CHECK(c.architecture == "llama" || c.architecture == "qwen2", FormatError,
+              "{}: GGUF architecture '{}' is not written (llama and qwen2 are)", in.dir().string(),
+              c.architecture);
   ExportReport report;
-  report.architecture = c.model_type == "qwen2" ? "qwen2" : "llama";  // Mistral runs as llama
+  report.architecture = c.architecture;
   const std::string& arch = report.architecture;
   const bool permute = arch == "llama";
 
@@ -601,7 +579,7 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
   kv.emplace_back("general.quantization_version", uint32_t{2});  // GGML_QNT_VERSION
   auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
   kv.emplace_back(arch + ".vocab_size", u32(c.vocab_size));
-  kv.emplace_back(arch + ".context_length", u32(c.max_position_embeddings));
+  kv.emplace_back(arch + ".context_length", u32(c.context_length));
   kv.emplace_back(arch + ".embedding_length", u32(c.hidden_size));
   kv.emplace_back(arch + ".block_count", u32(c.num_layers));
   kv.emplace_back(arch + ".feed_forward_length", u32(c.intermediate_size));
@@ -614,9 +592,9 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
     kv.emplace_back(arch + ".attention.key_length", u32(c.head_dim));
     kv.emplace_back(arch + ".attention.value_length", u32(c.head_dim));
   }
-  if (c.rope_scaling.type == RopeScaling::Type::kLinear) {
+  if (c.linear_rope_factor) {
     kv.emplace_back(arch + ".rope.scaling.type", std::string("linear"));
-    kv.emplace_back(arch + ".rope.scaling.factor", static_cast<float>(c.rope_scaling.factor));
+    kv.emplace_back(arch + ".rope.scaling.factor", static_cast<float>(*c.linear_rope_factor));
   }
   KV tok = TokenizerMetadata(in.dir(), c.vocab_size, *in.config());
   for (auto& e : tok) {
@@ -667,10 +645,10 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
     if (permute && name.ends_with("attn_q.weight")) p.permute_heads = c.num_heads;
     if (permute && name.ends_with("attn_k.weight")) p.permute_heads = c.num_kv_heads;
   }
-  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
+  if (!c.rope_freqs.empty()) {
     Planned p;
     p.out.name = "rope_freqs.weight";
-    p.values = Llama3RopeFactors(c);
+    p.values = c.rope_freqs;
     p.out.ne = {p.values.size()};
     p.out.type = ggml::Type::kF32;
     plan.push_back(std::move(p));
@@ -688,7 +666,7 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
 
   std::vector<TensorSpec> specs;
   for (const Planned& p : plan) specs.push_back({p.out.name, p.out.ne, p.out.type});
-  Writer writer(out, kv, specs);
+  SplitWriter writer(out, kv, specs, options.split_max_bytes, options.overwrite);
   const int threads = ResolveThreads(options.threads);
   for (size_t i = 0; i < plan.size(); ++i) {
     Planned& p = plan[i];
@@ -770,7 +748,10 @@ ExportReport ExportGguf(const Checkpoint& in, const std::filesystem::path& out,
     if (progress) progress(i + 1, plan.size(), p.out.name);
   }
   writer.Commit();
-  report.output_bytes = std::filesystem::file_size(out);
+  for (const std::filesystem::path& f : writer.paths()) {
+    report.files.push_back(f);
+    report.output_bytes += std::filesystem::file_size(f);
+  }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }

@@ -4,6 +4,7 @@
 #include <map>
 
 #include "qtool/core/error.hpp"
+#include "qtool/model/gguf_params.hpp"
 
 namespace qtool::solvers {
 namespace fs = std::filesystem;

@@ -15,12 +15,18 @@ The models: a synthetic F32 Llama checkpoint made here (hidden 256, so that the 
 k-quant blocks fit, and feed-forward 544, a multiple of 32 but not of 256, so that llama.cpp's
 fallback types appear), with stories260K's SentencePiece tokenizer, and stories260K itself.
 
-4. With a calibration text: GPTQ-GGUF files (`--method gptq`) of the synthetic model in
+4. A split (`--gguf-split-max-size`, llama-gguf-split's convention) of stories260K: every file
+   opens with gguf's reader, carries split.no (u16, from 0), split.count (u16) and
+   split.tensors.count (i32), the first one all the metadata, and together they hold the whole
+   file's tensors in its order with the same types, shapes and bytes.
+
+5. With a calibration text: GPTQ-GGUF files (`--method gptq`) of the synthetic model in
    several types and mixes decode with gguf identically to `qtool dequantize`, with the RTN
    file's tensor types.
 
 Usage: check_gguf.py QTOOL_BINARY STORIES260K_DIR WORK_DIR [CALIBRATION_TEXT]
 """
+import glob
 import json
 import os
 import subprocess
@@ -30,7 +36,7 @@ import shutil
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFReader, quants
+from gguf import GGUFReader, GGUFValueType, quants
 from safetensors.numpy import load_file, save_file
 
 # Every ggml type qtool writes (Q3_K, Q4_K, Q5_K and MXFP4 throughout; the llama-quantize names
@@ -148,10 +154,52 @@ def main():
         os.makedirs(out, exist_ok=True)
         print(f"== {name}")
         check_model(qtool, model, out)
+    print("== stories260K, split")
+    check_split(qtool, stories, os.path.join(work, "gguf-split"))
     if len(sys.argv) > 4:
         print("== synthetic, GPTQ")
         check_gptq(qtool, synth, sys.argv[4], os.path.join(work, "gguf-synthetic"))
     print("GGUF files: all checks passed")
+
+
+def check_split(qtool, model, work):
+    os.makedirs(work, exist_ok=True)
+    for f in glob.glob(os.path.join(work, "*.gguf")):
+        os.remove(f)
+    whole = os.path.join(work, "whole.gguf")
+    for out, extra in [(whole, []), (os.path.join(work, "m.gguf"),
+                                      ["--gguf-split-max-size", "1M"])]:
+        subprocess.run([qtool, "quantize", model, "-o", out, "--output-format", "gguf",
+                        "--gguf-type", "F32", "-q"] + extra, check=True)
+    files = sorted(glob.glob(os.path.join(work, "m-*-of-*.gguf")))
+    n = len(files)
+    if n < 2 or [os.path.basename(f) for f in files] != \
+            [f"m-{i + 1:05d}-of-{n:05d}.gguf" for i in range(n)]:
+        sys.exit(f"split: unexpected files {files}")
+    ref = GGUFReader(whole)
+    tensors = []
+    for i, f in enumerate(files):
+        r = GGUFReader(f)
+        for key, vtype, want in [("split.no", GGUFValueType.UINT16, i),
+                                 ("split.count", GGUFValueType.UINT16, n),
+                                 ("split.tensors.count", GGUFValueType.INT32, len(ref.tensors))]:
+            fl = r.fields.get(key)
+            if fl is None or fl.types != [vtype] or fl.contents() != want:
+                sys.exit(f"{f}: {key} is {fl and fl.contents()} ({fl and fl.types}), "
+                         f"expected {want} ({vtype})")
+        if (field(r, "general.architecture") is not None) != (i == 0):
+            sys.exit(f"{f}: the model's metadata belong in the first file only")
+        tensors += r.tensors
+    if len(tensors) != len(ref.tensors):
+        sys.exit(f"split: {len(tensors)} tensors, the whole file has {len(ref.tensors)}")
+    for a, b in zip(ref.tensors, tensors):
+        if (a.name, a.tensor_type, list(a.shape)) != (b.name, b.tensor_type, list(b.shape)) or \
+                a.data.tobytes() != b.data.tobytes():
+            sys.exit(f"split: tensor {b.name} differs from the whole file's {a.name}")
+    print(f"split: {n} files, {len(tensors)} tensors, identical to the whole file's")
+    first_meta = {k for k in GGUFReader(files[0]).fields if not k.startswith("split.")}
+    if first_meta != set(ref.fields):
+        sys.exit(f"split: the first file's metadata differ: {first_meta ^ set(ref.fields)}")
 
 
 GPTQ_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",

@@ -13,6 +13,7 @@
 #include "qtool/io/gguf.hpp"
 #include "qtool/io/gguf_export.hpp"
 #include "qtool/io/gguf_import.hpp"
+#include "qtool/model/gguf_params.hpp"
 #include "qtool/model/model.hpp"
 #include "test_support.hpp"
 
@@ -256,7 +257,7 @@ TEST(GgufImport, F32RoundTripRestoresTheCheckpoint) {
   testing::ScratchDir dir;
   const Checkpoint ck = Checkpoint::Open(Stories());
   ExportGguf(ck, dir / "m.gguf", {.type = "F32"});
-  ImportGguf(File(dir / "m.gguf"), dir / "hf", false);
+  ImportGguf(SplitFile(dir / "m.gguf"), dir / "hf", false);
   const Checkpoint back = Checkpoint::Open(dir / "hf");
   ASSERT_EQ(back.tensors().size(), ck.tensors().size());
   for (const CheckpointTensor& t : ck.tensors()) {
@@ -274,7 +275,7 @@ TEST(GgufImport, F32RoundTripRestoresTheCheckpoint) {
   EXPECT_EQ(b.tie_word_embeddings, a.tie_word_embeddings);
   EXPECT_FLOAT_EQ(static_cast<float>(b.rms_norm_eps), static_cast<float>(a.rms_norm_eps));
   EXPECT_EQ(b.rope_theta, a.rope_theta);
-  EXPECT_THROW(ImportGguf(File(dir / "m.gguf"), dir / "hf", false), OutputExistsError);
+  EXPECT_THROW(ImportGguf(SplitFile(dir / "m.gguf"), dir / "hf", false), OutputExistsError);
 }
 
 TEST(GgufExport, RefusesAnExistingOutputAndLeavesNoFileOnError) {

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "gguf_output.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/export.hpp"
 #include "terminal.hpp"
@@ -12,7 +13,8 @@ namespace qtool::cli {
 
 void AddOutputFormatOptions(CLI::App* cmd, OutputFormatArgs& a) {
   cmd->add_option("--output-format", a.format,
-                  "qtool, gptq, awq, compressed-tensors or bnb (docs/EXPORT.md)")
+                  "qtool, gptq, awq, compressed-tensors or bnb (docs/EXPORT.md); hf (the default) "
+                  "for a GGUF input")
       ->capture_default_str();
   cmd->add_option("--gptq-format", a.gptq_format,
                   "GPTQ checkpoint_format: gptq (v1, zero-points stored minus one) or gptq_v2")
@@ -59,13 +61,30 @@ void RegisterConvert(CLI::App& app) {
                          "bitsandbytes, without going through float");
   cmd->add_option(
          "input", a->input,
-         "Quantised checkpoint: qtool's, GPTQ, AWQ, compressed-tensors, bitsandbytes or FP8")
+         "Quantised checkpoint: qtool's, GPTQ, AWQ, compressed-tensors, bitsandbytes or FP8; or a "
+         "GGUF file (written as a Hugging Face F32 checkpoint)")
       ->required();
   cmd->add_option("-o,--output", a->output, "Output model directory")->required();
   AddOutputFormatOptions(cmd, a->format);
   cmd->add_flag("--force", a->force, "Replace the output directory if it exists");
   cmd->add_flag("-q,--quiet", a->quiet, "Print no report");
-  cmd->callback([a]() { RunConvert(a->input, a->output, a->format, a->force, a->quiet); });
+  cmd->callback([a, cmd]() {
+    if (IsGgufFile(a->input)) {
+      // GGUF blocks carry fp16 block scales (and for the k-quants, scales of scales and
+      // non-linear grids) that no output format stores code for code: the file becomes the Hugging
+      // Face checkpoint in F32 that dequantize writes, with its tokenizer.
+      QTOOL_CHECK(cmd->get_option("--output-format")->count() == 0 || a->format.format == "hf",
+                  OptionError,
+                  "{} is a GGUF file: convert writes it as a Hugging Face float checkpoint "
+                  "(--output-format hf); its block grids have no exact {} equivalent (requantise "
+                  "with qtool quantize {} instead)",
+                  a->input, a->format.format, a->input);
+      DequantizeGguf(a->input, a->output, a->force);
+      if (!a->quiet) fmt::print("{}: GGUF decoded to a Hugging Face F32 checkpoint\n", a->output);
+      return;
+    }
+    RunConvert(a->input, a->output, a->format, a->force, a->quiet);
+  });
 }
 
 }  // namespace qtool::cli

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "gguf_output.hpp"
 #include "qtool/core/checked.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/input_file.hpp"
@@ -41,7 +42,10 @@ void PrintReport(const EvalArgs& a, const EvalReport& r) {
 void RegisterEval(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   CLI::App* cmd = app.add_subcommand("eval", "Perplexity of a model, and KL from a base model");
-  cmd->add_option("model", a->model, "Model directory (plain or quantised by qtool)")->required();
+  cmd->add_option("model", a->model,
+                  "Model directory (plain or quantised by qtool), or a GGUF file (decoded with its "
+                  "tokenizer rebuilt from the metadata)")
+      ->required();
   auto* text = cmd->add_option("--text", a->text, "Evaluation text, tokenised by the model");
   auto* tokens = cmd->add_option("--tokens", a->tokens,
                                  "Token-id file instead of text (one id per line, or int32)");
@@ -51,7 +55,9 @@ void RegisterEval(CLI::App& app) {
       "Tokenizer file: tokenizer.model or tokenizer.json (default: MODEL/tokenizer.model, else "
       "MODEL/tokenizer.json)");
   cmd->add_option("--ctx", a->ctx, "Window length including BOS (default: the model's context)");
-  cmd->add_option("--ref", a->ref, "Base model: also report KL divergence, top-1 agreement, dPPL");
+  cmd->add_option(
+      "--ref", a->ref,
+      "Base model (directory or GGUF file): also report KL divergence, top-1 agreement, dPPL");
   cmd->add_option("--batch-tokens", a->batch_tokens, "Tokens run together per pass")
       ->capture_default_str();
   cmd->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
@@ -74,7 +80,8 @@ void RegisterEval(CLI::App& app) {
     // The text and tokenizer readers would block on a FIFO: only regular files are given to them.
     if (!a->text.empty()) CheckRegularFile(a->text);
     if (!a->tokenizer.empty()) CheckRegularFile(a->tokenizer);
-    const Model model(a->model, mopts);
+    const ModelInput input(a->model);
+    const Model model(input.path(), mopts);
     CheckReportPathFor(model.checkpoint(), a->json);
     const std::vector<int32_t> ids =
         a->tokens.empty()
@@ -89,8 +96,10 @@ void RegisterEval(CLI::App& app) {
       }
     }
     std::unique_ptr<Model> base;
+    std::unique_ptr<ModelInput> base_input;
     if (!a->ref.empty()) {
-      base = std::make_unique<Model>(a->ref, mopts);
+      base_input = std::make_unique<ModelInput>(a->ref);
+      base = std::make_unique<Model>(base_input->path(), mopts);
       CheckReportPathFor(base->checkpoint(), a->json);
     }
     Progress progress("eval");

@@ -198,7 +198,9 @@ void PrintReport(const QuantizeReport& r) {
 void RegisterQuantize(CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   CLI::App* cmd = app.add_subcommand("quantize", "Quantise a safetensors checkpoint");
-  cmd->add_option("input", a->input, "Checkpoint: a .safetensors file or a model directory")
+  cmd->add_option("input", a->input,
+                  "Checkpoint: a .safetensors file, a model directory, or a GGUF file (decoded to "
+                  "float with its tokenizer, then requantised)")
       ->required();
   cmd->add_option("-o,--output", a->output, "Output model directory")->required();
   cmd->add_option("--format", a->format, kFormatHelp)->capture_default_str();
@@ -261,7 +263,11 @@ void RegisterQuantize(CLI::App& app) {
                 "--threads must be in 0..{}, got {}", kMaxThreads, a->threads);
     QTOOL_CHECK(a->activations == "none" || a->activations == "int8", OptionError,
                 "--activations is none or int8, not \"{}\"", a->activations);
-    if (RunGgufQuantize(*gguf, out_format->format, a->input, a->output, a->threads, a->force,
+    // A GGUF input is decoded to a float checkpoint with its tokenizer, and requantised from it.
+    const ModelInput source(a->input);
+    source.CheckOutput(a->output);
+    const std::string& input_path = source.path();
+    if (RunGgufQuantize(*gguf, out_format->format, input_path, a->output, a->threads, a->force,
                         a->quiet, a->json, *method)) {
       return;
     }
@@ -279,21 +285,21 @@ void RegisterQuantize(CLI::App& app) {
     // Another output format: quantise into a qtool checkpoint inside the staging directory (so
     // that a failure or a signal removes it with the rest), then convert it into the staged output.
     const bool export_to = ParseExportFormat(out_format->format) != ExportFormat::kQtool;
-    const Checkpoint original = Checkpoint::Open(a->input);
+    const Checkpoint original = Checkpoint::Open(input_path);
     StagedRun run(original, a->output, a->json, a->force);
     // Another tool's quantised checkpoint (an FP8 model with block scales, GPTQ, ...): decoded
     // into the staging directory first, and quantised from there.
-    std::string input = a->input;
+    std::string input = input_path;
     if (DetectImportScheme(original)) {
       input = (run.output().parent_path() / (run.output().filename().string() + ".float")).string();
       DequantizeCheckpoint(original, input, false, a->threads);
     }
-    const Checkpoint in = input == a->input ? Checkpoint::Open(a->input) : Checkpoint::Open(input);
+    const Checkpoint in = Checkpoint::Open(input);
     const std::filesystem::path quantized =
         export_to ? run.output().parent_path() / (run.output().filename().string() + ".qtool")
                   : run.output();
     const auto convert = [&] {
-      if (input != a->input) std::filesystem::remove_all(input);
+      if (input != input_path) std::filesystem::remove_all(input);
       if (!export_to) return;
       RunConvert(quantized.string(), run.output().string(), *out_format, false,
                  a->quiet || a->json == "-");

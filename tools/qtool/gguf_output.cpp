@@ -9,6 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <regex>
 
 #include "commands.hpp"
 #include "qtool/core/error.hpp"
@@ -16,7 +17,10 @@
 #include "qtool/io/gguf.hpp"
 #include "qtool/io/gguf_export.hpp"
 #include "qtool/io/gguf_import.hpp"
+#include "qtool/io/gguf_split.hpp"
 #include "qtool/io/imatrix.hpp"
+#include "qtool/io/temp_path.hpp"
+#include "qtool/model/gguf_params.hpp"
 #include "staged_output.hpp"
 #include "terminal.hpp"
 
@@ -36,6 +40,34 @@ constexpr const char* kNotForGguf[] = {
     "--flat-groups", "--observer", "--block",         "--double-quant", "--activations",
     "--include",     "--exclude",  "--max-shard-size"};
 
+// llama-gguf-split's --split-max-size: a positive integer and M (10^6 bytes) or G (10^9).
+uint64_t ParseSplitSize(const std::string& s) {
+  static const std::regex re(R"(([0-9]{1,9})([MG]))");
+  std::smatch m;
+  QTOOL_CHECK(std::regex_match(s, m, re) && std::stoll(m[1].str()) > 0, OptionError,
+              "--gguf-split-max-size \"{}\" is not a size such as 500M or 4G (M: 10^6 bytes, "
+              "G: 10^9)",
+              s);
+  return static_cast<uint64_t>(std::stoll(m[1].str())) * (m[2].str() == "M" ? 1000000 : 1000000000);
+}
+
+// Refuses, before any work, the files of an earlier split of the same name (without --force).
+void CheckNoSplitFiles(const std::filesystem::path& out, bool force) {
+  namespace fs = std::filesystem;
+  if (force) return;
+  std::string prefix = out.filename().string();
+  if (prefix.ends_with(".gguf")) prefix.resize(prefix.size() - 5);
+  const fs::path dir = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    static const std::regex kSplit(R"(-\d{5}-of-\d{5}\.gguf)");
+    QTOOL_CHECK(!(name.starts_with(prefix) && std::regex_match(name.substr(prefix.size()), kSplit)),
+                OutputExistsError, "{}: output exists (use --force to replace it)",
+                e.path().string());
+  }
+}
+
 }  // namespace
 
 std::shared_ptr<GgufArgs> AddGgufOptions(CLI::App* cmd) {
@@ -44,6 +76,10 @@ std::shared_ptr<GgufArgs> AddGgufOptions(CLI::App* cmd) {
   cmd->add_option("--gguf-type", g->gguf_type, kGgufTypeHelp)->capture_default_str();
   cmd->add_flag("--gguf-pure", g->pure,
                 "Every 2-D weight in the --gguf-type's base type (llama-quantize --pure)");
+  cmd->add_option("--gguf-split-max-size", g->split_max_size,
+                  "With --output-format gguf: split the file as llama-gguf-split --split-max-size "
+                  "does, into OUT-00001-of-0000N.gguf ... of at most this much tensor data each "
+                  "(N followed by M or G: 500M, 4G)");
   cmd->add_option("--imatrix", g->imatrix,
                   "With --output-format gguf: an importance matrix (llama.cpp's GGUF or legacy "
                   ".dat format, from qtool imatrix or llama-imatrix) that weights the k-, i- and "
@@ -55,9 +91,11 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const 
                      const std::string& output, int threads, bool force, bool quiet,
                      const std::string& json, const MethodArgs& method) {
   if (output_format != "gguf") {
-    QTOOL_CHECK(g.cmd->get_option("--gguf-type")->count() == 0 && !g.pure && g.imatrix.empty(),
+    QTOOL_CHECK(g.cmd->get_option("--gguf-type")->count() == 0 && !g.pure && g.imatrix.empty() &&
+                    g.split_max_size.empty(),
                 OptionError,
-                "--gguf-type, --gguf-pure and --imatrix apply to --output-format gguf only");
+                "--gguf-type, --gguf-pure, --gguf-split-max-size and --imatrix apply to "
+                "--output-format gguf only");
     return false;
   }
   for (const char* name : kNotForGguf) {
@@ -73,6 +111,7 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const 
   opts.pure = g.pure;
   opts.threads = threads;
   opts.overwrite = false;  // the staged output replaces an old one in StagedRun::Commit
+  if (!g.split_max_size.empty()) opts.split_max_bytes = ParseSplitSize(g.split_max_size);
   std::optional<imatrix::Matrix> imat;
   if (!g.imatrix.empty()) {
     imat = imatrix::Read(g.imatrix);
@@ -80,7 +119,8 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const 
     opts.imatrix_file = g.imatrix;
   }
   const Checkpoint in = Checkpoint::Open(input);
-  StagedRun run(in, output, json, force);
+  StagedRun run(in, output, json, force, /*file_output=*/true);
+  if (opts.split_max_bytes > 0) CheckNoSplitFiles(output, force);
   Progress progress("quantize");
   const auto on_tensor = [&](size_t done, size_t total, const std::string& name) {
     progress.Update(done, total, name);
@@ -90,7 +130,12 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const 
   const gguf::ExportReport r =
       solved ? std::move(solved->report) : gguf::ExportGguf(in, run.output(), opts, on_tensor);
   progress.Done();
+  nlohmann::json files = nlohmann::json::array();
+  for (const std::filesystem::path& f : r.files) {
+    files.push_back((std::filesystem::path(output).parent_path() / f.filename()).string());
+  }
   nlohmann::json j = {{"output", output},
+                      {"files", files},
                       {"architecture", r.architecture},
                       {"tokenizer_model", r.tokenizer_model},
                       {"gguf_type", std::string(recipe->name)},
@@ -120,16 +165,27 @@ bool RunGgufQuantize(const GgufArgs& g, const std::string& output_format, const 
       fmt::print("{:<28} {:>7} {:>14} {:>12} {:>10.3e}\n", t.name, ggml::Traits(t.type).name,
                  fmt::format("{}", fmt::join(t.ne, "x")), t.bytes, t.rel_rms_error);
     }
+    if (r.files.size() > 1 || opts.split_max_bytes > 0) {
+      fmt::print("\nsplit into {} files: {} ... {}\n", r.files.size(),
+                 files.front().get<std::string>(), files.back().get<std::string>());
+    }
     fmt::print("\n{}: {} ({}) for {} parameters, {:.3f} bits per weight, {} tokenizer, {:.2f} s\n",
                output, HumanBytes(static_cast<double>(r.output_bytes)), r.architecture, params,
                8.0 * static_cast<double>(r.output_bytes) / static_cast<double>(params),
                r.tokenizer_model.empty() ? "no" : r.tokenizer_model, r.seconds);
   }
-  run.Commit(j);
+  if (opts.split_max_bytes > 0) {
+    run.CommitFiles(j, r.files);
+  } else {
+    run.Commit(j);
+  }
   return true;
 }
 
 bool IsGgufFile(const std::string& path) {
+  // Only a regular file is opened: opening a FIFO would wait for a writer.
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return false;
   std::ifstream f(path, std::ios::binary);
   char magic[4] = {};
   return f.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
@@ -144,7 +200,7 @@ nlohmann::json ScalarJson(const gguf::Scalar& s) {
 }  // namespace
 
 void InspectGguf(const std::string& path, const std::string& json) {
-  const gguf::File f(path);
+  const gguf::SplitFile f(path);
   const gguf::Header& h = f.header();
   nlohmann::json r = {{"path", path},
                       {"format", "gguf"},
@@ -178,17 +234,20 @@ void InspectGguf(const std::string& path, const std::string& json) {
                             {"type", std::string(ggml::Traits(t.type).name)},
                             {"ne", t.ne},
                             {"bytes", t.nbytes},
-                            {"offset", h.data_offset + t.offset}});
+                            {"split", f.SplitOf(t)},
+                            {"offset", f.split(f.SplitOf(t)).header().data_offset + t.offset}});
   }
   r["params"] = params;
   r["bytes"] = bytes;
   r["params_by_type"] = by_type;
+  r["split_count"] = f.split_count();
   if (json != "-") {
     fmt::print(
-        "{}: GGUF v{}, {} keys, {} tensors, {} parameters, {} of tensor data ({:.3f} bits "
+        "{}: GGUF v{}{}, {} keys, {} tensors, {} parameters, {} of tensor data ({:.3f} bits "
         "per weight)\n\n",
-        path, h.version, h.kv.size(), h.tensors.size(), params,
-        HumanBytes(static_cast<double>(bytes)),
+        path, h.version,
+        f.split_count() > 1 ? fmt::format(", split into {} files", f.split_count()) : "",
+        h.kv.size(), h.tensors.size(), params, HumanBytes(static_cast<double>(bytes)),
         params ? 8.0 * static_cast<double>(bytes) / static_cast<double>(params) : 0.0);
     for (const auto& [key, v] : r["metadata"].items()) {
       std::string shown = v.contains("value") ? v["value"].dump() : v["first"].dump() + " ...";
@@ -208,13 +267,45 @@ void InspectGguf(const std::string& path, const std::string& json) {
   if (!json.empty()) WriteJsonReport(json, r);
 }
 
-void DequantizeGguf(const std::string& input, const std::string& output, bool force) {
+namespace {
+
+// Refuses an output that is or holds the input file.
+void CheckOutputSpares(const std::string& input, const std::string& output) {
   namespace fs = std::filesystem;
   const fs::path in = fs::weakly_canonical(input), out = fs::weakly_canonical(output);
   const auto [end, _] = std::mismatch(out.begin(), out.end(), in.begin(), in.end());
   QTOOL_CHECK(end != out.end(), OptionError,
               "-o {} is or holds the input {}: it would be destroyed", output, input);
-  gguf::ImportGguf(gguf::File(input), output, force);
+}
+
+}  // namespace
+
+void DequantizeGguf(const std::string& input, const std::string& output, bool force) {
+  CheckOutputSpares(input, output);
+  gguf::ImportGguf(gguf::SplitFile(input), output, force);
+}
+
+ModelInput::ModelInput(const std::string& path) : given_(path), path_(path) {
+  if (!IsGgufFile(path)) return;
+  const gguf::SplitFile file(path);
+  temp_ = CreateTempSiblingDir(std::filesystem::temp_directory_path() / "qtool-gguf-input");
+  try {
+    // Named after the file, as the model's name (general.name of a GGUF written from it).
+    const std::filesystem::path dir = temp_ / std::filesystem::path(path).stem();
+    gguf::ImportGguf(file, dir, false);
+    path_ = dir.string();
+  } catch (...) {
+    RemoveTemp(temp_);
+    throw;
+  }
+}
+
+ModelInput::~ModelInput() {
+  if (!temp_.empty()) RemoveTemp(temp_);
+}
+
+void ModelInput::CheckOutput(const std::string& output) const {
+  if (is_gguf()) CheckOutputSpares(given_, output);
 }
 
 }  // namespace qtool::cli

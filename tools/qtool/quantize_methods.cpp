@@ -196,6 +196,16 @@ std::optional<GgufMethodResult> RunGgufMethod(
     const std::string& output, bool quiet,
     const std::function<void(size_t, size_t, const std::string&)>& progress) {
   if (m.method == "rtn") return std::nullopt;
+  // GPTQ already weights every column by the calibration data's Hessian, whose diagonal is the
+  // importance matrix, and its block scales are the types' unweighted reference searches; AWQ
+  // rescales the very columns the importances were measured on. Refused before any work, rather
+  // than applied to the few tensors neither solves.
+  QTOOL_CHECK(opts.imatrix == nullptr, OptionError,
+              "--imatrix applies to --method rtn only with --output-format gguf: --method {} "
+              "calibrates on the data itself (GPTQ weights every column by the calibration "
+              "Hessian, whose diagonal is the importance matrix; AWQ rescales the columns it was "
+              "measured on)",
+              m.method);
   solvers::CalibratedOptions c = CalibratedFromArgs(m);
   QTOOL_CHECK(!m.static_groups && !m.mse, OptionError,
               "--static-groups and --mse do not apply to --output-format gguf (each block's "

@@ -49,10 +49,26 @@ fs::path WriteTempReport(const fs::path& path, const nlohmann::json& j) {
 
 }  // namespace
 
-StagedRun::StagedRun(const Checkpoint& in, const fs::path& out, std::string report, bool force)
+StagedRun::StagedRun(const Checkpoint& in, const fs::path& out, std::string report, bool force,
+                     bool file_output)
     : out_(out), report_(std::move(report)), force_(force) {
   CheckOutputSeparate(in, out_);
-  CheckpointWriter::CheckOutputPath(out_, force_);
+  if (file_output) {
+    std::error_code ec;
+    const auto st = fs::symlink_status(out_, ec);
+    if (fs::exists(st)) {
+      QTOOL_CHECK(force_, OutputExistsError, "{}: output exists (use --force to replace it)",
+                  out_.string());
+      QTOOL_CHECK(fs::is_regular_file(st), OutputExistsError,
+                  "{}: output exists and is not a regular file; refusing to replace it",
+                  out_.string());
+    }
+    const fs::path parent = fs::absolute(out_).lexically_normal().parent_path();
+    QTOOL_CHECK(fs::is_directory(parent), IoError, "{}: parent directory {} does not exist",
+                out_.string(), parent.string());
+  } else {
+    CheckpointWriter::CheckOutputPath(out_, force_);
+  }
   if (!report_.empty() && report_ != "-") CheckReportPath(in, out_, report_);
   staging_ = CreateTempSiblingDir(out_);
   fs::path name = fs::absolute(out_).lexically_normal();
@@ -66,14 +82,34 @@ void StagedRun::Commit(const nlohmann::json& report) {
   QTOOL_CHECK(!NamesReadInput(out_, /*or_within=*/true), OptionError,
               "{}: the output is or holds a file this run read; choose another output",
               out_.string());
-  std::vector<StagedOutput> outputs = {{staged_out_, out_, force_}};
+  CommitOutputs({{staged_out_, out_, force_}}, report);
+}
+
+void StagedRun::CommitFiles(const nlohmann::json& report, const std::vector<fs::path>& staged) {
+  std::vector<StagedOutput> outputs;
+  for (const fs::path& f : staged) {
+    const fs::path final = out_.parent_path() / f.filename();
+    QTOOL_CHECK(!NamesReadInput(final), OptionError,
+                "{}: the output is a file this run read; choose another output", final.string());
+    std::error_code ec;
+    const auto st = fs::symlink_status(final, ec);
+    QTOOL_CHECK(!fs::exists(st) || fs::is_regular_file(st), OutputExistsError,
+                "{}: output exists and is not a regular file; refusing to replace it",
+                final.string());
+    outputs.push_back({f, final, force_});
+  }
+  CommitOutputs(std::move(outputs), report);
+}
+
+void StagedRun::CommitOutputs(std::vector<StagedOutput> outputs, const nlohmann::json& report) {
+  const size_t n_model = outputs.size();
   if (!report_.empty() && report_ != "-") {
     outputs.push_back({WriteTempReport(report_, report), report_, /*replace=*/true});
   }
   try {
     CommitStaged(outputs);
   } catch (...) {
-    if (outputs.size() > 1) RemoveTemp(outputs[1].temp);
+    if (outputs.size() > n_model) RemoveTemp(outputs.back().temp);
     throw;
   }
   if (report_ == "-") std::fputs((report.dump(2) + "\n").c_str(), stdout);

@@ -5,8 +5,10 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "qtool/io/checkpoint.hpp"
+#include "qtool/io/temp_path.hpp"
 
 namespace qtool::cli {
 
@@ -19,8 +21,10 @@ class StagedRun {
   /// Checks the outputs before any work: `out` must not be, hold or lie inside the input
   /// (OptionError), must not exist unless `force` (OutputExistsError), and needs a writable parent
   /// (IoError); `report` ("" for none, "-" for stdout) must not name a file of the input or lie
-  /// inside the model directory or the output (OptionError).
-  StagedRun(const Checkpoint& in, const std::filesystem::path& out, std::string report, bool force);
+  /// inside the model directory or the output (OptionError). With `file_output` the output is a
+  /// file (a GGUF file): what exists there is replaced only when it is a regular file.
+  StagedRun(const Checkpoint& in, const std::filesystem::path& out, std::string report, bool force,
+            bool file_output = false);
   ~StagedRun();
   StagedRun(const StagedRun&) = delete;
   StagedRun& operator=(const StagedRun&) = delete;
@@ -30,8 +34,14 @@ class StagedRun {
   /// Moves the output and the report (when one was asked for) into place together; "-" prints the
   /// report on stdout afterwards.
   void Commit(const nlohmann::json& report);
+  /// Commit for an output written as several files inside the staging directory (the files of a
+  /// split GGUF model, `staged` paths under output().parent_path()): each goes beside `out`
+  /// under its name, all with the report at once. Existing files are replaced only with `force`.
+  void CommitFiles(const nlohmann::json& report, const std::vector<std::filesystem::path>& staged);
 
  private:
+  void CommitOutputs(std::vector<StagedOutput> outputs, const nlohmann::json& report);
+
   std::filesystem::path out_;
   std::string report_;
   bool force_;

@@ -66,6 +66,9 @@ struct ExportOptions {
   bool pure = false;       // the base type for every 2-D weight
   int threads = 0;         // 0: all cores
   bool overwrite = false;  // replace an existing output file
+  /// > 0: split the file as llama-gguf-split --split-max-size does (io/gguf_split.hpp): files
+  /// OUT-00001-of-0000N.gguf ... of at most this many bytes of tensor data each.
+  uint64_t split_max_bytes = 0;
   /// Importances (llama.cpp's imatrix, by GGUF tensor name) for the weighted searches of the k-,
   /// i- and legacy quants (ggml::Quantize with an importance matrix), or nullptr. A weight without
   /// an entry is quantised without one, as llama-quantize does; an entry whose length is not the
@@ -97,7 +100,8 @@ struct ExportReport {
   std::string architecture;     // GGUF architecture name
   std::string tokenizer_model;  // "llama", "gpt2" or "" (none found)
   uint64_t input_bytes = 0;
-  uint64_t output_bytes = 0;  // file size
+  uint64_t output_bytes = 0;                 // size of the files
+  std::vector<std::filesystem::path> files;  // written: `out`, or the files of the split
   double seconds = 0;
 };
 
@@ -117,12 +121,34 @@ ggml::Type FallbackType(ggml::Type type, uint64_t ne0);
 /// not keep (rotary inv_freq). Throws FormatError for a name without a GGUF equivalent.
 std::string TensorName(const std::string& hf);
 
-/// Writes `in` (a Llama, Mistral or Qwen2 checkpoint with config.json) as a GGUF file at `out`.
-/// `progress` (optional) is called after each tensor. Throws FormatError for a missing or
-/// unsupported config or tokenizer, NumericError for a non-finite weight (naming the tensor),
-/// OutputExistsError when `out` exists without `overwrite`, OptionError for an unknown type.
+/// The model's shape and RoPE settings as the GGUF metadata records them (from its config.json by
+/// GgufModelParams, qtool/model/gguf_params.hpp).
+struct ModelParams {
+  std::string architecture;  // GGUF architecture: "llama" (also Mistral) or "qwen2"
+  int64_t vocab_size = 0;
+  int64_t context_length = 0;  // max_position_embeddings
+  int64_t hidden_size = 0;
+  int64_t num_layers = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  double rms_norm_eps = 0;
+  double rope_theta = 0;
+  std::optional<double> linear_rope_factor;  // linear RoPE scaling
+  std::vector<float> rope_freqs;  // Llama 3 RoPE scaling's per-frequency divisors, or empty
+  bool tie_word_embeddings = false;
+};
+
+/// Writes `in` (a checkpoint with config.json whose model is `params`) as a GGUF file at `out`.
+/// `progress` (optional) is called after each tensor. Throws FormatError for an architecture
+/// other than llama/qwen2 or an unsupported tokenizer, NumericError for a non-finite weight
+/// (naming the tensor), OutputExistsError when `out` exists without `overwrite`, OptionError for
+/// an unknown type. qtool/model/gguf_params.hpp has the overload that reads `params` from the
+/// checkpoint's config.json.
 ExportReport ExportGguf(
-    const Checkpoint& in, const std::filesystem::path& out, const ExportOptions& options,
+    const Checkpoint& in, const ModelParams& params, const std::filesystem::path& out,
+    const ExportOptions& options,
     const std::function<void(size_t, size_t, const std::string&)>& progress = {});
 
 /// The tokenizer metadata (tokenizer.* keys) of the model directory `dir` with `vocab_size`
