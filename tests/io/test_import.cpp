@@ -194,6 +194,10 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"ct_fp8_block",
              {{"codec", "fp"}, {"format", "e4m3"}, {"scale", "block"}, {"block", {16, 32}}},
              ExportFormat::kCompressedTensors},
+        Case{"ct_nvfp4", {{"codec", "nvfp4"}}, ExportFormat::kCompressedTensors},
+        Case{"ct_mxfp4",
+             {{"codec", "mx"}, {"element", "e2m1"}, {"block", 32}},
+             ExportFormat::kCompressedTensors},
         Case{"bnb_nf4",
              {{"codec", "nf4"}, {"block", 64}, {"double_quant", false}},
              ExportFormat::kBnb},
@@ -245,7 +249,15 @@ TEST(ImportConvert, RefusesWhatTheTargetCannotHold) {
       Convert(WriteQtool(d / "b", Int(8, false, 0)), d / "v2", ExportFormat::kGptq, true);
   e = ErrorOf<OptionError>([&] { Convert(v2, d / "z", ExportFormat::kAwq); });
   EXPECT_NE(e.find("4-bit"), std::string::npos) << e;
-  EXPECT_FALSE(fs::exists(d / "x") || fs::exists(d / "y") || fs::exists(d / "z"));
+  const fs::path nv = Convert(WriteQtool(d / "c", {{"codec", "nvfp4"}}), d / "nv",
+                              ExportFormat::kCompressedTensors);
+  e = ErrorOf<OptionError>([&] { Convert(nv, d / "w", ExportFormat::kGptq); });
+  EXPECT_NE(e.find("GPTQ holds int"), std::string::npos) << e;
+  const fs::path mx16 = WriteQtool(d / "m", {{"codec", "mx"}, {"element", "e2m1"}, {"block", 16}});
+  e = ErrorOf<OptionError>([&] { Convert(mx16, d / "v", ExportFormat::kCompressedTensors); });
+  EXPECT_NE(e.find("mxfp4 (blocks of 32)"), std::string::npos) << e;
+  EXPECT_FALSE(fs::exists(d / "x") || fs::exists(d / "y") || fs::exists(d / "z") ||
+               fs::exists(d / "w") || fs::exists(d / "v"));
 }
 
 // Tensors of a checkpoint, changed by `edit` (which may rename, retype or rewrite any of them),
@@ -537,6 +549,37 @@ TEST(ImportCli, DequantizeAndInspect) {
   EXPECT_NE(i.out.find("quantisation: awq gemm, int4 asym, group 32"), std::string::npos) << i.out;
   EXPECT_NE(i.out.find("model.layers.0.mlp.down_proj.weight"), std::string::npos) << i.out;
   EXPECT_EQ(i.out.find(".qzeros"), std::string::npos) << i.out;
+}
+
+// A NaN block scale or a global scale that is not positive is refused when the weight is read
+// (exit code 6): compressed-tensors would decode it to NaN or Inf weights.
+TEST(ImportFp4, RefusesNanScales) {
+  ScratchDir d;
+  const fs::path nv = Convert(WriteQtool(d / "a", {{"codec", "nvfp4"}}), d / "nv",
+                              ExportFormat::kCompressedTensors);
+  const std::string w = "model.layers.0.self_attn.q_proj.weight";
+  Rewrite(nv, d / "nan", [](TensorSpec& s, std::vector<std::byte>& b) {
+    if (s.name == "model.layers.0.self_attn.q_proj.weight_scale") b[3] = std::byte{0x7f};
+  });
+  const Checkpoint c1 = Checkpoint::Open(d / "nan");
+  std::string e = ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c1)->ReadF32(w); });
+  EXPECT_NE(e.find("q_proj.weight_scale\" holds a NaN scale (0x7f) at index 3"), std::string::npos)
+      << e;
+  Rewrite(nv, d / "zero", [](TensorSpec& s, std::vector<std::byte>& b) {
+    if (s.name == "model.layers.0.self_attn.q_proj.weight_global_scale")
+      std::fill(b.begin(), b.end(), std::byte{0});
+  });
+  const Checkpoint c2 = Checkpoint::Open(d / "zero");
+  e = ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c2)->ReadF32(w); });
+  EXPECT_NE(e.find("global scale 0"), std::string::npos) << e;
+  const fs::path mx = Convert(WriteQtool(d / "b", {{"codec", "mx"}, {"element", "e2m1"}}), d / "mx",
+                              ExportFormat::kCompressedTensors);
+  Rewrite(mx, d / "mxnan", [](TensorSpec& s, std::vector<std::byte>& b) {
+    if (s.name == "model.layers.0.self_attn.q_proj.weight_scale") b[0] = std::byte{0xff};
+  });
+  const Checkpoint c3 = Checkpoint::Open(d / "mxnan");
+  e = ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c3)->ReadF32(w); });
+  EXPECT_NE(e.find("NaN scale (0xff) at index 0"), std::string::npos) << e;
 }
 
 }  // namespace

@@ -144,6 +144,10 @@ Format FormatFromFlags(const QuantizeArgs& a) {
     return MxFormat{.element = mx->element,
                     .block = a.block.empty() ? kMxBlock : ParsePositive(a.block, "--block")};
   }
+  if (std::holds_alternative<Nvfp4Format>(named)) {
+    QTOOL_CHECK(a.block.empty(), OptionError, "--block does not apply to nvfp4 (blocks of 16)");
+    return Nvfp4Format{};
+  }
   QTOOL_CHECK(a.block.empty(), OptionError, "--block does not apply to ternary");
   // BitNet b1.58: one absmean per tensor unless --granularity says otherwise.
   TernaryFormat t{.granularity =
