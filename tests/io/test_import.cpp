@@ -582,5 +582,26 @@ TEST(ImportFp4, RefusesNanScales) {
   EXPECT_NE(e.find("NaN scale (0xff) at index 0"), std::string::npos) << e;
 }
 
+// A foreign checkpoint is opened and validated once per Checkpoint: the readers of its tensors
+// share one ImportedCheckpoint, made again only once the Checkpoint has moved (it points at it).
+TEST(ImportShared, OpensOncePerCheckpoint) {
+  ScratchDir d;
+  const fs::path g = Convert(WriteQtool(d / "a", Int(4, true, 32)), d / "g", ExportFormat::kGptq);
+  Checkpoint ck = Checkpoint::Open(g);
+  const auto first = ImportedCheckpoint::Shared(ck);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(ImportedCheckpoint::Shared(ck).get(), first.get());
+  const Checkpoint moved = std::move(ck);
+  const auto again = ImportedCheckpoint::Shared(moved);
+  ASSERT_NE(again, nullptr);
+  EXPECT_NE(again.get(), first.get());
+  EXPECT_EQ(ImportedCheckpoint::Shared(moved).get(), again.get());
+  const std::string w = kWeights[0].first;
+  const std::vector<float> x = again->ReadF32(w), y = ReadTensorF32(moved, w);
+  EXPECT_EQ(x, y);
+  // A qtool checkpoint has no foreign view.
+  EXPECT_EQ(ImportedCheckpoint::Shared(Checkpoint::Open(d / "a")), nullptr);
+}
+
 }  // namespace
 }  // namespace qtool
