@@ -107,12 +107,13 @@ ImportScheme CompressedTensorsScheme(const json& qc, const ConfigReader& in) {
   ImportScheme s;
   s.format = ImportFormat::kCompressedTensors;
   s.ct_format = in.Get<std::string>("format");
-  in.Require(s.ct_format == "pack-quantized" || s.ct_format == "int-quantized" ||
+  const bool naive = s.ct_format == "naive-quantized";
+  in.Require(naive || s.ct_format == "pack-quantized" || s.ct_format == "int-quantized" ||
                  s.ct_format == "float-quantized" || s.ct_format == "nvfp4-pack-quantized" ||
                  s.ct_format == "mxfp4-pack-quantized",
              "format",
-             "qtool reads pack-quantized, int-quantized, float-quantized, nvfp4-pack-quantized "
-             "and mxfp4-pack-quantized");
+             "qtool reads pack-quantized, int-quantized, float-quantized, naive-quantized (8 "
+             "bits), nvfp4-pack-quantized and mxfp4-pack-quantized");
   const std::string status = in.Get<std::string>("quantization_status", "compressed");
   in.Require(status == "compressed", "quantization_status", "qtool reads compressed checkpoints");
   const auto groups = qc.find("config_groups");
@@ -125,6 +126,12 @@ ImportScheme CompressedTensorsScheme(const json& qc, const ConfigReader& in) {
   const ConfigReader w(group["weights"], where + ".weights");
   s.bits = w.Get<int>("num_bits");
   const std::string type = w.Get<std::string>("type");
+  if (naive) {
+    // llm-compressor writes 8-bit weights that need no packing as naive-quantized: the tensors
+    // of float-quantized (F8_E4M3) or int-quantized (I8) under another name.
+    w.Require(s.bits == 8, "num_bits", "naive-quantized is read for 8-bit weights");
+    s.ct_format = type == "float" ? "float-quantized" : "int-quantized";
+  }
   s.symmetric = w.Get<bool>("symmetric", true);
   s.strategy = w.Get<std::string>("strategy");
   const json actorder = group["weights"].value("actorder", json(nullptr));

@@ -603,5 +603,28 @@ TEST(ImportShared, OpensOncePerCheckpoint) {
   EXPECT_EQ(ImportedCheckpoint::Shared(Checkpoint::Open(d / "a")), nullptr);
 }
 
+// llm-compressor names 8-bit weights that need no packing naive-quantized: the tensors of
+// float-quantized (FP8) and int-quantized (INT8), read as those.
+TEST(ImportCompressedTensors, NaiveQuantizedIsReadAsItsTensors) {
+  ScratchDir d;
+  struct NaiveCase {
+    const char* name;
+    json codec, activations;
+  };
+  const NaiveCase cases[] = {
+      {"fp8", {{"codec", "fp"}, {"format", "e4m3"}, {"scale", "channel"}}, nullptr},
+      {"w8a8", Int(8, true, 0), Int8TokenActivations()}};
+  for (const NaiveCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string n = c.name;
+    const fs::path a = WriteQtool(d / n, c.codec, false, c.activations);
+    const fs::path ct = Convert(a, d / (n + "-ct"), ExportFormat::kCompressedTensors);
+    Rewrite(
+        ct, d / (n + "-naive"), [](TensorSpec&, std::vector<std::byte>&) {},
+        [](json& config) { config["quantization_config"]["format"] = "naive-quantized"; });
+    ExpectSameWeights(a, d / (n + "-naive"));
+  }
+}
+
 }  // namespace
 }  // namespace qtool
