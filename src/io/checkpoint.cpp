@@ -215,6 +215,16 @@ void CheckReportPath(const Checkpoint& in, const fs::path& out, const fs::path& 
               report.string());
 }
 
+std::shared_ptr<const void> Checkpoint::Derived(
+    const std::string& key, const std::function<std::shared_ptr<const void>()>& make) const {
+  const std::lock_guard<std::mutex> lock(derived_->mu);
+  const auto it = derived_->views.find(key);
+  if (it != derived_->views.end() && it->second.first == this) return it->second.second;
+  std::shared_ptr<const void> view = make();
+  derived_->views[key] = {this, view};
+  return view;
+}
+
 const CheckpointTensor* Checkpoint::Find(std::string_view name) const {
   const auto it = std::lower_bound(
       tensors_.begin(), tensors_.end(), name,

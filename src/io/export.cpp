@@ -9,6 +9,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/core/parallel.hpp"
+#include "qtool/format/traits.hpp"
 #include "qtool/io/export_layouts.hpp"
 #include "qtool/io/import.hpp"
 #include "qtool/quant/pack.hpp"
@@ -24,6 +25,12 @@ namespace {
 json Scheme(json rec) {
   for (const char* k : {"shape", "dtype", "observer", "g_idx"}) rec.erase(k);
   return rec;
+}
+
+// An MX record that compressed-tensors' mxfp4-pack-quantized holds: E2M1 in blocks of 32.
+bool IsMxfp4(const json& rec) {
+  return rec.at("codec") == "mx" && rec.value("element", "") == "e2m1" &&
+         rec.value("block", int64_t{0}) == 32;
 }
 
 std::string TorchDType(const std::string& safetensors_dtype) {
@@ -57,7 +64,8 @@ class Target {
         (codec == "int" && (f == ExportFormat::kGptq || f == ExportFormat::kAwq ||
                             f == ExportFormat::kCompressedTensors)) ||
         (codec == "nf4" && f == ExportFormat::kBnb) ||
-        (codec == "fp" && f == ExportFormat::kCompressedTensors && scheme.at("format") == "e4m3");
+        (codec == "fp" && f == ExportFormat::kCompressedTensors && scheme.at("format") == "e4m3") ||
+        (f == ExportFormat::kCompressedTensors && (codec == "nvfp4" || IsMxfp4(scheme)));
     QTOOL_CHECK(ok, OptionError, "{} cannot hold qtool's {} weights ({}); {}", name, codec,
                 scheme.dump(), Holds(f));
     QTOOL_CHECK(
@@ -75,7 +83,8 @@ class Target {
       case ExportFormat::kAwq:
         return "AWQ holds int with 4 bits and whole groups";
       case ExportFormat::kCompressedTensors:
-        return "compressed-tensors holds int (2 to 8 bits) and fp8-e4m3";
+        return "compressed-tensors holds int (2 to 8 bits), fp8-e4m3, nvfp4 and mxfp4 (blocks of "
+               "32)";
       case ExportFormat::kBnb:
         return "bitsandbytes holds nf4 (its fp4 is another grid than E2M1)";
       case ExportFormat::kQtool:
@@ -102,6 +111,23 @@ class Target {
                           s.rec.at("double_quant").get<bool>(), s.module,
                           TorchDType(s.rec.at("dtype").get<std::string>()));
     }
+    if (codec == "nvfp4" || codec == "mx") {
+      // nvfp4-/mxfp4-pack-quantized: qtool's bytes under compressed-tensors' names, which need
+      // whole blocks (the E2M1 codes of a row two to a byte, the even column in the low nibble).
+      const int64_t block =
+          codec == "nvfp4" ? FormatTraits<Nvfp4Format>::kBlock : s.rec.at("block").get<int64_t>();
+      QTOOL_CHECK(s.cols % block == 0, OptionError,
+                  "weight \"{}\" [{}, {}]: compressed-tensors' {} needs whole blocks of {} along "
+                  "each row",
+                  s.name, s.rows, s.cols, codec == "nvfp4" ? "nvfp4" : "mxfp4", block);
+      std::vector<TensorSpec> out = {
+          {s.module + ".weight_packed", DType::kU8, {s.rows, s.cols / 2}},
+          {s.module + ".weight_scale",
+           codec == "nvfp4" ? DType::kF8E4M3 : DType::kU8,
+           {s.rows, s.cols / block}}};
+      if (codec == "nvfp4") out.push_back({s.module + ".weight_global_scale", DType::kF32, {1}});
+      return out;
+    }
     return {{s.module + ".weight", DType::kF8E4M3, {s.rows, s.cols}},
             {s.module + ".weight_scale", DType::kF32, Fp8ScaleShape(s)}};
   }
@@ -110,7 +136,12 @@ class Target {
     const std::string& codec = s.rec.at("codec").get_ref<const std::string&>();
     if (format_ == ExportFormat::kQtool) return Copied(s);
     if (codec == "int") {
-      const IntWeight w = IntWeightFromQtool(s.name, s.rec, s.rows, s.cols, s.parts.data());
+      // GPTQ and compressed-tensors' pack-quantized hold qtool's packed rows as they are (GPTQ
+      // transposed word by word); AWQ interleaves codes and W8A8 stores them a byte each.
+      const bool words = format_ == ExportFormat::kGptq ||
+                         (format_ == ExportFormat::kCompressedTensors && activations_.is_null());
+      const IntWeight w =
+          IntWeightFromQtool(s.name, s.rec, s.rows, s.cols, s.parts.data(), true, !words);
       if (format_ == ExportFormat::kGptq || format_ == ExportFormat::kAwq) {
         for (const float x : w.scales) {
           if (x != 0) {
@@ -128,7 +159,8 @@ class Target {
                         s.rec.at("double_quant").get<bool>(), s.parts.data(), s.module,
                         TorchDType(s.rec.at("dtype").get<std::string>()));
     }
-    // FP8 E4M3: the codes as they are, the f32 scales in compressed-tensors' shape.
+    // FP8 E4M3: the codes as they are, the f32 scales in compressed-tensors' shape; NVFP4 and
+    // MXFP4: codes, scales (and the global scale) as they are.
     return Copied(s);
   }
 
@@ -209,6 +241,22 @@ class Target {
       // Weight-only checkpoints pack every width (as llm-compressor writes W8A16); W8A8 keeps
       // its INT8 weights unpacked, the layout of compressed-tensors' INT8 kernels.
       fmt = activations_.is_null() ? "pack-quantized" : "int-quantized";
+    } else if (codec == "nvfp4" || codec == "mx") {
+      // compressed-tensors' NVFP4A16 and MXFP4A16 presets: E4M3 scales per 16 divided by a
+      // global scale (tensor_group), or E8M0 exponents per 32 stored as uint8 (group).
+      const bool nv = codec == "nvfp4";
+      const char* scale_dtype = nv ? "torch.float8_e4m3fn" : "torch.uint8";
+      weights = {{"num_bits", 4},
+                 {"type", "float"},
+                 {"symmetric", true},
+                 {"strategy", nv ? "tensor_group" : "group"},
+                 {"group_size", nv ? 16 : 32},
+                 {"dynamic", false},
+                 {"actorder", nullptr},
+                 {"observer", "minmax"},
+                 {"scale_dtype", scale_dtype},
+                 {"zp_dtype", scale_dtype}};
+      fmt = nv ? "nvfp4-pack-quantized" : "mxfp4-pack-quantized";
     } else {
       const std::string scale = scheme_.at("scale").get<std::string>();
       weights = {{"num_bits", 8},
@@ -325,7 +373,7 @@ const char* ExportFormatName(ExportFormat f) {
 }
 
 IntWeight IntWeightFromQtool(const std::string& name, const json& r, int64_t rows, int64_t cols,
-                             const std::byte* const* parts, bool with_data) {
+                             const std::byte* const* parts, bool with_data, bool unpack) {
   QTOOL_CHECK(!r.value("flat_groups", false), OptionError,
               "weight \"{}\": its groups run over the flattened matrix (--flat-groups), which no "
               "serving format holds",
@@ -344,9 +392,13 @@ IntWeight IntWeightFromQtool(const std::string& name, const json& r, int64_t row
   const size_t n = static_cast<size_t>(rows * cols), ng = static_cast<size_t>(rows * w.groups);
   const auto* packed = reinterpret_cast<const uint8_t*>(parts[0]);
   const int64_t row_bytes = PackedBytes(cols, w.bits);
-  w.codes.resize(n);
-  for (int64_t row = 0; row < rows; ++row)
-    UnpackCodes(packed + row * row_bytes, cols, w.bits, w.codes.data() + row * cols);
+  if (unpack) {
+    w.codes.resize(n);
+    for (int64_t row = 0; row < rows; ++row)
+      UnpackCodes(packed + row * row_bytes, cols, w.bits, w.codes.data() + row * cols);
+  } else {
+    w.packed = parts[0];
+  }
   w.scales.resize(ng);
   w.zeros.assign(ng, static_cast<uint8_t>(1u << (w.bits - 1)));
   const auto* zeros = w.symmetric ? nullptr : reinterpret_cast<const uint8_t*>(parts[2]);

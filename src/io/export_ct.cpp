@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "qtool/core/error.hpp"
+#include "qtool/format/traits.hpp"
 #include "qtool/io/export_layouts.hpp"
 
 namespace qtool {
@@ -77,9 +78,16 @@ std::vector<ExportTensor> PackCompressedTensorsInt(const IntWeight& w, const std
     ExportTensor q = MakeTensor(layout[0]);
     const int64_t words = layout[0].shape[1];
     auto* qw = reinterpret_cast<uint32_t*>(q.data.data());
-    for (int64_t r = 0; r < w.rows; ++r) {
-      for (int64_t c = 0; c < w.cols; ++c)
-        PutBits32(qw + r * words, 1, c * b, b, w.codes[static_cast<size_t>(r * w.cols + c)]);
+    if (w.packed) {
+      // The same little-endian stream per row: qtool's bytes, the last word zero padded.
+      const int64_t row_bytes = PackedBytes(w.cols, b);
+      for (int64_t r = 0; r < w.rows; ++r)
+        std::memcpy(q.data.data() + r * words * 4, w.packed + r * row_bytes, row_bytes);
+    } else {
+      for (int64_t r = 0; r < w.rows; ++r) {
+        for (int64_t c = 0; c < w.cols; ++c)
+          PutBits32(qw + r * words, 1, c * b, b, w.codes[static_cast<size_t>(r * w.cols + c)]);
+      }
     }
     out.push_back(std::move(q));
     out.push_back(F32Tensor(prefix + ".weight_scale", w.scales, {w.rows, w.groups}));

@@ -6,6 +6,7 @@
 
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
+#include "qtool/format/traits.hpp"
 #include "qtool/io/export_layouts.hpp"
 
 namespace qtool {
@@ -63,6 +64,21 @@ void ReadGIdx(const ExportTensor& t, IntWeight& w) {
 
 }  // namespace
 
+void TransposeWords(const std::byte* in, int64_t rows, int64_t cols, int64_t in_row_bytes,
+                    uint32_t* out) {
+  constexpr int64_t kTile = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    const int64_t r1 = std::min(rows, r0 + kTile);
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+      const int64_t c1 = std::min(cols, c0 + kTile);
+      for (int64_t r = r0; r < r1; ++r) {
+        const std::byte* row = in + r * in_row_bytes;
+        for (int64_t c = c0; c < c1; ++c) std::memcpy(out + c * rows + r, row + c * 4, 4);
+      }
+    }
+  }
+}
+
 std::vector<uint32_t> Words(const ExportTensor& t) {
   std::vector<uint32_t> w(t.data.size() / 4);
   std::memcpy(w.data(), t.data.data(), w.size() * 4);
@@ -88,7 +104,10 @@ std::vector<ExportTensor> PackGptq(const IntWeight& w, const std::string& prefix
   const int b = w.bits;
   ExportTensor qweight = MakeTensor(layout[0]);
   uint32_t* qw = WordsOf(qweight);
-  if (32 % b == 0) {
+  if (w.packed) {
+    // qtool's rows are the columns' streams already: each row is cols * bits / 32 whole words.
+    TransposeWords(w.packed, w.rows, w.cols * b / 32, PackedBytes(w.cols, b), qw);
+  } else if (32 % b == 0) {
     // Whole codes per word (2, 4, 8 bits): word k of column r holds codes [k * per, (k + 1) *
     // per) of row r. Rows go in tiles whose codes stay in cache while the words of every k are
     // written, each k's words of the tile being contiguous.

@@ -203,6 +203,11 @@ MxFormat MxFromRecord(const json& r, const std::string& where) {
   return in.Validated(f);
 }
 
+Nvfp4Format Nvfp4FromRecord(const json& r, const std::string& where) {
+  const RecordReader in(r, where, "nvfp4", {});
+  return in.Validated(Nvfp4Format{});
+}
+
 struct ToRecord {
   json operator()(const IntFormat& f) const {
     json r = {{"codec", "int"},
@@ -237,6 +242,7 @@ struct ToRecord {
   json operator()(const MxFormat& f) const {
     return {{"codec", "mx"}, {"element", std::string(ElementName(f.element))}, {"block", f.block}};
   }
+  json operator()(const Nvfp4Format&) const { return {{"codec", "nvfp4"}}; }
 };
 
 }  // namespace
@@ -255,8 +261,9 @@ Format FormatFromRecord(const json& record, const std::string& where) {
   if (codec == "nf4") return Nf4FromRecord(record, where);
   if (codec == "fp") return FloatFromRecord(record, where);
   if (codec == "mx") return MxFromRecord(record, where);
-  throw OptionError(
-      fmt::format("{}: unknown codec \"{}\" (known: fp, int, mx, nf4, ternary)", where, codec));
+  if (codec == "nvfp4") return Nvfp4FromRecord(record, where);
+  throw OptionError(fmt::format(
+      "{}: unknown codec \"{}\" (known: fp, int, mx, nf4, nvfp4, ternary)", where, codec));
 }
 
 }  // namespace qtool

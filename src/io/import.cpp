@@ -107,9 +107,13 @@ ImportScheme CompressedTensorsScheme(const json& qc, const ConfigReader& in) {
   ImportScheme s;
   s.format = ImportFormat::kCompressedTensors;
   s.ct_format = in.Get<std::string>("format");
-  in.Require(s.ct_format == "pack-quantized" || s.ct_format == "int-quantized" ||
-                 s.ct_format == "float-quantized",
-             "format", "qtool reads pack-quantized, int-quantized and float-quantized");
+  const bool naive = s.ct_format == "naive-quantized";
+  in.Require(naive || s.ct_format == "pack-quantized" || s.ct_format == "int-quantized" ||
+                 s.ct_format == "float-quantized" || s.ct_format == "nvfp4-pack-quantized" ||
+                 s.ct_format == "mxfp4-pack-quantized",
+             "format",
+             "qtool reads pack-quantized, int-quantized, float-quantized, naive-quantized (8 "
+             "bits), nvfp4-pack-quantized and mxfp4-pack-quantized");
   const std::string status = in.Get<std::string>("quantization_status", "compressed");
   in.Require(status == "compressed", "quantization_status", "qtool reads compressed checkpoints");
   const auto groups = qc.find("config_groups");
@@ -122,19 +126,42 @@ ImportScheme CompressedTensorsScheme(const json& qc, const ConfigReader& in) {
   const ConfigReader w(group["weights"], where + ".weights");
   s.bits = w.Get<int>("num_bits");
   const std::string type = w.Get<std::string>("type");
+  if (naive) {
+    // llm-compressor writes 8-bit weights that need no packing as naive-quantized: the tensors
+    // of float-quantized (F8_E4M3) or int-quantized (I8) under another name.
+    w.Require(s.bits == 8, "num_bits", "naive-quantized is read for 8-bit weights");
+    s.ct_format = type == "float" ? "float-quantized" : "int-quantized";
+  }
   s.symmetric = w.Get<bool>("symmetric", true);
   s.strategy = w.Get<std::string>("strategy");
   const json actorder = group["weights"].value("actorder", json(nullptr));
   w.Require(actorder.is_null() || actorder == false || actorder == "weight", "actorder",
             "compressed-tensors stores no g_idx here, so act-order \"group\" cannot be read");
-  if (s.ct_format == "float-quantized") {
+  if (s.ct_format == "nvfp4-pack-quantized" || s.ct_format == "mxfp4-pack-quantized") {
+    // E2M1 weights: NVFP4 (E4M3 scales per 16 and a global scale, strategy tensor_group) or
+    // MXFP4 (E8M0 exponents per 32 stored as uint8, strategy group).
+    const bool nv = s.ct_format == "nvfp4-pack-quantized";
+    w.Require(type == "float" && s.bits == 4, "type", "FP4 (E2M1) weights");
+    w.Require(s.symmetric, "symmetric", "qtool reads symmetric FP4 weights");
+    w.Require(s.strategy == (nv ? "tensor_group" : "group"), "strategy",
+              nv ? "nvfp4 has the strategy tensor_group" : "mxfp4 has the strategy group");
+    s.group_size = w.Get<int64_t>("group_size");
+    w.Require(s.group_size == (nv ? 16 : 32), "group_size",
+              nv ? "nvfp4 has blocks of 16" : "mxfp4 has blocks of 32");
+    const std::string scale_dtype =
+        w.Get<std::string>("scale_dtype", nv ? "torch.float8_e4m3fn" : "torch.uint8");
+    w.Require(scale_dtype == (nv ? "torch.float8_e4m3fn" : "torch.uint8"), "scale_dtype",
+              nv ? "nvfp4's scales are torch.float8_e4m3fn" : "mxfp4's scales are torch.uint8");
+  } else if (s.ct_format == "float-quantized") {
     w.Require(type == "float" && s.bits == 8, "type", "float-quantized holds FP8 (E4M3)");
     s.symmetric = true;
   } else {
     w.Require(type == "int", "type", "pack- and int-quantized hold integers");
     w.Require(s.bits >= 2 && s.bits <= 8, "num_bits", "qtool reads 2 to 8 bits");
   }
-  if (s.strategy == "group") {
+  if (s.bits == 4 && type == "float") {
+    // (read above)
+  } else if (s.strategy == "group") {
     s.group_size = w.Get<int64_t>("group_size");
     w.Require(s.group_size > 0 && s.group_size <= (int64_t{1} << 30), "group_size",
               "a positive group size");
@@ -236,7 +263,8 @@ bool IsScaleType(DType t) { return t == DType::kF32 || t == DType::kF16 || t == 
 struct IntGrid {
   int64_t rows = 0, cols = 0, groups = 1;
   int bits = 4;
-  std::vector<uint8_t> codes;
+  std::vector<uint8_t> codes;     // [rows, cols], one per byte; or
+  std::vector<std::byte> packed;  // the codes packed as qtool's codec stores them (pack.hpp)
   std::vector<float> scales;
   std::vector<uint8_t> zeros;
   std::vector<int32_t> g_idx;  // empty: c / group_size
@@ -256,6 +284,10 @@ std::string ImportScheme::Describe() const {
       s += fmt::format(" gemm, int4 asym, group {}", group_size);
       break;
     case ImportFormat::kCompressedTensors:
+      if (ct_format == "nvfp4-pack-quantized" || ct_format == "mxfp4-pack-quantized") {
+        s += fmt::format(" {}, e2m1, group {}", ct_format, group_size);
+        break;
+      }
       s += fmt::format(" {}, {}{} {}, {}", ct_format, ct_format == "float-quantized" ? "fp" : "int",
                        bits, symmetric ? "sym" : "asym",
                        strategy == "group"   ? fmt::format("group {}", group_size)
@@ -311,6 +343,15 @@ std::optional<ImportedCheckpoint> ImportedCheckpoint::Open(const Checkpoint& ck)
   return ImportedCheckpoint(ck, *scheme);
 }
 
+std::shared_ptr<const ImportedCheckpoint> ImportedCheckpoint::Shared(const Checkpoint& ck) {
+  return std::static_pointer_cast<const ImportedCheckpoint>(
+      ck.Derived("qtool.import", [&ck]() -> std::shared_ptr<const void> {
+        auto opened = Open(ck);
+        if (!opened) return nullptr;
+        return std::make_shared<const ImportedCheckpoint>(std::move(*opened));
+      }));
+}
+
 std::string ImportedCheckpoint::Where(const CheckpointTensor& t) const {
   return fmt::format("{}: tensor \"{}\"", t.file->path().string(), t.info->name);
 }
@@ -332,8 +373,8 @@ ImportedCheckpoint::ImportedCheckpoint(const Checkpoint& ck, ImportScheme scheme
         module = strip(".qweight");
         break;
       case ImportFormat::kCompressedTensors:
-        module = scheme_.ct_format == "pack-quantized" ? strip(".weight_packed")
-                                                       : strip(".weight_scale");
+        module = scheme_.ct_format.ends_with("pack-quantized") ? strip(".weight_packed")
+                                                               : strip(".weight_scale");
         break;
       case ImportFormat::kBnb:
         module = scheme_.bits == 8 ? strip(".SCB") : strip(".weight.absmax");
@@ -425,6 +466,27 @@ void ImportedCheckpoint::AddWeight(const std::string& module) {
     }
     case ImportFormat::kCompressedTensors: {
       const bool packed = scheme_.ct_format == "pack-quantized";
+      if (scheme_.ct_format != "pack-quantized" && scheme_.ct_format.ends_with("pack-quantized")) {
+        // nvfp4/mxfp4: weight_packed U8 [rows, cols / 2], weight_scale [rows, cols / block]
+        // (E4M3 or U8 E8M0), nvfp4's weight_global_scale [1].
+        const bool nv = scheme_.ct_format == "nvfp4-pack-quantized";
+        const CheckpointTensor& q = get(".weight_packed");
+        rank2(q, DType::kU8);
+        w.rows = q.info->shape[0];
+        w.cols = q.info->shape[1] * 2;
+        QTOOL_CHECK(w.cols % scheme_.group_size == 0, FormatError,
+                    "{} is U8 {}: its {} columns are not whole blocks of {}", Where(q),
+                    json(q.info->shape).dump(), w.cols, scheme_.group_size);
+        expect(get(".weight_scale"), {nv ? DType::kF8E4M3 : DType::kU8},
+               {w.rows, w.cols / scheme_.group_size});
+        if (nv) expect(get(".weight_global_scale"), {DType::kF32, DType::kBF16, DType::kF16}, {1});
+        QTOOL_CHECK(!ck.Find(module + ".input_global_scale"), FormatError,
+                    "{}: \"{}.input_global_scale\": FP4 input activations are not run by qtool",
+                    ck.dir().string(), module);
+        codec = nv ? json{{"codec", "nvfp4"}}
+                   : json{{"codec", "mx"}, {"element", "e2m1"}, {"block", scheme_.group_size}};
+        break;
+      }
       if (packed) {
         const CheckpointTensor& q = get(".weight_packed");
         rank2(q, DType::kI32);
@@ -571,8 +633,8 @@ void ImportedCheckpoint::AddWeight(const std::string& module) {
   // Sizes the packed layouts imply must be ones qtool can hold (rows * cols within int64 bytes).
   QTOOL_CHECK(CheckedMul<int64_t>(w.rows, w.cols).has_value(), FormatError,
               "{}: weight \"{}\" [{}, {}] is too large", ck.dir().string(), name, w.rows, w.cols);
-  if (scheme_.format == ImportFormat::kBnb) {
-    // codec set above (or null: decoded through the stored map)
+  if (scheme_.format == ImportFormat::kBnb || !codec.is_null()) {
+    // codec set above (bitsandbytes' null: decoded through the stored map)
   } else if (scheme_.format == ImportFormat::kFp8 || scheme_.ct_format == "float-quantized") {
     codec = {{"codec", "fp"}, {"format", "e4m3"}, {"saturate", true}};
     if (scheme_.format == ImportFormat::kFp8 || scheme_.strategy == "block") {
@@ -653,13 +715,17 @@ namespace {
 std::vector<std::vector<std::byte>> IntParts(const IntGrid& g, bool symmetric, bool per_tensor,
                                              bool act_order) {
   std::vector<std::vector<std::byte>> out;
-  const int64_t row_bytes = PackedBytes(g.cols, g.bits);
-  std::vector<std::byte> packed(static_cast<size_t>(g.rows * row_bytes));
-  for (int64_t r = 0; r < g.rows; ++r) {
-    PackCodes(g.codes.data() + r * g.cols, g.cols, g.bits,
-              reinterpret_cast<uint8_t*>(packed.data()) + r * row_bytes);
+  if (g.packed.empty()) {
+    const int64_t row_bytes = PackedBytes(g.cols, g.bits);
+    std::vector<std::byte> packed(static_cast<size_t>(g.rows * row_bytes));
+    for (int64_t r = 0; r < g.rows; ++r) {
+      PackCodes(g.codes.data() + r * g.cols, g.cols, g.bits,
+                reinterpret_cast<uint8_t*>(packed.data()) + r * row_bytes);
+    }
+    out.push_back(std::move(packed));
+  } else {
+    out.push_back(g.packed);
   }
-  out.push_back(std::move(packed));
   const size_t n = per_tensor ? 1 : g.scales.size();
   std::vector<std::byte> scales(n * 4);
   std::memcpy(scales.data(), g.scales.data(), n * 4);
@@ -695,6 +761,30 @@ std::vector<std::vector<std::byte>> ImportedCheckpoint::Stored(const std::string
     const std::vector<float> s = ScalesF32(*w.parts[1], Where(*w.parts[1]));
     out.emplace_back(s.size() * 4);
     std::memcpy(out.back().data(), s.data(), s.size() * 4);
+    return out;
+  }
+  if (codec == "nvfp4" || codec == "mx") {
+    // compressed-tensors' FP4 bytes are qtool's: codes, block scales (E4M3, or E8M0 as U8) and
+    // NVFP4's global scale, widened to f32. A NaN scale (E4M3 0x7f/0xff, E8M0 0xff), or a global
+    // scale that is not positive and finite, is refused: the reader would decode it otherwise.
+    std::vector<std::vector<std::byte>> out;
+    for (size_t k = 0; k < 2; ++k) {
+      const std::span<const std::byte> b = w.parts[k]->data();
+      out.emplace_back(b.begin(), b.end());
+    }
+    const bool nv = codec == "nvfp4";
+    for (size_t i = 0; i < out[1].size(); ++i) {
+      const auto s = static_cast<uint8_t>(out[1][i]);
+      QTOOL_CHECK(nv ? (s & 0x7f) != 0x7f : s != 0xff, NumericError,
+                  "{} holds a NaN scale (0x{:02x}) at index {}", Where(*w.parts[1]), s, i);
+    }
+    if (nv) {
+      const std::vector<float> g = ScalesF32(*w.parts[2], Where(*w.parts[2]));
+      QTOOL_CHECK(g[0] > 0.0f, NumericError, "{} holds the global scale {}, not a positive number",
+                  Where(*w.parts[2]), g[0]);
+      out.emplace_back(4);
+      std::memcpy(out.back().data(), g.data(), 4);
+    }
     return out;
   }
   if (codec == "nf4") {
@@ -749,7 +839,6 @@ std::vector<std::vector<std::byte>> ImportedCheckpoint::Stored(const std::string
   g.groups = (w.cols + gs - 1) / gs;
   const size_t n = static_cast<size_t>(w.rows * w.cols),
                ng = static_cast<size_t>(w.rows * g.groups);
-  g.codes.resize(n);
   g.zeros.assign(ng, static_cast<uint8_t>(1u << (b - 1)));
   const uint32_t top = (1u << b) - 1;
   // Zero-point z of (row, group) read from the file: checked inside the grid.
@@ -774,14 +863,12 @@ std::vector<std::vector<std::byte>> ImportedCheckpoint::Stored(const std::string
   const bool per_tensor = gran == "tensor";
   switch (scheme_.format) {
     case ImportFormat::kGptq: {
-      const std::vector<uint32_t> qw = WordsOf(*w.parts[0]), qz = WordsOf(*w.parts[1]);
-      ParallelFor(w.rows, 64, ResolveThreads(0), [&](int64_t r0, int64_t r1, int) {
-        for (int64_t r = r0; r < r1; ++r) {
-          uint8_t* codes = g.codes.data() + r * w.cols;
-          for (int64_t c = 0; c < w.cols; ++c)
-            codes[c] = static_cast<uint8_t>(GetBits32(qw.data() + r, w.rows, c * b, b));
-        }
-      });
+      // qweight [cols * b / 32, rows]: column r's stream is qtool's row r, word by word.
+      const std::vector<uint32_t> qz = WordsOf(*w.parts[1]);
+      const int64_t words = w.cols * b / 32;
+      g.packed.resize(static_cast<size_t>(w.rows * words * 4));
+      TransposeWords(w.parts[0]->data().data(), words, w.rows, w.rows * 4,
+                     reinterpret_cast<uint32_t*>(g.packed.data()));
       const int64_t zrow = w.rows * b / 32;
       for (int64_t grp = 0; grp < g.groups; ++grp) {
         for (int64_t r = 0; r < w.rows; ++r) {
@@ -797,6 +884,7 @@ std::vector<std::vector<std::byte>> ImportedCheckpoint::Stored(const std::string
       break;
     }
     case ImportFormat::kAwq: {
+      g.codes.resize(n);
       const std::vector<uint32_t> qw = WordsOf(*w.parts[0]), qz = WordsOf(*w.parts[1]);
       const int64_t words = w.rows / 8;
       for (int64_t c = 0; c < w.cols; ++c) {
@@ -821,14 +909,19 @@ std::vector<std::vector<std::byte>> ImportedCheckpoint::Stored(const std::string
       const bool packed = scheme_.ct_format == "pack-quantized";
       const CheckpointTensor& q = *w.parts[0];
       if (packed) {
-        const std::vector<uint32_t> qw = WordsOf(q);
-        const int64_t words = (w.cols * b + 31) / 32;
+        // Each row the same little-endian stream as qtool's: its bytes, without the last word's
+        // padding (bits past the last code cleared).
+        const std::byte* qb = q.data().data();
+        const int64_t words = (w.cols * b + 31) / 32, row_bytes = PackedBytes(w.cols, b);
+        const auto tail =
+            static_cast<uint8_t>((w.cols * b) % 8 ? (1u << (w.cols * b % 8)) - 1 : 0xff);
+        g.packed.resize(static_cast<size_t>(w.rows * row_bytes));
         for (int64_t r = 0; r < w.rows; ++r) {
-          for (int64_t c = 0; c < w.cols; ++c)
-            g.codes[static_cast<size_t>(r * w.cols + c)] =
-                static_cast<uint8_t>(GetBits32(qw.data() + r * words, 1, c * b, b));
+          std::memcpy(g.packed.data() + r * row_bytes, qb + r * words * 4, row_bytes);
+          g.packed[static_cast<size_t>((r + 1) * row_bytes - 1)] &= std::byte{tail};
         }
       } else {
+        g.codes.resize(n);
         const std::span<const std::byte> qb = q.data();
         const int half = 1 << (b - 1);
         for (size_t i = 0; i < n; ++i) {

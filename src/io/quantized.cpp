@@ -515,7 +515,7 @@ bool QuantizesActivations(const Checkpoint& ck) {
 }
 
 std::vector<std::string> LogicalTensorNames(const Checkpoint& ck) {
-  if (const auto imported = ImportedCheckpoint::Open(ck)) return imported->LogicalNames();
+  if (const auto imported = ImportedCheckpoint::Shared(ck)) return imported->LogicalNames();
   const json tensors = TensorsRecord(ck);
   std::map<std::string, bool> names;
   std::map<std::string, bool> hidden;
@@ -534,7 +534,7 @@ std::vector<std::string> LogicalTensorNames(const Checkpoint& ck) {
 }
 
 std::vector<int64_t> LogicalShape(const Checkpoint& ck, const std::string& name) {
-  if (const auto imported = ImportedCheckpoint::Open(ck)) return imported->Shape(name);
+  if (const auto imported = ImportedCheckpoint::Shared(ck)) return imported->Shape(name);
   const json tensors = TensorsRecord(ck);
   if (tensors.contains(name)) return OpenStored(ck, name, tensors[name]).shape;
   return ck.Get(name).info->shape;
@@ -544,7 +544,7 @@ std::vector<int64_t> LogicalShape(const Checkpoint& ck, const std::string& name)
 // page cache): reading a checkpoint tensor by tensor keeps the resident set at what the caller
 // holds, however large the file.
 std::vector<float> ReadTensorF32(const Checkpoint& ck, const std::string& name, int threads) {
-  if (const auto imported = ImportedCheckpoint::Open(ck)) return imported->ReadF32(name, threads);
+  if (const auto imported = ImportedCheckpoint::Shared(ck)) return imported->ReadF32(name, threads);
   const json tensors = TensorsRecord(ck);
   if (tensors.contains(name)) {
     const StoredWeight s = OpenStored(ck, name, tensors[name]);

@@ -5,6 +5,7 @@
 #include "qtool/quant/int_codec.hpp"
 #include "qtool/quant/mx_codec.hpp"
 #include "qtool/quant/nf4_codec.hpp"
+#include "qtool/quant/nvfp4_codec.hpp"
 #include "qtool/quant/ternary_codec.hpp"
 
 namespace qtool {
@@ -29,6 +30,9 @@ struct CodecFor {
   std::unique_ptr<WeightCodec> operator()(const MxFormat& f) const {
     return std::make_unique<MxCodec>(f, rows, cols);
   }
+  std::unique_ptr<WeightCodec> operator()(const Nvfp4Format&) const {
+    return std::make_unique<Nvfp4Codec>(rows, cols);
+  }
 };
 
 }  // namespace
@@ -48,6 +52,6 @@ std::unique_ptr<WeightCodec> MakeCodec(const Format& format, int64_t rows, int64
   return std::visit(CodecFor{rows, cols}, format);
 }
 
-std::vector<std::string> CodecNames() { return {"fp", "int", "mx", "nf4", "ternary"}; }
+std::vector<std::string> CodecNames() { return {"fp", "int", "mx", "nf4", "nvfp4", "ternary"}; }
 
 }  // namespace qtool

@@ -31,6 +31,14 @@ gptqmodel 7.7, on AVX512-BF16 CPUs):
   layer run as an f32 product of the weight bitsandbytes dequantises, within 1e-4.
 - gptqmodel needs GPTQMODEL_CPU_WORKERS=2 on a 2-core machine, and compiles kernels unless
   TORCHDYNAMO_DISABLE=1 with GPTQConfig(backend="gptq_torch").
+- compressed-tensors decompresses NVFP4 and MXFP4 (nvfp4-/mxfp4-pack-quantized) to bf16: its
+  decompressor unpacks the E2M1 codes as bf16 and casts value * (scale / global_scale), computed
+  in f32, to bf16. These cases load with CompressedTensorsConfig(dequantize=True) and are checked
+  three ways: the weights compressed-tensors' own dequantize() gives in f32 (its unpacking and
+  scale decompression, as its decompressor calls them, with f32 in place of bf16) must equal
+  qtool's decoded weights bit for bit, and the loaded (bf16) weights qtool's rounded to bf16; the
+  logits as loaded within BF16_TOL; and again with every quantised Linear holding the f32
+  weights, within 1e-4.
 - stories260K's 172 columns cannot be packed by GPTQ or AWQ at 4 bits, and babyllama-tok105's
   352 trip bitsandbytes' bug above: the tiny model cases run GPTQ, AWQ and compressed-tensors on
   babyllama-tok105, each with one Linear layer kept in float (--exclude), which checks the
@@ -120,10 +128,10 @@ def qtool_numbers(model, tokens_file, eval_file, ctx):
     return np.load(model + ".logits.npy"), json.loads(report)["ppl"]
 
 
-def load(kind, path, sym):
+def load(kind, path, sym, fp4=False):
     from transformers import AutoModelForCausalLM
     kw = {}
-    if kind == "compressed-tensors" and not sym:
+    if kind == "compressed-tensors" and (not sym or fp4):
         from transformers import CompressedTensorsConfig
         kw["quantization_config"] = CompressedTensorsConfig(dequantize=True)
     if kind in ("gptq", "awq"):
@@ -174,6 +182,48 @@ def weight_mismatches(model, deq, kind):
         bad += int((got.view(np.uint8) != want.view(np.uint8)).sum())
         checked += 1
     return checked, bad
+
+
+def ct_fp4_f32(path):
+    """Every NVFP4/MXFP4 weight of compressed-tensors checkpoint `path` as compressed-tensors'
+    decompressor computes it, with f32 where it uses bf16 (see the module docstring)."""
+    from compressed_tensors.compressors.mxfp4.base import MXFP4PackedCompressor
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+    qc = json.load(open(os.path.join(path, "config.json")))["quantization_config"]
+    args = QuantizationArgs(**qc["config_groups"]["group_0"]["weights"])
+    comp = (NVFP4PackedCompressor if qc["format"] == "nvfp4-pack-quantized"
+            else MXFP4PackedCompressor)
+    out = {}
+    with safe_open(os.path.join(path, "model.safetensors"), "pt") as f:
+        for k in f.keys():
+            if not k.endswith(".weight_packed"):
+                continue
+            m = k[:-len("_packed")]
+            packed = f.get_tensor(k)
+            x_q = unpack_fp4_from_uint8(packed, packed.shape[0], packed.shape[1] * 2,
+                                        dtype=torch.float32)
+            scale = comp._decompress_scale(f.get_tensor(m + "_scale"), torch.float32)
+            g = f.get_tensor(m + "_global_scale") if m + "_global_scale" in f.keys() else None
+            out[m] = dequantize(x_q=x_q, scale=scale, args=args, global_scale=g,
+                                dtype=torch.float32)
+    return out
+
+
+def fp4_weight_mismatches(model, f32, deq):
+    """Modules checked, and bytes that differ: compressed-tensors' f32 decode against qtool's
+    decoded weights, and the loaded weights against qtool's rounded to bf16."""
+    bad = 0
+    mods = dict(model.named_modules())
+    for key, w in f32.items():
+        want = deq[key]
+        bad += int((w.numpy().view(np.uint8) != want.view(np.uint8)).sum())
+        loaded = mods[key[:-len(".weight")]].weight.detach().float().numpy()
+        want16 = torch.from_numpy(want).bfloat16().float().numpy()
+        bad += int((loaded.view(np.uint8) != want16.view(np.uint8)).sum())
+    return len(f32), bad
 
 
 def dequantize_bnb_in_f32(model, on):
@@ -241,6 +291,8 @@ def main():
         ("smollm2-135m", ["--format", "int4", "--group", "64"], "compressed-tensors", []),
         ("smollm2-135m", ["--format", "int8", "--granularity", "channel"], "compressed-tensors", []),
         ("smollm2-135m", ["--format", "fp8-e4m3"], "compressed-tensors", []),
+        ("smollm2-135m", ["--format", "nvfp4"], "compressed-tensors", []),
+        ("smollm2-135m", ["--format", "mxfp4"], "compressed-tensors", []),
         ("smollm2-135m", ["--format", "int4", "--group", "128"], "gptq", []),
         ("smollm2-135m", ["--format", "int4", "--group", "64", "--asym"], "gptq",
          ["--gptq-format", "gptq_v2"]),
@@ -278,7 +330,8 @@ def main():
         write_ids(eval_file, eval_ids[:511])
         q_logits, q_ppl = qtool_numbers(qdir, tok_file, eval_file, len(eval_ids[:511]) + 1)
         t0 = time.time()
-        model = load(fmt, out, "--asym" not in qopts)
+        fp4 = qopts[1] in ("nvfp4", "mxfp4")
+        model = load(fmt, out, "--asym" not in qopts, fp4)
         load_s = time.time() - t0
         # (name, logits tolerance, perplexity tolerance)
         variants = [("as loaded", F32_TOL, PPL_TOL)]
@@ -288,11 +341,16 @@ def main():
             variants.append(("scales widened to f32", F32_TOL, PPL_TOL))
         if fmt == "bnb":
             variants = [("f32 product", F32_TOL, PPL_TOL), ("as loaded", BF16_TOL, BF16_PPL_TOL)]
+        if fp4:
+            variants = [("as loaded (bf16 weights)", BF16_TOL, BF16_PPL_TOL),
+                        ("f32 decode", F32_TOL, PPL_TOL)]
+            f32 = ct_fp4_f32(out)
         size, bpw = size_bpw(out, qdir)
-        if fmt in ("gptq", "awq", "bnb"):
+        if fmt in ("gptq", "awq", "bnb") or fp4:
             run(QTOOL, "dequantize", qdir, "-o", qdir + "-deq")
-            checked, bad = weight_mismatches(model, load_file(os.path.join(qdir + "-deq",
-                                                                           "model.safetensors")), fmt)
+            deq = load_file(os.path.join(qdir + "-deq", "model.safetensors"))
+            checked, bad = (fp4_weight_mismatches(model, f32, deq) if fp4
+                            else weight_mismatches(model, deq, fmt))
             shutil.rmtree(qdir + "-deq")
             with safe_open(os.path.join(qdir, "model.safetensors"), "np") as f:
                 expected = len(json.loads(f.metadata()["qtool.quantization"])["tensors"])
@@ -300,13 +358,18 @@ def main():
             ok = checked == expected and bad == 0
             print(f"{'ok  ' if ok else 'FAIL'} {tag}: weights of {checked} modules (of {expected} "
                   f"quantised) as the reader "
-                  f"dequantises them vs qtool's{' rounded to f16' if f16_scales else ''}: "
+                  f"dequantises them vs qtool's{' rounded to f16' if f16_scales else ''}"
+                  f"{' (f32 decode; as loaded, rounded to bf16)' if fp4 else ''}: "
                   f"{bad} bytes differ", flush=True)
             if not ok:
                 failures.append(tag + " weights")
         for vname, tol, ppl_tol in variants:
             if vname.startswith("scales"):
                 widen_scales(model)
+            if vname == "f32 decode":
+                mods = dict(model.named_modules())
+                for key, w in f32.items():
+                    mods[key[:-len(".weight")]].weight.data = w
             if fmt == "bnb":
                 dequantize_bnb_in_f32(model, vname == "f32 product")
             r_logits, r_ppl = reader_numbers(model, tokens, eval_ids, bos)

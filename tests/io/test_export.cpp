@@ -221,6 +221,32 @@ TEST(ExportLayouts, CompressedTensorsRoundTrips) {
   }
 }
 
+// The packed-word paths (qtool's packed rows moved word by word, as convert runs them) write the
+// same bytes as packing the codes one by one.
+TEST(ExportLayouts, PackedWordsEqualCodeByCode) {
+  for (const int bits : {2, 3, 4, 5, 8}) {
+    for (const bool sym : {true, false}) {
+      SCOPED_TRACE(fmt::format("bits {} sym {}", bits, sym));
+      // 96 columns: whole words at 2, 3, 4 and 8 bits (GPTQ); 50 columns at 5 bits: a padded
+      // last word (compressed-tensors).
+      const int64_t cols = bits == 5 ? 50 : 96;
+      const Quantised q(IntRecord(bits, sym, bits == 5 ? 0 : 32), 32, cols, 11);
+      const IntWeight codes = q.Int();
+      const IntWeight packed = IntWeightFromQtool("w", q.record, 32, cols, q.ptrs.data(), true,
+                                                  /*unpack=*/false);
+      EXPECT_TRUE(packed.codes.empty());
+      const auto a = PackCompressedTensorsInt(codes, "m"),
+                 b = PackCompressedTensorsInt(packed, "m");
+      ASSERT_EQ(a.size(), b.size());
+      for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].data, b[i].data) << a[i].spec.name;
+      if (bits == 5) continue;
+      const auto c = PackGptq(codes, "m", true), d = PackGptq(packed, "m", true);
+      ASSERT_EQ(c.size(), d.size());
+      for (size_t i = 0; i < c.size(); ++i) EXPECT_EQ(c[i].data, d[i].data) << c[i].spec.name;
+    }
+  }
+}
+
 TEST(ExportLayouts, BnbNf4DecodesAsQtool) {
   for (const bool dq : {false, true}) {
     const Quantised q({{"codec", "nf4"}, {"block", 64}, {"double_quant", dq}}, 40, 96, 9);

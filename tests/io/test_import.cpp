@@ -194,6 +194,10 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"ct_fp8_block",
              {{"codec", "fp"}, {"format", "e4m3"}, {"scale", "block"}, {"block", {16, 32}}},
              ExportFormat::kCompressedTensors},
+        Case{"ct_nvfp4", {{"codec", "nvfp4"}}, ExportFormat::kCompressedTensors},
+        Case{"ct_mxfp4",
+             {{"codec", "mx"}, {"element", "e2m1"}, {"block", 32}},
+             ExportFormat::kCompressedTensors},
         Case{"bnb_nf4",
              {{"codec", "nf4"}, {"block", 64}, {"double_quant", false}},
              ExportFormat::kBnb},
@@ -245,7 +249,15 @@ TEST(ImportConvert, RefusesWhatTheTargetCannotHold) {
       Convert(WriteQtool(d / "b", Int(8, false, 0)), d / "v2", ExportFormat::kGptq, true);
   e = ErrorOf<OptionError>([&] { Convert(v2, d / "z", ExportFormat::kAwq); });
   EXPECT_NE(e.find("4-bit"), std::string::npos) << e;
-  EXPECT_FALSE(fs::exists(d / "x") || fs::exists(d / "y") || fs::exists(d / "z"));
+  const fs::path nv = Convert(WriteQtool(d / "c", {{"codec", "nvfp4"}}), d / "nv",
+                              ExportFormat::kCompressedTensors);
+  e = ErrorOf<OptionError>([&] { Convert(nv, d / "w", ExportFormat::kGptq); });
+  EXPECT_NE(e.find("GPTQ holds int"), std::string::npos) << e;
+  const fs::path mx16 = WriteQtool(d / "m", {{"codec", "mx"}, {"element", "e2m1"}, {"block", 16}});
+  e = ErrorOf<OptionError>([&] { Convert(mx16, d / "v", ExportFormat::kCompressedTensors); });
+  EXPECT_NE(e.find("mxfp4 (blocks of 32)"), std::string::npos) << e;
+  EXPECT_FALSE(fs::exists(d / "x") || fs::exists(d / "y") || fs::exists(d / "z") ||
+               fs::exists(d / "w") || fs::exists(d / "v"));
 }
 
 // Tensors of a checkpoint, changed by `edit` (which may rename, retype or rewrite any of them),
@@ -537,6 +549,81 @@ TEST(ImportCli, DequantizeAndInspect) {
   EXPECT_NE(i.out.find("quantisation: awq gemm, int4 asym, group 32"), std::string::npos) << i.out;
   EXPECT_NE(i.out.find("model.layers.0.mlp.down_proj.weight"), std::string::npos) << i.out;
   EXPECT_EQ(i.out.find(".qzeros"), std::string::npos) << i.out;
+}
+
+// A NaN block scale or a global scale that is not positive is refused when the weight is read
+// (exit code 6): compressed-tensors would decode it to NaN or Inf weights.
+TEST(ImportFp4, RefusesNanScales) {
+  ScratchDir d;
+  const fs::path nv = Convert(WriteQtool(d / "a", {{"codec", "nvfp4"}}), d / "nv",
+                              ExportFormat::kCompressedTensors);
+  const std::string w = "model.layers.0.self_attn.q_proj.weight";
+  Rewrite(nv, d / "nan", [](TensorSpec& s, std::vector<std::byte>& b) {
+    if (s.name == "model.layers.0.self_attn.q_proj.weight_scale") b[3] = std::byte{0x7f};
+  });
+  const Checkpoint c1 = Checkpoint::Open(d / "nan");
+  std::string e = ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c1)->ReadF32(w); });
+  EXPECT_NE(e.find("q_proj.weight_scale\" holds a NaN scale (0x7f) at index 3"), std::string::npos)
+      << e;
+  Rewrite(nv, d / "zero", [](TensorSpec& s, std::vector<std::byte>& b) {
+    if (s.name == "model.layers.0.self_attn.q_proj.weight_global_scale")
+      std::fill(b.begin(), b.end(), std::byte{0});
+  });
+  const Checkpoint c2 = Checkpoint::Open(d / "zero");
+  e = ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c2)->ReadF32(w); });
+  EXPECT_NE(e.find("global scale 0"), std::string::npos) << e;
+  const fs::path mx = Convert(WriteQtool(d / "b", {{"codec", "mx"}, {"element", "e2m1"}}), d / "mx",
+                              ExportFormat::kCompressedTensors);
+  Rewrite(mx, d / "mxnan", [](TensorSpec& s, std::vector<std::byte>& b) {
+    if (s.name == "model.layers.0.self_attn.q_proj.weight_scale") b[0] = std::byte{0xff};
+  });
+  const Checkpoint c3 = Checkpoint::Open(d / "mxnan");
+  e = ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c3)->ReadF32(w); });
+  EXPECT_NE(e.find("NaN scale (0xff) at index 0"), std::string::npos) << e;
+}
+
+// A foreign checkpoint is opened and validated once per Checkpoint: the readers of its tensors
+// share one ImportedCheckpoint, made again only once the Checkpoint has moved (it points at it).
+TEST(ImportShared, OpensOncePerCheckpoint) {
+  ScratchDir d;
+  const fs::path g = Convert(WriteQtool(d / "a", Int(4, true, 32)), d / "g", ExportFormat::kGptq);
+  Checkpoint ck = Checkpoint::Open(g);
+  const auto first = ImportedCheckpoint::Shared(ck);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(ImportedCheckpoint::Shared(ck).get(), first.get());
+  const Checkpoint moved = std::move(ck);
+  const auto again = ImportedCheckpoint::Shared(moved);
+  ASSERT_NE(again, nullptr);
+  EXPECT_NE(again.get(), first.get());
+  EXPECT_EQ(ImportedCheckpoint::Shared(moved).get(), again.get());
+  const std::string w = kWeights[0].first;
+  const std::vector<float> x = again->ReadF32(w), y = ReadTensorF32(moved, w);
+  EXPECT_EQ(x, y);
+  // A qtool checkpoint has no foreign view.
+  EXPECT_EQ(ImportedCheckpoint::Shared(Checkpoint::Open(d / "a")), nullptr);
+}
+
+// llm-compressor names 8-bit weights that need no packing naive-quantized: the tensors of
+// float-quantized (FP8) and int-quantized (INT8), read as those.
+TEST(ImportCompressedTensors, NaiveQuantizedIsReadAsItsTensors) {
+  ScratchDir d;
+  struct NaiveCase {
+    const char* name;
+    json codec, activations;
+  };
+  const NaiveCase cases[] = {
+      {"fp8", {{"codec", "fp"}, {"format", "e4m3"}, {"scale", "channel"}}, nullptr},
+      {"w8a8", Int(8, true, 0), Int8TokenActivations()}};
+  for (const NaiveCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string n = c.name;
+    const fs::path a = WriteQtool(d / n, c.codec, false, c.activations);
+    const fs::path ct = Convert(a, d / (n + "-ct"), ExportFormat::kCompressedTensors);
+    Rewrite(
+        ct, d / (n + "-naive"), [](TensorSpec&, std::vector<std::byte>&) {},
+        [](json& config) { config["quantization_config"]["format"] = "naive-quantized"; });
+    ExpectSameWeights(a, d / (n + "-naive"));
+  }
 }
 
 }  // namespace

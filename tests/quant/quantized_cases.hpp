@@ -28,7 +28,8 @@ inline std::vector<std::string> QuantizedCaseFormats() {
           "ternary",       "ternary:g16",      "ternary:channel", "nf4",
           "nf4:b64:dq",    "nf4:b128",         "fp8-e4m3",        "fp8-e5m2:tensor",
           "fp8-e4m3:4x16", "fp6-e3m2:g16",     "fp6-e2m3",        "fp4:g16",
-          "mxfp4",         "mxfp8-e5m2",       "mxfp6-e2m3:b16",  "mxint8:b16"};
+          "mxfp4",         "mxfp8-e5m2",       "mxfp6-e2m3:b16",  "mxint8:b16",
+          "nvfp4"};
 }
 
 // Seeded Gaussian weights with a few outliers, exact zeros and (with `special`) NaN and Inf.

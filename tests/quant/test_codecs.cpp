@@ -14,6 +14,7 @@
 #include "qtool/quant/metrics.hpp"
 #include "qtool/quant/minifloat.hpp"
 #include "qtool/quant/mx_codec.hpp"
+#include "qtool/quant/nvfp4_codec.hpp"
 #include "qtool/quant/pack.hpp"
 
 namespace qtool {
@@ -51,6 +52,7 @@ std::vector<json> AllRecords() {
   for (const char* e : {"e4m3", "e5m2", "e2m3", "e3m2", "e2m1", "int8"}) {
     r.push_back({{"codec", "mx"}, {"element", e}, {"block", 32}});
   }
+  r.push_back({{"codec", "nvfp4"}});
   return r;
 }
 
@@ -90,12 +92,13 @@ INSTANTIATE_TEST_SUITE_P(All, CodecRoundTrip, ::testing::ValuesIn(AllRecords()),
 
 TEST(Codecs, RegistryListsEveryFamily) {
   const auto names = CodecNames();
-  for (const char* n : {"fp", "int", "mx", "nf4", "ternary"}) {
+  for (const char* n : {"fp", "int", "mx", "nf4", "nvfp4", "ternary"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   }
   EXPECT_THROW(MakeCodec({{"codec", "fp"}, {"format", "e9m9"}}, 2, 2), OptionError);
   EXPECT_THROW(MakeCodec({{"codec", "mx"}, {"element", "int4"}}, 2, 2), OptionError);
   EXPECT_THROW(MakeCodec({{"codec", "nf4"}, {"block", 16}}, 2, 2), OptionError);
+  EXPECT_THROW(MakeCodec({{"codec", "nvfp4"}, {"block", 32}}, 2, 2), OptionError);
   EXPECT_THROW(MakeCodec({{"codec", "int"}, {"bits", 4}, {"observer", "median"}}, 2, 2),
                OptionError);
 }
@@ -292,6 +295,39 @@ TEST(Codecs, MxBlocksFollowTheSpec) {
   EXPECT_EQ(static_cast<int8_t>(e8.parts[0][0]), 96);
   EXPECT_EQ(static_cast<int8_t>(e8.parts[0][1]), -1);  // rne(-0.64)
   EXPECT_EQ(e8.dequant[1], -1.0f / 64);
+}
+
+// NVFP4 as compressed-tensors defines it: g = 448 * 6 / amax, block scales E4M3(g * amax / 6),
+// elements E2M1(x / (S / g)), decoded as value * (S / g).
+TEST(Codecs, Nvfp4ScalesFollowCompressedTensors) {
+  // One row, three blocks of 16 (the last one 4 long): amax 3 (the tensor's), 0.75, and zeros.
+  std::vector<float> w(36, 0.0f);
+  for (int i = 0; i < 16; ++i) w[static_cast<size_t>(i)] = 0.1875f * static_cast<float>(i % 5);
+  w[3] = -3.0f;
+  w[16] = 0.75f;
+  w[17] = 0.3f;
+  Nvfp4Codec codec(1, 36);
+  const auto e = EncodeMatrix(codec, w);
+  float g;
+  std::memcpy(&g, e.parts[2].data(), 4);
+  EXPECT_EQ(g, 2688.0f / 3.0f);
+  // Block 0: g * 3 / 6 = 448 exactly; block 1: g * 0.75 / 6 = 112; block 2: 0 -> 0.125 (0x20).
+  EXPECT_EQ(static_cast<uint8_t>(e.parts[1][0]), 0x7e);
+  EXPECT_EQ(DecodeMinifloat(static_cast<uint8_t>(e.parts[1][1]), kE4M3), 112.0f);
+  EXPECT_EQ(static_cast<uint8_t>(e.parts[1][2]), 0x20);
+  const float s0 = 448.0f / g, s1 = 112.0f / g;
+  EXPECT_EQ(e.dequant[3], -6.0f * s0);  // E2M1 -6: code 0xf, the high nibble of byte 1
+  EXPECT_EQ(static_cast<uint8_t>(e.parts[0][1]) >> 4, 0xf);
+  EXPECT_EQ(e.dequant[16], 6.0f * s1);
+  // 0.3 / s1 = 2.4 rounds to the E2M1 value 2 (code 4, the high nibble of byte 8).
+  EXPECT_EQ(e.dequant[17], 2.0f * s1);
+  EXPECT_EQ(static_cast<uint8_t>(e.parts[0][8]) >> 4, 4);
+  for (int i = 20; i < 36; ++i) EXPECT_EQ(e.dequant[static_cast<size_t>(i)], 0.0f);
+  // An all-zero tensor: global scale 1, every block scale 0.125.
+  const auto z = EncodeMatrix(codec, std::vector<float>(36, 0.0f));
+  std::memcpy(&g, z.parts[2].data(), 4);
+  EXPECT_EQ(g, 1.0f);
+  EXPECT_EQ(static_cast<uint8_t>(z.parts[1][0]), 0x20);
 }
 
 }  // namespace

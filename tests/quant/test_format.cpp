@@ -71,6 +71,7 @@ std::vector<Format> SampleFormats() {
     out.push_back(MxFormat{.element = e});
     out.push_back(MxFormat{.element = e, .block = 16});
   }
+  out.push_back(Nvfp4Format{});
   return out;
 }
 
@@ -94,6 +95,8 @@ TEST(FormatText, ExamplesParseToTheirFormats) {
                                                    .block_cols = 32}));
   EXPECT_EQ(ParseFormat("mxfp4"), Format(MxFormat{.element = Element::kE2M1, .block = 32}));
   EXPECT_EQ(ParseFormat("mxint8:b16"), Format(MxFormat{.element = Element::kInt8, .block = 16}));
+  EXPECT_EQ(ParseFormat("nvfp4"), Format(Nvfp4Format{}));
+  EXPECT_THROW(ParseFormat("nvfp4:b32"), OptionError);
   EXPECT_EQ(ParseFormat("ternary"), Format(TernaryFormat{.granularity = Granularity::kTensor}));
 }
 
@@ -269,6 +272,10 @@ TEST(FormatTraits, StoredLayoutsOfEveryFamily) {
       {"fp4", {{".qweight", DType::kU8, {7, 17}}, {".scales", DType::kF32, {7, 2}}}},
       {"mxfp6-e2m3", {{".qweight", DType::kU8, {7, 25}}, {".scales", DType::kF8E8M0, {7, 2}}}},
       {"mxint8:b16", {{".qweight", DType::kU8, {7, 33}}, {".scales", DType::kF8E8M0, {7, 3}}}},
+      {"nvfp4",
+       {{".qweight", DType::kU8, {7, 17}},
+        {".scales", DType::kF8E4M3, {7, 3}},
+        {".global_scale", DType::kF32, {1}}}},
   };
   for (const LayoutCase& c : cases) {
     SCOPED_TRACE(c.format);
@@ -284,6 +291,7 @@ TEST(FormatTraits, StoredLayoutsOfEveryFamily) {
   EXPECT_DOUBLE_EQ(BitsPerWeight(IntFormat{.bits = 4}, 4096, 4096), 4.25);
   EXPECT_DOUBLE_EQ(BitsPerWeight(MxFormat{}, 4096, 4096), 4.25);
   EXPECT_DOUBLE_EQ(BitsPerWeight(Nf4Format{}, 4096, 4096), 4.5);
+  EXPECT_DOUBLE_EQ(BitsPerWeight(Nvfp4Format{}, 4096, 4096), 4.5 + 32.0 / (4096.0 * 4096.0));
 }
 
 TEST(FormatCli, TextFormEqualsTheFlags) {

@@ -57,8 +57,8 @@ uint64_t ParseSize(const std::string& s) {
 
 constexpr const char* kFormatHelp =
     "Number format: int (with --bits), int2..int8, ternary, nf4, fp4, fp8-e4m3, fp8-e5m2, mxfp4, "
-    "mxfp6-e2m3, mxfp6-e3m2, mxfp8-e4m3, mxfp8-e5m2, mxint8; or the text form with its options, "
-    "e.g. int4:g64:asym, nf4:b64:dq, fp8-e4m3:128x128 (docs/CODECS.md)";
+    "mxfp6-e2m3, mxfp6-e3m2, mxfp8-e4m3, mxfp8-e5m2, mxint8, nvfp4; or the text form with its "
+    "options, e.g. int4:g64:asym, nf4:b64:dq, fp8-e4m3:128x128 (docs/CODECS.md)";
 
 int64_t ParsePositive(const std::string& s, const char* what) {
   static const std::regex re(R"(^[0-9]{1,9}$)");
@@ -143,6 +143,10 @@ Format FormatFromFlags(const QuantizeArgs& a) {
   if (const auto* mx = std::get_if<MxFormat>(&named)) {
     return MxFormat{.element = mx->element,
                     .block = a.block.empty() ? kMxBlock : ParsePositive(a.block, "--block")};
+  }
+  if (std::holds_alternative<Nvfp4Format>(named)) {
+    QTOOL_CHECK(a.block.empty(), OptionError, "--block does not apply to nvfp4 (blocks of 16)");
+    return Nvfp4Format{};
   }
   QTOOL_CHECK(a.block.empty(), OptionError, "--block does not apply to ternary");
   // BitNet b1.58: one absmean per tensor unless --granularity says otherwise.

@@ -120,6 +120,14 @@ struct MxFormat {
   friend bool operator==(const MxFormat&, const MxFormat&) = default;
 };
 
-using Format = std::variant<IntFormat, TernaryFormat, Nf4Format, FloatFormat, MxFormat>;
+/// NVFP4 as compressed-tensors defines it (nvfp4-pack-quantized): E2M1 elements in blocks of 16
+/// along a row, each block with an FP8 E4M3 scale, and one F32 global scale per tensor that the
+/// block scales are divided by. It has no parameters.
+struct Nvfp4Format {
+  friend bool operator==(const Nvfp4Format&, const Nvfp4Format&) = default;
+};
+
+using Format =
+    std::variant<IntFormat, TernaryFormat, Nf4Format, FloatFormat, MxFormat, Nvfp4Format>;
 
 }  // namespace qtool

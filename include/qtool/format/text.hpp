@@ -5,6 +5,7 @@
 //   nf4:b64:dq           NF4, absmax blocks of 64, double quantisation
 //   fp8-e4m3:128x128     FP8 with 128 x 128 scale blocks     fp4:g16   FP4, 1 x 16 blocks
 //   mxfp4                MXFP4 (E8M0 scales per 32)          mxint8:b16
+//   nvfp4                NVFP4 (E4M3 scales per 16, an f32 global scale; no options)
 // ParseFormat reads it once (OptionError naming the text and the offending part) and
 // FormatToString prints the shortest text that ParseFormat reads back as the same Format.
 #pragma once
@@ -89,6 +90,7 @@ class FormatTextParser {
     }
     if (name == "ternary") return TernaryFormat{};
     if (name == "nf4") return Nf4Format{};
+    if (name == "nvfp4") return Nvfp4Format{};
     for (const FormatName& n : kFloatFormatNames) {
       if (n.name != name) continue;
       if (n.element == Element::kE2M1) {
@@ -105,7 +107,7 @@ class FormatTextParser {
     throw OptionError(fmt::format(
         "format \"{}\": unknown format \"{}\" (known: int2..int8, ternary, nf4, fp8-e4m3, "
         "fp8-e5m2, fp6-e2m3, fp6-e3m2, fp4, mxfp4, mxfp6-e2m3, mxfp6-e3m2, mxfp8-e4m3, "
-        "mxfp8-e5m2, mxint8)",
+        "mxfp8-e5m2, mxint8, nvfp4)",
         text_, name));
   }
 
@@ -214,6 +216,10 @@ class FormatTextParser {
     f.block = Number(opt.substr(1), opt);
   }
 
+  void Option(Nvfp4Format&, std::string_view opt) {
+    Check(false, "unknown option \"{}\" for nvfp4 (it has no options)", opt);
+  }
+
   std::string_view text_;
   std::vector<std::pair<const char*, std::string_view>> seen_;
 };
@@ -286,6 +292,7 @@ inline std::string FormatToString(const Format& format) {
       if (f.block != FormatTraits<MxFormat>::kDefaultBlock) s += fmt::format(":b{}", f.block);
       return s;
     }
+    std::string operator()(const Nvfp4Format&) const { return "nvfp4"; }
   };
   return std::visit(Printer{}, format);
 }

@@ -365,6 +365,40 @@ struct FormatTraits<MxFormat> {
   }
 };
 
+template <>
+struct FormatTraits<Nvfp4Format> {
+  static constexpr const char* kCodec = "nvfp4";
+  static constexpr int64_t kBlock = 16;
+  static constexpr int kBits = 4;          // E2M1 element codes
+  static constexpr float kElementMax = 6;  // largest E2M1 magnitude
+  static constexpr float kScaleMax = 448;  // largest E4M3 magnitude
+  /// E4M3 code of 0.125 (exponent field 4, mantissa 0): the scale of a block whose scale would
+  /// round to 0, as compressed-tensors replaces a zero scale by E4M3's "eps" 0.125.
+  static constexpr uint8_t kZeroBlockScaleCode = 0x20;
+
+  static void Validate(const Nvfp4Format&) {}
+
+  /// qweight U8 [rows, ceil(cols / 2)] (E2M1 codes, the even column in the low nibble);
+  /// scales F8_E4M3 [rows, ceil(cols / 16)]; global_scale F32 [1].
+  static std::vector<StoredPart> Layout(const Nvfp4Format&, int64_t rows, int64_t cols) {
+    return {{".qweight", DType::kU8, {rows, PackedBytes(cols, kBits)}},
+            {".scales", DType::kF8E4M3, {rows, (cols + kBlock - 1) / kBlock}},
+            {".global_scale", DType::kF32, {1}}};
+  }
+
+  /// The global scale of a tensor whose largest magnitude is `amax` (compressed-tensors'
+  /// generate_gparam): g = 448 * 6 / amax, so that the largest block's scale is E4M3's largest
+  /// value; 1 where that is not a positive finite number (an all-zero tensor, NaN or Inf in it).
+  static float GlobalScale(float amax) {
+    const float g = (kScaleMax * kElementMax) / amax;
+    return g > 0.0f && std::isfinite(g) ? g : 1.0f;
+  }
+
+  /// The value a block's E4M3 scale code is rounded from: g * (amax / 6), amax the block's
+  /// largest magnitude (compressed-tensors' calculate_qparams with a global scale).
+  static float BlockScaleInput(float amax, float g) { return g * (amax / kElementMax); }
+};
+
 /// Validates any format (FormatTraits<F>::Validate of its family).
 inline void Validate(const Format& f) {
   std::visit([](const auto& x) { FormatTraits<std::decay_t<decltype(x)>>::Validate(x); }, f);

@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -53,8 +54,19 @@ class Checkpoint {
   /// Every file the checkpoint reads: weights, index, config.json and the other files.
   const std::vector<std::filesystem::path>& source_files() const { return source_files_; }
   uint64_t total_bytes() const;
+  /// A view of this checkpoint that `make` derives from it (null allowed), made on the first call
+  /// with `key` and kept with the checkpoint (made again once the checkpoint has been moved):
+  /// parsing and validating it once for all the reads of its tensors. Thread-safe.
+  std::shared_ptr<const void> Derived(
+      const std::string& key, const std::function<std::shared_ptr<const void>()>& make) const;
 
  private:
+  struct DerivedViews {
+    std::mutex mu;
+    // key -> (the checkpoint's address when made, the view)
+    std::map<std::string, std::pair<const Checkpoint*, std::shared_ptr<const void>>> views;
+  };
+
   std::filesystem::path dir_;
   std::optional<nlohmann::json> config_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
@@ -62,6 +74,7 @@ class Checkpoint {
   std::vector<std::filesystem::path> other_files_;
   std::vector<std::filesystem::path> source_files_;
   bool is_directory_ = false;
+  std::shared_ptr<DerivedViews> derived_ = std::make_shared<DerivedViews>();
 };
 
 /// The weight_map of a sharded checkpoint's index (`model.safetensors.index.json`): tensor name ->

@@ -32,6 +32,10 @@ struct IntWeight {
   int64_t group_size = 0;      // columns per group; cols for one group per row (per channel)
   int64_t groups = 0;          // groups per row: ceil(cols / group_size)
   std::vector<uint8_t> codes;  // [rows, cols], each < 2^bits
+  // Or, in place of `codes` (which is then empty), the codes as qtool's codec packs them: rows of
+  // PackedBytes(cols, bits) bytes (quant/pack.hpp's bit stream), not owned. PackGptq and
+  // PackCompressedTensorsInt (pack-quantized) move these words as they are.
+  const std::byte* packed = nullptr;
   std::vector<float> scales;   // [rows, groups]
   std::vector<uint8_t> zeros;  // [rows, groups]; 2^(bits-1) everywhere when symmetric
   std::vector<int32_t> g_idx;  // [cols]: group of each column
@@ -45,8 +49,17 @@ struct IntWeight {
 /// record, `parts` its stored tensors in IntCodec::Layout order. A per-tensor scale is given to
 /// every row (one group per row). With `with_data` false only the shape and parameters are filled.
 /// Throws OptionError for flat groups, which no serving format holds.
+/// With `unpack` false the codes are left packed (IntWeight::packed points at parts[0]).
 IntWeight IntWeightFromQtool(const std::string& name, const nlohmann::json& record, int64_t rows,
-                             int64_t cols, const std::byte* const* parts, bool with_data = true);
+                             int64_t cols, const std::byte* const* parts, bool with_data = true,
+                             bool unpack = true);
+
+/// out[c * rows + r] = word c of row r of `in`, whose rows are `cols` little-endian 32-bit words
+/// each, `in_row_bytes` apart (and need not be aligned): qtool's rows of codes (a row of
+/// cols * bits / 32 words) to GPTQ's qweight [cols * bits / 32, rows], and, with rows and cols
+/// swapped, back. Goes in tiles, so that both sides stay in cache.
+void TransposeWords(const std::byte* in, int64_t rows, int64_t cols, int64_t in_row_bytes,
+                    uint32_t* out);
 
 /// A tensor of an exported checkpoint with its bytes.
 struct ExportTensor {

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -50,6 +51,9 @@ class ImportedCheckpoint {
  public:
   /// nullopt when `ck` is not another tool's quantised checkpoint (see DetectImportScheme).
   static std::optional<ImportedCheckpoint> Open(const Checkpoint& ck);
+  /// Open(ck) made once per checkpoint and kept with it (Checkpoint::Derived), for readers of
+  /// its tensors one at a time; null where Open gives nullopt.
+  static std::shared_ptr<const ImportedCheckpoint> Shared(const Checkpoint& ck);
   ImportedCheckpoint(const Checkpoint& ck, ImportScheme scheme);
 
   const ImportScheme& scheme() const { return scheme_; }

@@ -112,7 +112,7 @@ class Quantized {
 /// A Quantized of any family (the result of quantising to a Format chosen at run time).
 using AnyQuantized =
     std::variant<Quantized<IntFormat>, Quantized<TernaryFormat>, Quantized<Nf4Format>,
-                 Quantized<FloatFormat>, Quantized<MxFormat>>;
+                 Quantized<FloatFormat>, Quantized<MxFormat>, Quantized<Nvfp4Format>>;
 
 /// Typed views of each family's parts (spans into a Quantized; empty where a part is absent).
 struct IntView {
@@ -139,6 +139,11 @@ struct FloatView {
 struct MxView {
   std::span<const uint8_t> qweight;
   std::span<const uint8_t> scales;  // E8M0, [rows, ceil(cols / block)]
+};
+struct Nvfp4View {
+  std::span<const uint8_t> qweight;  // E2M1 codes, two per byte, the even column in the low nibble
+  std::span<const uint8_t> scales;   // E4M3, [rows, ceil(cols / 16)]
+  float global_scale = 1;            // the block scales are divided by it
 };
 
 inline IntView View(const Quantized<IntFormat>& q) {
@@ -167,6 +172,9 @@ inline FloatView View(const Quantized<FloatFormat>& q) {
 }
 inline MxView View(const Quantized<MxFormat>& q) {
   return {q.part_as<uint8_t>(0), q.part_as<uint8_t>(1)};
+}
+inline Nvfp4View View(const Quantized<Nvfp4Format>& q) {
+  return {q.part_as<uint8_t>(0), q.part_as<uint8_t>(1), q.part_as<float>(2)[0]};
 }
 
 #ifndef QTOOL_QUANT_HEADER_ONLY
@@ -592,6 +600,54 @@ inline void Decode(const MxFormat& f, int64_t rows, int64_t cols, const std::byt
     for (int64_t c = 0; c < cols; ++c) {
       const float scale = DecodeE8M0(scales[r * nb + c / f.block]);
       out[r * cols + c] = el.Value(codes[static_cast<size_t>(c)]) * scale;
+    }
+  }
+}
+
+// NVFP4 (nvfp4_codec.hpp gives the formulas): the tensor's absmax gives the global scale g,
+// each block of 16 an E4M3 scale S, and the elements E2M1(x / (S / g)).
+inline void Encode(const Nvfp4Format&, int64_t rows, int64_t cols, const float* w,
+                   std::byte* const* out, float* deq) {
+  using T = FormatTraits<Nvfp4Format>;
+  const int64_t nb = (cols + T::kBlock - 1) / T::kBlock, row_bytes = PackedBytes(cols, T::kBits);
+  const float g = T::GlobalScale(FormatTraits<MxFormat>::BlockAmax(w, rows * cols));
+  std::memcpy(out[2], &g, 4);
+  const MinifloatTable table(kE2M1);
+  std::vector<uint8_t> codes(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = w + r * cols;
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t c0 = j * T::kBlock, c1 = std::min(cols, c0 + T::kBlock);
+      const float input = T::BlockScaleInput(FormatTraits<MxFormat>::BlockAmax(x + c0, c1 - c0), g);
+      auto code = static_cast<uint8_t>(EncodeMinifloat(input, kE4M3, true));
+      if (code == 0) code = T::kZeroBlockScaleCode;
+      reinterpret_cast<uint8_t*>(out[1])[r * nb + j] = code;
+      const float s = DecodeMinifloat(code, kE4M3) / g;
+      for (int64_t c = c0; c < c1; ++c) {
+        const auto e = static_cast<uint8_t>(EncodeMinifloat(x[c] / s, kE2M1, true));
+        codes[static_cast<size_t>(c)] = e;
+        if (deq) deq[r * cols + c] = table.value[e] * s;
+      }
+    }
+    PackCodes(codes.data(), cols, T::kBits, reinterpret_cast<uint8_t*>(out[0]) + r * row_bytes);
+  }
+}
+
+inline void Decode(const Nvfp4Format&, int64_t rows, int64_t cols, const std::byte* const* in,
+                   float* out) {
+  using T = FormatTraits<Nvfp4Format>;
+  const int64_t nb = (cols + T::kBlock - 1) / T::kBlock, row_bytes = PackedBytes(cols, T::kBits);
+  float g;
+  std::memcpy(&g, in[2], 4);
+  const MinifloatTable table(kE2M1);
+  const auto* scales = reinterpret_cast<const uint8_t*>(in[1]);
+  std::vector<uint8_t> codes(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    UnpackCodes(reinterpret_cast<const uint8_t*>(in[0]) + r * row_bytes, cols, T::kBits,
+                codes.data());
+    for (int64_t c = 0; c < cols; ++c) {
+      const float s = DecodeMinifloat(scales[r * nb + c / T::kBlock], kE4M3) / g;
+      out[r * cols + c] = table.value[codes[static_cast<size_t>(c)]] * s;
     }
   }
 }

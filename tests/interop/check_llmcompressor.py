@@ -1,0 +1,133 @@
+"""llm-compressor's own checkpoints read by qtool (not run in CI).
+
+llm-compressor pins torch, transformers and compressed-tensors versions of its own, so this check
+runs in its own environment: tests/interop/check_llmcompressor.sh makes it (once, cached under
+~/.cache/qtool by the hash of tests/interop/requirements-llmcompressor.txt) and runs this script.
+
+For each scheme, llm-compressor's `oneshot` quantises babyllama-tok105 (weights only, round to
+nearest: QuantizationModifier, no calibration data) and saves the compressed checkpoint. Then:
+- the reader (transformers with compressed-tensors, CompressedTensorsConfig(dequantize=True), f32
+  model) gives its logits on the model's 64 reference tokens, and its dequantised weights
+  (compressed-tensors 0.19 leaves FP4 ones in bf16; they are widened to f32 for the forward);
+- `qtool logits` reads the same checkpoint; the logits must agree within 1e-4 (relative: max |a -
+  b| / max |b|), and `qtool dequantize` must give the reader's weights (FP4 ones rounded to bf16,
+  as compressed-tensors decompresses them to bf16) in every byte.
+
+Usage: check_llmcompressor.py QTOOL_BINARY SHARED_DIR WORK_DIR
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TORCHDYNAMO_DISABLE"] = "1"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
+
+QTOOL, SHARED, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
+F32_TOL = 1e-4
+# FP4 weights come out of compressed-tensors' decompression as bf16 values: measured on the same
+# model through check_export.py's NVFP4 case as 6.3e-3 (SmolLM2-135M).
+BF16_TOL = 3e-2
+
+
+def group(num_bits, type_, strategy, group_size=None, extra=None):
+    w = {"num_bits": num_bits, "type": type_, "symmetric": True, "strategy": strategy,
+         "dynamic": False}
+    if group_size:
+        w["group_size"] = group_size
+    w.update(extra or {})
+    return {"group_0": {"targets": ["Linear"], "weights": w}}
+
+
+# (name, QuantizationModifier arguments)
+SCHEMES = [
+    ("w4a16-g32", {"config_groups": group(4, "int", "group", 32)}),
+    ("w8a16-channel", {"config_groups": group(8, "int", "channel")}),
+    ("fp8-channel-weights", {"config_groups": group(8, "float", "channel")}),
+    ("nvfp4a16", {"scheme": "NVFP4A16"}),
+    ("mxfp4a16", {"scheme": "MXFP4A16"}),
+]
+
+
+def main():
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+    import llmcompressor
+    import compressed_tensors
+    import transformers
+    print(f"llmcompressor {llmcompressor.__version__}, compressed-tensors "
+          f"{compressed_tensors.__version__}, transformers {transformers.__version__}, torch "
+          f"{torch.__version__}", flush=True)
+    src = os.path.join(SHARED, "models/babyllama-tok105/hf")
+    ref = load_file(os.path.join(SHARED, "models/babyllama-tok105/ref/hf-logits-eval64.safetensors"))
+    tokens = ref["tokens"].tolist()
+    os.makedirs(WORK, exist_ok=True)
+    tok_file = os.path.join(WORK, "tokens.txt")
+    with open(tok_file, "w") as f:
+        f.write("\n".join(str(int(t)) for t in tokens) + "\n")
+    rows, failures = [], []
+    for name, args in SCHEMES:
+        out = os.path.join(WORK, name)
+        shutil.rmtree(out, ignore_errors=True)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+        oneshot(model=model, recipe=QuantizationModifier(targets="Linear", ignore=["lm_head"],
+                                                          **args))
+        model.save_pretrained(out, save_compressed=True)
+        for f in ("tokenizer.model",):
+            shutil.copy(os.path.join(src, f), out)
+        del model
+        fmt = json.load(open(os.path.join(out, "config.json")))["quantization_config"]["format"]
+        reader = AutoModelForCausalLM.from_pretrained(
+            out, dtype=torch.float32,
+            quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
+        # compressed-tensors 0.19 leaves decompressed FP4 weights in bf16 inside the f32 model
+        # (its forward then fails on mixed dtypes): widen them, as the f32 model holds them.
+        for m in reader.modules():
+            if isinstance(m, torch.nn.Linear) and m.weight.dtype != torch.float32:
+                m.weight.data = m.weight.data.float()
+        with torch.no_grad():
+            r_logits = reader(torch.tensor([tokens])).logits[0].float().numpy()
+        subprocess.run([QTOOL, "logits", out, "--tokens", tok_file, "-o", out + ".npy"],
+                       check=True, stdout=subprocess.DEVNULL)
+        q_logits = np.load(out + ".npy")
+        rel = float(np.abs(r_logits - q_logits).max() / np.abs(q_logits).max())
+        subprocess.run([QTOOL, "dequantize", out, "-o", out + "-deq"], check=True,
+                       stdout=subprocess.DEVNULL)
+        deq = load_file(os.path.join(out + "-deq", "model.safetensors"))
+        fp4 = "fp4" in fmt
+        checked = bad = 0
+        for mname, m in reader.named_modules():
+            key = mname + ".weight"
+            if not isinstance(m, torch.nn.Linear) or mname.endswith("lm_head") or key not in deq:
+                continue
+            want = deq[key]
+            if fp4:
+                want = torch.from_numpy(want).bfloat16().float().numpy()
+            got = m.weight.detach().float().numpy()
+            bad += int((got.view(np.uint8) != want.view(np.uint8)).sum())
+            checked += 1
+        tol = BF16_TOL if fp4 else F32_TOL
+        ok = rel <= tol and bad == 0 and checked > 0
+        rows.append((name, fmt, rel, tol, checked, bad, ok))
+        print(f"{'ok  ' if ok else 'FAIL'} {name} ({fmt}): logits rel {rel:.2e} (tol {tol:.0e}), "
+              f"{checked} Linear weights, {bad} bytes differ", flush=True)
+        if not ok:
+            failures.append(name)
+        del reader
+        shutil.rmtree(out + "-deq", ignore_errors=True)
+    print("\n| llm-compressor scheme | format | logits rel diff | weights checked | bytes differ |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, fmt, rel, tol, checked, bad, ok in rows:
+        print(f"| {name} | {fmt} | {rel:.2e} | {checked} | {bad} |")
+    if failures:
+        sys.exit("check_llmcompressor: failed: " + ", ".join(failures))
+
+
+if __name__ == "__main__":
+    main()
