@@ -135,7 +135,11 @@ ImportScheme CompressedTensorsScheme(const json& qc, const ConfigReader& in) {
   s.symmetric = w.Get<bool>("symmetric", true);
   s.strategy = w.Get<std::string>("strategy");
   const json actorder = group["weights"].value("actorder", json(nullptr));
-  w.Require(actorder.is_null() || actorder == false || actorder == "weight", "actorder",
+  // "weight" (and its alias "static", llm-compressor's default) orders GPTQ's columns but keeps
+  // the groups in place; "group" (alias "dynamic") needs a g_idx, which compressed-tensors does
+  // not store here.
+  w.Require(actorder.is_null() || actorder == false || actorder == "weight" || actorder == "static",
+            "actorder",
             "compressed-tensors stores no g_idx here, so act-order \"group\" cannot be read");
   if (s.ct_format == "nvfp4-pack-quantized" || s.ct_format == "mxfp4-pack-quantized") {
     // E2M1 weights: NVFP4 (E4M3 scales per 16 and a global scale, strategy tensor_group) or

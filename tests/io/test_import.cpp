@@ -626,5 +626,34 @@ TEST(ImportCompressedTensors, NaiveQuantizedIsReadAsItsTensors) {
   }
 }
 
+// llm-compressor's GPTQ writes actorder "static" by default: an alias of "weight" (columns
+// ordered during GPTQ, groups kept in place), read as is; "group" and its alias "dynamic" need a
+// g_idx that compressed-tensors does not store, and are refused by name.
+TEST(ImportCompressedTensors, ActOrderAliases) {
+  ScratchDir d;
+  const fs::path a = WriteQtool(d / "a", Int(4, true, 32));
+  const fs::path ct = Convert(a, d / "ct", ExportFormat::kCompressedTensors);
+  const auto with_actorder = [&](const std::string& order) {
+    const fs::path p = d / order;
+    Rewrite(
+        ct, p, [](TensorSpec&, std::vector<std::byte>&) {},
+        [&](json& config) {
+          config["quantization_config"]["config_groups"]["group_0"]["weights"]["actorder"] = order;
+        });
+    return p;
+  };
+  for (const std::string order : {"weight", "static"}) {
+    SCOPED_TRACE(order);
+    ExpectSameWeights(a, with_actorder(order));
+  }
+  for (const std::string order : {"group", "dynamic"}) {
+    const std::string e = ErrorOf<FormatError>([&] {
+      const Checkpoint ck = Checkpoint::Open(with_actorder(order));
+      for (const std::string& name : LogicalTensorNames(ck)) ReadTensorF32(ck, name);
+    });
+    EXPECT_NE(e.find("\"actorder\" = \"" + order + "\""), std::string::npos) << e;
+  }
+}
+
 }  // namespace
 }  // namespace qtool
