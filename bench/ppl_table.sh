@@ -17,7 +17,8 @@
 # ~/.cache/qtool/gemma3-270m-f32, made by tests/interop/check_gemma3_270m.py),
 # MODELS (default "smollm2 gemma3"), BITS (default "4 3"), METHODS (default "rtn gptq awq"),
 # NSAMPLES (8), SEQLEN (128), EVAL_TEXT, CALIB_TEXT, QTOOL (a qtool binary to use instead of
-# building build/qtool).
+# building build/qtool), QUANTIZE=0 (tabulate only the checkpoints WORK_DIR holds; the others are
+# "n/m" in the table and null in the JSON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-build/ppl-table}
@@ -31,6 +32,7 @@ models=(${MODELS:-smollm2 gemma3})
 bits_list=(${BITS:-4 3})
 methods=(${METHODS:-rtn gptq awq})
 reuse=${REUSE:-1}
+quantize=${QUANTIZE:-1}
 
 if [ -z "${QTOOL:-}" ]; then
   cmake --build build --target qtool_cli >/dev/null
@@ -90,6 +92,12 @@ for m in "${models[@]}"; do
       flock "$lock"
       if [ "$reuse" = 1 ] && [ -f "$out.cmd" ] && [ "$(head -1 "$out.cmd")" = "$stamp" ]; then
         secs=$(sed -n 2p "$out.cmd")
+      elif [ "$quantize" = 0 ]; then
+        exec {lock}>&-
+        cell[$meth]="n/m"
+        json_rows+=("{\"model\": \"$m\", \"method\": \"$meth\", \"bits\": $b, \"group\": 128, \"ppl\": null}")
+        echo "$m int$b $meth: not measured (no checkpoint in $work)" >&2
+        continue
       else
         rm -f "$out.cmd"
         t0=$(date +%s.%N)
