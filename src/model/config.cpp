@@ -270,7 +270,7 @@ double ToRotaryFactor(const json& v, const std::string& where) {
 }
 
 // `partial_rotary` admits partial_rotary_factor (Phi-3, which transformers 5 writes inside
-// rope_parameters).
+// rope_parameters) and marks Phi-3's RoPE, whose only implemented type is default.
 Rope ParseRope(const json& r, const std::string& where, bool partial_rotary = false) {
   QTOOL_CHECK(r.is_object(), FormatError, "config.json: \"{}\" must be an object, got {}", where,
               r.dump());
@@ -283,6 +283,12 @@ Rope ParseRope(const json& r, const std::string& where, bool partial_rotary = fa
   const std::string type = t ? ToString(*t, key(type_key)) : "default";
   std::set<std::string_view> allowed = {"rope_type", "type", "rope_theta"};
   if (partial_rotary) allowed.insert("partial_rotary_factor");
+  // transformers' Phi-3 takes default and longrope (su and yarn read as longrope) and refuses any
+  // other type.
+  QTOOL_CHECK(!partial_rotary || type == "default", OptionError,
+              "config.json: \"{}\" = \"{}\" is not implemented for Phi-3 (default is; "
+              "transformers' Phi-3 takes default and longrope)",
+              key(type_key), type);
   if (type == "default") {
     s.type = RopeScaling::Type::kNone;
   } else if (type == "linear") {
@@ -334,20 +340,58 @@ Attention ParseLayerType(const json& v, size_t i) {
   return Attention::kSliding;
 }
 
-// The kind of attention of every layer. Without layer_types, as transformers' config classes
-// derive them: Qwen2/Qwen3: layer i slides when use_sliding_window and sliding_window are set and
-// i >= max_window_layers; Mistral and Phi-3: every layer slides when sliding_window is set;
-// Gemma 2: layers 0, 2, 4, ... slide; Gemma 3: every layer but each sliding_window_pattern-th
-// (default 6) slides.
+// The kind of attention of every layer. Without layer_types, as transformers' (5.25) config
+// classes derive them: Qwen2/Qwen3: layer i slides when use_sliding_window and sliding_window are
+// set and i >= max_window_layers (default 28); Qwen2-MoE: layers 0, 2, 4, ... below
+// max_window_layers (default 28) slide when use_sliding_window is set; Qwen3-MoE: every layer
+// slides when use_sliding_window and sliding_window are set (it has no layer_types and does not
+// read max_window_layers); Mistral, Mixtral and Phi-3: every layer slides when sliding_window is
+// set; Gemma 2: layers 0, 2, 4, ... slide; Gemma 3: every layer but each sliding_window_pattern-th
+// (default 6) slides. With use_sliding_window false the Qwen configs set no window at all, so
+// layer_types that name sliding layers there are refused (transformers cannot build their mask).
 std::vector<Attention> LayerTypes(const json& j, const std::string& model_type, int64_t layers) {
+  const bool qwen = model_type == "qwen2" || model_type == "qwen3" || model_type == "qwen2_moe" ||
+                    model_type == "qwen3_moe";
+  const json* use = Find(j, "use_sliding_window");
+  const bool use_sliding = use != nullptr && ToBool(*use, "use_sliding_window");
+  // An absent sliding_window is the config classes' default, 4096; null is no window.
+  const json* window = Find(j, "sliding_window");
+  const bool has_window = window != nullptr || (qwen && !j.contains("sliding_window"));
   std::vector<Attention> types;
+  if (qwen) {
+    int64_t max_window_layers = 28;
+    if (const json* m = Find(j, "max_window_layers")) {
+      max_window_layers = ToInt(*m, "max_window_layers", 0, std::numeric_limits<int64_t>::max());
+    }
+    for (int64_t i = 0; i < layers; ++i) {
+      bool sliding = use_sliding && has_window;
+      if (model_type == "qwen2_moe") {
+        sliding = use_sliding && i % 2 == 0 && i < max_window_layers;
+      } else if (model_type != "qwen3_moe") {
+        sliding = sliding && i >= max_window_layers;
+      }
+      types.push_back(sliding ? Attention::kSliding : Attention::kFull);
+    }
+  }
   if (const json* lt = Find(j, "layer_types")) {
     QTOOL_CHECK(lt->is_array() && static_cast<int64_t>(lt->size()) == layers, FormatError,
                 "config.json: \"layer_types\" must be an array of num_hidden_layers ({}) strings",
                 layers);
-    for (size_t i = 0; i < lt->size(); ++i) types.push_back(ParseLayerType((*lt)[i], i));
-    return types;
+    std::vector<Attention> given;
+    for (size_t i = 0; i < lt->size(); ++i) given.push_back(ParseLayerType((*lt)[i], i));
+    const bool any_sliding =
+        std::find(given.begin(), given.end(), Attention::kSliding) != given.end();
+    QTOOL_CHECK(!qwen || use_sliding || !any_sliding, OptionError,
+                "config.json: \"layer_types\" names sliding_attention layers but "
+                "\"use_sliding_window\" is not true ({} then sets no window)",
+                model_type);
+    // Qwen3-MoE's config class has no layer_types: its model follows use_sliding_window alone.
+    QTOOL_CHECK(model_type != "qwen3_moe" || given == types, OptionError,
+                "config.json: \"layer_types\" disagrees with \"use_sliding_window\"; "
+                "qwen3_moe does not read layer_types");
+    return given;
   }
+  if (qwen) return types;
   if (IsGemma(model_type)) {
     int64_t pattern = 2;
     if (model_type == "gemma3_text") {
@@ -361,19 +405,8 @@ std::vector<Attention> LayerTypes(const json& j, const std::string& model_type, 
     }
     return types;
   }
-  const json* window = Find(j, "sliding_window");
-  bool sliding = window != nullptr;
-  int64_t first_sliding = 0;
-  if (model_type == "qwen2" || model_type == "qwen3" || model_type == "qwen2_moe" ||
-      model_type == "qwen3_moe") {
-    const json* use = Find(j, "use_sliding_window");
-    sliding = sliding && use != nullptr && ToBool(*use, "use_sliding_window");
-    if (const json* m = Find(j, "max_window_layers")) {
-      first_sliding = ToInt(*m, "max_window_layers", 0, std::numeric_limits<int64_t>::max());
-    }
-  }
   for (int64_t i = 0; i < layers; ++i) {
-    types.push_back(sliding && i >= first_sliding ? Attention::kSliding : Attention::kFull);
+    types.push_back(window != nullptr ? Attention::kSliding : Attention::kFull);
   }
   return types;
 }
@@ -555,7 +588,9 @@ LlamaConfig LlamaConfig::FromJson(const json& j) {
   for (const Attention a : types) c.sliding_layers.push_back(a == Attention::kSliding);
   if (std::find(types.begin(), types.end(), Attention::kSliding) != types.end()) {
     const json* w = Find(j, "sliding_window");
-    if (w == nullptr && gemma && !j.contains("sliding_window")) {
+    const bool qwen =
+        type == "qwen2" || type == "qwen3" || type == "qwen2_moe" || type == "qwen3_moe";
+    if (w == nullptr && (gemma || qwen) && !j.contains("sliding_window")) {
       c.sliding_window = 4096;  // the config classes' default
     } else {
       QTOOL_CHECK(w != nullptr, FormatError,

@@ -19,6 +19,7 @@
 #include <array>
 #include <cctype>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -132,6 +133,55 @@ bool IsWhitespace(int32_t c) {
 // Regular expressions: PCRE2 in UTF mode with Unicode properties (\p{L}, \s and \w as Unicode
 // defines them), JIT-compiled. Patterns are shared; each call has its own match data.
 
+// GPT-2's pre-tokenizer pattern (ByteLevel's use_regex, and a Split regex of many tokenizers).
+constexpr const char* kGpt2Pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+// The GPT-2 pattern's match at `pos` where ASCII alone decides it, as PCRE2 finds it (leftmost
+// alternative, greedy runs, backtracking for the lookahead); 0 where a byte it would have to
+// classify is not ASCII (a non-ASCII character may be a letter, digit or white space), and PCRE2
+// decides. In ASCII, \s is HT, LF, VT, FF, CR and space, \p{L} is A-Z a-z and \p{N} is 0-9,
+// whether or not Unicode properties apply. The pattern matches at every position (each character
+// is a letter, digit, space or other), so its matches tile the text.
+size_t Gpt2AsciiMatch(std::string_view s, size_t pos) {
+  enum : uint8_t { kOther, kLetter, kDigit, kSpace, kNonAscii };
+  static const std::array<uint8_t, 256> cls = [] {
+    std::array<uint8_t, 256> t{};
+    for (int c = 0; c < 256; ++c) {
+      t[static_cast<size_t>(c)] = c >= 0x80                                          ? kNonAscii
+                                  : (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ? kLetter
+                                  : c >= '0' && c <= '9'                             ? kDigit
+                                  : (c >= 9 && c <= 13) || c == ' '                  ? kSpace
+                                                                                     : kOther;
+    }
+    return t;
+  }();
+  const size_t n = s.size();
+  auto at = [&](size_t i) { return cls[static_cast<unsigned char>(s[i])]; };
+  if (s[pos] == '\'') {  // 's|'t|'re|'ve|'m|'ll|'d
+    const std::string_view rest = s.substr(pos + 1);
+    for (const std::string_view c : {"s", "t", "re", "ve", "m", "ll", "d"}) {
+      if (rest.substr(0, c.size()) == c) return pos + 1 + c.size();
+    }
+  }
+  // ` ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+`: one class's run, after an optional space.
+  const size_t q = s[pos] == ' ' && pos + 1 < n ? pos + 1 : pos;
+  const uint8_t c = at(q);
+  if (c == kNonAscii) return 0;
+  if (c != kSpace) {
+    size_t e = q + 1;
+    while (e < n && at(e) == c) ++e;
+    return e < n && at(e) == kNonAscii ? 0 : e;
+  }
+  // `\s+(?!\S)|\s+`: a run of white space, less its last character where a non-space follows
+  // and the run is longer than one.
+  size_t e = pos + 1;
+  while (e < n && at(e) == kSpace) ++e;
+  if (e == n) return e;
+  if (at(e) == kNonAscii) return 0;
+  return e - pos >= 2 ? e - 1 : e;
+}
+
 class Regex {
  public:
   Regex(const std::string& pattern, bool literal, const Ctx& ctx, const std::string& key) {
@@ -148,6 +198,7 @@ class Regex {
                                 reinterpret_cast<const char*>(msg.data())));
     }
     pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);  // falls back to the interpreter on failure
+    if (!literal && pattern == kGpt2Pattern) ascii_match_ = &Gpt2AsciiMatch;
   }
   ~Regex() { pcre2_code_free(code_); }
   Regex(const Regex&) = delete;
@@ -161,6 +212,13 @@ class Regex {
     const auto* subject = reinterpret_cast<PCRE2_SPTR>(s.data());
     size_t pos = 0;
     while (pos <= s.size()) {
+      if (ascii_match_ != nullptr && pos < s.size()) {
+        if (const size_t e = ascii_match_(s, pos); e > pos) {
+          fn(pos, e);
+          pos = e;
+          continue;
+        }
+      }
       const int rc = pcre2_match(code_, subject, s.size(), pos, PCRE2_NO_UTF_CHECK, md, nullptr);
       if (rc < 0) break;  // PCRE2_ERROR_NOMATCH, or a resource limit: no further match
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
@@ -179,6 +237,8 @@ class Regex {
 
  private:
   pcre2_code* code_ = nullptr;
+  // A hand-written matcher of this pattern on ASCII text (0: PCRE2 decides), or null.
+  size_t (*ascii_match_)(std::string_view, size_t) = nullptr;
 };
 
 // A `pattern` object: {"String": "..."} (literal) or {"Regex": "..."}.
@@ -440,9 +500,6 @@ int ByteOfChar(int32_t cp) {
   const auto it = inv.find(cp);
   return it == inv.end() ? -1 : it->second;
 }
-
-constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 class ByteLevelPreTokenizer : public PreTokenizer {
  public:
@@ -1143,7 +1200,7 @@ class AddedMatcher {
   std::vector<std::pair<std::string, int32_t>> Split(std::string text) const {
     std::vector<std::pair<std::string, int32_t>> out;
     size_t last = 0;
-    for (size_t i = 0; i < text.size();) {
+    for (size_t i = tokens.empty() ? text.size() : 0; i < text.size();) {
       if (!first_byte[static_cast<unsigned char>(text[i])]) {
         ++i;
         continue;
@@ -1200,9 +1257,25 @@ class AddedMatcher {
 // Words already tokenised (a text has few distinct words): word -> span of `ids`. Looked up by
 // string_view without a copy.
 struct WordCache {
+  // Words are short: eight bytes at a time, each folded in by xor-shift-multiply.
   struct Hash {
     using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
+    size_t operator()(std::string_view s) const {
+      uint64_t h = s.size() * 0x9E3779B97F4A7C15ull;
+      size_t i = 0;
+      for (; i + 8 <= s.size(); i += 8) {
+        uint64_t v;
+        std::memcpy(&v, s.data() + i, 8);
+        h = Mix(h ^ v);
+      }
+      uint64_t v = 0;
+      std::memcpy(&v, s.data() + i, s.size() - i);
+      return static_cast<size_t>(Mix(h ^ v));
+    }
+    static uint64_t Mix(uint64_t x) {
+      x = (x ^ (x >> 32)) * 0xD6E8FEB86659FD93ull;
+      return x ^ (x >> 32);
+    }
   };
   std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, Hash, std::equal_to<>> spans;
   std::vector<int32_t> ids;

@@ -213,6 +213,9 @@ TEST(ModelConfig, Qwen2SlidingWindowFollowsLayerTypes) {
   EXPECT_EQ(LlamaConfig::FromJson(j).rope_theta, 1000000.0);
   j["layer_types"] = {"sliding_attention", "sliding_attention"};
   j["sliding_window"] = 4096;
+  // use_sliding_window false: transformers sets no window, and cannot run sliding layer types.
+  EXPECT_NE(ErrorOf<OptionError>(j).find("use_sliding_window"), std::string::npos);
+  j["use_sliding_window"] = true;
   EXPECT_EQ(LlamaConfig::FromJson(j).sliding_window, 4096);
   j["layer_types"] = {"full_attention", "sliding_attention"};
   EXPECT_EQ(LlamaConfig::FromJson(j).sliding_layers, std::vector<bool>({false, true}));
@@ -227,6 +230,27 @@ TEST(ModelConfig, Qwen2SlidingWindowFollowsLayerTypes) {
   EXPECT_EQ(LlamaConfig::FromJson(j).sliding_window, 4096);
   j["max_window_layers"] = 2;
   EXPECT_EQ(LlamaConfig::FromJson(j).sliding_window, 0);
+  // Absent keys take the config class's defaults: max_window_layers 28, sliding_window 4096.
+  j.erase("max_window_layers");
+  EXPECT_EQ(LlamaConfig::FromJson(j).sliding_window, 0);
+  j["num_hidden_layers"] = 30;
+  j.erase("sliding_window");
+  std::vector<bool> from_28(30, false);
+  from_28[28] = from_28[29] = true;
+  EXPECT_EQ(LlamaConfig::FromJson(j).sliding_layers, from_28);
+  EXPECT_EQ(LlamaConfig::FromJson(j).sliding_window, 4096);
+  // use_sliding_window false leaves every layer full whatever the window keys say (Qwen3 too).
+  j["use_sliding_window"] = false;
+  j["sliding_window"] = 32;
+  j["max_window_layers"] = 0;
+  for (const char* type : {"qwen2", "qwen3"}) {
+    j["model_type"] = type;
+    j["architectures"] = {std::string(type == std::string("qwen2") ? "Qwen2" : "Qwen3") +
+                          "ForCausalLM"};
+    if (std::string(type) == "qwen3") j["head_dim"] = 64;
+    EXPECT_EQ(LlamaConfig::FromJson(j).sliding_window, 0) << type;
+    EXPECT_EQ(LlamaConfig::FromJson(j).sliding_layers, std::vector<bool>(30, false)) << type;
+  }
 }
 
 TEST(ModelConfig, TypesAndRangesAreChecked) {

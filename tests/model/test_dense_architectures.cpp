@@ -210,6 +210,16 @@ TEST(DenseArchitectures, Qwen3AndPhi3Configs) {
   const std::string e = ErrorOf<OptionError>(j);
   EXPECT_NE(e.find("rope_parameters.rope_type"), std::string::npos) << e;
   EXPECT_NE(e.find("longrope"), std::string::npos) << e;
+  // transformers' Phi-3 refuses linear and llama3 scaling; so does qtool, naming the type.
+  for (const char* type : {"linear", "llama3"}) {
+    j = Phi3Config();
+    j["rope_parameters"]["rope_type"] = type;
+    j["rope_parameters"]["factor"] = 2.0;
+    const std::string why = ErrorOf<OptionError>(j);
+    EXPECT_NE(why.find(std::string("\"") + type + "\" is not implemented for Phi-3"),
+              std::string::npos)
+        << why;
+  }
   // A factor that leaves an odd number of rotated dimensions.
   j = Phi3Config();
   j["rope_parameters"]["partial_rotary_factor"] = 0.1;

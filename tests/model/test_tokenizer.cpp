@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
 #include <string>
 
@@ -254,6 +255,66 @@ TEST(TokenizerJson, SmolLm2RoundTrips) {
   EXPECT_EQ(chat_ids.front(), 1);
   EXPECT_EQ(chat_ids.back(), 2);
   EXPECT_EQ(t.Decode(chat_ids), chat);
+}
+
+// GPT-2's pre-tokenizer pattern has a hand-written matcher for ASCII text; the same pattern
+// wrapped in a group, `(?:...)`, is not recognised and runs through PCRE2 alone. Both must cut
+// every string alike: every ASCII character (controls included), runs of spaces, tabs and
+// newlines, contractions, and non-ASCII letters, digits and spaces next to ASCII runs.
+TEST(TokenizerJson, Gpt2AsciiMatcherEqualsPcre2) {
+  QTOOL_REQUIRE_SHARED();
+  const auto src = *testing::SharedDir() / "models" / "smollm2-135m" / "tokenizer.json";
+  json j = json::parse(testing::ReadFile(src));
+  ASSERT_EQ(j["pre_tokenizer"]["type"], "ByteLevel");
+  testing::ScratchDir dir;
+  const Tokenizer fast = Write(dir, j, "fast.json");
+  const std::string gpt2 =
+      R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+  j["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers",
+                         {{{"type", "Split"},
+                           {"pattern", {{"Regex", "(?:" + gpt2 + ")"}}},
+                           {"behavior", "Isolated"},
+                           {"invert", false}},
+                          {{"type", "ByteLevel"},
+                           {"add_prefix_space", false},
+                           {"trim_offsets", true},
+                           {"use_regex", false}}}}};
+  const Tokenizer pcre = Write(dir, j, "pcre.json");
+  std::vector<std::string> alphabet;
+  for (int c = 1; c < 128; ++c) alphabet.emplace_back(1, static_cast<char>(c));
+  for (const char* s : {"'s",
+                        "'t",
+                        "'re",
+                        "'ve",
+                        "'m",
+                        "'ll",
+                        "'d",
+                        "  ",
+                        "\n\n",
+                        " \t",
+                        "e",
+                        " ",
+                        "a",
+                        "7",
+                        "\xC3\xA9",
+                        "\xC2\xA0",
+                        "\xE3\x80\x80",
+                        "\xD9\xA3",
+                        "\xC2\xB2",
+                        "\xE2\x80\x94",
+                        "\xF0\x9F\x98\x80",
+                        "\xCC\x81"}) {
+    alphabet.emplace_back(s);
+  }
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<size_t> pick(0, alphabet.size() - 1), len(0, 40);
+  for (int i = 0; i < 3000; ++i) {
+    std::string text;
+    for (size_t n = len(rng); n > 0; --n) text += alphabet[pick(rng)];
+    const Ids want = pcre.Encode(text);
+    ASSERT_EQ(fast.Encode(text), want) << "text: " << json(text).dump();
+  }
 }
 
 TEST(CalibrationData, TextJsonLinesAndTokenIds) {
