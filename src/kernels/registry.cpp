@@ -9,6 +9,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/kernels.hpp"
+#include "qtool/kernels/gemm.hpp"
 #include "qtool/quant/minifloat.hpp"
 #include "qtool/quant/pack.hpp"
 #include "table.hpp"
@@ -482,3 +483,23 @@ void DequantizeMxRows(const uint8_t* packed, const uint8_t* scales, int64_t rows
 }
 
 }  // namespace qtool::kernels
+
+// ---- Float32 matrix kernels (qtool/kernels/gemm.hpp). ----
+
+namespace qtool::gemm {
+
+PanelKernel ActivePanelKernel() { return kernels::detail::K().f32_gemm_panels; }
+
+MicroKernel ActiveMicroKernel() { return kernels::detail::K().f32_gemm_micro; }
+
+void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+               int64_t dst_stride) {
+  kernels::detail::K().transpose_f32(src, src_stride, rows, cols, dst, dst_stride);
+}
+
+void Transpose(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint8_t* dst,
+               int64_t dst_stride) {
+  kernels::detail::K().transpose_u8(src, src_stride, rows, cols, dst, dst_stride);
+}
+
+}  // namespace qtool::gemm

@@ -1,16 +1,16 @@
-// Float32 matrix products of the runtime: Y = X * B^T with B pre-packed into column panels.
-// Light header (no Eigen): it is included by the per-ISA kernel translation units.
+// Float32 matrix kernels: the runtime's products Y = X * B^T with B pre-packed into column panels,
+// the micro-kernel of the solvers' blocked GEMM, and transposes. Each is an entry of the kernel
+// table (src/kernels/table.hpp), chosen like every other kernel: by the active family
+// (kernels::ActiveIsa, set by QTOOL_ISA or SelectIsa) at each call. Light header (no Eigen): the
+// per-ISA kernel translation units include it.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <vector>
 
-namespace qtool::kernels {
-enum class Isa;
-}  // namespace qtool::kernels
-
 namespace qtool::gemm {
+
+// ---- The runtime's product over packed panels. ----
 
 /// Columns of Y (rows of B) per packed panel: two AVX-512 vectors.
 inline constexpr int64_t kPanel = 32;
@@ -35,53 +35,47 @@ PackedMatrix Pack(const float* b, int64_t n, int64_t k, int64_t ldb = 0);
 using PanelKernel = void (*)(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b,
                              int64_t p0, int64_t p1, float* y, int64_t ldy);
 
-/// The vector kernels' blocking of Y[m, panels p0 .. p1) = X * B^T: blocks of kRowBlock rows of X
-/// and kDepthBlock of k (so that a block of X stays in L2 and a panel's slice in L1 while they are
-/// reused), then panels, then strips of kStrip of a panel's columns, then tiles of up to kTileRows
-/// rows. Calls tile(x, strip, depth, y, rows, cols, accumulate) with X, the strip's k-slice of the
-/// packed panel and Y at the tile's first row and the strip's first column, `cols` the strip's
-/// columns inside Y (up to kStrip), and `accumulate` false on the first slice of k (Y is then
-/// written, not added to).
-template <int64_t kRowBlock, int kTileRows, int64_t kStrip, typename Tile>
-void ForEachTile(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
-                 int64_t p1, float* y, int64_t ldy, Tile&& tile) {
-  static_assert(kPanel % kStrip == 0);
-  constexpr int64_t kDepthBlock = 256;
-  for (int64_t i0 = 0; i0 < m; i0 += kRowBlock) {
-    const int64_t i1 = std::min(m, i0 + kRowBlock);
-    for (int64_t k0 = 0; k0 < b.k; k0 += kDepthBlock) {
-      const int64_t depth = std::min(b.k - k0, kDepthBlock);
-      for (int64_t p = p0; p < p1; ++p) {
-        const float* panel = b.data.data() + (p * b.k + k0) * kPanel;
-        for (int64_t c0 = p * kPanel; c0 < std::min(b.n, (p + 1) * kPanel); c0 += kStrip) {
-          const int64_t cols = std::min(kStrip, b.n - c0);
-          for (int64_t i = i0; i < i1; i += kTileRows) {
-            tile(x + i * ldx + k0, panel + c0 % kPanel, depth, y + i * ldy + c0,
-                 static_cast<int>(std::min<int64_t>(kTileRows, i1 - i)), cols, k0 > 0);
-          }
-        }
-      }
-    }
-  }
-}
-
-/// Portable reference of the panel kernel (normative; the vector kernels match it to rounding).
+/// The scalar reference of the panel kernel (normative; the vector kernels match it to rounding).
 void PanelsRef(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
                int64_t p1, float* y, int64_t ldy);
-#if defined(__x86_64__)
-void PanelsAvx2(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
-                int64_t p1, float* y, int64_t ldy);
-void PanelsAvx512(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, int64_t p0,
-                  int64_t p1, float* y, int64_t ldy);
-#endif
-
-/// The kernel of a kernel family: AVX2 (with FMA) or AVX-512; the reference for the others.
-PanelKernel KernelFor(kernels::Isa isa);
-/// The kernel of the library's active family (kernels::ActiveIsa).
-PanelKernel BestKernel();
+/// The active family's panel kernel (AVX2 with FMA, AVX-512, else the reference).
+PanelKernel ActivePanelKernel();
 
 /// Y = X * B^T with `threads` workers splitting the panels (fewer for small products).
 void MatMul(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, float* y, int64_t ldy,
             int threads);
+
+// ---- The micro-kernel of the solvers' GEMM (solvers/linalg.hpp). ----
+
+/// Register tile of the micro-kernel: kMr rows of A by kNr columns of B.
+inline constexpr int64_t kMr = 8;
+inline constexpr int64_t kNr = 32;
+
+/// c[kMr x kNr] (row-major, ldc) += alpha * A * B over kc steps, with A packed as kc columns of kMr
+/// values (a[p * kMr + i]) and B packed as kc rows of kNr values (b[p * kNr + j]).
+using MicroKernel = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                             float alpha);
+
+/// The scalar reference: the kc-step sums in f32 in increasing p, then c += alpha * sum.
+void MicroKernelRef(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha);
+/// The active family's micro-kernel (AVX-512, else the reference).
+MicroKernel ActiveMicroKernel();
+
+// ---- Transposes. ----
+
+/// dst[j * dst_stride + i] = src[i * src_stride + j] for i in [0, rows), j in [0, cols): a
+/// transpose on one thread, in cache-sized tiles of register transposes on the x86 families
+/// (SSE2: 4 x 4 floats, 16 x 16 bytes). TransposeRef is the plain loop they equal.
+void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+               int64_t dst_stride);
+void Transpose(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint8_t* dst,
+               int64_t dst_stride);
+template <typename T>
+void TransposeRef(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst,
+                  int64_t dst_stride) {
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+  }
+}
 
 }  // namespace qtool::gemm

@@ -315,7 +315,11 @@ const KernelTable* ScalarTable() {
       .quantize_minifloat = RefQuantizeMinifloat,
       .dequantize_minifloat = RefDequantizeMinifloat,
       .quantize_mx = RefQuantizeMx,
-      .dequantize_mx = RefDequantizeMx};
+      .dequantize_mx = RefDequantizeMx,
+      .f32_gemm_panels = gemm::PanelsRef,
+      .f32_gemm_micro = gemm::MicroKernelRef,
+      .transpose_f32 = RefTransposeF32,
+      .transpose_u8 = RefTransposeU8};
   return &kTable;
 }
 
