@@ -6,6 +6,7 @@
 #include <mutex>
 #include <vector>
 
+#include "qtool/core/enum_names.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/kernels.hpp"
@@ -187,26 +188,19 @@ const KernelTable& K() { return State().table; }
 
 using detail::K;
 
-const char* IsaName(Isa isa) {
-  switch (isa) {
-    case Isa::kScalar:
-      return "scalar";
-    case Isa::kAvx2:
-      return "avx2";
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kNeon:
-      return "neon";
-  }
-  return "?";
-}
+namespace {
+
+constexpr EnumName<Isa> kIsaNames[] = {
+    {Isa::kScalar, "scalar"}, {Isa::kAvx2, "avx2"}, {Isa::kAvx512, "avx512"}, {Isa::kNeon, "neon"}};
+
+}  // namespace
+
+const char* IsaName(Isa isa) { return NameOf(kIsaNames, isa); }
 
 Isa ParseIsa(std::string_view name) {
-  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
-    if (name == IsaName(i)) return i;
-  }
-  throw OptionError(fmt::format(
-      "unknown instruction set \"{}\" (QTOOL_ISA takes scalar, avx2, avx512 or neon)", name));
+  if (const auto isa = ValueOf(kIsaNames, name)) return *isa;
+  throw OptionError(fmt::format("unknown instruction set \"{}\" (QTOOL_ISA takes {})", name,
+                                JoinNames(kIsaNames)));
 }
 
 std::vector<Isa> SupportedIsas() {
