@@ -11,11 +11,12 @@
 
 namespace qtool::kernels::detail {
 
-/// The 16 NF4 values of the NF4 codec (qtool::Nf4Values()), ascending.
+/// The 16 NF4 values (FormatTraits<Nf4Format>::kValues), ascending.
 const float* Nf4Table();
-/// Their 15 midpoints (qtool::Nf4Midpoints()), which decide the codes.
+/// Their 15 midpoints (FormatTraits<Nf4Format>::kMidpoints), which decide the codes.
 const float* Nf4MidpointTable();
-/// The NF4 codec's smallest absmax divisor (qtool::kNf4MinAbsmax; the reference checks both agree).
+/// NF4's smallest absmax divisor (FormatTraits<Nf4Format>::kMinAbsmax; the reference checks both
+/// agree).
 inline constexpr float kNf4AbsmaxFloor = 1e-38f;
 
 /// Quantised activations of an integer GEMM: q [m, k] int8 with one scale per token.
