@@ -12,9 +12,9 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "../src/model/gemm.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/io/checkpoint.hpp"
+#include "qtool/kernels/gemm.hpp"
 #include "qtool/model/eval.hpp"
 #include "qtool/model/model.hpp"
 

@@ -17,9 +17,6 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr Element kAllElements[] = {Element::kE4M3, Element::kE5M2, Element::kE3M2,
-                                    Element::kE2M3, Element::kE2M1, Element::kInt8};
-
 // Typed, range-checked access to one record's keys; every error names the record and the key.
 class RecordReader {
  public:
@@ -78,9 +75,8 @@ class RecordReader {
 
   Element ElementValue(const char* key, bool allow_int8) const {
     const std::string v = String(key, std::nullopt);
-    for (const Element e : kAllElements) {
-      if (ElementName(e) == v && (allow_int8 || e != Element::kInt8)) return e;
-    }
+    const std::optional<Element> e = ValueOf(kElementNames, v);
+    if (e && (allow_int8 || *e != Element::kInt8)) return *e;
     throw OptionError(fmt::format("{}: \"{}\" is \"{}\", not one of e4m3, e5m2, e3m2, e2m3, e2m1{}",
                                   where_, key, v, allow_int8 ? ", int8" : ""));
   }

@@ -337,6 +337,29 @@ ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec
       dtype, codec, parts, threads, label);
 }
 
+TensorReport TensorReport::Begin(const TensorInfo& t) {
+  TensorReport tr;
+  tr.name = t.name;
+  tr.shape = t.shape;
+  tr.dtype = std::string(DTypeName(t.dtype));
+  tr.bytes_in = t.nbytes();
+  tr.numel_ = t.numel();
+  tr.start_ = std::chrono::steady_clock::now();
+  return tr;
+}
+
+void QuantizeReport::Add(TensorReport tr) {
+  tr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tr.start_).count();
+  params_total += tr.numel_;
+  bytes_in += tr.bytes_in;
+  bytes_out += tr.bytes_out;
+  if (tr.quantized) {
+    params_quantized += tr.numel_;
+    quantized_bytes_out += tr.bytes_out;
+  }
+  tensors.push_back(std::move(tr));
+}
+
 double QuantizeReport::bits_per_weight() const {
   return params_quantized ? 8.0 * static_cast<double>(quantized_bytes_out) /
                                 static_cast<double>(params_quantized)
@@ -430,12 +453,7 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
   for (size_t i = 0; i < in.tensors().size(); ++i) {
     const CheckpointTensor& src = in.tensors()[i];
     const TensorInfo& t = *src.info;
-    const auto t0 = std::chrono::steady_clock::now();
-    TensorReport tr;
-    tr.name = t.name;
-    tr.shape = t.shape;
-    tr.dtype = std::string(DTypeName(t.dtype));
-    tr.bytes_in = t.nbytes();
+    TensorReport tr = TensorReport::Begin(t);
     src.file->Prefetch(t);
     if (!codecs[i]) {
       // Copied as it is: read from the file straight into the writer's buffer when its turn comes.
@@ -466,16 +484,9 @@ QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
         BufferPool::Buffer* b = parts[k];
         background.Enqueue({b->data.get(), n}, [&pool, b] { pool.Release(b); });
       }
-      tr.quantized = true;
-      tr.bits_per_weight = codec.BitsPerWeight();
-      report.params_quantized += t.numel();
-      report.quantized_bytes_out += tr.bytes_out;
+      tr.MarkQuantized(codec.BitsPerWeight());
     }
-    report.params_total += t.numel();
-    report.bytes_in += tr.bytes_in;
-    report.bytes_out += tr.bytes_out;
-    tr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    report.tensors.push_back(std::move(tr));
+    report.Add(std::move(tr));
     if (progress) progress(i + 1, in.tensors().size(), t.name);
   }
 

@@ -6,9 +6,11 @@
 #include <mutex>
 #include <vector>
 
+#include "qtool/core/enum_names.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/kernels.hpp"
+#include "qtool/kernels/gemm.hpp"
 #include "qtool/quant/minifloat.hpp"
 #include "qtool/quant/pack.hpp"
 #include "table.hpp"
@@ -186,26 +188,19 @@ const KernelTable& K() { return State().table; }
 
 using detail::K;
 
-const char* IsaName(Isa isa) {
-  switch (isa) {
-    case Isa::kScalar:
-      return "scalar";
-    case Isa::kAvx2:
-      return "avx2";
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kNeon:
-      return "neon";
-  }
-  return "?";
-}
+namespace {
+
+constexpr EnumName<Isa> kIsaNames[] = {
+    {Isa::kScalar, "scalar"}, {Isa::kAvx2, "avx2"}, {Isa::kAvx512, "avx512"}, {Isa::kNeon, "neon"}};
+
+}  // namespace
+
+const char* IsaName(Isa isa) { return NameOf(kIsaNames, isa); }
 
 Isa ParseIsa(std::string_view name) {
-  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
-    if (name == IsaName(i)) return i;
-  }
-  throw OptionError(fmt::format(
-      "unknown instruction set \"{}\" (QTOOL_ISA takes scalar, avx2, avx512 or neon)", name));
+  if (const auto isa = ValueOf(kIsaNames, name)) return *isa;
+  throw OptionError(fmt::format("unknown instruction set \"{}\" (QTOOL_ISA takes {})", name,
+                                JoinNames(kIsaNames)));
 }
 
 std::vector<Isa> SupportedIsas() {
@@ -482,3 +477,23 @@ void DequantizeMxRows(const uint8_t* packed, const uint8_t* scales, int64_t rows
 }
 
 }  // namespace qtool::kernels
+
+// ---- Float32 matrix kernels (qtool/kernels/gemm.hpp). ----
+
+namespace qtool::gemm {
+
+PanelKernel ActivePanelKernel() { return kernels::detail::K().f32_gemm_panels; }
+
+MicroKernel ActiveMicroKernel() { return kernels::detail::K().f32_gemm_micro; }
+
+void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+               int64_t dst_stride) {
+  kernels::detail::K().transpose_f32(src, src_stride, rows, cols, dst, dst_stride);
+}
+
+void Transpose(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint8_t* dst,
+               int64_t dst_stride) {
+  kernels::detail::K().transpose_u8(src, src_stride, rows, cols, dst, dst_stride);
+}
+
+}  // namespace qtool::gemm

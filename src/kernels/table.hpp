@@ -6,15 +6,17 @@
 #include <cstdint>
 
 #include "qtool/kernels.hpp"
+#include "qtool/kernels/gemm.hpp"
 #include "qtool/quant/spec.hpp"
 
 namespace qtool::kernels::detail {
 
-/// The 16 NF4 values of the NF4 codec (qtool::Nf4Values()), ascending.
+/// The 16 NF4 values (FormatTraits<Nf4Format>::kValues), ascending.
 const float* Nf4Table();
-/// Their 15 midpoints (qtool::Nf4Midpoints()), which decide the codes.
+/// Their 15 midpoints (FormatTraits<Nf4Format>::kMidpoints), which decide the codes.
 const float* Nf4MidpointTable();
-/// The NF4 codec's smallest absmax divisor (qtool::kNf4MinAbsmax; the reference checks both agree).
+/// NF4's smallest absmax divisor (FormatTraits<Nf4Format>::kMinAbsmax; the reference checks both
+/// agree).
 inline constexpr float kNf4AbsmaxFloor = 1e-38f;
 
 /// Quantised activations of an integer GEMM: q [m, k] int8 with one scale per token.
@@ -32,6 +34,8 @@ inline constexpr int64_t kGemmTokens = 4;
 // The GEMM entries compute output columns [n0, n1) of y [m, w.rows] (row stride w.rows). The
 // float-code entries (quantize_nf4 .. dequantize_mx) do one row of n elements of their public
 // function; an NF4 row's elements are the flat elements [start, start + n) of its matrix.
+// The float32 matrix entries (f32_gemm_panels .. transpose_u8) are the functions of
+// qtool/kernels/gemm.hpp (PanelKernel, MicroKernel, Transpose).
 // A null entry means the family has no code for that operation: the next family down is used.
 #define QTOOL_KERNEL_LIST(X)                                                                       \
   X(bf16_to_f32, void, (const uint16_t* in, int64_t n, float* out))                                \
@@ -72,13 +76,42 @@ inline constexpr int64_t kGemmTokens = 4;
      uint8_t* scales, float* deq))                                                                 \
   X(dequantize_mx, void,                                                                           \
     (const uint8_t* packed, const uint8_t* scales, int64_t n, int64_t block,                       \
-     const MinifloatCodes* e, float* out))
+     const MinifloatCodes* e, float* out))                                                         \
+  X(f32_gemm_panels, void,                                                                         \
+    (const float* x, int64_t ldx, int64_t m, const gemm::PackedMatrix& b, int64_t p0, int64_t p1,  \
+     float* y, int64_t ldy))                                                                       \
+  X(f32_gemm_micro, void,                                                                          \
+    (int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha))              \
+  X(transpose_f32, void,                                                                           \
+    (const float* src, int64_t ss, int64_t rows, int64_t cols, float* dst, int64_t ds))            \
+  X(transpose_u8, void,                                                                            \
+    (const uint8_t* src, int64_t ss, int64_t rows, int64_t cols, uint8_t* dst, int64_t ds))
 
 struct KernelTable {
 #define QTOOL_KERNEL_FIELD(name, ret, args) ret(*name) args = nullptr;
   QTOOL_KERNEL_LIST(QTOOL_KERNEL_FIELD)
 #undef QTOOL_KERNEL_FIELD
 };
+
+/// The scalar table's transposes: 64 x 64 tiles of the plain loop for floats, the plain loop for
+/// bytes (src/kernels/ref/gemm_ref.cpp).
+void RefTransposeF32(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+                     int64_t dst_stride);
+void RefTransposeU8(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t cols,
+                    uint8_t* dst, int64_t dst_stride);
+#if defined(__x86_64__) || defined(_M_X64)
+/// The x86 float32 matrix kernels, each in a unit of its own under src/kernels/x86.
+void PanelsAvx2(const float* x, int64_t ldx, int64_t m, const gemm::PackedMatrix& b, int64_t p0,
+                int64_t p1, float* y, int64_t ldy);
+void PanelsAvx512(const float* x, int64_t ldx, int64_t m, const gemm::PackedMatrix& b, int64_t p0,
+                  int64_t p1, float* y, int64_t ldy);
+void MicroKernelAvx512(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                       float alpha);
+void TransposeSse2(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+                   int64_t dst_stride);
+void TransposeSse2(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint8_t* dst,
+                   int64_t dst_stride);
+#endif
 
 /// Each family's table; null where the family is not built for this architecture.
 const KernelTable* ScalarTable();

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "gemm.hpp"
+#include "qtool/kernels/gemm.hpp"
 #include "qtool/model/capture.hpp"
 #include "qtool/model/model.hpp"
 

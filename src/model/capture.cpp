@@ -5,11 +5,11 @@
 #include <algorithm>
 #include <random>
 
-#include "gemm.hpp"
 #include "model_impl.hpp"
 #include "moe.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
+#include "qtool/kernels/gemm.hpp"
 
 namespace qtool {
 

@@ -11,13 +11,7 @@
 
 namespace qtool {
 void MinMaxRange(const float* x, int64_t n, float* lo, float* hi) {
-  float a = 0.0f, b = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    a = std::min(a, x[i]);
-    b = std::max(b, x[i]);
-  }
-  *lo = a;
-  *hi = b;
+  FormatTraits<IntFormat>::MinMaxRange(x, n, lo, hi);
 }
 
 void QuantizeRowRef(const float* x, int64_t cols, const QuantSpec& spec, uint8_t* codes,

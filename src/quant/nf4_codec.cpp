@@ -35,11 +35,6 @@ const std::array<float, 255>& DynamicMidpoints() {
 
 const std::array<float, 16>& Nf4Values() { return FormatTraits<Nf4Format>::kValues; }
 
-const std::array<float, 15>& Nf4Midpoints() {
-  static const std::array<float, 15> m = Midpoints(Nf4Values());
-  return m;
-}
-
 const std::array<float, 256>& DynamicMap8() { return FormatTraits<Nf4Format>::DynamicMap8(); }
 
 Nf4Codec::Nf4Codec(int64_t block, bool double_quant, int64_t rows, int64_t cols)

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "qtool/core/convert.hpp"
+#include "qtool/core/enum_names.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/format/ggml_quants.hpp"
@@ -124,12 +125,7 @@ class StreamingWriter {
   void WriteEntry(const Entry& e, const BlockSolution& sol) {
     const CheckpointTensor& src = in_.tensors()[e.index];
     const TensorInfo& t = *src.info;
-    const auto t0 = std::chrono::steady_clock::now();
-    TensorReport tr;
-    tr.name = t.name;
-    tr.shape = t.shape;
-    tr.dtype = std::string(DTypeName(t.dtype));
-    tr.bytes_in = t.nbytes();
+    TensorReport tr = TensorReport::Begin(t);
     const auto value_it = sol.values.find(t.name);
     if (!e.quantized) {
       if (value_it == sol.values.end()) {
@@ -177,17 +173,10 @@ class StreamingWriter {
         writer_->Write(p);
         tr.bytes_out += p.size();
       }
-      tr.quantized = true;
-      tr.bits_per_weight = codec->BitsPerWeight();
-      report_.params_quantized += t.numel();
-      report_.quantized_bytes_out += tr.bytes_out;
+      tr.MarkQuantized(codec->BitsPerWeight());
     }
     src.file->Release(t);  // written: its pages leave the memory map, as in QuantizeCheckpoint
-    report_.params_total += t.numel();
-    report_.bytes_in += tr.bytes_in;
-    report_.bytes_out += tr.bytes_out;
-    tr.seconds = Since(t0);
-    report_.tensors.push_back(std::move(tr));
+    report_.Add(std::move(tr));
   }
 
   // Codes and group parameters in the "int" codec's layout: qweight, scales, [zeros], [g_idx].
@@ -832,28 +821,22 @@ std::vector<std::vector<int32_t>> CalibrationSamples(const fs::path& model_dir, 
 
 }  // namespace
 
+namespace {
+
+constexpr EnumName<Method> kMethodNames[] = {{Method::kGptq, "gptq"},
+                                             {Method::kAwq, "awq"},
+                                             {Method::kSmoothQuant, "smoothquant"},
+                                             {Method::kHqq, "hqq"}};
+
+}  // namespace
+
 Method ParseMethod(const std::string& name) {
-  if (name == "gptq") return Method::kGptq;
-  if (name == "awq") return Method::kAwq;
-  if (name == "smoothquant") return Method::kSmoothQuant;
-  if (name == "hqq") return Method::kHqq;
+  if (const auto m = ValueOf(kMethodNames, name)) return *m;
   throw OptionError(
-      fmt::format("unknown method \"{}\" (known: rtn, gptq, awq, smoothquant, hqq)", name));
+      fmt::format("unknown method \"{}\" (known: rtn, {})", name, JoinNames(kMethodNames)));
 }
 
-const char* MethodName(Method m) {
-  switch (m) {
-    case Method::kGptq:
-      return "gptq";
-    case Method::kAwq:
-      return "awq";
-    case Method::kSmoothQuant:
-      return "smoothquant";
-    case Method::kHqq:
-      return "hqq";
-  }
-  return "?";
-}
+const char* MethodName(Method m) { return NameOf(kMethodNames, m); }
 
 QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out,
                                   const QuantizeOptions& options, const CalibratedOptions& method,

@@ -7,6 +7,7 @@
 
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
+#include "qtool/kernels/gemm.hpp"
 
 namespace qtool::solvers {
 namespace {
@@ -190,7 +191,7 @@ GptqResult GptqSweep(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& 
     uint8_t* codes = codes_storage.as<uint8_t>();
     {
       Eigen::Map<RowMatrixXf> w0(wt_storage.as<float>(), cols, nr);
-      Transpose(w.data() + r0 * w.outerStride(), w.outerStride(), nr, cols, w0.data(), nr);
+      gemm::Transpose(w.data() + r0 * w.outerStride(), w.outerStride(), nr, cols, w0.data(), nr);
       for (int64_t c : hessian.dead) w0.row(c).setZero();
     }
     std::vector<GridParams> cur(static_cast<size_t>(nr));
@@ -301,8 +302,8 @@ GptqResult GptqSweep(const Eigen::Ref<const RowMatrixXf>& w, const GptqHessian& 
       wq = wq_storage.as<float>();
       cq = cq_storage.as<uint8_t>();
     }
-    Transpose(wq, nr, cols, nr, &q.dequant(r0, 0), cols);
-    Transpose(cq, nr, cols, nr, q.codes.data() + r0 * cols, cols);
+    gemm::Transpose(wq, nr, cols, nr, &q.dequant(r0, 0), cols);
+    gemm::Transpose(cq, nr, cols, nr, q.codes.data() + r0 * cols, cols);
   });
   double loss = 0;
   for (double v : losses) loss += v;

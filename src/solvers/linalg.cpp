@@ -4,20 +4,15 @@
 #include <algorithm>
 #include <memory>
 
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
-
-#include "gemm_kernel.hpp"
 #include "qtool/core/memory.hpp"
 #include "qtool/core/parallel.hpp"
-#include "qtool/kernels.hpp"
+#include "qtool/kernels/gemm.hpp"
 
 namespace qtool::solvers {
 namespace {
 
-using detail::kMr;
-using detail::kNr;
+using gemm::kMr;
+using gemm::kNr;
 
 // Cache blocking (Goto's scheme): a kKc x kNr panel of B stays in L1 while the kMc x kKc block of A
 // streams from L2; a work item owns a kNc-wide column block of C.
@@ -26,20 +21,6 @@ constexpr int64_t kMc = 96;
 constexpr int64_t kNc = 1024;
 // Column block of the blocked Cholesky factorisation.
 constexpr int64_t kNb = 128;
-
-// The kernel family follows the library's ISA selection at each call (QTOOL_ISA, or a later
-// SelectIsa), like every other kernel.
-detail::MicroKernel SelectKernel() {
-#if defined(__x86_64__) || defined(_M_X64)
-  if (kernels::ActiveIsa() == kernels::Isa::kAvx512) return &detail::MicroKernelAvx512;
-#endif
-  return &detail::MicroKernelRef;
-}
-
-#if defined(__SSE2__)
-// The SSE2 transposes (x86-64's baseline) run unless the scalar family is selected.
-bool VectorTranspose() { return kernels::ActiveIsa() != kernels::Isa::kScalar; }
-#endif
 
 // Packs rows [i0, i0 + mc) x columns [p0, p0 + kc) of A as panels of kMr rows (zero padded).
 void PackA(StridedView a, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* out) {
@@ -98,118 +79,16 @@ void PackB(StridedView b, int64_t p0, int64_t kc, int64_t j0, int64_t nc, float*
 
 }  // namespace
 
-namespace detail {
-
-void MicroKernelRef(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                    float alpha) {
-  float acc[kMr][kNr] = {};
-  for (int64_t p = 0; p < kc; ++p) {
-    for (int64_t i = 0; i < kMr; ++i) {
-      const float ai = a[p * kMr + i];
-      for (int64_t j = 0; j < kNr; ++j) acc[i][j] += ai * b[p * kNr + j];
-    }
-  }
-  for (int64_t i = 0; i < kMr; ++i) {
-    for (int64_t j = 0; j < kNr; ++j) c[i * ldc + j] += alpha * acc[i][j];
-  }
-}
-
-}  // namespace detail
-
 RowMatrixXf LargeMatrix(int64_t rows, int64_t cols) {
   RowMatrixXf m(rows, cols);
   AdviseHugePages(m.data(), static_cast<size_t>(m.size()) * sizeof(float));
   return m;
 }
 
-namespace {
-
-// Transposes in 64 x 64 tiles (4 KB to 16 KB read and written, both in L1), each tile in blocks of
-// kBlock x kBlock by `block` (pointers to the block's first source and destination elements),
-// the edges by TransposeRef.
-template <int64_t kBlock, typename T, typename BlockFn>
-void TransposeTiled(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst,
-                    int64_t dst_stride, BlockFn&& block) {
-  constexpr int64_t kTile = 64;
-  for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
-    const int64_t i1 = std::min(rows, i0 + kTile);
-    for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
-      const int64_t j1 = std::min(cols, j0 + kTile);
-      int64_t i = i0;
-      for (; i + kBlock <= i1; i += kBlock) {
-        const T* s = src + i * src_stride;
-        int64_t j = j0;
-        for (; j + kBlock <= j1; j += kBlock) block(s + j, dst + j * dst_stride + i);
-        TransposeRef(s + j, src_stride, kBlock, j1 - j, dst + j * dst_stride + i, dst_stride);
-      }
-      TransposeRef(src + i * src_stride + j0, src_stride, i1 - i, j1 - j0,
-                   dst + j0 * dst_stride + i, dst_stride);
-    }
-  }
-}
-
-}  // namespace
-
-void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
-               int64_t dst_stride) {
-#if defined(__SSE2__)
-  if (!VectorTranspose()) {
-    TransposeTiled<64>(src, src_stride, rows, cols, dst, dst_stride, [&](const float* s, float* d) {
-      TransposeRef(s, src_stride, 64, 64, d, dst_stride);
-    });
-    return;
-  }
-  TransposeTiled<4>(src, src_stride, rows, cols, dst, dst_stride, [&](const float* s, float* d) {
-    __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + src_stride);
-    __m128 r2 = _mm_loadu_ps(s + 2 * src_stride), r3 = _mm_loadu_ps(s + 3 * src_stride);
-    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-    _mm_storeu_ps(d, r0);
-    _mm_storeu_ps(d + dst_stride, r1);
-    _mm_storeu_ps(d + 2 * dst_stride, r2);
-    _mm_storeu_ps(d + 3 * dst_stride, r3);
-  });
-#else
-  TransposeTiled<64>(src, src_stride, rows, cols, dst, dst_stride, [&](const float* s, float* d) {
-    TransposeRef(s, src_stride, 64, 64, d, dst_stride);
-  });
-#endif
-}
-
-void Transpose(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint8_t* dst,
-               int64_t dst_stride) {
-#if defined(__SSE2__)
-  if (!VectorTranspose()) {
-    TransposeRef(src, src_stride, rows, cols, dst, dst_stride);
-    return;
-  }
-  TransposeTiled<16>(
-      src, src_stride, rows, cols, dst, dst_stride, [&](const uint8_t* s, uint8_t* d) {
-        // Four rounds of interleaving row i with row i + 8: each rotates the bits of (row, column)
-        // by one, so four of them swap row and column.
-        __m128i x[16], y[16];
-        for (int i = 0; i < 16; ++i) {
-          x[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i * src_stride));
-        }
-        for (int round = 0; round < 4; ++round) {
-          for (int i = 0; i < 8; ++i) {
-            y[2 * i] = _mm_unpacklo_epi8(x[i], x[i + 8]);
-            y[2 * i + 1] = _mm_unpackhi_epi8(x[i], x[i + 8]);
-          }
-          std::copy(y, y + 16, x);
-        }
-        for (int i = 0; i < 16; ++i) {
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i * dst_stride), x[i]);
-        }
-      });
-#else
-  TransposeRef(src, src_stride, rows, cols, dst, dst_stride);
-#endif
-}
-
 void Gemm(int64_t m, int64_t n, int64_t k, float alpha, StridedView a, StridedView b, float* c,
           int64_t ldc, int threads, bool lower_only) {
   if (m <= 0 || n <= 0 || k <= 0) return;
-  const detail::MicroKernel kernel = SelectKernel();
+  const gemm::MicroKernel kernel = gemm::ActiveMicroKernel();
   threads = ResolveThreads(threads);
   // Work items: kNc-wide column blocks of C, each split into row ranges (multiples of kMc) when
   // there are too few column blocks to keep every thread busy.

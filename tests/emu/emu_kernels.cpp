@@ -1,10 +1,9 @@
 // Every entry of one instruction-set family's kernel table against the scalar reference table, on
 // the inputs of the kernel tests (tests/kernels/kernel_inputs.hpp): the same bits where
 // include/qtool/kernels.hpp promises them, |y - y_ref| <= 1e-5 * sum_k |w_k a_k| for the kernels
-// that accumulate in f32. Then the family's panel kernel of the runtime's float GEMM
-// (src/model/gemm.hpp) against the portable one, to the same tolerance. A plain program (no gtest,
-// no threads, linked statically) so that tests/emu/run_emulated.py can run it on an emulated CPU
-// with AVX-512; on a CPU that has the family it runs as it is.
+// that accumulate in f32 (the float GEMMs of qtool/kernels/gemm.hpp among them). A plain program
+// (no gtest, no threads, linked statically) so that tests/emu/run_emulated.py can run it on an
+// emulated CPU with AVX-512; on a CPU that has the family it runs as it is.
 //
 // Usage: qtool_emu_kernels [avx512|avx2]   (default avx512)
 // Prints a line per operation, one per failed case, and "N passed, M failed" last. Exit status:
@@ -27,10 +26,10 @@
 #include "kernel_inputs.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/kernels.hpp"
+#include "qtool/kernels/gemm.hpp"
 #include "qtool/quant/int_codec.hpp"
 #include "qtool/quant/minifloat.hpp"
 #include "qtool/quant/pack.hpp"
-#include "src/model/gemm.hpp"
 #include "table.hpp"
 
 namespace qtool::kernels {
@@ -671,13 +670,11 @@ void dequantize_mx(Checker& c) {
   });
 }
 
-}  // namespace op_tests
-
-// The runtime's float GEMM: `panels` against gemm::PanelsRef at shapes around the tiles (6 and 8
-// rows), strips (16 and 32 columns), row blocks (120 and 128) and the depth block (256), each
+// The runtime's float GEMM: the panel kernel against the reference at shapes around the tiles (6
+// and 8 rows), strips (16 and 32 columns), row blocks (120 and 128) and the depth block (256), each
 // panel on its own into a Y one column wider than the product, whose extra column must stay as it
 // was.
-void PanelGemm(Checker& c, gemm::PanelKernel panels) {
+void f32_gemm_panels(Checker& c) {
   for (const int64_t m : {1, 6, 7, 9, 121, 130}) {
     for (const int64_t n : {1, 9, 17, 32, 33}) {
       for (const int64_t k : {1, 17, 257}) {
@@ -697,14 +694,69 @@ void PanelGemm(Checker& c, gemm::PanelKernel panels) {
           }
         }
         for (int64_t p = 0; p < packed.panels(); ++p) {
-          panels(x.data(), k, m, packed, p, p + 1, got.data(), ldy);
+          c.test.f32_gemm_panels(x.data(), k, m, packed, p, p + 1, got.data(), ldy);
         }
-        gemm::PanelsRef(x.data(), k, m, packed, 0, packed.panels(), want.data(), ldy);
+        c.ref.f32_gemm_panels(x.data(), k, m, packed, 0, packed.panels(), want.data(), ldy);
         c.Close(fmt::format("{}x{}x{}", m, n, k), got, want, l1);
       }
     }
   }
 }
+
+// The solvers' micro-kernel: c0 + alpha * A * B at depths around the solvers' (16) and the cache
+// block's (192), into a C three columns wider than the tile whose extra columns must keep their
+// values; the tolerance adds |c0| (the kernels may fuse the final multiply-add).
+void f32_gemm_micro(Checker& c) {
+  using gemm::kMr;
+  using gemm::kNr;
+  for (const int64_t kc : {1, 16, 17, 192}) {
+    for (const float alpha : {1.0f, -0.375f}) {
+      const uint32_t seed = static_cast<uint32_t>(kc * 31 + 7);
+      const std::vector<float> a = RandomFloats(kc * kMr, seed),
+                               b = RandomFloats(kc * kNr, seed + 1);
+      const int64_t ldc = kNr + 3;
+      const std::vector<float> c0 = RandomFloats(kMr * ldc, seed + 2);
+      std::vector<float> got = c0, want = c0;
+      std::vector<double> l1(c0.size(), 0.0);
+      for (int64_t i = 0; i < kMr; ++i) {
+        for (int64_t j = 0; j < kNr; ++j) {
+          double sum = 0.0;
+          for (int64_t p = 0; p < kc; ++p) {
+            sum += std::fabs(static_cast<double>(a[static_cast<size_t>(p * kMr + i)]) *
+                             b[static_cast<size_t>(p * kNr + j)]);
+          }
+          l1[static_cast<size_t>(i * ldc + j)] =
+              std::fabs(alpha) * sum + std::fabs(c0[static_cast<size_t>(i * ldc + j)]);
+        }
+      }
+      c.test.f32_gemm_micro(kc, a.data(), b.data(), got.data(), ldc, alpha);
+      c.ref.f32_gemm_micro(kc, a.data(), b.data(), want.data(), ldc, alpha);
+      c.Close(fmt::format("kc {} alpha {}", kc, alpha), got, want, l1);
+    }
+  }
+}
+
+// The transposes at sizes around their register blocks and 64 x 64 tiles, inside strided buffers
+// (the destination's padding must keep its value): the same bits as the reference.
+template <typename T, typename Fn>
+void Transposes(Checker& c, Fn KernelTable::*entry) {
+  for (const int64_t rows : {1, 4, 5, 16, 17, 64, 65, 130}) {
+    for (const int64_t cols : {1, 4, 7, 16, 33, 66}) {
+      const int64_t ss = cols + 3, ds = rows + 5;
+      const std::vector<uint8_t> bytes = RandomBytes(rows * ss, 11, 200);
+      const std::vector<T> src(bytes.begin(), bytes.end());
+      std::vector<T> got(static_cast<size_t>(cols * ds), T{7}), want = got;
+      (c.test.*entry)(src.data(), ss, rows, cols, got.data(), ds);
+      (c.ref.*entry)(src.data(), ss, rows, cols, want.data(), ds);
+      c.Same(fmt::format("{}x{}", rows, cols), got, want);
+    }
+  }
+}
+
+void transpose_f32(Checker& c) { Transposes<float>(c, &KernelTable::transpose_f32); }
+void transpose_u8(Checker& c) { Transposes<uint8_t>(c, &KernelTable::transpose_u8); }
+
+}  // namespace op_tests
 
 struct OpTest {
   const char* name;
@@ -748,9 +800,6 @@ int Main(int argc, char** argv) {
     op.run(c);
     c.End();
   }
-  c.Begin("float gemm panels");
-  PanelGemm(c, gemm::KernelFor(isa));
-  c.End();
   std::printf("%d passed, %d failed\n", c.passed(), c.failed());
   return c.failed() ? 1 : 0;
 }

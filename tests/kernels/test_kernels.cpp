@@ -898,7 +898,7 @@ TEST(KernelDispatch, UnknownAndUnsupportedIsasAreRefused) {
     }
   }
   EXPECT_EQ(supported.front(), Isa::kScalar);
-  EXPECT_EQ(KernelPaths().size(), 24u);
+  EXPECT_EQ(KernelPaths().size(), 28u);
 }
 
 constexpr std::string_view kFloatCodeOps[] = {"quantize_nf4",       "dequantize_nf4",

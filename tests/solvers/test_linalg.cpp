@@ -105,29 +105,6 @@ TEST(TiledTest, VisitsEveryIndexOnce) {
   }
 }
 
-// Every size around the register blocks (4 x 4 floats, 16 x 16 bytes) and the 64 x 64 tiles,
-// inside larger strided buffers: the plain loop's result, and nothing outside the destination
-// block written.
-template <typename T>
-void ExpectTransposeMatchesThePlainLoop() {
-  using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  for (const int64_t rows : {1, 3, 4, 5, 15, 16, 17, 63, 64, 65, 130}) {
-    for (const int64_t cols : {1, 2, 4, 7, 16, 33, 64, 66, 129}) {
-      const Matrix src = (Eigen::MatrixXf::Random(rows, cols + 3).array().abs() * 200).cast<T>();
-      Matrix fast = Matrix::Constant(cols, rows + 5, T{7}), ref = fast;
-      Transpose(src.data(), src.cols(), rows, cols, fast.data(), fast.cols());
-      TransposeRef(src.data(), src.cols(), rows, cols, ref.data(), ref.cols());
-      ASSERT_EQ(fast, ref) << rows << "x" << cols;
-      ASSERT_EQ(Matrix(fast.leftCols(rows)), Matrix(src.leftCols(cols).transpose()))
-          << rows << "x" << cols;
-      ASSERT_TRUE((fast.rightCols(5).array() == T{7}).all()) << rows << "x" << cols;
-    }
-  }
-}
-
-TEST(TransposeTest, FloatsMatchThePlainLoop) { ExpectTransposeMatchesThePlainLoop<float>(); }
-TEST(TransposeTest, BytesMatchThePlainLoop) { ExpectTransposeMatchesThePlainLoop<uint8_t>(); }
-
 TEST(FactorTest, CholeskyRejectsAnIndefiniteMatrix) {
   RowMatrixXf h = RandomSpd(40, 7);
   h(20, 20) = -1.0f;

@@ -6,6 +6,8 @@
 #include <optional>
 #include <string_view>
 
+#include "qtool/core/enum_names.hpp"
+
 namespace qtool {
 
 enum class DType : uint8_t {
@@ -62,58 +64,23 @@ constexpr int BitsOf(DType t) {
   return 0;
 }
 
-/// The safetensors name of a dtype ("F32", "BF16", "F8_E4M3", ...).
-constexpr std::string_view DTypeName(DType t) {
-  switch (t) {
-    case DType::kBool:
-      return "BOOL";
-    case DType::kU8:
-      return "U8";
-    case DType::kI8:
-      return "I8";
-    case DType::kF8E4M3:
-      return "F8_E4M3";
-    case DType::kF8E5M2:
-      return "F8_E5M2";
-    case DType::kF8E8M0:
-      return "F8_E8M0";
-    case DType::kI16:
-      return "I16";
-    case DType::kU16:
-      return "U16";
-    case DType::kF16:
-      return "F16";
-    case DType::kBF16:
-      return "BF16";
-    case DType::kI32:
-      return "I32";
-    case DType::kU32:
-      return "U32";
-    case DType::kF32:
-      return "F32";
-    case DType::kF64:
-      return "F64";
-    case DType::kI64:
-      return "I64";
-    case DType::kU64:
-      return "U64";
-    case DType::kF4:
-      return "F4";
-    case DType::kF6E2M3:
-      return "F6_E2M3";
-    case DType::kF6E3M2:
-      return "F6_E3M2";
-  }
-  return "?";
-}
+/// The safetensors name of each dtype ("F32", "BF16", "F8_E4M3", ...).
+inline constexpr EnumName<DType> kDTypeNames[] = {
+    {DType::kBool, "BOOL"},      {DType::kU8, "U8"},          {DType::kI8, "I8"},
+    {DType::kF8E4M3, "F8_E4M3"}, {DType::kF8E5M2, "F8_E5M2"}, {DType::kF8E8M0, "F8_E8M0"},
+    {DType::kI16, "I16"},        {DType::kU16, "U16"},        {DType::kF16, "F16"},
+    {DType::kBF16, "BF16"},      {DType::kI32, "I32"},        {DType::kU32, "U32"},
+    {DType::kF32, "F32"},        {DType::kF64, "F64"},        {DType::kI64, "I64"},
+    {DType::kU64, "U64"},        {DType::kF4, "F4"},          {DType::kF6E2M3, "F6_E2M3"},
+    {DType::kF6E3M2, "F6_E3M2"},
+};
+
+/// The safetensors name of a dtype.
+constexpr std::string_view DTypeName(DType t) { return NameOf(kDTypeNames, t); }
 
 /// Parses a safetensors dtype name; nullopt for an unknown name.
-inline std::optional<DType> ParseDType(std::string_view name) {
-  for (int i = 0; i <= static_cast<int>(DType::kF6E3M2); ++i) {
-    const auto t = static_cast<DType>(i);
-    if (DTypeName(t) == name) return t;
-  }
-  return std::nullopt;
+constexpr std::optional<DType> ParseDType(std::string_view name) {
+  return ValueOf(kDTypeNames, name);
 }
 
 /// True for the floating point types qtool reads as weights (F64, F32, F16, BF16).

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <variant>
 
+#include "qtool/core/enum_names.hpp"
 #include "qtool/format/observer.hpp"
 
 namespace qtool {
@@ -19,17 +20,11 @@ namespace qtool {
 /// Which elements share one scale: the whole tensor, one row (output channel), or a group/block.
 enum class Granularity { kTensor, kChannel, kGroup };
 
-inline constexpr const char* GranularityName(Granularity g) {
-  switch (g) {
-    case Granularity::kTensor:
-      return "tensor";
-    case Granularity::kChannel:
-      return "channel";
-    case Granularity::kGroup:
-      return "group";
-  }
-  return "?";
-}
+inline constexpr EnumName<Granularity> kGranularityNames[] = {{Granularity::kTensor, "tensor"},
+                                                              {Granularity::kChannel, "channel"},
+                                                              {Granularity::kGroup, "group"}};
+
+inline constexpr const char* GranularityName(Granularity g) { return NameOf(kGranularityNames, g); }
 
 /// Scale and zero-point of one group of an integer grid. `zero` is in stored-code units:
 /// x^ = (u - zero) * scale.
@@ -70,23 +65,11 @@ struct Nf4Format {
 /// Element types of the small-float and MX formats (quant/minifloat.hpp defines the floats).
 enum class Element { kE4M3, kE5M2, kE3M2, kE2M3, kE2M1, kInt8 };
 
-inline constexpr std::string_view ElementName(Element e) {
-  switch (e) {
-    case Element::kE4M3:
-      return "e4m3";
-    case Element::kE5M2:
-      return "e5m2";
-    case Element::kE3M2:
-      return "e3m2";
-    case Element::kE2M3:
-      return "e2m3";
-    case Element::kE2M1:
-      return "e2m1";
-    case Element::kInt8:
-      return "int8";
-  }
-  return "?";
-}
+inline constexpr EnumName<Element> kElementNames[] = {
+    {Element::kE4M3, "e4m3"}, {Element::kE5M2, "e5m2"}, {Element::kE3M2, "e3m2"},
+    {Element::kE2M3, "e2m3"}, {Element::kE2M1, "e2m1"}, {Element::kInt8, "int8"}};
+
+inline constexpr std::string_view ElementName(Element e) { return NameOf(kElementNames, e); }
 
 inline constexpr int ElementBits(Element e) {
   switch (e) {

@@ -62,6 +62,18 @@ template <>
 struct FormatTraits<IntFormat> {
   static constexpr const char* kCodec = "int";
 
+  /// The min-max range of n values widened to include 0, the range the min-max observer gives a
+  /// group (the scalar reference of kernels::MinMax).
+  static void MinMaxRange(const float* x, int64_t n, float* lo, float* hi) {
+    float a = 0.0f, b = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      a = std::min(a, x[i]);
+      b = std::max(b, x[i]);
+    }
+    *lo = a;
+    *hi = b;
+  }
+
   static void Validate(const IntFormat& f) {
     QTOOL_CHECK(f.bits >= 2 && f.bits <= 8, OptionError, "int: bits must be in 2..8, got {}",
                 f.bits);
@@ -257,6 +269,22 @@ struct FormatTraits<Nf4Format> {
     const float a = std::max(absmax, kMinAbsmax);
     const float v = whole_block ? x * (1.0f / a) : x / a;
     return std::clamp(v, -1.0f, 1.0f);
+  }
+
+  /// Midpoints between consecutive kValues, computed in f32 as bitsandbytes does.
+  static constexpr std::array<float, 15> kMidpoints = [] {
+    std::array<float, 15> m{};
+    for (size_t i = 0; i < m.size(); ++i) m[i] = (kValues[i] + kValues[i + 1]) / 2.0f;
+    return m;
+  }();
+
+  /// The code of x in a block with this absmax: the number of midpoints strictly below the scaled
+  /// value (torch.bucketize, right=False), so a value exactly on a midpoint takes the lower code.
+  /// Example: Code(0.0f, 1.0f, true) == 7, Code(-3.0f, 2.0f, true) == 0.
+  static uint8_t Code(float x, float absmax, bool whole_block) {
+    const float v = ScaleToUnit(x, absmax, whole_block);
+    return static_cast<uint8_t>(std::lower_bound(kMidpoints.begin(), kMidpoints.end(), v) -
+                                kMidpoints.begin());
   }
 
   static void Validate(const Nf4Format& f) {

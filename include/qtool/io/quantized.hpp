@@ -2,6 +2,7 @@
 // dequantising a whole checkpoint. The on-disk format is described in docs/FORMAT.md.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -62,6 +63,20 @@ struct TensorReport {
   uint64_t bytes_in = 0, bytes_out = 0;
   double seconds = 0;
   ErrorStats stats;
+
+  /// The report of input tensor t before it is written (name, shape, dtype, bytes in), its clock
+  /// started. The writer then sets bytes_out, and for a quantised tensor `stats` and MarkQuantized.
+  static TensorReport Begin(const TensorInfo& t);
+  /// A quantised tensor, stored at the codec's bits per weight.
+  void MarkQuantized(double codec_bits_per_weight) {
+    quantized = true;
+    bits_per_weight = codec_bits_per_weight;
+  }
+
+ private:
+  friend struct QuantizeReport;
+  int64_t numel_ = 0;
+  std::chrono::steady_clock::time_point start_;
 };
 
 struct QuantizeReport {
@@ -73,6 +88,9 @@ struct QuantizeReport {
   double seconds = 0;
   int threads = 1;
 
+  /// Adds a written tensor (begun by TensorReport::Begin) to the list and the totals, its time
+  /// taken until now.
+  void Add(TensorReport tr);
   /// Bits per quantised weight, scales and zero-points included.
   double bits_per_weight() const;
   nlohmann::json ToJson() const;

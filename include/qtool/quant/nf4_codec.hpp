@@ -44,8 +44,8 @@ const std::array<float, 256>& DynamicMap8();
 
 inline constexpr int64_t kNf4DoubleQuantBlock = FormatTraits<Nf4Format>::kDoubleQuantBlock;
 
-/// Midpoints between consecutive NF4 values, computed in f32 as bitsandbytes does.
-const std::array<float, 15>& Nf4Midpoints();
+/// Midpoints between consecutive NF4 values (FormatTraits<Nf4Format>::kMidpoints).
+inline const std::array<float, 15>& Nf4Midpoints() { return FormatTraits<Nf4Format>::kMidpoints; }
 
 /// Smallest absmax used as a divisor (FormatTraits<Nf4Format>::kMinAbsmax).
 inline constexpr float kNf4MinAbsmax = FormatTraits<Nf4Format>::kMinAbsmax;
@@ -59,9 +59,7 @@ inline float Nf4ScaleToUnit(float x, float absmax, bool whole_block) {
 /// value (torch.bucketize, right=False), so a value exactly on a midpoint takes the lower code.
 /// Example: Nf4Code(0.0f, 1.0f, true) == 7, Nf4Code(-3.0f, 2.0f, true) == 0.
 inline uint8_t Nf4Code(float x, float absmax, bool whole_block) {
-  const auto& m = Nf4Midpoints();
-  const float v = Nf4ScaleToUnit(x, absmax, whole_block);
-  return static_cast<uint8_t>(std::lower_bound(m.begin(), m.end(), v) - m.begin());
+  return FormatTraits<Nf4Format>::Code(x, absmax, whole_block);
 }
 
 class Nf4Codec final : public WeightCodec {

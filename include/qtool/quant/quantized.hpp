@@ -236,13 +236,10 @@ inline const MinifloatFormat& ElementFormat(Element e) {
   return kE2M1;
 }
 
-// Min-max range widened to include 0 (the integer codec's MinMaxRange).
+// Min-max range widened to include 0 (FormatTraits<IntFormat>::MinMaxRange).
 inline std::pair<float, float> MinMax(const float* x, int64_t n) {
-  float lo = 0.0f, hi = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    lo = std::min(lo, x[i]);
-    hi = std::max(hi, x[i]);
-  }
+  float lo, hi;
+  FormatTraits<IntFormat>::MinMaxRange(x, n, &lo, &hi);
   return {lo, hi};
 }
 

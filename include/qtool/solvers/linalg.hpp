@@ -1,6 +1,6 @@
-// Dense single-precision linear algebra the solvers run on: a packed, blocked GEMM (AVX-512
-// micro-kernel where the CPU has it) and a blocked Cholesky factorisation built on it so that
-// nearly all its work runs at the GEMM's speed.
+// Dense single-precision linear algebra the solvers run on: a packed, blocked GEMM (its
+// micro-kernel is a kernel-table entry, qtool/kernels/gemm.hpp) and a blocked Cholesky
+// factorisation built on it so that nearly all its work runs at the GEMM's speed.
 //
 // Op counts (n x n): Cholesky n^3/3, GEMM 2mnk.
 #pragma once
@@ -40,21 +40,6 @@ bool CholeskyInPlace(Eigen::Ref<RowMatrixXf> a, int threads);
 /// Inverse of the small lower-triangular `l` (its upper triangle is ignored) by forward
 /// substitution in double precision, n^3/6 multiply-adds: for blocks of a few hundred rows.
 RowMatrixXf InvertLower(const Eigen::Ref<const RowMatrixXf>& l);
-
-/// dst[j * dst_stride + i] = src[i * src_stride + j] for i in [0, rows), j in [0, cols): a
-/// transpose on one thread, in cache-sized tiles of register transposes where SSE2 is available
-/// (4 x 4 floats, 16 x 16 bytes). TransposeRef is the plain loop they are tested against.
-void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
-               int64_t dst_stride);
-void Transpose(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint8_t* dst,
-               int64_t dst_stride);
-template <typename T>
-void TransposeRef(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst,
-                  int64_t dst_stride) {
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
-  }
-}
 
 /// Calls fn(i, j) for every i in [0, rows) and j in [0, cols), tile by tile (32 x 32, tile rows
 /// spread over `threads`): a copy that reads one matrix by rows and writes another by columns

@@ -1,6 +1,7 @@
 // Reference kernels: the definition of every operation, written for clarity and compiled for the
-// baseline ISA. Integer quantisation calls the codec's own per-value functions (spec.hpp), so the
-// reference is the codec's definition itself; vectorised paths are tested against these.
+// baseline ISA. They call the formats' own definitions (format/traits.hpp and the per-value
+// functions of quant/spec.hpp), not the codecs above them; vectorised paths are tested against
+// these.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -11,10 +12,8 @@
 #include "../common_inl.hpp"
 #include "../float_codes_inl.hpp"
 #include "qtool/core/half.hpp"
-#include "qtool/quant/int_codec.hpp"
+#include "qtool/format/traits.hpp"
 #include "qtool/quant/minifloat.hpp"
-#include "qtool/quant/mx_codec.hpp"
-#include "qtool/quant/nf4_codec.hpp"
 #include "qtool/quant/pack.hpp"
 
 namespace qtool::kernels::detail {
@@ -94,7 +93,7 @@ int64_t RefQuantizeStoredRows(const void* x, StoredFloat type, int64_t rows, int
   const int64_t bad = RefFirstNonFinite(w.data(), n);
   if (bad >= 0) return bad;
   for (int64_t r = 0; r < rows; ++r) {
-    QuantizeGroupsWith<MinMaxRange, RefQuantizeCodes, RefDequantizeCodes>(
+    QuantizeGroupsWith<FormatTraits<IntFormat>::MinMaxRange, RefQuantizeCodes, RefDequantizeCodes>(
         w.data() + r * cols, cols, glen, spec, codes.data(), scales + r * ng,
         zeros ? zeros + r * ng : nullptr, deq.data() + r * cols);
     RefPackCodes(codes.data(), cols, spec.bits, packed + r * PackedBytes(cols, spec.bits));
@@ -197,14 +196,14 @@ void RefGemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, flo
 
 // ---- Float codes: the codecs' loops over a row, calling their per-value definitions ----
 
-static_assert(kNf4AbsmaxFloor == kNf4MinAbsmax);
+static_assert(kNf4AbsmaxFloor == FormatTraits<Nf4Format>::kMinAbsmax);
 
 void RefQuantizeNf4(const float* x, int64_t n, int64_t start, const Nf4Blocks& b, uint8_t* packed,
                     float* deq) {
   const float* values = Nf4Table();
   ForEachNf4Run(n, start, b, [&](int64_t c0, int64_t c1, int64_t j, bool whole) {
     for (int64_t c = c0; c < c1; ++c) {
-      const uint8_t code = Nf4Code(x[c], b.absmax[j], whole);
+      const uint8_t code = FormatTraits<Nf4Format>::Code(x[c], b.absmax[j], whole);
       deq[c] = values[code] * b.scales[j];
       if (c % 2 == 0) {
         packed[c / 2] = static_cast<uint8_t>(code << 4);
@@ -247,10 +246,11 @@ void RefDequantizeMinifloat(const uint8_t* packed, int64_t n, const float* scale
 
 // An MX element's code and value: the minifloat `e`, or MXINT8 without one.
 uint8_t MxElementCode(float p, const MinifloatCodes* e) {
-  return e ? static_cast<uint8_t>(EncodeMinifloat(p, *e->format, e->saturate)) : EncodeMxInt8(p);
+  return e ? static_cast<uint8_t>(EncodeMinifloat(p, *e->format, e->saturate))
+           : FormatTraits<MxFormat>::EncodeInt8(p);
 }
 float MxElementValue(uint8_t code, const MinifloatCodes* e) {
-  return e ? e->value[code] : MxInt8Value(code);
+  return e ? e->value[code] : FormatTraits<MxFormat>::DecodeInt8(code);
 }
 int MxElementBits(const MinifloatCodes* e) { return e ? e->bits : 8; }
 
@@ -287,8 +287,8 @@ void RefDequantizeMx(const uint8_t* packed, const uint8_t* scales, int64_t n, in
 
 }  // namespace
 
-const float* Nf4Table() { return Nf4Values().data(); }
-const float* Nf4MidpointTable() { return Nf4Midpoints().data(); }
+const float* Nf4Table() { return FormatTraits<Nf4Format>::kValues.data(); }
+const float* Nf4MidpointTable() { return FormatTraits<Nf4Format>::kMidpoints.data(); }
 
 const KernelTable* ScalarTable() {
   static constexpr KernelTable kTable{
@@ -298,8 +298,9 @@ const KernelTable* ScalarTable() {
       .f32_to_f16 = RefF32ToF16,
       .first_non_finite = RefFirstNonFinite,
       .accumulate_errors = RefAccumulateErrors,
-      .min_max = MinMaxRange,
-      .quantize_groups = QuantizeGroupsWith<MinMaxRange, RefQuantizeCodes, RefDequantizeCodes>,
+      .min_max = FormatTraits<IntFormat>::MinMaxRange,
+      .quantize_groups = QuantizeGroupsWith<FormatTraits<IntFormat>::MinMaxRange, RefQuantizeCodes,
+                                            RefDequantizeCodes>,
       .quantize_stored_rows = RefQuantizeStoredRows,
       .quantize_codes = RefQuantizeCodes,
       .dequantize_codes = RefDequantizeCodes,
@@ -315,7 +316,11 @@ const KernelTable* ScalarTable() {
       .quantize_minifloat = RefQuantizeMinifloat,
       .dequantize_minifloat = RefDequantizeMinifloat,
       .quantize_mx = RefQuantizeMx,
-      .dequantize_mx = RefDequantizeMx};
+      .dequantize_mx = RefDequantizeMx,
+      .f32_gemm_panels = gemm::PanelsRef,
+      .f32_gemm_micro = gemm::MicroKernelRef,
+      .transpose_f32 = RefTransposeF32,
+      .transpose_u8 = RefTransposeU8};
   return &kTable;
 }
 

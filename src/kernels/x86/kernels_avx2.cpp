@@ -726,6 +726,9 @@ const KernelTable* Avx2Table(bool avx_vnni) {
       .dequantize_minifloat = DequantizeMinifloatWith<Avx2Codes>,
       .quantize_mx = QuantizeMxWith<Avx2Codes>,
       .dequantize_mx = DequantizeMxWith<Avx2Codes>,
+      .f32_gemm_panels = PanelsAvx2,
+      .transpose_f32 = TransposeSse2,
+      .transpose_u8 = TransposeSse2,
   };
   static const KernelTable kAvxVnni = WithAvxVnniGemms(kTable);
   return avx_vnni ? &kAvxVnni : &kTable;

@@ -776,7 +776,9 @@ int64_t QuantizeStoredRows(const void* x, StoredFloat type, int64_t rows, int64_
 }  // namespace
 
 const KernelTable* Avx512Table() {
-  static constexpr KernelTable kTable{QTOOL_X86_TABLE_ENTRIES(Avx512Ops)};
+  static constexpr KernelTable kTable{QTOOL_X86_TABLE_ENTRIES(Avx512Ops),
+                                      .f32_gemm_panels = PanelsAvx512,
+                                      .f32_gemm_micro = MicroKernelAvx512};
   return &kTable;
 }
 

@@ -1,14 +1,18 @@
-// AVX2 + FMA panel kernel (only light headers here, so nothing compiled with AVX2 is shared with
-// the portable code). Sixteen vector registers hold a 6 x 16 tile of Y (12 accumulators), half a
-// packed panel's row (two vectors) and one broadcast element of X, so a panel is two column halves;
-// blocked as ForEachTile blocks.
+// AVX2 + FMA panel kernel of the runtime's product (only light headers here, so nothing compiled
+// with AVX2 is shared with the portable code). Sixteen vector registers hold a 6 x 16 tile of Y (12
+// accumulators), half a packed panel's row (two vectors) and one broadcast element of X, so a panel
+// is two column halves; blocked as ForEachTile blocks.
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "gemm.hpp"
+#include "../table.hpp"
+#include "panel_tiles_inl.hpp"
 
-namespace qtool::gemm {
+namespace qtool::kernels::detail {
 namespace {
+
+using gemm::kPanel;
+using gemm::PackedMatrix;
 
 constexpr int kTileRows = 6;
 
@@ -67,5 +71,5 @@ void PanelsAvx2(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b, i
       });
 }
 
-}  // namespace qtool::gemm
+}  // namespace qtool::kernels::detail
 #endif

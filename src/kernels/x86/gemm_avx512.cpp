@@ -1,13 +1,18 @@
-// AVX-512 panel kernel (only light headers here, so nothing compiled with AVX-512 is shared with
-// the portable code): an 8 x 32 register tile of Y (16 accumulators), X broadcast one element at
-// a time, B read as two vectors per k from its packed panel; blocked as ForEachTile blocks.
+// AVX-512 panel kernel of the runtime's product (only light headers here, so nothing compiled with
+// AVX-512 is shared with the portable code): an 8 x 32 register tile of Y (16 accumulators), X
+// broadcast one element at a time, B read as two vectors per k from its packed panel; blocked as
+// ForEachTile blocks.
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "gemm.hpp"
+#include "../table.hpp"
+#include "panel_tiles_inl.hpp"
 
-namespace qtool::gemm {
+namespace qtool::kernels::detail {
 namespace {
+
+using gemm::kPanel;
+using gemm::PackedMatrix;
 
 constexpr int kTileRows = 8;
 
@@ -56,5 +61,5 @@ void PanelsAvx512(const float* x, int64_t ldx, int64_t m, const PackedMatrix& b,
                                       });
 }
 
-}  // namespace qtool::gemm
+}  // namespace qtool::kernels::detail
 #endif

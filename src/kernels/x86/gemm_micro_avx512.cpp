@@ -3,9 +3,12 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
-#include "gemm_kernel.hpp"
+#include "../table.hpp"
 
-namespace qtool::solvers::detail {
+namespace qtool::kernels::detail {
+
+using gemm::kMr;
+using gemm::kNr;
 
 void MicroKernelAvx512(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                        float alpha) {
@@ -34,5 +37,5 @@ void MicroKernelAvx512(int64_t kc, const float* a, const float* b, float* c, int
   }
 }
 
-}  // namespace qtool::solvers::detail
+}  // namespace qtool::kernels::detail
 #endif
