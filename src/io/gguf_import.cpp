@@ -88,6 +88,14 @@ const Value& ArrayKey(const Header& h, const std::string& key, ValueType elem,
   return *v;
 }
 
+// A bool key's value, or nullopt when the header lacks it.
+std::optional<bool> BoolKey(const Header& h, const std::string& key, const std::string& label) {
+  const Value* b = h.Find(key);
+  if (b == nullptr) return std::nullopt;
+  QTOOL_CHECK(b->type() == ValueType::kBool, FormatError, "{}: {} is not a bool", label, key);
+  return std::get<bool>(b->scalar);
+}
+
 GgufVocab ReadVocab(const Header& h, const std::string& label) {
   GgufVocab v;
   for (const Scalar& s : ArrayKey(h, "tokenizer.ggml.tokens", ValueType::kString, label).items) {
@@ -126,21 +134,9 @@ GgufVocab ReadVocab(const Header& h, const std::string& label) {
                 "{}: {} is {}, outside the {} tokens", label, key, i, n);
     v.special[name] = i;
   }
-  for (const auto& [key, flag] : {std::pair{"tokenizer.ggml.add_bos_token", &v.add_bos},
-                                  std::pair{"tokenizer.ggml.add_eos_token", &v.add_eos}}) {
-    if (const Value* b = h.Find(key)) {
-      QTOOL_CHECK(b->type() == ValueType::kBool, FormatError, "{}: {} is not a bool", label, key);
-      *flag = std::get<bool>(b->scalar);
-    }
-  }
+  v.add_bos = BoolKey(h, "tokenizer.ggml.add_bos_token", label);
+  v.add_eos = BoolKey(h, "tokenizer.ggml.add_eos_token", label);
   return v;
-}
-
-bool BoolKey(const Header& h, const std::string& key, bool fallback, const std::string& label) {
-  const Value* b = h.Find(key);
-  if (b == nullptr) return fallback;
-  QTOOL_CHECK(b->type() == ValueType::kBool, FormatError, "{}: {} is not a bool", label, key);
-  return std::get<bool>(b->scalar);
 }
 
 // A SentencePiece BPE model. Piece types are llama.cpp's token types, which use SentencePiece's
@@ -179,8 +175,9 @@ std::string SentencePieceModel(const Header& h, const GgufVocab& v, const std::s
   PutBytes(proto, 2, trainer);  // ModelProto.trainer_spec
   std::string norm;
   PutBytes(norm, 1, "identity");
-  PutInt(norm, 3, BoolKey(h, "tokenizer.ggml.add_space_prefix", true, label) ? 1 : 0);
-  PutInt(norm, 4, BoolKey(h, "tokenizer.ggml.remove_extra_whitespaces", false, label) ? 1 : 0);
+  PutInt(norm, 3, BoolKey(h, "tokenizer.ggml.add_space_prefix", label).value_or(true) ? 1 : 0);
+  PutInt(norm, 4,
+         BoolKey(h, "tokenizer.ggml.remove_extra_whitespaces", label).value_or(false) ? 1 : 0);
   PutBytes(proto, 3, norm);  // ModelProto.normalizer_spec
   return proto;
 }

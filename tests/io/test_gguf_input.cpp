@@ -208,10 +208,12 @@ TEST(GgufSplit, ATensorLargerThanTheMaximumGetsAFileOfItsOwn) {
 
 TEST(GgufSplit, RefusesInconsistentSplits) {
   testing::ScratchDir dir;
-  KV first = {{"general.architecture", std::string("llama")},
-              {"split.no", uint16_t{0}},
-              {"split.count", uint16_t{2}},
-              {"split.tensors.count", int32_t{2}}};
+  // The split keys of file `no` of two, holding `tensors` tensors in all.
+  const auto keys = [](uint16_t no, int32_t tensors) -> KV {
+    return {{"split.no", no}, {"split.count", uint16_t{2}}, {"split.tensors.count", tensors}};
+  };
+  KV first = keys(0, 2);
+  first.insert(first.begin(), {"general.architecture", std::string("llama")});
   auto write = [&](const fs::path& p, KV kv, const std::string& tensor) {
     Writer w(p, std::move(kv), {{tensor, {4}, ggml::Type::kF32}});
     const float v[4] = {1, 2, 3, 4};
@@ -220,31 +222,15 @@ TEST(GgufSplit, RefusesInconsistentSplits) {
   };
   write(dir / "a-00001-of-00002.gguf", first, "x");
   // The second file says it is the first.
-  write(dir / "a-00002-of-00002.gguf",
-        {{"split.no", uint16_t{0}},
-         {"split.count", uint16_t{2}},
-         {"split.tensors.count", int32_t{2}}},
-        "y");
+  write(dir / "a-00002-of-00002.gguf", keys(0, 2), "y");
   EXPECT_THROW(SplitFile(dir / "a-00001-of-00002.gguf"), FormatError);
   // The same tensor in both.
-  write(dir / "a-00002-of-00002.gguf",
-        {{"split.no", uint16_t{1}},
-         {"split.count", uint16_t{2}},
-         {"split.tensors.count", int32_t{2}}},
-        "x");
+  write(dir / "a-00002-of-00002.gguf", keys(1, 2), "x");
   EXPECT_THROW(SplitFile(dir / "a-00001-of-00002.gguf"), FormatError);
   // A tensor count that is not the tensors found.
-  write(dir / "a-00002-of-00002.gguf",
-        {{"split.no", uint16_t{1}},
-         {"split.count", uint16_t{2}},
-         {"split.tensors.count", int32_t{3}}},
-        "y");
+  write(dir / "a-00002-of-00002.gguf", keys(1, 3), "y");
   EXPECT_THROW(SplitFile(dir / "a-00001-of-00002.gguf"), FormatError);
-  write(dir / "a-00002-of-00002.gguf",
-        {{"split.no", uint16_t{1}},
-         {"split.count", uint16_t{2}},
-         {"split.tensors.count", int32_t{2}}},
-        "y");
+  write(dir / "a-00002-of-00002.gguf", keys(1, 2), "y");
   EXPECT_EQ(SplitFile(dir / "a-00002-of-00002.gguf").header().tensors.size(), 2u);
   // A split file under another name.
   fs::copy_file(dir / "a-00001-of-00002.gguf", dir / "b.gguf");
