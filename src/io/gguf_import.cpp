@@ -160,23 +160,41 @@ GgufVocab ReadVocab(const Header& h, const std::string& label) {
 }
 
 // A SentencePiece BPE model. Piece types are llama.cpp's token types, which use SentencePiece's
-// numbers (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
+// numbers (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte). SentencePiece needs
+// one unknown piece: the token of type 2, else the one tokenizer.ggml.unknown_token_id names
+// (llama.cpp's converter types Gemma's <unk> as control). llama.cpp matches user-defined tokens in
+// the raw text, SentencePiece in the text with spaces already U+2581, so converters write their
+// U+2581 as spaces (Gemma's runs of spaces) and they are turned back here.
 std::string SentencePieceModel(const Header& h, const GgufVocab& v, const std::string& label) {
+  const bool typed_unk = std::find(v.types.begin(), v.types.end(), 2) != v.types.end();
+  const auto unk_id = v.special.find("unk_token");
+  QTOOL_CHECK(typed_unk || unk_id != v.special.end(), FormatError,
+              "{}: the llama tokenizer has no unknown token (tokenizer.ggml.token_type 2, or "
+              "tokenizer.ggml.unknown_token_id), which SentencePiece needs",
+              label);
   std::string proto;
-  bool has_unk = false, has_bytes = false;
+  bool has_bytes = false;
+  std::map<std::string, size_t> seen;
   for (size_t i = 0; i < v.tokens.size(); ++i) {
+    std::string text = v.tokens[i];
+    int32_t type = v.types[i];
+    if (type == 4) {
+      for (size_t p = text.find(' '); p != std::string::npos; p = text.find(' ', p + 3)) {
+        text.replace(p, 1, "\xe2\x96\x81");
+      }
+    }
+    if (!typed_unk && static_cast<int64_t>(i) == unk_id->second) type = 2;
+    const auto [it, fresh] = seen.emplace(text, i);
+    QTOOL_CHECK(fresh, FormatError,
+                "{}: tokens {} and {} are both '{}', which SentencePiece cannot hold", label,
+                it->second, i, text);
     std::string piece;
-    PutBytes(piece, 1, v.tokens[i]);
+    PutBytes(piece, 1, text);
     PutFloat(piece, 2, v.scores.empty() ? 0.0f : v.scores[i]);
-    if (v.types[i] != 1) PutInt(piece, 3, v.types[i]);  // NORMAL is the default
-    has_unk |= v.types[i] == 2;
-    has_bytes |= v.types[i] == 6;
+    if (type != 1) PutInt(piece, 3, type);  // NORMAL is the default
+    has_bytes |= type == 6;
     PutBytes(proto, 1, piece);  // ModelProto.pieces
   }
-  QTOOL_CHECK(has_unk, FormatError,
-              "{}: the llama tokenizer has no unknown token (tokenizer.ggml.token_type 2), which "
-              "SentencePiece needs",
-              label);
   std::string trainer;
   PutInt(trainer, 3, 2);                                      // model_type: BPE
   PutInt(trainer, 4, static_cast<int64_t>(v.tokens.size()));  // vocab_size

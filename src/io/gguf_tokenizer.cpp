@@ -3,6 +3,8 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "qtool/core/error.hpp"
 #include "qtool/io/gguf_export.hpp"
@@ -52,9 +54,11 @@ std::optional<std::string> TokenContent(const nlohmann::json& cfg, const char* k
 
 // Special-token ids, add_bos/add_eos flags and the chat template from tokenizer_config.json,
 // chat_template.jinja and config.json; `id_of` maps a token's text to its id.
+// `flags`: add_bos_token/add_eos_token where tokenizer_config.json does not set them.
 void AddSpecialTokens(const std::filesystem::path& dir, const nlohmann::json& config,
                       const std::function<std::optional<int64_t>(const std::string&)>& id_of,
-                      std::map<std::string, int64_t> ids, KV& kv) {
+                      std::map<std::string, int64_t> ids, std::map<std::string, bool> flags,
+                      KV& kv) {
   nlohmann::json tcfg = nlohmann::json::object();
   if (std::filesystem::exists(dir / "tokenizer_config.json")) {
     tcfg = ReadJson(dir / "tokenizer_config.json");
@@ -83,8 +87,9 @@ void AddSpecialTokens(const std::filesystem::path& dir, const nlohmann::json& co
       kv.emplace_back(gguf_key, static_cast<uint32_t>(it->second));
   }
   for (const char* flag : {"add_bos_token", "add_eos_token"}) {
-    if (tcfg.contains(flag) && tcfg[flag].is_boolean()) {
-      kv.emplace_back(fmt::format("tokenizer.ggml.{}", flag), tcfg[flag].get<bool>());
+    if (tcfg.contains(flag) && tcfg[flag].is_boolean()) flags[flag] = tcfg[flag].get<bool>();
+    if (const auto it = flags.find(flag); it != flags.end()) {
+      kv.emplace_back(fmt::format("tokenizer.ggml.{}", flag), it->second);
     }
   }
   std::optional<std::string> tmpl;
@@ -212,7 +217,7 @@ KV SentencePieceMetadata(const std::filesystem::path& dir, int64_t vocab_size,
         const int id = sp.PieceToId(s);  // the unknown piece's id when s is not a piece
         return sp.IdToPiece(id) == s ? std::optional<int64_t>(id) : std::nullopt;
       },
-      ids, kv);
+      ids, {}, kv);
   return kv;
 }
 
@@ -236,9 +241,9 @@ std::string PreTokenizerName(const nlohmann::json& pre, const std::filesystem::p
       path.string(), pre.dump().substr(0, 200)));
 }
 
-KV BpeMetadata(const std::filesystem::path& dir, int64_t vocab_size, const nlohmann::json& config) {
+KV BpeMetadata(const std::filesystem::path& dir, const nlohmann::json& tj, int64_t vocab_size,
+               const nlohmann::json& config) {
   const std::filesystem::path path = dir / "tokenizer.json";
-  const nlohmann::json tj = ReadJson(path);
   QTOOL_CHECK(tj.contains("model") && tj["model"].value("type", "") == "BPE" &&
                   tj["model"].contains("vocab") && tj["model"]["vocab"].is_object(),
               FormatError, "{}: not a BPE tokenizer", path.string());
@@ -288,7 +293,445 @@ KV BpeMetadata(const std::filesystem::path& dir, int64_t vocab_size, const nlohm
         const auto it = id_of.find(s);
         return it == id_of.end() ? std::nullopt : std::optional<int64_t>(it->second);
       },
-      {}, kv);
+      {}, {}, kv);
+  return kv;
+}
+
+// ---- SentencePiece-style BPE tokenizer.json (Gemma; Llama 2's Prepend/Replace layout) ----
+//
+// Such a file is SentencePiece's BPE written as Hugging Face BPE: spaces become U+2581, the text
+// is one word, the merges are applied by rank, characters outside the vocabulary fall back to
+// <0xNN> byte tokens. llama.cpp runs it as its `llama` (SPM) tokenizer: split the text into UTF-8
+// characters, then repeatedly join the adjacent pair whose joined text is a token with the highest
+// score (ties: the leftmost pair), then bytes for characters that are not tokens. The two agree
+// when
+//  - a token's score is minus the rank of the first merge that makes it, so the higher score is
+//    the earlier merge (ranks below 2^24 are exact in float32); a token no merge makes (single
+//    characters, bytes, special tokens) scores below every merged one, and llama.cpp never forms
+//    it from a pair (next point), so its score decides nothing;
+//  - every pair llama.cpp could join is a merge: for each token and each split of its text into
+//    two pieces that can be symbols (tokens, or single characters), that pair is in the merges
+//    (added tokens without spaces excepted: both take them out of the text before BPE);
+//  - added tokens are matched alike: Hugging Face takes the leftmost-longest added token, llama.cpp
+//    each token in turn from the longest, which agree unless one added token's end is another's
+//    start (runs of one character excepted, where both take the longest run from the left).
+// Hugging Face breaks a tie between two merges that make the same token by rank, llama.cpp by
+// position; they could differ only where both apply at once, overlapping (x|y|z with xy = yz and
+// yz ranked first), a state the merge order rarely if ever reaches: for Gemma 3 (1230 such pairs
+// of merges, mostly runs of one character) texts built around each of them tokenise alike
+// (tests/interop/check_gguf_tokenizer.py).
+
+constexpr std::string_view kMeta = "\xe2\x96\x81";  // U+2581, SentencePiece's space
+
+std::string StringOf(const nlohmann::json& j, const char* key) {
+  return j.is_object() && j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : "";
+}
+
+bool BoolOf(const nlohmann::json& j, const char* key, bool fallback) {
+  return j.is_object() && j.contains(key) && j[key].is_boolean() ? j[key].get<bool>() : fallback;
+}
+
+// The steps of a normalizer, pre-tokenizer or decoder: a Sequence's list (under `list`), none for
+// null, else the one step.
+std::vector<nlohmann::json> Steps(const nlohmann::json& j, const char* list) {
+  if (j.is_null()) return {};
+  if (StringOf(j, "type") == "Sequence" && j.contains(list) && j[list].is_array()) {
+    return j[list].get<std::vector<nlohmann::json>>();
+  }
+  return {j};
+}
+
+// {"type": "Replace", "pattern": {"String": from}, "content": to}
+bool IsReplace(const nlohmann::json& s, std::string_view from, std::string_view to) {
+  return StringOf(s, "type") == "Replace" && s.contains("pattern") &&
+         StringOf(s["pattern"], "String") == from && s["pattern"].size() == 1 &&
+         StringOf(s, "content") == to;
+}
+
+// Whether tokenizer.json is SentencePiece-style rather than byte-level: byte fallback, a space
+// replaced by U+2581, or a Metaspace pre-tokenizer. SentencePieceBpeMetadata then checks it all.
+bool IsSentencePieceStyle(const nlohmann::json& tj) {
+  if (!tj.is_object() || !tj.contains("model")) return false;
+  if (BoolOf(tj["model"], "byte_fallback", false)) return true;
+  for (const auto& s : Steps(tj.value("normalizer", nlohmann::json()), "normalizers")) {
+    if (IsReplace(s, " ", kMeta)) return true;
+  }
+  for (const auto& s : Steps(tj.value("pre_tokenizer", nlohmann::json()), "pretokenizers")) {
+    if (StringOf(s, "type") == "Metaspace") return true;
+  }
+  return false;
+}
+
+// add_space_prefix for the normalizer and pre-tokenizer of a SentencePiece-style tokenizer.json:
+//  - normalizer Replace(' ' -> U+2581), pre-tokenizer none or Split on ' ' (which finds no space
+//    left): false, as Gemma's;
+//  - normalizer Prepend(U+2581) and that Replace: true (Prepend, like llama.cpp's space prefix,
+//    adds U+2581 before every stretch of text, also one that starts with a space or follows an
+//    added token);
+//  - no normalizer, pre-tokenizer Metaspace(U+2581, prepend_scheme never, split false): false.
+// Throws for anything else, Metaspace with a prepend scheme included: it adds U+2581 only where
+// the text does not start with one (and, for `first`, only at the start of the input), which
+// llama.cpp's space prefix cannot express.
+bool AddSpacePrefix(const nlohmann::json& tj, const std::filesystem::path& path) {
+  const nlohmann::json normalizer = tj.value("normalizer", nlohmann::json());
+  const nlohmann::json pre = tj.value("pre_tokenizer", nlohmann::json());
+  const std::vector<nlohmann::json> norm = Steps(normalizer, "normalizers");
+  const std::vector<nlohmann::json> pres = Steps(pre, "pretokenizers");
+  bool replace = false, prepend = false;
+  for (const auto& s : norm) {
+    if (IsReplace(s, " ", kMeta) && !replace) {
+      replace = true;
+    } else if (StringOf(s, "type") == "Prepend" && StringOf(s, "prepend") == kMeta && !prepend) {
+      prepend = true;
+    } else {
+      throw FormatError(fmt::format(
+          "{}: normalizer step {} has no llama.cpp equivalent (known: Replace ' ' with U+2581, "
+          "Prepend U+2581)",
+          path.string(), s.dump().substr(0, 200)));
+    }
+  }
+  if (replace) {
+    for (const auto& s : pres) {
+      QTOOL_CHECK(StringOf(s, "type") == "Split" && s.contains("pattern") &&
+                      StringOf(s["pattern"], "String") == " " && !BoolOf(s, "invert", false),
+                  FormatError,
+                  "{}: pre-tokenizer step {} after the U+2581 normalizer has no llama.cpp "
+                  "equivalent (known: none, Split on ' ')",
+                  path.string(), s.dump().substr(0, 200));
+    }
+    return prepend;
+  }
+  QTOOL_CHECK(!prepend, FormatError,
+              "{}: the normalizer prepends U+2581 but does not replace spaces with it",
+              path.string());
+  QTOOL_CHECK(pres.size() == 1 && StringOf(pres[0], "type") == "Metaspace", FormatError,
+              "{}: pre-tokenizer {} with this byte-fallback BPE has no llama.cpp equivalent "
+              "(known: the U+2581 normalizer, or Metaspace)",
+              path.string(), pre.dump().substr(0, 200));
+  const nlohmann::json& ms = pres[0];
+  const std::string scheme = ms.contains("prepend_scheme")
+                                 ? StringOf(ms, "prepend_scheme")
+                                 : (BoolOf(ms, "add_prefix_space", true) ? "always" : "never");
+  QTOOL_CHECK(
+      StringOf(ms, "replacement") == kMeta && !BoolOf(ms, "split", true) && scheme == "never",
+      FormatError,
+      "{}: Metaspace pre-tokenizer {} has no llama.cpp equivalent (known: replacement "
+      "U+2581, split false, prepend_scheme never; a prepend scheme adds U+2581 only "
+      "where the text does not already start with a space, llama.cpp's add_space_prefix "
+      "always does)",
+      path.string(), ms.dump().substr(0, 200));
+  return false;
+}
+
+// Checks that the decoder undoes the encoding: U+2581 back to spaces, byte tokens back to bytes,
+// and the space prefix stripped exactly when one was added.
+void CheckSentencePieceDecoder(const nlohmann::json& tj, bool prefix,
+                               const std::filesystem::path& path) {
+  const nlohmann::json decoder = tj.value("decoder", nlohmann::json());
+  bool spaces = false, bytes = false, strip = false;
+  for (const auto& s : Steps(decoder, "decoders")) {
+    const std::string type = StringOf(s, "type");
+    if (IsReplace(s, kMeta, " ")) {
+      spaces = true;
+    } else if (type == "Metaspace" && StringOf(s, "replacement") == kMeta) {
+      spaces = true;
+      const std::string scheme = s.contains("prepend_scheme")
+                                     ? StringOf(s, "prepend_scheme")
+                                     : (BoolOf(s, "add_prefix_space", true) ? "always" : "never");
+      strip |= scheme != "never";
+    } else if (type == "ByteFallback") {
+      bytes = true;
+    } else if (type == "Strip" && StringOf(s, "content") == " " && s.contains("start") &&
+               s["start"] == 1 && s.contains("stop") && s["stop"] == 0) {
+      strip = true;
+    } else if (type != "Fuse") {
+      throw FormatError(fmt::format(
+          "{}: decoder step {} has no llama.cpp equivalent (known: Replace U+2581 with ' ', "
+          "Metaspace, ByteFallback, Fuse, Strip one leading space)",
+          path.string(), s.dump().substr(0, 200)));
+    }
+  }
+  QTOOL_CHECK(spaces && bytes && strip == prefix, FormatError,
+              "{}: decoder {} does not undo the encoding as llama.cpp does (U+2581 to spaces, "
+              "byte fallback, the leading space stripped {})",
+              path.string(), decoder.dump().substr(0, 200),
+              prefix ? "as one is added" : "never, as none is added");
+}
+
+// add_bos_token/add_eos_token from a TemplateProcessing post-processor ([BOS] $A [EOS]); none
+// for no post-processor.
+std::map<std::string, bool> TemplateFlags(const nlohmann::json& tj, int64_t bos, int64_t eos,
+                                          const std::filesystem::path& path) {
+  const nlohmann::json post = tj.value("post_processor", nlohmann::json());
+  if (post.is_null()) return {{"add_bos_token", false}, {"add_eos_token", false}};
+  auto special_id = [&](const nlohmann::json& item) -> int64_t {
+    if (!item.is_object() || !item.contains("SpecialToken")) return -1;
+    const std::string name = StringOf(item["SpecialToken"], "id");
+    if (!post.contains("special_tokens")) return -2;
+    const nlohmann::json& st = post["special_tokens"];
+    if (!st.is_object() || !st.contains(name) || !st[name].contains("ids") ||
+        st[name]["ids"].size() != 1 || !st[name]["ids"][0].is_number_integer()) {
+      return -2;
+    }
+    return st[name]["ids"][0].get<int64_t>();
+  };
+  bool ok = StringOf(post, "type") == "TemplateProcessing" && post.contains("single") &&
+            post["single"].is_array();
+  std::map<std::string, bool> flags = {{"add_bos_token", false}, {"add_eos_token", false}};
+  if (ok) {
+    const nlohmann::json& single = post["single"];
+    size_t n_seq = 0;
+    for (size_t i = 0; i < single.size(); ++i) {
+      if (single[i].is_object() && single[i].contains("Sequence")) {
+        ++n_seq;
+        continue;
+      }
+      const int64_t id = special_id(single[i]);
+      if (i == 0 && id == bos && bos >= 0) {
+        flags["add_bos_token"] = true;
+      } else if (i + 1 == single.size() && id == eos && eos >= 0) {
+        flags["add_eos_token"] = true;
+      } else {
+        ok = false;
+      }
+    }
+    ok &= n_seq == 1;
+  }
+  QTOOL_CHECK(ok, FormatError,
+              "{}: post-processor {} is not a template of BOS, the text and EOS that llama.cpp's "
+              "add_bos/add_eos can express",
+              path.string(), post.dump().substr(0, 200));
+  return flags;
+}
+
+// Bytes in the UTF-8 character that starts with `c`.
+size_t Utf8Length(char c) {
+  const auto u = static_cast<uint8_t>(c);
+  return u < 0x80 ? 1 : (u >> 5) == 6 ? 2 : (u >> 4) == 14 ? 3 : 4;
+}
+
+// Whether `s` is one character repeated (a run).
+bool IsRun(std::string_view s) {
+  const size_t n = Utf8Length(s[0]);
+  if (s.size() % n != 0) return false;
+  for (size_t i = n; i < s.size(); i += n) {
+    if (s.substr(i, n) != s.substr(0, n)) return false;
+  }
+  return true;
+}
+
+// Refuses added tokens where llama.cpp's matching (each token in turn, the longest first) and
+// Hugging Face's (the leftmost-longest one) can split a text differently: one token ends with the
+// start of another (runs of one character excepted).
+void CheckAddedTokenOverlaps(const std::vector<std::string>& added,
+                             const std::filesystem::path& path) {
+  std::unordered_map<std::string_view, std::vector<size_t>> starts;  // proper prefix -> tokens
+  for (size_t i = 0; i < added.size(); ++i) {
+    const std::string_view t = added[i];
+    for (size_t k = Utf8Length(t[0]); k < t.size(); k += Utf8Length(t[k])) {
+      starts[t.substr(0, k)].push_back(i);
+    }
+  }
+  for (size_t i = 0; i < added.size(); ++i) {
+    const std::string_view a = added[i];
+    for (size_t k = Utf8Length(a[0]); k < a.size(); k += Utf8Length(a[k])) {
+      const auto it = starts.find(a.substr(k));
+      if (it == starts.end()) continue;
+      for (const size_t j : it->second) {
+        const std::string_view b = added[j];
+        const bool runs =
+            IsRun(a) && IsRun(b) && a.substr(0, Utf8Length(a[0])) == b.substr(0, Utf8Length(b[0]));
+        QTOOL_CHECK(j == i || runs, FormatError,
+                    "{}: added tokens '{}' and '{}' overlap ('{}' ends the first and starts the "
+                    "second): llama.cpp and the tokenizer.json can match them differently",
+                    path.string(), a, b, a.substr(k));
+      }
+    }
+  }
+}
+
+KV SentencePieceBpeMetadata(const std::filesystem::path& dir, const nlohmann::json& tj,
+                            int64_t vocab_size, const nlohmann::json& config) {
+  const std::filesystem::path path = dir / "tokenizer.json";
+  const std::string file = path.string();
+  const nlohmann::json& m = tj["model"];
+  QTOOL_CHECK(StringOf(m, "type") == "BPE" && m.contains("vocab") && m["vocab"].is_object() &&
+                  m.contains("merges") && m["merges"].is_array(),
+              FormatError, "{}: not a BPE tokenizer with vocab and merges", file);
+  QTOOL_CHECK(BoolOf(m, "byte_fallback", false), FormatError,
+              "{}: BPE without byte_fallback maps unknown characters to the unknown token, "
+              "llama.cpp's SentencePiece tokenizer to byte tokens",
+              file);
+  for (const char* key : {"dropout", "continuing_subword_prefix", "end_of_word_suffix"}) {
+    QTOOL_CHECK(!m.contains(key) || m[key].is_null() || m[key] == "", FormatError,
+                "{}: BPE {} {} has no llama.cpp equivalent", file, key, m[key].dump());
+  }
+  QTOOL_CHECK(!BoolOf(m, "ignore_merges", false), FormatError,
+              "{}: BPE ignore_merges (a word that is a token is taken whole) has no llama.cpp "
+              "equivalent",
+              file);
+  const bool prefix = AddSpacePrefix(tj, path);
+  CheckSentencePieceDecoder(tj, prefix, path);
+
+  // The vocabulary, then the added tokens (ids the vocabulary may hold already).
+  std::vector<std::string> text(static_cast<size_t>(vocab_size));
+  std::vector<bool> present(static_cast<size_t>(vocab_size), false);
+  std::vector<int32_t> type(static_cast<size_t>(vocab_size), kUnused);
+  std::unordered_map<std::string, int64_t> id_of;
+  auto put = [&](const std::string& s, const nlohmann::json& id_json, int32_t t) {
+    QTOOL_CHECK(id_json.is_number_integer(), FormatError, "{}: token '{}' has id {}", file, s,
+                id_json.dump());
+    const int64_t id = id_json.get<int64_t>();
+    QTOOL_CHECK(id >= 0 && id < vocab_size, FormatError,
+                "{}: token '{}' has id {}, outside the model's vocab_size {}", file, s, id,
+                vocab_size);
+    QTOOL_CHECK(!present[id] || text[id] == s, FormatError, "{}: id {} is both '{}' and '{}'", file,
+                id, text[id], s);
+    const auto [it, fresh] = id_of.emplace(s, id);
+    QTOOL_CHECK(it->second == id, FormatError, "{}: token '{}' has ids {} and {}", file, s,
+                it->second, id);
+    QTOOL_CHECK(!s.empty(), FormatError, "{}: token {} is empty", file, id);
+    text[id] = s;
+    present[id] = true;
+    type[id] = t;
+  };
+  for (const auto& [s, id] : m["vocab"].items()) put(s, id, kNormal);
+  std::vector<std::string> added;
+  if (tj.contains("added_tokens")) {
+    for (const auto& t : tj["added_tokens"]) {
+      const std::string content = StringOf(t, "content");
+      QTOOL_CHECK(t.contains("id"), FormatError, "{}: added token '{}' has no id", file, content);
+      for (const char* flag : {"lstrip", "rstrip", "single_word"}) {
+        QTOOL_CHECK(!BoolOf(t, flag, false), FormatError,
+                    "{}: added token '{}' has {} set, which llama.cpp does not apply", file,
+                    content, flag);
+      }
+      // A normalized added token is matched in the normalized text: where that differs from the
+      // raw text llama.cpp matches in (spaces, the prepended U+2581), the two can disagree.
+      const bool normalized = BoolOf(t, "normalized", false);
+      QTOOL_CHECK(!normalized || (!prefix && content.find(' ') == std::string::npos &&
+                                  content.find(kMeta) == std::string::npos),
+                  FormatError,
+                  "{}: added token '{}' is matched in the normalized text, which llama.cpp does "
+                  "not see",
+                  file, content);
+      put(content, t["id"], BoolOf(t, "special", false) ? kControl : kUserDefined);
+      added.push_back(content);
+    }
+  }
+  CheckAddedTokenOverlaps(added, path);
+  for (int b = 0; b < 256; ++b) {
+    const auto it = id_of.find(fmt::format("<0x{:02X}>", b));
+    QTOOL_CHECK(it != id_of.end(), FormatError,
+                "{}: byte token <0x{:02X}> is missing, which byte fallback needs", file, b);
+    if (type[it->second] == kNormal) type[it->second] = kByte;
+  }
+  int64_t unk = -1;
+  if (const std::string u = StringOf(m, "unk_token"); !u.empty()) {
+    const auto it = id_of.find(u);
+    QTOOL_CHECK(it != id_of.end(), FormatError, "{}: unk_token '{}' is not a token", file, u);
+    unk = it->second;
+    if (type[unk] == kNormal) type[unk] = kUnknown;
+  }
+
+  // Merge ranks: the first merge that makes each token, and every merged pair.
+  const nlohmann::json& merges = m["merges"];
+  QTOOL_CHECK(merges.size() < (size_t{1} << 24), FormatError,
+              "{}: {} merges; ranks from 2^24 on are not exact as float32 scores", file,
+              merges.size());
+  std::vector<int64_t> first_rank(static_cast<size_t>(vocab_size), -1);
+  std::unordered_set<uint64_t> pairs;
+  auto pair_key = [](int64_t a, int64_t b) {
+    return static_cast<uint64_t>(a) << 32 | static_cast<uint64_t>(b);
+  };
+  for (size_t r = 0; r < merges.size(); ++r) {
+    const nlohmann::json& mj = merges[r];
+    std::string a, b;
+    if (mj.is_string()) {  // "a b"
+      const std::string s = mj.get<std::string>();
+      const size_t sp = s.find(' ');
+      QTOOL_CHECK(sp != std::string::npos && s.find(' ', sp + 1) == std::string::npos, FormatError,
+                  "{}: merge {} '{}' is not two tokens", file, r, s);
+      a = s.substr(0, sp);
+      b = s.substr(sp + 1);
+    } else {
+      QTOOL_CHECK(mj.is_array() && mj.size() == 2 && mj[0].is_string() && mj[1].is_string(),
+                  FormatError, "{}: merge {} {} is not two tokens", file, r,
+                  mj.dump().substr(0, 100));
+      a = mj[0].get<std::string>();
+      b = mj[1].get<std::string>();
+    }
+    const auto ia = id_of.find(a), ib = id_of.find(b), it = id_of.find(a + b);
+    QTOOL_CHECK(ia != id_of.end() && ib != id_of.end() && it != id_of.end(), FormatError,
+                "{}: merge {} ('{}', '{}'): a piece or the merged token is not in the vocabulary",
+                file, r, a, b);
+    pairs.insert(pair_key(ia->second, ib->second));
+    if (first_rank[it->second] < 0) first_rank[it->second] = static_cast<int64_t>(r);
+  }
+
+  // Every pair llama.cpp can join is a merge (see above). Symbols are tokens or characters.
+  std::unordered_map<std::string_view, int64_t> view_id;
+  for (const auto& [s, id] : id_of) view_id.emplace(text[id], id);
+  for (int64_t id = 0; id < vocab_size; ++id) {
+    if (!present[id]) continue;
+    const std::string_view t = text[id];
+    // Both take an added token without spaces out of the text before BPE (llama.cpp a control
+    // token only when it parses special tokens, as Hugging Face always does): no pair forms it.
+    if ((type[id] == kControl || type[id] == kUserDefined) && t.find(' ') == t.npos &&
+        t.find(kMeta) == t.npos) {
+      continue;
+    }
+    for (size_t k = Utf8Length(t[0]); k < t.size(); k += Utf8Length(t[k])) {
+      const std::string_view a = t.substr(0, k), b = t.substr(k);
+      const auto ia = view_id.find(a), ib = view_id.find(b);
+      const bool a_symbol = ia != view_id.end() || a.size() == Utf8Length(a[0]);
+      const bool b_symbol = ib != view_id.end() || b.size() == Utf8Length(b[0]);
+      if (!a_symbol || !b_symbol) continue;
+      QTOOL_CHECK(ia != view_id.end() && ib != view_id.end() &&
+                      pairs.count(pair_key(ia->second, ib->second)) > 0,
+                  FormatError,
+                  "{}: token '{}' (id {}) is '{}' + '{}', which no merge joins: llama.cpp's "
+                  "SentencePiece tokenizer would join them",
+                  file, t, id, a, b);
+    }
+  }
+
+  const float unmerged = -static_cast<float>(merges.size());
+  std::vector<Scalar> tokens, scores, types;
+  for (int64_t i = 0; i < vocab_size; ++i) {
+    tokens.emplace_back(present[i] ? text[i] : fmt::format("[PAD{}]", i));
+    scores.emplace_back(first_rank[i] >= 0 ? -static_cast<float>(first_rank[i]) : unmerged);
+    types.emplace_back(type[i]);
+  }
+  KV kv;
+  kv.emplace_back("tokenizer.ggml.model", std::string("llama"));
+  kv.emplace_back("tokenizer.ggml.tokens", Value::Array(ValueType::kString, std::move(tokens)));
+  kv.emplace_back("tokenizer.ggml.scores", Value::Array(ValueType::kF32, std::move(scores)));
+  kv.emplace_back("tokenizer.ggml.token_type", Value::Array(ValueType::kI32, std::move(types)));
+  kv.emplace_back("tokenizer.ggml.add_space_prefix", prefix);
+  kv.emplace_back("tokenizer.ggml.remove_extra_whitespaces", false);
+  auto find_id = [&id_of](const std::string& s) -> std::optional<int64_t> {
+    const auto it = id_of.find(s);
+    return it == id_of.end() ? std::nullopt : std::optional<int64_t>(it->second);
+  };
+  // BOS/EOS for the template's flags: tokenizer_config.json's, else config.json's ids.
+  int64_t bos = -1, eos = -1;
+  nlohmann::json tcfg = nlohmann::json::object();
+  if (std::filesystem::exists(dir / "tokenizer_config.json")) {
+    tcfg = ReadJson(dir / "tokenizer_config.json");
+  }
+  for (const auto& [name, out] : {std::pair<const char*, int64_t*>{"bos", &bos}, {"eos", &eos}}) {
+    const std::string id_key = fmt::format("{}_token_id", name);
+    if (config.contains(id_key) && config[id_key].is_number_integer()) {
+      *out = config[id_key].get<int64_t>();
+    }
+    if (const auto content = TokenContent(tcfg, fmt::format("{}_token", name).c_str())) {
+      if (const auto id = find_id(*content)) *out = *id;
+    }
+  }
+  std::map<std::string, int64_t> ids;
+  if (unk >= 0) ids["unk_token_id"] = unk;
+  AddSpecialTokens(dir, config, find_id, ids, TemplateFlags(tj, bos, eos, path), kv);
   return kv;
 }
 
@@ -299,7 +742,11 @@ KV TokenizerMetadata(const std::filesystem::path& dir, int64_t vocab_size,
   if (std::filesystem::exists(dir / "tokenizer.model")) {
     return SentencePieceMetadata(dir, vocab_size, config);
   }
-  if (std::filesystem::exists(dir / "tokenizer.json")) return BpeMetadata(dir, vocab_size, config);
+  if (std::filesystem::exists(dir / "tokenizer.json")) {
+    const nlohmann::json tj = ReadJson(dir / "tokenizer.json");
+    return IsSentencePieceStyle(tj) ? SentencePieceBpeMetadata(dir, tj, vocab_size, config)
+                                    : BpeMetadata(dir, tj, vocab_size, config);
+  }
   return {};
 }
 

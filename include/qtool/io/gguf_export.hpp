@@ -7,7 +7,8 @@
 // (`<arch>.rope.freq_base`, linear scaling keys, or a `rope_freqs.weight` tensor of per-frequency
 // factors for Llama 3 scaling), `general.file_type` and `general.quantization_version`, and the
 // tokenizer: a SentencePiece `tokenizer.model` as the `llama` tokenizer model (tokens, scores,
-// token types) or a byte-level BPE `tokenizer.json` as `gpt2` (tokens, types, merges and the
+// token types), a SentencePiece-style BPE `tokenizer.json` (Gemma's) also as `llama` (scores from
+// the merge ranks), or a byte-level BPE `tokenizer.json` as `gpt2` (tokens, types, merges and the
 // pre-tokenizer's name), the special-token ids and the chat template when the model has one.
 // Tensors get ggml's names (blk.N.attn_q.weight, ...); the rows of the Llama query and key
 // projections are permuted from Hugging Face's rotate-half order to ggml's interleaved RoPE pairs;
@@ -184,8 +185,10 @@ ExportReport ExportGguf(
     const std::function<void(size_t, size_t, const std::string&)>& progress = {});
 
 /// The tokenizer metadata (tokenizer.* keys) of the model directory `dir` with `vocab_size`
-/// entries: from tokenizer.model (SentencePiece) when present, else tokenizer.json (byte-level
-/// BPE); empty when neither exists. `config` supplies fallback special-token ids.
+/// entries: from tokenizer.model (SentencePiece) when present, else tokenizer.json (SentencePiece-
+/// style BPE with byte fallback as `llama`, byte-level BPE as `gpt2`); empty when neither exists.
+/// `config` supplies fallback special-token ids. Throws FormatError (naming the file and what is
+/// unknown) for a tokenizer.json that llama.cpp would tokenise differently.
 std::vector<std::pair<std::string, Value>> TokenizerMetadata(const std::filesystem::path& dir,
                                                              int64_t vocab_size,
                                                              const nlohmann::json& config);
