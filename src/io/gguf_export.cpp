@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <numbers>
 #include <regex>
 
+#include "gguf_names.hpp"
 #include "qtool/core/convert.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
@@ -19,73 +21,89 @@ namespace {
 
 using KV = std::vector<std::pair<std::string, Value>>;
 
-// GGUF name of a Hugging Face tensor, or "" for tensors the file does not keep.
-std::string GgufName(const std::string& hf, int64_t* layer) {
-  static const std::map<std::string, std::string> kTop = {
-      {"model.embed_tokens.weight", "token_embd.weight"},
-      {"model.norm.weight", "output_norm.weight"},
-      {"lm_head.weight", "output.weight"}};
-  static const std::map<std::string, std::string> kBlock = {
-      {"input_layernorm.weight", "attn_norm.weight"},
-      {"self_attn.q_proj.weight", "attn_q.weight"},
-      {"self_attn.k_proj.weight", "attn_k.weight"},
-      {"self_attn.v_proj.weight", "attn_v.weight"},
-      {"self_attn.o_proj.weight", "attn_output.weight"},
-      {"self_attn.q_proj.bias", "attn_q.bias"},
-      {"self_attn.k_proj.bias", "attn_k.bias"},
-      {"self_attn.v_proj.bias", "attn_v.bias"},
-      {"post_attention_layernorm.weight", "ffn_norm.weight"},
-      {"mlp.gate_proj.weight", "ffn_gate.weight"},
-      {"mlp.up_proj.weight", "ffn_up.weight"},
-      {"mlp.down_proj.weight", "ffn_down.weight"}};
-  *layer = -1;
-  if (const auto it = kTop.find(hf); it != kTop.end()) return it->second;
-  static const std::regex kLayer(R"(model\.layers\.(\d+)\.(.+))");
-  std::smatch m;
-  if (std::regex_match(hf, m, kLayer)) {
-    if (hf.ends_with("rotary_emb.inv_freq")) return "";
-    const auto it = kBlock.find(m[2].str());
-    QTOOL_CHECK(it != kBlock.end(), FormatError, "tensor '{}' has no GGUF name", hf);
-    *layer = std::stoll(m[1].str());
-    return fmt::format("blk.{}.{}", *layer, it->second);
+// The GGUF place of a Hugging Face tensor; name "" for tensors the file does not keep.
+GgufTensorRef GgufPlace(const std::string& hf, bool sandwich) {
+  GgufTensorRef r;
+  for (const auto& [from, to] : names::kTop) {
+    if (hf == from) {
+      r.name = to;
+      return r;
+    }
   }
-  QTOOL_CHECK(hf.ends_with("rotary_emb.inv_freq"), FormatError, "tensor '{}' has no GGUF name", hf);
-  return "";
+  if (hf.ends_with("rotary_emb.inv_freq")) return r;
+  static const std::regex kLayer(R"(model\.layers\.(\d{1,9})\.(.+))");
+  static const std::regex kExpert(R"((block_sparse_moe|mlp)\.experts\.(\d{1,9})\.(\w+)\.weight)");
+  std::smatch m;
+  QTOOL_CHECK(std::regex_match(hf, m, kLayer), FormatError, "tensor '{}' has no GGUF name", hf);
+  r.layer = std::stoll(m[1].str());
+  const std::string rest = m[2].str();
+  std::smatch e;
+  if (std::regex_match(rest, e, kExpert)) {
+    const bool mixtral = e[1].str() == "block_sparse_moe";
+    for (const names::ExpertPart& p : names::kExpertParts) {
+      if (e[3].str() == (mixtral ? p.mixtral : p.qwen)) {
+        r.expert = std::stoll(e[2].str());
+        r.name = fmt::format("blk.{}.{}", r.layer, p.gguf);
+        return r;
+      }
+    }
+  }
+  if (sandwich) {
+    for (const auto& [from, to] : names::kSandwich) {
+      if (rest == from) {
+        r.name = fmt::format("blk.{}.{}", r.layer, to);
+        return r;
+      }
+    }
+  }
+  for (const auto& [from, to] : names::kBlock) {
+    if (rest == from) {
+      r.name = fmt::format("blk.{}.{}", r.layer, to);
+      return r;
+    }
+  }
+  throw FormatError(fmt::format("tensor '{}' has no GGUF name", hf));
 }
 
 // Hugging Face stores each head's query/key rows as [first halves of the rotary pairs | second
 // halves] (rotate_half); ggml's RoPE rotates adjacent rows (2i, 2i + 1). Row 2i + j of a head in
 // the output is row j * head_dim / 2 + i of the input (llama.cpp's converter does the same).
 template <class T>
-void PermuteRopeRows(std::vector<T>& w, int64_t rows, int64_t cols, int64_t heads) {
+void PermuteRopeRows(T* w, int64_t rows, int64_t cols, int64_t heads) {
   const int64_t hd = rows / heads;
-  std::vector<T> out(w.size());
+  const std::vector<T> in(w, w + rows * cols);
   for (int64_t h = 0; h < heads; ++h) {
     for (int64_t i = 0; i < hd / 2; ++i) {
       for (int64_t j = 0; j < 2; ++j) {
-        const T* src = w.data() + (h * hd + j * (hd / 2) + i) * cols;
-        std::copy(src, src + cols, out.data() + (h * hd + 2 * i + j) * cols);
+        const T* src = in.data() + (h * hd + j * (hd / 2) + i) * cols;
+        std::copy(src, src + cols, w + (h * hd + 2 * i + j) * cols);
       }
     }
   }
-  w.swap(out);
 }
 
 struct Planned {
   ExportedTensor out;
-  const CheckpointTensor* src = nullptr;  // nullptr: `values` holds the data
+  // The checkpoint tensors whose rows the tensor holds, in order: one, or one per expert of a
+  // stacked 3-D tensor. Empty: `values` holds the data.
+  std::vector<const CheckpointTensor*> srcs;
   std::vector<float> values;
   int64_t layer = -1;
-  int64_t permute_heads = 0;  // > 0: permute rows for RoPE with this many heads
+  int64_t permute_heads = 0;  // > 0: permute each source's rows for RoPE with this many heads
+  bool plus_one = false;      // Gemma's norms: store 1 + w
 };
+
+// The architectures the export writes, and those whose query/key rows it permutes (the others
+// run NeoX-style RoPE in llama.cpp, which rotates the halves as Hugging Face does).
+constexpr std::string_view kArchitectures[] = {"llama",  "qwen2", "qwen3",    "gemma2",
+                                               "gemma3", "phi3",  "qwen2moe", "qwen3moe"};
 
 }  // namespace
 
-std::string TensorName(const std::string& hf) {
-  int64_t layer = -1;
-  return GgufName(hf, &layer);
+std::string TensorName(const std::string& hf) { return GgufPlace(hf, false).name; }
+GgufTensorRef GgufTensor(const std::string& hf, bool sandwich_norms) {
+  return GgufPlace(hf, sandwich_norms);
 }
-std::string GgufTensorName(const std::string& hf, int64_t* layer) { return GgufName(hf, layer); }
 
 ggml::Type FallbackType(ggml::Type type, uint64_t ne0) {
   using ggml::Type;
@@ -203,7 +221,8 @@ std::string RecipeNames() {
 
 ggml::Type TensorType(const Recipe& r, bool pure, const std::string& name, uint64_t ne0,
                       int64_t layer, int64_t n_layers, int64_t n_gqa, bool has_output,
-                      bool has_imatrix) {
+                      bool has_imatrix, int64_t n_expert) {
+  if (name.find("ffn_gate_inp.weight") != std::string::npos) return Type::kF32;
   Type t = r.base;
   if (r.mix && !pure && IsQuantized(r.base)) {
     const uint32_t f = r.file_type;
@@ -216,7 +235,7 @@ ggml::Type TensorType(const Recipe& r, bool pure, const std::string& name, uint6
       }
     } else if (name == "token_embd.weight") {
       if (f == kTQ1_0 || f == kTQ2_0) t = Type::kQ4_K;
-    } else if (has("attn_v.weight")) {
+    } else if (has("attn_qkv.weight") || has("attn_v.weight")) {
       if (f == kQ2_K) {
         t = n_gqa >= 4 ? Type::kQ4_K : Type::kQ3_K;
       } else if (f == kQ3_K_M) {
@@ -230,6 +249,9 @@ ggml::Type TensorType(const Recipe& r, bool pure, const std::string& name, uint6
       } else if (f == kQ4_K_S && layer < 4) {
         t = Type::kQ5_K;
       }
+      if (n_expert == 8) t = Type::kQ8_0;
+    } else if (has("attn_k.weight")) {
+      if (n_expert == 8) t = Type::kQ8_0;
     } else if (has("ffn_down")) {
       if (f == kQ2_K) {
         t = Type::kQ3_K;
@@ -249,7 +271,12 @@ ggml::Type TensorType(const Recipe& r, bool pure, const std::string& name, uint6
         t = f == kQ4_0 ? Type::kQ4_1 : Type::kQ5_1;
       }
     } else if (has("attn_output.weight")) {
-      if (f == kQ2_K) {
+      if (n_expert == 8) {
+        if (f == kQ2_K || f == kQ3_K_S || f == kQ3_K_M || f == kIQ4_NL || f == kQ4_K_S ||
+            f == kQ4_K_M || f == kIQ4_XS) {
+          t = Type::kQ5_K;
+        }
+      } else if (f == kQ2_K) {
         t = Type::kQ3_K;
       } else if (f == kQ3_K_M) {
         t = Type::kQ4_K;
@@ -272,8 +299,9 @@ ExportReport ExportGguf(const Checkpoint& in, const ModelParams& c,
   const std::optional<Recipe> recipe = FindRecipe(options.type);
   QTOOL_CHECK(recipe.has_value(), OptionError, "unknown GGUF type \"{}\" (known: {})", options.type,
               RecipeNames());
-  QTOOL_CHECK(c.architecture == "llama" || c.architecture == "qwen2", FormatError,
-              "{}: GGUF architecture '{}' is not written (llama and qwen2 are)", in.dir().string(),
+  QTOOL_CHECK(std::find(std::begin(kArchitectures), std::end(kArchitectures), c.architecture) !=
+                  std::end(kArchitectures),
+              FormatError, "{}: GGUF architecture '{}' is not written", in.dir().string(),
               c.architecture);
   ExportReport report;
   report.architecture = c.architecture;
@@ -294,7 +322,8 @@ ExportReport ExportGguf(const Checkpoint& in, const ModelParams& c,
   kv.emplace_back(arch + ".attention.head_count", u32(c.num_heads));
   kv.emplace_back(arch + ".attention.head_count_kv", u32(c.num_kv_heads));
   kv.emplace_back(arch + ".attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
-  kv.emplace_back(arch + ".rope.dimension_count", u32(c.head_dim));
+  kv.emplace_back(arch + ".rope.dimension_count",
+                  u32(c.rotary_dim > 0 ? c.rotary_dim : c.head_dim));
   kv.emplace_back(arch + ".rope.freq_base", static_cast<float>(c.rope_theta));
   if (c.head_dim * c.num_heads != c.hidden_size) {
     kv.emplace_back(arch + ".attention.key_length", u32(c.head_dim));
@@ -304,6 +333,7 @@ ExportReport ExportGguf(const Checkpoint& in, const ModelParams& c,
     kv.emplace_back(arch + ".rope.scaling.type", std::string("linear"));
     kv.emplace_back(arch + ".rope.scaling.factor", static_cast<float>(*c.linear_rope_factor));
   }
+  for (const auto& [key, value] : c.keys) kv.emplace_back(arch + "." + key, value);
   KV tok = TokenizerMetadata(in.dir(), c.vocab_size, *in.config());
   for (auto& e : tok) {
     if (e.first == "tokenizer.ggml.model") report.tokenizer_model = *e.second.AsString();
@@ -323,55 +353,71 @@ ExportReport ExportGguf(const Checkpoint& in, const ModelParams& c,
 
   // The tensors, in ggml's usual order: embeddings, output norm and head, then block by block.
   std::vector<Planned> plan;
+  std::map<std::string, size_t> index;  // GGUF name -> plan entry
   for (const CheckpointTensor& t : in.tensors()) {
     const std::string& hf = t.info->name;
-    Planned p;
-    const std::string name = GgufName(hf, &p.layer);
-    if (name.empty()) continue;
-    if (name == "output.weight" && c.tie_word_embeddings) continue;  // stored once, as token_embd
+    const GgufTensorRef ref = GgufPlace(hf, c.sandwich_norms);
+    if (ref.name.empty()) continue;
+    if (ref.name == "output.weight" && c.tie_word_embeddings) continue;  // stored once
     const auto& shape = t.info->shape;
     QTOOL_CHECK(shape.size() == 1 || shape.size() == 2, ShapeError,
                 "{}: tensor '{}' has {} dimensions; GGUF export takes 1 or 2", in.dir().string(),
                 hf, shape.size());
-    p.src = &t;
-    p.out.source = hf;
-    p.out.name = name;
-    for (auto it = shape.rbegin(); it != shape.rend(); ++it) {
-      p.out.ne.push_back(static_cast<uint64_t>(*it));
+    std::vector<uint64_t> ne;
+    for (auto d = shape.rbegin(); d != shape.rend(); ++d) ne.push_back(static_cast<uint64_t>(*d));
+    if (ref.name.ends_with("ffn_gate_inp_shexp.weight") && shape.size() == 2 && shape[0] == 1) {
+      ne.resize(1);  // [1, hidden] in the checkpoint, a vector in llama.cpp
     }
-    plan.push_back(std::move(p));
+    const auto [it, added] = index.emplace(ref.name, plan.size());
+    if (added) {
+      Planned p;
+      p.out.source = hf;
+      p.out.name = ref.name;
+      p.out.ne = ne;
+      p.layer = ref.layer;
+      if (ref.expert >= 0) {
+        QTOOL_CHECK(c.num_experts > 0 && ne.size() == 2, FormatError,
+                    "{}: tensor '{}' is an expert's, but the model has no experts",
+                    in.dir().string(), hf);
+        p.out.ne = {ne[0], ne[1], static_cast<uint64_t>(c.num_experts)};
+        p.srcs.resize(static_cast<size_t>(c.num_experts));
+      }
+      plan.push_back(std::move(p));
+    }
+    Planned& p = plan[it->second];
+    if (ref.expert < 0) {
+      QTOOL_CHECK(added, FormatError, "{}: tensors '{}' and '{}' are both GGUF's '{}'",
+                  in.dir().string(), p.out.source, hf, ref.name);
+      p.srcs.push_back(&t);
+      continue;
+    }
+    QTOOL_CHECK(ref.expert < c.num_experts, FormatError,
+                "{}: tensor '{}' is expert {}, but the model has {} experts", in.dir().string(), hf,
+                ref.expert, c.num_experts);
+    QTOOL_CHECK(p.srcs[ref.expert] == nullptr, FormatError, "{}: tensor '{}' appears twice",
+                in.dir().string(), hf);
+    QTOOL_CHECK(ne[0] == p.out.ne[0] && ne[1] == p.out.ne[1], ShapeError,
+                "{}: tensor '{}' is [{}, {}], expert 0's is [{}, {}]", in.dir().string(), hf, ne[1],
+                ne[0], p.out.ne[1], p.out.ne[0]);
+    p.srcs[ref.expert] = &t;
   }
   bool has_output = false;
   for (const Planned& p : plan) has_output |= p.out.name == "output.weight";
   for (Planned& p : plan) {
+    for (size_t e = 0; e < p.srcs.size(); ++e) {
+      QTOOL_CHECK(p.srcs[e] != nullptr, FormatError, "{}: {} has no tensor for expert {}",
+                  in.dir().string(), p.out.name, e);
+    }
     const std::string& name = p.out.name;
     p.out.type = p.out.ne.size() == 1
                      ? ggml::Type::kF32
                      : TensorType(*recipe, options.pure, name, p.out.ne[0], p.layer, c.num_layers,
                                   c.num_heads / std::max<int64_t>(1, c.num_kv_heads), has_output,
-                                  imat != nullptr);
+                                  imat != nullptr, c.num_experts);
     if (permute && name.ends_with("attn_q.weight")) p.permute_heads = c.num_heads;
     if (permute && name.ends_with("attn_k.weight")) p.permute_heads = c.num_kv_heads;
+    p.plus_one = c.norm_plus_one && name.ends_with("norm.weight");
   }
-  if (!c.rope_freqs.empty()) {
-    Planned p;
-    p.out.name = "rope_freqs.weight";
-    p.values = c.rope_freqs;
-    p.out.ne = {p.values.size()};
-    p.out.type = ggml::Type::kF32;
-    plan.push_back(std::move(p));
-  }
-  auto rank = [](const Planned& p) {
-    static const std::map<std::string, int> kOrder = {{"token_embd.weight", 0},
-                                                      {"rope_freqs.weight", 1},
-                                                      {"output_norm.weight", 2},
-                                                      {"output.weight", 3}};
-    const auto it = kOrder.find(p.out.name);
-    return std::make_pair(p.layer < 0 ? -1 : p.layer, it == kOrder.end() ? 4 : it->second);
-  };
-  std::stable_sort(plan.begin(), plan.end(),
-                   [&](const Planned& a, const Planned& b) { return rank(a) < rank(b); });
-
   std::vector<TensorSpec> specs;
   for (const Planned& p : plan) specs.push_back({p.out.name, p.out.ne, p.out.type});
   SplitWriter writer(out, kv, specs, options.split_max_bytes, options.overwrite);
@@ -379,51 +425,77 @@ ExportReport ExportGguf(const Checkpoint& in, const ModelParams& c,
   for (size_t i = 0; i < plan.size(); ++i) {
     Planned& p = plan[i];
     const int64_t cols = static_cast<int64_t>(p.out.ne[0]);
-    const int64_t rows = p.out.ne.size() > 1 ? static_cast<int64_t>(p.out.ne[1]) : 1;
+    const int64_t slices = std::max<int64_t>(1, static_cast<int64_t>(p.srcs.size()));
+    const int64_t slice_rows = p.out.ne.size() > 1 ? static_cast<int64_t>(p.out.ne[1]) : 1;
+    const int64_t rows = slice_rows * slices;
     std::vector<float> x;
-    if (p.src != nullptr) {
-      x.resize(static_cast<size_t>(rows * cols));
-      const int64_t bad =
-          ConvertToF32(p.src->data().data(), p.src->info->dtype, rows * cols, x.data());
-      QTOOL_CHECK(bad < 0, NumericError, "{}: tensor '{}': non-finite value at index {}",
-                  in.dir().string(), p.out.source, bad);
-      report.input_bytes += p.src->info->nbytes();
-      if (p.permute_heads > 0) {
-        QTOOL_CHECK(rows % (2 * p.permute_heads) == 0, ShapeError,
-                    "tensor '{}': {} rows do not split into {} heads of rotary pairs", p.out.source,
-                    rows, p.permute_heads);
-        PermuteRopeRows(x, rows, cols, p.permute_heads);
-      }
-    } else {
+    if (p.srcs.empty()) {
       x = std::move(p.values);
+    } else {
+      x.resize(static_cast<size_t>(rows * cols));
     }
-    // The importances of this weight's columns (llama.cpp reads none for token_embd).
+    for (int64_t e = 0; e < static_cast<int64_t>(p.srcs.size()); ++e) {
+      const CheckpointTensor& src = *p.srcs[static_cast<size_t>(e)];
+      float* xs = x.data() + e * slice_rows * cols;
+      const int64_t bad = ConvertToF32(src.data().data(), src.info->dtype, slice_rows * cols, xs);
+      QTOOL_CHECK(bad < 0, NumericError, "{}: tensor '{}': non-finite value at index {}",
+                  in.dir().string(), src.info->name, bad);
+      report.input_bytes += src.info->nbytes();
+      if (p.permute_heads > 0) {
+        QTOOL_CHECK(slice_rows % (2 * p.permute_heads) == 0, ShapeError,
+                    "tensor '{}': {} rows do not split into {} heads of rotary pairs",
+                    src.info->name, slice_rows, p.permute_heads);
+        PermuteRopeRows(xs, slice_rows, cols, p.permute_heads);
+      }
+    }
+    if (p.plus_one) {
+      for (float& v : x) v += 1.0f;
+    }
+    // The importances of this weight's columns, one set per slice (llama.cpp reads none for
+    // token_embd).
     std::vector<float> importance;
-    if (imat != nullptr && p.out.ne.size() == 2 && IsQuantized(p.out.type)) {
+    if (imat != nullptr && p.out.ne.size() >= 2 && IsQuantized(p.out.type)) {
       const auto it = imat->entries.find(p.out.name);
       if (it != imat->entries.end()) {
-        const bool fits = it->second.ncols * it->second.nmat == cols;
+        const bool fits = it->second.ncols == cols && it->second.nmat == slices;
         QTOOL_CHECK(fits || p.out.name == "token_embd.weight", ShapeError,
-                    "{}: importance matrix entry '{}' has {} x {} values, the weight's rows {}",
-                    options.imatrix_file, p.out.name, it->second.nmat, it->second.ncols, cols);
+                    "{}: importance matrix entry '{}' has {} x {} values, the weight {} x {}",
+                    options.imatrix_file, p.out.name, it->second.nmat, it->second.ncols, slices,
+                    cols);
         if (fits) importance = it->second.Importance();
       }
     }
     p.out.imatrix = !importance.empty();
-    const float* qw = p.out.imatrix ? importance.data() : nullptr;
     const uint64_t row_bytes = ggml::RowBytes(p.out.type, static_cast<uint64_t>(cols));
-    std::vector<std::byte> q;
-    const bool given =
-        p.src != nullptr && options.quantized && options.quantized(p.out.source, p.out.type, q);
-    if (given) {
-      QTOOL_CHECK(q.size() == row_bytes * static_cast<uint64_t>(rows), ShapeError,
-                  "tensor '{}': {} bytes given for {} rows of {} bytes", p.out.source, q.size(),
-                  rows, row_bytes);
-      if (p.permute_heads > 0) {
-        PermuteRopeRows(q, rows, static_cast<int64_t>(row_bytes), p.permute_heads);
+    const uint64_t slice_bytes = row_bytes * static_cast<uint64_t>(slice_rows);
+    std::vector<std::byte> q(slice_bytes * static_cast<uint64_t>(slices));
+    bool given = false;
+    if (!p.srcs.empty() && options.quantized) {
+      std::vector<std::byte> part;
+      for (int64_t e = 0; e < slices; ++e) {
+        const std::string& source = p.srcs[static_cast<size_t>(e)]->info->name;
+        const bool got = options.quantized(source, p.out.type, part);
+        QTOOL_CHECK(got == given || e == 0, FormatError,
+                    "tensor '{}': blocks are given for some experts of {} and not others", source,
+                    p.out.name);
+        given = got;
+        if (!got) continue;
+        QTOOL_CHECK(part.size() == slice_bytes, ShapeError,
+                    "tensor '{}': {} bytes given for {} rows of {} bytes", source, part.size(),
+                    slice_rows, row_bytes);
+        if (p.permute_heads > 0) {
+          PermuteRopeRows(part.data(), slice_rows, static_cast<int64_t>(row_bytes),
+                          p.permute_heads);
+        }
+        if (p.plus_one) {  // an F32 norm
+          std::vector<float> v(static_cast<size_t>(cols));
+          std::memcpy(v.data(), part.data(), part.size());
+          for (float& f : v) f += 1.0f;
+          std::memcpy(part.data(), v.data(), part.size());
+        }
+        std::copy(part.begin(), part.end(),
+                  q.begin() + static_cast<std::ptrdiff_t>(e * slice_bytes));
       }
-    } else {
-      q.resize(row_bytes * static_cast<uint64_t>(rows));
     }
     std::vector<double> err(static_cast<size_t>(threads), 0.0);
     std::vector<double> energy(static_cast<size_t>(threads), 0.0);
@@ -432,6 +504,8 @@ ExportReport ExportGguf(const Checkpoint& in, const ModelParams& c,
                   std::vector<float> back(static_cast<size_t>(cols));
                   for (int64_t r = r0; r < r1; ++r) {
                     const float* xr = x.data() + r * cols;
+                    const float* qw =
+                        importance.empty() ? nullptr : importance.data() + (r / slice_rows) * cols;
                     std::byte* qr = q.data() + static_cast<uint64_t>(r) * row_bytes;
                     if (!given) ggml::Quantize(p.out.type, xr, qr, cols, qw);
                     ggml::Dequantize(p.out.type, qr, back.data(), cols);
@@ -451,7 +525,7 @@ ExportReport ExportGguf(const Checkpoint& in, const ModelParams& c,
     p.out.rel_rms_error = sx > 0 ? std::sqrt(se / sx) : 0.0;
     p.out.bytes = q.size();
     writer.Write(q);
-    if (p.src != nullptr) p.src->file->Release(*p.src->info);
+    for (const CheckpointTensor* src : p.srcs) src->file->Release(*src->info);
     report.tensors.push_back(p.out);
     if (progress) progress(i + 1, plan.size(), p.out.name);
   }

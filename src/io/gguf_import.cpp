@@ -7,6 +7,7 @@
 #include <regex>
 #include <set>
 
+#include "gguf_names.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/checkpoint.hpp"
 
@@ -14,32 +15,47 @@ namespace qtool::gguf {
 
 namespace {
 
-// Hugging Face name of a GGUF tensor, or "" for tensors a checkpoint does not hold.
-std::string HfName(const std::string& name, const std::string& label) {
-  static const std::map<std::string, std::string> kTop = {
-      {"token_embd.weight", "model.embed_tokens.weight"},
-      {"output_norm.weight", "model.norm.weight"},
-      {"output.weight", "lm_head.weight"},
-      {"rope_freqs.weight", ""}};
-  static const std::map<std::string, std::string> kBlock = {
-      {"attn_norm.weight", "input_layernorm.weight"},
-      {"attn_q.weight", "self_attn.q_proj.weight"},
-      {"attn_k.weight", "self_attn.k_proj.weight"},
-      {"attn_v.weight", "self_attn.v_proj.weight"},
-      {"attn_output.weight", "self_attn.o_proj.weight"},
-      {"attn_q.bias", "self_attn.q_proj.bias"},
-      {"attn_k.bias", "self_attn.k_proj.bias"},
-      {"attn_v.bias", "self_attn.v_proj.bias"},
-      {"ffn_norm.weight", "post_attention_layernorm.weight"},
-      {"ffn_gate.weight", "mlp.gate_proj.weight"},
-      {"ffn_up.weight", "mlp.up_proj.weight"},
-      {"ffn_down.weight", "mlp.down_proj.weight"}};
-  if (const auto it = kTop.find(name); it != kTop.end()) return it->second;
-  static const std::regex kLayer(R"(blk\.(\d+)\.(.+))");
+// How an architecture's GGUF tensors map back to a checkpoint's.
+struct ArchNames {
+  bool sandwich = false;  // Gemma 2/3 (names::kSandwich)
+  bool fused = false;     // Phi-3: ffn_up is mlp.gate_up_proj
+  bool mixtral = false;   // experts under block_sparse_moe (else mlp)
+};
+
+// Whether the Hugging Face block tensor `hf` of names::kBlock belongs to such a model.
+bool Fits(std::string_view hf, const ArchNames& a) {
+  if (hf == "mlp.gate_up_proj.weight") return a.fused;
+  if (hf == "mlp.up_proj.weight") return !a.fused;
+  if (hf == "block_sparse_moe.gate.weight") return a.mixtral;
+  if (hf == "mlp.gate.weight") return !a.mixtral;
+  return true;
+}
+
+// Hugging Face name of a GGUF tensor ("" for tensors a checkpoint does not hold); for a stacked
+// expert tensor, the name of expert 0's slice with "{}" where the expert's index goes.
+std::string HfName(const std::string& name, const ArchNames& a, const std::string& label) {
+  if (name == "rope_freqs.weight") return "";
+  for (const auto& [hf, gguf] : names::kTop) {
+    if (name == gguf) return std::string(hf);
+  }
+  static const std::regex kLayer(R"(blk\.(\d{1,9})\.(.+))");
   std::smatch m;
   if (std::regex_match(name, m, kLayer)) {
-    if (const auto it = kBlock.find(m[2].str()); it != kBlock.end()) {
-      return fmt::format("model.layers.{}.{}", m[1].str(), it->second);
+    const std::string block = "model.layers." + m[1].str() + ".";
+    const std::string rest = m[2].str();
+    for (const names::ExpertPart& p : names::kExpertParts) {
+      if (rest == p.gguf) {
+        return fmt::format("{}{}.experts.{{}}.{}.weight", block,
+                           a.mixtral ? "block_sparse_moe" : "mlp", a.mixtral ? p.mixtral : p.qwen);
+      }
+    }
+    if (a.sandwich) {
+      for (const auto& [hf, gguf] : names::kSandwich) {
+        if (rest == gguf) return block + std::string(hf);
+      }
+    }
+    for (const auto& [hf, gguf] : names::kBlock) {
+      if (rest == gguf && Fits(hf, a)) return block + std::string(hf);
     }
   }
   throw FormatError(fmt::format("{}: tensor '{}' has no Hugging Face name", label, name));
@@ -292,59 +308,154 @@ void ImportGguf(const SplitFile& file, const std::filesystem::path& out_dir, boo
   QTOOL_CHECK(arch_v != nullptr && arch_v->AsString() != nullptr, FormatError,
               "{}: general.architecture is missing", label);
   const std::string arch = *arch_v->AsString();
-  QTOOL_CHECK(arch == "llama" || arch == "qwen2", FormatError,
-              "{}: architecture '{}' cannot be converted (llama and qwen2 can)", label, arch);
-  const int64_t heads = Int(h, arch + ".attention.head_count", label);
-  const int64_t kv_heads = h.Find(arch + ".attention.head_count_kv")
-                               ? Int(h, arch + ".attention.head_count_kv", label)
+  // GGUF architecture -> the Hugging Face class and model_type of the checkpoint.
+  static const std::map<std::string, std::pair<std::string, std::string>> kClasses = {
+      {"llama", {"LlamaForCausalLM", "llama"}},
+      {"qwen2", {"Qwen2ForCausalLM", "qwen2"}},
+      {"qwen3", {"Qwen3ForCausalLM", "qwen3"}},
+      {"qwen2moe", {"Qwen2MoeForCausalLM", "qwen2_moe"}},
+      {"qwen3moe", {"Qwen3MoeForCausalLM", "qwen3_moe"}},
+      {"gemma2", {"Gemma2ForCausalLM", "gemma2"}},
+      {"gemma3", {"Gemma3ForCausalLM", "gemma3_text"}},
+      {"phi3", {"Phi3ForCausalLM", "phi3"}}};
+  const auto cls = kClasses.find(arch);
+  QTOOL_CHECK(cls != kClasses.end(), FormatError,
+              "{}: architecture '{}' cannot be converted (llama, qwen2, qwen3, qwen2moe, qwen3moe, "
+              "gemma2, gemma3 and phi3 can)",
+              label, arch);
+  auto key = [&arch](const char* k) { return arch + "." + k; };
+  const int64_t heads = Int(h, key("attention.head_count"), label);
+  const int64_t kv_heads = h.Find(key("attention.head_count_kv"))
+                               ? Int(h, key("attention.head_count_kv"), label)
                                : heads;
-  const int64_t hidden = Int(h, arch + ".embedding_length", label);
+  const int64_t hidden = Int(h, key("embedding_length"), label);
+  const int64_t layers = Int(h, key("block_count"), label);
+  QTOOL_CHECK(heads > 0 && layers > 0 && hidden > 0, FormatError,
+              "{}: {} heads, {} layers, embedding length {}", label, heads, layers, hidden);
+  const int64_t head_dim = h.Find(key("attention.key_length"))
+                               ? Int(h, key("attention.key_length"), label)
+                               : hidden / heads;
+  const int64_t experts = h.Find(key("expert_count")) ? Int(h, key("expert_count"), label) : 0;
   const TensorInfo* embd = h.FindTensor("token_embd.weight");
   QTOOL_CHECK(embd != nullptr && embd->ne.size() == 2, FormatError,
               "{}: token_embd.weight is missing", label);
-  auto f32 = [&h](const std::string& key, double fallback) {
-    const Value* v = h.Find(key);
+  auto f32 = [&h](const std::string& k, double fallback) {
+    const Value* v = h.Find(k);
     return v && v->AsFloat() ? *v->AsFloat() : fallback;
   };
+  const bool gemma = arch == "gemma2" || arch == "gemma3";
+  const bool mixtral = arch == "llama" && experts > 0;
   nlohmann::json config = {
-      {"architectures", {arch == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"}},
-      {"model_type", arch},
+      {"architectures", {mixtral ? "MixtralForCausalLM" : cls->second.first}},
+      {"model_type", mixtral ? "mixtral" : cls->second.second},
       {"hidden_size", hidden},
-      {"intermediate_size", Int(h, arch + ".feed_forward_length", label)},
-      {"num_hidden_layers", Int(h, arch + ".block_count", label)},
+      {"intermediate_size", Int(h, key("feed_forward_length"), label)},
+      {"num_hidden_layers", layers},
       {"num_attention_heads", heads},
       {"num_key_value_heads", kv_heads},
-      {"head_dim", h.Find(arch + ".attention.key_length")
-                       ? Int(h, arch + ".attention.key_length", label)
-                       : hidden / heads},
+      {"head_dim", head_dim},
       {"vocab_size", embd->ne[1]},
-      {"max_position_embeddings", Int(h, arch + ".context_length", label)},
-      {"rms_norm_eps", f32(arch + ".attention.layer_norm_rms_epsilon", 1e-6)},
-      {"rope_theta", f32(arch + ".rope.freq_base", 10000.0)},
+      {"max_position_embeddings", Int(h, key("context_length"), label)},
+      {"rms_norm_eps", f32(key("attention.layer_norm_rms_epsilon"), 1e-6)},
+      {"rope_theta", f32(key("rope.freq_base"), 10000.0)},
       {"tie_word_embeddings", h.FindTensor("output.weight") == nullptr},
-      {"hidden_act", "silu"},
+      {gemma ? "hidden_activation" : "hidden_act", gemma ? "gelu_pytorch_tanh" : "silu"},
       {"torch_dtype", "float32"}};
-  for (const auto& [key, hf] : {std::pair{"tokenizer.ggml.bos_token_id", "bos_token_id"},
-                                std::pair{"tokenizer.ggml.eos_token_id", "eos_token_id"}}) {
-    if (h.Find(key)) config[hf] = Int(h, key, label);
+  for (const auto& [k, hf] : {std::pair{"tokenizer.ggml.bos_token_id", "bos_token_id"},
+                              std::pair{"tokenizer.ggml.eos_token_id", "eos_token_id"}}) {
+    if (h.Find(k)) config[hf] = Int(h, k, label);
   }
-  if (const Value* t = h.Find(arch + ".rope.scaling.type");
+  if (const Value* t = h.Find(key("rope.scaling.type"));
       t && t->AsString() && *t->AsString() == "linear") {
-    config["rope_scaling"] = {{"type", "linear"},
-                              {"factor", f32(arch + ".rope.scaling.factor", 1.0)}};
+    config["rope_scaling"] = {{"type", "linear"}, {"factor", f32(key("rope.scaling.factor"), 1.0)}};
+  }
+  if (experts > 0) {
+    const int64_t used = Int(h, key("expert_used_count"), label);
+    if (mixtral) {
+      config["num_local_experts"] = experts;
+    } else {
+      config["num_experts"] = experts;
+      config["moe_intermediate_size"] = Int(h, key("expert_feed_forward_length"), label);
+      config["norm_topk_prob"] = arch == "qwen3moe";  // what llama.cpp's graphs do
+      if (h.Find(key("expert_shared_feed_forward_length"))) {
+        config["shared_expert_intermediate_size"] =
+            Int(h, key("expert_shared_feed_forward_length"), label);
+      }
+    }
+    config["num_experts_per_tok"] = used;
+  }
+  if (arch == "phi3") {
+    const int64_t rot = Int(h, key("rope.dimension_count"), label);
+    if (rot != head_dim) config["partial_rotary_factor"] = static_cast<double>(rot) / head_dim;
+  }
+  if (h.Find(key("attention.sliding_window"))) {
+    config["sliding_window"] = Int(h, key("attention.sliding_window"), label);
+  }
+  if (gemma) {
+    // llama.cpp's query scale (see gguf::GgufModelParams) and its per-layer sliding pattern
+    // (Gemma 2: every other layer from the first; Gemma 3: five of every six).
+    const bool big = layers == (arch == "gemma3" ? 62 : 46);
+    config["query_pre_attn_scalar"] = big ? hidden / heads : head_dim;
+    std::vector<bool> sliding(static_cast<size_t>(layers));
+    for (int64_t i = 0; i < layers; ++i)
+      sliding[i] = arch == "gemma3" ? (i + 1) % 6 != 0 : i % 2 == 0;
+    if (const Value* v = h.Find(key("attention.sliding_window_pattern"))) {
+      if (v->is_array) {
+        const Value& a =
+            ArrayKey(h, key("attention.sliding_window_pattern"), ValueType::kBool, label);
+        QTOOL_CHECK(static_cast<int64_t>(a.items.size()) == layers, FormatError,
+                    "{}: {} has {} entries for {} layers", label,
+                    key("attention.sliding_window_pattern"), a.items.size(), layers);
+        for (int64_t i = 0; i < layers; ++i) sliding[i] = std::get<bool>(a.items[i]);
+      } else {
+        const int64_t n = Int(h, key("attention.sliding_window_pattern"), label);
+        QTOOL_CHECK(n > 0, FormatError, "{}: {} is {}", label,
+                    key("attention.sliding_window_pattern"), n);
+        for (int64_t i = 0; i < layers; ++i) sliding[i] = (i + 1) % n != 0;
+      }
+    }
+    const bool windowed = arch == "gemma2" || h.Find(key("attention.sliding_window"));
+    if (arch == "gemma2" && !config.contains("sliding_window")) config["sliding_window"] = 4096;
+    nlohmann::json types = nlohmann::json::array();
+    for (int64_t i = 0; i < layers; ++i) {
+      types.push_back(windowed && sliding[i] ? "sliding_attention" : "full_attention");
+    }
+    config["layer_types"] = types;
+    if (arch == "gemma3") config["rope_local_base_freq"] = f32(key("rope.freq_base_swa"), 10000.0);
+    for (const char* cap : {"attn_logit_softcapping", "final_logit_softcapping"}) {
+      if (h.Find(key(cap))) config[cap] = f32(key(cap), 0.0);
+    }
   }
 
+  // Each GGUF tensor, or each expert's slice of a stacked one, as a checkpoint tensor.
+  struct Part {
+    const TensorInfo* t;
+    int64_t slice;  // -1: the whole tensor
+  };
+  const ArchNames names{gemma, arch == "phi3", mixtral};
   std::vector<qtool::TensorSpec> specs;
-  std::vector<const TensorInfo*> kept;
+  std::vector<Part> parts;
   for (const TensorInfo& t : h.tensors) {
-    const std::string hf = HfName(t.name, label);
+    const std::string hf = HfName(t.name, names, label);
     if (hf.empty()) continue;
-    qtool::TensorSpec s{hf, DType::kF32, {}};
-    for (auto it = t.ne.rbegin(); it != t.ne.rend(); ++it) {
-      s.shape.push_back(static_cast<int64_t>(*it));
+    std::vector<int64_t> shape;
+    for (auto it = t.ne.rbegin(); it != t.ne.rend(); ++it)
+      shape.push_back(static_cast<int64_t>(*it));
+    if (t.ne.size() == 3) {
+      QTOOL_CHECK(static_cast<int64_t>(t.ne[2]) == experts, FormatError,
+                  "{}: tensor '{}' stacks {} experts, {} says {}", label, t.name, t.ne[2],
+                  key("expert_count"), experts);
+      for (int64_t e = 0; e < experts; ++e) {
+        specs.push_back({fmt::format(fmt::runtime(hf), e), DType::kF32, {shape[1], shape[2]}});
+        parts.push_back({&t, e});
+      }
+      continue;
     }
-    specs.push_back(std::move(s));
-    kept.push_back(&t);
+    if (t.name.ends_with("ffn_gate_inp_shexp.weight") && shape.size() == 1) {
+      shape.insert(shape.begin(), 1);  // a [1, hidden] Linear in the checkpoint
+    }
+    specs.push_back({hf, DType::kF32, shape});
+    parts.push_back({&t, -1});
   }
   CheckpointWriterOptions opts;
   opts.overwrite = overwrite;
@@ -354,33 +465,46 @@ void ImportGguf(const SplitFile& file, const std::filesystem::path& out_dir, boo
   for (const ModelFile& f : RebuildTokenizer(h, label)) w.WriteTextFile(f.name, f.contents);
   std::vector<float> values;
   std::vector<float> rows;
-  for (const TensorInfo* t : kept) {
-    values.resize(t->numel());
-    file.Dequantize(*t, values);
-    const bool q = t->name.ends_with("attn_q.weight");
-    const bool k = t->name.ends_with("attn_k.weight");
-    if (arch == "llama" && (q || k)) {
-      // Inverse of the export's permutation: source row h*hd + j*hd/2 + i is GGUF row
-      // h*hd + 2i + j.
-      const int64_t n_heads = q ? heads : kv_heads;
-      const int64_t cols = static_cast<int64_t>(t->ne[0]);
-      const int64_t nrows = static_cast<int64_t>(t->ne[1]);
-      QTOOL_CHECK(nrows % (2 * n_heads) == 0, FormatError,
-                  "{}: tensor '{}': {} rows do not split into {} heads", label, t->name, nrows,
-                  n_heads);
-      const int64_t hd = nrows / n_heads;
-      rows.resize(values.size());
-      for (int64_t hh = 0; hh < n_heads; ++hh) {
-        for (int64_t i = 0; i < hd / 2; ++i) {
-          for (int64_t j = 0; j < 2; ++j) {
-            const float* src = values.data() + (hh * hd + 2 * i + j) * cols;
-            std::copy(src, src + cols, rows.data() + (hh * hd + j * (hd / 2) + i) * cols);
+  const TensorInfo* decoded = nullptr;
+  for (const Part& part : parts) {
+    const TensorInfo* t = part.t;
+    if (decoded != t) {
+      values.resize(t->numel());
+      file.Dequantize(*t, values);
+      decoded = t;
+      const bool q = t->name.ends_with("attn_q.weight");
+      const bool k = t->name.ends_with("attn_k.weight");
+      if (arch == "llama" && (q || k)) {
+        // Inverse of the export's permutation: source row h*hd + j*hd/2 + i is GGUF row
+        // h*hd + 2i + j.
+        const int64_t n_heads = q ? heads : kv_heads;
+        const int64_t cols = static_cast<int64_t>(t->ne[0]);
+        const int64_t nrows = static_cast<int64_t>(t->ne[1]);
+        QTOOL_CHECK(nrows % (2 * n_heads) == 0, FormatError,
+                    "{}: tensor '{}': {} rows do not split into {} heads", label, t->name, nrows,
+                    n_heads);
+        const int64_t hd = nrows / n_heads;
+        rows.resize(values.size());
+        for (int64_t hh = 0; hh < n_heads; ++hh) {
+          for (int64_t i = 0; i < hd / 2; ++i) {
+            for (int64_t j = 0; j < 2; ++j) {
+              const float* src = values.data() + (hh * hd + 2 * i + j) * cols;
+              std::copy(src, src + cols, rows.data() + (hh * hd + j * (hd / 2) + i) * cols);
+            }
           }
         }
+        values.swap(rows);
       }
-      values.swap(rows);
+      if (gemma && t->name.ends_with("norm.weight")) {
+        for (float& v : values) v -= 1.0f;  // llama.cpp stores Gemma's norms as 1 + w
+      }
     }
-    w.Write(std::as_bytes(std::span(values)));
+    std::span<const float> out(values);
+    if (part.slice >= 0) {
+      const size_t n = static_cast<size_t>(t->ne[0] * t->ne[1]);
+      out = out.subspan(static_cast<size_t>(part.slice) * n, n);
+    }
+    w.Write(std::as_bytes(out));
   }
   w.Commit();
 }

@@ -83,12 +83,13 @@ gguf::ExportReport QuantizeCalibratedGguf(
     has_output |= t.info->name == "lm_head.weight" && !c.tie_word_embeddings;
   }
   const int64_t n_gqa = c.num_heads / std::max<int64_t>(1, c.num_kv_heads);
+  // Refuses what llama.cpp cannot run before the calibration starts.
+  const gguf::ModelParams params = gguf::GgufModelParams(c, model_dir.string());
   // The export's choice for each weight (see gguf::ExportGguf).
   const GgmlTypeFn type_of = [&](const std::string& weight, int64_t, int64_t cols) {
-    int64_t layer = -1;
-    const std::string name = gguf::GgufTensorName(weight, &layer);
-    return gguf::TensorType(*recipe, options.pure, name, static_cast<uint64_t>(cols), layer,
-                            c.num_layers, n_gqa, has_output);
+    const gguf::GgufTensorRef ref = gguf::GgufTensor(weight, params.sandwich_norms);
+    return gguf::TensorType(*recipe, options.pure, ref.name, static_cast<uint64_t>(cols), ref.layer,
+                            c.num_layers, n_gqa, has_output, false, params.num_experts);
   };
   fs::path spill_path = out;
   spill_path += ".gptq-blocks";

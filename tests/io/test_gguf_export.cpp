@@ -112,6 +112,38 @@ TEST(GgufExport, MixRecipesFollowLlamaCpp) {
   EXPECT_EQ(FindRecipe("q4_k_m")->file_type, 15u);
 }
 
+// The rules of llama_tensor_get_type that depend on the architecture: Phi-3's fused attn_qkv
+// follows attn_v's, eight experts (Mixtral) raise attn_v and attn_k to Q8_0 and attn_output to
+// Q5_K, a router (ffn_gate_inp) is never quantised, and the stacked experts' names match the
+// dense ones' rules (ffn_down_exps as ffn_down).
+TEST(GgufExport, ArchitectureRulesFollowLlamaCpp) {
+  using ggml::Type;
+  auto type = [](const char* recipe, const std::string& name, int64_t layer, int64_t experts) {
+    return TensorType(*FindRecipe(recipe), false, name, 768, layer, 30, 1, true, false, experts);
+  };
+  EXPECT_EQ(type("Q4_K_M", "blk.0.attn_qkv.weight", 0, 0), Type::kQ6_K);
+  EXPECT_EQ(type("Q4_K_M", "blk.3.attn_qkv.weight", 3, 0), Type::kQ4_K);
+  EXPECT_EQ(type("Q3_K_M", "blk.1.attn_qkv.weight", 1, 0), Type::kQ5_K);
+  for (const char* recipe : {"Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_XS"}) {
+    EXPECT_EQ(type(recipe, "blk.3.attn_v.weight", 3, 8), Type::kQ8_0) << recipe;
+    EXPECT_EQ(type(recipe, "blk.3.attn_k.weight", 3, 8), Type::kQ8_0) << recipe;
+    EXPECT_EQ(type(recipe, "blk.3.ffn_gate_inp.weight", 3, 8), Type::kF32) << recipe;
+  }
+  EXPECT_EQ(type("Q4_K_M", "blk.3.attn_k.weight", 3, 4), Type::kQ4_K);
+  EXPECT_EQ(type("Q4_K_M", "blk.3.attn_v.weight", 3, 4), Type::kQ4_K);
+  EXPECT_EQ(type("Q4_K_M", "blk.3.attn_output.weight", 3, 8), Type::kQ5_K);
+  EXPECT_EQ(type("Q3_K_L", "blk.3.attn_output.weight", 3, 8), Type::kQ3_K);  // not in the list
+  EXPECT_EQ(type("Q5_K_M", "blk.3.attn_output.weight", 3, 8), Type::kQ5_K);
+  EXPECT_EQ(type("Q4_K_M", "blk.3.attn_output.weight", 3, 4), Type::kQ4_K);
+  EXPECT_EQ(type("Q4_K_M", "blk.2.ffn_down_exps.weight", 2, 8), Type::kQ6_K);
+  EXPECT_EQ(type("Q4_K_M", "blk.3.ffn_down_exps.weight", 3, 8), Type::kQ4_K);
+  EXPECT_EQ(type("Q4_K_M", "blk.2.ffn_down_shexp.weight", 2, 4), Type::kQ6_K);
+  EXPECT_EQ(type("Q4_K_M", "blk.2.ffn_gate_exps.weight", 2, 8), Type::kQ4_K);
+  EXPECT_EQ(TensorType(*FindRecipe("Q4_K_M"), true, "blk.3.ffn_gate_inp.weight", 768, 3, 30, 1,
+                       true, false, 8),
+            Type::kF32);
+}
+
 TEST(GgufExport, StoriesAsF32KeepsWeightsPermutesQueryAndKeyRows) {
   testing::ScratchDir dir;
   const Checkpoint ck = Checkpoint::Open(Stories());

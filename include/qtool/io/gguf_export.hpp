@@ -1,7 +1,8 @@
 // Hugging Face Llama-family checkpoints to GGUF files that llama.cpp runs.
 //
 // The file holds what llama.cpp's loader reads for the `llama` architecture (also used for
-// Mistral) and `qwen2`: the shape keys (`<arch>.block_count`, `.embedding_length`, ...), RoPE
+// Mistral and Mixtral), `qwen2`, `qwen3`, `qwen2moe`, `qwen3moe`, `gemma2`, `gemma3` and `phi3`
+// (docs/GGUF.md lists each one's keys and tensors): the shape keys (`<arch>.block_count`, `.embedding_length`, ...), RoPE
 // (`<arch>.rope.freq_base`, linear scaling keys, or a `rope_freqs.weight` tensor of per-frequency
 // factors for Llama 3 scaling), `general.file_type` and `general.quantization_version`, and the
 // tokenizer: a SentencePiece `tokenizer.model` as the `llama` tokenizer model (tokens, scores,
@@ -56,9 +57,12 @@ std::string RecipeNames();
 /// (llama-quantize --pure). 1-D tensors are not asked about (they stay F32). `has_imatrix` (an
 /// importance matrix is given) changes two ffn_down rules as in llama.cpp: IQ4_NL/IQ4_XS keep
 /// their type in the first eighth of the layers, and Q4_0/Q5_0 store those layers as Q4_1/Q5_1.
+/// With `n_expert` == 8 (Mixtral's count) llama.cpp stores attn_v and attn_k as Q8_0 and raises
+/// attn_output to Q5_K for Q2_K, Q3_K_S/M, Q4_K_S/M, IQ4_NL and IQ4_XS; fused attn_qkv (Phi-3)
+/// follows the attn_v rules; the experts' router (ffn_gate_inp) is never quantised (F32).
 ggml::Type TensorType(const Recipe& r, bool pure, const std::string& name, uint64_t ne0,
                       int64_t layer, int64_t n_layers, int64_t n_gqa, bool has_output,
-                      bool has_imatrix = false);
+                      bool has_imatrix = false, int64_t n_expert = 0);
 
 struct ExportOptions {
   /// A recipe name (see FindRecipe): a llama-quantize file type or a ggml type.
@@ -105,9 +109,18 @@ struct ExportReport {
   double seconds = 0;
 };
 
-/// The GGUF name of the checkpoint tensor `hf` ("" when GGUF has none) and its layer (-1 outside
-/// the blocks).
-std::string GgufTensorName(const std::string& hf, int64_t* layer);
+/// Where a checkpoint tensor goes in a GGUF file.
+struct GgufTensorRef {
+  std::string name;     // GGUF name, "" for a tensor the file does not keep (rotary inv_freq)
+  int64_t layer = -1;   // -1 outside the blocks
+  int64_t expert = -1;  // >= 0: this expert's slice of a stacked 3-D blk.N.ffn_*_exps tensor
+};
+
+/// The GGUF place of the checkpoint tensor `hf`. `sandwich_norms` (Gemma 2/3): the checkpoint's
+/// post_attention_layernorm is the attention output's norm (post_attention_norm), its
+/// pre_feedforward_layernorm the MLP's input norm (ffn_norm). Throws FormatError for a name
+/// without a GGUF equivalent.
+GgufTensorRef GgufTensor(const std::string& hf, bool sandwich_norms);
 
 /// The type llama.cpp's quantiser uses for a weight whose row length `ne0` is not a multiple of
 /// `type`'s block size (tensor_type_fallback of the llama.cpp in llama-cpp-python 0.3.36):
@@ -117,14 +130,16 @@ std::string GgufTensorName(const std::string& hf, int64_t* layer);
 ggml::Type FallbackType(ggml::Type type, uint64_t ne0);
 
 /// The GGUF name of a Hugging Face tensor of a Llama-family checkpoint
-/// ("model.layers.3.mlp.down_proj .weight" -> "blk.3.ffn_down.weight"), "" for a tensor GGUF does
+/// ("model.layers.3.mlp.down_proj.weight" -> "blk.3.ffn_down.weight"), "" for a tensor GGUF does
 /// not keep (rotary inv_freq). Throws FormatError for a name without a GGUF equivalent.
 std::string TensorName(const std::string& hf);
 
 /// The model's shape and RoPE settings as the GGUF metadata records them (from its config.json by
 /// GgufModelParams, qtool/model/gguf_params.hpp).
 struct ModelParams {
-  std::string architecture;  // GGUF architecture: "llama" (also Mistral) or "qwen2"
+  // GGUF architecture: llama (also Mistral and Mixtral), qwen2, qwen3, gemma2, gemma3, phi3,
+  // qwen2moe or qwen3moe.
+  std::string architecture;
   int64_t vocab_size = 0;
   int64_t context_length = 0;  // max_position_embeddings
   int64_t hidden_size = 0;
@@ -138,6 +153,13 @@ struct ModelParams {
   std::optional<double> linear_rope_factor;  // linear RoPE scaling
   std::vector<float> rope_freqs;  // Llama 3 RoPE scaling's per-frequency divisors, or empty
   bool tie_word_embeddings = false;
+  int64_t rotary_dim = 0;  // rope.dimension_count when RoPE rotates part of a head; 0: head_dim
+  /// The architecture's other keys, without the "<arch>." prefix ("attention.sliding_window",
+  /// "expert_count", ...).
+  std::vector<std::pair<std::string, Value>> keys;
+  bool sandwich_norms = false;  // Gemma 2/3 (see GgufTensor)
+  bool norm_plus_one = false;   // Gemma: llama.cpp multiplies by the stored norm, which is 1 + w
+  int64_t num_experts = 0;      // > 0: expert tensors are stacked per layer
 };
 
 /// Writes `in` (a checkpoint with config.json whose model is `params`) as a GGUF file at `out`.

@@ -10,10 +10,12 @@
 
 namespace qtool::gguf {
 
-/// Writes the model of a GGUF file or split (architecture `llama` or `qwen2`, any tensor type) as a
-/// Hugging Face model directory: every tensor decoded to F32 under its Hugging Face name
-/// (query/key rows of `llama` permuted back to the rotate-half order, so that export then import
-/// gives back the original weights), a config.json built from the metadata (no lm_head when
+/// Writes the model of a GGUF file or split (the architectures the export writes: llama, qwen2,
+/// qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3; any tensor type) as a Hugging Face model
+/// directory: every tensor decoded to F32 under its Hugging Face name, with the export's
+/// transforms undone (query/key rows of `llama` permuted back to the rotate-half order, Gemma's
+/// 1 + w norms back to w, stacked experts split into one tensor per expert), so that export then
+/// import gives back the original weights; a config.json built from the metadata (no lm_head when
 /// the file has no output.weight: tied embeddings), and the tokenizer rebuilt from the metadata
 /// (RebuildTokenizer). Throws FormatError for another architecture, a tensor without a Hugging
 /// Face name, or tokenizer metadata RebuildTokenizer refuses.
