@@ -71,14 +71,26 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidd
 def architectures():
     """name -> (transformers model class name, config class name, config kwargs)."""
     return {
+        # Sixteen layers: the recipes' layer rules (first sixteenth and eighth, use_more_bits)
+        # pick different layers, and a checkpoint's names sort layer 10 before layer 2.
         "llama": ("LlamaForCausalLM", "LlamaConfig",
-                  dict(COMMON, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
-        # Grouped-query factor 4 (Q2_K and IQ4_XS raise attn_v for it); no sliding window, which
-        # llama.cpp's llama architecture does not have.
+                  dict(COMMON, num_hidden_layers=16,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+        # Llama 3's RoPE scaling (llama.cpp's rope_freqs.weight), over an original context short
+        # enough that the sequence's positions reach the scaled and the smoothed frequencies.
+        "llama3": ("LlamaForCausalLM", "LlamaConfig",
+                   dict(COMMON, tie_word_embeddings=True,
+                        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                                         "factor": 8.0, "low_freq_factor": 1.0,
+                                         "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 64})),
+        # Grouped-query factor 4 (Q2_K and IQ4_XS raise attn_v for it), linear RoPE scaling; no
+        # sliding window, which llama.cpp's llama architecture does not have.
         "mistral": ("MistralForCausalLM", "MistralConfig",
                     dict(COMMON, num_attention_heads=8, sliding_window=None, head_dim=16,
                          tie_word_embeddings=True,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+                         rope_parameters={"rope_type": "linear", "factor": 2.0,
+                                          "rope_theta": 1000000.0})),
         "qwen2": ("Qwen2ForCausalLM", "Qwen2Config",
                   dict(COMMON, num_key_value_heads=1, tie_word_embeddings=True,
                        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
@@ -108,15 +120,16 @@ def architectures():
         "mixtral": ("MixtralForCausalLM", "MixtralConfig",
                     dict(COMMON, num_local_experts=8, num_experts_per_tok=2,
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
-        # Every layer sparse, with Qwen2-MoE's shared expert and its sigmoid gate.
+        # Every layer sparse, with Qwen2-MoE's shared expert and its sigmoid gate. The dense,
+        # expert and shared-expert widths differ, so that each key is read for its own tensors.
         "qwen2_moe": ("Qwen2MoeForCausalLM", "Qwen2MoeConfig",
-                      dict(COMMON, moe_intermediate_size=256, num_experts=4,
-                           num_experts_per_tok=2, shared_expert_intermediate_size=256,
+                      dict(COMMON, intermediate_size=384, moe_intermediate_size=256, num_experts=4,
+                           num_experts_per_tok=2, shared_expert_intermediate_size=512,
                            decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=False,
                            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
         "qwen3_moe": ("Qwen3MoeForCausalLM", "Qwen3MoeConfig",
-                      dict(COMMON, moe_intermediate_size=256, num_experts=4,
-                           num_experts_per_tok=2, head_dim=64, decoder_sparse_step=1,
+                      dict(COMMON, intermediate_size=384, moe_intermediate_size=256,
+                           num_experts=4, num_experts_per_tok=2, head_dim=64, decoder_sparse_step=1,
                            mlp_only_layers=[], norm_topk_prob=True,
                            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
     }
