@@ -18,7 +18,8 @@ Phi-3 without its sliding window, which llama.cpp disables). Then:
 3. `qtool dequantize` of the F32 file gives back the source tensors (names, shapes, values to
    1e-6 relative: Gemma's norms are stored as 1 + w) and `qtool logits` of it equals `qtool
    logits` of the source model (to 1e-6 relative): the import inverts every transform of the
-   export (query/key row permutation, Gemma's norm offset, expert stacking).
+   export (query/key row permutation, Gemma's norm offset, expert stacking); `qtool eval` of the
+   F32 file itself gives the source model's perplexity of the sequence.
 4. gguf (llama.cpp's Python package) dequantises the 3-D expert tensors of qtool's Q4_K_M file
    bit for bit as `qtool dequantize` decodes them; the 2-D tensors of every type are checked so
    by tests/interop/check_gguf.py.
@@ -116,9 +117,10 @@ def architectures():
                  dict(COMMON, sliding_window=None,
                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                        "partial_rotary_factor": 0.5})),
-        # Eight experts: llama.cpp's quantiser has rules for n_expert == 8.
+        # Eight experts: llama.cpp's quantiser has rules for n_expert == 8 (attn_output's rows
+        # of heads x head_dim = 256 take their k-quants).
         "mixtral": ("MixtralForCausalLM", "MixtralConfig",
-                    dict(COMMON, num_local_experts=8, num_experts_per_tok=2,
+                    dict(COMMON, num_local_experts=8, num_experts_per_tok=2, head_dim=64,
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
         # Every layer sparse, with Qwen2-MoE's shared expert and its sigmoid gate. The dense,
         # expert and shared-expert widths differ, so that each key is read for its own tensors.
@@ -333,6 +335,18 @@ def llama_phase(qtool, adir, name):
     d = rel(l_back, l_src)
     report("qtool logits of dequantized F32 == source", d <= SAME, max_rel_diff=d,
            exact=bool(np.array_equal(l_back, l_src)), qtool_vs_transformers=rel(l_src, ref))
+
+    # `qtool eval` reads the GGUF file itself: the sequence's perplexity of the source's.
+    def qtool_ppl(m):
+        r = subprocess.run([qtool, "eval", str(m), "--tokens", str(tok_file), "--json", "-"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"qtool eval {m} failed ({r.returncode}): {r.stderr.strip()}")
+        return json.loads(r.stdout[r.stdout.index("{"):])["ppl"]
+
+    p_src, p_gguf = qtool_ppl(model), qtool_ppl(f32)
+    report("qtool eval of the F32 file == source", abs(p_gguf / p_src - 1) <= SAME,
+           ppl_source=p_src, ppl_gguf=p_gguf)
 
     # 4. The 3-D expert tensors of the Q4_K_M file: gguf's decode against qtool's.
     from gguf import quants
