@@ -85,10 +85,11 @@ def architectures():
                                          "factor": 8.0, "low_freq_factor": 1.0,
                                          "high_freq_factor": 4.0,
                                          "original_max_position_embeddings": 64})),
-        # Grouped-query factor 4 (Q2_K and IQ4_XS raise attn_v for it), linear RoPE scaling; no
-        # sliding window, which llama.cpp's llama architecture does not have.
+        # Grouped-query factor 4 (Q2_K and IQ4_XS raise attn_v for it), heads x head_dim (256)
+        # other than hidden_size as in Mistral NeMo, linear RoPE scaling; no sliding window,
+        # which llama.cpp's llama architecture does not have.
         "mistral": ("MistralForCausalLM", "MistralConfig",
-                    dict(COMMON, num_attention_heads=8, sliding_window=None, head_dim=16,
+                    dict(COMMON, num_attention_heads=8, sliding_window=None, head_dim=32,
                          tie_word_embeddings=True,
                          rope_parameters={"rope_type": "linear", "factor": 2.0,
                                           "rope_theta": 1000000.0})),
