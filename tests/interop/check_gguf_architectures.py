@@ -14,7 +14,8 @@ Phi-3 without its sliding window, which llama.cpp disables). Then:
 2. llama.cpp's quantiser (llama_model_quantize, what llama-quantize runs) requantises qtool's F32
    file to Q8_0, Q4_K_M, Q3_K_M, Q2_K, Q5_K_M and IQ4_XS; every tensor must have the type and the
    bytes of qtool's file of that type (the per-tensor recipe with its n_expert == 8 rules, the
-   fallbacks, the 3-D expert tensors).
+   fallbacks, the 3-D expert tensors); and the same for Q4_K_M, Q2_K and IQ4_XS with a random
+   importance matrix (per expert for the 3-D tensors) given to both quantisers.
 3. `qtool dequantize` of the F32 file gives back the source tensors (names, shapes, values to
    1e-6 relative: Gemma's norms are stored as 1 + w) and `qtool logits` of it equals `qtool
    logits` of the source model (to 1e-6 relative): the import inverts every transform of the
@@ -59,6 +60,7 @@ GELU_F32_TOLERANCE = 1e-3
 SAME = 1e-6
 CHECKS_FAILED = 3  # the --llama phase's exit status when it ran to the end with failed checks
 QUANTIZE_TYPES = ["Q8_0", "Q4_K_M", "Q3_K_M", "Q2_K", "Q5_K_M", "IQ4_XS"]
+IMATRIX_TYPES = ["Q4_K_M", "Q2_K", "IQ4_XS"]
 LLAMA_FTYPES = {"Q8_0": 7, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "IQ4_XS": 30}
 
 # Rows of 256 (feed-forward 256; attention width heads x head_dim = 256 where the architecture
@@ -281,9 +283,9 @@ def llama_phase(qtool, adir, name):
 
     # 2. llama.cpp's quantiser against qtool's files, tensor by tensor.
     from gguf import GGUFReader
-    for ty in QUANTIZE_TYPES:
-        a = {t.name: t for t in GGUFReader(str(ours[ty])).tensors}
-        b = {t.name: t for t in GGUFReader(str(theirs[ty])).tensors}
+    def compare_files(ours_path, theirs_path):
+        a = {t.name: t for t in GGUFReader(str(ours_path)).tensors}
+        b = {t.name: t for t in GGUFReader(str(theirs_path)).tensors}
         differ = []
         for n in sorted(set(a) | set(b)):
             ta, tb = a.get(n), b.get(n)
@@ -294,9 +296,68 @@ def llama_phase(qtool, adir, name):
             elif not np.array_equal(np.asarray(ta.data).view(np.uint8).reshape(-1),
                                     np.asarray(tb.data).view(np.uint8).reshape(-1)):
                 differ.append(f"{n}: {ta.tensor_type.name} bytes differ")
-        kinds = sorted({t.tensor_type.name for t in b.values()})
+        return differ
+
+    for ty in QUANTIZE_TYPES:
+        differ = compare_files(ours[ty], theirs[ty])
+        b = GGUFReader(str(theirs[ty])).tensors
         report(f"{ty} vs llama_model_quantize", not differ, type=ty, tensors=len(b),
-               identical=len(b) - len(differ), types=kinds, differ=differ[:8])
+               identical=len(b) - len(differ), types=sorted({t.tensor_type.name for t in b}),
+               differ=differ[:8])
+
+    # 2b. The same with an importance matrix: random importances for every weight llama.cpp
+    # quantises (one set per expert for the 3-D tensors, one expert of each with count 0, which
+    # both read as importances of 1), in llama-imatrix's GGUF layout for qtool and as
+    # llama_model_imatrix_data (in_sum2 / count per expert, as llama-quantize's load_imatrix
+    # computes them) for llama_model_quantize.
+    import ctypes
+    import gguf
+    rng = np.random.default_rng(5)
+    imat = adir / "imatrix-random.gguf"
+    writer = gguf.GGUFWriter(str(imat), arch="imatrix")
+    writer.add_type("imatrix")
+    writer.add_array("imatrix.datasets", ["random"])
+    writer.add_uint32("imatrix.chunk_count", 1)
+    writer.add_uint32("imatrix.chunk_size", 64)
+    entries = []
+    for t in GGUFReader(str(f32)).tensors:
+        if len(t.shape) < 2 or t.name == "token_embd.weight" or "norm" in t.name:
+            continue
+        ncols, nmat = int(t.shape[0]), int(t.shape[2]) if len(t.shape) == 3 else 1
+        counts = rng.integers(1, 200, nmat).astype(np.float32)
+        if nmat > 1:
+            counts[rng.integers(nmat)] = 0
+        sums = (rng.gamma(0.5, 2.0, (nmat, ncols)) * counts[:, None]).astype(np.float32)
+        writer.add_tensor(f"{t.name}.in_sum2", sums)
+        writer.add_tensor(f"{t.name}.counts", counts.reshape(nmat, 1))
+        values = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
+                          np.float32(1)).astype(np.float32).reshape(-1)
+        entries.append((t.name.encode(), np.ascontiguousarray(values)))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = (llama_capi.llama_model_imatrix_data * (len(entries) + 1))()
+    for i, (n, v) in enumerate(entries):
+        data[i].name = n
+        data[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        data[i].size = v.size
+    data[len(entries)].name = None
+    for ty in IMATRIX_TYPES:
+        ours_i = adir / f"{ty}-imatrix.gguf"
+        theirs_i = adir / f"{ty}-imatrix-llama-quantize.gguf"
+        run_qtool("quantize", model, "-o", ours_i, "--output-format", "gguf", "--gguf-type", ty,
+                  "--imatrix", imat, "--force", "-q")
+        params = llama_capi.llama_model_quantize_default_params()
+        params.ftype = LLAMA_FTYPES[ty]
+        params.nthread = 2
+        params.imatrix = ctypes.cast(data, ctypes.POINTER(llama_capi.llama_model_imatrix_data))
+        rc = llama_capi.llama_model_quantize(str(f32).encode(), str(theirs_i).encode(), params)
+        if rc != 0:
+            raise RuntimeError(f"llama_model_quantize to {ty} with the importances failed ({rc})")
+        differ = compare_files(ours_i, theirs_i)
+        report(f"{ty} with imatrix vs llama_model_quantize", not differ, type=ty,
+               imatrix_entries=len(entries), differ=differ[:8])
 
     # 3. The F32 file back to safetensors: the source tensors and the source model's logits.
     from safetensors.numpy import load_file
