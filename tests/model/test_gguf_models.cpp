@@ -14,6 +14,7 @@
 #include "qtool/format/ggml_quants.hpp"
 #include "qtool/io/gguf.hpp"
 #include "qtool/io/gguf_import.hpp"
+#include "qtool/io/imatrix.hpp"
 #include "qtool/model/gguf_params.hpp"
 #include "qtool/model/model.hpp"
 #include "test_support.hpp"
@@ -259,6 +260,44 @@ TEST(GgufModels, Gemma3NormsAreStoredAsOnePlusW) {
   json other = Gemma3Config();
   other["query_pre_attn_scalar"] = 12;
   EXPECT_THROW(gguf::GgufModelParams(LlamaConfig::FromJson(other), "gemma3"), FormatError);
+}
+
+// qtool imatrix on Mixtral: an expert's sums are one row of the stacked tensor's entry, counted
+// over the tokens routed to it (top-2 of 8: every token counts twice across the experts), and
+// quantize --imatrix weights each expert's slice with its own row.
+TEST(GgufModels, ImatrixOfExpertsStacksOneRowPerExpert) {
+  testing::ScratchDir tmp;
+  const fs::path model = Mixtral(tmp / "mixtral");
+  std::string ids;
+  for (const int32_t t : Tokens()) ids += std::to_string(t) + "\n";
+  testing::WriteFile(tmp / "calib.tokens", ids);
+  const fs::path out = tmp / "m.imatrix";
+  auto r = testing::RunCli({"imatrix", model.string(), "--calib", (tmp / "calib.tokens").string(),
+                            "--sequential", "--seqlen", "24", "-o", out.string(), "-q"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const imatrix::Matrix m = imatrix::Read(out);
+  const imatrix::Entry& gate = m.entries.at("blk.0.ffn_gate_exps.weight");
+  EXPECT_EQ(gate.nmat, kMixtralExperts);
+  EXPECT_EQ(gate.ncols, kHidden);
+  float routed = 0;
+  for (const float c : gate.counts) routed += c;
+  EXPECT_EQ(routed, 2.0f * 24);
+  EXPECT_EQ(m.entries.at("blk.0.ffn_up_exps.weight").counts, gate.counts);
+  EXPECT_EQ(m.entries.at("blk.0.ffn_down_exps.weight").ncols, kFfn);
+  EXPECT_EQ(m.entries.at("blk.0.attn_q.weight").counts, std::vector<float>{24});
+  r = testing::RunCli({"quantize", model.string(), "-o", (tmp / "q.gguf").string(),
+                       "--output-format", "gguf", "--gguf-type", "Q4_K_M", "--imatrix",
+                       out.string(), "-q", "--json", (tmp / "q.json").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json report = json::parse(testing::ReadFile(tmp / "q.json"));
+  int weighted = 0;  // gate and up (rows of 32 in Q5_0); down's rows of 48 fall back to F16
+  for (const json& t : report["tensors"]) {
+    if (t["name"].get<std::string>().ends_with("_exps.weight")) {
+      EXPECT_EQ(t["imatrix"].get<bool>(), t["type"] != "f16") << t.dump();
+      weighted += t["imatrix"].get<bool>();
+    }
+  }
+  EXPECT_EQ(weighted, 2);
 }
 
 }  // namespace gguf_models

@@ -126,13 +126,39 @@ void RegisterImatrix(CLI::App& app) {
     m.chunk_size = static_cast<uint32_t>(seqlen);
     CalibrationRunner run(model, std::move(samples));
     Progress progress("imatrix");
-    // Layers that share an input (q/k/v; gate/up) see the same rows: one sum serves them all.
-    const std::vector<std::pair<std::string, std::vector<std::string>>> inputs = {
-        {"self_attn.q_proj", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}},
-        {"self_attn.o_proj", {"self_attn.o_proj"}},
-        {"mlp.gate_proj", {"mlp.gate_proj", "mlp.up_proj"}},
-        {"mlp.down_proj", {"mlp.down_proj"}}};
+    const LlamaConfig& cfg = model.config();
     for (; !run.done(); run.Advance()) {
+      // Layers that share an input (q/k/v; gate/up) see the same rows: one sum serves them all.
+      // An expert's layers see the rows routed to it; its sums are one row of the stacked
+      // expert tensor's entry, as llama-imatrix counts them.
+      std::vector<std::pair<std::string, std::vector<std::string>>> inputs;
+      if (cfg.fused_projections) {
+        inputs = {{"self_attn.qkv_proj", {"self_attn.qkv_proj"}},
+                  {"self_attn.o_proj", {"self_attn.o_proj"}},
+                  {"mlp.gate_up_proj", {"mlp.gate_up_proj"}},
+                  {"mlp.down_proj", {"mlp.down_proj"}}};
+      } else {
+        inputs = {
+            {"self_attn.q_proj", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}},
+            {"self_attn.o_proj", {"self_attn.o_proj"}}};
+        if (cfg.IsMoeLayer(run.block())) {
+          const MoeLayerNames moe = MoeNames(cfg);
+          std::vector<std::string> shared_input = {moe.router};
+          if (moe.has_shared) {
+            shared_input.insert(shared_input.end(),
+                                {moe.shared[0], moe.shared[1], moe.shared_gate});
+          }
+          inputs.push_back({moe.router, shared_input});
+          if (moe.has_shared) inputs.push_back({moe.shared[2], {moe.shared[2]}});
+          for (const auto& e : moe.experts) {
+            inputs.push_back({e[0], {e[0], e[1]}});
+            inputs.push_back({e[2], {e[2]}});
+          }
+        } else {
+          inputs.push_back({"mlp.gate_proj", {"mlp.gate_proj", "mlp.up_proj"}});
+          inputs.push_back({"mlp.down_proj", {"mlp.down_proj"}});
+        }
+      }
       std::vector<std::unique_ptr<SquareSum>> sums;
       ConsumerMap consumers;
       for (const auto& [linear, users] : inputs) {
@@ -142,8 +168,23 @@ void RegisterImatrix(CLI::App& app) {
       run.Capture(consumers);
       for (size_t i = 0; i < inputs.size(); ++i) {
         for (const std::string& user : inputs[i].second) {
-          const std::string name = gguf::TensorName(BlockTensorName(run.block(), user) + ".weight");
-          m.entries[name] = sums[i]->ToEntry();
+          const gguf::GgufTensorRef ref =
+              gguf::GgufTensor(BlockTensorName(run.block(), user) + ".weight", cfg.sandwich_norms);
+          const imatrix::Entry one = sums[i]->ToEntry();
+          if (ref.expert < 0) {
+            m.entries[ref.name] = one;
+            continue;
+          }
+          imatrix::Entry& stacked = m.entries[ref.name];
+          if (stacked.in_sum2.empty()) {
+            stacked.ncols = one.ncols;
+            stacked.nmat = cfg.moe.num_experts;
+            stacked.in_sum2.assign(static_cast<size_t>(one.ncols * cfg.moe.num_experts), 0.0f);
+            stacked.counts.assign(static_cast<size_t>(cfg.moe.num_experts), 0.0f);
+          }
+          std::copy(one.in_sum2.begin(), one.in_sum2.end(),
+                    stacked.in_sum2.begin() + ref.expert * one.ncols);
+          stacked.counts[static_cast<size_t>(ref.expert)] = one.counts[0];
         }
       }
       progress.Update(static_cast<size_t>(run.block() + 1), static_cast<size_t>(run.num_blocks()),
