@@ -9,8 +9,8 @@ Phi-3 without its sliding window, which llama.cpp disables). Then:
    cache, no flash attention, weights in its plain CPU buffers) computes the logits of a fixed
    sequence of 40 tokens (BOS first), compared with transformers' float32 logits as
    max |llama.cpp - transformers| / max |transformers|: F32 within 1e-4 (1e-3 for Gemma, whose
-   GELU llama.cpp takes from a float16 table); qtool's Q8_0 file must
-   give llama.cpp the logits of llama.cpp's own Q8_0 file made from the F32 file (to 1e-6).
+   GELU llama.cpp takes from a float16 table); qtool's Q8_0 file must give llama.cpp the logits
+   of llama.cpp's own Q8_0 file made from the F32 file (to 1e-6).
 2. llama.cpp's quantiser (llama_model_quantize, what llama-quantize runs) requantises qtool's F32
    file to Q8_0, Q4_K_M, Q3_K_M, Q2_K, Q5_K_M and IQ4_XS; every tensor must have the type and the
    bytes of qtool's file of that type (the per-tensor recipe with its n_expert == 8 rules, the
@@ -36,7 +36,7 @@ llama-cpp-python, gguf, numpy and safetensors (`--llama` mode, one process per a
   llama_py=~/.cache/qtool/llama-cpp-venv-0.3.36/bin/python  # pip install llama-cpp-python==0.3.36
   "$py" tests/interop/check_gguf_architectures.py build/qtool WORK "$llama_py" [ARCH ...]
 
-ARCH: any of the names in ARCHITECTURES (default: all).
+ARCH: any of the names architectures() lists (default: all of them; about 2.5 minutes on 2 cores).
 """
 import json
 import os
