@@ -212,6 +212,58 @@ def main():
 # Phase 2 (llama-cpp-python, gguf, numpy): llama.cpp, its quantiser, gguf, qtool.
 
 
+def compare_files(ours, theirs):
+    """The tensors of qtool's file that differ from llama.cpp's in presence, type or bytes."""
+    from gguf import GGUFReader
+    a = {t.name: t for t in GGUFReader(str(ours)).tensors}
+    b = {t.name: t for t in GGUFReader(str(theirs)).tensors}
+    differ = []
+    for n in sorted(set(a) | set(b)):
+        ta, tb = a.get(n), b.get(n)
+        if ta is None or tb is None:
+            differ.append(f"{n}: only in {'llama.cpp' if ta is None else 'qtool'}'s file")
+        elif ta.tensor_type != tb.tensor_type:
+            differ.append(f"{n}: {ta.tensor_type.name} (llama.cpp {tb.tensor_type.name})")
+        elif not np.array_equal(np.asarray(ta.data).view(np.uint8).reshape(-1),
+                                np.asarray(tb.data).view(np.uint8).reshape(-1)):
+            differ.append(f"{n}: {ta.tensor_type.name} bytes differ")
+    return differ
+
+
+def random_imatrix(f32, path):
+    """Writes random importances for the weights of the GGUF file `f32` that llama.cpp quantises
+    (not token_embd, which it quantises without), in llama-imatrix's GGUF layout: NAME.in_sum2
+    [nmat, ncols] and NAME.counts [nmat, 1], nmat the number of experts of a 3-D tensor, one of
+    them with count 0. Returns (name, in_sum2 / count per expert, 1 where the count is 0) as
+    llama-quantize's load_imatrix computes them."""
+    import gguf
+    rng = np.random.default_rng(5)
+    writer = gguf.GGUFWriter(str(path), arch="imatrix")
+    writer.add_type("imatrix")
+    writer.add_array("imatrix.datasets", ["random"])
+    writer.add_uint32("imatrix.chunk_count", 1)
+    writer.add_uint32("imatrix.chunk_size", 64)
+    entries = []
+    for t in gguf.GGUFReader(str(f32)).tensors:
+        if len(t.shape) < 2 or t.name == "token_embd.weight" or "norm" in t.name:
+            continue
+        ncols, nmat = int(t.shape[0]), int(t.shape[2]) if len(t.shape) == 3 else 1
+        counts = rng.integers(1, 200, nmat).astype(np.float32)
+        if nmat > 1:
+            counts[rng.integers(nmat)] = 0
+        sums = (rng.gamma(0.5, 2.0, (nmat, ncols)) * counts[:, None]).astype(np.float32)
+        writer.add_tensor(f"{t.name}.in_sum2", sums)
+        writer.add_tensor(f"{t.name}.counts", counts.reshape(nmat, 1))
+        values = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
+                          np.float32(1)).astype(np.float32).reshape(-1)
+        entries.append((t.name.encode(), np.ascontiguousarray(values)))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return entries
+
+
 def llama_phase(qtool, adir, name):
     import llama_cpp.llama_cpp as llama_capi
     from llama_cpp import Llama
@@ -283,21 +335,6 @@ def llama_phase(qtool, adir, name):
 
     # 2. llama.cpp's quantiser against qtool's files, tensor by tensor.
     from gguf import GGUFReader
-    def compare_files(ours_path, theirs_path):
-        a = {t.name: t for t in GGUFReader(str(ours_path)).tensors}
-        b = {t.name: t for t in GGUFReader(str(theirs_path)).tensors}
-        differ = []
-        for n in sorted(set(a) | set(b)):
-            ta, tb = a.get(n), b.get(n)
-            if ta is None or tb is None:
-                differ.append(f"{n}: only in {'llama.cpp' if ta is None else 'qtool'}'s file")
-            elif ta.tensor_type != tb.tensor_type:
-                differ.append(f"{n}: {ta.tensor_type.name} (llama.cpp {tb.tensor_type.name})")
-            elif not np.array_equal(np.asarray(ta.data).view(np.uint8).reshape(-1),
-                                    np.asarray(tb.data).view(np.uint8).reshape(-1)):
-                differ.append(f"{n}: {ta.tensor_type.name} bytes differ")
-        return differ
-
     for ty in QUANTIZE_TYPES:
         differ = compare_files(ours[ty], theirs[ty])
         b = GGUFReader(str(theirs[ty])).tensors
@@ -305,38 +342,11 @@ def llama_phase(qtool, adir, name):
                identical=len(b) - len(differ), types=sorted({t.tensor_type.name for t in b}),
                differ=differ[:8])
 
-    # 2b. The same with an importance matrix: random importances for every weight llama.cpp
-    # quantises (one set per expert for the 3-D tensors, one expert of each with count 0, which
-    # both read as importances of 1), in llama-imatrix's GGUF layout for qtool and as
-    # llama_model_imatrix_data (in_sum2 / count per expert, as llama-quantize's load_imatrix
-    # computes them) for llama_model_quantize.
+    # 2b. The same with an importance matrix: qtool reads the file, llama_model_quantize the
+    # importances as llama_model_imatrix_data.
     import ctypes
-    import gguf
-    rng = np.random.default_rng(5)
     imat = adir / "imatrix-random.gguf"
-    writer = gguf.GGUFWriter(str(imat), arch="imatrix")
-    writer.add_type("imatrix")
-    writer.add_array("imatrix.datasets", ["random"])
-    writer.add_uint32("imatrix.chunk_count", 1)
-    writer.add_uint32("imatrix.chunk_size", 64)
-    entries = []
-    for t in GGUFReader(str(f32)).tensors:
-        if len(t.shape) < 2 or t.name == "token_embd.weight" or "norm" in t.name:
-            continue
-        ncols, nmat = int(t.shape[0]), int(t.shape[2]) if len(t.shape) == 3 else 1
-        counts = rng.integers(1, 200, nmat).astype(np.float32)
-        if nmat > 1:
-            counts[rng.integers(nmat)] = 0
-        sums = (rng.gamma(0.5, 2.0, (nmat, ncols)) * counts[:, None]).astype(np.float32)
-        writer.add_tensor(f"{t.name}.in_sum2", sums)
-        writer.add_tensor(f"{t.name}.counts", counts.reshape(nmat, 1))
-        values = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
-                          np.float32(1)).astype(np.float32).reshape(-1)
-        entries.append((t.name.encode(), np.ascontiguousarray(values)))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    entries = random_imatrix(f32, imat)
     data = (llama_capi.llama_model_imatrix_data * (len(entries) + 1))()
     for i, (n, v) in enumerate(entries):
         data[i].name = n
