@@ -183,6 +183,8 @@ def main():
     if len(args) < 3:
         sys.exit(__doc__)
     qtool, work, llama_py = os.path.abspath(args[0]), Path(args[1]).resolve(), args[2]
+    if shutil.which(llama_py) is None:
+        sys.exit(f"{llama_py}: no such interpreter (one with llama-cpp-python 0.3.36 and gguf)")
     names = args[3:] or list(architectures())
     unknown = [n for n in names if n not in architectures()]
     if unknown:
