@@ -100,6 +100,28 @@ constexpr std::string_view kArchitectures[] = {"llama",  "qwen2", "qwen3",    "g
 
 }  // namespace
 
+std::vector<float> Llama3RopeDivisors(double theta, int64_t rot_dims, double factor,
+                                      double low_freq_factor, double high_freq_factor,
+                                      double original_context) {
+  const double low_wavelen = original_context / low_freq_factor;
+  const double high_wavelen = original_context / high_freq_factor;
+  std::vector<float> f;
+  for (int64_t i = 0; i < rot_dims; i += 2) {
+    const double freq = 1.0 / std::pow(theta, static_cast<double>(i) / rot_dims);
+    const double wavelen = 2 * std::numbers::pi / freq;
+    if (wavelen < high_wavelen) {
+      f.push_back(1.0f);
+    } else if (wavelen > low_wavelen) {
+      f.push_back(static_cast<float>(factor));
+    } else {
+      const double smooth =
+          (original_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+      f.push_back(static_cast<float>(1 / ((1 - smooth) / factor + smooth)));
+    }
+  }
+  return f;
+}
+
 std::string TensorName(const std::string& hf) { return GgufPlace(hf, false).name; }
 GgufTensorRef GgufTensor(const std::string& hf, bool sandwich_norms) {
   return GgufPlace(hf, sandwich_norms);
@@ -418,6 +440,25 @@ ExportReport ExportGguf(const Checkpoint& in, const ModelParams& c,
     if (permute && name.ends_with("attn_k.weight")) p.permute_heads = c.num_kv_heads;
     p.plus_one = c.norm_plus_one && name.ends_with("norm.weight");
   }
+  if (!c.rope_freqs.empty()) {
+    Planned p;
+    p.out.name = "rope_freqs.weight";
+    p.values = c.rope_freqs;
+    p.out.ne = {p.values.size()};
+    p.out.type = ggml::Type::kF32;
+    plan.push_back(std::move(p));
+  }
+  auto rank = [](const Planned& p) {
+    static const std::map<std::string, int> kOrder = {{"token_embd.weight", 0},
+                                                      {"rope_freqs.weight", 1},
+                                                      {"output_norm.weight", 2},
+                                                      {"output.weight", 3}};
+    const auto it = kOrder.find(p.out.name);
+    return std::make_pair(p.layer < 0 ? -1 : p.layer, it == kOrder.end() ? 4 : it->second);
+  };
+  std::stable_sort(plan.begin(), plan.end(),
+                   [&](const Planned& a, const Planned& b) { return rank(a) < rank(b); });
+
   std::vector<TensorSpec> specs;
   for (const Planned& p : plan) specs.push_back({p.out.name, p.out.ne, p.out.type});
   SplitWriter writer(out, kv, specs, options.split_max_bytes, options.overwrite);

@@ -1,8 +1,11 @@
 #include "qtool/io/gguf_import.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <numbers>
 #include <optional>
 #include <regex>
 #include <set>
@@ -10,6 +13,7 @@
 #include "gguf_names.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/checkpoint.hpp"
+#include "qtool/io/gguf_export.hpp"
 
 namespace qtool::gguf {
 
@@ -265,6 +269,70 @@ std::string BpeTokenizerJson(const Header& h, const GgufVocab& v, const std::str
   return j.dump() + "\n";
 }
 
+// The Llama 3 RoPE scaling whose divisors (Llama3RopeDivisors) are `f`, one per rotary pair of
+// `rot_dims` dimensions with base `theta`, as rope_scaling of config.json; null when every
+// divisor is 1. Only the ratios of original_max_position_embeddings to the two frequency factors
+// shape the divisors, so it is taken as Llama 3's 8192 and the factors recovered from the divisors
+// between 1 and `factor`: each such s = (1/f - 1/factor) / (1 - 1/factor) is linear in
+// original / wavelength. Throws FormatError when no such scaling gives `f` back.
+nlohmann::json Llama3Scaling(const std::vector<float>& f, double theta, int64_t rot_dims,
+                             const std::string& label) {
+  const double factor = *std::max_element(f.begin(), f.end());
+  if (factor == 1.0 && *std::min_element(f.begin(), f.end()) == 1.0f) return nullptr;
+  const std::string what = fmt::format("{}: rope_freqs.weight", label);
+  QTOOL_CHECK(factor > 1.0 && rot_dims == 2 * static_cast<int64_t>(f.size()), FormatError,
+              "{} holds {} divisors up to {} for {} rotated dimensions: not Llama 3 scaling", what,
+              f.size(), factor, rot_dims);
+  constexpr double kOriginal = 8192;
+  std::vector<double> x, s;  // original / wavelength and s of the divisors in the blend
+  double last_one = 0, first_full = 0;
+  for (size_t i = 0; i < f.size(); ++i) {
+    const double xi =
+        kOriginal / (2 * std::numbers::pi * std::pow(theta, static_cast<double>(2 * i) / rot_dims));
+    const double rel = std::abs(f[i] - factor) / factor;
+    if (f[i] == 1.0f) {
+      last_one = xi;
+    } else if (rel < 1e-6) {
+      if (first_full == 0) first_full = xi;
+    } else {
+      x.push_back(xi);
+      s.push_back((1 / f[i] - 1 / factor) / (1 - 1 / factor));
+    }
+  }
+  // s = (x - low) / (high - low): from two blend points, else boundaries between the classes.
+  double low = 0, high = 0;
+  if (x.size() >= 2) {
+    const double a = (s.front() - s.back()) / (x.front() - x.back());
+    const double b = s.front() - a * x.front();
+    low = -b / a;
+    high = (1 - b) / a;
+  } else {
+    const double top = last_one > 0 ? last_one : (x.empty() ? first_full : x[0]) * 2;
+    const double bottom = first_full > 0 ? first_full : (x.empty() ? last_one : x[0]) / 2;
+    if (x.empty()) {
+      high = top - (top - bottom) / 3;
+      low = bottom + (top - bottom) / 3;
+    } else {
+      high = (top + x[0]) / 2;
+      low = (x[0] - s[0] * high) / (1 - s[0]);
+    }
+  }
+  QTOOL_CHECK(low > 0 && high > low, FormatError,
+              "{}: divisors that Llama 3 scaling does not give (frequency factors {} and {})", what,
+              low, high);
+  const std::vector<float> back = Llama3RopeDivisors(theta, rot_dims, factor, low, high, kOriginal);
+  for (size_t i = 0; i < f.size(); ++i) {
+    QTOOL_CHECK(std::abs(back[i] - f[i]) <= 1e-5 * std::abs(f[i]), FormatError,
+                "{}: divisor {} is {}, Llama 3 scaling with factor {} gives {}", what, i, f[i],
+                factor, back[i]);
+  }
+  return {{"rope_type", "llama3"},
+          {"factor", factor},
+          {"low_freq_factor", low},
+          {"high_freq_factor", high},
+          {"original_max_position_embeddings", static_cast<int64_t>(kOriginal)}};
+}
+
 int64_t Int(const Header& h, const std::string& key, const std::string& label) {
   const Value* v = h.Find(key);
   QTOOL_CHECK(v != nullptr && v->AsInt().has_value(), FormatError,
@@ -368,6 +436,17 @@ void ImportGguf(const SplitFile& file, const std::filesystem::path& out_dir, boo
   if (const Value* t = h.Find(key("rope.scaling.type"));
       t && t->AsString() && *t->AsString() == "linear") {
     config["rope_scaling"] = {{"type", "linear"}, {"factor", f32(key("rope.scaling.factor"), 1.0)}};
+  }
+  if (const TensorInfo* rf = h.FindTensor("rope_freqs.weight")) {
+    QTOOL_CHECK(arch == "llama" && rf->ne.size() == 1 && !config.contains("rope_scaling"),
+                FormatError, "{}: rope_freqs.weight is read for a llama model only, unscaled",
+                label);
+    std::vector<float> f(rf->numel());
+    file.Dequantize(*rf, f);
+    const int64_t rot =
+        h.Find(key("rope.dimension_count")) ? Int(h, key("rope.dimension_count"), label) : head_dim;
+    nlohmann::json scaling = Llama3Scaling(f, f32(key("rope.freq_base"), 10000.0), rot, label);
+    if (!scaling.is_null()) config["rope_scaling"] = std::move(scaling);
   }
   if (experts > 0) {
     const int64_t used = Int(h, key("expert_used_count"), label);

@@ -1,37 +1,10 @@
 #include "qtool/model/gguf_params.hpp"
 
-#include <cmath>
 #include <map>
-#include <numbers>
 
 #include "qtool/core/error.hpp"
 
 namespace qtool::gguf {
-
-namespace {
-
-std::vector<float> Llama3RopeFactors(const LlamaConfig& c) {
-  const RopeScaling& s = c.rope_scaling;
-  const double low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
-  const double high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
-  std::vector<float> f;
-  for (int64_t i = 0; i < c.head_dim; i += 2) {
-    const double freq = 1.0 / std::pow(c.rope_theta, static_cast<double>(i) / c.head_dim);
-    const double wavelen = 2 * std::numbers::pi / freq;
-    if (wavelen < high_wavelen) {
-      f.push_back(1.0f);
-    } else if (wavelen > low_wavelen) {
-      f.push_back(static_cast<float>(s.factor));
-    } else {
-      const double smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) /
-                            (s.high_freq_factor - s.low_freq_factor);
-      f.push_back(static_cast<float>(1 / ((1 - smooth) / s.factor + smooth)));
-    }
-  }
-  return f;
-}
-
-}  // namespace
 
 ModelParams GgufModelParams(const LlamaConfig& c, const std::string& label) {
   static const std::map<std::string, std::string> kArch = {
@@ -94,7 +67,12 @@ ModelParams GgufModelParams(const LlamaConfig& c, const std::string& label) {
   if (c.rope_scaling.type == RopeScaling::Type::kLinear) {
     p.linear_rope_factor = c.rope_scaling.factor;
   }
-  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) p.rope_freqs = Llama3RopeFactors(c);
+  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
+    const RopeScaling& r = c.rope_scaling;
+    p.rope_freqs = Llama3RopeDivisors(c.rope_theta, c.head_dim, r.factor, r.low_freq_factor,
+                                      r.high_freq_factor,
+                                      static_cast<double>(r.original_max_position_embeddings));
+  }
   p.tie_word_embeddings = c.tie_word_embeddings;
   p.rotary_dim = c.rotary_dim;
   p.sandwich_norms = c.sandwich_norms;

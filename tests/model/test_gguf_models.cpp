@@ -13,6 +13,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/format/ggml_quants.hpp"
 #include "qtool/io/gguf.hpp"
+#include "qtool/io/gguf_export.hpp"
 #include "qtool/io/gguf_import.hpp"
 #include "qtool/io/imatrix.hpp"
 #include "qtool/model/gguf_params.hpp"
@@ -298,6 +299,48 @@ TEST(GgufModels, ImatrixOfExpertsStacksOneRowPerExpert) {
     }
   }
   EXPECT_EQ(weighted, 2);
+}
+
+// Llama 3 RoPE scaling: llama.cpp reads it as the per-frequency divisors of rope_freqs.weight,
+// written second (after the embeddings, before the output norm and head, then the blocks); the
+// import recovers the scaling from them, so the decoded model runs with the same logits.
+TEST(GgufModels, Llama3RopeScalingTravelsAsDivisors) {
+  testing::ScratchDir tmp;
+  std::mt19937 rng(8);
+  Tensors t = Trunk(rng);
+  const std::string p = "model.layers.0.mlp.";
+  t.Add(p + "gate_proj.weight", {kFfn, kHidden}, Random(rng, kFfn * kHidden, 0.2f));
+  t.Add(p + "up_proj.weight", {kFfn, kHidden}, Random(rng, kFfn * kHidden, 0.2f));
+  t.Add(p + "down_proj.weight", {kHidden, kFfn}, Random(rng, kHidden * kFfn, 0.2f));
+  json cfg = BaseConfig("LlamaForCausalLM", "llama");
+  cfg["rope_theta"] = 500000.0;
+  cfg["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", 8.0},
+                         {"low_freq_factor", 1.0},
+                         {"high_freq_factor", 4.0},
+                         {"original_max_position_embeddings", 16}};
+  const fs::path model = t.Write(tmp / "llama3", cfg);
+  const gguf::File f = RoundTrip(model, "F32", tmp / "back");
+  std::vector<std::string> order;
+  for (const gguf::TensorInfo& ti : f.tensors()) order.push_back(ti.name);
+  ASSERT_GE(order.size(), 5u);
+  EXPECT_EQ(
+      std::vector<std::string>(order.begin(), order.begin() + 5),
+      (std::vector<std::string>{"token_embd.weight", "rope_freqs.weight", "output_norm.weight",
+                                "output.weight", "blk.0.attn_norm.weight"}));
+  const std::vector<float> divisors = Decode(f, "rope_freqs.weight");
+  EXPECT_EQ(divisors, gguf::Llama3RopeDivisors(500000.0, 8, 8.0, 1.0, 4.0, 16));
+  int blended = 0;
+  for (const float d : divisors) blended += d > 1.0f && d < 8.0f;
+  EXPECT_GE(blended, 1);  // the case the recovery has to solve
+  const auto tokens = Tokens();
+  EXPECT_LT(MaxRel(Model(tmp / "back").Logits(tokens), Model(model).Logits(tokens)), 1e-5f);
+  // Without the scaling the logits differ: the check above can fail.
+  json plain = json::parse(testing::ReadFile(tmp / "back/config.json"));
+  ASSERT_TRUE(plain.contains("rope_scaling"));
+  plain.erase("rope_scaling");
+  testing::WriteFile(tmp / "back/config.json", plain.dump());
+  EXPECT_GT(MaxRel(Model(tmp / "back").Logits(tokens), Model(model).Logits(tokens)), 1e-3f);
 }
 
 }  // namespace gguf_models

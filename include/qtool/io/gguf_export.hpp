@@ -2,7 +2,8 @@
 //
 // The file holds what llama.cpp's loader reads for the `llama` architecture (also used for
 // Mistral and Mixtral), `qwen2`, `qwen3`, `qwen2moe`, `qwen3moe`, `gemma2`, `gemma3` and `phi3`
-// (docs/GGUF.md lists each one's keys and tensors): the shape keys (`<arch>.block_count`, `.embedding_length`, ...), RoPE
+// (docs/GGUF.md lists each one's keys and tensors): the shape keys (`<arch>.block_count`,
+// `.embedding_length`, ...), RoPE
 // (`<arch>.rope.freq_base`, linear scaling keys, or a `rope_freqs.weight` tensor of per-frequency
 // factors for Llama 3 scaling), `general.file_type` and `general.quantization_version`, and the
 // tokenizer: a SentencePiece `tokenizer.model` as the `llama` tokenizer model (tokens, scores,
@@ -133,6 +134,15 @@ ggml::Type FallbackType(ggml::Type type, uint64_t ne0);
 /// ("model.layers.3.mlp.down_proj.weight" -> "blk.3.ffn_down.weight"), "" for a tensor GGUF does
 /// not keep (rotary inv_freq). Throws FormatError for a name without a GGUF equivalent.
 std::string TensorName(const std::string& hf);
+
+/// Llama 3 RoPE scaling as the per-frequency divisors llama.cpp reads from `rope_freqs.weight`,
+/// one per rotary pair i of `rot_dims` rotated dimensions: with wavelength 2 pi
+/// theta^(2i/rot_dims), 1 below original_context / high_freq_factor, `factor` above
+/// original_context / low_freq_factor, and 1 / ((1 - s) / factor + s) between, s =
+/// (original_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor).
+std::vector<float> Llama3RopeDivisors(double theta, int64_t rot_dims, double factor,
+                                      double low_freq_factor, double high_freq_factor,
+                                      double original_context);
 
 /// The model's shape and RoPE settings as the GGUF metadata records them (from its config.json by
 /// GgufModelParams, qtool/model/gguf_params.hpp).
