@@ -38,7 +38,7 @@ llama-cpp-python, gguf, numpy and safetensors (`--llama` mode, one process per a
   llama_py=~/.cache/qtool/llama-cpp-venv-0.3.36/bin/python  # pip install llama-cpp-python==0.3.36
   "$py" tests/interop/check_gguf_architectures.py build/qtool WORK "$llama_py" [ARCH ...]
 
-ARCH: any of the names architectures() lists (default: all of them; about 2.5 minutes on 2 cores).
+ARCH: any of the names architectures() lists (default: all of them; 1.5 to 3 minutes on 2 cores).
 """
 import json
 import os
