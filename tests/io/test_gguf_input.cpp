@@ -364,6 +364,35 @@ TEST(GgufCli, EvalConvertAndQuantizeReadGguf) {
 }
 
 // --force replaces an existing GGUF file, atomically; without it the file is kept.
+// logits, generate and imatrix take a GGUF file as their model too: its decoded weights, with the
+// output checked against the file.
+TEST(GgufCli, LogitsGenerateAndImatrixReadGguf) {
+  testing::ScratchDir dir;
+  const std::string gguf = (dir / "m.gguf").string();
+  auto r = testing::RunCli({"quantize", Stories().string(), "-o", gguf, "--output-format", "gguf",
+                            "--gguf-type", "F32", "-q"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  testing::WriteFile(dir / "ids.txt", "1\n45\n217\n298\n");
+  for (const auto& [model, out] :
+       {std::pair{gguf, "a.npy"}, std::pair{Stories().string(), "b.npy"}}) {
+    r = testing::RunCli(
+        {"logits", model, "--tokens", (dir / "ids.txt").string(), "-o", (dir / out).string()});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  EXPECT_EQ(testing::ReadFile(dir / "a.npy"), testing::ReadFile(dir / "b.npy"));  // F32: exact
+  r = testing::RunCli({"generate", gguf, "--prompt", "Once upon a time", "-n", "4"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(r.out.empty());
+  testing::WriteFile(dir / "story.txt", std::string(kStory) + kStory);
+  r = testing::RunCli({"imatrix", gguf, "--calib", (dir / "story.txt").string(), "-o", gguf,
+                       "--force", "--seqlen", "32"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;  // OptionError: it would destroy its input
+  EXPECT_TRUE(fs::exists(gguf));
+  r = testing::RunCli({"imatrix", gguf, "--calib", (dir / "story.txt").string(), "-o",
+                       (dir / "m.imatrix").string(), "--seqlen", "32", "-q"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+}
+
 TEST(GgufCli, ForceReplacesAnExistingGgufFile) {
   testing::ScratchDir dir;
   const std::string out = (dir / "m.gguf").string();

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "gguf_output.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/input_file.hpp"
 #include "qtool/model/model.hpp"
@@ -23,7 +24,10 @@ struct GenerateArgs {
 void RegisterGenerate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Continue a prompt greedily");
-  cmd->add_option("model", a->model, "Model directory (plain or quantised by qtool)")->required();
+  cmd->add_option("model", a->model,
+                  "Model directory (plain or quantised by qtool), or a GGUF file (decoded with its "
+                  "tokenizer rebuilt from the metadata)")
+      ->required();
   cmd->add_option("-p,--prompt", a->prompt, "Prompt text (empty: start from BOS alone)");
   cmd->add_option("-n", a->n, "Tokens to generate")->capture_default_str();
   cmd->add_option(
@@ -35,7 +39,8 @@ void RegisterGenerate(CLI::App& app) {
   cmd->callback([a]() {
     QTOOL_CHECK(a->n >= 0, OptionError, "-n must not be negative");
     if (!a->tokenizer.empty()) CheckRegularFile(a->tokenizer);  // its reader would block on a FIFO
-    const Model model(a->model, {.threads = a->threads});
+    const ModelInput input(a->model);
+    const Model model(input.path(), {.threads = a->threads});
     CheckReportPathFor(model.checkpoint(), a->json);
     const Tokenizer tok = LoadModelTokenizer(model.checkpoint().dir(), a->tokenizer);
     std::vector<int32_t> prompt = {model.config().bos_token_id};

@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "commands.hpp"
+#include "gguf_output.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/gguf_export.hpp"
 #include "qtool/io/imatrix.hpp"
@@ -78,7 +79,10 @@ void RegisterImatrix(CLI::App& app) {
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
       "imatrix", "Compute llama.cpp's importance matrix of a model on calibration data");
-  cmd->add_option("model", a->model, "Model directory (plain or quantised by qtool)")->required();
+  cmd->add_option("model", a->model,
+                  "Model directory (plain or quantised by qtool), or a GGUF file (decoded with its "
+                  "tokenizer rebuilt from the metadata)")
+      ->required();
   cmd->add_option("-o,--output", a->output,
                   "Output imatrix file: GGUF (llama.cpp's current format), or legacy .dat when "
                   "the name ends in .dat")
@@ -97,7 +101,9 @@ void RegisterImatrix(CLI::App& app) {
     const auto start = std::chrono::steady_clock::now();
     QTOOL_CHECK(a->threads >= 0, OptionError, "--threads must not be negative");
     CheckCalibrationArgs(a->data);
-    const Model model(a->model, {.threads = a->threads});
+    const ModelInput input(a->model);
+    input.CheckOutput(a->output);
+    const Model model(input.path(), {.threads = a->threads});
     const Checkpoint& in = model.checkpoint();
     StagedRun run_out(in, a->output, a->json, a->force);
     const int64_t seqlen =

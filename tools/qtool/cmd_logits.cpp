@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "commands.hpp"
+#include "gguf_output.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/model/model.hpp"
 #include "qtool/model/tokenizer.hpp"
@@ -20,14 +21,18 @@ void RegisterLogits(CLI::App& app) {
   auto a = std::make_shared<Args>();
   CLI::App* cmd =
       app.add_subcommand("logits", "Write a model's logits for one token sequence as .npy");
-  cmd->add_option("model", a->model, "Model directory (plain or quantised by qtool)")->required();
+  cmd->add_option("model", a->model,
+                  "Model directory (plain or quantised by qtool), or a GGUF file (decoded with its "
+                  "tokenizer rebuilt from the metadata)")
+      ->required();
   cmd->add_option("--tokens", a->tokens, "Token ids (one per line, or int32), BOS included")
       ->required();
   cmd->add_option("-o,--output", a->output, "Output .npy file: f32 [tokens, vocab]")->required();
   cmd->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
   cmd->callback([a]() {
     QTOOL_CHECK(a->threads >= 0, OptionError, "--threads must not be negative");
-    const Model model(a->model, {.threads = a->threads});
+    const ModelInput input(a->model);
+    const Model model(input.path(), {.threads = a->threads});
     const std::vector<int32_t> ids = ReadTokenIds(a->tokens);
     QTOOL_CHECK(!ids.empty(), OptionError, "{}: no token ids", a->tokens);
     const RowMatrixXf logits = model.Logits(ids);
