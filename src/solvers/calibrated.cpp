@@ -4,18 +4,15 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <optional>
-#include <regex>
-#include <sstream>
 
-#include "qtool/core/convert.hpp"
 #include "qtool/core/enum_names.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/format/ggml_quants.hpp"
 #include "qtool/model/tokenizer.hpp"
+#include "qtool/pipeline/writer.hpp"
 #include "qtool/quant/activation.hpp"
 #include "qtool/quant/int_codec.hpp"
 #include "qtool/quant/pack.hpp"
@@ -38,187 +35,18 @@ double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// What a block's solver produced, by full tensor name: exact codes (GPTQ, HQQ), or float values
-// (rescaled weights, which the codec then rounds, and rescaled norms, written as they are).
 // How a solver rescaled a Linear (AWQ, SmoothQuant): the values it stores are
 // diag(rows) W diag(cols), before rounding, for the checkpoint's W.
 struct Rescaling {
   Eigen::VectorXf rows, cols;
 };
 
+// What a block's solver produced, by full tensor name: exact codes (GPTQ, HQQ), or float values
+// (rescaled weights, which the codec then rounds, and rescaled norms, written as they are).
 struct BlockSolution {
   std::map<std::string, QuantizedMatrix> exact;
   std::map<std::string, RowMatrixXf> values;
   std::map<std::string, Rescaling> rescaled;  // by tensor name, for the error report
-};
-
-// Writes the output checkpoint in block order so that each block's tensors are written as soon
-// as they are solved: tensors outside the decoder blocks first, then block 0, 1, ...
-class StreamingWriter {
- public:
-  StreamingWriter(const Checkpoint& in, const fs::path& out, const QuantizeOptions& options)
-      : in_(in), options_(options), threads_(ResolveThreads(options.threads)) {
-    static const std::regex block_re(R"(^model\.layers\.(\d+)\.)");
-    for (size_t i = 0; i < in.tensors().size(); ++i) {
-      const TensorInfo& t = *in.tensors()[i].info;
-      std::smatch m;
-      const int64_t block = std::regex_search(t.name, m, block_re) ? std::stoll(m[1].str()) : -1;
-      order_.push_back({i, block, SelectedForQuantization(t, options)});
-    }
-    std::stable_sort(order_.begin(), order_.end(), [&](const Entry& a, const Entry& b) {
-      if (a.block != b.block) return a.block < b.block;
-      return in.tensors()[a.index].info->name < in.tensors()[b.index].info->name;
-    });
-    std::vector<TensorSpec> specs;
-    json tensors = json::object();
-    for (const Entry& e : order_) {
-      const TensorInfo& t = *in.tensors()[e.index].info;
-      if (!e.quantized) {
-        specs.push_back(t);
-        continue;
-      }
-      const auto codec = MakeCodec(options.codec, t.shape[0], t.shape[1]);
-      for (TensorSpec& part : codec->Layout(t.name)) specs.push_back(std::move(part));
-      tensors[t.name] = QuantizedTensorRecord(*codec, t);
-    }
-    codec_record_ = MakeCodec(options.codec, 1, 1)->Record();
-    writer_ = std::make_unique<CheckpointWriter>(
-        out, std::move(specs), QuantizedWriterOptions(options, codec_record_, tensors));
-    report_.codec = codec_record_;
-    report_.threads = threads_;
-  }
-
-  /// Writes every tensor up to the end of `block` (-1: those outside the blocks).
-  void WriteThrough(int64_t block, const BlockSolution& solution, const ProgressFn& progress = {}) {
-    for (; next_ < order_.size() && order_[next_].block <= block; ++next_) {
-      WriteEntry(order_[next_], solution);
-      if (progress) {
-        progress(next_ + 1, order_.size(), in_.tensors()[order_[next_].index].info->name);
-      }
-    }
-  }
-
-  QuantizeReport Finish(std::chrono::steady_clock::time_point start) {
-    WriteThrough(INT64_MAX, {});
-    CopyModelFiles(in_, QuantizationConfig(codec_record_, options_), *writer_);
-    writer_->Commit();
-    report_.seconds = Since(start);
-    return std::move(report_);
-  }
-
- private:
-  struct Entry {
-    size_t index;
-    int64_t block;
-    bool quantized;
-  };
-
-  std::vector<float> ReadF32(const CheckpointTensor& src) const {
-    const TensorInfo& t = *src.info;
-    std::vector<float> v(static_cast<size_t>(t.numel()));
-    const int64_t bad = ConvertToF32(src.data().data(), t.dtype, t.numel(), v.data());
-    QTOOL_CHECK(bad < 0, NumericError, "{}: tensor \"{}\" has a non-finite value at element {}",
-                src.file->path().string(), t.name, bad);
-    return v;
-  }
-
-  void WriteEntry(const Entry& e, const BlockSolution& sol) {
-    const CheckpointTensor& src = in_.tensors()[e.index];
-    const TensorInfo& t = *src.info;
-    TensorReport tr = TensorReport::Begin(t);
-    const auto value_it = sol.values.find(t.name);
-    if (!e.quantized) {
-      if (value_it == sol.values.end()) {
-        writer_->Write(src.data());
-      } else {
-        QTOOL_DASSERT(value_it->second.size() == t.numel());
-        std::vector<std::byte> bytes(t.nbytes());
-        ConvertFromF32(value_it->second.data(), t.dtype, t.numel(), bytes.data());
-        writer_->Write(bytes);
-      }
-      tr.bytes_out = t.nbytes();
-    } else {
-      const int64_t rows = t.shape[0], cols = t.shape[1];
-      const auto codec = MakeCodec(options_.codec, rows, cols);
-      const std::vector<TensorSpec> layout = codec->Layout(t.name);
-      std::vector<std::vector<std::byte>> parts;
-      std::vector<std::byte*> ptrs;
-      for (const TensorSpec& p : layout) {
-        parts.emplace_back(p.nbytes());
-        ptrs.push_back(parts.back().data());
-      }
-      const std::vector<float> original = ReadF32(src);
-      const auto exact_it = sol.exact.find(t.name);
-      if (exact_it != sol.exact.end()) {
-        StoreExact(exact_it->second, rows, cols, ptrs);
-      } else {
-        const float* w = value_it != sol.values.end() ? value_it->second.data() : original.data();
-        std::vector<float> deq(static_cast<size_t>(rows * cols));
-        const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(cols, 1));
-        ParallelFor(rows, chunk, threads_, [&](int64_t r0, int64_t r1, int) {
-          codec->EncodeRows(w + r0 * cols, r0, r1 - r0, ptrs.data(), deq.data() + r0 * cols);
-        });
-      }
-      // The report compares the stored (decoded) weights with the checkpoint's, in the
-      // checkpoint's basis: a solver's rescaling is undone first.
-      std::vector<const std::byte*> cptrs(ptrs.begin(), ptrs.end());
-      RowMatrixXf decoded(rows, cols);
-      codec->DecodeRows(cptrs.data(), 0, rows, decoded.data());
-      if (const auto it = sol.rescaled.find(t.name); it != sol.rescaled.end()) {
-        decoded.array().colwise() /= it->second.rows.array();
-        decoded.array().rowwise() /= it->second.cols.transpose().array();
-      }
-      tr.stats.Add(original.data(), decoded.data(), rows * cols);
-      for (const auto& p : parts) {
-        writer_->Write(p);
-        tr.bytes_out += p.size();
-      }
-      tr.MarkQuantized(codec->BitsPerWeight());
-    }
-    src.file->Release(t);  // written: its pages leave the memory map, as in QuantizeCheckpoint
-    report_.Add(std::move(tr));
-  }
-
-  // Codes and group parameters in the "int" codec's layout: qweight, scales, [zeros], [g_idx].
-  void StoreExact(const QuantizedMatrix& q, int64_t rows, int64_t cols,
-                  const std::vector<std::byte*>& parts) const {
-    const QuantSpec spec = IntCodec::SpecFromRecord(options_.codec);
-    const int64_t glen = spec.GroupLen(cols), groups = spec.GroupsPerRow(cols);
-    QTOOL_CHECK(q.groups == groups, OptionError,
-                "solver produced {} groups per row, the codec stores {}", q.groups, groups);
-    if (options_.codec.value("g_idx", false)) {
-      std::memcpy(parts.back(), q.g_idx.data(), q.g_idx.size() * 4);  // g_idx: the last part
-    } else {
-      for (int64_t c = 0; c < cols; ++c) {
-        QTOOL_CHECK(q.g_idx[static_cast<size_t>(c)] == c / glen, OptionError,
-                    "the codec record has no g_idx: groups must be in column order");
-      }
-    }
-    const int64_t row_bytes = PackedBytes(cols, spec.bits);
-    auto* qweight = reinterpret_cast<uint8_t*>(parts[0]);
-    auto* scales = reinterpret_cast<float*>(parts[1]);
-    for (int64_t r = 0; r < rows; ++r) {
-      PackCodes(&q.codes[static_cast<size_t>(r * cols)], cols, spec.bits, qweight + r * row_bytes);
-      for (int64_t g = 0; g < groups; ++g) {
-        const GridParams& p = q.params[static_cast<size_t>(r * groups + g)];
-        scales[r * groups + g] = p.scale;
-        if (!spec.symmetric) {
-          reinterpret_cast<uint8_t*>(parts[2])[r * groups + g] = static_cast<uint8_t>(p.zero);
-        } else {
-          QTOOL_DASSERT(p.zero == static_cast<float>(spec.code_offset()));
-        }
-      }
-    }
-  }
-
-  const Checkpoint& in_;
-  QuantizeOptions options_;
-  int threads_;
-  std::vector<Entry> order_;
-  size_t next_ = 0;
-  json codec_record_;
-  std::unique_ptr<CheckpointWriter> writer_;
-  QuantizeReport report_;
 };
 
 std::string WeightName(int64_t block, const std::string& linear) {
@@ -805,6 +633,59 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   return sol;
 }
 
+// Codes and group parameters in the "int" codec's layout: qweight, scales, [zeros], [g_idx].
+std::vector<std::vector<std::byte>> StoreExact(const Context& ctx, const QuantizedMatrix& q) {
+  const auto cols = static_cast<int64_t>(q.g_idx.size());
+  const int64_t rows = cols ? static_cast<int64_t>(q.codes.size()) / cols : 0;
+  const QuantSpec& spec = ctx.spec;
+  const int64_t glen = spec.GroupLen(cols), groups = spec.GroupsPerRow(cols);
+  QTOOL_CHECK(q.groups == groups, OptionError,
+              "solver produced {} groups per row, the codec stores {}", q.groups, groups);
+  std::vector<std::vector<std::byte>> parts;
+  for (const TensorSpec& p : MakeCodec(ctx.options.codec, rows, cols)->Layout("")) {
+    parts.emplace_back(p.nbytes());
+  }
+  if (ctx.options.codec.value("g_idx", false)) {
+    std::memcpy(parts.back().data(), q.g_idx.data(), q.g_idx.size() * 4);  // g_idx: the last part
+  } else {
+    for (int64_t c = 0; c < cols; ++c) {
+      QTOOL_CHECK(q.g_idx[static_cast<size_t>(c)] == c / glen, OptionError,
+                  "the codec record has no g_idx: groups must be in column order");
+    }
+  }
+  const int64_t row_bytes = PackedBytes(cols, spec.bits);
+  auto* qweight = reinterpret_cast<uint8_t*>(parts[0].data());
+  auto* scales = reinterpret_cast<float*>(parts[1].data());
+  for (int64_t r = 0; r < rows; ++r) {
+    PackCodes(&q.codes[static_cast<size_t>(r * cols)], cols, spec.bits, qweight + r * row_bytes);
+    for (int64_t g = 0; g < groups; ++g) {
+      const GridParams& p = q.params[static_cast<size_t>(r * groups + g)];
+      scales[r * groups + g] = p.scale;
+      if (!spec.symmetric) {
+        reinterpret_cast<uint8_t*>(parts[2].data())[r * groups + g] = static_cast<uint8_t>(p.zero);
+      } else {
+        QTOOL_DASSERT(p.zero == static_cast<float>(spec.code_offset()));
+      }
+    }
+  }
+  return parts;
+}
+
+// What the writer takes of a block's solution: the exact codes in the codec's layout, the values
+// and rescalings viewed in `sol`.
+SolvedTensors Solved(const Context& ctx, const BlockSolution& sol) {
+  SolvedTensors out;
+  for (const auto& [name, q] : sol.exact) out[name].stored = StoreExact(ctx, q);
+  for (const auto& [name, v] : sol.values) {
+    out[name].values = {v.data(), static_cast<size_t>(v.size())};
+  }
+  for (const auto& [name, r] : sol.rescaled) {
+    out[name].row_scale = {r.rows.data(), static_cast<size_t>(r.rows.size())};
+    out[name].col_scale = {r.cols.data(), static_cast<size_t>(r.cols.size())};
+  }
+  return out;
+}
+
 std::vector<std::vector<int32_t>> CalibrationSamples(const fs::path& model_dir, const Model& model,
                                                      const CalibratedOptions& method) {
   const CalibrationData data =
@@ -862,8 +743,6 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
   mopts.weight_cache_bytes = 0;  // one block at a time
   const Model model(model_dir, mopts);
   const Checkpoint& ck = model.checkpoint();
-  QTOOL_CHECK(!QuantizationRecord(ck).has_value(), OptionError,
-              "{}: already quantised by qtool; dequantize it first", ck.dir().string());
   QuantizeOptions write_options = options;
   // W8A8: SmoothQuant's point is the activations, quantised per token at run time.
   if (method.method == Method::kSmoothQuant) write_options.activations = Int8TokenActivations();
@@ -874,11 +753,11 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
   }
   const Context ctx{
       ck, model.config(), write_options, method, on_layer, ResolveThreads(options.threads), spec};
-  StreamingWriter writer(ck, out, write_options);
-  writer.WriteThrough(-1, {}, progress);
+  QuantizedCheckpointWriter writer(ck, out, write_options, WriteOrder::kBlocks, progress);
+  writer.WriteThrough(-1);
   const int64_t blocks = model.config().num_layers;
   if (!NeedsCalibration(method.method)) {
-    for (int64_t b = 0; b < blocks; ++b) writer.WriteThrough(b, HqqBlock(ctx, b), progress);
+    for (int64_t b = 0; b < blocks; ++b) writer.WriteThrough(b, Solved(ctx, HqqBlock(ctx, b)));
     return writer.Finish(start);
   }
   CalibrationRunner run(model, CalibrationSamples(model_dir, model, method));
@@ -899,7 +778,7 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
       case Method::kHqq:
         break;
     }
-    writer.WriteThrough(b, sol, progress);
+    writer.WriteThrough(b, Solved(ctx, sol));
     run.Advance(overrides);
   }
   return writer.Finish(start);
