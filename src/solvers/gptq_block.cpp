@@ -15,6 +15,28 @@ namespace {
 // least one expert's).
 constexpr int64_t kMoeHessianBytes = int64_t{1} << 30;
 
+// Quantises the selected layers of `group` with the Hessian of their shared input (factored once
+// for them all); `detail` heads each layer's report.
+void SolveGroup(const Context& ctx, const CalibrationRunner& run, const IntGrid& grid,
+                const GptqOptions& opt, const std::vector<std::string>& group,
+                const HessianConsumer& h, const std::string& detail, WeightOverrides* overrides,
+                BlockSolution& sol) {
+  const int64_t b = run.block();
+  std::optional<GptqHessian> hessian;
+  for (const std::string& name : group) {
+    const std::string full = WeightName(b, name);
+    if (!ctx.Selected(full)) continue;
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!hessian) hessian = PrepareGptq(h.Hessian(), opt);
+    GptqResult r = Gptq(run.Weight(name), *hessian, grid, opt);
+    std::string d = detail;
+    if (r.stats.damp_retries) d += fmt::format("{}damp {:g}", d.empty() ? "" : ", ", r.stats.damp);
+    ctx.Report({b, name, r.stats.loss, Since(t0), d});
+    (*overrides)[name] = r.q.dequant;
+    sol.exact.emplace(full, std::move(r.q));
+  }
+}
+
 // GPTQ on the feed-forward of a MoE block, after its attention: the router and the shared
 // expert's gate/up/gate (all reading every token), then the experts in batches (gate/up from
 // their tokens' inputs; down from the intermediate activations of the quantised gate/up), then
@@ -28,23 +50,9 @@ void GptqMoe(const Context& ctx, CalibrationRunner& run, const IntGrid& grid,
     return std::any_of(group.begin(), group.end(),
                        [&](const std::string& n) { return ctx.Selected(WeightName(b, n)); });
   };
-  // Quantises the selected layers of `group` with the Hessian of their shared input.
   auto solve = [&](const std::vector<std::string>& group, const HessianConsumer& h,
                    const std::string& detail) {
-    std::optional<GptqHessian> hessian;
-    for (const std::string& name : group) {
-      const std::string full = WeightName(b, name);
-      if (!ctx.Selected(full)) continue;
-      const auto t0 = std::chrono::steady_clock::now();
-      if (!hessian) hessian = PrepareGptq(h.Hessian(), opt);
-      GptqResult r = Gptq(run.Weight(name), *hessian, grid, opt);
-      std::string d = detail;
-      if (r.stats.damp_retries)
-        d += fmt::format("{}damp {:g}", d.empty() ? "" : ", ", r.stats.damp);
-      ctx.Report({b, name, r.stats.loss, Since(t0), d});
-      (*overrides)[name] = r.q.dequant;
-      sol.exact.emplace(full, std::move(r.q));
-    }
+    SolveGroup(ctx, run, grid, opt, group, h, detail, overrides, sol);
   };
   auto current = [&](const std::string& name) {
     const auto it = overrides->find(name);
@@ -126,18 +134,7 @@ BlockSolution GptqBlock(const Context& ctx, CalibrationRunner& run, WeightOverri
     }
     HessianConsumer h(run.in_features(group[0]), ctx.threads);
     run.Capture({{group[0], {&h}}}, *overrides);
-    std::optional<GptqHessian> hessian;  // factored once for the layers sharing the input
-    for (const std::string& name : group) {
-      const std::string full = WeightName(b, name);
-      if (!ctx.Selected(full)) continue;
-      const auto t0 = std::chrono::steady_clock::now();
-      if (!hessian) hessian = PrepareGptq(h.Hessian(), opt);
-      GptqResult r = Gptq(run.Weight(name), *hessian, grid, opt);
-      ctx.Report({b, name, r.stats.loss, Since(t0),
-                  r.stats.damp_retries ? fmt::format("damp {:g}", r.stats.damp) : ""});
-      (*overrides)[name] = r.q.dequant;
-      sol.exact.emplace(full, std::move(r.q));
-    }
+    SolveGroup(ctx, run, grid, opt, group, h, "", overrides, sol);
   }
   return sol;
 }
