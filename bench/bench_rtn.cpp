@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "qtool/core/half.hpp"
-#include "qtool/io/quantized.hpp"
+#include "qtool/pipeline/quantize.hpp"
 
 namespace qtool {
 namespace {

@@ -533,7 +533,7 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
   }
 
   // A qtool output records its codec as QuantizeCheckpoint does.
-  QuantizeOptions qtool_options;
+  QuantizedWriteOptions qtool_options;
   qtool_options.activations = activations;
   qtool_options.max_shard_bytes = options.max_shard_bytes;
   qtool_options.overwrite = options.overwrite;

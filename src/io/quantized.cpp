@@ -1,17 +1,14 @@
 #include "qtool/io/quantized.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <span>
 
 #include "qtool/core/convert.hpp"
 #include "qtool/core/error.hpp"
-#include "qtool/core/name_pattern.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/format/traits.hpp"
 #include "qtool/io/format_record.hpp"
@@ -23,90 +20,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-// Output waiting to be written: enough to overlap a tensor's writing with the next one's
-// quantisation, small enough to keep memory bounded (and fresh pages are slow to get). Tensors
-// copied from the input do not wait here: they are written beside the quantised ones.
-constexpr uint64_t kMaxQueuedBytes = 32ull << 20;
-
-// Output buffers of quantised tensors, reused once the background writer has written them, so that
-// the steady state neither zero-fills nor page-faults fresh memory. A model's tensors come in a
-// few repeating shapes, so a handful of buffers serve all of them; they live as long as the pool.
-class BufferPool {
- public:
-  struct Buffer {
-    std::unique_ptr<std::byte[]> data;
-    size_t capacity = 0;
-    bool busy = false;
-  };
-
-  /// A buffer of at least n bytes (contents unspecified) until Release.
-  Buffer* Take(size_t n) {
-    std::lock_guard<std::mutex> lock(mu_);
-    Buffer* best = nullptr;
-    for (const auto& b : buffers_) {
-      if (!b->busy && b->capacity >= n && (!best || b->capacity < best->capacity)) best = b.get();
-    }
-    if (!best) {
-      buffers_.push_back(std::make_unique<Buffer>());
-      best = buffers_.back().get();
-      best->data = std::make_unique_for_overwrite<std::byte[]>(n);
-      best->capacity = n;
-    }
-    best->busy = true;
-    return best;
-  }
-
-  void Release(Buffer* b) {
-    std::lock_guard<std::mutex> lock(mu_);
-    b->busy = false;
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<std::unique_ptr<Buffer>> buffers_;
-};
-
-// Rows per work item: about 64K elements, so a chunk's f32 copy and its decoded copy stay in L2.
-int64_t ChunkRows(const WeightCodec& codec) {
-  const int64_t block = codec.row_block();
-  const int64_t rows =
-      std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, codec.cols()));
-  return (rows + block - 1) / block * block;
-}
-
-std::vector<NamePattern> CompileRules(const std::vector<std::string>& rules, const char* option) {
-  std::vector<NamePattern> out;
-  for (const std::string& r : rules) out.emplace_back(r, option);
-  return out;
-}
-
-bool AnyMatch(std::span<const NamePattern> rules, const std::string& name) {
-  return std::any_of(rules.begin(), rules.end(),
-                     [&](const NamePattern& r) { return r.Search(name); });
-}
-
-struct Rules {
-  std::vector<NamePattern> include, exclude;
-  bool explicit_include;
-  explicit Rules(const QuantizeOptions& o)
-      : include(CompileRules(o.include, "--include")),
-        exclude(CompileRules(o.exclude, "--exclude")),
-        explicit_include(!o.include.empty()) {
-    include.emplace_back(kDefaultInclude, "the default include rule");
-  }
-  // 0: keep, 1: quantise, 2: named by an --include rule but not a 2-D float matrix.
-  NamePattern default_exclude{kDefaultExclude, "the default exclude rule"};
-  int Decide(const TensorSpec& t) const {
-    if (AnyMatch(exclude, t.name) || !AnyMatch(include, t.name)) return 0;
-    const bool by_user =
-        explicit_include && AnyMatch(std::span(include).first(include.size() - 1), t.name);
-    if (!by_user && default_exclude.Search(t.name)) return 0;
-    const bool matrix = t.shape.size() == 2 && IsFloatWeightType(t.dtype);
-    if (matrix) return 1;
-    return by_user ? 2 : 0;
-  }
-};
 
 // Decodes a quantised weight's rows [r0, r0 + n) into `out`.
 struct StoredWeight {
@@ -208,7 +121,7 @@ json QuantizedTensorRecord(const WeightCodec& codec, const TensorSpec& original)
   return rec;
 }
 
-CheckpointWriterOptions QuantizedWriterOptions(const QuantizeOptions& options,
+CheckpointWriterOptions QuantizedWriterOptions(const QuantizedWriteOptions& options,
                                                const json& codec_record,
                                                const json& tensors_record) {
   CheckpointWriterOptions w;
@@ -225,7 +138,7 @@ CheckpointWriterOptions QuantizedWriterOptions(const QuantizeOptions& options,
   return w;
 }
 
-json QuantizationConfig(const json& codec_record, const QuantizeOptions& options) {
+json QuantizationConfig(const json& codec_record, const QuantizedWriteOptions& options) {
   json qc = codec_record;
   qc["quant_method"] = "qtool";
   qc["format_version"] = kQtoolFormatVersion;
@@ -245,256 +158,6 @@ void CopyModelFiles(const Checkpoint& in, const json& qc, CheckpointWriter& writ
     config["quantization_config"] = qc;
   }
   writer.WriteTextFile("config.json", config.dump(2) + "\n");
-}
-
-namespace {
-
-// QuantizeMatrix over rows that fetch(r0, r1, raw) gives: a pointer to their stored bytes, in
-// memory or read into the caller's `raw` buffer.
-template <typename Fetch>
-ErrorStats QuantizeMatrixWith(const Fetch& fetch, DType dtype, WeightCodec& codec,
-                              std::byte* const* parts, int threads, const std::string& label) {
-  const int64_t cols = codec.cols();
-  if (codec.rows() == 0 || cols == 0) {
-    // An empty matrix: nothing to encode (the kernels take rows of at least one element). Its
-    // stored parts, such as a per-tensor scale, are zero-filled.
-    const std::vector<TensorSpec> layout = codec.Layout("");
-    for (size_t k = 0; k < layout.size(); ++k) std::memset(parts[k], 0, layout[k].nbytes());
-    return {};
-  }
-  // Element `bad` of the rows from r0 on is not finite.
-  auto fail = [&](int64_t r0, int64_t bad, float value) {
-    const int64_t idx = r0 * cols + bad;
-    throw NumericError(fmt::format("{} has a non-finite value ({}) at [{}, {}]", label, value,
-                                   idx / cols, idx % cols));
-  };
-  auto convert = [&](int64_t r0, int64_t r1, const std::byte* src, float* dst) {
-    const int64_t bad = ConvertToF32(src, dtype, (r1 - r0) * cols, dst);
-    if (bad >= 0) fail(r0, bad, dst[bad]);
-  };
-  const int64_t chunk = ChunkRows(codec);
-  if (codec.needs_observe()) {
-    std::vector<std::byte> raw;
-    std::vector<float> buf(static_cast<size_t>(chunk * cols));
-    for (int64_t r0 = 0; r0 < codec.rows(); r0 += chunk) {
-      const int64_t r1 = std::min(codec.rows(), r0 + chunk);
-      convert(r0, r1, fetch(r0, r1, raw), buf.data());
-      codec.Observe(buf.data(), r0, r1 - r0);
-    }
-  }
-  threads = ResolveThreads(threads);
-  struct Worker {
-    ErrorStats stats;
-    std::vector<std::byte> raw;
-    std::vector<float> buf;
-  };
-  std::vector<Worker> workers(static_cast<size_t>(threads));
-  ParallelFor(codec.rows(), chunk, threads, [&](int64_t r0, int64_t r1, int index) {
-    Worker& wk = workers[static_cast<size_t>(index)];
-    const std::byte* src = fetch(r0, r1, wk.raw);
-    int64_t bad;
-    if (codec.EncodeStoredRows(src, dtype, r0, r1 - r0, parts, &wk.stats, &bad)) {
-      if (bad >= 0) {
-        float value;
-        ConvertToF32(src + bad * (BitsOf(dtype) / 8), dtype, 1, &value);
-        fail(r0, bad, value);
-      }
-      return;
-    }
-    wk.buf.resize(static_cast<size_t>(2 * chunk * cols));
-    float* w = wk.buf.data();
-    float* deq = wk.buf.data() + chunk * cols;
-    convert(r0, r1, src, w);
-    codec.EncodeRows(w, r0, r1 - r0, parts, deq);
-    wk.stats.Add(w, deq, (r1 - r0) * cols);
-  });
-  ErrorStats total;
-  for (const Worker& wk : workers) total += wk.stats;
-  return total;
-}
-
-}  // namespace
-
-ErrorStats QuantizeMatrix(const ByteSource& read, DType dtype, WeightCodec& codec,
-                          std::byte* const* parts, int threads, const std::string& label) {
-  const uint64_t row_bytes = static_cast<uint64_t>(codec.cols()) * (BitsOf(dtype) / 8);
-  return QuantizeMatrixWith(
-      [&](int64_t r0, int64_t r1, std::vector<std::byte>& raw) {
-        raw.resize(static_cast<size_t>(static_cast<uint64_t>(r1 - r0) * row_bytes));
-        read(static_cast<uint64_t>(r0) * row_bytes, raw);
-        return static_cast<const std::byte*>(raw.data());
-      },
-      dtype, codec, parts, threads, label);
-}
-
-ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec,
-                          std::byte* const* parts, int threads, const std::string& label) {
-  const uint64_t row_bytes = static_cast<uint64_t>(codec.cols()) * (BitsOf(dtype) / 8);
-  return QuantizeMatrixWith(
-      [&](int64_t r0, int64_t, std::vector<std::byte>&) {
-        return data + static_cast<uint64_t>(r0) * row_bytes;
-      },
-      dtype, codec, parts, threads, label);
-}
-
-TensorReport TensorReport::Begin(const TensorInfo& t) {
-  TensorReport tr;
-  tr.name = t.name;
-  tr.shape = t.shape;
-  tr.dtype = std::string(DTypeName(t.dtype));
-  tr.bytes_in = t.nbytes();
-  tr.numel_ = t.numel();
-  tr.start_ = std::chrono::steady_clock::now();
-  return tr;
-}
-
-void QuantizeReport::Add(TensorReport tr) {
-  tr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tr.start_).count();
-  params_total += tr.numel_;
-  bytes_in += tr.bytes_in;
-  bytes_out += tr.bytes_out;
-  if (tr.quantized) {
-    params_quantized += tr.numel_;
-    quantized_bytes_out += tr.bytes_out;
-  }
-  tensors.push_back(std::move(tr));
-}
-
-double QuantizeReport::bits_per_weight() const {
-  return params_quantized ? 8.0 * static_cast<double>(quantized_bytes_out) /
-                                static_cast<double>(params_quantized)
-                          : 0.0;
-}
-
-json QuantizeReport::ToJson() const {
-  json t = json::array();
-  for (const TensorReport& r : tensors) {
-    json e = {{"name", r.name},           {"shape", r.shape},       {"dtype", r.dtype},
-              {"quantized", r.quantized}, {"bytes_in", r.bytes_in}, {"bytes_out", r.bytes_out},
-              {"seconds", r.seconds}};
-    if (r.quantized) {
-      e["bits_per_weight"] = r.bits_per_weight;
-      const double sqnr = r.stats.sqnr_db();
-      e["metrics"] = {{"mse", r.stats.mse()},
-                      {"rmse", r.stats.rmse()},
-                      {"max_abs_error", r.stats.max_abs_err},
-                      {"sqnr_db", std::isfinite(sqnr) ? json(sqnr) : json(nullptr)},
-                      {"cosine", r.stats.cosine()},
-                      {"rel_frobenius", r.stats.rel_frobenius()}};
-    }
-    t.push_back(std::move(e));
-  }
-  uint64_t largest = 0;
-  for (const TensorReport& r : tensors) largest = std::max(largest, r.bytes_in);
-  return {{"codec", codec},
-          {"tensors", std::move(t)},
-          {"summary",
-           {{"bytes_in", bytes_in},
-            {"bytes_out", bytes_out},
-            {"largest_tensor_bytes", largest},
-            {"params_total", params_total},
-            {"params_quantized", params_quantized},
-            {"bits_per_weight", bits_per_weight()},
-            {"compression_ratio",
-             bytes_out ? static_cast<double>(bytes_in) / static_cast<double>(bytes_out) : 0.0},
-            {"seconds", seconds},
-            {"input_gb_per_s", seconds > 0 ? static_cast<double>(bytes_in) / seconds / 1e9 : 0.0},
-            {"threads", threads}}}};
-}
-
-bool SelectedForQuantization(const TensorSpec& t, const QuantizeOptions& options) {
-  return Rules(options).Decide(t) == 1;
-}
-
-QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const fs::path& out,
-                                  const QuantizeOptions& options, const ProgressFn& progress) {
-  const auto start = std::chrono::steady_clock::now();
-  const Rules rules(options);
-  const int threads = ResolveThreads(options.threads);
-  QTOOL_CHECK(!QuantizationRecord(in).has_value(), OptionError,
-              "{}: already quantised by qtool; dequantize it first", in.dir().string());
-  if (const auto imported = DetectImportScheme(in)) {
-    throw OptionError(fmt::format("{}: quantised as {}; dequantize it first", in.dir().string(),
-                                  imported->Describe()));
-  }
-  std::error_code ec;
-  QTOOL_CHECK(!fs::exists(out) || !fs::equivalent(out, in.dir(), ec), OptionError,
-              "{}: output is the input checkpoint's directory", out.string());
-  CheckpointWriter::CheckOutputPath(out, options.overwrite);
-
-  // Plan: a codec per selected tensor, and the output's tensor list in file order.
-  std::vector<std::unique_ptr<WeightCodec>> codecs(in.tensors().size());
-  std::vector<TensorSpec> out_specs;
-  json tensors_record = json::object();
-  for (size_t i = 0; i < in.tensors().size(); ++i) {
-    const TensorInfo& t = *in.tensors()[i].info;
-    const int decision = rules.Decide(t);
-    QTOOL_CHECK(decision != 2, ShapeError,
-                "{}: tensor \"{}\" ({} {}) is named by --include but is not a 2-D float matrix",
-                in.tensors()[i].file->path().string(), t.name, DTypeName(t.dtype),
-                json(t.shape).dump());
-    if (decision == 0) {
-      out_specs.push_back(t);
-      continue;
-    }
-    codecs[i] = MakeCodec(options.codec, t.shape[0], t.shape[1]);
-    for (TensorSpec& part : codecs[i]->Layout(t.name)) out_specs.push_back(std::move(part));
-    tensors_record[t.name] = QuantizedTensorRecord(*codecs[i], t);
-  }
-  const json codec_record = MakeCodec(options.codec, 1, 1)->Record();
-  CheckpointWriter writer(out, out_specs,
-                          QuantizedWriterOptions(options, codec_record, tensors_record));
-  BufferPool pool;  // outlives the writer thread, which releases its buffers
-  BackgroundWriter background(writer, kMaxQueuedBytes);
-
-  QuantizeReport report;
-  report.codec = codec_record;
-  report.threads = threads;
-  for (size_t i = 0; i < in.tensors().size(); ++i) {
-    const CheckpointTensor& src = in.tensors()[i];
-    const TensorInfo& t = *src.info;
-    TensorReport tr = TensorReport::Begin(t);
-    src.file->Prefetch(t);
-    if (!codecs[i]) {
-      // Copied as it is: read from the file straight into the writer's buffer when its turn comes.
-      background.EnqueueRead(t.nbytes(), [&src](uint64_t offset, std::span<std::byte> dst) {
-        src.file->Read(*src.info, offset, dst);
-      });
-      tr.bytes_out = t.nbytes();
-    } else {
-      WeightCodec& codec = *codecs[i];
-      const std::vector<TensorSpec> layout = codec.Layout(t.name);
-      std::vector<BufferPool::Buffer*> parts;
-      std::vector<std::byte*> part_ptrs;
-      for (const TensorSpec& p : layout) {
-        parts.push_back(pool.Take(p.nbytes()));
-        part_ptrs.push_back(parts.back()->data.get());
-      }
-      tr.stats = QuantizeMatrix(
-          // From the file with pread rather than through the memory map: the page faults and
-          // the unmapping afterwards cost more than the copy.
-          [&src](uint64_t offset, std::span<std::byte> dst) {
-            src.file->Read(*src.info, offset, dst);
-          },
-          t.dtype, codec, part_ptrs.data(), threads,
-          fmt::format("{}: tensor \"{}\"", src.file->path().string(), t.name));
-      for (size_t k = 0; k < parts.size(); ++k) {
-        const size_t n = layout[k].nbytes();
-        tr.bytes_out += n;
-        BufferPool::Buffer* b = parts[k];
-        background.Enqueue({b->data.get(), n}, [&pool, b] { pool.Release(b); });
-      }
-      tr.MarkQuantized(codec.BitsPerWeight());
-    }
-    report.Add(std::move(tr));
-    if (progress) progress(i + 1, in.tensors().size(), t.name);
-  }
-
-  background.Finish();
-  CopyModelFiles(in, QuantizationConfig(codec_record, options), writer);
-  writer.Commit();
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return report;
 }
 
 std::optional<json> QuantizationRecord(const Checkpoint& ck) {

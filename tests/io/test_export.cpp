@@ -11,6 +11,7 @@
 #include "qtool/io/export.hpp"
 #include "qtool/io/export_layouts.hpp"
 #include "qtool/io/quantized.hpp"
+#include "qtool/pipeline/quantize.hpp"
 #include "qtool/quant/codec.hpp"
 #include "test_support.hpp"
 

@@ -16,6 +16,7 @@
 #include "qtool/io/export.hpp"
 #include "qtool/io/import.hpp"
 #include "qtool/io/quantized.hpp"
+#include "qtool/pipeline/quantize.hpp"
 #include "qtool/quant/codec.hpp"
 #include "test_support.hpp"
 

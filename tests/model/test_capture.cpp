@@ -6,6 +6,7 @@
 #include "qtool/io/quantized.hpp"
 #include "qtool/model/capture.hpp"
 #include "qtool/model/tokenizer.hpp"
+#include "qtool/pipeline/quantize.hpp"
 #include "qtool/quant/activation.hpp"
 #include "test_support.hpp"
 

@@ -12,6 +12,7 @@
 #include "qtool/io/quantized.hpp"
 #include "qtool/model/capture.hpp"
 #include "qtool/model/model.hpp"
+#include "qtool/pipeline/quantize.hpp"
 #include "qtool/solvers/calibrated.hpp"
 #include "test_support.hpp"
 #include "tiny_models.hpp"

@@ -10,6 +10,7 @@
 #include "codec_test_util.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/quantized.hpp"
+#include "qtool/pipeline/quantize.hpp"
 #include "qtool/quant/metrics.hpp"
 #include "test_support.hpp"
 

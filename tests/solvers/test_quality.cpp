@@ -18,6 +18,7 @@
 
 #include "qtool/model/eval.hpp"
 #include "qtool/model/tokenizer.hpp"
+#include "qtool/pipeline/quantize.hpp"
 #include "qtool/solvers/calibrated.hpp"
 #include "test_support.hpp"
 

@@ -13,6 +13,7 @@
 #include "qtool/io/format_record.hpp"
 #include "qtool/io/import.hpp"
 #include "qtool/io/quantized.hpp"
+#include "qtool/pipeline/quantize.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/mx_codec.hpp"
 #include "qtool/quant/observer.hpp"

@@ -11,7 +11,7 @@
 
 #include "qtool/io/export.hpp"
 #include "qtool/io/gguf_export.hpp"
-#include "qtool/io/quantized.hpp"
+#include "qtool/pipeline/quantize.hpp"
 
 namespace qtool::cli {
 

@@ -1,8 +1,8 @@
-// Quantised checkpoints: writing them from a float checkpoint, reading weights back, and
-// dequantising a whole checkpoint. The on-disk format is described in docs/FORMAT.md.
+// Quantised checkpoints as files: the records their metadata and config.json carry, reading their
+// weights back, and dequantising a whole checkpoint. Writing one from a float checkpoint is the
+// pipeline's (pipeline/quantize.hpp). The on-disk format is described in docs/FORMAT.md.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -13,7 +13,6 @@
 
 #include "qtool/io/checkpoint.hpp"
 #include "qtool/quant/codec.hpp"
-#include "qtool/quant/metrics.hpp"
 
 namespace qtool {
 
@@ -21,29 +20,22 @@ namespace qtool {
 inline constexpr const char* kQtoolMetadataKey = "qtool.quantization";
 inline constexpr int kQtoolFormatVersion = 1;
 
-/// Which tensors are quantised: by default every 2-D floating point weight inside the decoder
-/// blocks (names matching kDefaultInclude). `include` rules add tensors, `exclude` rules remove
-/// them (exclusion wins). Rules are RE2 regular expressions (core/name_pattern.hpp) searched in the
-/// tensor name.
+/// The weights inside the decoder blocks: what the pipeline quantises by default
+/// (pipeline/selection.hpp) and what an export lists as kept or quantised Linear layers. An RE2
+/// regular expression (core/name_pattern.hpp) searched in the tensor name.
 inline constexpr const char* kDefaultInclude = R"(\.layers\.\d+\..*\.weight$)";
-/// Mixture-of-experts routers and Qwen2-MoE's shared-expert gate: tiny layers whose rounding would
-/// move the routing (and that the Python quantisers keep in full precision). They are kept unless
-/// an `include` rule names them.
-inline constexpr const char* kDefaultExclude =
-    R"(\.layers\.\d+\.(mlp\.gate|block_sparse_moe\.gate|mlp\.shared_expert_gate)\.weight$)";
 
-struct QuantizeOptions {
-  nlohmann::json codec = {{"codec", "int"},
-                          {"bits", 4},
-                          {"symmetric", true},
-                          {"granularity", "group"},
-                          {"group_size", 128}};
-  std::vector<std::string> include;
-  std::vector<std::string> exclude;
+/// Output waiting for a BackgroundWriter while a quantised or dequantised checkpoint is written:
+/// enough to overlap a tensor's writing with the next one's work, small enough to keep memory
+/// bounded (and fresh pages are slow to get).
+inline constexpr uint64_t kMaxQueuedBytes = 32ull << 20;
+
+/// How a quantised checkpoint is written: what its metadata and config.json record besides the
+/// codec and tensors, and its files.
+struct QuantizedWriteOptions {
   /// Activation quantisation the checkpoint asks of the runtime: null (weights only) or
   /// Int8TokenActivations(). Recorded in the metadata and in config.json.
   nlohmann::json activations;
-  int threads = 0;               // 0: every hardware thread
   uint64_t max_shard_bytes = 0;  // 0: one model.safetensors
   bool overwrite = false;
 };
@@ -54,62 +46,8 @@ inline nlohmann::json Int8TokenActivations() {
   return {{"bits", 8}, {"granularity", "token"}, {"dynamic", true}};
 }
 
-struct TensorReport {
-  std::string name;
-  std::vector<int64_t> shape;
-  std::string dtype;       // input dtype
-  bool quantized = false;  // false: copied unchanged
-  double bits_per_weight = 0;
-  uint64_t bytes_in = 0, bytes_out = 0;
-  double seconds = 0;
-  ErrorStats stats;
-
-  /// The report of input tensor t before it is written (name, shape, dtype, bytes in), its clock
-  /// started. The writer then sets bytes_out, and for a quantised tensor `stats` and MarkQuantized.
-  static TensorReport Begin(const TensorInfo& t);
-  /// A quantised tensor, stored at the codec's bits per weight.
-  void MarkQuantized(double codec_bits_per_weight) {
-    quantized = true;
-    bits_per_weight = codec_bits_per_weight;
-  }
-
- private:
-  friend struct QuantizeReport;
-  int64_t numel_ = 0;
-  std::chrono::steady_clock::time_point start_;
-};
-
-struct QuantizeReport {
-  std::vector<TensorReport> tensors;
-  nlohmann::json codec;
-  uint64_t bytes_in = 0, bytes_out = 0;
-  int64_t params_total = 0, params_quantized = 0;
-  uint64_t quantized_bytes_out = 0;  // stored bytes of the quantised tensors (scales included)
-  double seconds = 0;
-  int threads = 1;
-
-  /// Adds a written tensor (begun by TensorReport::Begin) to the list and the totals, its time
-  /// taken until now.
-  void Add(TensorReport tr);
-  /// Bits per quantised weight, scales and zero-points included.
-  double bits_per_weight() const;
-  nlohmann::json ToJson() const;
-};
-
 /// Called after each tensor: (tensors done, tensors in all, name of the tensor just done).
 using ProgressFn = std::function<void(size_t, size_t, const std::string&)>;
-
-/// Quantises one matrix stored as `dtype` (row-major, codec.rows() x codec.cols()), whose bytes
-/// `read` gives, into the codec's stored tensors (`parts[k]` sized as Layout()[k]), in parallel
-/// over chunks of rows, and returns the error statistics of the decoded values. Each worker reads
-/// a chunk of rows into its own small buffer (so that a file is read with pread, not through page
-/// faults) and converts it from there. Runs the codec's Observe pass first when it needs one.
-/// `label` names the tensor in errors: a non-finite value throws NumericError with its position.
-ErrorStats QuantizeMatrix(const ByteSource& read, DType dtype, WeightCodec& codec,
-                          std::byte* const* parts, int threads, const std::string& label);
-/// QuantizeMatrix of a matrix in memory at `data` (unaligned allowed).
-ErrorStats QuantizeMatrix(const std::byte* data, DType dtype, WeightCodec& codec,
-                          std::byte* const* parts, int threads, const std::string& label);
 
 /// Record of a quantised tensor in a checkpoint's metadata: the codec's record with the original
 /// shape and dtype.
@@ -118,14 +56,14 @@ nlohmann::json QuantizedTensorRecord(const WeightCodec& codec, const TensorSpec&
 /// Writer options of a quantised checkpoint: the options' sharding and overwrite, and metadata
 /// holding the format version, `codec_record`, `tensors_record` (name -> tensor record) and the
 /// options' activation quantisation when there is one.
-CheckpointWriterOptions QuantizedWriterOptions(const QuantizeOptions& options,
+CheckpointWriterOptions QuantizedWriterOptions(const QuantizedWriteOptions& options,
                                                const nlohmann::json& codec_record,
                                                const nlohmann::json& tensors_record);
 
 /// The `quantization_config` that config.json gets for a checkpoint written with `codec_record`
 /// and `options`' activation quantisation.
 nlohmann::json QuantizationConfig(const nlohmann::json& codec_record,
-                                  const QuantizeOptions& options);
+                                  const QuantizedWriteOptions& options);
 
 /// Whether the runtime is to quantise the inputs of `ck`'s quantised Linear layers per token to
 /// INT8 (a W8A8 checkpoint). Throws FormatError for an activation record it does not implement.
@@ -134,17 +72,6 @@ bool QuantizesActivations(const Checkpoint& ck);
 /// Copies the model directory's other files (tokenizer, ...) and writes its config.json with
 /// `quantization_config` set to `qc`, or removed when `qc` is null.
 void CopyModelFiles(const Checkpoint& in, const nlohmann::json& qc, CheckpointWriter& writer);
-
-/// Returns true when `name` (with its shape and dtype) is quantised under `options`' rules.
-bool SelectedForQuantization(const TensorSpec& t, const QuantizeOptions& options);
-
-/// Quantises the selected tensors of `in` and writes a quantised checkpoint directory to `out`
-/// (tensors not selected and the model directory's other files are copied; config.json gains a
-/// "quantization_config"). Output is written under a temporary name and appears complete or not at
-/// all. Throws NumericError for a NaN/Inf weight, ShapeError for a selected tensor that is not a
-/// 2-D float matrix, OptionError for a bad codec.
-QuantizeReport QuantizeCheckpoint(const Checkpoint& in, const std::filesystem::path& out,
-                                  const QuantizeOptions& options, const ProgressFn& progress = {});
 
 /// The quantisation record of a checkpoint written by qtool (nullopt for a plain checkpoint).
 std::optional<nlohmann::json> QuantizationRecord(const Checkpoint& ck);

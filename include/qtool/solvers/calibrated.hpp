@@ -17,7 +17,8 @@
 // post-attention norm over the router, every expert and the shared expert (the router and the
 // shared expert's gate keep their full-precision values, rescaled exactly), and each expert's
 // up -> down pair by that expert's output error on its own tokens. SmoothQuant refuses MoE blocks.
-// The routers stay unquantised unless --include names them (quantized.hpp's default exclusion).
+// The routers stay unquantised unless --include names them (the default exclusion,
+// pipeline/selection.hpp).
 #pragma once
 
 #include <cstdint>
@@ -25,9 +26,9 @@
 #include <functional>
 #include <string>
 
-#include "qtool/io/quantized.hpp"
 #include "qtool/model/capture.hpp"
 #include "qtool/model/tokenizer.hpp"
+#include "qtool/pipeline/quantize.hpp"
 #include "qtool/solvers/gptq.hpp"
 #include "qtool/solvers/hqq.hpp"
 

@@ -1,0 +1,59 @@
+// The helpers the block algorithms share (blocks.hpp).
+#include "blocks.hpp"
+
+namespace qtool::solvers::detail {
+
+const std::vector<std::vector<std::string>>& InputGroups(const LlamaConfig& cfg) {
+  static const std::vector<std::vector<std::string>> groups = {
+      {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"},
+      {"self_attn.o_proj"},
+      {"mlp.gate_proj", "mlp.up_proj"},
+      {"mlp.down_proj"}};
+  static const std::vector<std::vector<std::string>> fused = {
+      {"self_attn.qkv_proj"}, {"self_attn.o_proj"}, {"mlp.gate_up_proj"}, {"mlp.down_proj"}};
+  return cfg.fused_projections ? fused : groups;
+}
+
+std::string MlpNorm(const LlamaConfig& cfg) {
+  return cfg.sandwich_norms ? "pre_feedforward_layernorm" : "post_attention_layernorm";
+}
+
+RowMatrixXf StoredNorm(const LlamaConfig& cfg, RowMatrixXf effective) {
+  if (cfg.norm_plus_one) effective.array() -= 1.0f;
+  return effective;
+}
+
+namespace {
+
+// Counts the rows a layer is shown.
+class RowCounter final : public ActivationConsumer {
+ public:
+  void Consume(const Eigen::Ref<const RowMatrixXf>& x) override { rows_ += x.rows(); }
+  int64_t rows() const { return rows_; }
+
+ private:
+  int64_t rows_ = 0;
+};
+
+}  // namespace
+
+MoeRouting RouteExperts(const Context& ctx, const CalibrationRunner& run,
+                        const MoeLayerNames& names, const WeightOverrides& overrides) {
+  std::vector<RowCounter> counters(names.experts.size());
+  ConsumerMap consumers;
+  for (size_t e = 0; e < names.experts.size(); ++e) consumers[names.experts[e][0]] = {&counters[e]};
+  run.Capture(consumers, overrides);
+  MoeRouting r;
+  r.all = run.num_samples() * run.seq_len();
+  for (size_t e = 0; e < counters.size(); ++e) {
+    r.tokens.push_back(counters[e].rows());
+    r.fallback.push_back(counters[e].rows() < ctx.method.moe_min_tokens);
+    if (ctx.method.on_expert) {
+      ctx.method.on_expert({run.block(), static_cast<int64_t>(e), r.tokens.back(),
+                            r.fallback.back(), r.fallback.back() ? r.all : 0});
+    }
+  }
+  return r;
+}
+
+}  // namespace qtool::solvers::detail
