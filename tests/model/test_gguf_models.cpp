@@ -34,6 +34,7 @@ using testing::tiny::kVocab;
 using testing::tiny::Random;
 using testing::tiny::Tensors;
 using testing::tiny::Trunk;
+using testing::tiny::WriteMixtral;
 
 constexpr int64_t kMixtralExperts = 8, kQwenExperts = 4, kExpertFfn = 24, kSharedFfn = 40;
 
@@ -47,18 +48,8 @@ std::vector<int32_t> Tokens() {
 fs::path Mixtral(const fs::path& dir) {
   std::mt19937 rng(3);
   Tensors t = Trunk(rng);
-  const std::string p = "model.layers.0.block_sparse_moe.";
-  t.Add(p + "gate.weight", {kMixtralExperts, kHidden}, Random(rng, kMixtralExperts * kHidden, 1));
-  for (int64_t e = 0; e < kMixtralExperts; ++e) {
-    const std::string x = p + "experts." + std::to_string(e) + ".";
-    t.Add(x + "w1.weight", {kFfn, kHidden}, Random(rng, kFfn * kHidden, 0.2f));
-    t.Add(x + "w2.weight", {kHidden, kFfn}, Random(rng, kHidden * kFfn, 0.2f));
-    t.Add(x + "w3.weight", {kFfn, kHidden}, Random(rng, kFfn * kHidden, 0.2f));
-  }
-  json cfg = BaseConfig("MixtralForCausalLM", "mixtral");
-  cfg["num_local_experts"] = kMixtralExperts;
-  cfg["num_experts_per_tok"] = 2;
-  return t.Write(dir, cfg);
+  std::vector<float> router = Random(rng, kMixtralExperts * kHidden, 1);
+  return WriteMixtral(dir, rng, std::move(t), std::move(router));
 }
 
 json Qwen2MoeConfig() {

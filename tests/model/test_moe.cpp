@@ -30,6 +30,7 @@ using testing::tiny::kVocab;
 using testing::tiny::Random;
 using testing::tiny::Tensors;
 using testing::tiny::Trunk;
+using testing::tiny::WriteMixtral;
 
 // Mixtral with kExperts experts, top-2, whose router reads channel 0 only: logits
 // (2, 1, 0, -1, -2) * h_0, so a token goes to experts {0, 1} or {3, 4} and expert 2 never
@@ -37,20 +38,9 @@ using testing::tiny::Trunk;
 fs::path StarvedMixtral(const fs::path& dir) {
   std::mt19937 rng(5);
   Tensors t = Trunk(rng);
-  const std::string p = "model.layers.0.block_sparse_moe.";
   std::vector<float> router(kExperts * kHidden, 0.0f);
   for (int64_t e = 0; e < kExperts; ++e) router[static_cast<size_t>(e * kHidden)] = 2.0f - e;
-  t.Add(p + "gate.weight", {kExperts, kHidden}, router);
-  for (int64_t e = 0; e < kExperts; ++e) {
-    const std::string x = p + "experts." + std::to_string(e) + ".";
-    t.Add(x + "w1.weight", {kFfn, kHidden}, Random(rng, kFfn * kHidden, 0.2f));
-    t.Add(x + "w2.weight", {kHidden, kFfn}, Random(rng, kHidden * kFfn, 0.2f));
-    t.Add(x + "w3.weight", {kFfn, kHidden}, Random(rng, kFfn * kHidden, 0.2f));
-  }
-  json cfg = BaseConfig("MixtralForCausalLM", "mixtral");
-  cfg["num_local_experts"] = kExperts;
-  cfg["num_experts_per_tok"] = 2;
-  return t.Write(dir, cfg);
+  return WriteMixtral(dir, rng, std::move(t), std::move(router));
 }
 
 std::vector<int32_t> Sequence(int64_t n, uint32_t seed) {

@@ -79,4 +79,23 @@ inline Tensors Trunk(std::mt19937& rng) {
   return t;
 }
 
+// A one-block Mixtral: `t` (a Trunk) with `router` ([experts, kHidden]) and each expert's w1, w2
+// and w3 drawn from `rng` (kFfn wide), top-2.
+inline fs::path WriteMixtral(const fs::path& dir, std::mt19937& rng, Tensors t,
+                             std::vector<float> router) {
+  const auto experts = static_cast<int64_t>(router.size()) / kHidden;
+  const std::string p = "model.layers.0.block_sparse_moe.";
+  t.Add(p + "gate.weight", {experts, kHidden}, std::move(router));
+  for (int64_t e = 0; e < experts; ++e) {
+    const std::string x = p + "experts." + std::to_string(e) + ".";
+    t.Add(x + "w1.weight", {kFfn, kHidden}, Random(rng, kFfn * kHidden, 0.2f));
+    t.Add(x + "w2.weight", {kHidden, kFfn}, Random(rng, kHidden * kFfn, 0.2f));
+    t.Add(x + "w3.weight", {kFfn, kHidden}, Random(rng, kFfn * kHidden, 0.2f));
+  }
+  json cfg = BaseConfig("MixtralForCausalLM", "mixtral");
+  cfg["num_local_experts"] = experts;
+  cfg["num_experts_per_tok"] = 2;
+  return t.Write(dir, cfg);
+}
+
 }  // namespace qtool::testing::tiny
