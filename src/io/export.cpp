@@ -6,6 +6,7 @@
 #include <cstring>
 #include <regex>
 
+#include "qtool/core/enum_names.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/core/parallel.hpp"
@@ -347,30 +348,25 @@ void CopyCheckpoint(const Checkpoint& in, const fs::path& out, const ExportOptio
 
 }  // namespace
 
+namespace {
+
+constexpr EnumName<ExportFormat> kExportFormatNames[] = {
+    {ExportFormat::kQtool, "qtool"},
+    {ExportFormat::kGptq, "gptq"},
+    {ExportFormat::kAwq, "awq"},
+    {ExportFormat::kCompressedTensors, "compressed-tensors"},
+    {ExportFormat::kBnb, "bnb"}};
+
+}  // namespace
+
 ExportFormat ParseExportFormat(const std::string& name) {
-  for (ExportFormat f : {ExportFormat::kQtool, ExportFormat::kGptq, ExportFormat::kAwq,
-                         ExportFormat::kCompressedTensors, ExportFormat::kBnb}) {
-    if (name == ExportFormatName(f)) return f;
-  }
-  throw OptionError(fmt::format(
-      "output format \"{}\" is none of qtool, gptq, awq, compressed-tensors, bnb", name));
+  const std::optional<ExportFormat> f = ValueOf(kExportFormatNames, name);
+  QTOOL_CHECK(f.has_value(), OptionError, "output format \"{}\" is none of {}", name,
+              JoinNames(kExportFormatNames));
+  return *f;
 }
 
-const char* ExportFormatName(ExportFormat f) {
-  switch (f) {
-    case ExportFormat::kQtool:
-      return "qtool";
-    case ExportFormat::kGptq:
-      return "gptq";
-    case ExportFormat::kAwq:
-      return "awq";
-    case ExportFormat::kCompressedTensors:
-      return "compressed-tensors";
-    case ExportFormat::kBnb:
-      return "bnb";
-  }
-  return "";
-}
+const char* ExportFormatName(ExportFormat f) { return NameOf(kExportFormatNames, f); }
 
 IntWeight IntWeightFromQtool(const std::string& name, const json& r, int64_t rows, int64_t cols,
                              const std::byte* const* parts, bool with_data, bool unpack) {

@@ -9,6 +9,7 @@
 
 #include "qtool/core/checked.hpp"
 #include "qtool/core/convert.hpp"
+#include "qtool/core/enum_names.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/core/parallel.hpp"
@@ -219,21 +220,14 @@ ImportScheme Fp8Scheme(const ConfigReader& in) {
   return s;
 }
 
-const char* FormatName(ImportFormat f) {
-  switch (f) {
-    case ImportFormat::kGptq:
-      return "gptq";
-    case ImportFormat::kAwq:
-      return "awq";
-    case ImportFormat::kCompressedTensors:
-      return "compressed-tensors";
-    case ImportFormat::kBnb:
-      return "bitsandbytes";
-    case ImportFormat::kFp8:
-      return "fp8";
-  }
-  return "";
-}
+constexpr EnumName<ImportFormat> kImportFormatNames[] = {
+    {ImportFormat::kGptq, "gptq"},
+    {ImportFormat::kAwq, "awq"},
+    {ImportFormat::kCompressedTensors, "compressed-tensors"},
+    {ImportFormat::kBnb, "bitsandbytes"},
+    {ImportFormat::kFp8, "fp8"}};
+
+const char* FormatName(ImportFormat f) { return NameOf(kImportFormatNames, f); }
 
 // Little-endian element i of a tensor's bytes (which need not be aligned).
 template <typename T>
