@@ -273,17 +273,7 @@ def llama_phase(qtool, adir, name):
     import llama_cpp.llama_cpp as llama_capi
     from llama_cpp import Llama
 
-    # Weights stay in llama.cpp's plain CPU buffers: no repacking into the AMX or interleaved
-    # kernels' layouts (extra buffer types), whose AMX path stops with SIGILL where the kernel
-    # does not grant the tile state (as in some virtual machines).
-    default_params = llama_capi.llama_model_default_params
-
-    def plain_params():
-        p = default_params()
-        p.use_extra_bufts = False
-        return p
-
-    llama_capi.llama_model_default_params = plain_params
+    from llama_cpp_support import imatrix_data  # also: plain CPU buffers
 
     adir = Path(adir)
     model = adir / "model"
@@ -352,12 +342,7 @@ def llama_phase(qtool, adir, name):
     import ctypes
     imat = adir / "imatrix-random.gguf"
     entries = random_imatrix(f32, imat)
-    data = (llama_capi.llama_model_imatrix_data * (len(entries) + 1))()
-    for i, (n, v) in enumerate(entries):
-        data[i].name = n
-        data[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        data[i].size = v.size
-    data[len(entries)].name = None
+    data = imatrix_data(entries)
     for ty in IMATRIX_TYPES:
         ours_i = adir / f"{ty}-imatrix.gguf"
         theirs_i = adir / f"{ty}-imatrix-llama-quantize.gguf"

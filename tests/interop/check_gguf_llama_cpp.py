@@ -28,19 +28,8 @@ import llama_cpp.llama_cpp as llama_capi
 import numpy as np
 from llama_cpp import Llama
 
-# Weights stay in llama.cpp's plain CPU buffers: no repacking into the AMX or interleaved kernels'
-# layouts (extra buffer types), whose AMX path stops with SIGILL where the kernel does not grant
-# the tile state (as in some virtual machines). The matrix products are the generic CPU ones.
-_default_params = llama_capi.llama_model_default_params
+import llama_cpp_support  # noqa: F401  (plain CPU buffers)
 
-
-def _plain_params():
-    p = _default_params()
-    p.use_extra_bufts = False
-    return p
-
-
-llama_capi.llama_model_default_params = _plain_params
 
 
 def qtool_eval(qtool, model, work, text=None, tokens=None, tokenizer=None):

@@ -19,20 +19,10 @@ import os
 import subprocess
 import sys
 
-import llama_cpp.llama_cpp as llama_capi
 import numpy as np
 from llama_cpp import Llama
 
-_default_params = llama_capi.llama_model_default_params
-
-
-def _plain_params():  # plain CPU buffers, as in check_gguf_llama_cpp.py
-    p = _default_params()
-    p.use_extra_bufts = False
-    return p
-
-
-llama_capi.llama_model_default_params = _plain_params
+import llama_cpp_support  # noqa: F401,E402  (plain CPU buffers)
 
 
 def run(cmd):

@@ -71,6 +71,7 @@ def ctypes_quantize(f32, out, t, imat):
     """llama_model_quantize with the importances of `imat` (in_sum2 / counts in float32)."""
     import ctypes
     import llama_cpp.llama_cpp as capi
+    from llama_cpp_support import imatrix_data
     sums, counts, _ = read_imatrix(imat)
     keep, entries = [], []
     for name in sorted(sums):
@@ -80,12 +81,7 @@ def ctypes_quantize(f32, out, t, imat):
         v = np.ascontiguousarray(v)
         keep.append(v)
         entries.append((name.encode(), v))
-    arr = (capi.llama_model_imatrix_data * (len(entries) + 1))()
-    for i, (n, v) in enumerate(entries):
-        arr[i].name = n
-        arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        arr[i].size = v.size
-    arr[len(entries)].name = None
+    arr = imatrix_data(entries)
     params = capi.llama_model_quantize_default_params()
     params.ftype = LLAMA_FTYPES[t]
     params.nthread = 2
