@@ -65,23 +65,6 @@ GgufTensorRef GgufPlace(const std::string& hf, bool sandwich) {
   throw FormatError(fmt::format("tensor '{}' has no GGUF name", hf));
 }
 
-// Hugging Face stores each head's query/key rows as [first halves of the rotary pairs | second
-// halves] (rotate_half); ggml's RoPE rotates adjacent rows (2i, 2i + 1). Row 2i + j of a head in
-// the output is row j * head_dim / 2 + i of the input (llama.cpp's converter does the same).
-template <class T>
-void PermuteRopeRows(T* w, int64_t rows, int64_t cols, int64_t heads) {
-  const int64_t hd = rows / heads;
-  const std::vector<T> in(w, w + rows * cols);
-  for (int64_t h = 0; h < heads; ++h) {
-    for (int64_t i = 0; i < hd / 2; ++i) {
-      for (int64_t j = 0; j < 2; ++j) {
-        const T* src = in.data() + (h * hd + j * (hd / 2) + i) * cols;
-        std::copy(src, src + cols, w + (h * hd + 2 * i + j) * cols);
-      }
-    }
-  }
-}
-
 struct Planned {
   ExportedTensor out;
   // The checkpoint tensors whose rows the tensor holds, in order: one, or one per expert of a
@@ -486,7 +469,7 @@ ExportReport ExportGguf(const Checkpoint& in, const ModelParams& c,
         QTOOL_CHECK(slice_rows % (2 * p.permute_heads) == 0, ShapeError,
                     "tensor '{}': {} rows do not split into {} heads of rotary pairs",
                     src.info->name, slice_rows, p.permute_heads);
-        PermuteRopeRows(xs, slice_rows, cols, p.permute_heads);
+        names::PermuteRopeRows(xs, slice_rows, cols, p.permute_heads, true);
       }
     }
     if (p.plus_one) {
@@ -525,8 +508,8 @@ ExportReport ExportGguf(const Checkpoint& in, const ModelParams& c,
                     "tensor '{}': {} bytes given for {} rows of {} bytes", source, part.size(),
                     slice_rows, row_bytes);
         if (p.permute_heads > 0) {
-          PermuteRopeRows(part.data(), slice_rows, static_cast<int64_t>(row_bytes),
-                          p.permute_heads);
+          names::PermuteRopeRows(part.data(), slice_rows, static_cast<int64_t>(row_bytes),
+                                 p.permute_heads, true);
         }
         if (p.plus_one) {  // an F32 norm
           std::vector<float> v(static_cast<size_t>(cols));

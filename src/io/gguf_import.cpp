@@ -561,7 +561,6 @@ void ImportGguf(const SplitFile& file, const std::filesystem::path& out_dir, boo
   w.WriteTextFile("config.json", config.dump(2) + "\n");
   for (const ModelFile& f : RebuildTokenizer(h, label)) w.WriteTextFile(f.name, f.contents);
   std::vector<float> values;
-  std::vector<float> rows;
   const TensorInfo* decoded = nullptr;
   for (const Part& part : parts) {
     const TensorInfo* t = part.t;
@@ -572,25 +571,13 @@ void ImportGguf(const SplitFile& file, const std::filesystem::path& out_dir, boo
       const bool q = t->name.ends_with("attn_q.weight");
       const bool k = t->name.ends_with("attn_k.weight");
       if (arch == "llama" && (q || k)) {
-        // Inverse of the export's permutation: source row h*hd + j*hd/2 + i is GGUF row
-        // h*hd + 2i + j.
         const int64_t n_heads = q ? heads : kv_heads;
-        const int64_t cols = static_cast<int64_t>(t->ne[0]);
         const int64_t nrows = static_cast<int64_t>(t->ne[1]);
         QTOOL_CHECK(nrows % (2 * n_heads) == 0, FormatError,
                     "{}: tensor '{}': {} rows do not split into {} heads", label, t->name, nrows,
                     n_heads);
-        const int64_t hd = nrows / n_heads;
-        rows.resize(values.size());
-        for (int64_t hh = 0; hh < n_heads; ++hh) {
-          for (int64_t i = 0; i < hd / 2; ++i) {
-            for (int64_t j = 0; j < 2; ++j) {
-              const float* src = values.data() + (hh * hd + 2 * i + j) * cols;
-              std::copy(src, src + cols, rows.data() + (hh * hd + j * (hd / 2) + i) * cols);
-            }
-          }
-        }
-        values.swap(rows);
+        names::PermuteRopeRows(values.data(), nrows, static_cast<int64_t>(t->ne[0]), n_heads,
+                               false);
       }
       if (gemma && t->name.ends_with("norm.weight")) {
         for (float& v : values) v -= 1.0f;  // llama.cpp stores Gemma's norms as 1 + w

@@ -1,9 +1,13 @@
 // The names of a Hugging Face checkpoint's tensors in a GGUF file (llama.cpp's llama-arch.cpp),
-// shared by the export (io/gguf_export.cpp) and the import (io/gguf_import.cpp).
+// and the row order of the Llama query/key projections there; shared by the export
+// (io/gguf_export.cpp) and the import (io/gguf_import.cpp).
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace qtool::gguf::names {
 
@@ -53,5 +57,25 @@ struct ExpertPart {
 inline constexpr ExpertPart kExpertParts[] = {{"w1", "gate_proj", "ffn_gate_exps.weight"},
                                               {"w3", "up_proj", "ffn_up_exps.weight"},
                                               {"w2", "down_proj", "ffn_down_exps.weight"}};
+
+// Hugging Face stores each head's query/key rows as [first halves of the rotary pairs | second
+// halves] (rotate_half); ggml's RoPE rotates adjacent rows (2i, 2i + 1). Row 2i + j of a head in
+// GGUF is row j * head_dim / 2 + i in the checkpoint (llama.cpp's converter does the same).
+// Permutes the `rows` rows of `cols` elements at `w`, `heads` heads of them, into GGUF's order
+// (`to_gguf`) or back.
+template <class T>
+void PermuteRopeRows(T* w, int64_t rows, int64_t cols, int64_t heads, bool to_gguf) {
+  const int64_t hd = rows / heads;
+  const std::vector<T> in(w, w + rows * cols);
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      for (int64_t j = 0; j < 2; ++j) {
+        const int64_t hf = h * hd + j * (hd / 2) + i, gguf = h * hd + 2 * i + j;
+        const T* src = in.data() + (to_gguf ? hf : gguf) * cols;
+        std::copy(src, src + cols, w + (to_gguf ? gguf : hf) * cols);
+      }
+    }
+  }
+}
 
 }  // namespace qtool::gguf::names
