@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "qtool/io/format_record.hpp"
 #include "qtool/quant/codec.hpp"
 
 namespace qtool {

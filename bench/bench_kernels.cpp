@@ -14,10 +14,10 @@
 #include <random>
 #include <vector>
 
+#include "qtool/format/minifloat.hpp"
+#include "qtool/format/pack.hpp"
 #include "qtool/kernels.hpp"
-#include "qtool/quant/minifloat.hpp"
 #include "qtool/quant/mx_codec.hpp"
-#include "qtool/quant/pack.hpp"
 
 namespace qtool::kernels {
 namespace {

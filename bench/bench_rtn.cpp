@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "qtool/core/half.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/pipeline/quantize.hpp"
 
 namespace qtool {

@@ -25,8 +25,8 @@
 #include <utility>
 #include <vector>
 
-#include "qtool/quant/metrics.hpp"
-#include "qtool/quant/spec.hpp"
+#include "qtool/format/metrics.hpp"
+#include "qtool/format/spec.hpp"
 
 namespace qtool {
 struct MinifloatFormat;
@@ -65,13 +65,11 @@ void F32ToF16(const float* in, int64_t n, uint16_t* out);
 
 /// Index of the first NaN or +-Inf among the n values, or -1.
 int64_t FirstNonFinite(const float* x, int64_t n);
-/// Adds the error sums of y against x (n pairs) to *stats, ErrorStats::Add's definition: per block
-/// of 1024 elements, element i of the block goes to f32 lane i % 4 + 4 * (i / 8 % 2) of 8 (each
-/// product added with one rounding, a fused multiply-add), and at the block's end the 8 lanes
-/// are added to the f64 totals in lane order. Every path gives the same bits.
+/// Adds the error sums of y against x (n pairs) to *stats in the layout of format/metrics.hpp
+/// (AccumulateErrorsReference is the definition). Every path gives the same bits.
 void AccumulateErrors(const float* x, const float* y, int64_t n, ErrorStats* stats);
 
-// ---- Integer quantisation (the conventions of qtool/quant/spec.hpp and pack.hpp). ----
+// ---- Integer quantisation (the conventions of qtool/format/spec.hpp and pack.hpp). ----
 
 /// Min-max range of n values widened to include 0 (qtool::MinMaxRange).
 void MinMax(const float* x, int64_t n, float* lo, float* hi);
@@ -192,7 +190,7 @@ void QuantizeNf4Rows(const float* x, int64_t rows, int64_t cols, const Nf4Blocks
 void DequantizeNf4Rows(const uint8_t* packed, int64_t rows, int64_t cols, const Nf4Blocks& b,
                        float* out, int threads = 1);
 
-/// A small float format (qtool/quant/minifloat.hpp) with its overflow rule, prepared once (per
+/// A small float format (qtool/format/minifloat.hpp) with its overflow rule, prepared once (per
 /// codec, say) for the kernels below: each code's value, and the constants of EncodeMinifloat's and
 /// DecodeMinifloat's steps on f32 bit fields, which the vector paths use.
 /// Example: const MinifloatCodes e4m3(kE4M3, /*saturate=*/true);

@@ -11,8 +11,8 @@
 #pragma once
 
 #include "qtool/format/format.hpp"
+#include "qtool/format/metrics.hpp"
 #include "qtool/format/observer.hpp"
 #include "qtool/format/text.hpp"
 #include "qtool/format/traits.hpp"
-#include "qtool/quant/metrics.hpp"
 #include "qtool/quant/quantized.hpp"

@@ -10,10 +10,11 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/core/parallel.hpp"
+#include "qtool/format/pack.hpp"
 #include "qtool/format/traits.hpp"
 #include "qtool/io/export_layouts.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/io/import.hpp"
-#include "qtool/quant/pack.hpp"
 
 namespace qtool {
 namespace fs = std::filesystem;
@@ -534,7 +535,7 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
   qtool_options.max_shard_bytes = options.max_shard_bytes;
   qtool_options.overwrite = options.overwrite;
   const json codec_record =
-      options.format == ExportFormat::kQtool ? MakeCodec(scheme, 1, 1)->Record() : json();
+      options.format == ExportFormat::kQtool ? CodecRecord(*MakeCodec(scheme, 1, 1)) : json();
   CheckpointWriterOptions wo{options.max_shard_bytes, {{"format", "pt"}}, options.overwrite};
   if (options.format == ExportFormat::kQtool)
     wo = QuantizedWriterOptions(qtool_options, codec_record, tensors);

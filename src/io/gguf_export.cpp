@@ -9,11 +9,11 @@
 #include <regex>
 
 #include "gguf_names.hpp"
-#include "qtool/core/convert.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/format/ggml_quants.hpp"
 #include "qtool/io/gguf_split.hpp"
+#include "qtool/kernels/convert.hpp"
 
 namespace qtool::gguf {
 

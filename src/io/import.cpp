@@ -8,16 +8,16 @@
 #include <cstring>
 
 #include "qtool/core/checked.hpp"
-#include "qtool/core/convert.hpp"
 #include "qtool/core/enum_names.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/core/parallel.hpp"
+#include "qtool/format/pack.hpp"
 #include "qtool/io/export_layouts.hpp"
 #include "qtool/io/format_record.hpp"
+#include "qtool/kernels/convert.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/nf4_codec.hpp"
-#include "qtool/quant/pack.hpp"
 
 namespace qtool {
 using json = nlohmann::json;
@@ -655,7 +655,7 @@ void ImportedCheckpoint::AddWeight(const std::string& module) {
   }
   if (!codec.is_null()) {
     try {
-      codec = MakeCodec(codec, w.rows, w.cols)->Record();
+      codec = CodecRecord(*MakeCodec(codec, w.rows, w.cols));
       if (w.act_order) codec["g_idx"] = true;
     } catch (const OptionError& e) {
       throw FormatError(fmt::format("{}: weight \"{}\": {}", ck.dir().string(), name, e.what()));

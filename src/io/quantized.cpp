@@ -7,12 +7,12 @@
 #include <memory>
 #include <span>
 
-#include "qtool/core/convert.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/format/traits.hpp"
 #include "qtool/io/format_record.hpp"
 #include "qtool/io/import.hpp"
+#include "qtool/kernels/convert.hpp"
 #include "qtool/quant/codec.hpp"
 
 namespace qtool {
@@ -115,7 +115,7 @@ Format TensorRecordFormat(const Checkpoint& ck, const std::string& name, const j
 }
 
 json QuantizedTensorRecord(const WeightCodec& codec, const TensorSpec& original) {
-  json rec = codec.Record();
+  json rec = CodecRecord(codec);
   rec["shape"] = original.shape;
   rec["dtype"] = std::string(DTypeName(original.dtype));
   return rec;

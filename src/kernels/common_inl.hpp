@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "../quant/params_inl.hpp"
+#include "params_inl.hpp"
 #include "table.hpp"
 
 namespace qtool::kernels::detail {
@@ -46,30 +46,6 @@ class Scratch {
  private:
   void* p_;
 };
-
-/// AccumulateErrors' partial sums: 8 lanes, filled 16 values a step, and the block after which
-/// they are added in f64. Element i of a block goes to lane ErrorLane(i): the 16 values of a step
-/// are four runs of 4, and runs 0 and 1 go to lanes 0-3, runs 2 and 3 to lanes 4-7, so that an
-/// 8-lane vector takes a step as two vectors each holding runs 2q + h in its halves q (the order
-/// in which AVX2 widens 16 bf16 values) and a 4-lane one as four runs.
-constexpr int64_t kErrorLanes = 8;
-constexpr int64_t kErrorStep = 16;
-constexpr int64_t kErrorBlock = 1024;
-constexpr int64_t ErrorLane(int64_t i) { return i % 4 + 4 * (i / 8 % 2); }
-
-/// Ends a block of AccumulateErrors: the lanes' partial sums added to the totals in lane order.
-inline void AddErrorLanes(const float* xx, const float* ee, const float* yy, const float* xy,
-                          const float* m, ErrorStats* s) {
-  float max_err = 0.0f;
-  for (int64_t l = 0; l < kErrorLanes; ++l) {
-    s->sum_x2 += xx[l];
-    s->sum_e2 += ee[l];
-    s->sum_y2 += yy[l];
-    s->sum_xy += xy[l];
-    max_err = std::max(max_err, m[l]);
-  }
-  s->max_abs_err = std::max(s->max_abs_err, static_cast<double>(max_err));
-}
 
 /// The running lanes of one block of AccumulateErrors on vectors of Ops::kWidth lanes, 4 or 8.
 /// `Ops` supplies Vec, Zero(), LoadRuns(p) (the kWidth / 4 runs of 4 floats at p, p + 8, ...),

@@ -9,10 +9,10 @@
 #include "qtool/core/enum_names.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
+#include "qtool/format/minifloat.hpp"
+#include "qtool/format/pack.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/kernels/gemm.hpp"
-#include "qtool/quant/minifloat.hpp"
-#include "qtool/quant/pack.hpp"
 #include "table.hpp"
 
 #if defined(__x86_64__) || defined(_M_X64)

@@ -5,9 +5,9 @@
 
 #include <cstdint>
 
+#include "qtool/format/spec.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/kernels/gemm.hpp"
-#include "qtool/quant/spec.hpp"
 
 namespace qtool::kernels::detail {
 

@@ -5,9 +5,10 @@
 #include <cstring>
 #include <vector>
 
-#include "qtool/core/convert.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
+#include "qtool/kernels.hpp"
+#include "qtool/kernels/convert.hpp"
 #include "qtool/pipeline/writer.hpp"
 
 namespace qtool {
@@ -80,7 +81,7 @@ ErrorStats QuantizeMatrixWith(const Fetch& fetch, DType dtype, WeightCodec& code
     float* deq = wk.buf.data() + chunk * cols;
     convert(r0, r1, src, w);
     codec.EncodeRows(w, r0, r1 - r0, parts, deq);
-    wk.stats.Add(w, deq, (r1 - r0) * cols);
+    kernels::AccumulateErrors(w, deq, (r1 - r0) * cols, &wk.stats);
   });
   ErrorStats total;
   for (const Worker& wk : workers) total += wk.stats;

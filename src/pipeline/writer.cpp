@@ -8,10 +8,12 @@
 #include <regex>
 #include <utility>
 
-#include "qtool/core/convert.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/io/import.hpp"
+#include "qtool/kernels.hpp"
+#include "qtool/kernels/convert.hpp"
 #include "qtool/pipeline/quantize.hpp"
 
 namespace qtool {
@@ -112,7 +114,7 @@ QuantizedCheckpointWriter::QuantizedCheckpointWriter(const Checkpoint& in, const
     for (TensorSpec& part : e.codec->Layout(t.name)) specs.push_back(std::move(part));
     tensors_record[t.name] = QuantizedTensorRecord(*e.codec, t);
   }
-  codec_record_ = MakeCodec(options.codec, 1, 1)->Record();
+  codec_record_ = CodecRecord(*MakeCodec(options.codec, 1, 1));
   writer_ = std::make_unique<CheckpointWriter>(
       out, std::move(specs), QuantizedWriterOptions(options, codec_record_, tensors_record));
   pool_ = std::make_unique<BufferPool>();
@@ -217,7 +219,7 @@ void QuantizedCheckpointWriter::WriteEntry(Entry& e, const SolvedTensor* solved)
         }
       }
     }
-    tr.stats.Add(original.data(), decoded.data(), rows * cols);
+    kernels::AccumulateErrors(original.data(), decoded.data(), rows * cols, &tr.stats);
     src.file->Release(t);  // its pages leave the memory map (they stay in the page cache)
   }
   for (size_t k = 0; k < parts.size(); ++k) {

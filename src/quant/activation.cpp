@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "qtool/format/spec.hpp"
+
 namespace qtool {
 namespace {
 

@@ -6,7 +6,7 @@
 #include <tuple>
 
 #include "qtool/core/error.hpp"
-#include "qtool/quant/pack.hpp"
+#include "qtool/format/pack.hpp"
 
 namespace qtool {
 namespace {

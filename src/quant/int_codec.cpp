@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "qtool/core/error.hpp"
+#include "qtool/format/pack.hpp"
 #include "qtool/kernels.hpp"
-#include "qtool/quant/pack.hpp"
 
 namespace qtool {
 void MinMaxRange(const float* x, int64_t n, float* lo, float* hi) {

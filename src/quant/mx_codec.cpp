@@ -1,7 +1,7 @@
 #include "qtool/quant/mx_codec.hpp"
 
 #include "qtool/core/error.hpp"
-#include "qtool/quant/pack.hpp"
+#include "qtool/format/pack.hpp"
 
 namespace qtool {
 namespace {

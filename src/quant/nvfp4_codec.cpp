@@ -6,7 +6,7 @@
 #include <limits>
 #include <vector>
 
-#include "qtool/quant/pack.hpp"
+#include "qtool/format/pack.hpp"
 
 namespace qtool {
 

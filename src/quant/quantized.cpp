@@ -1,6 +1,7 @@
 // The compiled part of qtool/quant/quantized.hpp: the templates' dispatched mode runs the codecs.
 #include "qtool/quant/quantized.hpp"
 
+#include "qtool/kernels.hpp"
 #include "qtool/quant/codec.hpp"
 
 namespace qtool::detail {
@@ -15,6 +16,10 @@ void EncodeDispatched(const Format& format, int64_t rows, int64_t cols, const fl
 void DecodeDispatched(const Format& format, int64_t rows, int64_t cols, const std::byte* const* in,
                       float* out) {
   MakeCodec(format, rows, cols)->DecodeRows(in, 0, rows, out);
+}
+
+void AccumulateErrorsDispatched(const float* x, const float* y, int64_t n, ErrorStats* s) {
+  kernels::AccumulateErrors(x, y, n, s);
 }
 
 }  // namespace qtool::detail

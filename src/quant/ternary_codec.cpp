@@ -5,8 +5,8 @@
 #include <cstring>
 
 #include "qtool/core/error.hpp"
+#include "qtool/format/pack.hpp"
 #include "qtool/quant/int_codec.hpp"
-#include "qtool/quant/pack.hpp"
 
 namespace qtool {
 namespace {

@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "qtool/format/spec.hpp"
 #include "qtool/io/checkpoint.hpp"
 #include "qtool/model/capture.hpp"
 #include "qtool/pipeline/selection.hpp"
-#include "qtool/quant/spec.hpp"
 #include "qtool/solvers/calibrated.hpp"
 #include "qtool/solvers/grid.hpp"
 #include "qtool/solvers/hessian.hpp"

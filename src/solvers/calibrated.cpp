@@ -12,11 +12,12 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/parallel.hpp"
 #include "qtool/format/ggml_quants.hpp"
+#include "qtool/format/pack.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/model/tokenizer.hpp"
 #include "qtool/pipeline/writer.hpp"
 #include "qtool/quant/activation.hpp"
 #include "qtool/quant/int_codec.hpp"
-#include "qtool/quant/pack.hpp"
 #include "qtool/solvers/ggml_grid.hpp"
 #include "qtool/solvers/gguf_calibrated.hpp"
 #include "qtool/solvers/hessian.hpp"
@@ -135,7 +136,7 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
   QTOOL_CHECK(options.codec.value("codec", "") == "int", OptionError,
               "--method {} writes the int codec (--format int), not {}", MethodName(method.method),
               options.codec.dump());
-  const QuantSpec spec = IntCodec::SpecFromRecord(options.codec);
+  const QuantSpec spec = IntSpecFromRecord(options.codec);
   QTOOL_CHECK(spec.granularity != Granularity::kTensor, OptionError,
               "--method {} needs group or channel granularity", MethodName(method.method));
   QTOOL_CHECK(!spec.flat_groups, OptionError,

@@ -7,9 +7,9 @@
 #include <numeric>
 
 #include "qtool/core/error.hpp"
-#include "qtool/quant/minifloat.hpp"
+#include "qtool/format/minifloat.hpp"
+#include "qtool/format/spec.hpp"
 #include "qtool/quant/nf4_codec.hpp"
-#include "qtool/quant/spec.hpp"
 
 namespace qtool::solvers {
 namespace {

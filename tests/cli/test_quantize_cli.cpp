@@ -4,10 +4,10 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
-#include "qtool/core/convert.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/format/spec.hpp"
 #include "qtool/io/quantized.hpp"
-#include "qtool/quant/spec.hpp"
+#include "qtool/kernels/convert.hpp"
 #include "test_support.hpp"
 
 namespace qtool {

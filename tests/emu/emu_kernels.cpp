@@ -25,11 +25,11 @@
 
 #include "kernel_inputs.hpp"
 #include "qtool/core/half.hpp"
+#include "qtool/format/minifloat.hpp"
+#include "qtool/format/pack.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/kernels/gemm.hpp"
 #include "qtool/quant/int_codec.hpp"
-#include "qtool/quant/minifloat.hpp"
-#include "qtool/quant/pack.hpp"
 #include "table.hpp"
 
 namespace qtool::kernels {

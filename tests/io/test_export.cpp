@@ -10,6 +10,7 @@
 #include "qtool/core/half.hpp"
 #include "qtool/io/export.hpp"
 #include "qtool/io/export_layouts.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/io/quantized.hpp"
 #include "qtool/pipeline/quantize.hpp"
 #include "qtool/quant/codec.hpp"

@@ -8,11 +8,11 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "qtool/core/convert.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/io/gguf.hpp"
 #include "qtool/io/gguf_export.hpp"
 #include "qtool/io/gguf_import.hpp"
+#include "qtool/kernels/convert.hpp"
 #include "qtool/model/gguf_params.hpp"
 #include "qtool/model/model.hpp"
 #include "test_support.hpp"

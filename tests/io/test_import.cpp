@@ -14,6 +14,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
 #include "qtool/io/export.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/io/import.hpp"
 #include "qtool/io/quantized.hpp"
 #include "qtool/pipeline/quantize.hpp"
@@ -98,7 +99,7 @@ fs::path WriteQtool(const fs::path& dir, const json& codec, bool scramble = fals
   for (const auto& [name, parts] : groups) specs.insert(specs.end(), parts.begin(), parts.end());
   QuantizeOptions options;
   options.activations = activations;
-  const json codec_record = MakeCodec(codec, 1, 1)->Record();
+  const json codec_record = CodecRecord(*MakeCodec(codec, 1, 1));
   CheckpointWriter writer(dir, specs, QuantizedWriterOptions(options, codec_record, tensors));
   for (const TensorSpec& s : specs) writer.Write(data[s.name]);
   json config = {{"model_type", "llama"}, {"torch_dtype", "float32"}};

@@ -15,9 +15,9 @@
 #include <vector>
 
 #include "qtool/core/half.hpp"
+#include "qtool/format/spec.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/quant/nf4_codec.hpp"
-#include "qtool/quant/spec.hpp"
 
 namespace qtool::kernels {
 

@@ -15,12 +15,12 @@
 #include "kernel_inputs.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
+#include "qtool/format/minifloat.hpp"
+#include "qtool/format/pack.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/quant/int_codec.hpp"
-#include "qtool/quant/minifloat.hpp"
 #include "qtool/quant/mx_codec.hpp"
 #include "qtool/quant/nf4_codec.hpp"
-#include "qtool/quant/pack.hpp"
 
 namespace qtool::kernels {
 namespace {
@@ -288,7 +288,7 @@ TEST_P(KernelTest, QuantizeStoredRowsMatchesItsSteps) {
             if (!spec.symmetric) o.zeros[r * ng + g] = static_cast<uint8_t>(params[g].zero);
           }
         }
-        o.stats.Add(w.data(), deq.data(), n);
+        AccumulateErrorsReference(w.data(), deq.data(), n, &o.stats);
         return o;
       };
       SCOPED_TRACE(spec.ToString() + " " + std::to_string(rows) + "x" + std::to_string(cols) +

@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "qtool/io/checkpoint.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/io/quantized.hpp"
+#include "qtool/kernels.hpp"
 #include "qtool/pipeline/quantize.hpp"
 #include "qtool/pipeline/writer.hpp"
 #include "test_support.hpp"
@@ -119,7 +121,7 @@ TEST(QuantizedCheckpointWriter, BlockOrderStoresSolvedTensorsAndRoundsTheOthers)
   std::vector<float> back = f.RoundTrip(q_values);
   for (float& x : back) x /= 2.0f;
   ErrorStats expected;
-  expected.Add(f.values[3].data(), back.data(), kRows * kCols);
+  kernels::AccumulateErrors(f.values[3].data(), back.data(), kRows * kCols, &expected);
   EXPECT_TRUE(r.tensors[2].quantized);
   EXPECT_DOUBLE_EQ(r.tensors[2].stats.mse(), expected.mse());
   EXPECT_GT(r.tensors[2].stats.cosine(), 0.9);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "qtool/format/text.hpp"
+#include "qtool/kernels.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/quantized.hpp"
 #include "quant/codec_test_util.hpp"
@@ -83,7 +84,8 @@ inline void CheckAgainstCodec(const std::string& text, int64_t rows, int64_t col
                        what + " Dequantize");
         if (!special) {
           qtool::ErrorStats add;
-          add.Add(w.data(), deq.data(), static_cast<int64_t>(w.size()));
+          qtool::kernels::AccumulateErrors(w.data(), deq.data(), static_cast<int64_t>(w.size()),
+                                           &add);
           const qtool::ErrorStats got = qtool::MeasureError(w, deq);
           EXPECT_EQ(got.sum_e2, add.sum_e2) << what;
           EXPECT_EQ(got.sum_xy, add.sum_xy) << what;

@@ -5,9 +5,10 @@
 #include <vector>
 
 #include "qtool/core/error.hpp"
+#include "qtool/format/pack.hpp"
+#include "qtool/format/spec.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/quant/int_codec.hpp"
-#include "qtool/quant/pack.hpp"
-#include "qtool/quant/spec.hpp"
 
 namespace qtool {
 namespace {
@@ -294,7 +295,7 @@ TEST(IntCodec, FlatGroupsSpanRows) {
   codec.DecodeRows(in.data(), 0, 3, decoded.data());
   codec.DecodeRows(in.data(), 3, rows - 3, decoded.data() + 3 * cols);
   EXPECT_EQ(deq, decoded);
-  EXPECT_EQ(MakeCodec(codec.Record(), rows, cols)->row_block(), 8);
+  EXPECT_EQ(MakeCodec(CodecRecord(codec), rows, cols)->row_block(), 8);
 }
 
 }  // namespace

@@ -10,12 +10,14 @@
 #include "codec_test_util.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
+#include "qtool/format/metrics.hpp"
+#include "qtool/format/minifloat.hpp"
+#include "qtool/format/pack.hpp"
+#include "qtool/io/format_record.hpp"
+#include "qtool/kernels.hpp"
 #include "qtool/quant/fp_codec.hpp"
-#include "qtool/quant/metrics.hpp"
-#include "qtool/quant/minifloat.hpp"
 #include "qtool/quant/mx_codec.hpp"
 #include "qtool/quant/nvfp4_codec.hpp"
-#include "qtool/quant/pack.hpp"
 
 namespace qtool {
 namespace {
@@ -64,7 +66,7 @@ TEST_P(CodecRoundTrip, DecodeMatchesEncodeAtEverySize) {
       SCOPED_TRACE(::testing::Message() << rows << " x " << cols);
       const auto w = testing::SeededNormal(rows * cols, 7 + rows * cols, 0.02);
       auto codec = MakeCodec(GetParam(), rows, cols);
-      EXPECT_EQ(MakeCodec(codec->Record(), rows, cols)->Record(), codec->Record());
+      EXPECT_EQ(CodecRecord(*MakeCodec(CodecRecord(*codec), rows, cols)), CodecRecord(*codec));
       const auto a = EncodeMatrix(*codec, w, 1);
       const auto b = EncodeMatrix(*codec, w, 4);
       EXPECT_EQ(a.parts, b.parts) << "chunking changed the stored bytes";
@@ -72,7 +74,7 @@ TEST_P(CodecRoundTrip, DecodeMatchesEncodeAtEverySize) {
       ASSERT_EQ(y.size(), w.size());
       EXPECT_EQ(std::memcmp(y.data(), a.dequant.data(), y.size() * 4), 0);
       ErrorStats s;
-      s.Add(w.data(), y.data(), static_cast<int64_t>(w.size()));
+      kernels::AccumulateErrors(w.data(), y.data(), static_cast<int64_t>(w.size()), &s);
       EXPECT_GT(s.cosine(), 0.6);  // even ternary and INT2 keep the direction of Gaussian data
       // Bits per weight is the stored size, scales included.
       uint64_t bytes = 0;
@@ -204,7 +206,8 @@ TEST(Codecs, IntStoredRowsMatchEncodeRows) {
       ASSERT_TRUE(codec->EncodeStoredRows(x + r0 * cols * 2, DType::kBF16, r0, nrows, ptrs.data(),
                                           &got, &bad));
       EXPECT_EQ(bad, -1);
-      expected.Add(w.data() + r0 * cols, want.dequant.data() + r0 * cols, nrows * cols);
+      kernels::AccumulateErrors(w.data() + r0 * cols, want.dequant.data() + r0 * cols, nrows * cols,
+                                &expected);
       EXPECT_EQ(got.sum_e2, expected.sum_e2);
       EXPECT_EQ(got.sum_xy, expected.sum_xy);
       EXPECT_EQ(got.max_abs_err, expected.max_abs_err);

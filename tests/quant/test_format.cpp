@@ -141,7 +141,7 @@ TEST(FormatRecord, RoundTripsEveryFamily) {
     const json r = FormatToRecord(f);
     EXPECT_EQ(FormatFromRecord(r), f);
     // The codec writes the record it was made from.
-    EXPECT_EQ(MakeCodec(f, 8, 64)->Record(), r);
+    EXPECT_EQ(CodecRecord(*MakeCodec(f, 8, 64)), r);
   }
 }
 

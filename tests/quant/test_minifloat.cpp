@@ -7,7 +7,7 @@
 #include <limits>
 
 #include "qtool/core/half.hpp"
-#include "qtool/quant/minifloat.hpp"
+#include "qtool/format/minifloat.hpp"
 
 namespace qtool {
 namespace {

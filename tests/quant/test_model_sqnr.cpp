@@ -9,9 +9,10 @@
 
 #include "codec_test_util.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/format/metrics.hpp"
 #include "qtool/io/quantized.hpp"
+#include "qtool/kernels.hpp"
 #include "qtool/pipeline/quantize.hpp"
-#include "qtool/quant/metrics.hpp"
 #include "test_support.hpp"
 
 namespace qtool {
@@ -72,7 +73,7 @@ std::map<std::string, Result> Measure(const Checkpoint& ck,
       auto codec = MakeCodec(f.record, rows, cols);
       const auto enc = testing::EncodeMatrix(*codec, w, 16);
       ErrorStats s;
-      s.Add(w.data(), enc.dequant.data(), rows * cols);
+      kernels::AccumulateErrors(w.data(), enc.dequant.data(), rows * cols, &s);
       Result& r = out[f.label];
       r.per_tensor[t.info->name] = s;
       r.all += s;
@@ -172,7 +173,7 @@ TEST(ModelSqnr, CheckpointRoundTripForEveryCodec) {
           t.stats.sqnr_db(),
           [&] {
             ErrorStats s;
-            s.Add(w.data(), got.data(), static_cast<int64_t>(w.size()));
+            kernels::AccumulateErrors(w.data(), got.data(), static_cast<int64_t>(w.size()), &s);
             return s.sqnr_db();
           }(),
           1e-6);

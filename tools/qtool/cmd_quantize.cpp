@@ -9,6 +9,7 @@
 #include "commands.hpp"
 #include "gguf_output.hpp"
 #include "qtool/core/error.hpp"
+#include "qtool/format/spec.hpp"
 #include "qtool/format/text.hpp"
 #include "qtool/io/format_record.hpp"
 #include "qtool/io/import.hpp"
@@ -17,7 +18,6 @@
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/mx_codec.hpp"
 #include "qtool/quant/observer.hpp"
-#include "qtool/quant/spec.hpp"
 #include "staged_output.hpp"
 #include "terminal.hpp"
 

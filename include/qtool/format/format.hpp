@@ -62,7 +62,7 @@ struct Nf4Format {
   friend bool operator==(const Nf4Format&, const Nf4Format&) = default;
 };
 
-/// Element types of the small-float and MX formats (quant/minifloat.hpp defines the floats).
+/// Element types of the small-float and MX formats (format/minifloat.hpp defines the floats).
 enum class Element { kE4M3, kE5M2, kE3M2, kE2M3, kE2M1, kInt8 };
 
 inline constexpr EnumName<Element> kElementNames[] = {

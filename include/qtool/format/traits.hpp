@@ -30,7 +30,7 @@ struct StoredPart {
   std::vector<int64_t> shape;
 };
 
-/// Bytes of n codes of `bits` bits packed as a bit stream (quant/pack.hpp).
+/// Bytes of n codes of `bits` bits packed as a bit stream (format/pack.hpp).
 constexpr int64_t PackedBytes(int64_t n, int bits) { return (n * bits + 7) / 8; }
 
 /// Largest group, block or block side any format accepts (keeps every size product in int64).

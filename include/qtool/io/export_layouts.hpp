@@ -33,7 +33,7 @@ struct IntWeight {
   int64_t groups = 0;          // groups per row: ceil(cols / group_size)
   std::vector<uint8_t> codes;  // [rows, cols], each < 2^bits
   // Or, in place of `codes` (which is then empty), the codes as qtool's codec packs them: rows of
-  // PackedBytes(cols, bits) bytes (quant/pack.hpp's bit stream), not owned. PackGptq and
+  // PackedBytes(cols, bits) bytes (format/pack.hpp's bit stream), not owned. PackGptq and
   // PackCompressedTensorsInt (pack-quantized) move these words as they are.
   const std::byte* packed = nullptr;
   std::vector<float> scales;   // [rows, groups]

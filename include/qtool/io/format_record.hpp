@@ -4,10 +4,14 @@
 // naming the key and where the record came from.
 #pragma once
 
+#include <cstdint>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "qtool/format/format.hpp"
+#include "qtool/format/spec.hpp"
+#include "qtool/quant/codec.hpp"
 
 namespace qtool {
 
@@ -19,5 +23,19 @@ nlohmann::json FormatToRecord(const Format& f);
 /// "model/model.safetensors: tensor \"x\""). Throws OptionError for a missing or unknown codec
 /// name, an unknown key, a value of the wrong type or out of range.
 Format FormatFromRecord(const nlohmann::json& record, const std::string& where = "codec record");
+
+/// FormatToRecord(codec.format()): the record a checkpoint stores for the codec's weights.
+inline nlohmann::json CodecRecord(const WeightCodec& codec) {
+  return FormatToRecord(codec.format());
+}
+
+/// MakeCodec(FormatFromRecord(record), rows, cols).
+inline std::unique_ptr<WeightCodec> MakeCodec(const nlohmann::json& record, int64_t rows,
+                                              int64_t cols) {
+  return MakeCodec(FormatFromRecord(record), rows, cols);
+}
+
+/// The QuantSpec of an integer record (OptionError for any other record, or a bad one).
+QuantSpec IntSpecFromRecord(const nlohmann::json& record);
 
 }  // namespace qtool

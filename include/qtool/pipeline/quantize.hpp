@@ -5,12 +5,12 @@
 #include <filesystem>
 #include <string>
 
+#include "qtool/format/metrics.hpp"
 #include "qtool/io/checkpoint.hpp"
 #include "qtool/io/quantized.hpp"
 #include "qtool/pipeline/report.hpp"
 #include "qtool/pipeline/selection.hpp"
 #include "qtool/quant/codec.hpp"
-#include "qtool/quant/metrics.hpp"
 
 namespace qtool {
 

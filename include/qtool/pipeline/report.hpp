@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "qtool/format/metrics.hpp"
 #include "qtool/io/safetensors.hpp"
-#include "qtool/quant/metrics.hpp"
 
 namespace qtool {
 

@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "qtool/quant/minifloat.hpp"
+#include "qtool/format/minifloat.hpp"
 
 namespace qtool {
 

@@ -3,20 +3,19 @@
 // A codec object describes one quantised matrix [rows, cols] (rows = output channels). It writes a
 // fixed set of stored tensors (Layout) whose bytes it fills a chunk of rows at a time, so that
 // large matrices are processed in parallel and streamed without a full-precision copy. Everything
-// needed to decode is in Record(), which the checkpoint stores in its metadata (see
-// docs/FORMAT.md).
+// needed to decode is its format(), which the checkpoint stores in its metadata as a record
+// (io/format_record.hpp, docs/FORMAT.md).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "qtool/core/tensor_spec.hpp"
 #include "qtool/format/format.hpp"
-#include "qtool/quant/metrics.hpp"
+#include "qtool/format/metrics.hpp"
 
 namespace qtool {
 
@@ -26,8 +25,6 @@ class WeightCodec {
 
   /// The format this codec writes: what MakeCodec needs, with the matrix shape, to rebuild it.
   virtual Format format() const = 0;
-  /// FormatToRecord(format()): {"codec": NAME, parameters...}, as checkpoints store it.
-  nlohmann::json Record() const;
   /// Stored tensors of weight `name` (FormatTraits' layout): their names, dtypes and shapes, in
   /// the order EncodeRows and DecodeRows take their buffers.
   std::vector<TensorSpec> Layout(const std::string& name) const;
@@ -47,8 +44,8 @@ class WeightCodec {
   /// `dtype`), adding the rows' error sums to *stats in place of writing their decoded values:
   /// the one-pass path of codecs that have one. Returns false, having done nothing, where the codec
   /// has none for `dtype` or for x's alignment; else sets *bad to the index into x of the first NaN
-  /// or Inf (the outputs are then unspecified) or -1. *stats gets ErrorStats::Add's sums of all
-  /// the rows' values in one call.
+  /// or Inf (the outputs are then unspecified) or -1. *stats gets kernels::AccumulateErrors' sums
+  /// of all the rows' values in one call.
   virtual bool EncodeStoredRows(const std::byte* /*x*/, DType /*dtype*/, int64_t /*r0*/,
                                 int64_t /*nrows*/, std::byte* const* /*out*/, ErrorStats* /*stats*/,
                                 int64_t* /*bad*/) const {
@@ -73,9 +70,6 @@ class WeightCodec {
 /// Builds the codec of `format` for a [rows, cols] matrix. Throws OptionError for invalid
 /// parameters (FormatTraits<F>::Validate).
 std::unique_ptr<WeightCodec> MakeCodec(const Format& format, int64_t rows, int64_t cols);
-/// MakeCodec(FormatFromRecord(record), rows, cols): OptionError naming the key of a record with an
-/// unknown key, a value of the wrong type or out of range (io/format_record.hpp).
-std::unique_ptr<WeightCodec> MakeCodec(const nlohmann::json& record, int64_t rows, int64_t cols);
 
 /// Names of the registered codecs, for help texts and error messages.
 std::vector<std::string> CodecNames();

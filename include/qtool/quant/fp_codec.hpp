@@ -14,9 +14,9 @@
 //          "scale": "tensor"|"channel"|"block", "block": [br, bc], "saturate": bool}.
 #pragma once
 
+#include "qtool/format/minifloat.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/quant/codec.hpp"
-#include "qtool/quant/minifloat.hpp"
 
 namespace qtool {
 

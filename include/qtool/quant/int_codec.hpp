@@ -18,9 +18,9 @@
 
 #include <vector>
 
+#include "qtool/format/spec.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/observer.hpp"
-#include "qtool/quant/spec.hpp"
 
 namespace qtool {
 
@@ -52,8 +52,6 @@ class IntCodec final : public WeightCodec {
   void DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const override;
 
   const QuantSpec& spec() const { return spec_; }
-  /// The QuantSpec of an integer record (OptionError for any other record, or a bad one).
-  static QuantSpec SpecFromRecord(const nlohmann::json& record);
 
  private:
   // A run of `n` consecutive elements, the first being element `e0` of a numbering in which groups

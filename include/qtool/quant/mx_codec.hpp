@@ -15,10 +15,10 @@
 // Record: {"codec": "mx", "element": "e4m3"|"e5m2"|"e2m3"|"e3m2"|"e2m1"|"int8", "block": 32}.
 #pragma once
 
+#include "qtool/format/minifloat.hpp"
 #include "qtool/format/traits.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/quant/codec.hpp"
-#include "qtool/quant/minifloat.hpp"
 
 namespace qtool {
 

@@ -19,10 +19,10 @@
 // Record: {"codec": "nvfp4"}.
 #pragma once
 
+#include "qtool/format/minifloat.hpp"
 #include "qtool/format/traits.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/quant/codec.hpp"
-#include "qtool/quant/minifloat.hpp"
 
 namespace qtool {
 

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "qtool/format/observer.hpp"
-#include "qtool/quant/spec.hpp"
+#include "qtool/format/spec.hpp"
 
 namespace qtool {
 

@@ -9,7 +9,7 @@
 //   codecs of quant/, whose rows go through the dispatched SIMD kernels (qtool/kernels.hpp).
 // - With QTOOL_QUANT_HEADER_ONLY defined before the first include, they run the scalar
 //   references below, built on FormatTraits (format/traits.hpp) and the element codes of
-//   quant/minifloat.hpp: the standard library and fmt are all they need. Integer formats take
+//   format/minifloat.hpp: the standard library and fmt are all they need. Integer formats take
 //   the min-max observer only in this mode (the other observers are compiled; OptionError).
 // Both give the same bytes: the kernels are bit-exact with the references (tests/quant/
 // test_quantized.cpp checks every family both ways against the codecs).
@@ -38,10 +38,10 @@
 #include "qtool/core/checked.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/format/format.hpp"
+#include "qtool/format/metrics.hpp"
+#include "qtool/format/minifloat.hpp"
+#include "qtool/format/pack.hpp"
 #include "qtool/format/traits.hpp"
-#include "qtool/quant/metrics.hpp"
-#include "qtool/quant/minifloat.hpp"
-#include "qtool/quant/pack.hpp"
 
 // The two modes' functions live in inline namespaces of their own, so that a program may hold
 // translation units of both without two definitions of one function.
@@ -116,7 +116,7 @@ using AnyQuantized =
 
 /// Typed views of each family's parts (spans into a Quantized; empty where a part is absent).
 struct IntView {
-  std::span<const uint8_t> qweight;  // [rows, PackedBytes(cols, bits)], quant/pack.hpp's layout
+  std::span<const uint8_t> qweight;  // [rows, PackedBytes(cols, bits)], format/pack.hpp's layout
   std::span<const float> scales;     // [rows, groups per row], [1] per tensor
   std::span<const uint8_t> zeros;    // like scales; asymmetric formats only
   std::span<const int32_t> g_idx;    // [cols]; with g_idx only
@@ -182,11 +182,12 @@ inline Nvfp4View View(const Quantized<Nvfp4Format>& q) {
 namespace detail {
 // The compiled part (src/quant/quantized.cpp): the codec of `format` encodes all rows of w into
 // `out` (the parts of Layout) and writes the decoded values to deq; decodes `in` into out; adds
-// the error sums of y against x (ErrorStats::Add).
+// the error sums of y against x (kernels::AccumulateErrors).
 void EncodeDispatched(const Format& format, int64_t rows, int64_t cols, const float* w,
                       std::byte* const* out, float* deq);
 void DecodeDispatched(const Format& format, int64_t rows, int64_t cols, const std::byte* const* in,
                       float* out);
+void AccumulateErrorsDispatched(const float* x, const float* y, int64_t n, ErrorStats* s);
 }  // namespace detail
 
 inline namespace dispatched {
@@ -203,12 +204,12 @@ void DecodeInto(const Quantized<F>& q, float* out) {
   detail::DecodeDispatched(Format{q.format()}, q.rows(), q.cols(), in.data(), out);
 }
 
-/// Error sums of a reconstruction y of x (ErrorStats::Add, dispatched).
+/// Error sums of a reconstruction y of x (kernels::AccumulateErrors, dispatched).
 inline ErrorStats MeasureError(std::span<const float> x, std::span<const float> y) {
   QTOOL_CHECK(x.size() == y.size(), ShapeError, "error of {} values against {}", x.size(),
               y.size());
   ErrorStats s;
-  s.Add(x.data(), y.data(), static_cast<int64_t>(x.size()));
+  detail::AccumulateErrorsDispatched(x.data(), y.data(), static_cast<int64_t>(x.size()), &s);
   return s;
 }
 
@@ -663,37 +664,13 @@ void DecodeInto(const Quantized<F>& q, float* out) {
   ref::Decode(q.format(), q.rows(), q.cols(), in.data(), out);
 }
 
-/// Error sums of a reconstruction y of x: ErrorStats::Add's definition (qtool/kernels.hpp,
-/// AccumulateErrors), so both modes give the same bits.
+/// Error sums of a reconstruction y of x: kernels::AccumulateErrors' definition, so both modes
+/// give the same bits.
 inline ErrorStats MeasureError(std::span<const float> x, std::span<const float> y) {
   QTOOL_CHECK(x.size() == y.size(), ShapeError, "error of {} values against {}", x.size(),
               y.size());
-  constexpr int64_t kLanes = 8, kBlock = 1024;
   ErrorStats s;
-  const auto n = static_cast<int64_t>(x.size());
-  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
-    float xx[kLanes] = {}, ee[kLanes] = {}, yy[kLanes] = {}, xy[kLanes] = {}, m[kLanes] = {};
-    for (int64_t i = 0; i < std::min(kBlock, n - i0); ++i) {
-      const int64_t l = i % 4 + 4 * (i / 8 % 2);
-      const float a = x[static_cast<size_t>(i0 + i)], b = y[static_cast<size_t>(i0 + i)];
-      const float e = a - b;
-      xx[l] = std::fma(a, a, xx[l]);
-      ee[l] = std::fma(e, e, ee[l]);
-      yy[l] = std::fma(b, b, yy[l]);
-      xy[l] = std::fma(a, b, xy[l]);
-      m[l] = std::max(m[l], std::fabs(e));
-    }
-    float max_err = 0.0f;
-    for (int64_t l = 0; l < kLanes; ++l) {
-      s.sum_x2 += xx[l];
-      s.sum_e2 += ee[l];
-      s.sum_y2 += yy[l];
-      s.sum_xy += xy[l];
-      max_err = std::max(max_err, m[l]);
-    }
-    s.max_abs_err = std::max(s.max_abs_err, static_cast<double>(max_err));
-  }
-  s.n = n;
+  AccumulateErrorsReference(x.data(), y.data(), static_cast<int64_t>(x.size()), &s);
   return s;
 }
 

@@ -9,8 +9,8 @@
 // Record: {"codec": "ternary", "granularity": "tensor"|"channel"|"group", "group_size": g}.
 #pragma once
 
+#include "qtool/format/spec.hpp"
 #include "qtool/quant/codec.hpp"
-#include "qtool/quant/spec.hpp"
 
 namespace qtool {
 

@@ -1,7 +1,7 @@
 // Quantisation grids for the solvers: how one group of weights is mapped to codes and back.
 //
 // A grid has 2^bits levels and per-group parameters GridParams. Two kinds:
-// - IntGrid: the uniform affine grid of quant/spec.hpp, x^ = (u - zero) * scale with an integer
+// - IntGrid: the uniform affine grid of format/spec.hpp, x^ = (u - zero) * scale with an integer
 //   zero. Symmetric: zero = 2^(b-1), scale = 2 max|x| / (2^b - 1) (every one of the 2^b levels
 //   in use, as in the GPTQ reference); asymmetric: the min-max range widened to include 0, as the
 //   codec. Codes and parameters are stored as they are by the "int" codec.

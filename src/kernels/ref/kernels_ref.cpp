@@ -1,6 +1,6 @@
 // Reference kernels: the definition of every operation, written for clarity and compiled for the
 // baseline ISA. They call the formats' own definitions (format/traits.hpp and the per-value
-// functions of quant/spec.hpp), not the codecs above them; vectorised paths are tested against
+// functions of format/spec.hpp), not the codecs above them; vectorised paths are tested against
 // these.
 #include <algorithm>
 #include <cmath>
@@ -12,9 +12,10 @@
 #include "../common_inl.hpp"
 #include "../float_codes_inl.hpp"
 #include "qtool/core/half.hpp"
+#include "qtool/format/metrics.hpp"
+#include "qtool/format/minifloat.hpp"
+#include "qtool/format/pack.hpp"
 #include "qtool/format/traits.hpp"
-#include "qtool/quant/minifloat.hpp"
-#include "qtool/quant/pack.hpp"
 
 namespace qtool::kernels::detail {
 namespace {
@@ -40,22 +41,7 @@ int64_t RefFirstNonFinite(const float* x, int64_t n) {
 }
 
 void RefAccumulateErrors(const float* x, const float* y, int64_t n, ErrorStats* s) {
-  for (int64_t i0 = 0; i0 < n; i0 += kErrorBlock) {
-    const int64_t len = std::min(kErrorBlock, n - i0);
-    float xx[kErrorLanes] = {}, ee[kErrorLanes] = {}, yy[kErrorLanes] = {}, xy[kErrorLanes] = {},
-          m[kErrorLanes] = {};
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t l = ErrorLane(i);
-      const float a = x[i0 + i], b = y[i0 + i], e = a - b;
-      xx[l] = std::fma(a, a, xx[l]);
-      ee[l] = std::fma(e, e, ee[l]);
-      yy[l] = std::fma(b, b, yy[l]);
-      xy[l] = std::fma(a, b, xy[l]);
-      m[l] = std::max(m[l], std::fabs(e));
-    }
-    AddErrorLanes(xx, ee, yy, xy, m, s);
-  }
-  s->n += n;
+  AccumulateErrorsReference(x, y, n, s);
 }
 
 void RefQuantizeCodes(const float* x, int64_t n, GroupParams p, int32_t umax, uint8_t* c) {

@@ -29,8 +29,6 @@
 #include <limits>
 #include <string_view>
 
-#include "qtool/quant/spec.hpp"
-
 namespace qtool {
 
 struct MinifloatFormat {
@@ -66,7 +64,12 @@ inline constexpr MinifloatFormat kE2M3 = {"e2m3", 2, 3, 1, false, false};
 inline constexpr MinifloatFormat kE2M1 = {"e2m1", 2, 1, 1, false, false};
 
 /// The format named "e4m3", "e5m2", "e3m2", "e2m3" or "e2m1"; nullptr for another name.
-const MinifloatFormat* FindMinifloat(std::string_view name);
+inline const MinifloatFormat* FindMinifloat(std::string_view name) {
+  for (const MinifloatFormat* f : {&kE4M3, &kE5M2, &kE3M2, &kE2M3, &kE2M1}) {
+    if (f->name == name) return f;
+  }
+  return nullptr;
+}
 
 /// Value of `code` (its low bits() bits) in format `f`.
 inline float DecodeMinifloat(uint32_t code, const MinifloatFormat& f) {

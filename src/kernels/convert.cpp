@@ -1,4 +1,4 @@
-#include "qtool/core/convert.hpp"
+#include "qtool/kernels/convert.hpp"
 
 #include <cstring>
 

@@ -16,9 +16,12 @@
 //   (offset binary), so x^ = (u - z) * scale with z = 2^(b-1) for symmetric specs.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <cstdint>
 #include <string>
 
+#include "qtool/core/error.hpp"
 #include "qtool/format/format.hpp"
 #include "qtool/format/traits.hpp"
 
@@ -35,7 +38,13 @@ struct QuantSpec {
   bool flat_groups = false;
 
   /// Throws OptionError for bits outside 2..8 or a group size below 1.
-  void Validate() const;
+  void Validate() const {
+    QTOOL_CHECK(bits >= 2 && bits <= 8, OptionError, "bits must be in 2..8, got {}", bits);
+    QTOOL_CHECK(granularity != Granularity::kGroup || group_size >= 1, OptionError,
+                "group size must be at least 1, got {}", group_size);
+    QTOOL_CHECK(!flat_groups || granularity == Granularity::kGroup, OptionError,
+                "flat groups need per-group granularity");
+  }
   /// Elements per group along a row of `cols` elements (cols itself for per-channel/per-tensor).
   int64_t GroupLen(int64_t cols) const {
     return granularity == Granularity::kGroup && group_size < cols ? group_size : cols;
@@ -50,12 +59,20 @@ struct QuantSpec {
   /// Offset from the signed code to the stored unsigned code (2^(b-1) symmetric, 0 asymmetric).
   int32_t code_offset() const { return symmetric ? 1 << (bits - 1) : 0; }
   /// "int4 sym g128", "int8 asym per-channel", ...
-  std::string ToString() const;
+  std::string ToString() const {
+    const std::string g = granularity == Granularity::kTensor ? "per-tensor"
+                          : granularity == Granularity::kChannel
+                              ? "per-channel"
+                              : fmt::format("g{}{}", group_size, flat_groups ? " flat" : "");
+    return fmt::format("int{} {} {}", bits, symmetric ? "sym" : "asym", g);
+  }
 };
 
 /// Parameters for a group whose chosen range is [lo, hi] (lo <= 0 <= hi is enforced by widening).
 /// Symmetric specs use max(|lo|, |hi|). Observers choose the range; min-max uses the data's range.
-GroupParams ParamsFromRange(float lo, float hi, const QuantSpec& spec);
+inline GroupParams ParamsFromRange(float lo, float hi, const QuantSpec& spec) {
+  return FormatTraits<IntFormat>::Params(lo, hi, spec.bits, spec.symmetric);
+}
 
 /// The integer format's scalar reference (format/traits.hpp, FormatTraits<IntFormat>) under the
 /// names the kernels and solvers use.
