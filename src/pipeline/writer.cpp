@@ -94,7 +94,7 @@ QuantizedCheckpointWriter::QuantizedCheckpointWriter(const Checkpoint& in, const
     }
     order_.push_back({i, block,
                       decision == TensorSelection::Decision::kQuantize
-                          ? MakeCodec(options.codec, t.shape[0], t.shape[1])
+                          ? MakeCodec(options.format, t.shape[0], t.shape[1])
                           : nullptr});
   }
   if (order == WriteOrder::kBlocks) {
@@ -114,7 +114,7 @@ QuantizedCheckpointWriter::QuantizedCheckpointWriter(const Checkpoint& in, const
     for (TensorSpec& part : e.codec->Layout(t.name)) specs.push_back(std::move(part));
     tensors_record[t.name] = QuantizedTensorRecord(*e.codec, t);
   }
-  codec_record_ = CodecRecord(*MakeCodec(options.codec, 1, 1));
+  codec_record_ = CodecRecord(*MakeCodec(options.format, 1, 1));
   writer_ = std::make_unique<CheckpointWriter>(
       out, std::move(specs), QuantizedWriterOptions(options, codec_record_, tensors_record));
   pool_ = std::make_unique<BufferPool>();

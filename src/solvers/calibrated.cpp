@@ -13,7 +13,7 @@
 #include "qtool/core/parallel.hpp"
 #include "qtool/format/ggml_quants.hpp"
 #include "qtool/format/pack.hpp"
-#include "qtool/io/format_record.hpp"
+#include "qtool/format/text.hpp"
 #include "qtool/model/tokenizer.hpp"
 #include "qtool/pipeline/writer.hpp"
 #include "qtool/quant/activation.hpp"
@@ -52,10 +52,10 @@ std::vector<std::vector<std::byte>> StoreExact(const Context& ctx, const Quantiz
   QTOOL_CHECK(q.groups == groups, OptionError,
               "solver produced {} groups per row, the codec stores {}", q.groups, groups);
   std::vector<std::vector<std::byte>> parts;
-  for (const TensorSpec& p : MakeCodec(ctx.options.codec, rows, cols)->Layout("")) {
+  for (const TensorSpec& p : MakeCodec(ctx.options.format, rows, cols)->Layout("")) {
     parts.emplace_back(p.nbytes());
   }
-  if (ctx.options.codec.value("g_idx", false)) {
+  if (std::get<IntFormat>(ctx.options.format).g_idx) {
     std::memcpy(parts.back().data(), q.g_idx.data(), q.g_idx.size() * 4);  // g_idx: the last part
   } else {
     for (int64_t c = 0; c < cols; ++c) {
@@ -133,10 +133,11 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
                                   const QuantizeOptions& options, const CalibratedOptions& method,
                                   const LayerFn& on_layer, const ProgressFn& progress) {
   const auto start = std::chrono::steady_clock::now();
-  QTOOL_CHECK(options.codec.value("codec", "") == "int", OptionError,
+  const auto* int_format = std::get_if<IntFormat>(&options.format);
+  QTOOL_CHECK(int_format != nullptr, OptionError,
               "--method {} writes the int codec (--format int), not {}", MethodName(method.method),
-              options.codec.dump());
-  const QuantSpec spec = IntSpecFromRecord(options.codec);
+              FormatToString(options.format));
+  const QuantSpec spec = IntSpec(*int_format);
   QTOOL_CHECK(spec.granularity != Granularity::kTensor, OptionError,
               "--method {} needs group or channel granularity", MethodName(method.method));
   QTOOL_CHECK(!spec.flat_groups, OptionError,
@@ -159,7 +160,7 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
   // GPTQ's act-order with groups fitted on the way: each column's group is stored (g_idx).
   if (method.method == Method::kGptq && method.gptq.act_order && !method.gptq.static_groups &&
       spec.granularity == Granularity::kGroup) {
-    write_options.codec["g_idx"] = true;
+    std::get<IntFormat>(write_options.format).g_idx = true;
   }
   const Context ctx{
       ck, model.config(), write_options, method, on_layer, ResolveThreads(options.threads), spec};

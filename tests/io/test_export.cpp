@@ -333,7 +333,7 @@ TEST(ExportCheckpoint, EveryFormatWithItsConfig) {
   ScratchDir d;
   const Checkpoint in = Checkpoint::Open(WriteFloatModel(d.path()));
   QuantizeOptions o;
-  o.codec = IntRecord(4, false, 32);
+  o.format = FormatFromRecord(IntRecord(4, false, 32));
   o.exclude = {"layers\\.1\\.mlp\\.down_proj"};
   QuantizeCheckpoint(in, d.path() / "q", o);
   const Checkpoint q = Checkpoint::Open(d.path() / "q");
@@ -398,7 +398,7 @@ TEST(ExportCheckpoint, Nf4ToBitsandbytes) {
   ScratchDir d;
   const Checkpoint in = Checkpoint::Open(WriteFloatModel(d.path()));
   QuantizeOptions o;
-  o.codec = {{"codec", "nf4"}, {"block", 64}, {"double_quant", true}};
+  o.format = Nf4Format{.block = 64, .double_quant = true};
   QuantizeCheckpoint(in, d.path() / "q", o);
   const Checkpoint q = Checkpoint::Open(d.path() / "q");
   EXPECT_NE(OptionErrorOf([&] {

@@ -145,7 +145,7 @@ TEST(Capture, Int8InputsRunTheBlockAsW8A8) {
   Fixture f;
   testing::ScratchDir scratch;
   QuantizeOptions o;
-  o.codec = {{"codec", "int"}, {"bits", 8}, {"symmetric", true}, {"granularity", "channel"}};
+  o.format = IntFormat{.bits = 8, .granularity = Granularity::kChannel};
   o.activations = Int8TokenActivations();
   QuantizeCheckpoint(Checkpoint::Open(f.dir), scratch.path() / "w8a8", o);
   const Model quantised(scratch.path() / "w8a8", {.threads = 2});

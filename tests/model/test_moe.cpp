@@ -202,7 +202,7 @@ struct Starved {
   }
   QuantizeOptions Int4() const {
     QuantizeOptions q;
-    q.codec["group_size"] = 16;
+    q.format = IntFormat{.group = 16};
     q.threads = 2;
     return q;
   }
@@ -348,8 +348,7 @@ TEST(Moe, AwqLeavesOutTheValueFoldWhenValuesHaveABias) {
   c.calib.seq_len = 32;
   std::vector<solvers::LayerReport> layers;
   QuantizeOptions q8;
-  q8.codec["bits"] = 8;
-  q8.codec["group_size"] = 16;
+  q8.format = IntFormat{.bits = 8, .group = 16};
   solvers::QuantizeCalibrated(model, tmp / "awq", q8, c,
                               [&](const solvers::LayerReport& l) { layers.push_back(l); });
   bool skipped = false;
@@ -366,7 +365,7 @@ TEST(Moe, SmoothQuantRefusesMoeBlocks) {
   Starved s;
   std::vector<solvers::ExpertReport> experts;
   QuantizeOptions q8 = s.Int4();
-  q8.codec = {{"codec", "int"}, {"bits", 8}, {"symmetric", true}, {"granularity", "channel"}};
+  q8.format = IntFormat{.bits = 8, .granularity = Granularity::kChannel};
   EXPECT_THROW(solvers::QuantizeCalibrated(s.model, s.tmp / "sq", q8,
                                            s.Options(solvers::Method::kSmoothQuant, &experts)),
                OptionError);

@@ -49,16 +49,12 @@ struct Fixture {
       values.push_back(std::move(v));
     }
     writer.Commit();
-    options.codec = {{"codec", "int"},
-                     {"bits", 4},
-                     {"symmetric", true},
-                     {"granularity", "group"},
-                     {"group_size", 16}};
+    options.format = IntFormat{.group = 16};
   }
 
   // What the codec stores of `w` (kRows x kCols), decoded.
   std::vector<float> RoundTrip(const std::vector<float>& w) const {
-    const auto codec = MakeCodec(options.codec, kRows, kCols);
+    const auto codec = MakeCodec(options.format, kRows, kCols);
     std::vector<std::vector<std::byte>> parts;
     std::vector<std::byte*> ptrs;
     for (const TensorSpec& p : codec->Layout("w")) {

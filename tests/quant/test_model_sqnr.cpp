@@ -10,6 +10,7 @@
 #include "codec_test_util.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/format/metrics.hpp"
+#include "qtool/io/format_record.hpp"
 #include "qtool/io/quantized.hpp"
 #include "qtool/kernels.hpp"
 #include "qtool/pipeline/quantize.hpp"
@@ -157,7 +158,7 @@ TEST(ModelSqnr, CheckpointRoundTripForEveryCodec) {
     SCOPED_TRACE(f.label);
     testing::ScratchDir dir;
     QuantizeOptions opts;
-    opts.codec = f.record;
+    opts.format = FormatFromRecord(f.record);
     opts.threads = 2;
     const QuantizeReport report = QuantizeCheckpoint(in, dir / "q", opts);
     const Checkpoint q = Checkpoint::Open(dir / "q");

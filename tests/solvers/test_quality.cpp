@@ -16,6 +16,7 @@
 #include <span>
 #include <vector>
 
+#include "qtool/io/format_record.hpp"
 #include "qtool/model/eval.hpp"
 #include "qtool/model/tokenizer.hpp"
 #include "qtool/pipeline/quantize.hpp"
@@ -68,7 +69,7 @@ class QualityTest : public ::testing::TestWithParam<std::string> {
   double RtnOf(const fs::path& model, const nlohmann::json& codec,
                const nlohmann::json& activations) {
     QuantizeOptions o;
-    o.codec = codec;
+    o.format = FormatFromRecord(codec);
     o.activations = activations;
     last_ = scratch_ / fmt::format("rtn{}", n_++);
     QuantizeCheckpoint(Checkpoint::Open(model), last_, o);
@@ -83,7 +84,7 @@ class QualityTest : public ::testing::TestWithParam<std::string> {
   }
   double SolveOf(const fs::path& model, const nlohmann::json& codec, CalibratedOptions c) {
     QuantizeOptions o;
-    o.codec = codec;
+    o.format = FormatFromRecord(codec);
     c.calib_text = data_ / "stories-calib.txt";
     c.calib.num_samples = 32;
     c.calib.seq_len = 128;

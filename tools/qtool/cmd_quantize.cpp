@@ -279,7 +279,7 @@ void RegisterQuantize(CLI::App& app) {
     QuantizeOptions opts;
     const Format format = FormatFromArgs(*a, format_flags);
     Validate(format);  // before opening anything
-    opts.codec = FormatToRecord(format);
+    opts.format = format;
     opts.include = a->include;
     opts.exclude = a->exclude;
     opts.threads = a->threads;

@@ -174,11 +174,10 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
   if (m.method == "rtn") return std::nullopt;
   solvers::CalibratedOptions c = CalibratedFromArgs(m);
   if (c.method == solvers::Method::kSmoothQuant) {
-    opts.codec = FormatToRecord(IntFormat{.bits = 8, .granularity = Granularity::kChannel});
+    opts.format = IntFormat{.bits = 8, .granularity = Granularity::kChannel};
   } else if (c.method == solvers::Method::kHqq) {
-    Format f = FormatFromRecord(opts.codec);
-    if (auto* i = std::get_if<IntFormat>(&f)) i->symmetric = false;  // HQQ fits zero-points
-    opts.codec = FormatToRecord(f);
+    // HQQ fits zero-points.
+    if (auto* i = std::get_if<IntFormat>(&opts.format)) i->symmetric = false;
   }
   MethodResult result;
   Progress progress("quantize");

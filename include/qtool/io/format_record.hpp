@@ -10,7 +10,6 @@
 #include <string>
 
 #include "qtool/format/format.hpp"
-#include "qtool/format/spec.hpp"
 #include "qtool/quant/codec.hpp"
 
 namespace qtool {
@@ -34,8 +33,5 @@ inline std::unique_ptr<WeightCodec> MakeCodec(const nlohmann::json& record, int6
                                               int64_t cols) {
   return MakeCodec(FormatFromRecord(record), rows, cols);
 }
-
-/// The QuantSpec of an integer record (OptionError for any other record, or a bad one).
-QuantSpec IntSpecFromRecord(const nlohmann::json& record);
 
 }  // namespace qtool

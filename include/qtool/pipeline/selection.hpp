@@ -1,12 +1,12 @@
 // The options of a quantisation run and the rules that select the tensors it quantises.
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "qtool/core/name_pattern.hpp"
 #include "qtool/core/tensor_spec.hpp"
+#include "qtool/format/format.hpp"
 #include "qtool/io/quantized.hpp"
 
 namespace qtool {
@@ -26,11 +26,8 @@ struct QuantizeOptions : QuantizedWriteOptions {
   // uninitialised (-Wmaybe-uninitialized).
   QuantizeOptions() = default;
 
-  nlohmann::json codec = {{"codec", "int"},
-                          {"bits", 4},
-                          {"symmetric", true},
-                          {"granularity", "group"},
-                          {"group_size", 128}};
+  /// The weights' format (INT4 symmetric in groups of 128 unless set).
+  Format format = IntFormat{};
   std::vector<std::string> include;
   std::vector<std::string> exclude;
   int threads = 0;  // 0: every hardware thread
