@@ -26,6 +26,12 @@ Phi-3 without its sliding window, which llama.cpp disables). Then:
 4. gguf (llama.cpp's Python package) dequantises the 3-D expert tensors of qtool's Q4_K_M file
    bit for bit as `qtool dequantize` decodes them; the 2-D tensors of every type are checked so
    by tests/interop/check_gguf.py.
+5. For the mixture-of-experts models, `qtool quantize --method gptq --output-format gguf` to
+   Q4_K_M and Q3_K_M (calibrated on 16 x 64 random tokens): the RTN file's tensor names, types
+   and shapes, the routers in F32, every expert's slice solved (other bytes than RTN's); llama.cpp
+   loads it and its logits match `qtool logits` of the same file within twice the difference
+   llama.cpp's 8-bit activations make on the RTN file (or 2e-2); both files' logits against
+   transformers' are reported.
 
 One JSON line per architecture and check; the exit status is non-zero, with the failures listed,
 when any check fails.
@@ -64,6 +70,11 @@ ROPE_FREQS_SAME = 1e-5
 CHECKS_FAILED = 3  # the --llama phase's exit status when it ran to the end with failed checks
 QUANTIZE_TYPES = ["Q8_0", "Q4_K_M", "Q3_K_M", "Q2_K", "Q5_K_M", "IQ4_XS"]
 IMATRIX_TYPES = ["Q4_K_M", "Q2_K", "IQ4_XS"]
+GPTQ_TYPES = ["Q4_K_M", "Q3_K_M"]  # GPTQ-GGUF of the mixture-of-experts models
+# llama.cpp's logits of a quantised file against qtool's of the same file: llama.cpp quantises the
+# activations to 8 bits in its quantised matrix products (GPTQ's file within twice the RTN file's
+# difference, or this).
+ACTIVATION_TOLERANCE = 2e-2
 LLAMA_FTYPES = {"Q8_0": 7, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "IQ4_XS": 30}
 
 # Rows of 256 (feed-forward 256; attention width heads x head_dim = 256 where the architecture
@@ -359,6 +370,38 @@ def llama_phase(qtool, adir, name):
         report(f"{ty} with imatrix vs llama_model_quantize", not differ, type=ty,
                imatrix_entries=len(entries), differ=differ[:8])
 
+    def check_gptq_gguf(ty, calib):
+        """qtool's GPTQ file of type `ty` has the tensors of its RTN file (names, types, shapes;
+        the routers in F32) with other blocks in every expert's slice; llama.cpp's logits of it
+        are `qtool logits` of the same file, within what llama.cpp's 8-bit activations make of
+        the RTN file; the logits of both files against transformers'."""
+        gptq = adir / f"GPTQ-{ty}.gguf"
+        run_qtool("quantize", model, "-o", gptq, "--output-format", "gguf", "--gguf-type", ty,
+                  "--method", "gptq", "--calib", calib, "--nsamples", "16", "--seqlen", "64",
+                  "--force", "-q")
+        rtn = {t.name: t for t in GGUFReader(str(ours[ty])).tensors}
+        differ, same = [], []
+        for t in GGUFReader(str(gptq)).tensors:
+            r = rtn.pop(t.name, None)
+            if r is None or r.tensor_type != t.tensor_type or list(r.shape) != list(t.shape):
+                differ.append(t.name)
+            elif "ffn_gate_inp" in t.name and t.tensor_type.name != "F32":
+                differ.append(f"{t.name}: {t.tensor_type.name}, not F32")
+            elif "_exps." in t.name:
+                n = int(t.shape[2])
+                a = np.asarray(r.data).view(np.uint8).reshape(n, -1)
+                b = np.asarray(t.data).view(np.uint8).reshape(n, -1)
+                same += [f"{t.name}[{e}]" for e in range(n) if np.array_equal(a[e], b[e])]
+        differ += [f"{n}: only in the RTN file" for n in rtn]
+        l_gptq, q_gptq = llama_logits(gptq), qtool_logits(gptq, f"GPTQ-{ty}")
+        l_rtn, q_rtn = llama_logits(ours[ty]), qtool_logits(ours[ty], f"RTN-{ty}")
+        d_gptq, d_rtn = rel(l_gptq, q_gptq), rel(l_rtn, q_rtn)
+        report(f"GPTQ {ty}: RTN's tensors, experts solved, llama.cpp logits == qtool's",
+               not differ and not same and d_gptq <= max(2 * d_rtn, ACTIVATION_TOLERANCE),
+               type=ty, differ=differ[:8], experts_as_rtn=same[:8],
+               llama_vs_qtool=d_gptq, llama_vs_qtool_rtn=d_rtn,
+               gptq_vs_transformers=rel(q_gptq, ref), rtn_vs_transformers=rel(q_rtn, ref))
+
     # 3. The F32 file back to safetensors: the source tensors and the source model's logits.
     from safetensors.numpy import load_file
     deq = adir / "F32-hf"
@@ -443,6 +486,14 @@ def llama_phase(qtool, adir, name):
         report("gguf decode of Q4_K_M expert tensors == qtool's", not differ,
                tensors=len(experts), types=sorted({t.tensor_type.name for t in experts}),
                differ=differ[:8])
+
+    # 5. GPTQ into GGUF of the mixture-of-experts models.
+    if experts:
+        calib = adir / "calib.tokens"
+        stream = np.random.default_rng(12).integers(3, VOCAB, 4096)
+        calib.write_text("\n".join(map(str, stream.tolist())) + "\n")
+        for ty in GPTQ_TYPES:
+            check_gptq_gguf(ty, calib)
     return 0 if ok else CHECKS_FAILED
 
 
