@@ -27,7 +27,8 @@ Phi-3 without its sliding window, which llama.cpp disables). Then:
    bit for bit as `qtool dequantize` decodes them; the 2-D tensors of every type are checked so
    by tests/interop/check_gguf.py.
 5. For the mixture-of-experts models, `qtool quantize --method gptq --output-format gguf` to
-   Q4_K_M and Q3_K_M (calibrated on 16 x 64 random tokens): the RTN file's tensor names, types
+   Q4_K_M and Q3_K_M (calibrated on 16 x 64 random tokens; Q3_K_M with experts on the fallback
+   below 520 tokens): the RTN file's tensor names, types
    and shapes, the routers in F32, every expert's slice solved (other bytes than RTN's) and
    decoded by gguf as by `qtool dequantize`; llama.cpp loads it and its logits match `qtool
    logits` of the same file to a mean KL of 2e-2 (llama.cpp's 8-bit activations; the RTN file's
@@ -70,7 +71,10 @@ ROPE_FREQS_SAME = 1e-5
 CHECKS_FAILED = 3  # the --llama phase's exit status when it ran to the end with failed checks
 QUANTIZE_TYPES = ["Q8_0", "Q4_K_M", "Q3_K_M", "Q2_K", "Q5_K_M", "IQ4_XS"]
 IMATRIX_TYPES = ["Q4_K_M", "Q2_K", "IQ4_XS"]
-GPTQ_TYPES = ["Q4_K_M", "Q3_K_M"]  # GPTQ-GGUF of the mixture-of-experts models
+# GPTQ-GGUF of the mixture-of-experts models: type -> --moe-min-tokens. With 1024 calibration
+# tokens, top-2, an expert gets about 512 (4 experts) or 256 (Mixtral's 8): at 520 some or all
+# of them take the fallback (all the block's tokens).
+GPTQ_TYPES = {"Q4_K_M": 128, "Q3_K_M": 520}
 # llama.cpp's logits of a quantised file against qtool's of the same file: llama.cpp quantises the
 # activations to 8 bits in its quantised matrix products, which moves these random models' logits
 # by a mean KL of 1e-3 to 1e-2 (the RTN files' alike), and flips some tokens' experts (a
@@ -379,14 +383,15 @@ def llama_phase(qtool, adir, name):
         b -= np.log(np.exp(b).sum(axis=1, keepdims=True))
         return float((np.exp(a) * (a - b)).sum(axis=1).mean())
 
-    def check_gptq_gguf(ty, calib):
+    def check_gptq_gguf(ty, min_tokens, calib):
         """qtool's GPTQ file of type `ty` has the tensors of its RTN file (names, types, shapes;
         the routers in F32) with other blocks in every expert's slice, which gguf decodes as qtool
         does; llama.cpp loads it, and its logits match `qtool logits` of the same file."""
-        gptq = adir / f"GPTQ-{ty}.gguf"
+        gptq, solver = adir / f"GPTQ-{ty}.gguf", adir / f"GPTQ-{ty}.json"
         run_qtool("quantize", model, "-o", gptq, "--output-format", "gguf", "--gguf-type", ty,
                   "--method", "gptq", "--calib", calib, "--nsamples", "16", "--seqlen", "64",
-                  "--force", "-q")
+                  "--moe-min-tokens", min_tokens, "--json", solver, "--force", "-q")
+        routing = json.loads(solver.read_text())["solver"]["experts"]
         rtn = {t.name: t for t in GGUFReader(str(ours[ty])).tensors}
         differ, same = [], []
         for t in GGUFReader(str(gptq)).tensors:
@@ -408,6 +413,7 @@ def llama_phase(qtool, adir, name):
         report(f"GPTQ {ty}: RTN's tensors, experts solved, llama.cpp logits == qtool's",
                not differ and not same and not decoded and kl_gptq <= ACTIVATION_KL, type=ty,
                differ=differ[:8], experts_as_rtn=same[:8], gguf_decode_differs=decoded[:8],
+               experts=len(routing), fallbacks=sum(e["fallback"] for e in routing),
                llama_vs_qtool_kl=kl_gptq, llama_vs_qtool_kl_rtn=mean_kl(q_rtn, l_rtn),
                llama_vs_qtool_max_rel=rel(l_gptq, q_gptq),
                llama_vs_qtool_max_rel_rtn=rel(l_rtn, q_rtn),
@@ -513,8 +519,8 @@ def llama_phase(qtool, adir, name):
         calib = adir / "calib.tokens"
         stream = np.random.default_rng(12).integers(3, VOCAB, 4096)
         calib.write_text("\n".join(map(str, stream.tolist())) + "\n")
-        for ty in GPTQ_TYPES:
-            check_gptq_gguf(ty, calib)
+        for ty, min_tokens in GPTQ_TYPES.items():
+            check_gptq_gguf(ty, min_tokens, calib)
     return 0 if ok else CHECKS_FAILED
 
 
