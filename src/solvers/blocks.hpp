@@ -8,6 +8,7 @@
 #include <Eigen/Core>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -120,9 +121,24 @@ struct MoeRouting {
 MoeRouting RouteExperts(const Context& ctx, const CalibrationRunner& run,
                         const MoeLayerNames& names, const WeightOverrides& overrides);
 
-/// GPTQ on block run.block(): each group of layers sharing an input (mixture-of-experts
-/// feed-forwards expert by expert) solved with the Hessian of its inputs captured with the earlier
-/// groups quantised; `overrides` gets the quantised weights for the next groups and block.
+// GPTQ's step on a group of block run.block()'s Linear layers (short names) that share an input,
+// given the Hessian of that input and the head of each layer's report: quantises the layers and
+// records their quantised values in the overrides the block loop runs with.
+using GptqGroupFn = std::function<void(const std::vector<std::string>& group,
+                                       const HessianConsumer& h, const std::string& detail)>;
+
+// GPTQ's loop over block run.block(): each group of layers sharing an input handed to `solve` with
+// the Hessian of its inputs captured with the earlier groups quantised (`overrides`, which `solve`
+// fills). A mixture-of-experts feed-forward, after the attention: the router and the shared
+// expert's gate/up/gate on every token, then the experts in batches whose Hessians take at most
+// 1 GiB (or one expert: gate/up on their routed tokens' inputs, or on every token when fewer than
+// moe_min_tokens were routed; down on the intermediate activations of the quantised gate/up),
+// then the shared expert's down.
+void GptqLayers(const Context& ctx, CalibrationRunner& run, const GptqGroupFn& solve,
+                const WeightOverrides& overrides);
+
+/// GPTQ on block run.block() with the int grid (GptqLayers); `overrides` gets the quantised
+/// weights for the next groups and block.
 BlockSolution GptqBlock(const Context& ctx, CalibrationRunner& run, WeightOverrides* overrides);
 
 /// HQQ on block b's selected Linear layers: no calibration.

@@ -32,9 +32,9 @@ using detail::AwqBlock;
 using detail::BlockSolution;
 using detail::Context;
 using detail::GptqBlock;
+using detail::GptqLayers;
 using detail::HessianConsumer;
 using detail::HqqBlock;
-using detail::InputGroups;
 using detail::Since;
 using detail::SmoothBlock;
 using detail::WeightName;
@@ -108,6 +108,45 @@ std::vector<std::vector<int32_t>> CalibrationSamples(const fs::path& model_dir, 
   std::vector<std::vector<int32_t>> samples = DrawCalibrationSamples(data.tokens, c);
   if (method.on_calibration_data) method.on_calibration_data(data, samples);
   return samples;
+}
+
+// GPTQ-GGUF's step on a group of block run.block()'s layers sharing the input of Hessian `h`: each
+// weight swept against the grid of the type the export stores it in, its blocks sent to `sink`;
+// a weight of a type GgmlGrid does not take (F32 routers, a 1-row weight the export writes as an
+// F32 vector, F16 fallbacks, the ternary types, MXFP4) is left to the export and rounded here by
+// the reference quantiser. `overrides` gets the values llama.cpp will read.
+void SolveGgufGroup(const Context& ctx, const CalibrationRunner& run, const GptqOptions& opt,
+                    const GgmlTypeFn& type_of, const GgmlBlocksFn& sink,
+                    const std::vector<std::string>& group, const HessianConsumer& h,
+                    const std::string& detail, WeightOverrides* overrides) {
+  const int64_t b = run.block();
+  std::optional<GptqHessian> hessian;  // factored once for the layers sharing the input
+  for (const std::string& name : group) {
+    const std::string full = WeightName(b, name);
+    const RowMatrixXf w = run.Weight(name);
+    const ggml::Type type = w.rows() == 1 ? ggml::Type::kF32 : type_of(full, w.rows(), w.cols());
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string d(ggml::Traits(type).name);
+    if (!detail.empty()) d += ", " + detail;
+    if (!GgmlGrid::Supports(type)) {
+      RowMatrixXf back(w.rows(), w.cols());
+      std::vector<std::byte> q(ggml::RowBytes(type, static_cast<uint64_t>(w.cols())));
+      for (int64_t r = 0; r < w.rows(); ++r) {
+        ggml::Quantize(type, &w(r, 0), q.data(), w.cols());
+        ggml::Dequantize(type, q.data(), &back(r, 0), w.cols());
+      }
+      (*overrides)[name] = std::move(back);
+      ctx.Report({b, name, 0, Since(t0), d});
+      continue;
+    }
+    if (!hessian) hessian = PrepareGptq(h.Hessian(), opt);
+    GgmlGrid grid(type, w.rows(), w.cols());
+    GptqResult r = Gptq(w, *hessian, grid, opt);
+    if (r.stats.damp_retries) d += fmt::format(", damp {:g}", r.stats.damp);
+    ctx.Report({b, name, r.stats.loss, Since(t0), d});
+    sink(full, type, grid.Write(r.q.codes));
+    (*overrides)[name] = std::move(r.q.dequant);
+  }
 }
 
 }  // namespace
@@ -240,44 +279,21 @@ void SolveGgufCalibrated(const Model& model, const fs::path& model_dir,
     }
     return;
   }
+  // Every Linear of the blocks is written: the routers and Qwen2-MoE's shared-expert gate too (in
+  // F32, as the export writes them), so they are selected.
+  QuantizeOptions qopts;
+  qopts.include = {kDefaultExclude};
+  qopts.threads = threads;
+  const Context ctx{model.checkpoint(), model.config(), qopts, method, on_layer, opt.threads, {}};
   while (!run.done()) {
-    const int64_t b = run.block();
     WeightOverrides overrides;
-    QTOOL_CHECK(!model.config().IsMoeLayer(b), OptionError,
-                "--method gptq with --output-format gguf does not handle mixture-of-experts blocks "
-                "(block {})",
-                b);
-    for (const auto& group : InputGroups(model.config())) {
-      HessianConsumer h(run.in_features(group[0]), opt.threads);
-      run.Capture({{group[0], {&h}}}, overrides);
-      std::optional<GptqHessian> hessian;  // factored once for the layers sharing the input
-      for (const std::string& name : group) {
-        const std::string full = WeightName(b, name);
-        const RowMatrixXf w = run.Weight(name);
-        const ggml::Type type = type_of(full, w.rows(), w.cols());
-        const auto t0 = std::chrono::steady_clock::now();
-        if (!GgmlGrid::Supports(type)) {
-          // Stored as the export writes it: later layers see those values.
-          RowMatrixXf back(w.rows(), w.cols());
-          std::vector<std::byte> q(ggml::RowBytes(type, static_cast<uint64_t>(w.cols())));
-          for (int64_t r = 0; r < w.rows(); ++r) {
-            ggml::Quantize(type, &w(r, 0), q.data(), w.cols());
-            ggml::Dequantize(type, q.data(), &back(r, 0), w.cols());
-          }
-          overrides[name] = std::move(back);
-          if (on_layer) on_layer({b, name, 0, Since(t0), std::string(ggml::Traits(type).name)});
-          continue;
-        }
-        if (!hessian) hessian = PrepareGptq(h.Hessian(), opt);
-        GgmlGrid grid(type, w.rows(), w.cols());
-        GptqResult r = Gptq(w, *hessian, grid, opt);
-        std::string detail(ggml::Traits(type).name);
-        if (r.stats.damp_retries) detail += fmt::format(", damp {:g}", r.stats.damp);
-        if (on_layer) on_layer({b, name, r.stats.loss, Since(t0), detail});
-        sink(full, type, grid.Write(r.q.codes));
-        overrides[name] = std::move(r.q.dequant);
-      }
-    }
+    GptqLayers(
+        ctx, run,
+        [&](const std::vector<std::string>& group, const HessianConsumer& h,
+            const std::string& detail) {
+          SolveGgufGroup(ctx, run, opt, type_of, sink, group, h, detail, &overrides);
+        },
+        overrides);
     run.Advance(overrides);
   }
 }

@@ -15,8 +15,8 @@ namespace {
 // least one expert's).
 constexpr int64_t kMoeHessianBytes = int64_t{1} << 30;
 
-// Quantises the selected layers of `group` with the Hessian of their shared input (factored once
-// for them all); `detail` heads each layer's report.
+// The int grid's step: quantises the selected layers of `group` with the Hessian of their shared
+// input (factored once for them all); `detail` heads each layer's report.
 void SolveGroup(const Context& ctx, const CalibrationRunner& run, const IntGrid& grid,
                 const GptqOptions& opt, const std::vector<std::string>& group,
                 const HessianConsumer& h, const std::string& detail, WeightOverrides* overrides,
@@ -41,22 +41,18 @@ void SolveGroup(const Context& ctx, const CalibrationRunner& run, const IntGrid&
 // expert's gate/up/gate (all reading every token), then the experts in batches (gate/up from
 // their tokens' inputs; down from the intermediate activations of the quantised gate/up), then
 // the shared expert's down. Each step's inputs come from the block with the earlier steps
-// quantised.
-void GptqMoe(const Context& ctx, CalibrationRunner& run, const IntGrid& grid,
-             const GptqOptions& opt, WeightOverrides* overrides, BlockSolution& sol) {
+// quantised by `solve`.
+void GptqMoe(const Context& ctx, CalibrationRunner& run, const GptqGroupFn& solve,
+             const WeightOverrides& overrides) {
   const int64_t b = run.block();
   const MoeLayerNames names = MoeNames(ctx.cfg);
   auto selected = [&](const std::vector<std::string>& group) {
     return std::any_of(group.begin(), group.end(),
                        [&](const std::string& n) { return ctx.Selected(WeightName(b, n)); });
   };
-  auto solve = [&](const std::vector<std::string>& group, const HessianConsumer& h,
-                   const std::string& detail) {
-    SolveGroup(ctx, run, grid, opt, group, h, detail, overrides, sol);
-  };
   auto current = [&](const std::string& name) {
-    const auto it = overrides->find(name);
-    return it != overrides->end() ? it->second : run.Weight(name);
+    const auto it = overrides.find(name);
+    return it != overrides.end() ? it->second : run.Weight(name);
   };
   const int64_t hidden = ctx.cfg.hidden_size, f = ctx.cfg.moe.expert_intermediate_size;
   std::vector<std::string> dense_in = {names.router};
@@ -65,10 +61,10 @@ void GptqMoe(const Context& ctx, CalibrationRunner& run, const IntGrid& grid,
   }
   if (selected(dense_in)) {
     HessianConsumer h(hidden, ctx.threads);
-    run.Capture({{names.router, {&h}}}, *overrides);
+    run.Capture({{names.router, {&h}}}, overrides);
     solve(dense_in, h, "");
   }
-  const MoeRouting routing = RouteExperts(ctx, run, names, *overrides);
+  const MoeRouting routing = RouteExperts(ctx, run, names, overrides);
   const int64_t width = std::max(hidden, f);
   const auto n = static_cast<int64_t>(names.experts.size());
   const int64_t batch = std::max<int64_t>(1, kMoeHessianBytes / (width * width * 8));
@@ -82,7 +78,7 @@ void GptqMoe(const Context& ctx, CalibrationRunner& run, const IntGrid& grid,
       consumers[routing.fallback[i] ? names.router : names.experts[i][0]].push_back(
           hs.back().get());
     }
-    run.Capture(consumers, *overrides);
+    run.Capture(consumers, overrides);
     for (int64_t e = e0; e < e1; ++e) {
       const auto i = static_cast<size_t>(e);
       solve({names.experts[i][0], names.experts[i][1]}, *hs[i - static_cast<size_t>(e0)],
@@ -103,7 +99,7 @@ void GptqMoe(const Context& ctx, CalibrationRunner& run, const IntGrid& grid,
         consumers[names.experts[i][2]].push_back(hs.back().get());
       }
     }
-    run.Capture(consumers, *overrides);
+    run.Capture(consumers, overrides);
     for (int64_t e = e0; e < e1; ++e) {
       const auto i = static_cast<size_t>(e);
       solve({names.experts[i][2]}, *hs[i - static_cast<size_t>(e0)],
@@ -112,30 +108,40 @@ void GptqMoe(const Context& ctx, CalibrationRunner& run, const IntGrid& grid,
   }
   if (names.has_shared && selected({names.shared[2]})) {
     HessianConsumer h(ctx.cfg.moe.shared_intermediate_size, ctx.threads);
-    run.Capture({{names.shared[2], {&h}}}, *overrides);
+    run.Capture({{names.shared[2], {&h}}}, overrides);
     solve({names.shared[2]}, h, "");
   }
 }
 
 }  // namespace
 
+void GptqLayers(const Context& ctx, CalibrationRunner& run, const GptqGroupFn& solve,
+                const WeightOverrides& overrides) {
+  const bool moe = ctx.cfg.IsMoeLayer(run.block());
+  for (const auto& group : InputGroups(ctx.cfg)) {
+    if (moe && group[0].starts_with("mlp.")) {
+      GptqMoe(ctx, run, solve, overrides);
+      break;
+    }
+    HessianConsumer h(run.in_features(group[0]), ctx.threads);
+    run.Capture({{group[0], {&h}}}, overrides);
+    solve(group, h, "");
+  }
+}
+
 BlockSolution GptqBlock(const Context& ctx, CalibrationRunner& run, WeightOverrides* overrides) {
   const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric);
   GptqOptions opt = ctx.method.gptq;
   opt.group_size = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
   opt.threads = ctx.threads;
-  const int64_t b = run.block();
   BlockSolution sol;
-  const bool moe = ctx.cfg.IsMoeLayer(b);
-  for (const auto& group : InputGroups(ctx.cfg)) {
-    if (moe && group[0].starts_with("mlp.")) {
-      GptqMoe(ctx, run, grid, opt, overrides, sol);
-      break;
-    }
-    HessianConsumer h(run.in_features(group[0]), ctx.threads);
-    run.Capture({{group[0], {&h}}}, *overrides);
-    SolveGroup(ctx, run, grid, opt, group, h, "", overrides, sol);
-  }
+  GptqLayers(
+      ctx, run,
+      [&](const std::vector<std::string>& group, const HessianConsumer& h,
+          const std::string& detail) {
+        SolveGroup(ctx, run, grid, opt, group, h, detail, overrides, sol);
+      },
+      *overrides);
   return sol;
 }
 

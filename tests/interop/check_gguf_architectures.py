@@ -26,6 +26,13 @@ Phi-3 without its sliding window, which llama.cpp disables). Then:
 4. gguf (llama.cpp's Python package) dequantises the 3-D expert tensors of qtool's Q4_K_M file
    bit for bit as `qtool dequantize` decodes them; the 2-D tensors of every type are checked so
    by tests/interop/check_gguf.py.
+5. For the mixture-of-experts models, `qtool quantize --method gptq --output-format gguf` to
+   Q4_K_M and Q3_K_M (calibrated on 16 x 64 random tokens; Q3_K_M with experts on the fallback
+   below 520 tokens): the RTN file's tensor names, types
+   and shapes, the routers in F32, every expert's slice solved (other bytes than RTN's) and
+   decoded by gguf as by `qtool dequantize`; llama.cpp loads it and its logits match `qtool
+   logits` of the same file to a mean KL of 2e-2 (llama.cpp's 8-bit activations; the RTN file's
+   is reported beside it, and both files' KL from transformers' logits).
 
 One JSON line per architecture and check; the exit status is non-zero, with the failures listed,
 when any check fails.
@@ -64,6 +71,16 @@ ROPE_FREQS_SAME = 1e-5
 CHECKS_FAILED = 3  # the --llama phase's exit status when it ran to the end with failed checks
 QUANTIZE_TYPES = ["Q8_0", "Q4_K_M", "Q3_K_M", "Q2_K", "Q5_K_M", "IQ4_XS"]
 IMATRIX_TYPES = ["Q4_K_M", "Q2_K", "IQ4_XS"]
+# GPTQ-GGUF of the mixture-of-experts models: type -> --moe-min-tokens. With 1024 calibration
+# tokens, top-2, an expert gets about 512 (4 experts) or 256 (Mixtral's 8): at 520 some or all
+# of them take the fallback (all the block's tokens).
+GPTQ_TYPES = {"Q4_K_M": 128, "Q3_K_M": 520}
+# llama.cpp's logits of a quantised file against qtool's of the same file: llama.cpp quantises the
+# activations to 8 bits in its quantised matrix products, which moves these random models' logits
+# by a mean KL of 1e-3 to 1e-2 (the RTN files' alike), and flips some tokens' experts (a
+# maximum difference of 0.1 to 0.4 of the largest logit); the RTN file of the same type against
+# the GPTQ file's logits makes 0.07 to 0.1.
+ACTIVATION_KL = 2e-2
 LLAMA_FTYPES = {"Q8_0": 7, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "IQ4_XS": 30}
 
 # Rows of 256 (feed-forward 256; attention width heads x head_dim = 256 where the architecture
@@ -359,6 +376,50 @@ def llama_phase(qtool, adir, name):
         report(f"{ty} with imatrix vs llama_model_quantize", not differ, type=ty,
                imatrix_entries=len(entries), differ=differ[:8])
 
+    def mean_kl(p, q):
+        """Mean over positions of KL(softmax p || softmax q)."""
+        a, b = (x.astype(np.float64) - x.max(axis=1, keepdims=True) for x in (p, q))
+        a -= np.log(np.exp(a).sum(axis=1, keepdims=True))
+        b -= np.log(np.exp(b).sum(axis=1, keepdims=True))
+        return float((np.exp(a) * (a - b)).sum(axis=1).mean())
+
+    def check_gptq_gguf(ty, min_tokens, calib):
+        """qtool's GPTQ file of type `ty` has the tensors of its RTN file (names, types, shapes;
+        the routers in F32) with other blocks in every expert's slice, which gguf decodes as qtool
+        does; llama.cpp loads it, and its logits match `qtool logits` of the same file."""
+        gptq, solver = adir / f"GPTQ-{ty}.gguf", adir / f"GPTQ-{ty}.json"
+        run_qtool("quantize", model, "-o", gptq, "--output-format", "gguf", "--gguf-type", ty,
+                  "--method", "gptq", "--calib", calib, "--nsamples", "16", "--seqlen", "64",
+                  "--moe-min-tokens", min_tokens, "--json", solver, "--force", "-q")
+        routing = json.loads(solver.read_text())["solver"]["experts"]
+        rtn = {t.name: t for t in GGUFReader(str(ours[ty])).tensors}
+        differ, same = [], []
+        for t in GGUFReader(str(gptq)).tensors:
+            r = rtn.pop(t.name, None)
+            if r is None or r.tensor_type != t.tensor_type or list(r.shape) != list(t.shape):
+                differ.append(t.name)
+            elif "ffn_gate_inp" in t.name and t.tensor_type.name != "F32":
+                differ.append(f"{t.name}: {t.tensor_type.name}, not F32")
+            elif "_exps." in t.name:
+                n = int(t.shape[2])
+                a = np.asarray(r.data).view(np.uint8).reshape(n, -1)
+                b = np.asarray(t.data).view(np.uint8).reshape(n, -1)
+                same += [f"{t.name}[{e}]" for e in range(n) if np.array_equal(a[e], b[e])]
+        differ += [f"{n}: only in the RTN file" for n in rtn]
+        _, decoded = expert_decode_differ(gptq)
+        l_gptq, q_gptq = llama_logits(gptq), qtool_logits(gptq, f"GPTQ-{ty}")
+        l_rtn, q_rtn = llama_logits(ours[ty]), qtool_logits(ours[ty], f"RTN-{ty}")
+        kl_gptq = mean_kl(q_gptq, l_gptq)
+        report(f"GPTQ {ty}: RTN's tensors, experts solved, llama.cpp logits == qtool's",
+               not differ and not same and not decoded and kl_gptq <= ACTIVATION_KL, type=ty,
+               differ=differ[:8], experts_as_rtn=same[:8], gguf_decode_differs=decoded[:8],
+               experts=len(routing), fallbacks=sum(e["fallback"] for e in routing),
+               llama_vs_qtool_kl=kl_gptq, llama_vs_qtool_kl_rtn=mean_kl(q_rtn, l_rtn),
+               llama_vs_qtool_max_rel=rel(l_gptq, q_gptq),
+               llama_vs_qtool_max_rel_rtn=rel(l_rtn, q_rtn),
+               top1_agreement=float((l_gptq.argmax(1) == q_gptq.argmax(1)).mean()),
+               kl_vs_transformers=mean_kl(ref, q_gptq), kl_vs_transformers_rtn=mean_kl(ref, q_rtn))
+
     # 3. The F32 file back to safetensors: the source tensors and the source model's logits.
     from safetensors.numpy import load_file
     deq = adir / "F32-hf"
@@ -417,18 +478,23 @@ def llama_phase(qtool, adir, name):
 
     # 4. The 3-D expert tensors of the Q4_K_M file: gguf's decode against qtool's.
     from gguf import quants
-    reader = GGUFReader(str(ours["Q4_K_M"]))
-    experts = [t for t in reader.tensors if len(t.shape) == 3 or re.search(r"_exps\.", t.name)]
-    if experts:
-        deq4 = adir / "Q4_K_M-hf"
-        run_qtool("dequantize", ours["Q4_K_M"], "-o", deq4, "--force")
+
+    def expert_decode_differ(path):
+        """The 3-D expert tensors of the GGUF file `path`, and those gguf decodes otherwise than
+        `qtool dequantize` does."""
+        reader = GGUFReader(str(path))
+        stacked = [t for t in reader.tensors if len(t.shape) == 3 or re.search(r"_exps\.", t.name)]
+        if not stacked:
+            return stacked, []
+        deq = adir / f"{path.stem}-hf"
+        run_qtool("dequantize", path, "-o", deq, "--force")
         hf = {}
-        for f in sorted(deq4.glob("*.safetensors")):
+        for f in sorted(deq.glob("*.safetensors")):
             hf.update(load_file(f))
         hf_part = {"gate": ("gate_proj", "w1"), "up": ("up_proj", "w3"),
                    "down": ("down_proj", "w2")}
         differ = []
-        for t in experts:
+        for t in stacked:
             m = re.fullmatch(r"blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight", t.name)
             if m is None:
                 differ.append(f"{t.name}: not an expert tensor name")
@@ -440,9 +506,21 @@ def llama_phase(qtool, adir, name):
             want = np.stack([hf[k].astype(np.float32) for _, k in per]) if per else None
             if want is None or want.shape != got.shape or not np.array_equal(want, got):
                 differ.append(f"{t.name} ({t.tensor_type.name})")
+        return stacked, differ
+
+    experts, differ = expert_decode_differ(ours["Q4_K_M"])
+    if experts:
         report("gguf decode of Q4_K_M expert tensors == qtool's", not differ,
                tensors=len(experts), types=sorted({t.tensor_type.name for t in experts}),
                differ=differ[:8])
+
+    # 5. GPTQ into GGUF of the mixture-of-experts models.
+    if experts:
+        calib = adir / "calib.tokens"
+        stream = np.random.default_rng(12).integers(3, VOCAB, 4096)
+        calib.write_text("\n".join(map(str, stream.tolist())) + "\n")
+        for ty, min_tokens in GPTQ_TYPES.items():
+            check_gptq_gguf(ty, min_tokens, calib)
     return 0 if ok else CHECKS_FAILED
 
 

@@ -35,6 +35,7 @@ using testing::tiny::Random;
 using testing::tiny::Tensors;
 using testing::tiny::Trunk;
 using testing::tiny::WriteMixtral;
+using testing::tiny::WriteQwen2Moe;
 
 constexpr int64_t kMixtralExperts = 8, kQwenExperts = 4, kExpertFfn = 24, kSharedFfn = 40;
 
@@ -52,36 +53,11 @@ fs::path Mixtral(const fs::path& dir) {
   return WriteMixtral(dir, rng, std::move(t), std::move(router));
 }
 
-json Qwen2MoeConfig() {
-  json cfg = BaseConfig("Qwen2MoeForCausalLM", "qwen2_moe");
-  cfg["num_experts"] = kQwenExperts;
-  cfg["num_experts_per_tok"] = 2;
-  cfg["moe_intermediate_size"] = kExpertFfn;
-  cfg["shared_expert_intermediate_size"] = kSharedFfn;
-  cfg["norm_topk_prob"] = false;
-  return cfg;
-}
-
-fs::path Qwen2Moe(const fs::path& dir, const json& cfg) {
+fs::path Qwen2Moe(const fs::path& dir, bool norm_topk_prob = false) {
   std::mt19937 rng(4);
   Tensors t = Trunk(rng);
-  const std::string p = "model.layers.0.";
-  t.Add(p + "self_attn.q_proj.bias", {kHidden}, Random(rng, kHidden, 0.1f));
-  t.Add(p + "self_attn.k_proj.bias", {16}, Random(rng, 16, 0.1f));
-  t.Add(p + "self_attn.v_proj.bias", {16}, Random(rng, 16, 0.1f));
-  t.Add(p + "mlp.gate.weight", {kQwenExperts, kHidden}, Random(rng, kQwenExperts * kHidden, 1));
-  for (int64_t e = 0; e < kQwenExperts; ++e) {
-    const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
-    t.Add(x + "gate_proj.weight", {kExpertFfn, kHidden}, Random(rng, kExpertFfn * kHidden, 0.2f));
-    t.Add(x + "up_proj.weight", {kExpertFfn, kHidden}, Random(rng, kExpertFfn * kHidden, 0.2f));
-    t.Add(x + "down_proj.weight", {kHidden, kExpertFfn}, Random(rng, kHidden * kExpertFfn, 0.2f));
-  }
-  const std::string s = p + "mlp.shared_expert.";
-  t.Add(s + "gate_proj.weight", {kSharedFfn, kHidden}, Random(rng, kSharedFfn * kHidden, 0.2f));
-  t.Add(s + "up_proj.weight", {kSharedFfn, kHidden}, Random(rng, kSharedFfn * kHidden, 0.2f));
-  t.Add(s + "down_proj.weight", {kHidden, kSharedFfn}, Random(rng, kHidden * kSharedFfn, 0.2f));
-  t.Add(p + "mlp.shared_expert_gate.weight", {1, kHidden}, Random(rng, kHidden, 0.5f));
-  return t.Write(dir, cfg);
+  return WriteQwen2Moe(dir, rng, std::move(t), kQwenExperts, kExpertFfn, kSharedFfn,
+                       norm_topk_prob);
 }
 
 json Gemma3Config() {
@@ -190,7 +166,7 @@ TEST(GgufModels, MixtralExpertsStackIntoOneTensorPerPart) {
 
 TEST(GgufModels, Qwen2MoeSharedExpertAndItsGate) {
   testing::ScratchDir tmp;
-  const fs::path model = Qwen2Moe(tmp / "qwen2moe", Qwen2MoeConfig());
+  const fs::path model = Qwen2Moe(tmp / "qwen2moe");
   const gguf::File f = RoundTrip(model, "F32", tmp / "back");
   EXPECT_EQ(*f.header().Find("general.architecture")->AsString(), "qwen2moe");
   EXPECT_EQ(f.header().Find("qwen2moe.expert_feed_forward_length")->AsInt(), kExpertFfn);
@@ -202,9 +178,7 @@ TEST(GgufModels, Qwen2MoeSharedExpertAndItsGate) {
   EXPECT_EQ(MaxRel(Model(tmp / "back").Logits(tokens), Model(model).Logits(tokens)), 0.0f);
 
   // llama.cpp's qwen2moe graph never renormalises the chosen experts' weights.
-  json renorm = Qwen2MoeConfig();
-  renorm["norm_topk_prob"] = true;
-  const fs::path bad = Qwen2Moe(tmp / "renorm", renorm);
+  const fs::path bad = Qwen2Moe(tmp / "renorm", true);
   gguf::ExportOptions o;
   o.type = "F32";
   EXPECT_THROW(

@@ -8,8 +8,13 @@
 // The type of each weight is the export's (TensorType: the recipe, its mixes and the fallbacks for
 // rows that are not whole blocks), so the file is the one RTN export writes with other codes.
 // Weights stored in a type GPTQ cannot sweep (F32, F16, BF16, TQ1_0, TQ2_0, MXFP4) are written by
-// the export as usual; the blocks after them are calibrated on their stored (rounded) values. The
-// embeddings and the output head are not Linear layers of the blocks: the export quantises them.
+// the export as usual; the layers after them are calibrated on their stored (rounded) values.
+// Mixture-of-experts blocks run GPTQ's loop of the int format (solvers/calibrated.hpp): each
+// expert solved with the Hessians of the tokens routed to it (all the block's tokens below
+// moe_min_tokens), its blocks stacked by the export into the 3-D expert tensors; the routers and
+// Qwen2-MoE's one-row shared-expert gate are F32 in the file, so the later layers see them exact.
+// The embeddings and the output head are not Linear layers of the blocks: the export quantises
+// them.
 // act-order is refused: a GGUF block's parameters belong to consecutive columns, and llama.cpp
 // has no column permutation (g_idx) to undo another order.
 //
@@ -39,7 +44,8 @@ using GgmlBlocksFn =
 
 /// Runs GPTQ or AWQ block by block over `model` and hands each solved tensor's blocks to `sink`.
 /// GPTQ: each Linear weight against type_of's grid (GgmlGrid) when it can be swept; the other
-/// weights are rounded by the reference quantiser for the later blocks' inputs. AWQ: the rescaled
+/// weights (and one-row weights, in F32) are rounded by the reference quantiser for the later
+/// layers' inputs and left to the export. Experts are given one by one. AWQ: the rescaled
 /// Linear weights in type_of's type by the reference quantiser, the rescaled norms in F32.
 /// `threads` 0: all cores. Throws OptionError for another method or act-order.
 void SolveGgufCalibrated(const Model& model, const std::filesystem::path& model_dir,
