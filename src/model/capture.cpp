@@ -52,6 +52,34 @@ MoeLayerNames MoeNames(const LlamaConfig& cfg) {
   return n;
 }
 
+const std::vector<std::vector<std::string>>& LinearInputGroups(const LlamaConfig& cfg) {
+  static const std::vector<std::vector<std::string>> groups = {
+      {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"},
+      {"self_attn.o_proj"},
+      {"mlp.gate_proj", "mlp.up_proj"},
+      {"mlp.down_proj"}};
+  static const std::vector<std::vector<std::string>> fused = {
+      {"self_attn.qkv_proj"}, {"self_attn.o_proj"}, {"mlp.gate_up_proj"}, {"mlp.down_proj"}};
+  return cfg.fused_projections ? fused : groups;
+}
+
+std::vector<std::vector<std::string>> LinearInputGroups(const LlamaConfig& cfg, int64_t block) {
+  const auto& dense = LinearInputGroups(cfg);
+  if (!cfg.IsMoeLayer(block)) return dense;
+  std::vector<std::vector<std::string>> groups(dense.begin(), dense.begin() + 2);
+  const MoeLayerNames moe = MoeNames(cfg);
+  groups.push_back({moe.router});
+  if (moe.has_shared) {
+    groups.back().insert(groups.back().end(), {moe.shared[0], moe.shared[1], moe.shared_gate});
+    groups.push_back({moe.shared[2]});
+  }
+  for (const auto& e : moe.experts) {
+    groups.push_back({e[0], e[1]});
+    groups.push_back({e[2]});
+  }
+  return groups;
+}
+
 std::string BlockTensorName(int64_t block, const std::string& name) {
   return fmt::format("model.layers.{}.{}", block, name);
 }

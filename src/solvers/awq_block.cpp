@@ -55,7 +55,7 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
     bool local = false;  // scored by the group's own output error, not the block's
   };
   const bool fused = cfg.fused_projections;
-  std::vector<std::vector<std::string>> groups = InputGroups(cfg);
+  std::vector<std::vector<std::string>> groups = LinearInputGroups(cfg);
   std::vector<Fold> folds = {
       {"input_layernorm", 0, true},
       {fused ? "self_attn.qkv_proj" : "self_attn.v_proj", 1, false,

@@ -3,17 +3,6 @@
 
 namespace qtool::solvers::detail {
 
-const std::vector<std::vector<std::string>>& InputGroups(const LlamaConfig& cfg) {
-  static const std::vector<std::vector<std::string>> groups = {
-      {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"},
-      {"self_attn.o_proj"},
-      {"mlp.gate_proj", "mlp.up_proj"},
-      {"mlp.down_proj"}};
-  static const std::vector<std::vector<std::string>> fused = {
-      {"self_attn.qkv_proj"}, {"self_attn.o_proj"}, {"mlp.gate_up_proj"}, {"mlp.down_proj"}};
-  return cfg.fused_projections ? fused : groups;
-}
-
 std::string MlpNorm(const LlamaConfig& cfg) {
   return cfg.sandwich_norms ? "pre_feedforward_layernorm" : "post_attention_layernorm";
 }

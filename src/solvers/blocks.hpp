@@ -56,9 +56,6 @@ class HessianConsumer final : public ActivationConsumer {
   solvers::HessianAccumulator acc_;
 };
 
-// The Linear layers of a block in the groups that share an input, in execution order.
-const std::vector<std::vector<std::string>>& InputGroups(const LlamaConfig& cfg);
-
 // The norm whose output is the MLP's input: Gemma's pre_feedforward_layernorm (its
 // post_attention_layernorm normalises the attention's output before the residual add, so no scale
 // folds into it).

@@ -118,7 +118,7 @@ void GptqMoe(const Context& ctx, CalibrationRunner& run, const GptqGroupFn& solv
 void GptqLayers(const Context& ctx, CalibrationRunner& run, const GptqGroupFn& solve,
                 const WeightOverrides& overrides) {
   const bool moe = ctx.cfg.IsMoeLayer(run.block());
-  for (const auto& group : InputGroups(ctx.cfg)) {
+  for (const auto& group : LinearInputGroups(ctx.cfg)) {
     if (moe && group[0].starts_with("mlp.")) {
       GptqMoe(ctx, run, solve, overrides);
       break;

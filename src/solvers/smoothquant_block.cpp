@@ -16,7 +16,7 @@ BlockSolution SmoothBlock(const Context& ctx, CalibrationRunner& run) {
               "SmoothQuant is not implemented for mixture-of-experts blocks (block {})", b);
   const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
   const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
-  const auto& groups = InputGroups(ctx.cfg);
+  const auto& groups = LinearInputGroups(ctx.cfg);
   const std::vector<std::pair<std::string, std::vector<std::string>>> folds = {
       {"input_layernorm", groups[0]}, {MlpNorm(ctx.cfg), groups[2]}};
   std::vector<std::unique_ptr<ChannelStats>> stats;

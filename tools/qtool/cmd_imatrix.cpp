@@ -137,43 +137,16 @@ void RegisterImatrix(CLI::App& app) {
       // Layers that share an input (q/k/v; gate/up) see the same rows: one sum serves them all.
       // An expert's layers see the rows routed to it; its sums are one row of the stacked
       // expert tensor's entry, as llama-imatrix counts them.
-      std::vector<std::pair<std::string, std::vector<std::string>>> inputs;
-      if (cfg.fused_projections) {
-        inputs = {{"self_attn.qkv_proj", {"self_attn.qkv_proj"}},
-                  {"self_attn.o_proj", {"self_attn.o_proj"}},
-                  {"mlp.gate_up_proj", {"mlp.gate_up_proj"}},
-                  {"mlp.down_proj", {"mlp.down_proj"}}};
-      } else {
-        inputs = {
-            {"self_attn.q_proj", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}},
-            {"self_attn.o_proj", {"self_attn.o_proj"}}};
-        if (cfg.IsMoeLayer(run.block())) {
-          const MoeLayerNames moe = MoeNames(cfg);
-          std::vector<std::string> shared_input = {moe.router};
-          if (moe.has_shared) {
-            shared_input.insert(shared_input.end(),
-                                {moe.shared[0], moe.shared[1], moe.shared_gate});
-          }
-          inputs.push_back({moe.router, shared_input});
-          if (moe.has_shared) inputs.push_back({moe.shared[2], {moe.shared[2]}});
-          for (const auto& e : moe.experts) {
-            inputs.push_back({e[0], {e[0], e[1]}});
-            inputs.push_back({e[2], {e[2]}});
-          }
-        } else {
-          inputs.push_back({"mlp.gate_proj", {"mlp.gate_proj", "mlp.up_proj"}});
-          inputs.push_back({"mlp.down_proj", {"mlp.down_proj"}});
-        }
-      }
+      const auto inputs = LinearInputGroups(cfg, run.block());
       std::vector<std::unique_ptr<SquareSum>> sums;
       ConsumerMap consumers;
-      for (const auto& [linear, users] : inputs) {
-        sums.push_back(std::make_unique<SquareSum>(run.in_features(linear)));
-        consumers[linear] = {sums.back().get()};
+      for (const auto& group : inputs) {
+        sums.push_back(std::make_unique<SquareSum>(run.in_features(group[0])));
+        consumers[group[0]] = {sums.back().get()};
       }
       run.Capture(consumers);
       for (size_t i = 0; i < inputs.size(); ++i) {
-        for (const std::string& user : inputs[i].second) {
+        for (const std::string& user : inputs[i]) {
           const gguf::GgufTensorRef ref =
               gguf::GgufTensor(BlockTensorName(run.block(), user) + ".weight", cfg.sandwich_norms);
           const imatrix::Entry one = sums[i]->ToEntry();

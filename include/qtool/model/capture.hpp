@@ -67,6 +67,15 @@ struct MoeLayerNames {
 };
 MoeLayerNames MoeNames(const LlamaConfig& cfg);
 
+/// The Linear layers of a block of a model with `cfg` in the groups that share one input, in
+/// execution order: q/k/v, o, gate/up, down (Phi-3: qkv, o, gate_up, down). A group's first layer
+/// is the one whose input a capture names.
+const std::vector<std::vector<std::string>>& LinearInputGroups(const LlamaConfig& cfg);
+/// The same for block `block`: a mixture-of-experts block has the attention's two groups, then the
+/// router with the shared expert's gate, up and sigmoid gate (all read every token), the shared
+/// expert's down, and each expert's gate/up and down (which read the rows routed to it).
+std::vector<std::vector<std::string>> LinearInputGroups(const LlamaConfig& cfg, int64_t block);
+
 /// "model.layers.{block}.{name}": the checkpoint name of a block tensor without ".weight"/".bias".
 std::string BlockTensorName(int64_t block, const std::string& name);
 
