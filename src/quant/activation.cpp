@@ -47,6 +47,14 @@ void FakeQuantizePerTokenInt8(const float* x, int64_t tokens, int64_t channels, 
   DequantizePerTokenInt8(q.data(), scales.data(), tokens, channels, out);
 }
 
+void FakeQuantizeStaticFp8(const float* x, int64_t n, float scale, const MinifloatFormat& format,
+                           float* out) {
+  const MinifloatTable table(format);
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = table.value[EncodeMinifloat(x[i] / scale, format, true)] * scale;
+  }
+}
+
 void QuantizePerTokenFp8(const float* x, int64_t tokens, int64_t channels,
                          const MinifloatFormat& format, uint8_t* codes, float* scales) {
   for (int64_t t = 0; t < tokens; ++t) {
