@@ -519,7 +519,6 @@ void ImportedCheckpoint::AddWeight(const std::string& module) {
         const CheckpointTensor& q = get(".weight");
         const DType dt = scheme_.ct_format == "int-quantized" ? DType::kI8 : DType::kF8E4M3;
         rank2(q, dt);
-        if (scheme_.fp8_static_activations) StaticInputScale(ck, module);
         w.rows = q.info->shape[0];
         w.cols = q.info->shape[1];
       }
@@ -551,10 +550,17 @@ void ImportedCheckpoint::AddWeight(const std::string& module) {
         w.parts.erase(w.parts.begin() + 1);
         w.parts.push_back(shape);
       }
-      // The runtime's per-token input scales are computed at run time; static ones are not read.
-      QTOOL_CHECK(!ck.Find(module + ".input_scale"), FormatError,
-                  "{}: \"{}.input_scale\": static input scales are not read by qtool",
-                  ck.dir().string(), module);
+      // Static FP8 inputs need each module's scale (checked on opening); any other scheme's
+      // inputs are computed at run time or not quantised, so a static scale would be ignored.
+      if (scheme_.fp8_static_activations) {
+        StaticInputScale(ck, module);
+      } else {
+        QTOOL_CHECK(!ck.Find(module + ".input_scale"), FormatError,
+                    "{}: \"{}.input_scale\": static input scales are read with a config whose "
+                    "input_activations are static FP8 per tensor, and this one's are {}",
+                    ck.dir().string(), module,
+                    scheme_.int8_activations ? "dynamic INT8 per token" : "absent");
+      }
       break;
     }
     case ImportFormat::kBnb: {

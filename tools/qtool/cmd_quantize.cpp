@@ -327,6 +327,7 @@ void RegisterQuantize(CLI::App& app) {
                  a->quiet || a->json == "-");
       std::filesystem::remove_all(quantized);
     };
+    if (fp8_static) MeasureStaticInputScales(*method, opts, input, a->quiet || a->json == "-");
     if (auto r = RunQuantizeMethod(*method, opts, input, quantized.string(), a->quiet)) {
       nlohmann::json j = r->report.ToJson();
       j["solver"] = std::move(r->solver);
@@ -335,7 +336,6 @@ void RegisterQuantize(CLI::App& app) {
       if (!a->quiet && a->json != "-") PrintReport(r->report);
       return;
     }
-    if (fp8_static) MeasureStaticInputScales(*method, opts, input, a->quiet || a->json == "-");
     Progress progress("quantize");
     const QuantizeReport report = QuantizeCheckpoint(
         in, quantized, opts, [&](size_t done, size_t total, const std::string& name) {
