@@ -85,16 +85,16 @@ BF16_PPL_TOL = 3e-3
 # computes in f32 as qtool does, but its matrix products sum in another order, so an input
 # within an ulp of a rounding boundary can round to the neighbouring code in one and not in the
 # other; one such flip moves the values after it by a whole FP8 or INT8 step. The reader alone
-# moves as much when its quantised inputs are scaled by 1 + 2^-23 (printed beside each case as
-# the noise floor: on SmolLM2-135M 8.9e-2 and 0.58% for FP8, 1.1e-1 and 0.14% for INT8).
-# Measured for FP8: SmolLM2-135M 1.2e-1 and 0.27%, babyllama-tok105 2.1e-2 and 0.02%.
+# moves as much when its quantised inputs are scaled by 1 + e, |e| <= 2^-22 (printed beside each
+# case as the noise floor: on SmolLM2-135M up to 1.1e-1 and 0.99% for FP8, 1.4e-1 and 1.16% for
+# INT8). Measured for FP8: SmolLM2-135M 1.2e-1 and 0.27%, babyllama-tok105 2.1e-2 and 0.02%.
 QUANTISED_INPUTS_TOL = 0.25
 QUANTISED_INPUTS_PPL_TOL = 5e-3
 # compressed-tensors' own dynamic INT8 (max|x| / 127.5) against qtool's (max|x| / 127): measured
 # 1.9e-1 and 0.75% on SmolLM2-135M, 1.6e-2 and 0.05% on babyllama-tok105. With
-# compressed-tensors' fake_quantize given qtool's scale the tiny model agrees within 1e-6, while
-# SmolLM2 stays at 1.1e-1 and 1.35% (its noise floor: 1.1e-1 and 0.14%), a difference not yet
-# explained; both SmolLM2 comparisons are held to these bounds.
+# compressed-tensors' fake_quantize given qtool's scale the tiny model agrees within 1e-6, and
+# SmolLM2 by 1.1e-1 and 1.35%, inside the reader's own spread under ulp-sized changes of its
+# inputs (perplexity 9.652 to 9.833 around 9.682; qtool 9.815).
 CT_INT8_TOL = 0.3
 CT_INT8_PPL_TOL = 2e-2
 
@@ -268,18 +268,23 @@ def reader_numbers(model, tokens, eval_ids, bos):
 
 def input_noise_floor(model, tokens, eval_ids, bos, r_logits, r_ppl):
     """How far the reader's own numbers move when the inputs of its input-quantising Linear
-    layers are scaled by 1 + 2^-23 (one ulp) before compressed-tensors quantises them."""
-    hooks = [m.register_forward_pre_hook(lambda mod, inp: (inp[0] * (1 + 2.0 ** -23),))
-             for m in model.modules()
-             if getattr(getattr(m, "quantization_scheme", None), "input_activations", None)]
-    assert hooks, "no Linear layer quantises its inputs"
-    try:
-        p_logits, p_ppl = reader_numbers(model, tokens, eval_ids, bos)
-    finally:
-        for h in hooks:
-            h.remove()
-    return (float(np.abs(p_logits - r_logits).max() / np.abs(r_logits).max()),
-            abs(p_ppl - r_ppl) / r_ppl)
+    layers are scaled by 1 + e (e = 2^-23, -2^-23, 2^-22: an ulp or two) before
+    compressed-tensors quantises them: the largest change of the three."""
+    mods = [m for m in model.modules()
+            if getattr(getattr(m, "quantization_scheme", None), "input_activations", None)]
+    assert mods, "no Linear layer quantises its inputs"
+    floor, floor_ppl = 0.0, 0.0
+    for e in (2.0 ** -23, -2.0 ** -23, 2.0 ** -22):
+        hooks = [m.register_forward_pre_hook(lambda mod, inp, e=e: (inp[0] * (1 + e),))
+                 for m in mods]
+        try:
+            p_logits, p_ppl = reader_numbers(model, tokens, eval_ids, bos)
+        finally:
+            for h in hooks:
+                h.remove()
+        floor = max(floor, float(np.abs(p_logits - r_logits).max() / np.abs(r_logits).max()))
+        floor_ppl = max(floor_ppl, abs(p_ppl - r_ppl) / r_ppl)
+    return floor, floor_ppl
 
 
 def size_bpw(path, qtool_dir):
@@ -435,8 +440,8 @@ def main():
             if quantised_inputs and not vname.endswith("/127"):
                 floor, floor_ppl = input_noise_floor(model, tokens, eval_ids, bos, r_logits, r_ppl)
                 print(f"     {tag}: noise floor (the reader against itself with quantised "
-                      f"inputs x (1 + 2^-23)): logits rel {floor:.2e}, ppl {100 * floor_ppl:.4f}%",
-                      flush=True)
+                      f"inputs x (1 + e), |e| <= 2^-22): logits rel {floor:.2e}, ppl "
+                      f"{100 * floor_ppl:.4f}%", flush=True)
             dppl = abs(r_ppl - q_ppl) / q_ppl
             ok = rel <= tol and dppl <= ppl_tol
             rows.append((mname, " ".join(qopts), fmt + (" " + " ".join(copts) if copts else ""),
