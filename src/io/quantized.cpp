@@ -281,7 +281,11 @@ void DequantizeCheckpoint(const Checkpoint& in, const fs::path& out, bool overwr
   QTOOL_CHECK(!fs::exists(out) || !fs::equivalent(out, in.dir(), ec), OptionError,
               "{}: output is the input checkpoint's directory", out.string());
   CheckpointWriter::CheckOutputPath(out, overwrite);
-  const std::vector<std::string> names = LogicalTensorNames(in);
+  std::vector<std::string> names = LogicalTensorNames(in);
+  // A float checkpoint runs its inputs in float: static input scales go with the quantisation.
+  if (InputQuantizationOf(in) == InputQuantization::kFp8Static) {
+    std::erase_if(names, [](const std::string& n) { return n.ends_with(kInputScaleSuffix); });
+  }
   std::vector<TensorSpec> specs;
   std::map<std::string, StoredWeight> stored;
   for (const std::string& n : names) {

@@ -189,6 +189,15 @@ TEST(Fp8Static, RoundTripThroughCompressedTensors) {
   EXPECT_EQ(testing::ReadFile(d / "ct" / "model.safetensors"),
             testing::ReadFile(d / "ct2" / "model.safetensors"));
 
+  // Dequantised, it is a float checkpoint: no input scales, the decoded weights.
+  DequantizeCheckpoint(ct, d / "deq", false);
+  const Checkpoint deq = Checkpoint::Open(d / "deq");
+  for (const auto& [module, s] : o.input_scales) {
+    EXPECT_EQ(deq.Find(module + kInputScaleSuffix), nullptr) << module;
+    EXPECT_EQ(ReadTensorF32(deq, module + ".weight"), ReadTensorF32(q, module + ".weight"));
+  }
+  EXPECT_EQ(InputQuantizationOf(deq), InputQuantization::kNone);
+
   const std::vector<int32_t> tokens = {1, 40, 52, 7, 99, 3, 21, 60, 14, 5};
   const RowMatrixXf lq = Model(d / "q").Logits(tokens);
   const RowMatrixXf lct = Model(d / "ct").Logits(tokens);
