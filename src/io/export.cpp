@@ -73,9 +73,16 @@ class Target {
     QTOOL_CHECK(
         activations.is_null() || f == ExportFormat::kCompressedTensors || f == ExportFormat::kQtool,
         OptionError,
-        "{} has no activation quantisation; the checkpoint asks for {} (W8A8): use "
+        "{} has no activation quantisation; the checkpoint asks for {} ({}): use "
         "compressed-tensors",
-        name, activations.dump());
+        name, activations.dump(), activations == Fp8StaticActivations() ? "W8A8-FP8" : "W8A8");
+    // compressed-tensors pairs dynamic INT8 inputs with int-quantized weights and static FP8
+    // inputs with float-quantized ones (qtool's record allows nothing else either).
+    QTOOL_CHECK(f != ExportFormat::kCompressedTensors || activations.is_null() ||
+                    (activations == Int8TokenActivations() && codec == "int") ||
+                    (activations == Fp8StaticActivations() && codec == "fp"),
+                OptionError, "compressed-tensors holds {} inputs with {} weights in no format",
+                activations.dump(), codec);
   }
 
   static const char* Holds(ExportFormat f) {
@@ -282,10 +289,16 @@ class Target {
                   {"weights", weights},
                   {"input_activations", nullptr},
                   {"output_activations", nullptr}};
-    if (!activations_.is_null()) {
+    if (activations_ == Int8TokenActivations()) {
       group["input_activations"] = {{"num_bits", 8},     {"type", "int"},
                                     {"symmetric", true}, {"strategy", "token"},
                                     {"dynamic", true},   {"observer", nullptr}};
+    } else if (activations_ == Fp8StaticActivations()) {
+      // As llm-compressor's FP8 preset writes static inputs: the scales are the modules'
+      // "input_scale" tensors, copied from qtool's checkpoint as they are.
+      group["input_activations"] = {{"num_bits", 8},     {"type", "float"},
+                                    {"symmetric", true}, {"strategy", "tensor"},
+                                    {"dynamic", false},  {"observer", "minmax"}};
     }
     json ignore = kept;
     ignore.push_back("lm_head");
@@ -462,6 +475,7 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
       tensors[name] = std::move(rec);
     }
     if (imported->scheme().int8_activations) activations = Int8TokenActivations();
+    if (imported->scheme().fp8_static_activations) activations = Fp8StaticActivations();
   } else {
     tensors = record->at("tensors");
     activations = record->value("activations", json(nullptr));

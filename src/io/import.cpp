@@ -15,6 +15,7 @@
 #include "qtool/format/pack.hpp"
 #include "qtool/io/export_layouts.hpp"
 #include "qtool/io/format_record.hpp"
+#include "qtool/io/quantized.hpp"
 #include "qtool/kernels/convert.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/nf4_codec.hpp"
@@ -182,12 +183,25 @@ ImportScheme CompressedTensorsScheme(const json& qc, const ConfigReader& in) {
   }
   const json inputs = group.value("input_activations", json(nullptr));
   if (!inputs.is_null()) {
+    // The two input schemes qtool runs: W8A8 (dynamic per-token symmetric INT8, with INT8
+    // weights) and W8A8-FP8 (static per-tensor symmetric FP8 E4M3, with FP8 weights). Anything
+    // else (dynamic FP8, per-channel or asymmetric inputs, ...) is refused, naming it.
     const ConfigReader a(inputs, where + ".input_activations");
-    a.Require(s.ct_format == "int-quantized" && a.Get<std::string>("type") == "int" &&
-                  a.Get<int>("num_bits") == 8 && a.Get<bool>("symmetric", true) &&
-                  a.Get<std::string>("strategy") == "token" && a.Get<bool>("dynamic", false),
-              "input_activations", "qtool runs dynamic per-token symmetric INT8 inputs (W8A8)");
-    s.int8_activations = true;
+    const std::string type = a.Get<std::string>("type");
+    const std::string strategy = a.Get<std::string>("strategy");
+    const bool dynamic = a.Get<bool>("dynamic", false);
+    const bool int8 =
+        s.ct_format == "int-quantized" && type == "int" && strategy == "token" && dynamic;
+    const bool fp8 =
+        s.ct_format == "float-quantized" && type == "float" && strategy == "tensor" && !dynamic;
+    QTOOL_CHECK(a.Get<int>("num_bits") == 8 && a.Get<bool>("symmetric", true) && (int8 || fp8),
+                FormatError,
+                "{}: quantization_config \"input_activations\" = {} with {} weights: qtool runs "
+                "dynamic per-token symmetric INT8 inputs with int-quantized weights (W8A8) and "
+                "static per-tensor symmetric FP8 inputs with float-quantized weights (W8A8-FP8)",
+                where, inputs.dump(), s.ct_format);
+    s.int8_activations = int8;
+    s.fp8_static_activations = fp8;
   }
   return s;
 }
@@ -292,6 +306,7 @@ std::string ImportScheme::Describe() const {
                        : strategy == "block" ? fmt::format("block {}x{}", block[0], block[1])
                                              : strategy);
       if (int8_activations) s += ", int8 per-token activations";
+      if (fp8_static_activations) s += ", static fp8 per-tensor activations";
       break;
     case ImportFormat::kBnb:
       s += bits == 8 ? " LLM.int8 (SCB)" : " 4-bit";
@@ -535,10 +550,17 @@ void ImportedCheckpoint::AddWeight(const std::string& module) {
         w.parts.erase(w.parts.begin() + 1);
         w.parts.push_back(shape);
       }
-      // The runtime's per-token input scales are computed at run time; static ones are not read.
-      QTOOL_CHECK(!ck.Find(module + ".input_scale"), FormatError,
-                  "{}: \"{}.input_scale\": static input scales are not read by qtool",
-                  ck.dir().string(), module);
+      // Static FP8 inputs need each module's scale (checked on opening); any other scheme's
+      // inputs are computed at run time or not quantised, so a static scale would be ignored.
+      if (scheme_.fp8_static_activations) {
+        StaticInputScale(ck, module);
+      } else {
+        QTOOL_CHECK(!ck.Find(module + ".input_scale"), FormatError,
+                    "{}: \"{}.input_scale\": static input scales are read with a config whose "
+                    "input_activations are static FP8 per tensor, and this one's are {}",
+                    ck.dir().string(), module,
+                    scheme_.int8_activations ? "dynamic INT8 per token" : "absent");
+      }
       break;
     }
     case ImportFormat::kBnb: {

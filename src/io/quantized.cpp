@@ -127,9 +127,13 @@ CheckpointWriterOptions QuantizedWriterOptions(const QuantizedWriteOptions& opti
   CheckpointWriterOptions w;
   w.max_shard_bytes = options.max_shard_bytes;
   w.overwrite = options.overwrite;
-  QTOOL_CHECK(options.activations.is_null() || options.activations == Int8TokenActivations(),
-              OptionError, "activation quantisation {} is not one qtool implements (it has {})",
-              options.activations.dump(), Int8TokenActivations().dump());
+  QTOOL_CHECK(
+      options.activations.is_null() || options.activations == Int8TokenActivations() ||
+          options.activations == Fp8StaticActivations(),
+      OptionError, "activation quantisation {} is not one qtool implements (it has {} and {})",
+      options.activations.dump(), Int8TokenActivations().dump(), Fp8StaticActivations().dump());
+  QTOOL_CHECK(options.input_scales.empty() || options.activations == Fp8StaticActivations(),
+              OptionError, "input scales are written with static FP8 activations only");
   json record = {{"format_version", kQtoolFormatVersion},
                  {"codec", codec_record},
                  {"tensors", tensors_record}};
@@ -177,15 +181,45 @@ std::optional<json> QuantizationRecord(const Checkpoint& ck) {
   return rec;
 }
 
-bool QuantizesActivations(const Checkpoint& ck) {
-  if (const auto imported = DetectImportScheme(ck)) return imported->int8_activations;
+InputQuantization InputQuantizationOf(const Checkpoint& ck) {
+  if (const auto imported = DetectImportScheme(ck)) {
+    if (imported->int8_activations) return InputQuantization::kInt8Token;
+    return imported->fp8_static_activations ? InputQuantization::kFp8Static
+                                            : InputQuantization::kNone;
+  }
   const auto rec = QuantizationRecord(ck);
-  if (!rec || !rec->contains("activations")) return false;
+  if (!rec || !rec->contains("activations")) return InputQuantization::kNone;
   const json& a = (*rec)["activations"];
-  QTOOL_CHECK(a == Int8TokenActivations(), FormatError,
-              "{}: activation quantisation {} is not one this build runs (it runs {})",
-              ck.dir().string(), a.dump(), Int8TokenActivations().dump());
-  return true;
+  if (a == Int8TokenActivations()) return InputQuantization::kInt8Token;
+  QTOOL_CHECK(a == Fp8StaticActivations(), FormatError,
+              "{}: activation quantisation {} is not one this build runs (it runs {} and {})",
+              ck.dir().string(), a.dump(), Int8TokenActivations().dump(),
+              Fp8StaticActivations().dump());
+  return InputQuantization::kFp8Static;
+}
+
+bool QuantizesActivations(const Checkpoint& ck) {
+  return InputQuantizationOf(ck) != InputQuantization::kNone;
+}
+
+float StaticInputScale(const Checkpoint& ck, const std::string& module) {
+  const std::string name = module + kInputScaleSuffix;
+  const CheckpointTensor* t = ck.Find(name);
+  QTOOL_CHECK(t != nullptr, FormatError,
+              "{}: \"{}\" is missing: the checkpoint asks for static FP8 inputs, which need each "
+              "quantised Linear's input scale",
+              ck.dir().string(), name);
+  const DType dt = t->info->dtype;
+  QTOOL_CHECK(
+      (dt == DType::kF32 || dt == DType::kF16 || dt == DType::kBF16) && t->info->numel() == 1,
+      FormatError, "{}: \"{}\" is {} {}, not one F32, F16 or BF16 scale", t->file->path().string(),
+      name, DTypeName(dt), json(t->info->shape).dump());
+  float s = 0;
+  ConvertToF32(t->data().data(), dt, 1, &s);
+  QTOOL_CHECK(std::isfinite(s) && s > 0, NumericError,
+              "{}: \"{}\" holds {}, not a positive finite input scale", t->file->path().string(),
+              name, s);
+  return s;
 }
 
 std::vector<std::string> LogicalTensorNames(const Checkpoint& ck) {
@@ -247,7 +281,11 @@ void DequantizeCheckpoint(const Checkpoint& in, const fs::path& out, bool overwr
   QTOOL_CHECK(!fs::exists(out) || !fs::equivalent(out, in.dir(), ec), OptionError,
               "{}: output is the input checkpoint's directory", out.string());
   CheckpointWriter::CheckOutputPath(out, overwrite);
-  const std::vector<std::string> names = LogicalTensorNames(in);
+  std::vector<std::string> names = LogicalTensorNames(in);
+  // A float checkpoint runs its inputs in float: static input scales go with the quantisation.
+  if (InputQuantizationOf(in) == InputQuantization::kFp8Static) {
+    std::erase_if(names, [](const std::string& n) { return n.ends_with(kInputScaleSuffix); });
+  }
   std::vector<TensorSpec> specs;
   std::map<std::string, StoredWeight> stored;
   for (const std::string& n : names) {

@@ -18,9 +18,13 @@ namespace qtool::runtime {
 void Linear::Apply(const RowMatrixXf& x, RowMatrixXf& y, int threads) const {
   QTOOL_DASSERT(x.cols() == in());
   y.resize(x.rows(), out());
-  if (int8_inputs) {
+  if (int8_inputs || fp8_input_scale > 0) {
     RowMatrixXf xq(x.rows(), x.cols());
-    FakeQuantizePerTokenInt8(x.data(), x.rows(), x.cols(), xq.data());
+    if (int8_inputs) {
+      FakeQuantizePerTokenInt8(x.data(), x.rows(), x.cols(), xq.data());
+    } else {
+      FakeQuantizeStaticFp8(x.data(), x.size(), fp8_input_scale, kE4M3, xq.data());
+    }
     gemm::MatMul(xq.data(), in(), xq.rows(), w, y.data(), out(), threads);
   } else {
     gemm::MatMul(x.data(), in(), x.rows(), w, y.data(), out(), threads);
@@ -111,12 +115,18 @@ Eigen::VectorXf ToVector(const std::vector<float>& v) {
 }  // namespace
 
 Linear LoadLinear(const Checkpoint& ck, const std::string& prefix, int64_t out, int64_t in,
-                  bool w8a8, int threads) {
+                  InputQuantization inputs, int threads) {
   Linear l;
   const std::vector<float> w = ReadShaped(ck, prefix + ".weight", {out, in}, threads);
   l.w = gemm::Pack(w.data(), out, in);
-  // A quantised weight is stored under its parts' names, not its own.
-  l.int8_inputs = w8a8 && ck.Find(prefix + ".weight") == nullptr;
+  // A quantised weight is stored under its parts' names (a qtool checkpoint), or has a weight
+  // scale beside it (compressed-tensors' int- and float-quantized keep the name "weight").
+  const bool quantised =
+      ck.Find(prefix + ".weight") == nullptr || ck.Find(prefix + ".weight_scale") != nullptr;
+  l.int8_inputs = inputs == InputQuantization::kInt8Token && quantised;
+  if (inputs == InputQuantization::kFp8Static && quantised) {
+    l.fp8_input_scale = StaticInputScale(ck, prefix);
+  }
   if (ck.Find(prefix + ".bias") != nullptr) {
     l.bias = ToVector(ReadShaped(ck, prefix + ".bias", {out}, threads));
   }
@@ -135,7 +145,7 @@ BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, 
   auto norm = [&](const char* n, int64_t size) {
     return EffectiveNorm(ToVector(ReadShaped(ck, name(n), {size}, threads)), cfg);
   };
-  const bool w8a8 = QuantizesActivations(ck);
+  const InputQuantization w8a8 = InputQuantizationOf(ck);
   BlockWeights b;
   b.sliding = cfg.Sliding(i);
   b.input_norm = norm("input_layernorm.weight", h);

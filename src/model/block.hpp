@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "qtool/io/quantized.hpp"
 #include "qtool/kernels/gemm.hpp"
 #include "qtool/model/capture.hpp"
 #include "qtool/model/model.hpp"
@@ -21,6 +22,9 @@ struct Linear {
   // W8A8: x is quantised per token to INT8 (and decoded) before the product, as a W8A8 kernel
   // would see it.
   bool int8_inputs = false;
+  // W8A8-FP8: when positive, x is run as E4M3(x / s) * s with this static scale s
+  // (FakeQuantizeStaticFp8), as compressed-tensors and vLLM run a static FP8 input.
+  float fp8_input_scale = 0;
   int64_t in() const { return w.k; }
   int64_t out() const { return w.n; }
   /// y [rows, out] = x [rows, in] W^T (+ b).
@@ -57,12 +61,14 @@ struct BlockWeights {
 };
 
 /// Reads the Linear `prefix`.weight (and `prefix`.bias where the checkpoint has it), checking its
-/// shape [out, in]; `w8a8` as for LoadBlock.
+/// shape [out, in]. When it is quantised, its input is quantised as `inputs` says (the
+/// checkpoint's InputQuantizationOf; static FP8 reads `prefix`.input_scale).
 Linear LoadLinear(const Checkpoint& ck, const std::string& prefix, int64_t out, int64_t in,
-                  bool w8a8, int threads);
+                  InputQuantization inputs, int threads);
 
-/// Reads block `i` through ReadTensorF32 (quantised or not). In a W8A8 checkpoint
-/// (QuantizesActivations) its quantised Linear layers quantise their inputs.
+/// Reads block `i` through ReadTensorF32 (quantised or not). In a checkpoint that quantises
+/// activations (InputQuantizationOf: W8A8, W8A8-FP8) its quantised Linear layers quantise their
+/// inputs.
 BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, int threads);
 
 /// cos/sin of every position and frequency, computed in float32 as the reference implementation

@@ -237,8 +237,8 @@ uint64_t MoeWeights::bytes() const {
   return total;
 }
 
-MoeWeights LoadMoe(const Checkpoint& ck, const LlamaConfig& cfg, int64_t block, bool w8a8,
-                   int threads) {
+MoeWeights LoadMoe(const Checkpoint& ck, const LlamaConfig& cfg, int64_t block,
+                   InputQuantization w8a8, int threads) {
   MoeWeights m;
   m.names = MoeLinearNames(cfg);
   m.experts.resize(static_cast<size_t>(cfg.moe.num_experts));

@@ -68,8 +68,8 @@ struct MoeWeights {
 };
 
 /// Reads block `block`'s MoE weights (quantised or not) through LoadLinear.
-MoeWeights LoadMoe(const Checkpoint& ck, const LlamaConfig& cfg, int64_t block, bool w8a8,
-                   int threads);
+MoeWeights LoadMoe(const Checkpoint& ck, const LlamaConfig& cfg, int64_t block,
+                   InputQuantization w8a8, int threads);
 
 /// Shows a Linear's input rows; returns true when the block stops there.
 using SeeFn = std::function<bool(const std::string&, const RowMatrixXf&)>;

@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <mutex>
 #include <regex>
@@ -15,6 +16,7 @@
 #include "qtool/kernels.hpp"
 #include "qtool/kernels/convert.hpp"
 #include "qtool/pipeline/quantize.hpp"
+#include "qtool/quant/activation.hpp"
 
 namespace qtool {
 namespace fs = std::filesystem;
@@ -115,6 +117,7 @@ QuantizedCheckpointWriter::QuantizedCheckpointWriter(const Checkpoint& in, const
     tensors_record[t.name] = QuantizedTensorRecord(*e.codec, t);
   }
   codec_record_ = CodecRecord(*MakeCodec(options.format, 1, 1));
+  PlanInputScales(specs, tensors_record);
   writer_ = std::make_unique<CheckpointWriter>(
       out, std::move(specs), QuantizedWriterOptions(options, codec_record_, tensors_record));
   pool_ = std::make_unique<BufferPool>();
@@ -126,6 +129,32 @@ QuantizedCheckpointWriter::QuantizedCheckpointWriter(const Checkpoint& in, const
 }
 
 QuantizedCheckpointWriter::~QuantizedCheckpointWriter() = default;
+
+void QuantizedCheckpointWriter::PlanInputScales(std::vector<TensorSpec>& specs,
+                                                const json& tensors_record) {
+  const bool fp8_static = options_.activations == Fp8StaticActivations();
+  if (!fp8_static) return;  // QuantizedWriterOptions refuses input scales without it
+  CheckFp8StaticWeights(options_.format);
+  std::map<std::string, bool> used;
+  for (const auto& [name, rec] : tensors_record.items()) {
+    QTOOL_CHECK(name.ends_with(".weight"), OptionError,
+                "static FP8 inputs: quantised tensor \"{}\" is not a Linear's weight", name);
+    const std::string module = name.substr(0, name.size() - 7);
+    const auto it = options_.input_scales.find(module);
+    QTOOL_CHECK(it != options_.input_scales.end(), OptionError,
+                "static FP8 inputs: no input scale was measured for \"{}\"", module);
+    QTOOL_CHECK(std::isfinite(it->second) && it->second > 0, NumericError,
+                "static FP8 inputs: the input scale of \"{}\" is {}, not positive and finite",
+                module, it->second);
+    used[module] = true;
+    input_scales_.push_back(it->second);
+    specs.push_back({module + kInputScaleSuffix, DType::kF32, {1}});
+  }
+  for (const auto& [module, s] : options_.input_scales) {
+    QTOOL_CHECK(used.contains(module), OptionError,
+                "input scale for \"{}\", which is not a quantised Linear", module);
+  }
+}
 
 void QuantizedCheckpointWriter::WriteThrough(int64_t block, const SolvedTensors& solved) {
   for (; next_ < order_.size() && order_[next_].block <= block; ++next_) {
@@ -139,6 +168,11 @@ void QuantizedCheckpointWriter::WriteThrough(int64_t block, const SolvedTensors&
 
 QuantizeReport QuantizedCheckpointWriter::Finish(std::chrono::steady_clock::time_point start) {
   WriteThrough(INT64_MAX);
+  for (const float scale : input_scales_) {  // planned last, in PlanInputScales
+    std::vector<std::byte> bytes(sizeof(float));
+    std::memcpy(bytes.data(), &scale, sizeof(float));
+    background_->Enqueue(std::move(bytes));
+  }
   background_->Finish();
   CopyModelFiles(in_, QuantizationConfig(codec_record_, options_), *writer_);
   writer_->Commit();

@@ -4,7 +4,9 @@
 #include <cmath>
 #include <vector>
 
+#include "qtool/core/error.hpp"
 #include "qtool/format/spec.hpp"
+#include "qtool/format/text.hpp"
 
 namespace qtool {
 namespace {
@@ -47,6 +49,21 @@ void FakeQuantizePerTokenInt8(const float* x, int64_t tokens, int64_t channels, 
   std::vector<float> scales(static_cast<size_t>(tokens));
   QuantizePerTokenInt8(x, tokens, channels, q.data(), scales.data());
   DequantizePerTokenInt8(q.data(), scales.data(), tokens, channels, out);
+}
+
+void CheckFp8StaticWeights(const Format& weights) {
+  const auto* fp = std::get_if<FloatFormat>(&weights);
+  QTOOL_CHECK(fp != nullptr && fp->element == Element::kE4M3, OptionError,
+              "static FP8 input activations need FP8 E4M3 weights (--format fp8-e4m3), not {}",
+              FormatToString(weights));
+}
+
+void FakeQuantizeStaticFp8(const float* x, int64_t n, float scale, const MinifloatFormat& format,
+                           float* out) {
+  const MinifloatTable table(format);
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = table.value[EncodeMinifloat(x[i] / scale, format, true)] * scale;
+  }
 }
 
 void QuantizePerTokenFp8(const float* x, int64_t tokens, int64_t channels,

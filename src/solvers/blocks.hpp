@@ -41,6 +41,13 @@ struct BlockSolution {
   std::map<std::string, Rescaling> rescaled;  // by tensor name, for the error report
 };
 
+// The calibration windows of `method` (its data read against the model's tokenizer and drawn as
+// its options say; seq_len 0: the smaller of 512 and the model's context); calls
+// method.on_calibration_data.
+std::vector<std::vector<int32_t>> CalibrationSamples(const std::filesystem::path& model_dir,
+                                                     const Model& model,
+                                                     const CalibratedOptions& method);
+
 inline std::string WeightName(int64_t block, const std::string& linear) {
   return BlockTensorName(block, linear) + ".weight";
 }

@@ -96,6 +96,10 @@ SolvedTensors Solved(const Context& ctx, const BlockSolution& sol) {
   return out;
 }
 
+}  // namespace
+
+namespace detail {
+
 std::vector<std::vector<int32_t>> CalibrationSamples(const fs::path& model_dir, const Model& model,
                                                      const CalibratedOptions& method) {
   const CalibrationData data =
@@ -109,6 +113,10 @@ std::vector<std::vector<int32_t>> CalibrationSamples(const fs::path& model_dir, 
   if (method.on_calibration_data) method.on_calibration_data(data, samples);
   return samples;
 }
+
+}  // namespace detail
+
+namespace {
 
 // GPTQ-GGUF's step on a group of block run.block()'s layers sharing the input of Hessian `h`: each
 // weight swept against the grid of the type the export stores it in, its blocks sent to `sink`;
@@ -148,10 +156,6 @@ void SolveGgufGroup(const Context& ctx, const CalibrationRunner& run, const Gptq
     (*overrides)[name] = std::move(r.q.dequant);
   }
 }
-
-}  // namespace
-
-namespace {
 
 constexpr EnumName<Method> kMethodNames[] = {{Method::kGptq, "gptq"},
                                              {Method::kAwq, "awq"},
@@ -210,7 +214,7 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
     for (int64_t b = 0; b < blocks; ++b) writer.WriteThrough(b, Solved(ctx, HqqBlock(ctx, b)));
     return writer.Finish(start);
   }
-  CalibrationRunner run(model, CalibrationSamples(model_dir, model, method));
+  CalibrationRunner run(model, detail::CalibrationSamples(model_dir, model, method));
   while (!run.done()) {
     const int64_t b = run.block();
     WeightOverrides overrides;
@@ -245,7 +249,7 @@ void SolveGgufCalibrated(const Model& model, const fs::path& model_dir,
   GptqOptions opt = method.gptq;
   opt.static_groups = false;
   opt.threads = ResolveThreads(threads);
-  CalibrationRunner run(model, CalibrationSamples(model_dir, model, method));
+  CalibrationRunner run(model, detail::CalibrationSamples(model_dir, model, method));
   if (method.method == Method::kAwq) {
     // AWQ's scale and clipping searches round with the int grid of as many bits as the query
     // projection's type has per weight (rounded down), asymmetric, in groups of 32 (a proxy of each

@@ -242,8 +242,9 @@ void RegisterQuantize(CLI::App& app) {
   format_flags.push_back(
       cmd->add_flag("--asym", a->asym, "Asymmetric (scale and zero-point) instead of symmetric"));
   cmd->add_option("--activations", a->activations,
-                  "none, or int8: the runtime quantises each quantised Linear's input per token "
-                  "(W8A8; --method smoothquant always does)")
+                  "none; int8: the runtime quantises each quantised Linear's input per token "
+                  "(W8A8; --method smoothquant always does); fp8-static: to FP8 E4M3 with one "
+                  "scale per layer measured on --calib (W8A8-FP8; needs --format fp8-e4m3)")
       ->capture_default_str();
   cmd->add_option("--include", a->include,
                   "Regex of further tensor names to quantise (repeatable); default: 2-D weights "
@@ -266,8 +267,9 @@ void RegisterQuantize(CLI::App& app) {
                 a->group);
     QTOOL_CHECK(a->threads >= 0 && a->threads <= kMaxThreads, OptionError,
                 "--threads must be in 0..{}, got {}", kMaxThreads, a->threads);
-    QTOOL_CHECK(a->activations == "none" || a->activations == "int8", OptionError,
-                "--activations is none or int8, not \"{}\"", a->activations);
+    QTOOL_CHECK(
+        a->activations == "none" || a->activations == "int8" || a->activations == "fp8-static",
+        OptionError, "--activations is none, int8 or fp8-static, not \"{}\"", a->activations);
     // A GGUF input is decoded to a float checkpoint with its tokenizer, and requantised from it.
     const ModelInput source(a->input);
     source.CheckOutput(a->output);
@@ -286,6 +288,21 @@ void RegisterQuantize(CLI::App& app) {
     // The output replaces an old one only in StagedRun::Commit, together with the report.
     opts.overwrite = false;
     if (a->activations == "int8") opts.activations = Int8TokenActivations();
+    const bool fp8_static = a->activations == "fp8-static";
+    if (fp8_static) {
+      const auto* fp = std::get_if<FloatFormat>(&format);
+      QTOOL_CHECK(fp != nullptr && fp->element == Element::kE4M3, OptionError,
+                  "--activations fp8-static needs FP8 E4M3 weights (--format fp8-e4m3), not "
+                  "\"{}\"",
+                  a->format);
+      const ExportFormat target = ParseExportFormat(out_format->format);
+      QTOOL_CHECK(target == ExportFormat::kQtool || target == ExportFormat::kCompressedTensors,
+                  OptionError,
+                  "--activations fp8-static: --output-format {} cannot hold static input scales "
+                  "(qtool and compressed-tensors can)",
+                  out_format->format);
+      opts.activations = Fp8StaticActivations();
+    }
     if (!a->max_shard.empty()) opts.max_shard_bytes = ParseSize(a->max_shard);
     // Another output format: quantise into a qtool checkpoint inside the staging directory (so
     // that a failure or a signal removes it with the rest), then convert it into the staged output.
@@ -310,6 +327,7 @@ void RegisterQuantize(CLI::App& app) {
                  a->quiet || a->json == "-");
       std::filesystem::remove_all(quantized);
     };
+    if (fp8_static) MeasureStaticInputScales(*method, opts, input, a->quiet || a->json == "-");
     if (auto r = RunQuantizeMethod(*method, opts, input, quantized.string(), a->quiet)) {
       nlohmann::json j = r->report.ToJson();
       j["solver"] = std::move(r->solver);

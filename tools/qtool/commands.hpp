@@ -59,6 +59,11 @@ std::shared_ptr<MethodArgs> AddMethodOptions(CLI::App* cmd);
 std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptions opts,
                                               const std::string& input, const std::string& output,
                                               bool quiet);
+/// `--activations fp8-static` (quantize_methods.cpp): measures each selected Linear's static FP8
+/// input scale on the --calib data (solvers/input_scales.hpp) into opts.input_scales. Refuses
+/// another --method than rtn and a missing --calib (OptionError).
+void MeasureStaticInputScales(const MethodArgs& m, QuantizeOptions& opts, const std::string& input,
+                              bool quiet);
 /// --output-format gguf with --method gptq or awq (gguf_output.cpp): writes the GGUF file `output`
 /// with their blocks (solvers/gguf_calibrated.hpp); nullopt for --method rtn.
 struct GgufMethodResult {

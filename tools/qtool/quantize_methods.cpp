@@ -14,6 +14,7 @@
 #include "qtool/io/format_record.hpp"
 #include "qtool/solvers/calibrated.hpp"
 #include "qtool/solvers/gguf_calibrated.hpp"
+#include "qtool/solvers/input_scales.hpp"
 #include "terminal.hpp"
 
 namespace qtool::cli {
@@ -188,6 +189,31 @@ std::optional<MethodResult> RunQuantizeMethod(const MethodArgs& m, QuantizeOptio
       });
   progress.Done();
   return result;
+}
+
+void MeasureStaticInputScales(const MethodArgs& m, QuantizeOptions& opts, const std::string& input,
+                              bool quiet) {
+  QTOOL_CHECK(m.method == "rtn", OptionError,
+              "--activations fp8-static quantises FP8 weights by rounding to nearest: drop "
+              "--method {}",
+              m.method);
+  QTOOL_CHECK(!m.data.file.empty(), OptionError,
+              "--activations fp8-static measures the input scales on calibration data: give "
+              "--calib FILE");
+  CheckCalibrationArgs(m.data);
+  CheckRegularFile(m.data.file);  // a FIFO would block its reader
+  solvers::CalibratedOptions c;
+  c.calib_text = m.data.file;
+  c.calib.num_samples = m.data.nsamples;
+  c.calib.seq_len = m.data.seqlen.value_or(0);
+  c.calib.seed = m.data.seed;
+  c.on_calibration_data = [&m, quiet](const CalibrationData& d,
+                                      const std::vector<std::vector<int32_t>>& windows) {
+    if (quiet) return;
+    fmt::print(stderr, "input scales: {} ({}): {} windows of {} tokens\n", m.data.file, d.format,
+               windows.size(), windows.empty() ? 0 : windows[0].size());
+  };
+  opts.input_scales = solvers::MeasureFp8InputScales(input, opts, c);
 }
 
 std::optional<GgufMethodResult> RunGgufMethod(

@@ -31,7 +31,10 @@ struct ImportScheme {
   std::string strategy;        // compressed-tensors: tensor, channel, group or block
   std::vector<int64_t> block;  // FP8 / compressed-tensors block: [rows, cols] of a scale block
   bool int8_activations = false;  // compressed-tensors W8A8: dynamic per-token INT8 inputs
-  DType dtype = DType::kF32;      // the weights' type before quantisation (config `torch_dtype`)
+  // compressed-tensors W8A8-FP8: static per-tensor FP8 E4M3 inputs, each module's scale in
+  // "<module>.input_scale"
+  bool fp8_static_activations = false;
+  DType dtype = DType::kF32;  // the weights' type before quantisation (config `torch_dtype`)
 
   /// One line for `inspect`: the format and its parameters.
   std::string Describe() const;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -33,9 +34,13 @@ inline constexpr uint64_t kMaxQueuedBytes = 32ull << 20;
 /// How a quantised checkpoint is written: what its metadata and config.json record besides the
 /// codec and tensors, and its files.
 struct QuantizedWriteOptions {
-  /// Activation quantisation the checkpoint asks of the runtime: null (weights only) or
-  /// Int8TokenActivations(). Recorded in the metadata and in config.json.
+  /// Activation quantisation the checkpoint asks of the runtime: null (weights only),
+  /// Int8TokenActivations() or Fp8StaticActivations(). Recorded in the metadata and in config.json.
   nlohmann::json activations;
+  /// Fp8StaticActivations(): each quantised Linear's input scale by module name (the weight's name
+  /// without ".weight"), written as the F32 [1] tensor "<module>.input_scale" (the name
+  /// llm-compressor and vLLM use). Empty otherwise.
+  std::map<std::string, float> input_scales;
   uint64_t max_shard_bytes = 0;  // 0: one model.safetensors
   bool overwrite = false;
 };
@@ -45,6 +50,24 @@ struct QuantizedWriteOptions {
 inline nlohmann::json Int8TokenActivations() {
   return {{"bits", 8}, {"granularity", "token"}, {"dynamic", true}};
 }
+
+/// Static FP8 inputs (W8A8-FP8): each quantised Linear's input x is run as
+/// E4M3(x / s) * s (saturating at 448, round to nearest even) with the one scale s per layer
+/// that calibration measured, s = max |x| / 448 over the calibration tokens, stored as
+/// "<module>.input_scale" (quant/activation.hpp, FakeQuantizeStaticFp8).
+inline nlohmann::json Fp8StaticActivations() {
+  return {{"bits", 8}, {"type", "fp8-e4m3"}, {"granularity", "tensor"}, {"dynamic", false}};
+}
+
+/// What a checkpoint asks the runtime to do with its quantised Linear layers' inputs.
+enum class InputQuantization {
+  kNone,       // run in float (weight-only quantisation)
+  kInt8Token,  // Int8TokenActivations()
+  kFp8Static,  // Fp8StaticActivations(), the scales in "<module>.input_scale"
+};
+
+/// Suffix of a module's static input scale tensor.
+inline constexpr const char* kInputScaleSuffix = ".input_scale";
 
 /// Called after each tensor: (tensors done, tensors in all, name of the tensor just done).
 using ProgressFn = std::function<void(size_t, size_t, const std::string&)>;
@@ -65,9 +88,15 @@ CheckpointWriterOptions QuantizedWriterOptions(const QuantizedWriteOptions& opti
 nlohmann::json QuantizationConfig(const nlohmann::json& codec_record,
                                   const QuantizedWriteOptions& options);
 
-/// Whether the runtime is to quantise the inputs of `ck`'s quantised Linear layers per token to
-/// INT8 (a W8A8 checkpoint). Throws FormatError for an activation record it does not implement.
+/// How the runtime is to quantise the inputs of `ck`'s quantised Linear layers (qtool's record or
+/// an imported scheme). Throws FormatError for an activation record it does not implement.
+InputQuantization InputQuantizationOf(const Checkpoint& ck);
+/// InputQuantizationOf(ck) != kNone.
 bool QuantizesActivations(const Checkpoint& ck);
+/// The static FP8 input scale of module `module` (its "<module>.input_scale", F32, F16 or BF16 with
+/// one element): FormatError naming the tensor when it is absent, of another shape or type, or not
+/// positive and finite.
+float StaticInputScale(const Checkpoint& ck, const std::string& module);
 
 /// Copies the model directory's other files (tokenizer, ...) and writes its config.json with
 /// `quantization_config` set to `qc`, or removed when `qc` is null.

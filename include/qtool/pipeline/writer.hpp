@@ -79,6 +79,9 @@ class QuantizedCheckpointWriter {
   };
 
   void WriteEntry(Entry& e, const SolvedTensor* solved);
+  // Static FP8 inputs: checks that options_.input_scales holds one positive scale per quantised
+  // weight of `tensors_record` (and none besides), and appends their tensors to `specs`.
+  void PlanInputScales(std::vector<TensorSpec>& specs, const nlohmann::json& tensors_record);
 
   const Checkpoint& in_;
   QuantizeOptions options_;
@@ -87,6 +90,7 @@ class QuantizedCheckpointWriter {
   std::vector<Entry> order_;
   size_t next_ = 0;
   nlohmann::json codec_record_;
+  std::vector<float> input_scales_;  // in the order of their tensors, written last
   QuantizeReport report_;
   // Declared in this order so that the background thread stops before the buffers it releases
   // and the writer it writes to are destroyed.

@@ -6,10 +6,16 @@
 //   FP8:  scale_t = max_c |x_tc| / max(format), code = Encode(x / scale_t) (saturating, RNE),
 //         x^ = Decode(code) * scale_t
 // An all-zero token gets scale 1.
+//
+// Static FP8 (W8A8-FP8, one calibrated scale s per tensor), as compressed-tensors fake-quantises a
+// Linear's input (quantization/lifecycle/forward_helpers.py) and vLLM's static FP8 kernels
+// compute it: x^ = Decode(Encode(clamp(x / s, -max, max))) * s, the division in f32, the cast
+// round to nearest even (saturating: clamping first changes nothing).
 #pragma once
 
 #include <cstdint>
 
+#include "qtool/format/format.hpp"
 #include "qtool/format/minifloat.hpp"
 
 namespace qtool {
@@ -21,6 +27,14 @@ void DequantizePerTokenInt8(const int8_t* q, const float* scales, int64_t tokens
 /// QuantizePerTokenInt8 then DequantizePerTokenInt8: the values a W8A8 product sees (out may not
 /// alias x).
 void FakeQuantizePerTokenInt8(const float* x, int64_t tokens, int64_t channels, float* out);
+
+/// Throws OptionError unless `weights` is FP8 E4M3, the weight format that static FP8 input
+/// scales go with.
+void CheckFp8StaticWeights(const Format& weights);
+/// Static per-tensor FP8 inputs: out[i] = Decode(Encode(x[i] / scale)) * scale for n values (out
+/// may alias x). `scale` must be positive and finite.
+void FakeQuantizeStaticFp8(const float* x, int64_t n, float scale, const MinifloatFormat& format,
+                           float* out);
 
 void QuantizePerTokenFp8(const float* x, int64_t tokens, int64_t channels,
                          const MinifloatFormat& format, uint8_t* codes, float* scales);
