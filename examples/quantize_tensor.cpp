@@ -18,12 +18,8 @@ int main(int argc, char** argv) {
 
     const qtool::CheckpointTensor& t = ck.Get(name);
     QTOOL_CHECK(t.info->shape.size() == 2, qtool::ShapeError, "{} is not a matrix", name);
-    const nlohmann::json record = {{"codec", "int"},
-                                   {"bits", bits},
-                                   {"symmetric", true},
-                                   {"granularity", "group"},
-                                   {"group_size", group}};
-    auto codec = qtool::MakeCodec(record, t.info->shape[0], t.info->shape[1]);
+    const qtool::IntFormat format{.bits = bits, .group = group};  // symmetric, in groups
+    auto codec = qtool::MakeCodec(format, t.info->shape[0], t.info->shape[1]);
 
     // Buffers for the codec's stored tensors (packed codes, scales).
     std::vector<std::vector<std::byte>> parts;

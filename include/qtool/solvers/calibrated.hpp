@@ -100,10 +100,10 @@ struct LayerReport {
 };
 using LayerFn = std::function<void(const LayerReport&)>;
 
-/// Quantises the checkpoint at `model_dir` into `out`. options.codec must be an "int" record with
-/// group or channel granularity (GPTQ with act-order stores its groups in column order: static
-/// groups are used). Throws OptionError for unsupported combinations and the runtime's errors for
-/// a model it cannot run.
+/// Quantises the checkpoint at `model_dir` into `out`. options.format must be an integer format
+/// with group or channel granularity (GPTQ with act-order stores each column's group, g_idx, unless
+/// its groups are static). Throws OptionError for unsupported combinations and the runtime's errors
+/// for a model it cannot run.
 QuantizeReport QuantizeCalibrated(const std::filesystem::path& model_dir,
                                   const std::filesystem::path& out, const QuantizeOptions& options,
                                   const CalibratedOptions& method, const LayerFn& on_layer = {},
