@@ -360,10 +360,6 @@ void CopyCheckpoint(const Checkpoint& in, const fs::path& out, const ExportOptio
   writer.Commit();
 }
 
-}  // namespace
-
-namespace {
-
 constexpr EnumName<ExportFormat> kExportFormatNames[] = {
     {ExportFormat::kQtool, "qtool"},
     {ExportFormat::kGptq, "gptq"},

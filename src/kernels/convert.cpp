@@ -21,6 +21,23 @@ T LoadUnaligned(const std::byte* p) {
   return v;
 }
 
+// 16-bit values to f32: the vector kernel on a 2-byte aligned buffer, `one` per element otherwise.
+template <typename Kernel, typename One>
+void Widen16(const std::byte* src, int64_t n, float* dst, Kernel kernel, One one) {
+  if (Aligned2(src)) return kernel(reinterpret_cast<const uint16_t*>(src), n, dst);
+  for (int64_t i = 0; i < n; ++i) dst[i] = one(LoadUnaligned<uint16_t>(src + 2 * i));
+}
+
+// f32 to 16-bit values, likewise.
+template <typename Kernel, typename One>
+void Narrow16(const float* src, int64_t n, std::byte* dst, Kernel kernel, One one) {
+  if (Aligned2(dst)) return kernel(src, n, reinterpret_cast<uint16_t*>(dst));
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = one(src[i]);
+    std::memcpy(dst + 2 * i, &h, 2);
+  }
+}
+
 }  // namespace
 
 int64_t ConvertToF32(const std::byte* src, DType type, int64_t n, float* dst) {
@@ -29,18 +46,10 @@ int64_t ConvertToF32(const std::byte* src, DType type, int64_t n, float* dst) {
       if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * 4);  // an empty one may be null
       break;
     case DType::kBF16:
-      if (Aligned2(src)) {
-        kernels::Bf16ToF32(reinterpret_cast<const uint16_t*>(src), n, dst);
-      } else {
-        for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToF32(LoadUnaligned<uint16_t>(src + 2 * i));
-      }
+      Widen16(src, n, dst, kernels::Bf16ToF32, [](uint16_t h) { return Bf16ToF32(h); });
       break;
     case DType::kF16:
-      if (Aligned2(src)) {
-        kernels::F16ToF32(reinterpret_cast<const uint16_t*>(src), n, dst);
-      } else {
-        for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(LoadUnaligned<uint16_t>(src + 2 * i));
-      }
+      Widen16(src, n, dst, kernels::F16ToF32, [](uint16_t h) { return F16ToF32(h); });
       break;
     case DType::kF64:
       for (int64_t i = 0; i < n; ++i)
@@ -58,19 +67,9 @@ void ConvertFromF32(const float* src, DType type, int64_t n, std::byte* dst) {
       if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * 4);  // an empty one may be null
       return;
     case DType::kBF16:
-      if (Aligned2(dst)) return kernels::F32ToBf16(src, n, reinterpret_cast<uint16_t*>(dst));
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t h = F32ToBf16(src[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      return;
+      return Narrow16(src, n, dst, kernels::F32ToBf16, [](float f) { return F32ToBf16(f); });
     case DType::kF16:
-      if (Aligned2(dst)) return kernels::F32ToF16(src, n, reinterpret_cast<uint16_t*>(dst));
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t h = F32ToF16(src[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      return;
+      return Narrow16(src, n, dst, kernels::F32ToF16, [](float f) { return F32ToF16(f); });
     case DType::kF64:
       for (int64_t i = 0; i < n; ++i) {
         const double d = src[i];
