@@ -62,9 +62,7 @@ class Target {
     const std::string codec = scheme.at("codec").get<std::string>();
     const char* name = ExportFormatName(f);
     const bool ok =
-        f == ExportFormat::kQtool ||
-        (codec == "int" && (f == ExportFormat::kGptq || f == ExportFormat::kAwq ||
-                            f == ExportFormat::kCompressedTensors)) ||
+        f == ExportFormat::kQtool || (codec == "int" && f != ExportFormat::kQtool) ||
         (codec == "nf4" && f == ExportFormat::kBnb) ||
         (codec == "fp" && f == ExportFormat::kCompressedTensors && scheme.at("format") == "e4m3") ||
         (f == ExportFormat::kCompressedTensors && (codec == "nvfp4" || IsMxfp4(scheme)));
@@ -95,7 +93,8 @@ class Target {
         return "compressed-tensors holds int (2 to 8 bits), fp8-e4m3, nvfp4 and mxfp4 (blocks of "
                "32)";
       case ExportFormat::kBnb:
-        return "bitsandbytes holds nf4 (its fp4 is another grid than E2M1)";
+        return "bitsandbytes holds nf4 (its fp4 is another grid than E2M1) and int8 symmetric with "
+               "one scale per row (LLM.int8)";
       case ExportFormat::kQtool:
         break;
     }
@@ -108,6 +107,7 @@ class Target {
     if (codec == "int") {
       const IntWeight w = IntWeightFromQtool(s.name, s.rec, s.rows, s.cols, nullptr, false);
       if (format_ == ExportFormat::kGptq) return GptqLayout(w, s.module);
+      if (format_ == ExportFormat::kBnb) return BnbInt8Layout(w, s.module);
       if (format_ == ExportFormat::kAwq) {
         QTOOL_CHECK(!w.act_order, OptionError,
                     "weight \"{}\": AWQ has no g_idx, so it cannot hold act-order groups", s.name);
@@ -141,21 +141,23 @@ class Target {
             {s.module + ".weight_scale", DType::kF32, Fp8ScaleShape(s)}};
   }
 
-  std::vector<ExportTensor> Pack(const Source& s, double* max_scale_rounding) const {
+  std::vector<ExportTensor> Pack(const Source& s, double* max_change) const {
     const std::string& codec = s.rec.at("codec").get_ref<const std::string&>();
     if (format_ == ExportFormat::kQtool) return Copied(s);
     if (codec == "int") {
       // GPTQ and compressed-tensors' pack-quantized hold qtool's packed rows as they are (GPTQ
-      // transposed word by word); AWQ interleaves codes and W8A8 stores them a byte each.
-      const bool words = format_ == ExportFormat::kGptq ||
-                         (format_ == ExportFormat::kCompressedTensors && activations_.is_null());
+      // transposed word by word), LLM.int8 its bytes; AWQ interleaves codes and W8A8 stores them
+      // a byte each.
+      const bool packed = format_ == ExportFormat::kGptq || format_ == ExportFormat::kBnb ||
+                          (format_ == ExportFormat::kCompressedTensors && activations_.is_null());
       const IntWeight w =
-          IntWeightFromQtool(s.name, s.rec, s.rows, s.cols, s.parts.data(), true, !words);
+          IntWeightFromQtool(s.name, s.rec, s.rows, s.cols, s.parts.data(), true, !packed);
+      if (format_ == ExportFormat::kBnb) return PackBnbInt8(w, s.module, max_change);
       if (format_ == ExportFormat::kGptq || format_ == ExportFormat::kAwq) {
         for (const float x : w.scales) {
           if (x != 0) {
             const double d = std::abs(F16ToF32(F32ToF16(x)) - x) / std::abs(x);
-            *max_scale_rounding = std::max(*max_scale_rounding, d);
+            *max_change = std::max(*max_change, d);
           }
         }
       }
@@ -218,17 +220,22 @@ class Target {
       case ExportFormat::kBnb: {
         json skip = kept;
         skip.push_back("lm_head");
-        return {{"quant_method", "bitsandbytes"},
-                {"load_in_4bit", true},
-                {"load_in_8bit", false},
-                {"bnb_4bit_quant_type", "nf4"},
-                {"bnb_4bit_use_double_quant", scheme_.at("double_quant")},
-                {"bnb_4bit_compute_dtype", dtype},
-                {"bnb_4bit_quant_storage", "uint8"},
-                {"llm_int8_skip_modules", skip},
-                {"llm_int8_threshold", 6.0},
-                {"llm_int8_has_fp16_weight", false},
-                {"llm_int8_enable_fp32_cpu_offload", false}};
+        json qc = {{"quant_method", "bitsandbytes"},
+                   {"llm_int8_skip_modules", skip},
+                   {"llm_int8_threshold", 6.0},
+                   {"llm_int8_has_fp16_weight", false},
+                   {"llm_int8_enable_fp32_cpu_offload", false}};
+        if (codec == "int") {
+          qc.update({{"load_in_8bit", true}, {"load_in_4bit", false}});
+        } else {
+          qc.update({{"load_in_4bit", true},
+                     {"load_in_8bit", false},
+                     {"bnb_4bit_quant_type", "nf4"},
+                     {"bnb_4bit_use_double_quant", scheme_.at("double_quant")},
+                     {"bnb_4bit_compute_dtype", dtype},
+                     {"bnb_4bit_quant_storage", "uint8"}});
+        }
+        return qc;
       }
       case ExportFormat::kCompressedTensors:
       case ExportFormat::kQtool:
@@ -555,7 +562,7 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
   const int threads = ResolveThreads(0);
   const size_t window = static_cast<size_t>(2 * threads);
   std::vector<std::vector<ExportTensor>> packed(sources.size());
-  std::vector<double> rounding(sources.size(), 0.0);
+  std::vector<double> change(sources.size(), 0.0);
   const auto pack = [&](size_t i) {
     Source& s = sources[i];
     std::vector<std::vector<std::byte>> owned;
@@ -564,7 +571,7 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
       s.parts.clear();
       for (const auto& p : owned) s.parts.push_back(p.data());
     }
-    packed[i] = target.Pack(s, &rounding[i]);
+    packed[i] = target.Pack(s, &change[i]);
     s.parts.clear();
   };
   size_t next_source = 0, next_spec = 0, done = 0, packed_until = 0;
@@ -598,7 +605,7 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
         report.bytes_out += t.data.size();
       }
       packed[i].clear();
-      report.max_scale_rounding = std::max(report.max_scale_rounding, rounding[i]);
+      report.max_weight_change = std::max(report.max_weight_change, change[i]);
       ++report.weights_converted;
       name = sources[i].name;
     }

@@ -1,4 +1,6 @@
-// bitsandbytes 4-bit (NF4) layout of qtool's NF4 weights (qtool/io/export_layouts.hpp).
+// bitsandbytes layouts (qtool/io/export_layouts.hpp): 4-bit NF4 from qtool's NF4 weights, LLM.int8
+// from its INT8 symmetric per-row weights.
+#include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
@@ -43,7 +45,70 @@ void CheckBnb(const std::string& name, int64_t cols, int64_t block) {
               name, block);
 }
 
+// The SCB, near 127 * scale, whose LLM.int8 decoding of the codes -128..127 is q * scale for the
+// most codes (then the smallest largest difference, then the nearest to 127 * scale), and that
+// largest relative difference. Decoding is odd in q (f32 rounding is symmetric), so 1..128 is
+// enough.
+std::pair<float, double> ChooseScb(float scale) {
+  if (!(scale > 0)) return {0.0f, 0.0};  // an all-zero row: zeros either way
+  constexpr int kUlps = 4;
+  const float centre = 127.0f * scale;
+  float best = centre;
+  int best_misses = 129;
+  double best_change = 0;
+  for (int k = 0; k <= 2 * kUlps; ++k) {  // 0, -1, +1, -2, +2, ... ulps from the centre
+    float scb = centre;
+    for (int step = 0; step < (k + 1) / 2; ++step)
+      scb = std::nextafter(scb, k % 2 ? 0.0f : INFINITY);
+    int misses = 0;
+    double change = 0;
+    for (int q = 1; q <= 128; ++q) {
+      const float want = static_cast<float>(q) * scale, got = BnbInt8Value(q, scb);
+      if (got != want) {
+        ++misses;
+        change = std::max(change, std::abs(static_cast<double>(got) - want) / want);
+      }
+    }
+    if (misses < best_misses || (misses == best_misses && change < best_change)) {
+      best = scb;
+      best_misses = misses;
+      best_change = change;
+    }
+  }
+  return {best, best_change};
+}
+
 }  // namespace
+
+std::vector<TensorSpec> BnbInt8Layout(const IntWeight& w, const std::string& prefix) {
+  QTOOL_CHECK(
+      w.bits == 8 && w.symmetric && w.groups == 1, OptionError,
+      "weight \"{}\": bitsandbytes' LLM.int8 holds 8-bit symmetric weights with one "
+      "scale per row (--format int8 --granularity channel); this one is {}-bit {} {}",
+      w.name, w.bits, w.symmetric ? "symmetric" : "asymmetric",
+      w.groups == 1 ? "with one scale per row" : fmt::format("in groups of {}", w.group_size));
+  return {{prefix + ".weight", DType::kI8, {w.rows, w.cols}},
+          {prefix + ".SCB", DType::kF32, {w.rows}},
+          {prefix + ".weight_format", DType::kU8, {}}};
+}
+
+std::vector<ExportTensor> PackBnbInt8(const IntWeight& w, const std::string& prefix,
+                                      double* max_change) {
+  const std::vector<TensorSpec> layout = BnbInt8Layout(w, prefix);
+  std::vector<ExportTensor> out;
+  for (const TensorSpec& spec : layout)
+    out.push_back({spec, std::vector<std::byte>(spec.nbytes())});
+  // qtool's unsigned code u = q + 128 is the two's complement byte of q with its top bit flipped.
+  const size_t n = static_cast<size_t>(w.rows * w.cols);
+  const auto* u = w.packed ? reinterpret_cast<const uint8_t*>(w.packed) : w.codes.data();
+  for (size_t i = 0; i < n; ++i) out[0].data[i] = static_cast<std::byte>(u[i] ^ 0x80u);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    const auto [scb, change] = ChooseScb(w.scales[static_cast<size_t>(r)]);
+    std::memcpy(out[1].data.data() + r * 4, &scb, 4);
+    *max_change = std::max(*max_change, change);
+  }
+  return out;  // weight_format: 0
+}
 
 std::vector<TensorSpec> BnbNf4Layout(const std::string& name, int64_t rows, int64_t cols,
                                      int64_t block, bool double_quant, const std::string& prefix,

@@ -1015,19 +1015,15 @@ std::vector<float> ImportedCheckpoint::ReadF32(const std::string& name, int thre
       codec->DecodeRows(parts.data(), r0, r1 - r0, out.data() + r0 * w.cols);
     });
   } else if (scheme_.bits == 8) {
-    // LLM.int8 as bitsandbytes dequantises it (int8_vectorwise_dequant): q * SCB[row], then times
-    // the f32 constant 1/127 it uses; two f32 roundings, which no qtool codec's single product
-    // reproduces, so the weight is only decoded.
+    // LLM.int8 as bitsandbytes dequantises it (BnbInt8Value): two f32 roundings, which no qtool
+    // codec's single product reproduces, so the weight is only decoded.
     const std::vector<float> scb = ScalesF32(*w.parts[1], Where(*w.parts[1]));
     const std::span<const std::byte> q = w.parts[0]->data();
-    constexpr float kInv127 = 7.874015718698502e-3f;
     ParallelFor(w.rows, 64, threads, [&](int64_t r0, int64_t r1, int) {
       for (int64_t r = r0; r < r1; ++r) {
         for (int64_t c = 0; c < w.cols; ++c) {
           const size_t i = static_cast<size_t>(r * w.cols + c);
-          const float v =
-              static_cast<float>(static_cast<int8_t>(q[i])) * scb[static_cast<size_t>(r)];
-          out[i] = v * kInv127;
+          out[i] = BnbInt8Value(static_cast<int8_t>(q[i]), scb[static_cast<size_t>(r)]);
         }
       }
     });

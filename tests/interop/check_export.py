@@ -29,6 +29,12 @@ gptqmodel 7.7, on AVX512-BF16 CPUs):
   here even with an f32 compute dtype, so its weights are checked bit for bit against qtool's
   (bitsandbytes' own dequantize_4bit), its logits as loaded within BF16_TOL, and again with each
   layer run as an f32 product of the weight bitsandbytes dequantises, within 1e-4.
+- bitsandbytes' LLM.int8 decodes a code as q * SCB rounded to f32, times the f32 constant
+  1/127: its grid is qtool's INT8 per channel to within a few ulps, so qtool's numbers for it
+  come from the converted checkpoint, which qtool reads as bitsandbytes decodes it (bit for bit
+  against int8_vectorwise_dequant). Its forward quantises the inputs (LLM_INT8_TOL); the f32
+  products of its dequantised weights hold 1e-4. Its 4-bit bugs are not in this path, so it runs
+  on babyllama-tok105 too, with a kept layer (llm_int8_skip_modules).
 - gptqmodel needs GPTQMODEL_CPU_WORKERS=2 on a 2-core machine, and compiles kernels unless
   TORCHDYNAMO_DISABLE=1 with GPTQConfig(backend="gptq_torch").
 - compressed-tensors decompresses NVFP4 and MXFP4 (nvfp4-/mxfp4-pack-quantized) to bf16: its
@@ -51,6 +57,7 @@ SmolLM2-135M is materialised by SHARED_DIR/models/smollm2-135m/materialize.py in
 """
 import gc
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -81,6 +88,13 @@ F16_TOL = 3e-3
 # with double quantisation 2.0e-2 and 0.15%.
 BF16_TOL = 3e-2
 BF16_PPL_TOL = 3e-3
+# bitsandbytes' LLM.int8 forward quantises each Linear's input per token to INT8 in f16, and
+# multiplies the input columns holding a value of 6 or more (llm_int8_threshold) in f16 instead;
+# qtool runs the weights in f32 with float inputs. Measured as loaded: SmolLM2-135M 8.3e-2 and
+# 0.91%, babyllama-tok105 2.2e-2 and 0.05%; as f32 products of its dequantised weights 4.0e-6 and
+# 8.7e-7 (F32_TOL).
+LLM_INT8_TOL = 0.15
+LLM_INT8_PPL_TOL = 2e-2
 # Quantised inputs (W8A8: dynamic INT8 per token; W8A8-FP8: static FP8 per tensor): the reader
 # computes in f32 as qtool does, but its matrix products sum in another order, so an input
 # within an ulp of a rounding boundary can round to the neighbouring code in one and not in the
@@ -101,6 +115,8 @@ CT_INT8_PPL_TOL = 2e-2
 QTOOL, SHARED, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 CACHE = sys.argv[4] if len(sys.argv) > 4 else os.path.expanduser("~/.cache/qtool")
 torch.set_num_threads(os.cpu_count() or 1)
+# bitsandbytes warns on every LLM.int8 forward that it casts the inputs to f16.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def run(*args):
@@ -145,16 +161,17 @@ def qtool_numbers(model, tokens_file, eval_file, ctx):
     return np.load(model + ".logits.npy"), json.loads(report)["ppl"]
 
 
-def load(kind, path, sym, fp4=False):
+def load(kind, path, fp4=False):
     from transformers import AutoModelForCausalLM
     kw = {}
-    if kind == "compressed-tensors" and (not sym or fp4):
+    qc = json.load(open(os.path.join(path, "config.json")))["quantization_config"]
+    if kind == "compressed-tensors" and (
+            not qc["config_groups"]["group_0"]["weights"]["symmetric"] or fp4):
         from transformers import CompressedTensorsConfig
         kw["quantization_config"] = CompressedTensorsConfig(dequantize=True)
     if kind in ("gptq", "awq"):
         from transformers import GPTQConfig, AwqConfig
-        cfg = json.load(open(os.path.join(path, "config.json")))["quantization_config"]
-        kw["quantization_config"] = (GPTQConfig(bits=cfg["bits"], backend="gptq_torch")
+        kw["quantization_config"] = (GPTQConfig(bits=qc["bits"], backend="gptq_torch")
                                      if kind == "gptq" else AwqConfig(bits=4, backend="torch_awq"))
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw).eval()
 
@@ -177,11 +194,10 @@ def weight_mismatches(model, deq, kind):
     for name, m in model.named_modules():
         key = name + ".weight"
         if kind == "bnb":
-            import bitsandbytes as bnb
-            if not isinstance(m, bnb.nn.Linear4bit):
+            got = bnb_weight_f32(m)
+            if got is None:
                 continue
-            with torch.no_grad():
-                got = bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).numpy()
+            got = got.numpy()
             want = deq[key]
         else:
             if not hasattr(m, "qweight"):
@@ -243,18 +259,31 @@ def fp4_weight_mismatches(model, f32, deq):
     return len(f32), bad
 
 
-def dequantize_bnb_in_f32(model, on):
-    """Runs every Linear4bit as an f32 product with the weight bitsandbytes itself dequantises
-    (its CPU forward computes in bf16 on this machine), or (on=False) as bitsandbytes runs it
-    again. Must come before the first bitsandbytes forward, which rewrites the packed weight."""
+def bnb_weight_f32(m):
+    """The weight of a bitsandbytes module as bitsandbytes itself dequantises it (f32), or None
+    for any other module."""
     import bitsandbytes as bnb
-    for m in model.modules():
+    with torch.no_grad():
         if isinstance(m, bnb.nn.Linear4bit):
-            if on:
-                w = bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
-                m.forward = lambda x, w=w, b=m.bias: torch.nn.functional.linear(x, w, b)
-            else:
-                del m.forward
+            return bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
+        if isinstance(m, bnb.nn.Linear8bitLt):
+            return bnb.functional.int8_vectorwise_dequant(m.weight.data, m.weight.SCB).float()
+    return None
+
+
+def dequantize_bnb_in_f32(model, on):
+    """Runs every bitsandbytes Linear as an f32 product with the weight bitsandbytes itself
+    dequantises (its CPU forward computes in bf16 (4-bit) or quantises the inputs to INT8 in f16
+    (LLM.int8)), or (on=False) as bitsandbytes runs it again. Must come before the first
+    bitsandbytes forward, which rewrites the packed 4-bit weight."""
+    for m in model.modules():
+        w = bnb_weight_f32(m)
+        if w is None:
+            continue
+        if on:
+            m.forward = lambda x, w=w, b=m.bias: torch.nn.functional.linear(x, w, b)
+        else:
+            del m.forward
 
 
 def reader_numbers(model, tokens, eval_ids, bos):
@@ -344,11 +373,18 @@ def main():
         ("smollm2-135m", ["--format", "int4", "--group", "64", "--asym"], "awq", []),
         ("smollm2-135m", ["--format", "nf4"], "bnb", []),
         ("smollm2-135m", ["--format", "nf4", "--double-quant"], "bnb", []),
+        ("smollm2-135m", ["--format", "int8", "--granularity", "channel"], "bnb", []),
+        # HQQ's integer zero-points (asymmetric INT4) in the targets' zero-point tensors.
+        ("smollm2-135m", ["--method", "hqq", "--format", "int4", "--group", "64"],
+         "compressed-tensors", []),
         ("babyllama-tok105", ["--format", "int4", "--group", "32"] + KEEP, "gptq", []),
         ("babyllama-tok105", ["--format", "int4", "--group", "32", "--asym"] + KEEP, "awq", []),
         ("babyllama-tok105", ["--format", "int4", "--group", "32", "--asym"] + KEEP,
          "compressed-tensors", []),
         ("babyllama-tok105", FP8_STATIC + KEEP, "compressed-tensors", []),
+        ("babyllama-tok105", ["--format", "int8", "--granularity", "channel"] + KEEP, "bnb", []),
+        ("babyllama-tok105", ["--method", "hqq", "--format", "int4", "--group", "32"] + KEEP,
+         "gptq", ["--gptq-format", "gptq_v2"]),
         ("babyllama-tok105", ["--method", "smoothquant", "--calib",
                               os.path.join(SHARED, "data/stories-calib.txt"), "--nsamples", "8",
                               "--seqlen", "128"] + KEEP, "compressed-tensors", []),
@@ -377,10 +413,15 @@ def main():
         if eval_ids is None:  # the tiny model's text tokens come from its own reference
             eval_ids = tokens[1:]
         write_ids(eval_file, eval_ids[:511])
-        q_logits, q_ppl = qtool_numbers(qdir, tok_file, eval_file, len(eval_ids[:511]) + 1)
+        # LLM.int8 decodes with two f32 roundings, so its grid is qtool's to within a few ulps
+        # (docs/EXPORT.md): qtool's numbers are those of the converted checkpoint itself, which
+        # qtool reads as bitsandbytes decodes it.
+        llm_int8 = fmt == "bnb" and "int8" in qopts
+        same = out if llm_int8 else qdir
+        q_logits, q_ppl = qtool_numbers(same, tok_file, eval_file, len(eval_ids[:511]) + 1)
         t0 = time.time()
         fp4 = qopts[1] in ("nvfp4", "mxfp4")
-        model = load(fmt, out, "--asym" not in qopts, fp4)
+        model = load(fmt, out, fp4)
         load_s = time.time() - t0
         # (name, logits tolerance, perplexity tolerance)
         variants = [("as loaded", F32_TOL, PPL_TOL)]
@@ -389,7 +430,9 @@ def main():
         if fmt == "gptq":
             variants.append(("scales widened to f32", F32_TOL, PPL_TOL))
         if fmt == "bnb":
-            variants = [("f32 product", F32_TOL, PPL_TOL), ("as loaded", BF16_TOL, BF16_PPL_TOL)]
+            variants = [("f32 product", F32_TOL, PPL_TOL),
+                        ("as loaded", *((LLM_INT8_TOL, LLM_INT8_PPL_TOL) if llm_int8
+                                        else (BF16_TOL, BF16_PPL_TOL)))]
         if fp4:
             variants = [("as loaded (bf16 weights)", BF16_TOL, BF16_PPL_TOL),
                         ("f32 decode", F32_TOL, PPL_TOL)]
@@ -408,7 +451,7 @@ def main():
                             ("compressed-tensors' fake_quantize at max|x|/127", *at_127)]
         size, bpw = size_bpw(out, qdir)
         if fmt in ("gptq", "awq", "bnb") or fp4:
-            run(QTOOL, "dequantize", qdir, "-o", qdir + "-deq")
+            run(QTOOL, "dequantize", same, "-o", qdir + "-deq")
             deq = load_file(os.path.join(qdir + "-deq", "model.safetensors"))
             checked, bad = (fp4_weight_mismatches(model, f32, deq) if fp4
                             else weight_mismatches(model, deq, fmt))

@@ -260,6 +260,55 @@ TEST(ExportLayouts, BnbNf4DecodesAsQtool) {
   }
 }
 
+TEST(ExportLayouts, BnbInt8DecodesAsQtoolWithinItsRoundings) {
+  for (const json& rec : {IntRecord(8, true, 0), IntRecord(8, true, -1)}) {
+    SCOPED_TRACE(rec.dump());
+    Quantised q(rec, 40, 96, 5);
+    // Scales off the f16 grid too (Quantised rounds them to f16 values), as RTN's f32 scales are.
+    for (size_t i = 0; i < q.parts[1].size(); i += 4) {
+      float v;
+      std::memcpy(&v, q.parts[1].data() + i, 4);
+      v *= 1.0f + 0x1.234p-13f;
+      std::memcpy(q.parts[1].data() + i, &v, 4);
+    }
+    const IntWeight w = IntWeightFromQtool("w", q.record, 40, 96, q.ptrs.data(), true, false);
+    double change = 0;
+    const auto t = PackBnbInt8(w, "m", &change);
+    ASSERT_EQ(t.size(), 3u);
+    EXPECT_EQ(t[0].spec.name, "m.weight");
+    EXPECT_EQ(t[0].spec.dtype, DType::kI8);
+    EXPECT_EQ(t[1].spec.shape, (std::vector<int64_t>{40}));
+    EXPECT_EQ(t[2].spec.name, "m.weight_format");
+    EXPECT_TRUE(t[2].spec.shape.empty());
+    EXPECT_EQ(t[2].data, std::vector<std::byte>{std::byte{0}});
+    const std::vector<float> want = q.Decode();
+    const auto* codes = reinterpret_cast<const int8_t*>(t[0].data.data());
+    double worst = 0;
+    int64_t misses = 0, naive_misses = 0;
+    for (int64_t r = 0; r < 40; ++r) {
+      float scb;
+      std::memcpy(&scb, t[1].data.data() + r * 4, 4);
+      const float scale = w.scales[static_cast<size_t>(r)];
+      for (int64_t c = 0; c < 96; ++c) {
+        const size_t i = static_cast<size_t>(r * 96 + c);
+        // The signed code is qtool's unsigned one less its zero-point, 128.
+        ASSERT_EQ(codes[i], std::to_integer<int>(w.packed[i]) - 128);
+        const float got = BnbInt8Value(codes[i], scb);
+        if (got != want[i]) {
+          ++misses;
+          worst = std::max(worst, std::abs(static_cast<double>(got) - want[i]) / std::abs(want[i]));
+        }
+        naive_misses += BnbInt8Value(codes[i], 127.0f * scale) != want[i];
+      }
+    }
+    // A few f32 roundings at most, the largest reported, and no more codes off qtool's value
+    // than with the plain 127 * scale.
+    EXPECT_LE(worst, change);
+    EXPECT_LE(change, 3e-7);
+    EXPECT_LE(misses, naive_misses);
+  }
+}
+
 template <typename F>
 std::string OptionErrorOf(F f) {
   try {
@@ -300,6 +349,13 @@ TEST(ExportLayouts, RefusesWhatATargetCannotHold) {
               BnbNf4Layout("w", 4, 64, 32, false, "m", "float32");
             }).find("64 to 4096"),
             std::string::npos);
+  for (const json& rec : {IntRecord(4, true, 0), IntRecord(8, false, 0), IntRecord(8, true, 32)}) {
+    EXPECT_NE(OptionErrorOf([&] {
+                BnbInt8Layout(Quantised(rec, 8, 64).Int(), "m");
+              }).find("LLM.int8 holds 8-bit symmetric weights with one scale per row"),
+              std::string::npos)
+        << rec.dump();
+  }
 }
 
 // A float checkpoint with two decoder blocks' projections (64 x 64), a norm and an embedding.
@@ -381,10 +437,11 @@ TEST(ExportCheckpoint, EveryFormatWithItsConfig) {
                 .at("modules_to_not_convert"),
             json({"model.layers.1.mlp.down_proj"}));
 
-  // NF4 is refused by GPTQ, int by bitsandbytes, each naming what the target holds.
+  // Grouped INT4 is refused by bitsandbytes, whose LLM.int8 holds INT8 per row, naming what it
+  // holds.
   EXPECT_NE(OptionErrorOf([&] {
               ConvertCheckpoint(q, d.path() / "bnb", {.format = ExportFormat::kBnb});
-            }).find("bitsandbytes holds nf4"),
+            }).find("LLM.int8 holds 8-bit symmetric"),
             std::string::npos);
   EXPECT_FALSE(fs::exists(d.path() / "bnb"));
 
@@ -417,6 +474,40 @@ TEST(ExportCheckpoint, Nf4ToBitsandbytes) {
     t.push_back({*ct.info, {ct.data().begin(), ct.data().end()}});
   }
   ExpectSameBits(DecodeBnbNf4(t, 64, 64), ReadTensorF32(q, "model.layers.0.mlp.up_proj.weight"));
+}
+
+TEST(ExportCheckpoint, Int8PerChannelToLlmInt8) {
+  ScratchDir d;
+  const Checkpoint in = Checkpoint::Open(WriteFloatModel(d.path()));
+  QuantizeOptions o;
+  o.format = FormatFromRecord(IntRecord(8, true, 0));
+  o.exclude = {"layers\\.1\\.mlp\\.down_proj"};
+  QuantizeCheckpoint(in, d.path() / "q", o);
+  const Checkpoint q = Checkpoint::Open(d.path() / "q");
+  const ExportReport r = ConvertCheckpoint(q, d.path() / "bnb", {.format = ExportFormat::kBnb});
+  EXPECT_EQ(r.weights_converted, 5);
+  EXPECT_GT(r.max_weight_change, 0);
+  EXPECT_LE(r.max_weight_change, 3e-7);
+  const Checkpoint b = Checkpoint::Open(d.path() / "bnb");
+  const json& qc = b.config()->at("quantization_config");
+  EXPECT_EQ(qc.at("quant_method"), "bitsandbytes");
+  EXPECT_EQ(qc.at("load_in_8bit"), true);
+  EXPECT_EQ(qc.at("load_in_4bit"), false);
+  EXPECT_EQ(qc.at("llm_int8_skip_modules"), json({"model.layers.1.mlp.down_proj", "lm_head"}));
+  EXPECT_FALSE(qc.contains("bnb_4bit_quant_type"));
+  EXPECT_EQ(b.Get("model.layers.1.mlp.down_proj.weight").info->dtype, DType::kF32);
+  // qtool reads it back as bitsandbytes decodes it, within the report's change of its source.
+  const std::string name = "model.layers.0.mlp.up_proj";
+  const auto codes = b.Get(name + ".weight").data();
+  const auto scb = b.Get(name + ".SCB").data();
+  const std::vector<float> got = ReadTensorF32(b, name + ".weight");
+  const std::vector<float> src = ReadTensorF32(q, name + ".weight");
+  for (size_t i = 0; i < got.size(); ++i) {
+    float s;
+    std::memcpy(&s, scb.data() + (i / 64) * 4, 4);
+    ASSERT_EQ(got[i], BnbInt8Value(static_cast<int8_t>(codes[i]), s)) << i;
+    ASSERT_LE(std::abs(got[i] - src[i]), r.max_weight_change * std::abs(src[i])) << i;
+  }
 }
 
 TEST(ExportCli, QuantizeWithOutputFormatEqualsQuantizeThenConvert) {

@@ -26,8 +26,10 @@ void PrintExportReport(const ExportReport& r, const std::string& format) {
              format, r.tensors_copied);
   fmt::print("size: {} -> {}, {:.3f} s\n", HumanBytes(static_cast<double>(r.bytes_in)),
              HumanBytes(static_cast<double>(r.bytes_out)), r.seconds);
-  if (r.max_scale_rounding > 0) {
-    fmt::print("scales rounded to f16: largest relative change {:.3g}\n", r.max_scale_rounding);
+  if (r.max_weight_change > 0) {
+    fmt::print("weights moved onto {}'s grid ({}): largest relative change {:.3g}\n", format,
+               format == "bnb" ? "LLM.int8 decodes with two f32 roundings" : "f16 scales",
+               r.max_weight_change);
   }
 }
 

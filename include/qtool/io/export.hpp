@@ -30,9 +30,10 @@ struct ExportOptions {
 struct ExportReport {
   int64_t weights_converted = 0, tensors_copied = 0;
   uint64_t bytes_in = 0, bytes_out = 0;
-  /// GPTQ and AWQ store f16 scales: the largest relative change of a scale rounded to f16 (0 when
-  /// every scale was an f16 value already).
-  double max_scale_rounding = 0;
+  /// The largest relative change of a weight's value where the target's grid differs from qtool's
+  /// (0 where it holds qtool's grid exactly): GPTQ and AWQ store f16 scales, and bitsandbytes'
+  /// LLM.int8 decodes with two f32 roundings (BnbInt8Value).
+  double max_weight_change = 0;
   double seconds = 0;
 };
 

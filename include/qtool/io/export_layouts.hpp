@@ -141,6 +141,28 @@ std::vector<ExportTensor> PackBnbNf4(const std::string& name, int64_t rows, int6
 /// absmax, with absmax = nested_quant_map[q] * nested_absmax + nested_offset when nested.
 std::vector<float> DecodeBnbNf4(const std::vector<ExportTensor>& t, int64_t rows, int64_t cols);
 
+/// bitsandbytes LLM.int8 (Linear8bitLt, as transformers saves it) of qtool's INT8 symmetric
+/// weights with one scale per row (per channel, or a per-tensor scale given to every row):
+///   PREFIX.weight        I8  [rows, cols]  the signed codes q = u - 128
+///   PREFIX.SCB           F32 [rows]        the row's absmax
+///   PREFIX.weight_format U8  []            0: row-major, the only layout bitsandbytes reads
+/// bitsandbytes decodes a code as BnbInt8Value(q, SCB): two f32 roundings where qtool's q * scale
+/// has one, so no SCB gives every code of a row qtool's value in general. Each row's SCB is the
+/// f32 within a few ulps of 127 * scale whose decoding of the codes -128..127 differs from
+/// q * scale for the fewest codes; `max_change` gets the largest relative difference left between
+/// a code's two values (at most a few f32 roundings). Needs 8 bits, symmetric, one group per row.
+std::vector<TensorSpec> BnbInt8Layout(const IntWeight& w, const std::string& prefix);
+std::vector<ExportTensor> PackBnbInt8(const IntWeight& w, const std::string& prefix,
+                                      double* max_change);
+
+/// A code q of an LLM.int8 row as bitsandbytes dequantises it (int8_vectorwise_dequant):
+/// q * SCB, rounded to f32, then times the f32 constant 1/127 it uses.
+inline float BnbInt8Value(int q, float scb) {
+  constexpr float kInv127 = 7.874015718698502e-3f;
+  const float product = static_cast<float>(q) * scb;
+  return product * kInv127;
+}
+
 /// ORs v (< 2^bits) into a little-endian bit stream of 32-bit words at stream bit `bit`; word k
 /// of the stream is words[k * stride]. A value may straddle two words.
 inline void PutBits32(uint32_t* words, int64_t stride, int64_t bit, int bits, uint32_t v) {
