@@ -23,7 +23,7 @@ void Linear::Apply(const RowMatrixXf& x, RowMatrixXf& y, int threads) const {
     if (int8_inputs) {
       FakeQuantizePerTokenInt8(x.data(), x.rows(), x.cols(), xq.data());
     } else {
-      FakeQuantizeStaticFp8(x.data(), x.size(), fp8_input_scale, kE4M3, xq.data());
+      FakeQuantizeStaticFp8(x.data(), x.size(), fp8_input_scale, xq.data());
     }
     gemm::MatMul(xq.data(), in(), xq.rows(), w, y.data(), out(), threads);
   } else {

@@ -135,7 +135,6 @@ void QuantizedCheckpointWriter::PlanInputScales(std::vector<TensorSpec>& specs,
   const bool fp8_static = options_.activations == Fp8StaticActivations();
   if (!fp8_static) return;  // QuantizedWriterOptions refuses input scales without it
   CheckFp8StaticWeights(options_.format);
-  std::map<std::string, bool> used;
   for (const auto& [name, rec] : tensors_record.items()) {
     QTOOL_CHECK(name.ends_with(".weight"), OptionError,
                 "static FP8 inputs: quantised tensor \"{}\" is not a Linear's weight", name);
@@ -146,12 +145,11 @@ void QuantizedCheckpointWriter::PlanInputScales(std::vector<TensorSpec>& specs,
     QTOOL_CHECK(std::isfinite(it->second) && it->second > 0, NumericError,
                 "static FP8 inputs: the input scale of \"{}\" is {}, not positive and finite",
                 module, it->second);
-    used[module] = true;
     input_scales_.push_back(it->second);
     specs.push_back({module + kInputScaleSuffix, DType::kF32, {1}});
   }
   for (const auto& [module, s] : options_.input_scales) {
-    QTOOL_CHECK(used.contains(module), OptionError,
+    QTOOL_CHECK(tensors_record.contains(module + ".weight"), OptionError,
                 "input scale for \"{}\", which is not a quantised Linear", module);
   }
 }

@@ -58,11 +58,10 @@ void CheckFp8StaticWeights(const Format& weights) {
               FormatToString(weights));
 }
 
-void FakeQuantizeStaticFp8(const float* x, int64_t n, float scale, const MinifloatFormat& format,
-                           float* out) {
-  const MinifloatTable table(format);
+void FakeQuantizeStaticFp8(const float* x, int64_t n, float scale, float* out) {
+  static const MinifloatTable table(kE4M3);  // once, not per Linear per forward
   for (int64_t i = 0; i < n; ++i) {
-    out[i] = table.value[EncodeMinifloat(x[i] / scale, format, true)] * scale;
+    out[i] = table.value[EncodeMinifloat(x[i] / scale, kE4M3, true)] * scale;
   }
 }
 

@@ -79,7 +79,7 @@ TEST(Fp8Static, RoundingMatchesTheScalarReference) {
     SCOPED_TRACE(scale);
     std::vector<float> in(x.size()), out(x.size());
     for (size_t i = 0; i < x.size(); ++i) in[i] = x[i] * scale;
-    FakeQuantizeStaticFp8(in.data(), static_cast<int64_t>(in.size()), scale, kE4M3, out.data());
+    FakeQuantizeStaticFp8(in.data(), static_cast<int64_t>(in.size()), scale, out.data());
     for (size_t i = 0; i < in.size(); ++i) {
       const float want = NearestE4M3(in[i] / scale) * scale;
       ASSERT_EQ(std::bit_cast<uint32_t>(out[i]), std::bit_cast<uint32_t>(want))

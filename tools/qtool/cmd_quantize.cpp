@@ -15,6 +15,7 @@
 #include "qtool/io/import.hpp"
 #include "qtool/io/quantized.hpp"
 #include "qtool/pipeline/quantize.hpp"
+#include "qtool/quant/activation.hpp"
 #include "qtool/quant/codec.hpp"
 #include "qtool/quant/mx_codec.hpp"
 #include "qtool/quant/observer.hpp"
@@ -290,11 +291,7 @@ void RegisterQuantize(CLI::App& app) {
     if (a->activations == "int8") opts.activations = Int8TokenActivations();
     const bool fp8_static = a->activations == "fp8-static";
     if (fp8_static) {
-      const auto* fp = std::get_if<FloatFormat>(&format);
-      QTOOL_CHECK(fp != nullptr && fp->element == Element::kE4M3, OptionError,
-                  "--activations fp8-static needs FP8 E4M3 weights (--format fp8-e4m3), not "
-                  "\"{}\"",
-                  a->format);
+      CheckFp8StaticWeights(format);
       const ExportFormat target = ParseExportFormat(out_format->format);
       QTOOL_CHECK(target == ExportFormat::kQtool || target == ExportFormat::kCompressedTensors,
                   OptionError,

@@ -31,10 +31,9 @@ void FakeQuantizePerTokenInt8(const float* x, int64_t tokens, int64_t channels, 
 /// Throws OptionError unless `weights` is FP8 E4M3, the weight format that static FP8 input
 /// scales go with.
 void CheckFp8StaticWeights(const Format& weights);
-/// Static per-tensor FP8 inputs: out[i] = Decode(Encode(x[i] / scale)) * scale for n values (out
-/// may alias x). `scale` must be positive and finite.
-void FakeQuantizeStaticFp8(const float* x, int64_t n, float scale, const MinifloatFormat& format,
-                           float* out);
+/// Static per-tensor FP8 (E4M3) inputs: out[i] = Decode(Encode(x[i] / scale)) * scale for n
+/// values (out may alias x). `scale` must be positive and finite.
+void FakeQuantizeStaticFp8(const float* x, int64_t n, float scale, float* out);
 
 void QuantizePerTokenFp8(const float* x, int64_t tokens, int64_t channels,
                          const MinifloatFormat& format, uint8_t* codes, float* scales);
