@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Speed of `qtool convert` on SmolLM2-135M INT4 (g128: qtool <-> GPTQ; g64: compressed-tensors,
 # whose groups must divide the 576 columns), each conversion beside `cat` of its input from the
-# page cache in the same minute, and beside the device's ceiling for its output: writing as many
-# bytes with direct I/O as qtool writes them (8 MB blocks, three dd processes, one per third).
+# page cache in the same minute, beside `cp` of its input into the output's directory (from the
+# page cache into the page cache, nothing on the device yet: the least any tool that writes its
+# output takes), and beside the device's ceiling for its output: writing as many bytes with direct
+# I/O as qtool writes them (8 MB blocks, three dd processes, one per third).
 # Prints, per conversion, the best of RUNS runs of each: convert wall and CPU time, cat's wall
 # time, the ratio cat / convert (1 or more: convert keeps up with reading its input from the page
-# cache), and the write ceiling's time.
+# cache), cp's wall time and cat / cp, and the write ceiling's time with convert / ceiling.
 # Usage: bench/convert_speed.sh [QTOOL] [SMOLLM2_F32_DIR] [WORK_DIR]
 #   QTOOL defaults to build/qtool; SMOLLM2_F32_DIR to ~/.cache/qtool/smollm2-135m-f32 (made by
 #   ../shared/models/smollm2-135m/materialize.py, as tests/interop/check_export.py makes it);
@@ -27,16 +29,24 @@ mkdir -p "$work"
 
 now() { date +%s.%N; }
 best() { sort -g | head -n 1; }
-printf '| conversion | convert wall s | convert CPU s | cat IN s | cat / convert | write ceiling s |\n'
-printf '| --- | --- | --- | --- | --- | --- |\n'
+printf '| conversion | convert wall s | convert CPU s | cat IN s | cat / convert | cp IN s | cat / cp '
+printf '| write ceiling s | convert / ceiling |\n'
+printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
 while read -r name in fmt; do
-  conv=() cpu=() cats=() ceil=()
+  conv=() cpu=() cats=() cps=() ceil=()
   for _ in $(seq "$runs"); do
     cat "$work/$in"/*.safetensors >/dev/null  # into the page cache
     t0=$(now)
     cat "$work/$in"/*.safetensors >/dev/null
     t1=$(now)
     cats+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')")
+    rm -rf "$work/cp"
+    mkdir -p "$work/cp"
+    t0=$(now)
+    cp "$work/$in"/*.safetensors "$work/cp/"
+    t1=$(now)
+    cps+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')")
+    rm -rf "$work/cp"
     rm -rf "$work/out"
     /usr/bin/time -f '%e %U %S' -o "$work/time.txt" \
       "$qtool" convert "$work/$in" -o "$work/out" --output-format "$fmt" -q
@@ -60,9 +70,13 @@ while read -r name in fmt; do
   w=$(printf '%s\n' "${conv[@]}" | best)
   c=$(printf '%s\n' "${cpu[@]}" | best)
   k=$(printf '%s\n' "${cats[@]}" | best)
+  p=$(printf '%s\n' "${cps[@]}" | best)
   d=$(printf '%s\n' "${ceil[@]}" | best)
   ratio=$(awk -v k="$k" -v w="$w" 'BEGIN {printf "%.2f", k / w}')
-  printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$w" "$c" "$k" "$ratio" "$d"
+  cp_ratio=$(awk -v k="$k" -v p="$p" 'BEGIN {printf "%.2f", k / p}')
+  ceil_ratio=$(awk -v w="$w" -v d="$d" 'BEGIN {printf "%.2f", w / d}')
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$w" "$c" "$k" "$ratio" "$p" \
+    "$cp_ratio" "$d" "$ceil_ratio"
 done <<'LIST'
 qtool-int4-g128->gptq q128 gptq
 gptq-g128->qtool gptq128 qtool
