@@ -142,16 +142,18 @@ void GemmW4A8(const int8_t* q, const float* a_scales, int64_t m, const QuantWeig
 /// y[t, n] = sum_g scale[n,g] * sum_{k in g} (u - zero) * a[t,k].
 void GemmW4A16(const uint16_t* a_bf16, int64_t m, const QuantWeights& w, float* y, int threads = 1);
 
-/// NF4 weights: 4-bit indices into the 16 NormalFloat values of QLoRA (qtool::Nf4Values()),
-/// packed as the NF4 codec stores them (two codes per byte, the even column in the high nibble),
-/// with one f32 absmax scale per group of a row: w = Nf4Values()[u] * scale. The codec's
-/// NAME.qweight and (decoded) NAME.absmax are this layout when cols is a multiple of its block.
+/// NF4 weights: 4-bit indices into the 16 ascending values of `map` (QLoRA's NormalFloat,
+/// qtool::Nf4Values(), or bitsandbytes' FP4), packed as the NF4 codec stores them (two codes per
+/// byte, the even column in the high nibble), with one f32 absmax scale per group of a row:
+/// w = values[u] * scale. The codec's NAME.qweight and (decoded) NAME.absmax are this layout when
+/// cols is a multiple of its block.
 struct Nf4Weights {
   const uint8_t* codes = nullptr;
   const float* scales = nullptr;  // [rows, groups per row]
   int64_t rows = 0, cols = 0, group = 64;
+  Bnb4Map map = Bnb4Map::kNf4;
 };
-/// y[n] = sum_g scale[n,g] * sum_{k in g} Nf4Values()[u[n,k]] * x[k] (f32 accumulation).
+/// y[n] = sum_g scale[n,g] * sum_{k in g} values[u[n,k]] * x[k] (f32 accumulation).
 void GemvNf4(const float* x, const Nf4Weights& w, float* y, int threads = 1);
 
 // ---- Float-code quantisation: the NF4, scaled small-float and MX codecs' rows. ----
@@ -174,18 +176,19 @@ struct Nf4Blocks {
   int64_t first = 0;
   const float* absmax = nullptr;  // exact absmax of each block: the codes
   const float* scales = nullptr;  // absmax as decoding sees it (after double quantisation)
+  Bnb4Map map = Bnb4Map::kNf4;    // the 16 values (FormatTraits<Nf4Format>::Values)
 };
 
 /// NF4 codes of the rows x [rows, cols] (flat elements b.first ..), exactly Nf4Codec::EncodeRows:
-/// code = Nf4Code(x, absmax, whole) where whole is false only in the matrix's shorter last block;
-/// two codes per byte with the even column in the high nibble, row r at packed + r * (cols + 1) / 2
-/// (an odd row's last low nibble 0); deq = Nf4Values()[code] * scale.
+/// code = Nf4Code(x, absmax, whole, b.map) where whole is false only in the matrix's shorter
+/// last block; two codes per byte with the even column in the high nibble, row r at
+/// packed + r * (cols + 1) / 2 (an odd row's last low nibble 0); deq = values[code] * scale.
 /// Example: rows [r0, r1) of the codec's matrix w:
 ///   Nf4Blocks b{64, rows * cols, r0 * cols, absmax + r0 * cols / 64, scales + r0 * cols / 64};
 ///   QuantizeNf4Rows(w + r0 * cols, r1 - r0, cols, b, qweight + r0 * ((cols + 1) / 2), deq);
 void QuantizeNf4Rows(const float* x, int64_t rows, int64_t cols, const Nf4Blocks& b,
                      uint8_t* packed, float* deq, int threads = 1);
-/// out = Nf4Values()[code] * scale for NF4 rows packed as QuantizeNf4Rows writes them (b.absmax
+/// out = values[code] * scale for NF4 rows packed as QuantizeNf4Rows writes them (b.absmax
 /// unused), exactly Nf4Codec::DecodeRows.
 void DequantizeNf4Rows(const uint8_t* packed, int64_t rows, int64_t cols, const Nf4Blocks& b,
                        float* out, int threads = 1);

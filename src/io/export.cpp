@@ -35,6 +35,9 @@ bool IsMxfp4(const json& rec) {
          rec.value("block", int64_t{0}) == 32;
 }
 
+// The NF4 codec's format (NF4 or bitsandbytes' FP4) of a weight's record.
+Nf4Format Nf4Of(const json& rec) { return std::get<Nf4Format>(FormatFromRecord(Scheme(rec))); }
+
 std::string TorchDType(const std::string& safetensors_dtype) {
   if (safetensors_dtype == "BF16") return "bfloat16";
   if (safetensors_dtype == "F16") return "float16";
@@ -93,8 +96,8 @@ class Target {
         return "compressed-tensors holds int (2 to 8 bits), fp8-e4m3, nvfp4 and mxfp4 (blocks of "
                "32)";
       case ExportFormat::kBnb:
-        return "bitsandbytes holds nf4 (its fp4 is another grid than E2M1) and int8 symmetric with "
-               "one scale per row (LLM.int8)";
+        return "bitsandbytes holds nf4, bnb-fp4 (its FP4, another grid than fp4's E2M1) and int8 "
+               "symmetric with one scale per row (LLM.int8)";
       case ExportFormat::kQtool:
         break;
     }
@@ -116,8 +119,7 @@ class Target {
       return CompressedTensorsIntLayout(w, s.module, !activations_.is_null());
     }
     if (codec == "nf4") {
-      return BnbNf4Layout(s.name, s.rows, s.cols, s.rec.at("block").get<int64_t>(),
-                          s.rec.at("double_quant").get<bool>(), s.module,
+      return BnbNf4Layout(s.name, s.rows, s.cols, Nf4Of(s.rec), s.module,
                           TorchDType(s.rec.at("dtype").get<std::string>()));
     }
     if (codec == "nvfp4" || codec == "mx") {
@@ -166,8 +168,7 @@ class Target {
       return PackCompressedTensorsInt(w, s.module, !activations_.is_null());
     }
     if (codec == "nf4") {
-      return PackBnbNf4(s.name, s.rows, s.cols, s.rec.at("block").get<int64_t>(),
-                        s.rec.at("double_quant").get<bool>(), s.parts.data(), s.module,
+      return PackBnbNf4(s.name, s.rows, s.cols, Nf4Of(s.rec), s.parts.data(), s.module,
                         TorchDType(s.rec.at("dtype").get<std::string>()));
     }
     // FP8 E4M3: the codes as they are, the f32 scales in compressed-tensors' shape; NVFP4 and
@@ -230,7 +231,7 @@ class Target {
         } else {
           qc.update({{"load_in_4bit", true},
                      {"load_in_8bit", false},
-                     {"bnb_4bit_quant_type", "nf4"},
+                     {"bnb_4bit_quant_type", NameOf(kBnb4MapNames, Nf4Of(scheme_).map)},
                      {"bnb_4bit_use_double_quant", scheme_.at("double_quant")},
                      {"bnb_4bit_compute_dtype", dtype},
                      {"bnb_4bit_quant_storage", "uint8"}});
@@ -471,9 +472,9 @@ ExportReport ConvertCheckpoint(const Checkpoint& in, const fs::path& out,
     for (const std::string& name : imported->QuantizedNames()) {
       json rec = imported->Record(name);
       QTOOL_CHECK(!rec.is_null(), OptionError,
-                  "weight \"{}\" is on a bitsandbytes grid that no qtool codec holds (FP4, a "
-                  "4-bit map other than NF4's, or LLM.int8), so {} cannot hold it without going "
-                  "through float; dequantize it and quantise again",
+                  "weight \"{}\" is on a bitsandbytes grid that no qtool codec holds (a 4-bit "
+                  "map other than its NF4 and FP4 ones, or LLM.int8), so {} cannot hold it "
+                  "without going through float; dequantize it and quantise again",
                   name, ExportFormatName(options.format));
       tensors[name] = std::move(rec);
     }

@@ -1,5 +1,5 @@
-// bitsandbytes layouts (qtool/io/export_layouts.hpp): 4-bit NF4 from qtool's NF4 weights, LLM.int8
-// from its INT8 symmetric per-row weights.
+// bitsandbytes layouts (qtool/io/export_layouts.hpp): 4-bit NF4 and FP4 from qtool's NF4 codec's
+// weights, LLM.int8 from its INT8 symmetric per-row weights.
 #include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -19,17 +19,19 @@ float F32At(const ExportTensor& t, int64_t i) {
 
 // The quant_state JSON, padded with spaces (which JSON readers skip) to a length that does not
 // depend on the offset's digits, so that the layout is known before the data.
-std::string QuantStateJson(int64_t rows, int64_t cols, int64_t block, bool double_quant,
-                           const std::string& dtype, float offset) {
-  nlohmann::json state = {
-      {"quant_type", "nf4"}, {"blocksize", block}, {"dtype", dtype}, {"shape", {rows, cols}}};
-  if (double_quant) {
+std::string QuantStateJson(int64_t rows, int64_t cols, const Nf4Format& f, const std::string& dtype,
+                           float offset) {
+  nlohmann::json state = {{"quant_type", NameOf(kBnb4MapNames, f.map)},
+                          {"blocksize", f.block},
+                          {"dtype", dtype},
+                          {"shape", {rows, cols}}};
+  if (f.double_quant) {
     state["nested_blocksize"] = kNf4DoubleQuantBlock;
     state["nested_dtype"] = "float32";
     state["nested_offset"] = 0;
   }
   const size_t size = state.dump().size() + 32;  // room for any f32 in place of the 0
-  if (double_quant) state["nested_offset"] = offset;
+  if (f.double_quant) state["nested_offset"] = offset;
   std::string s = state.dump();
   s.resize(size, ' ');
   return s;
@@ -110,14 +112,33 @@ std::vector<ExportTensor> PackBnbInt8(const IntWeight& w, const std::string& pre
   return out;  // weight_format: 0
 }
 
+std::array<float, 16> BnbQuantMap(Bnb4Map map) {
+  using T = FormatTraits<Nf4Format>;
+  if (map == Bnb4Map::kNf4) return T::kValues;
+  std::array<float, 16> out{};
+  for (size_t i = 0; i < 16; ++i) out[T::kFp4Codes[i]] = T::kFp4Values[i];
+  return out;
+}
+
+std::array<uint8_t, 256> BnbCodeBytes(Bnb4Map map, bool to_bnb) {
+  std::array<uint8_t, 16> nibble{};
+  for (uint8_t i = 0; i < 16; ++i) {
+    const uint8_t code = map == Bnb4Map::kFp4 ? FormatTraits<Nf4Format>::kFp4Codes[i] : i;
+    nibble[to_bnb ? i : code] = to_bnb ? code : i;
+  }
+  std::array<uint8_t, 256> out{};
+  for (int b = 0; b < 256; ++b) out[b] = static_cast<uint8_t>(nibble[b >> 4] << 4 | nibble[b & 15]);
+  return out;
+}
+
 std::vector<TensorSpec> BnbNf4Layout(const std::string& name, int64_t rows, int64_t cols,
-                                     int64_t block, bool double_quant, const std::string& prefix,
+                                     const Nf4Format& f, const std::string& prefix,
                                      const std::string& dtype) {
-  CheckBnb(name, cols, block);
-  const int64_t n = rows * cols, nb = (n + block - 1) / block;
+  CheckBnb(name, cols, f.block);
+  const int64_t n = rows * cols, nb = (n + f.block - 1) / f.block;
   const std::string w = prefix + ".weight";
   std::vector<TensorSpec> out = {{w, DType::kU8, {n / 2, 1}}};
-  if (!double_quant) {
+  if (!f.double_quant) {
     out.push_back({w + ".absmax", DType::kF32, {nb}});
     out.push_back({w + ".quant_map", DType::kF32, {16}});
   } else {
@@ -128,24 +149,24 @@ std::vector<TensorSpec> BnbNf4Layout(const std::string& name, int64_t rows, int6
                    {(nb + kNf4DoubleQuantBlock - 1) / kNf4DoubleQuantBlock}});
     out.push_back({w + ".nested_quant_map", DType::kF32, {256}});
   }
-  const int64_t js =
-      static_cast<int64_t>(QuantStateJson(rows, cols, block, double_quant, dtype, 0.0f).size());
-  out.push_back({w + ".quant_state.bitsandbytes__nf4", DType::kU8, {js}});
+  const int64_t js = static_cast<int64_t>(QuantStateJson(rows, cols, f, dtype, 0.0f).size());
+  out.push_back({fmt::format("{}.quant_state.bitsandbytes__{}", w, NameOf(kBnb4MapNames, f.map)),
+                 DType::kU8,
+                 {js}});
   return out;
 }
 
 std::vector<ExportTensor> PackBnbNf4(const std::string& name, int64_t rows, int64_t cols,
-                                     int64_t block, bool double_quant,
-                                     const std::byte* const* parts, const std::string& prefix,
-                                     const std::string& dtype) {
-  const std::vector<TensorSpec> layout =
-      BnbNf4Layout(name, rows, cols, block, double_quant, prefix, dtype);
+                                     const Nf4Format& f, const std::byte* const* parts,
+                                     const std::string& prefix, const std::string& dtype) {
+  const std::vector<TensorSpec> layout = BnbNf4Layout(name, rows, cols, f, prefix, dtype);
   float offset = 0;
-  if (double_quant) std::memcpy(&offset, parts[3], 4);
-  const std::string js = QuantStateJson(rows, cols, block, double_quant, dtype, offset);
+  if (f.double_quant) std::memcpy(&offset, parts[3], 4);
+  const std::string js = QuantStateJson(rows, cols, f, dtype, offset);
+  const std::array<float, 16> quant_map = BnbQuantMap(f.map);
   // The sources of the layout's tensors, in its order.
-  std::vector<const void*> src = {parts[0], parts[1], Nf4Values().data()};
-  if (double_quant) {
+  std::vector<const void*> src = {parts[0], parts[1], quant_map.data()};
+  if (f.double_quant) {
     src.push_back(parts[2]);
     src.push_back(DynamicMap8().data());
   }
@@ -156,6 +177,11 @@ std::vector<ExportTensor> PackBnbNf4(const std::string& name, int64_t rows, int6
     t.data.resize(t.spec.nbytes());
     std::memcpy(t.data.data(), src[k], t.data.size());
     out.push_back(std::move(t));
+  }
+  if (f.map != Bnb4Map::kNf4) {  // qtool's indices into the ascending values as bitsandbytes' codes
+    const std::array<uint8_t, 256> to_bnb = BnbCodeBytes(f.map, true);
+    for (std::byte& b : out[0].data)
+      b = static_cast<std::byte>(to_bnb[std::to_integer<uint8_t>(b)]);
   }
   return out;
 }

@@ -167,10 +167,11 @@ TernaryFormat TernaryFromRecord(const json& r, const std::string& where) {
 
 Nf4Format Nf4FromRecord(const json& r, const std::string& where) {
   using T = FormatTraits<Nf4Format>;
-  const RecordReader in(r, where, "nf4", {"block", "double_quant"});
+  const RecordReader in(r, where, "nf4", {"block", "double_quant", "map"});
   Nf4Format f;
   f.block = in.Int("block", T::kMinBlock, T::kMaxBlock, Nf4Format{}.block);
   f.double_quant = in.Bool("double_quant", false);
+  f.map = in.Choice("map", {"nf4", "fp4"}, "nf4") == 1 ? Bnb4Map::kFp4 : Bnb4Map::kNf4;
   return in.Validated(f);
 }
 
@@ -222,7 +223,9 @@ struct ToRecord {
     return r;
   }
   json operator()(const Nf4Format& f) const {
-    return {{"codec", "nf4"}, {"block", f.block}, {"double_quant", f.double_quant}};
+    json r = {{"codec", "nf4"}, {"block", f.block}, {"double_quant", f.double_quant}};
+    if (f.map != Bnb4Map::kNf4) r["map"] = std::string(NameOf(kBnb4MapNames, f.map));
+    return r;
   }
   json operator()(const FloatFormat& f) const {
     json r = {{"codec", "fp"}, {"format", std::string(ElementName(f.element))}};

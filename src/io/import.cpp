@@ -625,13 +625,18 @@ void ImportedCheckpoint::AddWeight(const std::string& module) {
       // The part order: weight, absmax, quant_map, [nested_absmax, nested_quant_map], state.
       w.parts.erase(std::find(w.parts.begin(), w.parts.end(), state));
       w.parts.push_back(state);
-      // qtool's NF4 codec holds the grid when the maps are its own (bitsandbytes writes them so).
-      bool own = type == "nf4" && std::memcmp(map.data().data(), Nf4Values().data(), 64) == 0;
+      // qtool's NF4 codec holds the grid when the maps are bitsandbytes' own NF4 or FP4 ones
+      // (bitsandbytes writes them so).
+      const Bnb4Map bnb_map = type == "fp4" ? Bnb4Map::kFp4 : Bnb4Map::kNf4;
+      bool own = std::memcmp(map.data().data(), BnbQuantMap(bnb_map).data(), 64) == 0;
       if (nested) {
         own = own && js.at("nested_blocksize") == kNf4DoubleQuantBlock &&
               std::memcmp(w.parts[4]->data().data(), DynamicMap8().data(), 1024) == 0;
       }
-      if (own) codec = {{"codec", "nf4"}, {"block", block}, {"double_quant", nested}};
+      if (own) {
+        codec = CodecRecord(
+            *MakeCodec(Nf4Format{.block = block, .double_quant = nested, .map = bnb_map}, 1, 1));
+      }
       // The state names the weight's original type.
       const std::string dtype = st.Get<std::string>("dtype", "float32");
       scheme_.dtype = dtype == "bfloat16"  ? DType::kBF16
@@ -768,8 +773,8 @@ std::vector<std::vector<std::byte>> IntParts(const IntGrid& g, bool symmetric, b
 std::vector<std::vector<std::byte>> ImportedCheckpoint::Stored(const std::string& name) const {
   const Weight& w = weights_.at(name);
   QTOOL_CHECK(!w.codec.is_null(), FormatError,
-              "{}: weight \"{}\" is on a bitsandbytes grid that no qtool codec holds (FP4, a "
-              "4-bit map other than NF4's, or LLM.int8); it can only be decoded",
+              "{}: weight \"{}\" is on a bitsandbytes grid that no qtool codec holds (a 4-bit map "
+              "other than its NF4 and FP4 ones, or LLM.int8); it can only be decoded",
               ck_->dir().string(), name);
   const int b = scheme_.bits;
   const std::string codec = w.codec.at("codec").get<std::string>();
@@ -809,19 +814,22 @@ std::vector<std::vector<std::byte>> ImportedCheckpoint::Stored(const std::string
   }
   if (codec == "nf4") {
     // bitsandbytes packs the flattened tensor (element 2i in the high nibble); qtool packs each
-    // row the same way, an odd row ending in a padded byte.
+    // row the same way, an odd row ending in a padded byte, and stores FP4's codes as indices
+    // into the ascending values.
     std::vector<std::vector<std::byte>> out;
     const auto* src = reinterpret_cast<const uint8_t*>(w.parts[0]->data().data());
     const int64_t row_bytes = (w.cols + 1) / 2;
+    const std::array<uint8_t, 256> index =
+        BnbCodeBytes(std::get<Nf4Format>(FormatFromRecord(w.codec)).map, false);
     std::vector<std::byte> q(static_cast<size_t>(w.rows * row_bytes));
+    auto* dst = reinterpret_cast<uint8_t*>(q.data());
     if (w.cols % 2 == 0) {
-      std::memcpy(q.data(), src, q.size());
+      for (size_t i = 0; i < q.size(); ++i) dst[i] = index[src[i]];
     } else {
-      auto* dst = reinterpret_cast<uint8_t*>(q.data());
       for (int64_t r = 0; r < w.rows; ++r) {
         for (int64_t c = 0; c < w.cols; ++c) {
           const int64_t i = r * w.cols + c;
-          const uint8_t code = (src[i / 2] >> (i % 2 ? 0 : 4)) & 0xf;
+          const uint8_t code = index[(src[i / 2] >> (i % 2 ? 0 : 4)) & 0xf] & 0xf;
           dst[r * row_bytes + c / 2] |= static_cast<uint8_t>(code << (c % 2 ? 0 : 4));
         }
       }

@@ -320,7 +320,7 @@ void GemvNf4With(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, fl
   const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, rb = (k + 1) / 2;
   Scratch perm(0, k * 4);
   PermuteForNibbles(x, k, w.group, 32, perm.as<float>(), /*high_first=*/true);
-  const auto lut = Ops::Nf4Lut(Nf4Table());
+  const auto lut = Ops::Nf4Lut(Nf4Table(w.map));
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.codes + n * rb;
     auto acc = Ops::Zero();

@@ -173,8 +173,8 @@ class MinifloatEncoderWith {
 // ---- Row drivers over a family's vector steps ----
 //
 // `Ops` supplies:
-//   Nf4Encoder(): Run(x, n, whole, a, scale, codes, deq): codes as Nf4Code of v = x * (1 / a)
-//     (whole block) or x / a, deq = Nf4Values()[code] * scale; Decode(codes, n, scale, out).
+//   Nf4Encoder(map): Run(x, n, whole, a, scale, codes, deq): codes as Nf4Code of v = x * (1 / a)
+//     (whole block) or x / a in the map, deq = values[code] * scale; Decode(codes, n, scale, out).
 //   MinifloatEncoder(f): MinifloatEncoderWith over the family's lanes.
 //   AbsMaxBits(x, n): the largest of the n values' bits with the sign cleared.
 //   PackNibblesHighFirst and UnpackNibblesHighFirst of n codes, PackCodes and UnpackCodes.
@@ -183,7 +183,7 @@ template <typename Ops>
 void QuantizeNf4With(const float* x, int64_t n, int64_t start, const Nf4Blocks& b, uint8_t* packed,
                      float* deq) {
   Scratch codes(0, n);
-  const typename Ops::Nf4Encoder enc;
+  const typename Ops::Nf4Encoder enc(b.map);
   ForEachNf4Run(n, start, b, [&](int64_t c0, int64_t c1, int64_t j, bool whole) {
     enc.Run(x + c0, c1 - c0, whole, std::max(b.absmax[j], kNf4AbsmaxFloor), b.scales[j],
             codes.as<uint8_t>() + c0, deq + c0);
@@ -196,7 +196,7 @@ void DequantizeNf4With(const uint8_t* packed, int64_t n, int64_t start, const Nf
                        float* out) {
   Scratch codes(0, n);
   Ops::UnpackNibblesHighFirst(packed, n, codes.as<uint8_t>());
-  const typename Ops::Nf4Encoder enc;
+  const typename Ops::Nf4Encoder enc(b.map);
   ForEachNf4Run(n, start, b, [&](int64_t c0, int64_t c1, int64_t j, bool) {
     enc.Decode(codes.as<uint8_t>() + c0, c1 - c0, b.scales[j], out + c0);
   });

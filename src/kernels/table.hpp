@@ -11,10 +11,10 @@
 
 namespace qtool::kernels::detail {
 
-/// The 16 NF4 values (FormatTraits<Nf4Format>::kValues), ascending.
-const float* Nf4Table();
-/// Their 15 midpoints (FormatTraits<Nf4Format>::kMidpoints), which decide the codes.
-const float* Nf4MidpointTable();
+/// The 16 values of a bitsandbytes 4-bit map (FormatTraits<Nf4Format>::Values), ascending.
+const float* Nf4Table(Bnb4Map map);
+/// Their 15 midpoints (FormatTraits<Nf4Format>::Midpoints), which decide the codes.
+const float* Nf4MidpointTable(Bnb4Map map);
 /// NF4's smallest absmax divisor (FormatTraits<Nf4Format>::kMinAbsmax; the reference checks both
 /// agree).
 inline constexpr float kNf4AbsmaxFloor = 1e-38f;

@@ -22,7 +22,7 @@ struct CodecFor {
         QuantSpec{.granularity = f.granularity, .group_size = f.group}, rows, cols);
   }
   std::unique_ptr<WeightCodec> operator()(const Nf4Format& f) const {
-    return std::make_unique<Nf4Codec>(f.block, f.double_quant, rows, cols);
+    return std::make_unique<Nf4Codec>(f, rows, cols);
   }
   std::unique_ptr<WeightCodec> operator()(const FloatFormat& f) const {
     return std::make_unique<FpCodec>(f, rows, cols);

@@ -37,9 +37,9 @@ const std::array<float, 16>& Nf4Values() { return FormatTraits<Nf4Format>::kValu
 
 const std::array<float, 256>& DynamicMap8() { return FormatTraits<Nf4Format>::DynamicMap8(); }
 
-Nf4Codec::Nf4Codec(int64_t block, bool double_quant, int64_t rows, int64_t cols)
-    : WeightCodec(rows, cols), block_(block), double_quant_(double_quant) {
-  FormatTraits<Nf4Format>::Validate(Nf4Format{.block = block, .double_quant = double_quant});
+Nf4Codec::Nf4Codec(const Nf4Format& f, int64_t rows, int64_t cols)
+    : WeightCodec(rows, cols), format_(f), block_(f.block), double_quant_(f.double_quant) {
+  FormatTraits<Nf4Format>::Validate(f);
 }
 
 int64_t Nf4Codec::num_blocks() const { return (rows() * cols() + block_ - 1) / block_; }
@@ -92,8 +92,12 @@ void Nf4Codec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* 
                           float* dequant) const {
   if (r0 == 0) WriteScales(out);  // every scale is known from Observe
   const int64_t cols = this->cols(), first = r0 * cols;
-  const kernels::Nf4Blocks b{block_, rows() * cols, first, absmax_.data() + first / block_,
-                             dq_absmax_.data() + first / block_};
+  const kernels::Nf4Blocks b{block_,
+                             rows() * cols,
+                             first,
+                             absmax_.data() + first / block_,
+                             dq_absmax_.data() + first / block_,
+                             format_.map};
   kernels::QuantizeNf4Rows(w, nrows, cols, b,
                            reinterpret_cast<uint8_t*>(out[0]) + r0 * ((cols + 1) / 2), dequant);
 }
@@ -116,7 +120,7 @@ void Nf4Codec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows,
   const int64_t b0 = first / block_, b1 = (first + nrows * cols + block_ - 1) / block_;
   std::vector<float> scales(static_cast<size_t>(b1 - b0));
   for (int64_t b = b0; b < b1; ++b) scales[static_cast<size_t>(b - b0)] = StoredAbsmax(in, b);
-  const kernels::Nf4Blocks b{block_, rows() * cols, first, nullptr, scales.data()};
+  const kernels::Nf4Blocks b{block_, rows() * cols, first, nullptr, scales.data(), format_.map};
   kernels::DequantizeNf4Rows(reinterpret_cast<const uint8_t*>(in[0]) + r0 * ((cols + 1) / 2), nrows,
                              cols, b, out);
 }

@@ -373,6 +373,7 @@ def main():
         ("smollm2-135m", ["--format", "int4", "--group", "64", "--asym"], "awq", []),
         ("smollm2-135m", ["--format", "nf4"], "bnb", []),
         ("smollm2-135m", ["--format", "nf4", "--double-quant"], "bnb", []),
+        ("smollm2-135m", ["--format", "bnb-fp4", "--double-quant"], "bnb", []),
         ("smollm2-135m", ["--format", "int8", "--granularity", "channel"], "bnb", []),
         # HQQ's integer zero-points (asymmetric INT4) in the targets' zero-point tensors.
         ("smollm2-135m", ["--method", "hqq", "--format", "int4", "--group", "64"],

@@ -8,6 +8,7 @@
 
 #include "qtool/core/error.hpp"
 #include "qtool/core/half.hpp"
+#include "qtool/format/text.hpp"
 #include "qtool/io/export.hpp"
 #include "qtool/io/export_layouts.hpp"
 #include "qtool/io/format_record.hpp"
@@ -250,13 +251,34 @@ TEST(ExportLayouts, PackedWordsEqualCodeByCode) {
 }
 
 TEST(ExportLayouts, BnbNf4DecodesAsQtool) {
-  for (const bool dq : {false, true}) {
-    const Quantised q({{"codec", "nf4"}, {"block", 64}, {"double_quant", dq}}, 40, 96, 9);
-    const auto t = PackBnbNf4("w", 40, 96, 64, dq, q.ptrs.data(), "m", "float32");
-    ExpectSameBits(DecodeBnbNf4(t, 40, 96), q.Decode());
-    const std::string js(reinterpret_cast<const char*>(t.back().data.data()), t.back().data.size());
-    EXPECT_EQ(json::parse(js).at("shape"), json::array({40, 96}));
-    EXPECT_EQ(t.back().spec.name, "m.weight.quant_state.bitsandbytes__nf4");
+  for (const Bnb4Map map : {Bnb4Map::kNf4, Bnb4Map::kFp4}) {
+    for (const bool dq : {false, true}) {
+      const Nf4Format f{.block = 64, .double_quant = dq, .map = map};
+      SCOPED_TRACE(FormatToString(f));
+      const Quantised q(CodecRecord(*MakeCodec(f, 1, 1)), 40, 96, 9);
+      const auto t = PackBnbNf4("w", 40, 96, f, q.ptrs.data(), "m", "float32");
+      ExpectSameBits(DecodeBnbNf4(t, 40, 96), q.Decode());
+      const std::string js(reinterpret_cast<const char*>(t.back().data.data()),
+                           t.back().data.size());
+      EXPECT_EQ(json::parse(js).at("shape"), json::array({40, 96}));
+      const std::string type(NameOf(kBnb4MapNames, map));
+      EXPECT_EQ(json::parse(js).at("quant_type"), type);
+      EXPECT_EQ(t.back().spec.name, "m.weight.quant_state.bitsandbytes__" + type);
+    }
+  }
+  // bitsandbytes' FP4 codes (get_4bit_type("fp4"): 0, 0.0625, 8, 12, 4, 6, 2, 3, then the
+  // negatives, code 8 a second +0, all divided by 12) and qtool's ascending indices.
+  const std::array<float, 16> fp4 = BnbQuantMap(Bnb4Map::kFp4);
+  const float want[16] = {0, 0.0625f, 8, 12, 4, 6, 2, 3, 0, -0.0625f, -8, -12, -4, -6, -2, -3};
+  for (int c = 0; c < 16; ++c) {
+    EXPECT_EQ(std::bit_cast<uint32_t>(fp4[c]), std::bit_cast<uint32_t>(want[c] / 12.0f)) << c;
+  }
+  const std::array<uint8_t, 256> to = BnbCodeBytes(Bnb4Map::kFp4, true),
+                                 back = BnbCodeBytes(Bnb4Map::kFp4, false);
+  for (int b = 0; b < 256; ++b) {
+    EXPECT_EQ(back[to[b]], b);
+    // Index i holds the i-th smallest value: bitsandbytes' code to[i] decodes to it.
+    EXPECT_EQ(fp4[to[b] >> 4], FormatTraits<Nf4Format>::kFp4Values[static_cast<size_t>(b >> 4)]);
   }
 }
 
@@ -342,11 +364,11 @@ TEST(ExportLayouts, RefusesWhatATargetCannotHold) {
             std::string::npos);
   const Quantised odd({{"codec", "nf4"}, {"block", 64}, {"double_quant", false}}, 4, 63);
   EXPECT_NE(OptionErrorOf([&] {
-              PackBnbNf4("w", 4, 63, 64, false, odd.ptrs.data(), "m", "float32");
+              PackBnbNf4("w", 4, 63, Nf4Format{}, odd.ptrs.data(), "m", "float32");
             }).find("odd"),
             std::string::npos);
   EXPECT_NE(OptionErrorOf([&] {
-              BnbNf4Layout("w", 4, 64, 32, false, "m", "float32");
+              BnbNf4Layout("w", 4, 64, Nf4Format{.block = 32}, "m", "float32");
             }).find("64 to 4096"),
             std::string::npos);
   for (const json& rec : {IntRecord(4, true, 0), IntRecord(8, false, 0), IntRecord(8, true, 32)}) {

@@ -205,6 +205,12 @@ INSTANTIATE_TEST_SUITE_P(
              ExportFormat::kBnb},
         Case{"bnb_nf4_dq",
              {{"codec", "nf4"}, {"block", 64}, {"double_quant", true}},
+             ExportFormat::kBnb},
+        Case{"bnb_fp4",
+             {{"codec", "nf4"}, {"block", 64}, {"double_quant", false}, {"map", "fp4"}},
+             ExportFormat::kBnb},
+        Case{"bnb_fp4_dq",
+             {{"codec", "nf4"}, {"block", 128}, {"double_quant", true}, {"map", "fp4"}},
              ExportFormat::kBnb}),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.label; });
 
@@ -364,14 +370,16 @@ TEST(ImportFp8, BlockScaledCheckpointDecodesAsQtool) {
   EXPECT_TRUE(QuantizationRecord(Checkpoint::Open(d / "q4")).has_value());
 }
 
-// bitsandbytes FP4 has a map of its own (no qtool codec holds it): decoded as bitsandbytes does,
-// quant_map[code] * absmax, and refused by convert.
-TEST(ImportBnb, Fp4DecodesThroughItsMap) {
+// A 4-bit map that is neither bitsandbytes' NF4 nor its FP4 (here its FP4 values rounded to
+// seven digits, as a hand-written table would give them): no qtool codec holds it, so it is
+// decoded as bitsandbytes does, quant_map[code] * absmax, and refused by convert.
+TEST(ImportBnb, AnotherMapDecodesThroughItself) {
   ScratchDir d;
   const fs::path b =
       Convert(WriteQtool(d / "n", {{"codec", "nf4"}, {"block", 64}, {"double_quant", false}}),
               d / "bnb", ExportFormat::kBnb);
-  // bitsandbytes' FP4 values (code 0b0SEE M: sign, 2 exponent and 1 mantissa bits, normalised).
+  // bitsandbytes' FP4 values (code 0b0SEE M: sign, 2 exponent and 1 mantissa bits, normalised),
+  // rounded.
   const float fp4[16] = {0.0f,        0.0052083f, 0.6666667f,  1.0f,        0.3333333f,  0.5f,
                          0.1666667f,  0.25f,      -0.0f,       -0.0052083f, -0.6666667f, -1.0f,
                          -0.3333333f, -0.5f,      -0.1666667f, -0.25f};

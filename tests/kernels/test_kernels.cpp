@@ -476,33 +476,41 @@ TEST_P(KernelTest, GemvNf4WithinTolerance) {
   }
 }
 
-// The GEMV reads the NF4 codec's own tensors: qweight as packed, absmax as block scales.
+// The GEMV reads the NF4 codec's own tensors (NF4 and bitsandbytes' FP4 values): qweight as
+// packed, absmax as block scales.
 TEST_P(KernelTest, GemvNf4ReadsTheNf4CodecLayout) {
   const int64_t rows = 37, cols = 256, block = 64;
   const auto w = RandomFloats(rows * cols, 11, 0.02f);
-  Nf4Codec codec(block, /*double_quant=*/false, rows, cols);
-  codec.Observe(w.data(), 0, rows);
-  const auto layout = codec.Layout("w");
-  std::vector<std::vector<std::byte>> parts;
-  std::vector<std::byte*> ptrs;
-  for (const auto& t : layout) parts.emplace_back(t.nbytes());
-  for (auto& p : parts) ptrs.push_back(p.data());
-  std::vector<float> decoded(rows * cols);
-  codec.EncodeRows(w.data(), 0, rows, ptrs.data(), decoded.data());
-  ASSERT_EQ(layout[1].dtype, DType::kF32);
+  for (const Bnb4Map map : {Bnb4Map::kNf4, Bnb4Map::kFp4}) {
+    SCOPED_TRACE(NameOf(kBnb4MapNames, map));
+    Nf4Codec codec({.block = block, .map = map}, rows, cols);
+    codec.Observe(w.data(), 0, rows);
+    const auto layout = codec.Layout("w");
+    std::vector<std::vector<std::byte>> parts;
+    std::vector<std::byte*> ptrs;
+    for (const auto& t : layout) parts.emplace_back(t.nbytes());
+    for (auto& p : parts) ptrs.push_back(p.data());
+    std::vector<float> decoded(rows * cols);
+    codec.EncodeRows(w.data(), 0, rows, ptrs.data(), decoded.data());
+    ASSERT_EQ(layout[1].dtype, DType::kF32);
 
-  const auto x = RandomFloats(cols, 12);
-  const Nf4Weights nf{reinterpret_cast<const uint8_t*>(parts[0].data()),
-                      reinterpret_cast<const float*>(parts[1].data()), rows, cols, block};
-  std::vector<float> y(rows);
-  GemvNf4(x.data(), nf, y.data(), 2);
-  for (int64_t n = 0; n < rows; ++n) {
-    double want = 0, l1 = 0;
-    for (int64_t i = 0; i < cols; ++i) {
-      want += static_cast<double>(decoded[n * cols + i]) * x[i];
-      l1 += std::fabs(static_cast<double>(decoded[n * cols + i]) * x[i]);
+    const auto x = RandomFloats(cols, 12);
+    const Nf4Weights nf{reinterpret_cast<const uint8_t*>(parts[0].data()),
+                        reinterpret_cast<const float*>(parts[1].data()),
+                        rows,
+                        cols,
+                        block,
+                        map};
+    std::vector<float> y(rows);
+    GemvNf4(x.data(), nf, y.data(), 2);
+    for (int64_t n = 0; n < rows; ++n) {
+      double want = 0, l1 = 0;
+      for (int64_t i = 0; i < cols; ++i) {
+        want += static_cast<double>(decoded[n * cols + i]) * x[i];
+        l1 += std::fabs(static_cast<double>(decoded[n * cols + i]) * x[i]);
+      }
+      EXPECT_NEAR(y[n], want, 1e-5 * l1) << "row " << n;
     }
-    EXPECT_NEAR(y[n], want, 1e-5 * l1) << "row " << n;
   }
 }
 
@@ -536,12 +544,12 @@ TEST_P(KernelTest, AbsMaxIgnoresNanLikeTheCodecs) {
   EXPECT_EQ(AbsMax(nullptr, 0), 0.0f);
 }
 
-// Every NF4 value and every midpoint between two (the ties) for a block absmax of 2, one f32 ulp
-// either side of each midpoint, signed zeros and subnormals.
-std::vector<float> Nf4EdgeValues() {
+// Every value of the map and every midpoint between two (the ties) for a block absmax of 2, one
+// f32 ulp either side of each midpoint, signed zeros and subnormals.
+std::vector<float> Nf4EdgeValues(Bnb4Map map) {
   std::vector<float> v = {0.0f, -0.0f, 1e-45f, -1e-40f, 2.0f, -2.0f};
-  for (const float a : Nf4Values()) v.push_back(2.0f * a);
-  for (const float m : Nf4Midpoints()) {
+  for (const float a : FormatTraits<Nf4Format>::Values(map)) v.push_back(2.0f * a);
+  for (const float m : FormatTraits<Nf4Format>::Midpoints(map)) {
     v.push_back(2.0f * m);
     v.push_back(std::nextafter(2.0f * m, -kInf));
     v.push_back(std::nextafter(2.0f * m, kInf));
@@ -555,51 +563,57 @@ struct Nf4Rows {
   std::vector<float> deq;
 };
 Nf4Rows Nf4Definition(const std::vector<float>& x, int64_t cols, int64_t block, int64_t first,
-                      const std::vector<float>& absmax, const std::vector<float>& scales) {
+                      const std::vector<float>& absmax, const std::vector<float>& scales,
+                      Bnb4Map map) {
   const int64_t numel = static_cast<int64_t>(x.size()), rows = (numel - first) / cols;
   const int64_t rb = (cols + 1) / 2;
   Nf4Rows d{std::vector<uint8_t>(static_cast<size_t>(rows * rb)),
             std::vector<float>(static_cast<size_t>(rows * cols))};
   for (int64_t i = 0; i < rows * cols; ++i) {
     const int64_t r = i / cols, c = i % cols, blk = (first + i) / block;
-    const uint8_t code = Nf4Code(x[first + i], absmax[blk], blk < numel / block);
-    d.deq[i] = Nf4Values()[code] * scales[blk];
+    const uint8_t code =
+        FormatTraits<Nf4Format>::Code(x[first + i], absmax[blk], blk < numel / block, map);
+    d.deq[i] = FormatTraits<Nf4Format>::Values(map)[code] * scales[blk];
     d.packed[r * rb + c / 2] |= static_cast<uint8_t>(c % 2 == 0 ? code << 4 : code);
   }
   return d;
 }
 
 TEST_P(KernelTest, Nf4RowsMatchTheCodecDefinition) {
-  for (const int64_t block : {int64_t{64}, int64_t{32}, int64_t{33}}) {
-    for (const int64_t cols : kLengths) {
-      const int64_t rows = 3, numel = rows * cols, nb = (numel + block - 1) / block;
-      auto x = RandomFloats(numel, static_cast<uint32_t>(cols + block), 0.02f);
-      Overwrite(x, Nf4EdgeValues());
-      if (nb >= 4) std::fill_n(x.begin() + 2 * block, block, 0.0f);  // an all-zero block
-      if (numel > 200) {
-        x[static_cast<size_t>(numel - 70)] = kNan;  // NaN: code 0, absmax ignores it
-        x[static_cast<size_t>(numel - 3)] = -kInf;  // an infinite absmax
-      }
-      // absmax as Observe computes it; the decoded scales differ, as after double quantisation.
-      std::vector<float> absmax(static_cast<size_t>(nb)), scales(static_cast<size_t>(nb));
-      for (int64_t i = 0; i < numel; ++i) {
-        absmax[i / block] = std::max(absmax[i / block], std::fabs(x[i]));
-      }
-      for (int64_t j = 0; j < nb; ++j) scales[j] = absmax[j] * 0.75f + 0.125f;
-      for (const int64_t r0 : {int64_t{0}, int64_t{1}}) {
-        SCOPED_TRACE(::testing::Message() << "block " << block << " cols " << cols << " r0 " << r0);
-        const int64_t first = r0 * cols, n = numel - first;
-        const Nf4Blocks b{block, numel, first, absmax.data() + first / block,
-                          scales.data() + first / block};
-        const Nf4Rows want = Nf4Definition(x, cols, block, first, absmax, scales);
-        Unaligned<float> in(std::vector<float>(x.begin() + first, x.end()));
-        Unaligned<uint8_t> packed(want.packed.size());
-        Unaligned<float> deq(static_cast<size_t>(n)), back(static_cast<size_t>(n));
-        QuantizeNf4Rows(in.data(), rows - r0, cols, b, packed.data(), deq.data(), 2);
-        ExpectSameBits(packed.vec(), want.packed, "NF4 codes");
-        ExpectSameBits(deq.vec(), want.deq, "NF4 decoded");
-        DequantizeNf4Rows(packed.data(), rows - r0, cols, b, back.data(), 2);
-        ExpectSameBits(back.vec(), want.deq, "NF4 dequantised");
+  for (const Bnb4Map map : {Bnb4Map::kNf4, Bnb4Map::kFp4}) {
+    for (const int64_t block : {int64_t{64}, int64_t{32}, int64_t{33}}) {
+      for (const int64_t cols : kLengths) {
+        const int64_t rows = 3, numel = rows * cols, nb = (numel + block - 1) / block;
+        auto x = RandomFloats(numel, static_cast<uint32_t>(cols + block), 0.02f);
+        Overwrite(x, Nf4EdgeValues(map));
+        if (nb >= 4) std::fill_n(x.begin() + 2 * block, block, 0.0f);  // an all-zero block
+        if (numel > 200) {
+          x[static_cast<size_t>(numel - 70)] = kNan;  // NaN: code 0, absmax ignores it
+          x[static_cast<size_t>(numel - 3)] = -kInf;  // an infinite absmax
+        }
+        // absmax as Observe computes it; the decoded scales differ, as after double quantisation.
+        std::vector<float> absmax(static_cast<size_t>(nb)), scales(static_cast<size_t>(nb));
+        for (int64_t i = 0; i < numel; ++i) {
+          absmax[i / block] = std::max(absmax[i / block], std::fabs(x[i]));
+        }
+        for (int64_t j = 0; j < nb; ++j) scales[j] = absmax[j] * 0.75f + 0.125f;
+        for (const int64_t r0 : {int64_t{0}, int64_t{1}}) {
+          SCOPED_TRACE(::testing::Message() << NameOf(kBnb4MapNames, map) << " block " << block
+                                            << " cols " << cols << " r0 " << r0);
+          const int64_t first = r0 * cols, n = numel - first;
+          const Nf4Blocks b{
+              block, numel, first, absmax.data() + first / block, scales.data() + first / block,
+              map};
+          const Nf4Rows want = Nf4Definition(x, cols, block, first, absmax, scales, map);
+          Unaligned<float> in(std::vector<float>(x.begin() + first, x.end()));
+          Unaligned<uint8_t> packed(want.packed.size());
+          Unaligned<float> deq(static_cast<size_t>(n)), back(static_cast<size_t>(n));
+          QuantizeNf4Rows(in.data(), rows - r0, cols, b, packed.data(), deq.data(), 2);
+          ExpectSameBits(packed.vec(), want.packed, "NF4 codes");
+          ExpectSameBits(deq.vec(), want.deq, "NF4 decoded");
+          DequantizeNf4Rows(packed.data(), rows - r0, cols, b, back.data(), 2);
+          ExpectSameBits(back.vec(), want.deq, "NF4 dequantised");
+        }
       }
     }
   }
@@ -615,17 +629,30 @@ TEST_P(KernelTest, EveryNf4CodeRoundTrips) {
   std::vector<float> absmax(static_cast<size_t>(rows)), scales(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r)
     absmax[r] = scales[r] = std::ldexp(1.0f, 3 * static_cast<int>(r) - 4);
-  const Nf4Blocks b{cols, rows * cols, 0, absmax.data(), scales.data()};
-  Unaligned<float> values(static_cast<size_t>(rows * cols));
-  DequantizeNf4Rows(packed.data(), rows, cols, b, values.data());
-  for (int64_t i = 0; i < rows * cols; ++i) {
-    ASSERT_EQ(values.data()[i], Nf4Values()[i % 16] * scales[i / cols]) << i;
+  for (const Bnb4Map map : {Bnb4Map::kNf4, Bnb4Map::kFp4}) {
+    SCOPED_TRACE(NameOf(kBnb4MapNames, map));
+    const Nf4Blocks b{cols, rows * cols, 0, absmax.data(), scales.data(), map};
+    Unaligned<float> values(static_cast<size_t>(rows * cols));
+    DequantizeNf4Rows(packed.data(), rows, cols, b, values.data());
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      const float want = FormatTraits<Nf4Format>::Values(map)[i % 16] * scales[i / cols];
+      ASSERT_EQ(std::bit_cast<uint32_t>(values.data()[i]), std::bit_cast<uint32_t>(want)) << i;
+    }
+    Unaligned<uint8_t> again(packed.size());
+    Unaligned<float> deq(static_cast<size_t>(rows * cols));
+    QuantizeNf4Rows(values.data(), rows, cols, b, again.data(), deq.data());
+    // FP4's second zero (index 8, bitsandbytes' code 8) encodes as the first (index 7, its code
+    // 0), as bitsandbytes' quantiser gives it.
+    std::vector<uint8_t> want = packed;
+    if (map == Bnb4Map::kFp4) {
+      for (uint8_t& byte : want) {
+        if (byte >> 4 == 8) byte = static_cast<uint8_t>(0x70 | (byte & 0xf));
+        if ((byte & 0xf) == 8) byte = static_cast<uint8_t>((byte & 0xf0) | 7);
+      }
+    }
+    ExpectSameBits(again.vec(), want, "re-encoded codes");
+    ExpectSameBits(deq.vec(), values.vec(), "re-encoded values");
   }
-  Unaligned<uint8_t> again(packed.size());
-  Unaligned<float> deq(static_cast<size_t>(rows * cols));
-  QuantizeNf4Rows(values.data(), rows, cols, b, again.data(), deq.data());
-  ExpectSameBits(again.vec(), packed, "re-encoded NF4 codes");
-  ExpectSameBits(deq.vec(), values.vec(), "re-encoded NF4 values");
 }
 
 const MinifloatFormat* const kMinifloats[] = {&kE4M3, &kE5M2, &kE3M2, &kE2M3, &kE2M1};

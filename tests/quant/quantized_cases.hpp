@@ -24,12 +24,31 @@ namespace {
 
 // The formats every test runs: each family, its granularities, odd groups and blocks.
 inline std::vector<std::string> QuantizedCaseFormats() {
-  return {"int4",          "int4:g64:asym",    "int8:channel",    "int3:g48:flat",
-          "int2:tensor",   "int5:tensor:asym", "int4:g32:gidx",   "int6:g20:asym",
-          "ternary",       "ternary:g16",      "ternary:channel", "nf4",
-          "nf4:b64:dq",    "nf4:b128",         "fp8-e4m3",        "fp8-e5m2:tensor",
-          "fp8-e4m3:4x16", "fp6-e3m2:g16",     "fp6-e2m3",        "fp4:g16",
-          "mxfp4",         "mxfp8-e5m2",       "mxfp6-e2m3:b16",  "mxint8:b16",
+  return {"int4",
+          "int4:g64:asym",
+          "int8:channel",
+          "int3:g48:flat",
+          "int2:tensor",
+          "int5:tensor:asym",
+          "int4:g32:gidx",
+          "int6:g20:asym",
+          "ternary",
+          "ternary:g16",
+          "ternary:channel",
+          "nf4",
+          "nf4:b64:dq",
+          "nf4:b128",
+          "bnb-fp4:b64:dq",
+          "fp8-e4m3",
+          "fp8-e5m2:tensor",
+          "fp8-e4m3:4x16",
+          "fp6-e3m2:g16",
+          "fp6-e2m3",
+          "fp4:g16",
+          "mxfp4",
+          "mxfp8-e5m2",
+          "mxfp6-e2m3:b16",
+          "mxint8:b16",
           "nvfp4"};
 }
 

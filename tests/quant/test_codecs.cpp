@@ -46,6 +46,7 @@ std::vector<json> AllRecords() {
   r.push_back({{"codec", "ternary"}, {"granularity", "group"}, {"group_size", 16}});
   r.push_back({{"codec", "nf4"}, {"block", 64}, {"double_quant", false}});
   r.push_back({{"codec", "nf4"}, {"block", 32}, {"double_quant", true}});
+  r.push_back({{"codec", "nf4"}, {"block", 64}, {"double_quant", true}, {"map", "fp4"}});
   for (const char* f : {"e4m3", "e5m2", "e2m1", "e2m3", "e3m2"}) {
     r.push_back({{"codec", "fp"}, {"format", f}, {"scale", "tensor"}});
     r.push_back({{"codec", "fp"}, {"format", f}, {"scale", "channel"}});

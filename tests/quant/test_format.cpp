@@ -54,6 +54,7 @@ std::vector<Format> SampleFormats() {
   out.push_back(TernaryFormat{.granularity = Granularity::kGroup, .group = 64});
   out.push_back(Nf4Format{});
   out.push_back(Nf4Format{.block = 128, .double_quant = true});
+  out.push_back(Nf4Format{.block = 256, .map = Bnb4Map::kFp4});
   for (const Element e :
        {Element::kE4M3, Element::kE5M2, Element::kE2M3, Element::kE3M2, Element::kE2M1}) {
     out.push_back(FloatFormat{.element = e, .granularity = Granularity::kChannel});
@@ -84,6 +85,7 @@ TEST(FormatText, ExamplesParseToTheirFormats) {
             Format(IntFormat{
                 .bits = 3, .group = 48, .flat = true, .observer = ObserverSpec::Parse("mse:3")}));
   EXPECT_EQ(ParseFormat("nf4:b64:dq"), Format(Nf4Format{.block = 64, .double_quant = true}));
+  EXPECT_EQ(ParseFormat("bnb-fp4:b128"), Format(Nf4Format{.block = 128, .map = Bnb4Map::kFp4}));
   EXPECT_EQ(ParseFormat("fp8-e4m3:128x128"), Format(FloatFormat{.element = Element::kE4M3,
                                                                 .granularity = Granularity::kGroup,
                                                                 .block_rows = 128,
@@ -104,6 +106,7 @@ TEST(FormatText, PrintsTheShortestTextAndReadsItBack) {
   EXPECT_EQ(FormatToString(IntFormat{.bits = 4}), "int4");
   EXPECT_EQ(FormatToString(IntFormat{.bits = 4, .symmetric = false, .group = 64}), "int4:g64:asym");
   EXPECT_EQ(FormatToString(Nf4Format{.block = 64, .double_quant = true}), "nf4:dq");
+  EXPECT_EQ(FormatToString(Nf4Format{.double_quant = true, .map = Bnb4Map::kFp4}), "bnb-fp4:dq");
   EXPECT_EQ(FormatToString(ParseFormat("fp8-e4m3:1x32")), "fp8-e4m3:g32");
   EXPECT_EQ(FormatToString(ParseFormat("fp4:channel")), "fp4:channel");
   EXPECT_EQ(FormatToString(ParseFormat("int4:percentile=99.5")), "int4:percentile=99.5");

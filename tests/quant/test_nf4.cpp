@@ -68,7 +68,7 @@ TEST(Nf4, EveryNibbleDecodesToItsValueAndReencodesToItself) {
   for (int64_t cols : {16, 17}) {
     std::vector<float> w(v.begin(), v.end());
     if (cols == 17) w.push_back(0.5f);
-    Nf4Codec codec(32, false, 1, cols);
+    Nf4Codec codec({.block = 32}, 1, cols);
     const auto enc = EncodeMatrix(codec, w);
     const auto codes = std::vector<std::byte>(enc.parts[0]);
     for (int k = 0; k < 16; ++k) {
@@ -86,7 +86,7 @@ TEST(Nf4, CodesAndAbsmaxMatchBitsandbytes) {
   EXPECT_EQ(x[1], 0.005804848857223988f);
   for (bool dq : {false, true}) {
     SCOPED_TRACE(dq ? "double quant" : "f32 absmax");
-    Nf4Codec codec(64, dq, kRows, kCols);
+    Nf4Codec codec({.double_quant = dq}, kRows, kCols);
     const auto enc = EncodeMatrix(codec, x, 7);
     const auto codes = UnpackCodes(enc.parts[0]);
     EXPECT_EQ(Fnv1a(codes.data(), codes.size()), 0xb2adbbf657aa06f3ull);
@@ -111,7 +111,7 @@ TEST(Nf4, CodesAndAbsmaxMatchBitsandbytes) {
 // value; offset = mean absmax, chunks of 256, nearest dynamic-map value; decode = value * scale.
 TEST(Nf4, DoubleQuantFollowsTheDefinition) {
   const std::vector<float> x = ReferenceTensor();
-  Nf4Codec codec(64, true, kRows, kCols);
+  Nf4Codec codec({.double_quant = true}, kRows, kCols);
   const auto enc = EncodeMatrix(codec, x);
   const auto codes = UnpackCodes(enc.parts[0]);
   const int64_t n = kRows * kCols, nb = (n + 63) / 64;
@@ -151,11 +151,11 @@ TEST(Nf4, DoubleQuantFollowsTheDefinition) {
 TEST(Nf4, ZeroBlockAndBitsPerWeight) {
   std::vector<float> w(128, 0.0f);
   w[100] = 1.0f;
-  Nf4Codec codec(64, false, 2, 64);
+  Nf4Codec codec({}, 2, 64);
   const auto enc = EncodeMatrix(codec, w);
   for (int i = 0; i < 32; ++i) EXPECT_EQ(static_cast<uint8_t>(enc.parts[0][i]), 0x77);  // zeros
   EXPECT_EQ(DecodeMatrix(codec, enc), w);
-  Nf4Codec big(64, false, 4096, 4096), big_dq(64, true, 4096, 4096);
+  Nf4Codec big({}, 4096, 4096), big_dq({.double_quant = true}, 4096, 4096);
   EXPECT_DOUBLE_EQ(big.BitsPerWeight(), 4.5);  // 4 + 32 / 64
   const double n = 4096.0 * 4096.0;  // codes, u8 absmax, f32 absmax2 per 256 blocks, f32 offset
   EXPECT_DOUBLE_EQ(big_dq.BitsPerWeight(), 4.0 + 8.0 / 64 + 32.0 / (64 * 256) + 32.0 / n);

@@ -129,7 +129,8 @@ Format FormatFromFlags(const QuantizeArgs& a) {
   const bool is_fp = std::holds_alternative<FloatFormat>(named);
   QTOOL_CHECK(is_int || a.observer == "minmax", OptionError,
               "--observer applies to the integer formats, not to \"{}\"", f);
-  QTOOL_CHECK(f == "nf4" || !a.double_quant, OptionError, "--double-quant applies to nf4 only");
+  QTOOL_CHECK(std::holds_alternative<Nf4Format>(named) || !a.double_quant, OptionError,
+              "--double-quant applies to nf4 and bnb-fp4 only");
   QTOOL_CHECK(is_int || !a.asym, OptionError, "--asym applies to the integer formats only");
   QTOOL_CHECK(is_int || !a.flat_groups, OptionError,
               "--flat-groups applies to the integer formats only");
@@ -138,9 +139,10 @@ Format FormatFromFlags(const QuantizeArgs& a) {
               "--block applies to nf4, fp4, fp8 and the MX formats; use --group for int");
   if (is_int) return IntFromArgs(a, f == "int" ? a.bits : std::stoi(m[1].str()));
   if (const auto* fp = std::get_if<FloatFormat>(&named)) return FloatFromArgs(a, fp->element);
-  if (std::holds_alternative<Nf4Format>(named)) {
+  if (const auto* nf4 = std::get_if<Nf4Format>(&named)) {
     return Nf4Format{.block = a.block.empty() ? int64_t{64} : ParsePositive(a.block, "--block"),
-                     .double_quant = a.double_quant};
+                     .double_quant = a.double_quant,
+                     .map = nf4->map};
   }
   if (const auto* mx = std::get_if<MxFormat>(&named)) {
     return MxFormat{.element = mx->element,

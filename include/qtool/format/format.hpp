@@ -54,11 +54,20 @@ struct TernaryFormat {
   friend bool operator==(const TernaryFormat&, const TernaryFormat&) = default;
 };
 
-/// NF4 (bitsandbytes): absmax blocks of `block` elements of the flattened matrix, the absmax
-/// values optionally quantised to 8 bits (`double_quant`).
+/// The 16 values of bitsandbytes' 4-bit formats: NF4 (QLoRA's NormalFloat) or its FP4, a float
+/// with 2 exponent bits, 1 mantissa bit and bitsandbytes' own bias (not E2M1's values).
+enum class Bnb4Map { kNf4, kFp4 };
+
+inline constexpr EnumName<Bnb4Map> kBnb4MapNames[] = {{Bnb4Map::kNf4, "nf4"},
+                                                      {Bnb4Map::kFp4, "fp4"}};
+
+/// bitsandbytes' 4-bit formats, NF4 (the default) or FP4 (`map`): absmax blocks of `block`
+/// elements of the flattened matrix, the absmax values optionally quantised to 8 bits
+/// (`double_quant`).
 struct Nf4Format {
   int64_t block = 64;
   bool double_quant = false;
+  Bnb4Map map = Bnb4Map::kNf4;
   friend bool operator==(const Nf4Format&, const Nf4Format&) = default;
 };
 

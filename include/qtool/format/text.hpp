@@ -3,6 +3,7 @@
 //   int4:g64:asym        groups of 64 with a zero-point      int8:channel   one scale per row
 //   int3:g48:flat:mse    flat groups, MSE observer           ternary:g64
 //   nf4:b64:dq           NF4, absmax blocks of 64, double quantisation
+//   bnb-fp4:dq           bitsandbytes' FP4 (its own values, not fp4's E2M1), as nf4 otherwise
 //   fp8-e4m3:128x128     FP8 with 128 x 128 scale blocks     fp4:g16   FP4, 1 x 16 blocks
 //   mxfp4                MXFP4 (E8M0 scales per 32)          mxint8:b16
 //   nvfp4                NVFP4 (E4M3 scales per 16, an f32 global scale; no options)
@@ -90,6 +91,7 @@ class FormatTextParser {
     }
     if (name == "ternary") return TernaryFormat{};
     if (name == "nf4") return Nf4Format{};
+    if (name == "bnb-fp4") return Nf4Format{.map = Bnb4Map::kFp4};
     if (name == "nvfp4") return Nvfp4Format{};
     for (const FormatName& n : kFloatFormatNames) {
       if (n.name != name) continue;
@@ -105,7 +107,7 @@ class FormatTextParser {
       if (n.name == name) return MxFormat{.element = n.element};
     }
     throw OptionError(fmt::format(
-        "format \"{}\": unknown format \"{}\" (known: int2..int8, ternary, nf4, fp8-e4m3, "
+        "format \"{}\": unknown format \"{}\" (known: int2..int8, ternary, nf4, bnb-fp4, fp8-e4m3, "
         "fp8-e5m2, fp6-e2m3, fp6-e3m2, fp4, mxfp4, mxfp6-e2m3, mxfp6-e3m2, mxfp8-e4m3, "
         "mxfp8-e5m2, mxint8, nvfp4)",
         text_, name));
@@ -188,7 +190,8 @@ class FormatTextParser {
       Once("double quantisation", opt);
       f.double_quant = true;
     } else {
-      Check(false, "unknown option \"{}\" for nf4 (options: bN, dq)", opt);
+      Check(false, "unknown option \"{}\" for {} (options: bN, dq)", opt,
+            f.map == Bnb4Map::kFp4 ? "bnb-fp4" : "nf4");
     }
   }
 
@@ -268,7 +271,7 @@ inline std::string FormatToString(const Format& format) {
       return f.granularity == Granularity::kChannel ? "ternary:channel" : "ternary";
     }
     std::string operator()(const Nf4Format& f) const {
-      std::string s = "nf4";
+      std::string s = f.map == Bnb4Map::kFp4 ? "bnb-fp4" : "nf4";
       if (f.block != Nf4Format{}.block) s += fmt::format(":b{}", f.block);
       if (f.double_quant) s += ":dq";
       return s;

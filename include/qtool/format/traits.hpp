@@ -196,6 +196,15 @@ struct FormatTraits<TernaryFormat> {
   }
 };
 
+namespace detail {
+/// The 15 midpoints between consecutive values of an ascending 16-value map, in f32.
+constexpr std::array<float, 15> Midpoints16(const std::array<float, 16>& v) {
+  std::array<float, 15> m{};
+  for (size_t i = 0; i < m.size(); ++i) m[i] = (v[i] + v[i + 1]) / 2.0f;
+  return m;
+}
+}  // namespace detail
+
 template <>
 struct FormatTraits<Nf4Format> {
   static constexpr const char* kCodec = "nf4";
@@ -220,6 +229,22 @@ struct FormatTraits<Nf4Format> {
                                                     0.5626170039176941f,
                                                     0.7229568362236023f,
                                                     1.0f};
+
+  /// bitsandbytes' FP4 values, ascending: its code table (get_4bit_type("fp4"): 0, 0.0625, 8, 12,
+  /// 4, 6, 2, 3 and their negatives, divided by 12 in f32; its code 8, "-0", is +0 as well)
+  /// sorted stably, as its quantiser sorts them; kFp4Codes gives bitsandbytes' nibble of each.
+  /// qtool stores the index into this table, as it stores NF4's.
+  static constexpr std::array<float, 16> kFp4Values = {
+      -12.0f / 12.0f,   -8.0f / 12.0f, -6.0f / 12.0f, -4.0f / 12.0f,   -3.0f / 12.0f, -2.0f / 12.0f,
+      -0.0625f / 12.0f, 0.0f,          0.0f,          0.0625f / 12.0f, 2.0f / 12.0f,  3.0f / 12.0f,
+      4.0f / 12.0f,     6.0f / 12.0f,  8.0f / 12.0f,  12.0f / 12.0f};
+  static constexpr std::array<uint8_t, 16> kFp4Codes = {11, 10, 13, 12, 15, 14, 9, 0,
+                                                        8,  1,  6,  7,  4,  5,  2, 3};
+
+  /// The values of a map, ascending.
+  static constexpr const std::array<float, 16>& Values(Bnb4Map map) {
+    return map == Bnb4Map::kFp4 ? kFp4Values : kValues;
+  }
 
   /// bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8) (Dettmers,
   /// "8-Bit Approximations for Parallelism in Deep Learning", arXiv:1511.04561), the map of double
@@ -271,20 +296,20 @@ struct FormatTraits<Nf4Format> {
     return std::clamp(v, -1.0f, 1.0f);
   }
 
-  /// Midpoints between consecutive kValues, computed in f32 as bitsandbytes does.
-  static constexpr std::array<float, 15> kMidpoints = [] {
-    std::array<float, 15> m{};
-    for (size_t i = 0; i < m.size(); ++i) m[i] = (kValues[i] + kValues[i + 1]) / 2.0f;
-    return m;
-  }();
+  /// Midpoints between consecutive values of each map, computed in f32 as bitsandbytes does.
+  static constexpr std::array<float, 15> kMidpoints = detail::Midpoints16(kValues);
+  static constexpr std::array<float, 15> kFp4Midpoints = detail::Midpoints16(kFp4Values);
+  static constexpr const std::array<float, 15>& Midpoints(Bnb4Map map) {
+    return map == Bnb4Map::kFp4 ? kFp4Midpoints : kMidpoints;
+  }
 
-  /// The code of x in a block with this absmax: the number of midpoints strictly below the scaled
-  /// value (torch.bucketize, right=False), so a value exactly on a midpoint takes the lower code.
-  /// Example: Code(0.0f, 1.0f, true) == 7, Code(-3.0f, 2.0f, true) == 0.
-  static uint8_t Code(float x, float absmax, bool whole_block) {
+  /// The code of x in a block with this absmax: the number of the map's midpoints strictly below
+  /// the scaled value (torch.bucketize, right=False), so a value exactly on a midpoint takes the
+  /// lower code. Example: Code(0.0f, 1.0f, true) == 7, Code(-3.0f, 2.0f, true) == 0.
+  static uint8_t Code(float x, float absmax, bool whole_block, Bnb4Map map = Bnb4Map::kNf4) {
     const float v = ScaleToUnit(x, absmax, whole_block);
-    return static_cast<uint8_t>(std::lower_bound(kMidpoints.begin(), kMidpoints.end(), v) -
-                                kMidpoints.begin());
+    const std::array<float, 15>& m = Midpoints(map);
+    return static_cast<uint8_t>(std::lower_bound(m.begin(), m.end(), v) - m.begin());
   }
 
   static void Validate(const Nf4Format& f) {

@@ -9,12 +9,14 @@
 // pack-then-unpack against qtool's own decoding.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "qtool/format/format.hpp"
 #include "qtool/io/safetensors.hpp"
 
 namespace qtool {
@@ -117,26 +119,34 @@ std::vector<ExportTensor> PackCompressedTensorsInt(const IntWeight& w, const std
 IntWeight UnpackCompressedTensorsInt(const std::vector<ExportTensor>& t, int bits, bool symmetric,
                                      int64_t group_size, bool int_quantized = false);
 
-/// bitsandbytes 4-bit (Linear4bit / Params4bit, as transformers saves it) from qtool's NF4
-/// stored tensors (`parts` in Nf4Codec::Layout order) of a weight [rows, cols]:
+/// bitsandbytes 4-bit (Linear4bit / Params4bit, as transformers saves it) from the stored tensors
+/// of qtool's NF4 codec (`parts` in Nf4Codec::Layout order; NF4 or FP4, f.map) of a weight
+/// [rows, cols]:
 ///   PREFIX.weight                  U8  [rows * cols / 2, 1]  element 2i in the high nibble: for an
 ///                                                            even cols, qtool's qweight bytes
+///                                                            (FP4: each index as bitsandbytes'
+///                                                            code, BnbCodeBytes)
 ///   PREFIX.weight.absmax           F32 [N] (U8 [N] with double quantisation)
-///   PREFIX.weight.quant_map        F32 [16]                  the NF4 values
+///   PREFIX.weight.quant_map        F32 [16]                  BnbQuantMap(f.map)
 ///   PREFIX.weight.nested_absmax    F32 [ceil(N / 256)]       double quantisation only
 ///   PREFIX.weight.nested_quant_map F32 [256]                 the signed dynamic map; idem
-///   PREFIX.weight.quant_state.bitsandbytes__nf4 U8 [n]       JSON: quant_type, blocksize, dtype,
-///                                                            shape (and nested_blocksize,
+///   PREFIX.weight.quant_state.bitsandbytes__nf4 (__fp4) U8 [n]  JSON: quant_type, blocksize,
+///                                                            dtype, shape (and nested_blocksize,
 ///                                                            nested_dtype, nested_offset)
 /// `dtype` is the torch name of the weight's original type ("float32", "bfloat16", "float16").
 /// Needs an even cols and a block bitsandbytes has (64 to 4096, a power of two).
 std::vector<TensorSpec> BnbNf4Layout(const std::string& name, int64_t rows, int64_t cols,
-                                     int64_t block, bool double_quant, const std::string& prefix,
+                                     const Nf4Format& f, const std::string& prefix,
                                      const std::string& dtype);
 std::vector<ExportTensor> PackBnbNf4(const std::string& name, int64_t rows, int64_t cols,
-                                     int64_t block, bool double_quant,
-                                     const std::byte* const* parts, const std::string& prefix,
-                                     const std::string& dtype);
+                                     const Nf4Format& f, const std::byte* const* parts,
+                                     const std::string& prefix, const std::string& dtype);
+/// bitsandbytes' quant_map of a 4-bit map: the value of each of its nibble codes. NF4's codes are
+/// qtool's indices into the ascending values; FP4's are FormatTraits<Nf4Format>::kFp4Codes of
+/// them.
+std::array<float, 16> BnbQuantMap(Bnb4Map map);
+/// A byte of two qtool indices as bitsandbytes' two codes (to_bnb), or back.
+std::array<uint8_t, 256> BnbCodeBytes(Bnb4Map map, bool to_bnb);
 /// The weight as bitsandbytes decodes PackBnbNf4's tensors (in its order): quant_map[code] *
 /// absmax, with absmax = nested_quant_map[q] * nested_absmax + nested_offset when nested.
 std::vector<float> DecodeBnbNf4(const std::vector<ExportTensor>& t, int64_t rows, int64_t cols);

@@ -1,5 +1,7 @@
 // NF4 (4-bit NormalFloat) codec, as QLoRA (Dettmers et al. 2023, arXiv:2305.14314, appendix E)
-// and bitsandbytes define it, with optional double quantisation of the block scales.
+// and bitsandbytes define it, with optional double quantisation of the block scales; the same
+// codec holds bitsandbytes' FP4 (map "fp4": FormatTraits<Nf4Format>::kFp4Values in place of the
+// NF4 values, everything else alike).
 //
 // Quantisation, over the row-major flattened tensor (blocks cross row boundaries):
 //   absmax_b = max |x| over block b of `block` elements (64 by default; the last may be shorter)
@@ -26,7 +28,7 @@
 //   NAME.absmax          U8  [N]                     with double quantisation: qabsmax
 //   NAME.absmax_scale    F32 [ceil(N / 256)]         absmax2
 //   NAME.absmax_offset   F32 [1]                     offset
-// Record: {"codec": "nf4", "block": 64, "double_quant": bool}.
+// Record: {"codec": "nf4", "block": 64, "double_quant": bool}, and "map": "fp4" for FP4.
 #pragma once
 
 #include <algorithm>
@@ -64,10 +66,8 @@ inline uint8_t Nf4Code(float x, float absmax, bool whole_block) {
 
 class Nf4Codec final : public WeightCodec {
  public:
-  Nf4Codec(int64_t block, bool double_quant, int64_t rows, int64_t cols);
-  Format format() const override {
-    return Nf4Format{.block = block_, .double_quant = double_quant_};
-  }
+  Nf4Codec(const Nf4Format& f, int64_t rows, int64_t cols);
+  Format format() const override { return format_; }
   bool needs_observe() const override { return true; }
   void Observe(const float* w, int64_t r0, int64_t nrows) override;
   void EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* const* out,
@@ -82,6 +82,7 @@ class Nf4Codec final : public WeightCodec {
   // Decoded absmax of block b from the stored tensors.
   float StoredAbsmax(const std::byte* const* in, int64_t b) const;
 
+  Nf4Format format_;
   int64_t block_;
   bool double_quant_;
   std::vector<float> absmax_;     // exact, from Observe

@@ -447,10 +447,10 @@ inline void Encode(const Nf4Format& f, int64_t rows, int64_t cols, const float* 
       const int64_t i = r * cols + c, b = i / f.block;
       const bool whole = (b + 1) * f.block <= n;
       const uint8_t code =
-          Bucketize(T::kValues, T::ScaleToUnit(w[i], absmax[static_cast<size_t>(b)], whole));
+          Bucketize(T::Values(f.map), T::ScaleToUnit(w[i], absmax[static_cast<size_t>(b)], whole));
       uint8_t& byte = qweight[r * row_bytes + c / 2];
       byte = c % 2 == 0 ? static_cast<uint8_t>(code << 4) : static_cast<uint8_t>(byte | code);
-      if (deq) deq[i] = T::kValues[code] * scales[static_cast<size_t>(b)];
+      if (deq) deq[i] = T::Values(f.map)[code] * scales[static_cast<size_t>(b)];
     }
   }
 }
@@ -477,7 +477,8 @@ inline void Decode(const Nf4Format& f, int64_t rows, int64_t cols, const std::by
       const uint8_t byte = qweight[r * row_bytes + c / 2];
       const int code = c % 2 == 0 ? byte >> 4 : byte & 0xf;
       const int64_t i = r * cols + c;
-      out[i] = T::kValues[static_cast<size_t>(code)] * scales[static_cast<size_t>(i / f.block)];
+      out[i] =
+          T::Values(f.map)[static_cast<size_t>(code)] * scales[static_cast<size_t>(i / f.block)];
     }
   }
 }

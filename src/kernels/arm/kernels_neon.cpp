@@ -346,8 +346,8 @@ struct NeonLanes {
 // count, every midpoint lying inside.
 class NeonNf4Encoder {
  public:
-  NeonNf4Encoder() : lut_(NeonOps::Nf4Lut(Nf4Table())) {
-    for (int k = 0; k < 15; ++k) mid_[k] = vdupq_n_f32(Nf4MidpointTable()[k]);
+  explicit NeonNf4Encoder(Bnb4Map map) : lut_(NeonOps::Nf4Lut(Nf4Table(map))) {
+    for (int k = 0; k < 15; ++k) mid_[k] = vdupq_n_f32(Nf4MidpointTable(map)[k]);
   }
   // v = x * (1 / a) in a whole block, x / a in the matrix's shorter last block.
   void Run(const float* x, int64_t n, bool whole, float a, float scale, uint8_t* codes,

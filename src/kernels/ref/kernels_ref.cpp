@@ -165,7 +165,7 @@ void RefGemmW4A16(const uint16_t* a, int64_t m, const QuantWeights& w, int64_t n
 
 void RefGemvNf4(const float* x, const Nf4Weights& w, int64_t n0, int64_t n1, float* y) {
   const int64_t k = w.cols, ng = (k + w.group - 1) / w.group, row_bytes = (k + 1) / 2;
-  const float* values = Nf4Table();
+  const float* values = Nf4Table(w.map);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.codes + n * row_bytes;
     float acc = 0.0f;
@@ -186,10 +186,10 @@ static_assert(kNf4AbsmaxFloor == FormatTraits<Nf4Format>::kMinAbsmax);
 
 void RefQuantizeNf4(const float* x, int64_t n, int64_t start, const Nf4Blocks& b, uint8_t* packed,
                     float* deq) {
-  const float* values = Nf4Table();
+  const float* values = Nf4Table(b.map);
   ForEachNf4Run(n, start, b, [&](int64_t c0, int64_t c1, int64_t j, bool whole) {
     for (int64_t c = c0; c < c1; ++c) {
-      const uint8_t code = FormatTraits<Nf4Format>::Code(x[c], b.absmax[j], whole);
+      const uint8_t code = FormatTraits<Nf4Format>::Code(x[c], b.absmax[j], whole, b.map);
       deq[c] = values[code] * b.scales[j];
       if (c % 2 == 0) {
         packed[c / 2] = static_cast<uint8_t>(code << 4);
@@ -202,7 +202,7 @@ void RefQuantizeNf4(const float* x, int64_t n, int64_t start, const Nf4Blocks& b
 
 void RefDequantizeNf4(const uint8_t* packed, int64_t n, int64_t start, const Nf4Blocks& b,
                       float* out) {
-  const float* values = Nf4Table();
+  const float* values = Nf4Table(b.map);
   ForEachNf4Run(n, start, b, [&](int64_t c0, int64_t c1, int64_t j, bool) {
     for (int64_t c = c0; c < c1; ++c) {
       const int code = c % 2 == 0 ? packed[c / 2] >> 4 : packed[c / 2] & 0xf;
@@ -273,8 +273,10 @@ void RefDequantizeMx(const uint8_t* packed, const uint8_t* scales, int64_t n, in
 
 }  // namespace
 
-const float* Nf4Table() { return FormatTraits<Nf4Format>::kValues.data(); }
-const float* Nf4MidpointTable() { return FormatTraits<Nf4Format>::kMidpoints.data(); }
+const float* Nf4Table(Bnb4Map map) { return FormatTraits<Nf4Format>::Values(map).data(); }
+const float* Nf4MidpointTable(Bnb4Map map) {
+  return FormatTraits<Nf4Format>::Midpoints(map).data();
+}
 
 const KernelTable* ScalarTable() {
   static constexpr KernelTable kTable{

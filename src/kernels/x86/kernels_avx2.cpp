@@ -618,7 +618,7 @@ struct Avx2Lanes {
 // midpoint lying inside.
 class Avx2Nf4Encoder {
  public:
-  Avx2Nf4Encoder() : Avx2Nf4Encoder(Nf4MidpointTable()) {}
+  explicit Avx2Nf4Encoder(Bnb4Map map) : Avx2Nf4Encoder(Nf4MidpointTable(map), Nf4Table(map)) {}
   // v = x * (1 / a) in a whole block, x / a in the matrix's shorter last block.
   void Run(const float* x, int64_t n, bool whole, float a, float scale, uint8_t* codes,
            float* deq) const {
@@ -633,13 +633,13 @@ class Avx2Nf4Encoder {
   }
 
  private:
-  explicit Avx2Nf4Encoder(const float* m)
+  Avx2Nf4Encoder(const float* m, const float* values)
       : m3_(_mm256_set1_ps(m[3])),
         m7_(_mm256_set1_ps(m[7])),
         m11_(_mm256_set1_ps(m[11])),
         quarter_(_mm256_setr_ps(m[1], m[5], m[9], m[13], 0, 0, 0, 0)),
         even_(_mm256_setr_ps(m[0], m[2], m[4], m[6], m[8], m[10], m[12], m[14])),
-        lut_(Avx2Ops::Nf4Lut(Nf4Table())) {}
+        lut_(Avx2Ops::Nf4Lut(values)) {}
 
   __m256i Code(__m256 v) const {
     const __m256 below8 = _mm256_cmp_ps(m7_, v, _CMP_LT_OQ);
