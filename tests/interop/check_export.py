@@ -384,6 +384,8 @@ def main():
          "compressed-tensors", []),
         ("babyllama-tok105", FP8_STATIC + KEEP, "compressed-tensors", []),
         ("babyllama-tok105", ["--format", "int8", "--granularity", "channel"] + KEEP, "bnb", []),
+        ("babyllama-tok105", ["--format", "nvfp4"] + KEEP, "compressed-tensors", []),
+        ("babyllama-tok105", ["--format", "mxfp4"] + KEEP, "compressed-tensors", []),
         ("babyllama-tok105", ["--method", "hqq", "--format", "int4", "--group", "32"] + KEEP,
          "gptq", ["--gptq-format", "gptq_v2"]),
         ("babyllama-tok105", ["--method", "smoothquant", "--calib",
