@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "qtool/core/error.hpp"
+
 namespace qtool::testing {
 
 /// ../shared beside the source tree (or $QTOOL_SHARED_DIR), or nullopt when it is absent.
@@ -50,6 +52,22 @@ CliResult RunCli(const std::vector<std::string>& args);
 
 /// A safetensors file image: the 8-byte little-endian header length, the header text, the data.
 std::string SafetensorsImage(const std::string& header, const std::string& data);
+
+/// The message of the error that f() throws, which must be of class E (a qtool error class): a
+/// test failure when f() returns (and "") or throws another qtool error (and its message).
+template <typename E, typename F>
+std::string ErrorOf(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const Error& e) {
+    ADD_FAILURE() << "wrong error class " << e.kind() << ": " << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "no error thrown";
+  return {};
+}
 
 /// Writes raw bytes to a file.
 void WriteFile(const std::filesystem::path& path, const std::string& bytes);

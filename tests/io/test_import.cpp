@@ -231,38 +231,29 @@ TEST(ImportConvert, ChainsAreByteIdentical) {
   ExpectSameWeights(b, gv2);
 }
 
-template <typename E, typename F>
-std::string ErrorOf(F f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no error thrown";
-  return "";
-}
-
 TEST(ImportConvert, RefusesWhatTheTargetCannotHold) {
   ScratchDir d;
   const fs::path nf4 =
       Convert(WriteQtool(d / "n", {{"codec", "nf4"}, {"block", 64}, {"double_quant", false}}),
               d / "bnb", ExportFormat::kBnb);
-  std::string e = ErrorOf<OptionError>([&] { Convert(nf4, d / "x", ExportFormat::kGptq); });
+  std::string e =
+      testing::ErrorOf<OptionError>([&] { Convert(nf4, d / "x", ExportFormat::kGptq); });
   EXPECT_NE(e.find("GPTQ holds int"), std::string::npos) << e;
   const fs::path act =
       Convert(WriteQtool(d / "a", Int(4, true, 32), true), d / "act", ExportFormat::kGptq);
-  e = ErrorOf<OptionError>([&] { Convert(act, d / "y", ExportFormat::kAwq); });
+  e = testing::ErrorOf<OptionError>([&] { Convert(act, d / "y", ExportFormat::kAwq); });
   EXPECT_NE(e.find("act-order"), std::string::npos) << e;
   const fs::path v2 =
       Convert(WriteQtool(d / "b", Int(8, false, 0)), d / "v2", ExportFormat::kGptq, true);
-  e = ErrorOf<OptionError>([&] { Convert(v2, d / "z", ExportFormat::kAwq); });
+  e = testing::ErrorOf<OptionError>([&] { Convert(v2, d / "z", ExportFormat::kAwq); });
   EXPECT_NE(e.find("4-bit"), std::string::npos) << e;
   const fs::path nv = Convert(WriteQtool(d / "c", {{"codec", "nvfp4"}}), d / "nv",
                               ExportFormat::kCompressedTensors);
-  e = ErrorOf<OptionError>([&] { Convert(nv, d / "w", ExportFormat::kGptq); });
+  e = testing::ErrorOf<OptionError>([&] { Convert(nv, d / "w", ExportFormat::kGptq); });
   EXPECT_NE(e.find("GPTQ holds int"), std::string::npos) << e;
   const fs::path mx16 = WriteQtool(d / "m", {{"codec", "mx"}, {"element", "e2m1"}, {"block", 16}});
-  e = ErrorOf<OptionError>([&] { Convert(mx16, d / "v", ExportFormat::kCompressedTensors); });
+  e = testing::ErrorOf<OptionError>(
+      [&] { Convert(mx16, d / "v", ExportFormat::kCompressedTensors); });
   EXPECT_NE(e.find("mxfp4 (blocks of 32)"), std::string::npos) << e;
   EXPECT_FALSE(fs::exists(d / "x") || fs::exists(d / "y") || fs::exists(d / "z") ||
                fs::exists(d / "w") || fs::exists(d / "v"));
@@ -361,7 +352,7 @@ TEST(ImportFp8, BlockScaledCheckpointDecodesAsQtool) {
   }
   // As input to quantisation: the library refuses it (the CLI decodes it first).
   const std::string e =
-      ErrorOf<OptionError>([&] { QuantizeCheckpoint(ds, d / "q", QuantizeOptions{}); });
+      testing::ErrorOf<OptionError>([&] { QuantizeCheckpoint(ds, d / "q", QuantizeOptions{}); });
   EXPECT_NE(e.find("dequantize it first"), std::string::npos) << e;
   const auto r = testing::RunCli(
       {"quantize", (d / "ds").string(), "-o", (d / "q4").string(), "--format", "int4:g32", "-q"});
@@ -405,7 +396,7 @@ TEST(ImportBnb, AnotherMapDecodesThroughItself) {
   }
   EXPECT_TRUE(ImportedCheckpoint::Open(ck)->Record(n).is_null());
   const std::string e =
-      ErrorOf<OptionError>([&] { Convert(d / "fp4", d / "x", ExportFormat::kQtool); });
+      testing::ErrorOf<OptionError>([&] { Convert(d / "fp4", d / "x", ExportFormat::kQtool); });
   EXPECT_NE(e.find("no qtool codec holds"), std::string::npos) << e;
 }
 
@@ -443,7 +434,7 @@ TEST(ImportBnb, Int8DecodesAsBitsandbytes) {
     ASSERT_EQ(x[i], v * 7.874015718698502e-3f) << i;
   }
   const std::string e =
-      ErrorOf<OptionError>([&] { Convert(d / "int8", d / "x", ExportFormat::kQtool); });
+      testing::ErrorOf<OptionError>([&] { Convert(d / "int8", d / "x", ExportFormat::kQtool); });
   EXPECT_NE(e.find("LLM.int8"), std::string::npos) << e;
 }
 
@@ -457,7 +448,7 @@ TEST(ImportErrors, NameTheTensorAndTheFault) {
   const auto open_error = [&](auto edit, auto config) {
     const fs::path p = d / fmt::format("bad{}", n++);
     Rewrite(g, p, edit, config);
-    return ErrorOf<FormatError>([&] {
+    return testing::ErrorOf<FormatError>([&] {
       const Checkpoint ck = Checkpoint::Open(p);
       for (const std::string& name : LogicalTensorNames(ck)) ReadTensorF32(ck, name);
     });
@@ -534,7 +525,7 @@ TEST(ImportErrors, NameTheTensorAndTheFault) {
       std::memcpy(b.data() + 6, &inf, 2);
     }
   });
-  e = ErrorOf<NumericError>([&] { ReadTensorF32(Checkpoint::Open(nan), w + ".weight"); });
+  e = testing::ErrorOf<NumericError>([&] { ReadTensorF32(Checkpoint::Open(nan), w + ".weight"); });
   EXPECT_NE(e.find(w + ".scales"), std::string::npos) << e;
   // The CLI: exit code 4 (invalid file) and the one message.
   const auto r = testing::RunCli({"dequantize", (d / "bad0").string(), "-o", (d / "o").string()});
@@ -572,7 +563,7 @@ TEST(ImportFp4, RefusesNanScales) {
     if (s.name == "model.layers.0.self_attn.q_proj.weight_scale") b[3] = std::byte{0x7f};
   });
   const Checkpoint c1 = Checkpoint::Open(d / "nan");
-  std::string e = ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c1)->ReadF32(w); });
+  std::string e = testing::ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c1)->ReadF32(w); });
   EXPECT_NE(e.find("q_proj.weight_scale\" holds a NaN scale (0x7f) at index 3"), std::string::npos)
       << e;
   Rewrite(nv, d / "zero", [](TensorSpec& s, std::vector<std::byte>& b) {
@@ -580,7 +571,7 @@ TEST(ImportFp4, RefusesNanScales) {
       std::fill(b.begin(), b.end(), std::byte{0});
   });
   const Checkpoint c2 = Checkpoint::Open(d / "zero");
-  e = ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c2)->ReadF32(w); });
+  e = testing::ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c2)->ReadF32(w); });
   EXPECT_NE(e.find("global scale 0"), std::string::npos) << e;
   const fs::path mx = Convert(WriteQtool(d / "b", {{"codec", "mx"}, {"element", "e2m1"}}), d / "mx",
                               ExportFormat::kCompressedTensors);
@@ -588,7 +579,7 @@ TEST(ImportFp4, RefusesNanScales) {
     if (s.name == "model.layers.0.self_attn.q_proj.weight_scale") b[0] = std::byte{0xff};
   });
   const Checkpoint c3 = Checkpoint::Open(d / "mxnan");
-  e = ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c3)->ReadF32(w); });
+  e = testing::ErrorOf<NumericError>([&] { ImportedCheckpoint::Open(c3)->ReadF32(w); });
   EXPECT_NE(e.find("NaN scale (0xff) at index 0"), std::string::npos) << e;
 }
 
@@ -657,7 +648,7 @@ TEST(ImportCompressedTensors, ActOrderAliases) {
     ExpectSameWeights(a, with_actorder(order));
   }
   for (const std::string order : {"group", "dynamic"}) {
-    const std::string e = ErrorOf<FormatError>([&] {
+    const std::string e = testing::ErrorOf<FormatError>([&] {
       const Checkpoint ck = Checkpoint::Open(with_actorder(order));
       for (const std::string& name : LogicalTensorNames(ck)) ReadTensorF32(ck, name);
     });

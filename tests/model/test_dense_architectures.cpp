@@ -11,6 +11,7 @@
 #include "../../src/model/block.hpp"
 #include "qtool/core/error.hpp"
 #include "qtool/model/model.hpp"
+#include "test_support.hpp"
 
 namespace qtool {
 namespace {
@@ -90,18 +91,11 @@ json Phi3Config() {
     "use_cache": true, "vocab_size": 320})");
 }
 
+// The error message of FromJson on `j`, which must throw E.
 template <typename E>
 std::string ErrorOf(const json& j) {
-  try {
-    LlamaConfig::FromJson(j);
-  } catch (const E& e) {
-    return e.what();
-  } catch (const Error& e) {
-    ADD_FAILURE() << "wrong error class " << e.kind() << ": " << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "accepted " << j.dump();
-  return {};
+  SCOPED_TRACE(j.dump());
+  return testing::ErrorOf<E>([&] { LlamaConfig::FromJson(j); });
 }
 
 TEST(DenseArchitectures, Gemma3ConfigInBothStyles) {
