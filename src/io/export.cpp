@@ -35,9 +35,6 @@ bool IsMxfp4(const json& rec) {
          rec.value("block", int64_t{0}) == 32;
 }
 
-// The NF4 codec's format (NF4 or bitsandbytes' FP4) of a weight's record.
-Nf4Format Nf4Of(const json& rec) { return std::get<Nf4Format>(FormatFromRecord(Scheme(rec))); }
-
 std::string TorchDType(const std::string& safetensors_dtype) {
   if (safetensors_dtype == "BF16") return "bfloat16";
   if (safetensors_dtype == "F16") return "float16";
@@ -63,9 +60,11 @@ class Target {
     QTOOL_CHECK(v2_ || o.gptq_checkpoint_format == "gptq", OptionError,
                 "GPTQ checkpoint format is gptq or gptq_v2, not \"{}\"", o.gptq_checkpoint_format);
     const std::string codec = scheme.at("codec").get<std::string>();
+    // The NF4 codec's format (NF4 or bitsandbytes' FP4), the same for every weight.
+    if (codec == "nf4") nf4_ = std::get<Nf4Format>(FormatFromRecord(scheme));
     const char* name = ExportFormatName(f);
     const bool ok =
-        f == ExportFormat::kQtool || (codec == "int" && f != ExportFormat::kQtool) ||
+        f == ExportFormat::kQtool || codec == "int" ||
         (codec == "nf4" && f == ExportFormat::kBnb) ||
         (codec == "fp" && f == ExportFormat::kCompressedTensors && scheme.at("format") == "e4m3") ||
         (f == ExportFormat::kCompressedTensors && (codec == "nvfp4" || IsMxfp4(scheme)));
@@ -119,7 +118,7 @@ class Target {
       return CompressedTensorsIntLayout(w, s.module, !activations_.is_null());
     }
     if (codec == "nf4") {
-      return BnbNf4Layout(s.name, s.rows, s.cols, Nf4Of(s.rec), s.module,
+      return BnbNf4Layout(s.name, s.rows, s.cols, nf4_, s.module,
                           TorchDType(s.rec.at("dtype").get<std::string>()));
     }
     if (codec == "nvfp4" || codec == "mx") {
@@ -168,7 +167,7 @@ class Target {
       return PackCompressedTensorsInt(w, s.module, !activations_.is_null());
     }
     if (codec == "nf4") {
-      return PackBnbNf4(s.name, s.rows, s.cols, Nf4Of(s.rec), s.parts.data(), s.module,
+      return PackBnbNf4(s.name, s.rows, s.cols, nf4_, s.parts.data(), s.module,
                         TorchDType(s.rec.at("dtype").get<std::string>()));
     }
     // FP8 E4M3: the codes as they are, the f32 scales in compressed-tensors' shape; NVFP4 and
@@ -231,7 +230,7 @@ class Target {
         } else {
           qc.update({{"load_in_4bit", true},
                      {"load_in_8bit", false},
-                     {"bnb_4bit_quant_type", NameOf(kBnb4MapNames, Nf4Of(scheme_).map)},
+                     {"bnb_4bit_quant_type", NameOf(kBnb4MapNames, nf4_.map)},
                      {"bnb_4bit_use_double_quant", scheme_.at("double_quant")},
                      {"bnb_4bit_compute_dtype", dtype},
                      {"bnb_4bit_quant_storage", "uint8"}});
@@ -344,6 +343,7 @@ class Target {
 
   ExportFormat format_;
   json scheme_, activations_;
+  Nf4Format nf4_;
   bool v2_ = false;
   bool desc_act_ = false;
 };

@@ -819,11 +819,13 @@ std::vector<std::vector<std::byte>> ImportedCheckpoint::Stored(const std::string
     std::vector<std::vector<std::byte>> out;
     const auto* src = reinterpret_cast<const uint8_t*>(w.parts[0]->data().data());
     const int64_t row_bytes = (w.cols + 1) / 2;
-    const std::array<uint8_t, 256> index =
-        BnbCodeBytes(std::get<Nf4Format>(FormatFromRecord(w.codec)).map, false);
+    const Bnb4Map map = std::get<Nf4Format>(FormatFromRecord(w.codec)).map;
+    const std::array<uint8_t, 256> index = BnbCodeBytes(map, false);
     std::vector<std::byte> q(static_cast<size_t>(w.rows * row_bytes));
     auto* dst = reinterpret_cast<uint8_t*>(q.data());
-    if (w.cols % 2 == 0) {
+    if (w.cols % 2 == 0 && map == Bnb4Map::kNf4) {  // bitsandbytes' NF4 codes are qtool's
+      std::memcpy(dst, src, q.size());
+    } else if (w.cols % 2 == 0) {
       for (size_t i = 0; i < q.size(); ++i) dst[i] = index[src[i]];
     } else {
       for (int64_t r = 0; r < w.rows; ++r) {

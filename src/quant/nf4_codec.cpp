@@ -38,18 +38,20 @@ const std::array<float, 16>& Nf4Values() { return FormatTraits<Nf4Format>::kValu
 const std::array<float, 256>& DynamicMap8() { return FormatTraits<Nf4Format>::DynamicMap8(); }
 
 Nf4Codec::Nf4Codec(const Nf4Format& f, int64_t rows, int64_t cols)
-    : WeightCodec(rows, cols), format_(f), block_(f.block), double_quant_(f.double_quant) {
+    : WeightCodec(rows, cols), format_(f) {
   FormatTraits<Nf4Format>::Validate(f);
 }
 
-int64_t Nf4Codec::num_blocks() const { return (rows() * cols() + block_ - 1) / block_; }
+int64_t Nf4Codec::num_blocks() const {
+  return (rows() * cols() + format_.block - 1) / format_.block;
+}
 
 void Nf4Codec::Observe(const float* w, int64_t r0, int64_t nrows) {
   if (r0 == 0) absmax_.assign(static_cast<size_t>(num_blocks()), 0.0f);
   // Each block's part of these rows; a block running across chunks takes the larger absmax.
   const int64_t i0 = r0 * cols(), n = nrows * cols();
   for (int64_t i = 0; i < n;) {
-    const int64_t b = (i0 + i) / block_, end = std::min(n, (b + 1) * block_ - i0);
+    const int64_t b = (i0 + i) / format_.block, end = std::min(n, (b + 1) * format_.block - i0);
     float& a = absmax_[static_cast<size_t>(b)];
     a = std::max(a, kernels::AbsMax(w + i, end - i));
     i = end;
@@ -57,7 +59,7 @@ void Nf4Codec::Observe(const float* w, int64_t r0, int64_t nrows) {
   if (r0 + nrows < rows()) return;
   // All blocks seen: the scales as decoding will see them.
   dq_absmax_ = absmax_;
-  if (!double_quant_) return;
+  if (!format_.double_quant) return;
   const size_t nb = absmax_.size();
   double sum = 0;
   for (float a : absmax_) sum += a;
@@ -79,7 +81,7 @@ void Nf4Codec::Observe(const float* w, int64_t r0, int64_t nrows) {
 }
 
 void Nf4Codec::WriteScales(std::byte* const* out) const {
-  if (!double_quant_) {
+  if (!format_.double_quant) {
     std::memcpy(out[1], absmax_.data(), absmax_.size() * 4);
     return;
   }
@@ -92,18 +94,18 @@ void Nf4Codec::EncodeRows(const float* w, int64_t r0, int64_t nrows, std::byte* 
                           float* dequant) const {
   if (r0 == 0) WriteScales(out);  // every scale is known from Observe
   const int64_t cols = this->cols(), first = r0 * cols;
-  const kernels::Nf4Blocks b{block_,
+  const kernels::Nf4Blocks b{format_.block,
                              rows() * cols,
                              first,
-                             absmax_.data() + first / block_,
-                             dq_absmax_.data() + first / block_,
+                             absmax_.data() + first / format_.block,
+                             dq_absmax_.data() + first / format_.block,
                              format_.map};
   kernels::QuantizeNf4Rows(w, nrows, cols, b,
                            reinterpret_cast<uint8_t*>(out[0]) + r0 * ((cols + 1) / 2), dequant);
 }
 
 float Nf4Codec::StoredAbsmax(const std::byte* const* in, int64_t b) const {
-  if (!double_quant_) {
+  if (!format_.double_quant) {
     float a;
     std::memcpy(&a, in[1] + b * 4, 4);
     return a;
@@ -117,10 +119,12 @@ float Nf4Codec::StoredAbsmax(const std::byte* const* in, int64_t b) const {
 void Nf4Codec::DecodeRows(const std::byte* const* in, int64_t r0, int64_t nrows, float* out) const {
   const int64_t cols = this->cols(), first = r0 * cols;
   // The decoded absmax of the blocks these rows touch.
-  const int64_t b0 = first / block_, b1 = (first + nrows * cols + block_ - 1) / block_;
+  const int64_t b0 = first / format_.block,
+                b1 = (first + nrows * cols + format_.block - 1) / format_.block;
   std::vector<float> scales(static_cast<size_t>(b1 - b0));
   for (int64_t b = b0; b < b1; ++b) scales[static_cast<size_t>(b - b0)] = StoredAbsmax(in, b);
-  const kernels::Nf4Blocks b{block_, rows() * cols, first, nullptr, scales.data(), format_.map};
+  const kernels::Nf4Blocks b{format_.block, rows() * cols, first,
+                             nullptr,       scales.data(), format_.map};
   kernels::DequantizeNf4Rows(reinterpret_cast<const uint8_t*>(in[0]) + r0 * ((cols + 1) / 2), nrows,
                              cols, b, out);
 }

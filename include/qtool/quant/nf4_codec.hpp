@@ -83,8 +83,6 @@ class Nf4Codec final : public WeightCodec {
   float StoredAbsmax(const std::byte* const* in, int64_t b) const;
 
   Nf4Format format_;
-  int64_t block_;
-  bool double_quant_;
   std::vector<float> absmax_;     // exact, from Observe
   std::vector<float> dq_absmax_;  // as decoding will see it
   std::vector<uint8_t> qabsmax_;  // double quantisation
