@@ -211,6 +211,10 @@ ImportScheme BnbScheme(const ConfigReader& in) {
   s.format = ImportFormat::kBnb;
   if (in.Get<bool>("load_in_8bit", false)) {
     s.bits = 8;  // LLM.int8: int8 rows with their absmax SCB
+    const double t = in.Get<double>("llm_int8_threshold", 6.0);
+    in.Require(std::isfinite(t) && t >= 0 && t <= 65504, "llm_int8_threshold",
+               "a threshold from 0 to 65504 (f16's largest value)");
+    s.llm_int8_threshold = static_cast<float>(t);
     return s;
   }
   in.Require(in.Get<bool>("load_in_4bit", false), "load_in_4bit",
@@ -309,7 +313,9 @@ std::string ImportScheme::Describe() const {
       if (fp8_static_activations) s += ", static fp8 per-tensor activations";
       break;
     case ImportFormat::kBnb:
-      s += bits == 8 ? " LLM.int8 (SCB)" : " 4-bit";
+      s += bits == 8
+               ? fmt::format(" LLM.int8 (SCB), float input columns from {:g}", llm_int8_threshold)
+               : " 4-bit";
       break;
     case ImportFormat::kFp8:
       s += fmt::format(" e4m3, {}x{} block scales (weight_scale_inv)", block[0], block[1]);

@@ -184,6 +184,9 @@ std::optional<json> QuantizationRecord(const Checkpoint& ck) {
 InputQuantization InputQuantizationOf(const Checkpoint& ck) {
   if (const auto imported = DetectImportScheme(ck)) {
     if (imported->int8_activations) return InputQuantization::kInt8Token;
+    if (imported->format == ImportFormat::kBnb && imported->bits == 8) {
+      return InputQuantization::kLlmInt8;
+    }
     return imported->fp8_static_activations ? InputQuantization::kFp8Static
                                             : InputQuantization::kNone;
   }
@@ -200,6 +203,14 @@ InputQuantization InputQuantizationOf(const Checkpoint& ck) {
 
 bool QuantizesActivations(const Checkpoint& ck) {
   return InputQuantizationOf(ck) != InputQuantization::kNone;
+}
+
+float LlmInt8Threshold(const Checkpoint& ck) {
+  const auto imported = ImportedCheckpoint::Shared(ck);
+  QTOOL_CHECK(
+      imported && imported->scheme().format == ImportFormat::kBnb && imported->scheme().bits == 8,
+      FormatError, "{}: not a bitsandbytes LLM.int8 checkpoint", ck.dir().string());
+  return imported->scheme().llm_int8_threshold;
 }
 
 float StaticInputScale(const Checkpoint& ck, const std::string& module) {

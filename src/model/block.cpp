@@ -18,16 +18,24 @@ namespace qtool::runtime {
 void Linear::Apply(const RowMatrixXf& x, RowMatrixXf& y, int threads) const {
   QTOOL_DASSERT(x.cols() == in());
   y.resize(x.rows(), out());
-  if (int8_inputs || fp8_input_scale > 0) {
+  if (inputs == InputQuantization::kNone) {
+    gemm::MatMul(x.data(), in(), x.rows(), w, y.data(), out(), threads);
+  } else {
     RowMatrixXf xq(x.rows(), x.cols());
-    if (int8_inputs) {
-      FakeQuantizePerTokenInt8(x.data(), x.rows(), x.cols(), xq.data());
-    } else {
-      FakeQuantizeStaticFp8(x.data(), x.size(), fp8_input_scale, xq.data());
+    switch (inputs) {
+      case InputQuantization::kInt8Token:
+        FakeQuantizePerTokenInt8(x.data(), x.rows(), x.cols(), xq.data());
+        break;
+      case InputQuantization::kFp8Static:
+        FakeQuantizeStaticFp8(x.data(), x.size(), fp8_input_scale, xq.data());
+        break;
+      case InputQuantization::kLlmInt8:
+        FakeQuantizeLlmInt8(x.data(), x.rows(), x.cols(), llm_int8_threshold, xq.data());
+        break;
+      case InputQuantization::kNone:
+        break;
     }
     gemm::MatMul(xq.data(), in(), xq.rows(), w, y.data(), out(), threads);
-  } else {
-    gemm::MatMul(x.data(), in(), x.rows(), w, y.data(), out(), threads);
   }
   if (bias.size() != 0) y.rowwise() += bias.transpose();
 }
@@ -120,13 +128,14 @@ Linear LoadLinear(const Checkpoint& ck, const std::string& prefix, int64_t out, 
   const std::vector<float> w = ReadShaped(ck, prefix + ".weight", {out, in}, threads);
   l.w = gemm::Pack(w.data(), out, in);
   // A quantised weight is stored under its parts' names (a qtool checkpoint), or has a weight
-  // scale beside it (compressed-tensors' int- and float-quantized keep the name "weight").
-  const bool quantised =
-      ck.Find(prefix + ".weight") == nullptr || ck.Find(prefix + ".weight_scale") != nullptr;
-  l.int8_inputs = inputs == InputQuantization::kInt8Token && quantised;
-  if (inputs == InputQuantization::kFp8Static && quantised) {
-    l.fp8_input_scale = StaticInputScale(ck, prefix);
-  }
+  // scale beside it (compressed-tensors' int- and float-quantized and bitsandbytes' LLM.int8 keep
+  // the name "weight").
+  const bool quantised = ck.Find(prefix + ".weight") == nullptr ||
+                         ck.Find(prefix + ".weight_scale") != nullptr ||
+                         ck.Find(prefix + ".SCB") != nullptr;
+  if (quantised) l.inputs = inputs;
+  if (l.inputs == InputQuantization::kFp8Static) l.fp8_input_scale = StaticInputScale(ck, prefix);
+  if (l.inputs == InputQuantization::kLlmInt8) l.llm_int8_threshold = LlmInt8Threshold(ck);
   if (ck.Find(prefix + ".bias") != nullptr) {
     l.bias = ToVector(ReadShaped(ck, prefix + ".bias", {out}, threads));
   }

@@ -19,12 +19,13 @@ namespace qtool::runtime {
 struct Linear {
   gemm::PackedMatrix w;
   Eigen::VectorXf bias;  // empty: no bias
-  // W8A8: x is quantised per token to INT8 (and decoded) before the product, as a W8A8 kernel
-  // would see it.
-  bool int8_inputs = false;
-  // W8A8-FP8: when positive, x is run as E4M3(x / s) * s with this static scale s
-  // (FakeQuantizeStaticFp8), as compressed-tensors and vLLM run a static FP8 input.
+  // How x is quantised (and decoded) before the product, as the checkpoint's runtime sees it:
+  // kInt8Token (W8A8) per token to INT8; kFp8Static (W8A8-FP8) as E4M3(x / s) * s with the static
+  // scale fp8_input_scale (FakeQuantizeStaticFp8), as compressed-tensors and vLLM run it;
+  // kLlmInt8 as bitsandbytes' LLM.int8 with llm_int8_threshold (FakeQuantizeLlmInt8).
+  InputQuantization inputs = InputQuantization::kNone;
   float fp8_input_scale = 0;
+  float llm_int8_threshold = 0;
   int64_t in() const { return w.k; }
   int64_t out() const { return w.n; }
   /// y [rows, out] = x [rows, in] W^T (+ b).
@@ -62,13 +63,14 @@ struct BlockWeights {
 
 /// Reads the Linear `prefix`.weight (and `prefix`.bias where the checkpoint has it), checking its
 /// shape [out, in]. When it is quantised, its input is quantised as `inputs` says (the
-/// checkpoint's InputQuantizationOf; static FP8 reads `prefix`.input_scale).
+/// checkpoint's InputQuantizationOf; static FP8 reads `prefix`.input_scale, LLM.int8 the
+/// checkpoint's LlmInt8Threshold).
 Linear LoadLinear(const Checkpoint& ck, const std::string& prefix, int64_t out, int64_t in,
                   InputQuantization inputs, int threads);
 
 /// Reads block `i` through ReadTensorF32 (quantised or not). In a checkpoint that quantises
-/// activations (InputQuantizationOf: W8A8, W8A8-FP8) its quantised Linear layers quantise their
-/// inputs.
+/// activations (InputQuantizationOf: W8A8, W8A8-FP8, LLM.int8) its quantised Linear layers quantise
+/// their inputs.
 BlockWeights LoadBlock(const Checkpoint& ck, const LlamaConfig& cfg, int64_t i, int threads);
 
 /// cos/sin of every position and frequency, computed in float32 as the reference implementation

@@ -259,7 +259,8 @@ void CalibrationRunner::Forward(const ConsumerMap& consumers, const WeightOverri
     changed->Apply(overrides);
     if (int8_inputs) {
       if (changed->moe) changed->moe = std::make_shared<runtime::MoeWeights>(*changed->moe);
-      for (const std::string& name : LinearNames()) changed->Find(name)->int8_inputs = true;
+      for (const std::string& name : LinearNames())
+        changed->Find(name)->inputs = InputQuantization::kInt8Token;
     }
     block = std::move(changed);
   }

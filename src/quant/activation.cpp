@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "qtool/core/error.hpp"
+#include "qtool/core/half.hpp"
 #include "qtool/format/spec.hpp"
 #include "qtool/format/text.hpp"
 
@@ -49,6 +50,34 @@ void FakeQuantizePerTokenInt8(const float* x, int64_t tokens, int64_t channels, 
   std::vector<float> scales(static_cast<size_t>(tokens));
   QuantizePerTokenInt8(x, tokens, channels, q.data(), scales.data());
   DequantizePerTokenInt8(q.data(), scales.data(), tokens, channels, out);
+}
+
+void FakeQuantizeLlmInt8(const float* x, int64_t tokens, int64_t channels, float threshold,
+                         float* out) {
+  const auto n = static_cast<size_t>(tokens * channels);
+  std::vector<float> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = F16ToF32(F32ToF16(x[i]));
+  auto outlier = [threshold](float v) { return threshold > 0 && std::fabs(v) >= threshold; };
+  std::vector<char> in_float(static_cast<size_t>(channels), 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (outlier(h[i])) in_float[i % static_cast<size_t>(channels)] = 1;
+  }
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* row = h.data() + t * channels;
+    float m = 0;
+    for (int64_t c = 0; c < channels; ++c) {
+      if (!outlier(row[c])) m = std::max(m, std::fabs(row[c]));
+    }
+    const float inv = 127.0f / m, step = m / 127.0f;
+    for (int64_t c = 0; c < channels; ++c) {
+      const int64_t i = t * channels + c;
+      if (in_float[static_cast<size_t>(c)]) {
+        out[i] = x[i];
+      } else {
+        out[i] = m > 0 ? RoundHalfEvenSmall(row[c] * inv) * step : 0.0f;
+      }
+    }
+  }
 }
 
 void CheckFp8StaticWeights(const Format& weights) {

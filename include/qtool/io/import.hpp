@@ -34,6 +34,9 @@ struct ImportScheme {
   // compressed-tensors W8A8-FP8: static per-tensor FP8 E4M3 inputs, each module's scale in
   // "<module>.input_scale"
   bool fp8_static_activations = false;
+  // bitsandbytes LLM.int8: input values at or above this run in float (config
+  // `llm_int8_threshold`, 6 where absent, as transformers' BitsAndBytesConfig has it)
+  float llm_int8_threshold = 0;
   DType dtype = DType::kF32;  // the weights' type before quantisation (config `torch_dtype`)
 
   /// One line for `inspect`: the format and its parameters.

@@ -64,6 +64,7 @@ enum class InputQuantization {
   kNone,       // run in float (weight-only quantisation)
   kInt8Token,  // Int8TokenActivations()
   kFp8Static,  // Fp8StaticActivations(), the scales in "<module>.input_scale"
+  kLlmInt8,    // bitsandbytes' LLM.int8 (FakeQuantizeLlmInt8) with LlmInt8Threshold(ck)
 };
 
 /// Suffix of a module's static input scale tensor.
@@ -93,6 +94,8 @@ nlohmann::json QuantizationConfig(const nlohmann::json& codec_record,
 InputQuantization InputQuantizationOf(const Checkpoint& ck);
 /// InputQuantizationOf(ck) != kNone.
 bool QuantizesActivations(const Checkpoint& ck);
+/// The outlier threshold of an LLM.int8 checkpoint's inputs (config `llm_int8_threshold`).
+float LlmInt8Threshold(const Checkpoint& ck);
 /// The static FP8 input scale of module `module` (its "<module>.input_scale", F32, F16 or BF16 with
 /// one element): FormatError naming the tensor when it is absent, of another shape or type, or not
 /// positive and finite.

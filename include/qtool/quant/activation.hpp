@@ -11,6 +11,12 @@
 // Linear's input (quantization/lifecycle/forward_helpers.py) and vLLM's static FP8 kernels
 // compute it: x^ = Decode(Encode(clamp(x / s, -max, max))) * s, the division in f32, the cast
 // round to nearest even (saturating: clamping first changes nothing).
+//
+// LLM.int8 (bitsandbytes' MatMul8bitLt on its default backend: int8_vectorwise_quant and
+// int8_mixed_scaled_mm), as a product with the weight bitsandbytes dequantises: x is rounded to
+// f16; with a threshold t > 0, every column holding a value |x16| >= t (in any token of the call)
+// runs in float, x itself; each token's other values are quantised to
+// q = rne(x16 * (127 / m)), m the token's largest |x16| below t, and run as q * (m / 127).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +33,12 @@ void DequantizePerTokenInt8(const int8_t* q, const float* scales, int64_t tokens
 /// QuantizePerTokenInt8 then DequantizePerTokenInt8: the values a W8A8 product sees (out may not
 /// alias x).
 void FakeQuantizePerTokenInt8(const float* x, int64_t tokens, int64_t channels, float* out);
+
+/// LLM.int8's inputs (above) with outlier threshold `threshold` (>= 0; 0: no float columns), for
+/// the `tokens` rows of one product (out may not alias x). A token whose values are all outliers
+/// or zero runs its quantised part as zeros.
+void FakeQuantizeLlmInt8(const float* x, int64_t tokens, int64_t channels, float threshold,
+                         float* out);
 
 /// Throws OptionError unless `weights` is FP8 E4M3, the weight format that static FP8 input
 /// scales go with.
