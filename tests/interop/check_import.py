@@ -102,6 +102,26 @@ def compare(tag, reader_logits, model, tokens, checked, bad, started, tol=F32_TO
     return ok
 
 
+def compare_bnb(tag, model, out, tokens, started, weight_of, tol=F32_TOL, f32_products=False):
+    """`compare` for a bitsandbytes model saved to `out`: weight_of(m) is module m's weight as
+    bitsandbytes dequantises it (None for other modules), which `qtool dequantize` must equal bit
+    for bit; with f32_products each such module then runs as an f32 product of that weight."""
+    deq = qtool_weights(out)
+    checked = bad = 0
+    for name, m in model.named_modules():
+        with torch.no_grad():
+            w = weight_of(m)
+        if w is None:
+            continue
+        bad += differing_bytes(w, deq[name + ".weight"])
+        checked += 1
+        if f32_products:
+            m.forward = lambda x, w=w, b=m.bias: torch.nn.functional.linear(x, w, b)
+    with torch.no_grad():
+        logits = model(torch.tensor([tokens])).logits[0].float().numpy()
+    return compare(tag, logits, out, tokens, checked, bad, started, tol)
+
+
 def bnb_int8_case(src, tokens):
     """LLM.int8 (weight I8 with its row absmax SCB), its inputs quantised as loaded (threshold
     6), against the weights bitsandbytes dequantises (int8_vectorwise_dequant)."""
@@ -115,17 +135,9 @@ def bnb_int8_case(src, tokens):
         src, dtype=torch.float32,
         quantization_config=BitsAndBytesConfig(load_in_8bit=True)).eval()
     model.save_pretrained(out)
-    deq = qtool_weights(out)
-    checked = bad = 0
-    for name, m in model.named_modules():
-        if isinstance(m, bnb.nn.Linear8bitLt):
-            with torch.no_grad():
-                w = bnb.functional.int8_vectorwise_dequant(m.weight.data, m.weight.SCB).float()
-            bad += differing_bytes(w, deq[name + ".weight"])
-            checked += 1
-    with torch.no_grad():
-        logits = model(torch.tensor([tokens])).logits[0].float().numpy()
-    ok = compare(tag, logits, out, tokens, checked, bad, started, LLM_INT8_TOL)
+    ok = compare_bnb(tag, model, out, tokens, started, lambda m: (
+        bnb.functional.int8_vectorwise_dequant(m.weight.data, m.weight.SCB).float()
+        if isinstance(m, bnb.nn.Linear8bitLt) else None), LLM_INT8_TOL)
     shutil.rmtree(out, ignore_errors=True)
     return ok
 
@@ -170,17 +182,9 @@ def bnb_case(src, tokens, quant_type, nested):
           f"against bitsandbytes' quantiser: codes{'' if nested else ' and absmax'} of {weights} "
           f"weights, {quantiser_bad} bytes differ"
           + (f" ({stats_bad} bytes of the nested 8-bit absmax)" if nested else ""), flush=True)
-    deq = qtool_weights(out)
-    checked = bad = 0
-    for name, m in model.named_modules():
-        if isinstance(m, bnb.nn.Linear4bit):
-            with torch.no_grad():
-                w = bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
-            bad += differing_bytes(w, deq[name + ".weight"])
-            checked += 1
-    with torch.no_grad():
-        logits = model(torch.tensor([tokens])).logits[0].float().numpy()
-    ok = compare(tag, logits, out, tokens, checked, bad, started, LLM_INT8_TOL) and quantiser_bad == 0
+    ok = compare_bnb(tag, model, out, tokens, started, lambda m: (
+        bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
+        if isinstance(m, bnb.nn.Linear4bit) else None), f32_products=True) and quantiser_bad == 0
     shutil.rmtree(out, ignore_errors=True)
     return ok
 
