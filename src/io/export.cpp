@@ -179,9 +179,7 @@ class Target {
   std::vector<ExportTensor> Copied(const Source& s) const {
     std::vector<ExportTensor> out;
     for (const TensorSpec& spec : Layout(s)) {
-      ExportTensor t{spec, std::vector<std::byte>(spec.nbytes())};
-      std::memcpy(t.data.data(), s.parts[out.size()], t.data.size());
-      out.push_back(std::move(t));
+      out.push_back(ExportTensor::CopyOf(spec, s.parts[out.size()]));
     }
     return out;
   }

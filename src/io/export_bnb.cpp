@@ -98,8 +98,7 @@ std::vector<ExportTensor> PackBnbInt8(const IntWeight& w, const std::string& pre
                                       double* max_change) {
   const std::vector<TensorSpec> layout = BnbInt8Layout(w, prefix);
   std::vector<ExportTensor> out;
-  for (const TensorSpec& spec : layout)
-    out.push_back({spec, std::vector<std::byte>(spec.nbytes())});
+  for (const TensorSpec& spec : layout) out.push_back(ExportTensor::Zeros(spec));
   // qtool's unsigned code u = q + 128 is the two's complement byte of q with its top bit flipped.
   const size_t n = static_cast<size_t>(w.rows * w.cols);
   const auto* u = w.packed ? reinterpret_cast<const uint8_t*>(w.packed) : w.codes.data();
@@ -172,12 +171,7 @@ std::vector<ExportTensor> PackBnbNf4(const std::string& name, int64_t rows, int6
   }
   src.push_back(js.data());
   std::vector<ExportTensor> out;
-  for (size_t k = 0; k < layout.size(); ++k) {
-    ExportTensor t{layout[k], {}};
-    t.data.resize(t.spec.nbytes());
-    std::memcpy(t.data.data(), src[k], t.data.size());
-    out.push_back(std::move(t));
-  }
+  for (size_t k = 0; k < layout.size(); ++k) out.push_back(ExportTensor::CopyOf(layout[k], src[k]));
   if (f.map != Bnb4Map::kNf4) {  // qtool's indices into the ascending values as bitsandbytes' codes
     const std::array<uint8_t, 256> to_bnb = BnbCodeBytes(f.map, true);
     for (std::byte& b : out[0].data)

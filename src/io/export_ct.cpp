@@ -9,16 +9,8 @@
 namespace qtool {
 namespace {
 
-ExportTensor MakeTensor(TensorSpec spec) {
-  ExportTensor t{std::move(spec), {}};
-  t.data.assign(t.spec.nbytes(), std::byte{0});
-  return t;
-}
-
 ExportTensor F32Tensor(std::string name, const std::vector<float>& v, std::vector<int64_t> shape) {
-  ExportTensor t = MakeTensor({std::move(name), DType::kF32, std::move(shape)});
-  std::memcpy(t.data.data(), v.data(), t.data.size());
-  return t;
+  return ExportTensor::CopyOf({std::move(name), DType::kF32, std::move(shape)}, v.data());
 }
 
 }  // namespace
@@ -63,19 +55,19 @@ std::vector<ExportTensor> PackCompressedTensorsInt(const IntWeight& w, const std
   const int b = w.bits;
   std::vector<ExportTensor> out;
   if (int_quantized) {
-    ExportTensor q = MakeTensor(layout[0]);
+    ExportTensor q = ExportTensor::Zeros(layout[0]);
     auto* qi = reinterpret_cast<int8_t*>(q.data.data());
     for (size_t i = 0; i < w.codes.size(); ++i) qi[i] = static_cast<int8_t>(w.codes[i] - 128);
     out.push_back(std::move(q));
     out.push_back(F32Tensor(prefix + ".weight_scale", w.scales, {w.rows, w.groups}));
     if (!w.symmetric) {
-      ExportTensor z = MakeTensor(layout[2]);
+      ExportTensor z = ExportTensor::Zeros(layout[2]);
       auto* zi = reinterpret_cast<int8_t*>(z.data.data());
       for (size_t i = 0; i < w.zeros.size(); ++i) zi[i] = static_cast<int8_t>(w.zeros[i] - 128);
       out.push_back(std::move(z));
     }
   } else {
-    ExportTensor q = MakeTensor(layout[0]);
+    ExportTensor q = ExportTensor::Zeros(layout[0]);
     const int64_t words = layout[0].shape[1];
     auto* qw = reinterpret_cast<uint32_t*>(q.data.data());
     if (w.packed) {
@@ -93,7 +85,7 @@ std::vector<ExportTensor> PackCompressedTensorsInt(const IntWeight& w, const std
     out.push_back(F32Tensor(prefix + ".weight_scale", w.scales, {w.rows, w.groups}));
     if (!w.symmetric) {
       // Packed along the output dimension (compressed-tensors' packed_dim 0).
-      ExportTensor z = MakeTensor(layout[2]);
+      ExportTensor z = ExportTensor::Zeros(layout[2]);
       auto* zw = reinterpret_cast<uint32_t*>(z.data.data());
       for (int64_t r = 0; r < w.rows; ++r) {
         for (int64_t g = 0; g < w.groups; ++g)
@@ -103,10 +95,8 @@ std::vector<ExportTensor> PackCompressedTensorsInt(const IntWeight& w, const std
     }
   }
   if (!int_quantized) {
-    ExportTensor s = MakeTensor(layout.back());
     const int64_t shape[2] = {w.rows, w.cols};
-    std::memcpy(s.data.data(), shape, sizeof(shape));
-    out.push_back(std::move(s));
+    out.push_back(ExportTensor::CopyOf(layout.back(), shape));
   }
   return out;
 }

@@ -12,17 +12,11 @@
 namespace qtool {
 namespace {
 
-ExportTensor MakeTensor(TensorSpec spec) {
-  ExportTensor t{std::move(spec), {}};
-  t.data.assign(t.spec.nbytes(), std::byte{0});
-  return t;
-}
-
 uint32_t* WordsOf(ExportTensor& t) { return reinterpret_cast<uint32_t*>(t.data.data()); }
 
 // Scales [rows, groups] as f16 [groups, rows].
 ExportTensor TransposedF16Scales(const IntWeight& w, const std::string& name) {
-  ExportTensor t = MakeTensor({name, DType::kF16, {w.groups, w.rows}});
+  ExportTensor t = ExportTensor::Zeros({name, DType::kF16, {w.groups, w.rows}});
   auto* out = reinterpret_cast<uint16_t*>(t.data.data());
   for (int64_t r = 0; r < w.rows; ++r) {
     for (int64_t g = 0; g < w.groups; ++g) {
@@ -48,9 +42,7 @@ void ReadF16Scales(const ExportTensor& t, IntWeight& w) {
 }
 
 ExportTensor GIdx(const IntWeight& w, const std::string& name) {
-  ExportTensor t = MakeTensor({name, DType::kI32, {w.cols}});
-  std::memcpy(t.data.data(), w.g_idx.data(), t.data.size());
-  return t;
+  return ExportTensor::CopyOf({name, DType::kI32, {w.cols}}, w.g_idx.data());
 }
 
 // g_idx back from a tensor, and whether it is other than c / group_size.
@@ -102,7 +94,7 @@ std::vector<TensorSpec> GptqLayout(const IntWeight& w, const std::string& prefix
 std::vector<ExportTensor> PackGptq(const IntWeight& w, const std::string& prefix, bool v2) {
   const std::vector<TensorSpec> layout = GptqLayout(w, prefix);
   const int b = w.bits;
-  ExportTensor qweight = MakeTensor(layout[0]);
+  ExportTensor qweight = ExportTensor::Zeros(layout[0]);
   uint32_t* qw = WordsOf(qweight);
   if (w.packed) {
     // qtool's rows are the columns' streams already: each row is cols * bits / 32 whole words.
@@ -131,7 +123,7 @@ std::vector<ExportTensor> PackGptq(const IntWeight& w, const std::string& prefix
       for (int64_t c = 0; c < w.cols; ++c) PutBits32(qw + r, w.rows, c * b, b, codes[c]);
     }
   }
-  ExportTensor qzeros = MakeTensor(layout[1]);
+  ExportTensor qzeros = ExportTensor::Zeros(layout[1]);
   uint32_t* qz = WordsOf(qzeros);
   const int64_t zrow = w.rows * b / 32;
   for (int64_t r = 0; r < w.rows; ++r) {
@@ -203,9 +195,9 @@ std::vector<TensorSpec> AwqLayout(const IntWeight& w, const std::string& prefix)
 std::vector<ExportTensor> PackAwq(const IntWeight& w, const std::string& prefix) {
   const std::vector<TensorSpec> layout = AwqLayout(w, prefix);
   const int64_t words = w.rows / 8;
-  ExportTensor qweight = MakeTensor(layout[0]);
+  ExportTensor qweight = ExportTensor::Zeros(layout[0]);
   uint32_t* qw = WordsOf(qweight);
-  ExportTensor qzeros = MakeTensor(layout[1]);
+  ExportTensor qzeros = ExportTensor::Zeros(layout[1]);
   uint32_t* qz = WordsOf(qzeros);
   for (int64_t j = 0; j < words; ++j) {
     for (int k = 0; k < 8; ++k) {

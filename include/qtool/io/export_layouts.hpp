@@ -12,6 +12,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -67,6 +68,20 @@ void TransposeWords(const std::byte* in, int64_t rows, int64_t cols, int64_t in_
 struct ExportTensor {
   TensorSpec spec;
   std::vector<std::byte> data;
+
+  /// A tensor of `spec` whose bytes are zero.
+  static ExportTensor Zeros(TensorSpec spec) {
+    ExportTensor t{std::move(spec), {}};
+    t.data.assign(t.spec.nbytes(), std::byte{0});
+    return t;
+  }
+  /// A tensor of `spec` whose bytes are copied from `bytes` (spec.nbytes() of them).
+  static ExportTensor CopyOf(TensorSpec spec, const void* bytes) {
+    ExportTensor t{std::move(spec), {}};
+    t.data.resize(t.spec.nbytes());
+    std::memcpy(t.data.data(), bytes, t.data.size());
+    return t;
+  }
 };
 
 /// GPTQ (AutoGPTQ / GPTQModel, `checkpoint_format` "gptq" = v1 or "gptq_v2"), module PREFIX:
