@@ -108,6 +108,18 @@ def permute(w, heads):
             .swapaxes(1, 2).reshape(w.shape))
 
 
+def in_gguf_order(ours, t, config, shape):
+    """`qtool dequantize`'s tensor for GGUF tensor t: qtool writes a Hugging Face checkpoint
+    (names mapped back, query/key rows back in rotate-half order), permuted here into GGUF's
+    order again and shaped as the GGUF tensor."""
+    mine = ours[hf_name(t.name)]
+    if t.name.endswith("attn_q.weight"):
+        mine = permute(mine, config["num_attention_heads"])
+    elif t.name.endswith("attn_k.weight"):
+        mine = permute(mine, config["num_key_value_heads"])
+    return mine.reshape(shape)
+
+
 def synthetic_model(path, tokenizer_dir):
     """A seeded F32 Llama checkpoint: Gaussian weights, a few large outliers per matrix."""
     os.makedirs(path, exist_ok=True)
@@ -223,12 +235,7 @@ def check_gptq(qtool, model, calib, work):
         differ = 0
         for t in GGUFReader(out).tensors:
             theirs = tensor_values(t)
-            mine = ours[hf_name(t.name)]
-            if t.name.endswith("attn_q.weight"):
-                mine = permute(mine, config["num_attention_heads"])
-            elif t.name.endswith("attn_k.weight"):
-                mine = permute(mine, config["num_key_value_heads"])
-            mine = mine.reshape(theirs.shape)
+            mine = in_gguf_order(ours, t, config, theirs.shape)
             if not np.array_equal(theirs.view(np.uint32), mine.view(np.uint32)):
                 sys.exit(f"GPTQ {ty}: tensor {t.name} ({t.tensor_type.name}): gguf and qtool "
                          "decode it differently")
@@ -266,14 +273,7 @@ def check_model(qtool, model, work):
         types = set()
         for t in r.tensors:
             theirs = tensor_values(t)
-            # qtool dequantize writes a Hugging Face checkpoint: names mapped back, query/key
-            # rows back in rotate-half order (permuted here into GGUF's order again).
-            mine = ours[hf_name(t.name)]
-            if t.name.endswith("attn_q.weight"):
-                mine = permute(mine, config["num_attention_heads"])
-            elif t.name.endswith("attn_k.weight"):
-                mine = permute(mine, config["num_key_value_heads"])
-            mine = mine.reshape(theirs.shape)
+            mine = in_gguf_order(ours, t, config, theirs.shape)
             if not np.array_equal(theirs.view(np.uint32), mine.view(np.uint32)):
                 bad = np.argwhere(theirs.view(np.uint32) != mine.view(np.uint32))[0]
                 sys.exit(f"{ty}: tensor {t.name} ({t.tensor_type.name}): gguf decodes "
