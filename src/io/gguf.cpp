@@ -431,17 +431,21 @@ Writer::Writer(const std::filesystem::path& path, std::vector<std::pair<std::str
   const std::string header = EncodeHeader(kv, tensors_);
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   QTOOL_CHECK(fd_ >= 0, IoError, "{}: cannot create: {}", tmp_path_.string(), std::strerror(errno));
+  RegisterTemp(tmp_path_);
   buffer_.reserve(kBufferBytes);
-  Put(header.data(), header.size());
+  try {
+    Put(header.data(), header.size());
+  } catch (...) {  // the destructor does not run for a constructor that throws
+    ::close(fd_);
+    RemoveTemp(tmp_path_);
+    throw;
+  }
   while (current_ < tensors_.size() && tensors_[current_].nbytes() == 0) ++current_;
 }
 
 Writer::~Writer() {
   if (fd_ >= 0) ::close(fd_);
-  if (!committed_) {
-    std::error_code ec;
-    std::filesystem::remove(tmp_path_, ec);
-  }
+  if (!committed_) RemoveTemp(tmp_path_);
 }
 
 void Writer::Put(const void* data, size_t n) {
@@ -500,11 +504,7 @@ void Writer::Commit() {
   Flush();
   const int fd = fd_;
   fd_ = -1;
-  QTOOL_CHECK(::close(fd) == 0, IoError, "{}: close failed: {}", tmp_path_.string(),
-              std::strerror(errno));
-  std::error_code ec;
-  std::filesystem::rename(tmp_path_, path_, ec);
-  QTOOL_CHECK(!ec, IoError, "{}: cannot rename into place: {}", path_.string(), ec.message());
+  CloseIntoPlace(fd, tmp_path_, path_);
   committed_ = true;
 }
 

@@ -420,12 +420,7 @@ void SafetensorsWriter::Commit() {
               "{}: cannot set the file size: {}", tmp_path_.string(), std::strerror(errno));
   const int fd = fd_;
   fd_ = -1;
-  QTOOL_CHECK(::close(fd) == 0, IoError, "{}: close failed: {}", tmp_path_.string(),
-              std::strerror(errno));
-  std::error_code ec;
-  std::filesystem::rename(tmp_path_, path_, ec);
-  QTOOL_CHECK(!ec, IoError, "{}: cannot rename into place: {}", path_.string(), ec.message());
-  UnregisterTemp(tmp_path_);
+  CloseIntoPlace(fd, tmp_path_, path_);
   committed_ = true;
 }
 

@@ -140,6 +140,15 @@ void UnregisterTemp(const fs::path& path) {
   r.temps.erase(path);
 }
 
+void CloseIntoPlace(int fd, const fs::path& temp, const fs::path& path) {
+  QTOOL_CHECK(::close(fd) == 0, IoError, "{}: close failed: {}", temp.string(),
+              std::strerror(errno));
+  std::error_code ec;
+  fs::rename(temp, path, ec);
+  QTOOL_CHECK(!ec, IoError, "{}: cannot rename into place: {}", path.string(), ec.message());
+  UnregisterTemp(temp);
+}
+
 void RemoveTemp(const fs::path& path) noexcept {
   RemoveTree(path);
   try {

@@ -1,7 +1,9 @@
 // GGUF container: write -> read round trips of every value type and tensor type, streaming in
 // arbitrary pieces, byte-exact header encoding, and refusal of malformed files with FormatError.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -11,6 +13,7 @@
 #include "qtool/core/error.hpp"
 #include "qtool/format/ggml_quants.hpp"
 #include "qtool/io/gguf.hpp"
+#include "qtool/io/temp_path.hpp"
 #include "test_support.hpp"
 
 namespace qtool::gguf {
@@ -136,6 +139,23 @@ TEST(Gguf, RoundTripEveryValueAndTensorType) {
     // Nothing else is left in the directory (no temporary file).
     EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 1);
   }
+}
+
+// A run interrupted while a GGUF file is half written leaves nothing behind: the writer's
+// temporary is registered for the signal cleanup, as the safetensors writer's is.
+TEST(GgufDeathTest, WriterTemporaryIsRemovedOnSignals) {
+  testing::ScratchDir dir;
+  const auto path = dir / "m.gguf";
+  EXPECT_EXIT(
+      {
+        CleanUpTempsOnSignals();
+        Writer w(path, {}, {{"a", {32}, ggml::Type::kQ8_0}});
+        w.Write(std::vector<std::byte>(10));
+        ::kill(::getpid(), SIGTERM);
+        ::pause();
+      },
+      ::testing::ExitedWithCode(128 + SIGTERM), "");
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 0);
 }
 
 TEST(Gguf, WriterRefusesTooMuchOrTooLittleAndLeavesNothing) {

@@ -27,6 +27,10 @@ void RegisterTemp(const std::filesystem::path& path);
 void UnregisterTemp(const std::filesystem::path& path);
 /// Removes a temporary file or directory tree and unregisters it. Never throws.
 void RemoveTemp(const std::filesystem::path& path) noexcept;
+/// Closes `fd`, the registered temporary file `temp` written in full, and renames it into place
+/// as `path`, then unregisters it. Throws IoError naming the file when either step fails (the
+/// temporary then stays registered, for its owner to remove).
+void CloseIntoPlace(int fd, const std::filesystem::path& temp, const std::filesystem::path& path);
 
 /// A finished temporary, the name it is to have, and whether it may replace what has that name.
 struct StagedOutput {
