@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 #include <memory>
+#include <optional>
+#include <variant>
 
 #include "blocks.hpp"
 #include "qtool/solvers/awq.hpp"
@@ -34,13 +36,39 @@ class RowSampler final : public ActivationConsumer {
   std::vector<Eigen::RowVectorXf> rows_;
 };
 
+// The columns a codec's scale covers in each row, when it covers whole groups of them (the clipping
+// search's groups): the int codec's group (or row), NVFP4's 16, MX's block, NF4's block where the
+// rows are whole blocks; 0 for the others (FP8's per-channel or per-tensor scale, ...), which are
+// not clipped.
+int64_t ClipGroup(const Format& format, const QuantSpec& spec, int64_t cols) {
+  if (std::holds_alternative<IntFormat>(format)) {
+    return spec.granularity == Granularity::kGroup ? spec.group_size : cols;
+  }
+  if (std::holds_alternative<Nvfp4Format>(format)) return 16;
+  if (const auto* mx = std::get_if<MxFormat>(&format)) return mx->block;
+  if (const auto* nf4 = std::get_if<Nf4Format>(&format)) {
+    return cols % nf4->block == 0 ? nf4->block : 0;
+  }
+  return 0;
+}
+
 }  // namespace
 
 BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
   const int64_t b = run.block();
-  // The codec rounds AWQ's output, so the search rounds as the codec does.
-  const IntGrid grid(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
+  // The codec rounds AWQ's output, so the search rounds as the codec does: the int codec's grid
+  // per group, any other codec (NF4, FP8, NVFP4, MXFP4, ...) through the codec itself.
+  std::optional<IntGrid> grid;
+  if (std::holds_alternative<IntFormat>(ctx.options.format)) {
+    grid.emplace(ctx.spec.bits, ctx.spec.symmetric, /*codec_range=*/true);
+  }
   const int64_t g = ctx.spec.granularity == Granularity::kGroup ? ctx.spec.group_size : 0;
+  auto rounded = [&](const RowMatrixXf& w, const std::string& layer) -> RowMatrixXf {
+    if (grid) return QuantizeRtn(w, *grid, g).dequant;
+    return RoundedByCodec(
+        w, ctx.options.format, ctx.threads,
+        fmt::format("{}: tensor \"{}\"", ctx.ck.dir().string(), WeightName(b, layer)));
+  };
   const int64_t total_rows = run.num_samples() * run.seq_len();
   const LlamaConfig& cfg = ctx.cfg;
   const std::string mlp_norm = MlpNorm(cfg);
@@ -175,7 +203,7 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
       for (const std::string& l : layers) {
         if (!selected(l)) continue;  // kept in full precision: the scaling is exact
         const RowMatrixXf scaled = cur[l].array().rowwise() * s.array();
-        trial[l] = QuantizeRtn(scaled, grid, g).dequant.array().rowwise() / s.array();
+        trial[l] = rounded(scaled, l).array().rowwise() / s.array();
       }
       double err = 0;
       if (f.local) {
@@ -215,15 +243,25 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
     }
     ctx.Report({b, layers.front(), best, Since(t0), detail});
   }
+  // The clipping search: a threshold per row and group of the columns one scale covers, the
+  // candidates rounded by the int grid or by the codec itself.
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     for (const std::string& l : groups[gi]) {
       if (l == "self_attn.q_proj" || l == "self_attn.k_proj" || l == "self_attn.qkv_proj" ||
           !selected(l)) {
         continue;
       }
+      const int64_t clip_group = ClipGroup(ctx.options.format, ctx.spec, cur[l].cols());
+      if (clip_group == 0) continue;
       const RowMatrixXf x =
           clip_rows[l]->Rows().array().rowwise() / input_scale[gi].transpose().array();
-      cur[l] = AwqClip(cur[l], x, grid, g, ctx.method.awq_clip_grid, ctx.method.awq_max_shrink);
+      if (grid) {
+        cur[l] = AwqClip(cur[l], x, *grid, g, ctx.method.awq_clip_grid, ctx.method.awq_max_shrink);
+      } else {
+        const GroupRounder round = [&](const RowMatrixXf& group) { return rounded(group, l); };
+        cur[l] = AwqClip(cur[l], x, round, clip_group, ctx.method.awq_clip_grid,
+                         ctx.method.awq_max_shrink);
+      }
     }
   }
   BlockSolution sol;

@@ -1,6 +1,11 @@
 // The helpers the block algorithms share (blocks.hpp).
 #include "blocks.hpp"
 
+#include <memory>
+
+#include "qtool/pipeline/quantize.hpp"
+#include "qtool/quant/codec.hpp"
+
 namespace qtool::solvers::detail {
 
 std::string MlpNorm(const LlamaConfig& cfg) {
@@ -10,6 +15,23 @@ std::string MlpNorm(const LlamaConfig& cfg) {
 RowMatrixXf StoredNorm(const LlamaConfig& cfg, RowMatrixXf effective) {
   if (cfg.norm_plus_one) effective.array() -= 1.0f;
   return effective;
+}
+
+RowMatrixXf RoundedByCodec(const RowMatrixXf& w, const Format& format, int threads,
+                           const std::string& label) {
+  const std::unique_ptr<WeightCodec> codec = MakeCodec(format, w.rows(), w.cols());
+  std::vector<std::vector<std::byte>> parts;
+  std::vector<std::byte*> ptrs;
+  for (const TensorSpec& p : codec->Layout("")) {
+    parts.emplace_back(p.nbytes());
+    ptrs.push_back(parts.back().data());
+  }
+  QuantizeMatrix(reinterpret_cast<const std::byte*>(w.data()), DType::kF32, *codec, ptrs.data(),
+                 threads, label);
+  const std::vector<const std::byte*> cptrs(ptrs.begin(), ptrs.end());
+  RowMatrixXf out(w.rows(), w.cols());
+  codec->DecodeRows(cptrs.data(), 0, w.rows(), out.data());
+  return out;
 }
 
 namespace {

@@ -72,6 +72,11 @@ std::string MlpNorm(const LlamaConfig& cfg);
 // (1 + w) norms store w, so folding 1/s into one stores (1 + w) / s - 1.
 RowMatrixXf StoredNorm(const LlamaConfig& cfg, RowMatrixXf effective);
 
+// w [rows, cols] rounded by `format`'s codec: encoded as the writer encodes it, then decoded
+// (`label` names the tensor in errors).
+RowMatrixXf RoundedByCodec(const RowMatrixXf& w, const Format& format, int threads,
+                           const std::string& label);
+
 // What a block algorithm is given: the checkpoint and its model, the run's options (the codec
 // record, with g_idx where GPTQ stores it, and the selection) and method, and the integer format.
 struct Context {

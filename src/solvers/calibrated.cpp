@@ -176,14 +176,16 @@ QuantizeReport QuantizeCalibrated(const fs::path& model_dir, const fs::path& out
                                   const QuantizeOptions& options, const CalibratedOptions& method,
                                   const LayerFn& on_layer, const ProgressFn& progress) {
   const auto start = std::chrono::steady_clock::now();
+  // AWQ's rescaled weights are rounded by the writer's codec, whichever it is; the other methods
+  // choose the int codec's codes.
   const auto* int_format = std::get_if<IntFormat>(&options.format);
-  QTOOL_CHECK(int_format != nullptr, OptionError,
+  QTOOL_CHECK(int_format != nullptr || method.method == Method::kAwq, OptionError,
               "--method {} writes the int codec (--format int), not {}", MethodName(method.method),
               FormatToString(options.format));
-  const QuantSpec spec = IntSpec(*int_format);
-  QTOOL_CHECK(spec.granularity != Granularity::kTensor, OptionError,
+  const QuantSpec spec = int_format ? IntSpec(*int_format) : QuantSpec{};
+  QTOOL_CHECK(!int_format || spec.granularity != Granularity::kTensor, OptionError,
               "--method {} needs group or channel granularity", MethodName(method.method));
-  QTOOL_CHECK(!spec.flat_groups, OptionError,
+  QTOOL_CHECK(!int_format || !spec.flat_groups, OptionError,
               "--method {} keeps groups inside rows: drop --flat-groups",
               MethodName(method.method));
   QTOOL_CHECK(method.method != Method::kHqq || !spec.symmetric, OptionError,

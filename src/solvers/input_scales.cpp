@@ -27,24 +27,6 @@ class AbsMax final : public ActivationConsumer {
   float max_ = 0;
 };
 
-// w [rows, cols] rounded to `format`: encoded as the writer encodes it, then decoded.
-RowMatrixXf Rounded(const RowMatrixXf& w, const Format& format, int threads,
-                    const std::string& label) {
-  const std::unique_ptr<WeightCodec> codec = MakeCodec(format, w.rows(), w.cols());
-  std::vector<std::vector<std::byte>> parts;
-  std::vector<std::byte*> ptrs;
-  for (const TensorSpec& p : codec->Layout("")) {
-    parts.emplace_back(p.nbytes());
-    ptrs.push_back(parts.back().data());
-  }
-  QuantizeMatrix(reinterpret_cast<const std::byte*>(w.data()), DType::kF32, *codec, ptrs.data(),
-                 threads, label);
-  const std::vector<const std::byte*> cptrs(ptrs.begin(), ptrs.end());
-  RowMatrixXf out(w.rows(), w.cols());
-  codec->DecodeRows(cptrs.data(), 0, w.rows(), out.data());
-  return out;
-}
-
 }  // namespace
 
 float Fp8InputScale(float max_abs) { return max_abs > 0 ? max_abs / kE4M3.max() : 1.0f; }
@@ -70,8 +52,9 @@ std::map<std::string, float> MeasureFp8InputScales(const std::filesystem::path& 
       const std::string full = detail::WeightName(b, name);
       const CheckpointTensor* t = ck.Find(full);
       if (t == nullptr || !SelectedForQuantization(*t->info, options)) continue;
-      rounded[name] = Rounded(run.Weight(name), options.format, threads,
-                              fmt::format("{}: tensor \"{}\"", ck.dir().string(), full));
+      rounded[name] =
+          detail::RoundedByCodec(run.Weight(name), options.format, threads,
+                                 fmt::format("{}: tensor \"{}\"", ck.dir().string(), full));
       consumers[name].push_back(&maxima[name]);
     }
     run.Capture(consumers, rounded);

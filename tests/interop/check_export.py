@@ -421,6 +421,10 @@ def main():
         ("babyllama-tok105", ["--format", "mxfp4"] + KEEP, "compressed-tensors", []),
         ("babyllama-tok105", ["--method", "hqq", "--format", "int4", "--group", "32"] + KEEP,
          "gptq", ["--gptq-format", "gptq_v2"]),
+        # AWQ's rescaled weights rounded by the NVFP4 codec.
+        ("babyllama-tok105", ["--method", "awq", "--format", "nvfp4", "--calib",
+                              os.path.join(SHARED, "data/stories-calib.txt"), "--nsamples", "8",
+                              "--seqlen", "128"] + KEEP, "compressed-tensors", []),
         ("babyllama-tok105", ["--method", "smoothquant", "--calib",
                               os.path.join(SHARED, "data/stories-calib.txt"), "--nsamples", "8",
                               "--seqlen", "128"] + KEEP, "compressed-tensors", []),
@@ -456,7 +460,7 @@ def main():
         same = out if llm_int8 else qdir
         q_logits, q_ppl = qtool_numbers(same, tok_file, eval_file, len(eval_ids[:511]) + 1)
         t0 = time.time()
-        fp4 = qopts[1] in ("nvfp4", "mxfp4")
+        fp4 = "nvfp4" in qopts or "mxfp4" in qopts
         model = load(fmt, out, fp4)
         load_s = time.time() - t0
         # (name, logits tolerance, perplexity tolerance)

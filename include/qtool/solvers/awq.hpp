@@ -5,6 +5,7 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "qtool/solvers/grid.hpp"
@@ -22,10 +23,18 @@ Eigen::VectorXf SmoothQuantScales(const Eigen::VectorXf& act_max,
 /// (so that they straddle 1); a channel with mean |x| = 0 is treated as the smallest non-zero one.
 Eigen::VectorXf AwqScales(const Eigen::VectorXf& mean_abs, double alpha);
 
+/// Rounds the columns of one group of a weight, every row [rows, group columns], as its codec
+/// rounds them.
+using GroupRounder = std::function<RowMatrixXf(const RowMatrixXf&)>;
+
 /// AWQ's clipping search: for each output row and group, the clipping threshold
-/// t = (1 - i / grid) max|w| (i < max_shrink * grid) whose rounded weights give the smallest mean
-/// squared error of that group's contribution to the outputs on the sample inputs x [tokens, cols].
-/// Returns w clamped to [-t, t] per group (the caller then rounds it with min-max ranges).
+/// t = (1 - i / grid) max|w| (i < max_shrink * grid) whose weights, clamped to [-t, t] and rounded
+/// by `round`, give the smallest mean squared error of that group's contribution to the outputs on
+/// the sample inputs x [tokens, cols]. Returns w clamped to [-t, t] per group (the caller then
+/// rounds it).
+RowMatrixXf AwqClip(const RowMatrixXf& w, const RowMatrixXf& x, const GroupRounder& round,
+                    int64_t group_size, int grid_points = 20, double max_shrink = 0.5);
+/// AwqClip rounding each row of a group with `grid` over its min-max range.
 RowMatrixXf AwqClip(const RowMatrixXf& w, const RowMatrixXf& x, const Grid& grid,
                     int64_t group_size, int grid_points = 20, double max_shrink = 0.5);
 
