@@ -313,9 +313,14 @@ std::string ImportScheme::Describe() const {
       if (fp8_static_activations) s += ", static fp8 per-tensor activations";
       break;
     case ImportFormat::kBnb:
-      s += bits == 8
-               ? fmt::format(" LLM.int8 (SCB), float input columns from {:g}", llm_int8_threshold)
-               : " 4-bit";
+      if (bits != 8) {
+        s += " 4-bit";
+      } else if (llm_int8_threshold > 0) {
+        s += fmt::format(" LLM.int8 (SCB), input columns with a value of {:g} or more in float",
+                         llm_int8_threshold);
+      } else {
+        s += " LLM.int8 (SCB), every input column as INT8";
+      }
       break;
     case ImportFormat::kFp8:
       s += fmt::format(" e4m3, {}x{} block scales (weight_scale_inv)", block[0], block[1]);

@@ -39,7 +39,8 @@ class RowSampler final : public ActivationConsumer {
 // The columns a codec's scale covers in each row, when it covers whole groups of them (the clipping
 // search's groups): the int codec's group (or row), NVFP4's 16, MX's block, NF4's block where the
 // rows are whole blocks; 0 for the others (FP8's per-channel or per-tensor scale, ...), which are
-// not clipped.
+// not clipped. A group's candidates are rounded as a matrix of their own, so NVFP4's global scale
+// is then the group's, not the whole weight's: an approximation of its block scales' rounding.
 int64_t ClipGroup(const Format& format, const QuantSpec& spec, int64_t cols) {
   if (std::holds_alternative<IntFormat>(format)) {
     return spec.granularity == Granularity::kGroup ? spec.group_size : cols;

@@ -94,6 +94,8 @@ TEST(LlmInt8Inputs, TheRuntimeRunsACheckpointsQuantisedLayersWithItsThreshold) {
   EXPECT_EQ(LlmInt8Threshold(ck), 6.0f);  // transformers' default where the config has none
   const Checkpoint ck35 = write(d / "t35", {{"llm_int8_threshold", 3.5}});
   EXPECT_EQ(LlmInt8Threshold(ck35), 3.5f);
+  const std::string described = ImportedCheckpoint::Open(ck35)->scheme().Describe();
+  EXPECT_NE(described.find("a value of 3.5 or more in float"), std::string::npos) << described;
   const runtime::Linear l = runtime::LoadLinear(ck35, m, rows, cols, InputQuantizationOf(ck35), 1);
   const runtime::Linear f =
       runtime::LoadLinear(ck35, kept, rows, cols, InputQuantizationOf(ck35), 1);
