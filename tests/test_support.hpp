@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,6 +27,18 @@ std::vector<std::filesystem::path> SharedModels();
       GTEST_SKIP() << "../shared is absent: set QTOOL_SHARED_DIR to run this test"; \
     }                                                                               \
   } while (0)
+
+/// The qtool record of the int codec: `bits`, groups of `group` columns (0: one scale per row).
+inline nlohmann::json IntRecord(int bits, int64_t group, bool symmetric = true) {
+  nlohmann::json r = {{"codec", "int"}, {"bits", bits}, {"symmetric", symmetric}};
+  if (group > 0) {
+    r["granularity"] = "group";
+    r["group_size"] = group;
+  } else {
+    r["granularity"] = "channel";
+  }
+  return r;
+}
 
 /// A fresh directory under the system temp dir, removed with its contents on destruction.
 class ScratchDir {

@@ -26,6 +26,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using testing::IntRecord;
 using testing::ScratchDir;
 
 // Weights of the test model: [rows, cols] inside the decoder blocks. 96 columns make a partial
@@ -136,17 +137,6 @@ void ExpectSameFiles(const fs::path& a, const fs::path& b) {
   EXPECT_EQ(testing::ReadFile(a / "config.json"), testing::ReadFile(b / "config.json"));
 }
 
-json Int(int bits, bool sym, int64_t group) {
-  json r = {{"codec", "int"}, {"bits", bits}, {"symmetric", sym}};
-  if (group > 0) {
-    r["granularity"] = "group";
-    r["group_size"] = group;
-  } else {
-    r["granularity"] = "channel";
-  }
-  return r;
-}
-
 struct Case {
   std::string label;
   json codec;
@@ -177,18 +167,18 @@ TEST_P(ImportRoundTrip, DecodesAsQtoolAndConvertsBack) {
 INSTANTIATE_TEST_SUITE_P(
     Formats, ImportRoundTrip,
     ::testing::Values(
-        Case{"gptq_int2_g64", Int(2, true, 64), ExportFormat::kGptq},
-        Case{"gptq_int3_g64", Int(3, true, 64), ExportFormat::kGptq},
-        Case{"gptq_int4_g64", Int(4, true, 64), ExportFormat::kGptq},
-        Case{"gptq_int8_channel", Int(8, true, 0), ExportFormat::kGptq},
-        Case{"gptq_v2_int4_asym_g32", Int(4, false, 32), ExportFormat::kGptq, true},
-        Case{"gptq_v2_int3_asym_g64", Int(3, false, 64), ExportFormat::kGptq, true},
-        Case{"gptq_act_order", Int(4, true, 32), ExportFormat::kGptq, false, true},
-        Case{"awq_g32", Int(4, false, 32), ExportFormat::kAwq},
-        Case{"ct_int4_sym_g32", Int(4, true, 32), ExportFormat::kCompressedTensors},
-        Case{"ct_int3_asym_g32", Int(3, false, 32), ExportFormat::kCompressedTensors},
-        Case{"ct_int8_channel", Int(8, true, 0), ExportFormat::kCompressedTensors},
-        Case{"ct_w8a8", Int(8, true, 0), ExportFormat::kCompressedTensors, false, false,
+        Case{"gptq_int2_g64", IntRecord(2, 64), ExportFormat::kGptq},
+        Case{"gptq_int3_g64", IntRecord(3, 64), ExportFormat::kGptq},
+        Case{"gptq_int4_g64", IntRecord(4, 64), ExportFormat::kGptq},
+        Case{"gptq_int8_channel", IntRecord(8, 0), ExportFormat::kGptq},
+        Case{"gptq_v2_int4_asym_g32", IntRecord(4, 32, false), ExportFormat::kGptq, true},
+        Case{"gptq_v2_int3_asym_g64", IntRecord(3, 64, false), ExportFormat::kGptq, true},
+        Case{"gptq_act_order", IntRecord(4, 32), ExportFormat::kGptq, false, true},
+        Case{"awq_g32", IntRecord(4, 32, false), ExportFormat::kAwq},
+        Case{"ct_int4_sym_g32", IntRecord(4, 32), ExportFormat::kCompressedTensors},
+        Case{"ct_int3_asym_g32", IntRecord(3, 32, false), ExportFormat::kCompressedTensors},
+        Case{"ct_int8_channel", IntRecord(8, 0), ExportFormat::kCompressedTensors},
+        Case{"ct_w8a8", IntRecord(8, 0), ExportFormat::kCompressedTensors, false, false,
              Int8TokenActivations()},
         Case{"ct_fp8_channel",
              {{"codec", "fp"}, {"format", "e4m3"}, {"scale", "channel"}},
@@ -218,13 +208,13 @@ INSTANTIATE_TEST_SUITE_P(
 // AWQ <-> GPTQ (asymmetric) without going through float.
 TEST(ImportConvert, ChainsAreByteIdentical) {
   ScratchDir d;
-  const fs::path a = WriteQtool(d / "a", Int(4, true, 32));
+  const fs::path a = WriteQtool(d / "a", IntRecord(4, 32));
   const fs::path g = Convert(a, d / "g", ExportFormat::kGptq);
   const fs::path ct = Convert(g, d / "ct", ExportFormat::kCompressedTensors);
   ExpectSameFiles(a, Convert(ct, d / "back", ExportFormat::kQtool));
   ExpectSameFiles(g, Convert(ct, d / "g2", ExportFormat::kGptq));
 
-  const fs::path b = WriteQtool(d / "b", Int(4, false, 32));
+  const fs::path b = WriteQtool(d / "b", IntRecord(4, 32, false));
   const fs::path awq = Convert(b, d / "awq", ExportFormat::kAwq);
   const fs::path gv2 = Convert(awq, d / "gv2", ExportFormat::kGptq, true);
   ExpectSameFiles(awq, Convert(gv2, d / "awq2", ExportFormat::kAwq));
@@ -240,11 +230,11 @@ TEST(ImportConvert, RefusesWhatTheTargetCannotHold) {
       testing::ErrorOf<OptionError>([&] { Convert(nf4, d / "x", ExportFormat::kGptq); });
   EXPECT_NE(e.find("GPTQ holds int"), std::string::npos) << e;
   const fs::path act =
-      Convert(WriteQtool(d / "a", Int(4, true, 32), true), d / "act", ExportFormat::kGptq);
+      Convert(WriteQtool(d / "a", IntRecord(4, 32), true), d / "act", ExportFormat::kGptq);
   e = testing::ErrorOf<OptionError>([&] { Convert(act, d / "y", ExportFormat::kAwq); });
   EXPECT_NE(e.find("act-order"), std::string::npos) << e;
   const fs::path v2 =
-      Convert(WriteQtool(d / "b", Int(8, false, 0)), d / "v2", ExportFormat::kGptq, true);
+      Convert(WriteQtool(d / "b", IntRecord(8, 0, false)), d / "v2", ExportFormat::kGptq, true);
   e = testing::ErrorOf<OptionError>([&] { Convert(v2, d / "z", ExportFormat::kAwq); });
   EXPECT_NE(e.find("4-bit"), std::string::npos) << e;
   const fs::path nv = Convert(WriteQtool(d / "c", {{"codec", "nvfp4"}}), d / "nv",
@@ -442,7 +432,7 @@ TEST(ImportBnb, Int8DecodesAsBitsandbytes) {
 // tensor and what is wrong, on open or on decoding the weight.
 TEST(ImportErrors, NameTheTensorAndTheFault) {
   ScratchDir d;
-  const fs::path g = Convert(WriteQtool(d / "a", Int(4, true, 32)), d / "g", ExportFormat::kGptq);
+  const fs::path g = Convert(WriteQtool(d / "a", IntRecord(4, 32)), d / "g", ExportFormat::kGptq);
   const std::string w = "model.layers.0.mlp.down_proj";
   int n = 0;
   const auto open_error = [&](auto edit, auto config) {
@@ -537,7 +527,7 @@ TEST(ImportErrors, NameTheTensorAndTheFault) {
 // dequantize, inspect and eval take the formats on the command line.
 TEST(ImportCli, DequantizeAndInspect) {
   ScratchDir d;
-  const fs::path a = WriteQtool(d / "a", Int(4, false, 32));
+  const fs::path a = WriteQtool(d / "a", IntRecord(4, 32, false));
   const fs::path awq = Convert(a, d / "awq", ExportFormat::kAwq);
   ASSERT_EQ(testing::RunCli({"dequantize", a.string(), "-o", (d / "da").string()}).exit_code, 0);
   const auto r = testing::RunCli({"dequantize", awq.string(), "-o", (d / "dw").string()});
@@ -587,7 +577,7 @@ TEST(ImportFp4, RefusesNanScales) {
 // share one ImportedCheckpoint, made again only once the Checkpoint has moved (it points at it).
 TEST(ImportShared, OpensOncePerCheckpoint) {
   ScratchDir d;
-  const fs::path g = Convert(WriteQtool(d / "a", Int(4, true, 32)), d / "g", ExportFormat::kGptq);
+  const fs::path g = Convert(WriteQtool(d / "a", IntRecord(4, 32)), d / "g", ExportFormat::kGptq);
   Checkpoint ck = Checkpoint::Open(g);
   const auto first = ImportedCheckpoint::Shared(ck);
   ASSERT_NE(first, nullptr);
@@ -614,7 +604,7 @@ TEST(ImportCompressedTensors, NaiveQuantizedIsReadAsItsTensors) {
   };
   const NaiveCase cases[] = {
       {"fp8", {{"codec", "fp"}, {"format", "e4m3"}, {"scale", "channel"}}, nullptr},
-      {"w8a8", Int(8, true, 0), Int8TokenActivations()}};
+      {"w8a8", IntRecord(8, 0), Int8TokenActivations()}};
   for (const NaiveCase& c : cases) {
     SCOPED_TRACE(c.name);
     const std::string n = c.name;
@@ -632,7 +622,7 @@ TEST(ImportCompressedTensors, NaiveQuantizedIsReadAsItsTensors) {
 // g_idx that compressed-tensors does not store, and are refused by name.
 TEST(ImportCompressedTensors, ActOrderAliases) {
   ScratchDir d;
-  const fs::path a = WriteQtool(d / "a", Int(4, true, 32));
+  const fs::path a = WriteQtool(d / "a", IntRecord(4, 32));
   const fs::path ct = Convert(a, d / "ct", ExportFormat::kCompressedTensors);
   const auto with_actorder = [&](const std::string& order) {
     const fs::path p = d / order;

@@ -28,16 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-nlohmann::json IntRecord(int bits, int64_t group, bool symmetric = true) {
-  nlohmann::json r = {{"codec", "int"}, {"bits", bits}, {"symmetric", symmetric}};
-  if (group > 0) {
-    r["granularity"] = "group";
-    r["group_size"] = group;
-  } else {
-    r["granularity"] = "channel";
-  }
-  return r;
-}
+using testing::IntRecord;
 
 class QualityTest : public ::testing::TestWithParam<std::string> {
  protected:
