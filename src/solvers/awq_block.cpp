@@ -36,15 +36,12 @@ class RowSampler final : public ActivationConsumer {
   std::vector<Eigen::RowVectorXf> rows_;
 };
 
-// The columns a codec's scale covers in each row, when it covers whole groups of them (the clipping
-// search's groups): the int codec's group (or row), NVFP4's 16, MX's block, NF4's block where the
-// rows are whole blocks; 0 for the others (FP8's per-channel or per-tensor scale, ...), which are
+// The clipping search's groups for a codec other than int: the columns one of its scales covers in
+// each row, where it covers whole groups of them (NVFP4's 16, MX's block, NF4's block where the
+// rows are whole blocks); 0 for the others (FP8's per-channel or per-tensor scale, ...), which are
 // not clipped. A group's candidates are rounded as a matrix of their own, so NVFP4's global scale
 // is then the group's, not the whole weight's: an approximation of its block scales' rounding.
-int64_t ClipGroup(const Format& format, const QuantSpec& spec, int64_t cols) {
-  if (std::holds_alternative<IntFormat>(format)) {
-    return spec.granularity == Granularity::kGroup ? spec.group_size : cols;
-  }
+int64_t CodecClipGroup(const Format& format, int64_t cols) {
   if (std::holds_alternative<Nvfp4Format>(format)) return 16;
   if (const auto* mx = std::get_if<MxFormat>(&format)) return mx->block;
   if (const auto* nf4 = std::get_if<Nf4Format>(&format)) {
@@ -252,17 +249,15 @@ BlockSolution AwqBlock(const Context& ctx, CalibrationRunner& run) {
           !selected(l)) {
         continue;
       }
-      const int64_t clip_group = ClipGroup(ctx.options.format, ctx.spec, cur[l].cols());
-      if (clip_group == 0) continue;
+      const int64_t codec_group = grid ? 0 : CodecClipGroup(ctx.options.format, cur[l].cols());
+      if (!grid && codec_group == 0) continue;
       const RowMatrixXf x =
           clip_rows[l]->Rows().array().rowwise() / input_scale[gi].transpose().array();
-      if (grid) {
-        cur[l] = AwqClip(cur[l], x, *grid, g, ctx.method.awq_clip_grid, ctx.method.awq_max_shrink);
-      } else {
-        const GroupRounder round = [&](const RowMatrixXf& group) { return rounded(group, l); };
-        cur[l] = AwqClip(cur[l], x, round, clip_group, ctx.method.awq_clip_grid,
+      const GroupRounder by_codec = [&](const RowMatrixXf& group) { return rounded(group, l); };
+      cur[l] =
+          grid ? AwqClip(cur[l], x, *grid, g, ctx.method.awq_clip_grid, ctx.method.awq_max_shrink)
+               : AwqClip(cur[l], x, by_codec, codec_group, ctx.method.awq_clip_grid,
                          ctx.method.awq_max_shrink);
-      }
     }
   }
   BlockSolution sol;
